@@ -1,0 +1,49 @@
+"""radial-attention: Radial Attention (O(n log n) static block-sparse attention) for video diffusion transformers.
+
+Layers, each importing only the ones below it::
+
+    mask                    video shape -> block mask (CPU, torch + numpy)
+    ops                     block_sparse_attention(q, k, v, mask): reference | flex | triton | flashinfer
+    integrations.diffusers  apply_radial_attention / remove_radial_attention on a pipeline or transformer
+    train                   length-extension LoRA fine-tuning
+    distributed             sequence-parallel (Ulysses) radial attention
+    cli                     the `radial-attention` command
+
+Public names are imported lazily so that ``import radial_attention`` needs only torch and numpy.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # mask
+    "BlockSparseMask": "radial_attention.mask",
+    "RadialBlockMask": "radial_attention.mask",
+    "PRESETS": "radial_attention.mask",
+    "radial_block_mask": "radial_attention.mask",
+    "radial_mask_from_preset": "radial_attention.mask",
+    "video_layout": "radial_attention.mask",
+    "VideoLayout": "radial_attention.mask",
+    # ops
+    "block_sparse_attention": "radial_attention.ops",
+    "radial_attention": "radial_attention.ops",
+    # integrations
+    "apply_radial_attention": "radial_attention.integrations.diffusers",
+    "remove_radial_attention": "radial_attention.integrations.diffusers",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'radial_attention' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

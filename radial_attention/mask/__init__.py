@@ -1,0 +1,21 @@
+"""Masks: the shape of a video -> a block-sparse attention mask (pure torch/numpy, CPU)."""
+
+from .layouts import MODEL_FAMILIES, ModelFamily, VideoLayout, get_model_family, video_layout
+from .radial import PRESETS, RadialBlockMask, RadialSettings, get_preset, radial_block_mask, radial_mask_from_preset
+from .sparse import SUPPORTED_BLOCK_SIZES, BlockSparseMask
+
+__all__ = [
+    "BlockSparseMask",
+    "MODEL_FAMILIES",
+    "ModelFamily",
+    "PRESETS",
+    "RadialBlockMask",
+    "RadialSettings",
+    "SUPPORTED_BLOCK_SIZES",
+    "VideoLayout",
+    "get_model_family",
+    "get_preset",
+    "radial_block_mask",
+    "radial_mask_from_preset",
+    "video_layout",
+]

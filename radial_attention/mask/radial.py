@@ -1,0 +1,267 @@
+"""The radial block mask of Radial Attention, computed at block level.
+
+Definition: ``shared/docs/radial-mask.md`` (the contract; it reproduces the authors' reference
+bit for bit). Summary, for query frame ``i`` and key frame ``j`` at distance ``D = |i - j|``:
+
+    every token sees its own frame and (``adjacent="full"``) the neighbouring frames fully;
+    farther frames through a diagonal band whose half-width halves each time D doubles;
+    far frames only every ``s``-th one; optionally every frame sees frame 0 (attention sink).
+
+    F=5, T=200, B=128, d=1.0, no sink:     #####.##
+                                           ######.#
+    rows = query blocks,                   ######.#
+    columns = key blocks,                  ########
+    '#' = computed                         ########
+                                           .#######
+                                           ##.#####
+                                           ########
+
+How it is fast: the reference builds a token-level ``N x N`` matrix and counts columns per block,
+which takes minutes. Here each frame pair's ``T x T`` pattern is a band ``|k - l| <= W`` (``W >= T``
+for a full pattern), and for a band the per-column counts of a local block are the overlap of two
+intervals. So a block's "touched" and "dense" column counts are themselves interval overlaps,
+computed in closed form for all blocks at once. Frame pairs that share (row offset, column offset,
+band width) share their local result, so each distinct combination is evaluated once and then
+scattered to every pair that has it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .sparse import SUPPORTED_BLOCK_SIZES, BlockSparseMask
+
+ADJACENT_MODES = ("full", "half")
+# The frame-dropping rule compares against the literal 128 whatever the block size (spec, step 2).
+_DROP_REFERENCE = 128
+
+
+@dataclass(frozen=True)
+class RadialSettings:
+    """The settings that define a radial mask for a given video layout (see PRESETS)."""
+
+    decay: float
+    sink: bool
+    adjacent: str
+
+
+PRESETS = {
+    # name: settings, as in docs/radial-mask.md ("Presets")
+    "wan": RadialSettings(decay=0.2, sink=True, adjacent="half"),
+    "wan-full": RadialSettings(decay=0.2, sink=True, adjacent="full"),
+    "hunyuan": RadialSettings(decay=0.95, sink=False, adjacent="full"),
+    "wan2.2": RadialSettings(decay=0.8, sink=True, adjacent="half"),
+}
+
+
+def get_preset(name: str) -> RadialSettings:
+    """The settings of a named preset; ``ValueError`` listing the known names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown radial preset {name!r}; expected one of {sorted(PRESETS)}") from None
+
+
+class RadialBlockMask(BlockSparseMask):
+    """A :class:`BlockSparseMask` that also remembers the video layout and settings it came from."""
+
+    def __init__(self, dense, block_size, *, frames, tokens_per_frame, text_tokens, decay, sink, adjacent):
+        super().__init__(dense, block_size)
+        self.frames = frames
+        self.tokens_per_frame = tokens_per_frame
+        self.text_tokens = text_tokens
+        self.decay = decay
+        self.sink = sink
+        self.adjacent = adjacent
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens the mask covers: video tokens plus appended text tokens (``N + X``)."""
+        return self.frames * self.tokens_per_frame + self.text_tokens
+
+    def __repr__(self) -> str:
+        return (
+            f"RadialBlockMask(frames={self.frames}, tokens_per_frame={self.tokens_per_frame}, "
+            f"text_tokens={self.text_tokens}, block_size={self.block_size}, decay={self.decay}, "
+            f"sink={self.sink}, adjacent={self.adjacent!r}, blocks={self.num_blocks}, density={self.density:.4f})"
+        )
+
+
+def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens):
+    for name, value, minimum in (("frames", frames, 1), ("tokens_per_frame", tokens_per_frame, 1), ("text_tokens", text_tokens, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if block_size not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
+    if adjacent not in ADJACENT_MODES:
+        raise ValueError(f"adjacent must be one of {ADJACENT_MODES}, got {adjacent!r}")
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) or decay <= 0:
+        raise ValueError(f"decay must be a positive finite number, got {decay!r}")
+
+
+def _band_halfwidth(distance: int, T: int, B: int, decay: float, adjacent: str, sink_pair: bool) -> Optional[int]:
+    """Integer half-width ``W`` of the pair's band ``|k - l| <= W``, or ``None`` if the pair is dropped.
+
+    ``W >= T`` means the pattern is all true. Follows spec step 2 literally, including its float
+    arithmetic (``w`` may be fractional; ``|k-l| <= w`` over integers is ``|k-l| <= floor(w)``).
+    """
+    if sink_pair:
+        return T
+    pow_t = 2 ** T.bit_length()
+    pow_d = 2 ** distance.bit_length()
+    if distance == 0:
+        w = T
+    elif distance == 1:
+        w = T if adjacent == "full" else T // 2
+    else:
+        L = pow_t / pow_d * decay
+        w = L if L >= B else B
+    Ls = pow_t / pow_d
+    if Ls < _DROP_REFERENCE:
+        s = int(_DROP_REFERENCE / Ls)
+        if distance % s != 0:
+            return None
+    return min(int(math.floor(w)), T)
+
+
+def _overlap(lo1, hi1, lo2, hi2):
+    """Length of the integer interval intersection [lo1,hi1] ∩ [lo2,hi2] (0 if empty), elementwise."""
+    return np.maximum(0, np.minimum(hi1, hi2) - np.maximum(lo1, lo2) + 1)
+
+
+def _local_blocks(ro: int, co: int, W: int, T: int, B: int) -> np.ndarray:
+    """Kept local blocks ``[nf, nf]`` (bool) of one frame pair (spec step 3), in closed form.
+
+    ``ro``/``co``: offsets of the query/key frame inside their first block; ``W``: band half-width.
+    For local block ``(a, b)``, the valid query offsets are ``k in [loA, hiA]`` and key offsets
+    ``l in [loB, hiB]``. Column ``l``'s count is ``c(l) = |[loA, hiA] ∩ [l - W, l + W]|``, so
+      touched = #{l : c(l) > 0}      = |[loB, hiB] ∩ [loA - W, hiA + W]|
+      dense   = #{l : 3*c(l) > B}    = |[loB, hiB] ∩ [loA + m - 1 - W, hiA - m + 1 + W]|
+    with ``m = B//3 + 1`` (``3c > B`` iff ``c >= m``), provided the row range and the band are
+    each at least ``m`` long (otherwise no column can reach ``m``).
+    """
+    nf = -(-T // B)
+    starts = np.arange(nf, dtype=np.int64) * B
+    loA = np.maximum(starts - ro, 0)
+    hiA = np.minimum(starts + B - 1 - ro, T - 1)
+    loB = np.maximum(starts - co, 0)
+    hiB = np.minimum(starts + B - 1 - co, T - 1)
+    loA, hiA = loA[:, None], hiA[:, None]  # [nf, 1] query side
+    loB, hiB = loB[None, :], hiB[None, :]  # [1, nf] key side
+    m = B // 3 + 1
+    touched = _overlap(loB, hiB, loA - W, hiA + W) * (hiA >= loA)
+    dense = _overlap(loB, hiB, loA + m - 1 - W, hiA - m + 1 + W)
+    dense = dense * ((hiA - loA + 1) >= m) * (2 * W + 1 >= m)
+    return 5 * dense > 3 * touched
+
+
+def _build_dense(F: int, T: int, X: int, B: int, decay: float, sink: bool, adjacent: str) -> np.ndarray:
+    N = F * T
+    nb = -(-(N + X) // B)
+    E = N // B
+    M = np.zeros((nb, nb), dtype=bool)
+    # Step 0: the tail (the block holding the end of the video, and the extra tokens) is dense.
+    M[E:, :] = True
+    M[:, E:] = True
+
+    frame_block = (np.arange(F, dtype=np.int64) * T) // B  # first block of each frame
+    frame_offset = (np.arange(F, dtype=np.int64) * T) % B  # token offset inside that block
+
+    # Group frame pairs by (row offset, column offset, half-width): one local evaluation each.
+    i_idx, j_idx = np.meshgrid(np.arange(F), np.arange(F), indexing="ij")
+    i_idx, j_idx = i_idx.ravel(), j_idx.ravel()
+    dist = np.abs(i_idx - j_idx)
+    width_by_distance = [_band_halfwidth(D, T, B, decay, adjacent, False) for D in range(F)]
+    sink_width = T
+    widths = np.array([-1 if w is None else w for w in width_by_distance], dtype=np.int64)[dist]
+    if sink:
+        widths[j_idx == 0] = sink_width
+    keep = widths >= 0
+    i_idx, j_idx, widths = i_idx[keep], j_idx[keep], widths[keep]
+    if i_idx.size == 0:
+        return M
+    ro, co = frame_offset[i_idx], frame_offset[j_idx]
+    keys = np.stack([ro, co, widths], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
+    flat_all = []  # flat indices r*nb + c of kept blocks
+    for u, (r_off, c_off, w) in enumerate(uniq):
+        local = _local_blocks(int(r_off), int(c_off), int(w), T, B)
+        a, b = np.nonzero(local)
+        if a.size == 0:
+            continue
+        members = order[bounds[u] : bounds[u + 1]]
+        pair_origin = frame_block[i_idx[members]] * nb + frame_block[j_idx[members]]  # [pairs]
+        flat_all.append((pair_origin[:, None] + (a * nb + b)[None, :]).ravel())
+    if flat_all:
+        # A kept local block always holds a real token, so it lies inside the mask.
+        M.ravel()[np.concatenate(flat_all)] = True
+    return M
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_mask(F, T, X, B, decay, sink, adjacent) -> RadialBlockMask:
+    dense = torch.from_numpy(_build_dense(F, T, X, B, decay, sink, adjacent))
+    return RadialBlockMask(
+        dense, B, frames=F, tokens_per_frame=T, text_tokens=X, decay=decay, sink=sink, adjacent=adjacent
+    )
+
+
+def radial_block_mask(
+    frames: int,
+    tokens_per_frame: int,
+    *,
+    block_size: int = 128,
+    decay: float = 1.0,
+    sink: bool = False,
+    adjacent: str = "full",
+    text_tokens: int = 0,
+) -> RadialBlockMask:
+    """The radial block mask of a video of ``frames`` latent frames of ``tokens_per_frame`` tokens.
+
+    Args:
+        frames: ``F``, latent frames (after the VAE and temporal patching), >= 1.
+        tokens_per_frame: ``T``, tokens per latent frame (after spatial patching), >= 1.
+        block_size: ``B``, 64 or 128.
+        decay: ``d`` > 0, scales the spatial window of frames at distance >= 2.
+        sink: every frame attends fully to frame 0.
+        adjacent: ``"full"`` or ``"half"``, the band between neighbouring frames.
+        text_tokens: ``X`` extra tokens appended after the video, dense rows and columns.
+
+    Returns:
+        A :class:`RadialBlockMask`; ``.to_dense()`` is the ``torch.bool`` ``[nb, nb]`` block mask
+        with ``nb = ceil((F*T + X) / B)``. Cached in memory by arguments (treat it as read-only).
+
+    Raises:
+        ValueError: for non-positive sizes, an unknown ``adjacent``, a block size other than 64/128,
+            or a non-positive decay.
+    """
+    _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens)
+    return _cached_mask(int(frames), int(tokens_per_frame), int(text_tokens), int(block_size), float(decay), bool(sink), adjacent)
+
+
+def radial_mask_from_preset(
+    preset: str, frames: int, tokens_per_frame: int, *, text_tokens: int = 0, block_size: int = 128, decay: Optional[float] = None
+) -> RadialBlockMask:
+    """``radial_block_mask`` with a preset's settings (``decay`` overrides the preset's)."""
+    s = get_preset(preset)
+    return radial_block_mask(
+        frames,
+        tokens_per_frame,
+        block_size=block_size,
+        decay=s.decay if decay is None else decay,
+        sink=s.sink,
+        adjacent=s.adjacent,
+        text_tokens=text_tokens,
+    )
