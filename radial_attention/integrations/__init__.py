@@ -1,0 +1,1 @@
+"""Integrations with model libraries. ``radial_attention.integrations.diffusers``: Hugging Face diffusers."""
