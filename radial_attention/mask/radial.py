@@ -137,25 +137,25 @@ def _overlap(lo1, hi1, lo2, hi2):
     return np.maximum(0, np.minimum(hi1, hi2) - np.maximum(lo1, lo2) + 1)
 
 
-def _local_blocks(ro: int, co: int, W: int, T: int, B: int) -> np.ndarray:
-    """Kept local blocks ``[nf, nf]`` (bool) of one frame pair (spec step 3), in closed form.
+def _local_blocks(ro: np.ndarray, co: np.ndarray, W: np.ndarray, T: int, B: int) -> np.ndarray:
+    """Kept local blocks ``[K, nf, nf]`` (bool) of K frame-pair kinds (spec step 3), in closed form.
 
-    ``ro``/``co``: offsets of the query/key frame inside their first block; ``W``: band half-width.
-    For local block ``(a, b)``, the valid query offsets are ``k in [loA, hiA]`` and key offsets
-    ``l in [loB, hiB]``. Column ``l``'s count is ``c(l) = |[loA, hiA] ∩ [l - W, l + W]|``, so
+    ``ro``/``co`` ``[K]``: offsets of the query/key frame inside their first block; ``W`` ``[K]``:
+    band half-width (``>= T`` for an all-true pattern). For local block ``(a, b)``, the valid query
+    offsets are ``k in [loA, hiA]`` and key offsets ``l in [loB, hiB]``. Column ``l``'s count is
+    ``c(l) = |[loA, hiA] ∩ [l - W, l + W]|``, so
       touched = #{l : c(l) > 0}      = |[loB, hiB] ∩ [loA - W, hiA + W]|
       dense   = #{l : 3*c(l) > B}    = |[loB, hiB] ∩ [loA + m - 1 - W, hiA - m + 1 + W]|
     with ``m = B//3 + 1`` (``3c > B`` iff ``c >= m``), provided the row range and the band are
     each at least ``m`` long (otherwise no column can reach ``m``).
     """
     nf = -(-T // B)
-    starts = np.arange(nf, dtype=np.int64) * B
-    loA = np.maximum(starts - ro, 0)
-    hiA = np.minimum(starts + B - 1 - ro, T - 1)
-    loB = np.maximum(starts - co, 0)
-    hiB = np.minimum(starts + B - 1 - co, T - 1)
-    loA, hiA = loA[:, None], hiA[:, None]  # [nf, 1] query side
-    loB, hiB = loB[None, :], hiB[None, :]  # [1, nf] key side
+    starts = np.arange(nf, dtype=np.int64) * B  # [nf]
+    ro, co, W = (np.asarray(x, dtype=np.int64)[:, None, None] for x in (ro, co, W))  # [K, 1, 1]
+    loA = np.maximum(starts[:, None] - ro, 0)  # [K, nf, 1] query side
+    hiA = np.minimum(starts[:, None] + B - 1 - ro, T - 1)
+    loB = np.maximum(starts[None, :] - co, 0)  # [K, 1, nf] key side
+    hiB = np.minimum(starts[None, :] + B - 1 - co, T - 1)
     m = B // 3 + 1
     touched = _overlap(loB, hiB, loA - W, hiA + W) * (hiA >= loA)
     dense = _overlap(loB, hiB, loA + m - 1 - W, hiA - m + 1 + W)
@@ -188,25 +188,31 @@ def _build_dense(F: int, T: int, X: int, B: int, decay: float, sink: bool, adjac
     i_idx, j_idx, widths = i_idx[keep], j_idx[keep], widths[keep]
     if i_idx.size == 0:
         return M
+    # Frame pairs with the same (row offset, column offset, half-width) have the same local result:
+    # evaluate each kind once, then copy its kept blocks to every pair of that kind.
     ro, co = frame_offset[i_idx], frame_offset[j_idx]
-    keys = np.stack([ro, co, widths], axis=1)
-    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
-    flat_all = []  # flat indices r*nb + c of kept blocks
-    for u, (r_off, c_off, w) in enumerate(uniq):
-        local = _local_blocks(int(r_off), int(c_off), int(w), T, B)
-        a, b = np.nonzero(local)
-        if a.size == 0:
-            continue
-        members = order[bounds[u] : bounds[u + 1]]
-        pair_origin = frame_block[i_idx[members]] * nb + frame_block[j_idx[members]]  # [pairs]
-        flat_all.append((pair_origin[:, None] + (a * nb + b)[None, :]).ravel())
-    if flat_all:
-        # A kept local block always holds a real token, so it lies inside the mask.
-        M.ravel()[np.concatenate(flat_all)] = True
+    key = (ro * B + co) * (T + 1) + widths  # one integer per (ro, co, W), W <= T
+    _, first_of_kind, kind_of_pair = np.unique(key, return_index=True, return_inverse=True)
+    kind_of_pair = kind_of_pair.reshape(-1)
+    kept = _local_blocks(ro[first_of_kind], co[first_of_kind], widths[first_of_kind], T, B)  # [K, nf, nf]
+    index_t = np.int32 if nb * nb < 2**31 else np.int64
+    kind_idx, a, b = np.nonzero(kept)  # ordered by kind
+    local_offset = (a * nb + b).astype(index_t)  # flat offset of each kept local block
+    per_kind = np.bincount(kind_idx, minlength=len(first_of_kind))
+    kind_start = np.cumsum(per_kind) - per_kind
+    # Ragged expansion, pairs in (query frame, key frame) order so that the writes stay local:
+    # entry e of pair p is local block kind_start[kind(p)] + (e - first entry of p), moved to p's origin.
+    per_pair = per_kind[kind_of_pair]
+    total = int(per_pair.sum())
+    if total == 0:
+        return M
+    first_entry = np.cumsum(per_pair) - per_pair
+    source_shift = (kind_start[kind_of_pair] - first_entry).astype(index_t)
+    origin = (frame_block[i_idx] * nb + frame_block[j_idx]).astype(index_t)  # flat index of local (0, 0)
+    source = np.arange(total, dtype=index_t) + np.repeat(source_shift, per_pair)
+    flat = local_offset[source] + np.repeat(origin, per_pair)
+    # A kept local block always holds a real token, so it lies inside the mask.
+    M.ravel()[flat] = True
     return M
 
 
