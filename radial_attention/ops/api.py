@@ -1,0 +1,320 @@
+"""The public attention op: validate inputs, choose a backend, dispatch.
+
+::
+
+    out = block_sparse_attention(q, k, v, block_mask, block_size=128, backend="auto")
+
+    q, k, v   [B, H, S, D]   (any strides: a diffusers [B, S, H, D] tensor .transpose(1, 2) is fine)
+    mask      [nb, nb] | [B|1, H|1, nb, nb] bool, or a BlockSparseMask;   nb = ceil(S / block_size)
+
+    key blocks ->   0 1 2 3          out[b, h, i] = softmax_j(scale * q_i . k_j) v_j
+    query      0    # . . .          over keys j with mask[b, h, i // bs, j // bs],
+    blocks     1    # # . .          j < S and j < key_lengths[b];
+               2    . # # .          a row with no such key outputs 0.
+               3    # . # #
+
+Backends live in sibling modules (``reference``, ``flex``, ``triton``, ``flashinfer``), are imported
+lazily on first use and never import each other. Each exposes
+``attention(q, k, v, mask: BlockSparseMask, *, scale: float, key_lengths) -> Tensor`` and may expose
+``unsupported_reason(q, *, requires_grad) -> str | None`` saying why it cannot run an input
+(device, dtype, head dim, backward); the api turns that reason into an error for an explicit choice
+and skips the backend under ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Optional, Union
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from radial_attention.mask import SUPPORTED_BLOCK_SIZES, BlockSparseMask, radial_block_mask
+from radial_attention.mask.radial import get_preset
+
+# Backend name -> module, imported on first use (so optional packages stay optional).
+BACKEND_MODULES = {
+    "reference": "radial_attention.ops.reference",
+    "flex": "radial_attention.ops.flex",
+    "triton": "radial_attention.ops.triton",
+    "flashinfer": "radial_attention.ops.flashinfer",
+}
+BACKENDS = tuple(BACKEND_MODULES)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_modules: dict = {}  # name -> imported module
+_import_errors: dict = {}  # name -> the ImportError text of a backend that could not be imported
+
+
+def _load(name: str):
+    """The backend's module, or ``None`` if it cannot be imported (reason kept in ``_import_errors``)."""
+    module = _modules.get(name)
+    if module is not None:
+        return module
+    if name in _import_errors:
+        return None
+    try:
+        module = importlib.import_module(BACKEND_MODULES[name])
+    except ImportError as exc:  # the optional package (or the backend itself) is not installed
+        _import_errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    _modules[name] = module
+    return module
+
+
+def available_backends() -> list:
+    """Names of the backends whose module (and the packages it needs) can be imported here.
+
+    Importable is not the same as runnable on a given input: e.g. ``triton`` needs a CUDA tensor
+    (or ``TRITON_INTERPRET=1``) and ``flex`` has no CPU backward; ``resolve_backend`` checks that.
+    """
+    return [name for name in BACKENDS if _load(name) is not None]
+
+
+def _requires_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _reason(name: str, q: torch.Tensor, requires_grad: bool) -> Optional[str]:
+    """Why backend ``name`` cannot run this input, or None if it can."""
+    module = _load(name)
+    if module is None:
+        return f"it cannot be imported ({_import_errors[name]})"
+    check = getattr(module, "unsupported_reason", None)
+    return None if check is None else check(q, requires_grad=requires_grad)
+
+
+def _auto_order(q: torch.Tensor) -> tuple:
+    # CUDA: the project's Triton kernels, then FlexAttention, then the (dense-cost) reference.
+    # CPU and other devices: the reference. FlexAttention does run forward on the CPU, but it
+    # compiles per shape (tens of seconds) and has no CPU backward, so it is opt-in there.
+    if q.device.type == "cuda":
+        return ("triton", "flex", "reference")
+    return ("reference",)
+
+
+def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool] = None) -> str:
+    """The backend that ``block_sparse_attention(..., backend=backend)`` runs for inputs like ``q``.
+
+    Args:
+        backend: ``"auto"`` or one of ``BACKENDS``.
+        q: a query tensor ``[B, H, S, D]`` (its device, dtype and head dim matter).
+        requires_grad: whether a backward pass is needed (default: ``q.requires_grad`` under
+            grad mode).
+
+    Returns:
+        The backend name. ``"auto"`` picks, on CUDA, ``triton`` if it can run the input, else
+        ``flex``, else ``reference``; elsewhere ``reference``.
+
+    Raises:
+        ValueError: an unknown backend name, or an explicit backend that cannot run the input
+            (not installed, no backward on this device, unsupported head dim or dtype). An explicit
+            choice never falls back to another backend.
+    """
+    if requires_grad is None:
+        requires_grad = _requires_grad(q)
+    if backend == "auto":
+        reasons = []
+        for name in _auto_order(q):
+            why = _reason(name, q, requires_grad)
+            if why is None:
+                return name
+            reasons.append(f"{name}: {why}")
+        raise ValueError(f"no attention backend can run this input; " + "; ".join(reasons))
+    if not isinstance(backend, str) or backend not in BACKEND_MODULES:
+        raise ValueError(f"unknown attention backend {backend!r}; expected 'auto' or one of {list(BACKENDS)}")
+    why = _reason(backend, q, requires_grad)
+    if why is not None:
+        raise ValueError(
+            f"attention backend {backend!r} cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}, "
+            f"device {q.device}{' with gradients' if requires_grad else ''}: {why}"
+        )
+    return backend
+
+
+# ---------------------------------------------------------------------- validation
+def _check_qkv(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor [B, H, S, D], got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, S, D] (4 dims), got shape {tuple(t.shape)}")
+    if q.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"q must be float16, bfloat16 or float32 (float64 for checks), got {q.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape [B, H, S, D] = {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+    if q.shape[2] == 0 or q.shape[3] == 0:
+        raise ValueError(f"q must have S >= 1 and D >= 1, got shape {tuple(q.shape)}")
+
+
+# Raw mask tensors -> BlockSparseMask, reused while the tensor lives and is unmodified, so the
+# index lists a kernel needs are derived once, not on every call.
+_wrapped = WeakIdKeyDictionary()  # keyed by tensor identity (tensor == is elementwise)
+
+
+def _as_mask(block_mask, block_size: Optional[int]) -> BlockSparseMask:
+    if isinstance(block_mask, BlockSparseMask):
+        if block_size is not None and block_size != block_mask.block_size:
+            raise ValueError(
+                f"block_size={block_size} does not match the mask object's block_size={block_mask.block_size}"
+            )
+        return block_mask
+    if not isinstance(block_mask, torch.Tensor):
+        raise TypeError(
+            f"block_mask must be a bool tensor [nb, nb] / [B|1, H|1, nb, nb] or a BlockSparseMask, "
+            f"got {type(block_mask).__name__}"
+        )
+    if block_mask.dtype != torch.bool:
+        raise TypeError(f"block_mask tensor must be torch.bool, got {block_mask.dtype}")
+    bs = 128 if block_size is None else block_size
+    if bs not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {bs!r}")
+    if torch.compiler.is_compiling():
+        return BlockSparseMask(block_mask, bs)
+    hit = _wrapped.get(block_mask)
+    if hit is not None and hit[0] == block_mask._version and hit[1].block_size == bs:
+        return hit[1]
+    mask = BlockSparseMask(block_mask, bs)
+    _wrapped[block_mask] = (block_mask._version, mask)
+    return mask
+
+
+def _check_mask(mask: BlockSparseMask, B: int, H: int, S: int) -> None:
+    bs, nb = mask.block_size, mask.num_blocks
+    expected = -(-S // bs)
+    if nb != expected:
+        raise ValueError(
+            f"block mask has {nb} blocks per side but S={S} tokens with block_size={bs} need "
+            f"ceil({S}/{bs}) = {expected}"
+        )
+    shape = mask.shape
+    if len(shape) == 4:
+        Bm, Hm = int(shape[0]), int(shape[1])
+        if Bm not in (1, B) or Hm not in (1, H):
+            raise ValueError(
+                f"block mask of shape {tuple(shape)} does not fit B={B}, H={H}: expected [1 or {B}, 1 or {H}, {nb}, {nb}]"
+            )
+
+
+def _check_key_lengths(key_lengths, q: torch.Tensor) -> Optional[torch.Tensor]:
+    if key_lengths is None:
+        return None
+    B, S = q.shape[0], q.shape[2]
+    if not isinstance(key_lengths, torch.Tensor):
+        raise TypeError(f"key_lengths must be an integer tensor [B] = [{B}], got {type(key_lengths).__name__}")
+    if key_lengths.dtype.is_floating_point or key_lengths.dtype.is_complex or key_lengths.dtype == torch.bool:
+        raise TypeError(f"key_lengths must be an integer tensor, got dtype {key_lengths.dtype}")
+    if tuple(key_lengths.shape) != (B,):
+        raise ValueError(f"key_lengths must have shape [B] = [{B}], got {tuple(key_lengths.shape)}")
+    # The range check reads the values (a device sync on CUDA), so it is skipped while compiling;
+    # out-of-range values then act as clamped to 0..S (every backend compares j < key_lengths[b]).
+    if not torch.compiler.is_compiling():
+        bad = (key_lengths < 0) | (key_lengths > S)
+        if bool(bad.any()):
+            raise ValueError(f"key_lengths must lie in 0..S = 0..{S}, got {key_lengths.tolist()}")
+    return key_lengths.to(device=q.device, dtype=torch.int32, non_blocking=True)
+
+
+# ---------------------------------------------------------------------- public ops
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: Union[torch.Tensor, BlockSparseMask],
+    *,
+    block_size: Optional[int] = None,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+    key_lengths: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Attention that computes only the kept blocks of a block mask.
+
+    Args:
+        q, k, v: ``[B, H, S, D]``, same dtype (float16, bfloat16, float32; float64 for the
+            reference) and device; may be non-contiguous views.
+        block_mask: bool ``[nb, nb]`` or ``[B|1, H|1, nb, nb]`` (``True`` = query block attends to
+            key block), or a :class:`~radial_attention.mask.BlockSparseMask`, with
+            ``nb == ceil(S / block_size)``. Tokens past ``S`` in the last block are padding.
+        block_size: tokens per block side, 64 or 128. Default: the mask object's, or 128 for a
+            raw tensor; if given with a mask object it must equal the object's.
+        scale: multiplier of ``q . k`` (default ``D ** -0.5``).
+        backend: ``"auto"``, ``"reference"``, ``"flex"``, ``"triton"`` or ``"flashinfer"``
+            (see :func:`resolve_backend`). An explicit backend never falls back to another.
+        key_lengths: optional integer ``[B]``: keys at positions ``>= key_lengths[b]`` are
+            excluded for batch item ``b`` (values in ``0..S``; checked outside ``torch.compile``,
+            which reads them: one device sync for a CUDA tensor).
+
+    Returns:
+        ``[B, H, S, D]`` in q's dtype; a query row with no allowed key is exactly 0.
+
+    Raises:
+        TypeError / ValueError naming what was expected and what was given.
+    """
+    _check_qkv(q, k, v)
+    B, H, S, D = q.shape
+    mask = _as_mask(block_mask, block_size)
+    _check_mask(mask, B, H, S)
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    key_lengths = _check_key_lengths(key_lengths, q)
+    name = resolve_backend(backend, q, _requires_grad(q, k, v))
+    return _modules[name].attention(q, k, v, mask, scale=float(scale), key_lengths=key_lengths)
+
+
+def radial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    frames: int,
+    tokens_per_frame: int,
+    text_tokens: int = 0,
+    preset: Optional[str] = None,
+    decay: Optional[float] = None,
+    sink: Optional[bool] = None,
+    adjacent: Optional[str] = None,
+    block_size: int = 128,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+    key_lengths: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Radial attention over a video of ``frames x tokens_per_frame`` tokens (+ ``text_tokens``).
+
+    Builds (once: ``radial_block_mask`` caches by arguments) the radial block mask and calls
+    :func:`block_sparse_attention`. ``S`` must equal ``frames * tokens_per_frame + text_tokens``
+    (video tokens first, then the text tokens, which are dense rows and columns).
+
+    Settings: ``preset`` (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``) gives decay,
+    sink and adjacent; ``decay`` / ``sink`` / ``adjacent`` given explicitly override it. Without a
+    preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
+    """
+    if preset is not None:
+        settings = get_preset(preset)
+        decay = settings.decay if decay is None else decay
+        sink = settings.sink if sink is None else sink
+        adjacent = settings.adjacent if adjacent is None else adjacent
+    mask = radial_block_mask(
+        frames,
+        tokens_per_frame,
+        block_size=block_size,
+        decay=1.0 if decay is None else decay,
+        sink=False if sink is None else sink,
+        adjacent="full" if adjacent is None else adjacent,
+        text_tokens=text_tokens,
+    )
+    if isinstance(q, torch.Tensor) and q.dim() == 4 and q.shape[2] != mask.seq_len:
+        raise ValueError(
+            f"q has S={q.shape[2]} tokens but frames * tokens_per_frame + text_tokens = "
+            f"{frames} * {tokens_per_frame} + {text_tokens} = {mask.seq_len}"
+        )
+    return block_sparse_attention(
+        q, k, v, mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths
+    )

@@ -1,0 +1,48 @@
+"""An independent float64 masked-softmax attention, written plainly for the op tests.
+
+Shares no code with ``radial_attention.ops``: the token mask is built by index arithmetic
+(``mask[b, h, i // bs, j // bs]``), and the softmax is written out with exp / sum.
+"""
+
+import torch
+
+
+def token_allowed(block_mask: torch.Tensor, B: int, H: int, S: int, bs: int, key_lengths=None) -> torch.Tensor:
+    """bool [B, H, S, S]: query i may attend to key j."""
+    m = block_mask if block_mask.dim() == 4 else block_mask[None, None]
+    m = m.expand(B, H, *m.shape[-2:]).cpu()
+    blk = torch.arange(S) // bs
+    allowed = m[:, :, blk][:, :, :, blk]  # [B, H, S, S]
+    if key_lengths is not None:
+        kl = key_lengths.cpu().to(torch.int64)
+        allowed = allowed & (torch.arange(S)[None, :] < kl[:, None])[:, None, None, :]
+    return allowed
+
+
+def masked_attention_f64(q, k, v, block_mask, bs, scale=None, key_lengths=None) -> torch.Tensor:
+    """float64 [B, H, S, D] on the CPU; a row with no allowed key is 0.
+
+    Differentiable (autograd) when the inputs require grad, so it also gives reference gradients.
+    """
+    B, H, S, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    q64, k64, v64 = (t.cpu().to(torch.float64) for t in (q, k, v))
+    allowed = token_allowed(block_mask, B, H, S, bs, key_lengths)
+    s = torch.einsum("bhid,bhjd->bhij", q64, k64) * scale
+    s = torch.where(allowed, s, torch.full_like(s, -torch.inf))
+    row_max = s.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(s - row_max) * allowed
+    denom = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return torch.einsum("bhij,bhjd->bhid", p, v64)
+
+
+def random_block_mask(nb: int, density: float, shape=(), generator=None, empty_row=None, full_row=None) -> torch.Tensor:
+    """bool [*shape, nb, nb] with about ``density`` kept; optionally one empty and one full query row."""
+    m = torch.rand(*shape, nb, nb, generator=generator) < density
+    if empty_row is not None:
+        m[..., empty_row, :] = False
+    if full_row is not None:
+        m[..., full_row, :] = True
+    return m
