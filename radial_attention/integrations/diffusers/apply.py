@@ -1,0 +1,292 @@
+"""``apply_radial_attention`` / ``remove_radial_attention`` on a diffusers pipeline or transformer.
+
+How it hooks in (diffusers' public hook API, ``diffusers.hooks.ModelHook`` + ``HookRegistry``;
+no processor, model forward or class is replaced or copied):
+
+- one hook on each transformer (``pre_forward``): reads the latent shape of the call
+  (``hidden_states [B, C, F, H, W]`` and the config's patch size -> ``F`` latent frames, ``T``
+  tokens per frame) and the step (see :mod:`.schedule`), and decides dense or radial for it;
+- one hook on each video self-attention module (``new_forward``): runs the module's own forward,
+  with its own processor; in a radial block and step it does so inside :class:`.sdpa.RadialSDPA`,
+  which answers the processor's single SDPA call with the radial block-sparse op; in a dense one
+  it just calls the original forward.
+
+So projections, norms, RoPE, LoRA layers (``pipe.load_lora_weights`` before or after applying),
+attention processors set by the user and other diffusers hooks keep working, and removing the
+hooks gives back the exact original model.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+from .families import family_of, is_supported_transformer
+from .schedule import RadialAttentionConfig, RadialState
+from .sdpa import NATIVE_BACKENDS, RadialSDPA
+
+STEP_HOOK = "radial_attention_step"
+ATTENTION_HOOK = "radial_attention"
+
+
+def _hook_classes():
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    class RadialStepHook(ModelHook):
+        """On a transformer: layout and step of each call, before its forward runs."""
+
+        def __init__(self, state: RadialState, family):
+            super().__init__()
+            self.state = state
+            self.family = family
+            self.restore = None  # filled by _install
+
+        def pre_forward(self, module, *args, **kwargs):
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else (args[0] if args else None)
+            timestep = kwargs["timestep"] if "timestep" in kwargs else (args[1] if len(args) > 1 else None)
+            self.state.begin_forward(self.family, self.family.layout(module, hidden), timestep)
+            return args, kwargs
+
+    class RadialSelfAttentionHook(ModelHook):
+        """On a video self-attention module: its own forward, with the SDPA call made radial where scheduled."""
+
+        def __init__(self, state: RadialState, layer: int, where: str):
+            super().__init__()
+            self.state = state
+            self.layer = layer
+            self.where = where
+            self.restore = None
+
+        def new_forward(self, module, *args, **kwargs):
+            forward = self.fn_ref.original_forward
+            if not self.state.use_radial(self.layer):
+                self.state.record(self.layer, "dense")
+                return forward(*args, **kwargs)
+            mode = RadialSDPA(self.state, self.where)
+            with mode:
+                out = forward(*args, **kwargs)
+            if mode.calls != 1:
+                proc = getattr(module, "processor", None)
+                raise RuntimeError(
+                    f"{self.where}: radial attention expected its processor {type(proc).__name__} to make one "
+                    f"torch scaled_dot_product_attention call, it made {mode.calls}. Radial attention replaces "
+                    "that call, so the module must use one of diffusers' native attention backends "
+                    f"{[b for b in NATIVE_BACKENDS if b]} (or the default) and no context parallelism; "
+                    f"this processor's backend is {getattr(proc, '_attention_backend', None)!r}"
+                )
+            self.state.record(self.layer, "radial")
+            return out
+
+    return HookRegistry, RadialStepHook, RadialSelfAttentionHook
+
+
+# ------------------------------------------------------------------------------ model lookup
+def _is_pipeline(obj) -> bool:
+    return hasattr(obj, "components") and isinstance(getattr(obj, "components"), dict)
+
+
+def _transformers_of(model) -> tuple:
+    """(transformers, scheduler, pipeline or None) of a pipeline, a transformer or a list of transformers."""
+    if _is_pipeline(model):
+        found = [m for name, m in model.components.items() if m is not None and is_supported_transformer(m)]
+        if not found:
+            kinds = {name: type(m).__name__ for name, m in model.components.items() if m is not None}
+            raise TypeError(f"{type(model).__name__} has no supported video transformer; its components are {kinds}")
+        return found, getattr(model, "scheduler", None), model
+    if isinstance(model, (list, tuple)):
+        if not model:
+            raise ValueError("got an empty list of transformers")
+        for m in model:
+            family_of(m)
+        return list(model), None, None
+    family_of(model)  # raises TypeError naming the supported classes
+    return [model], None, None
+
+
+def _default_preset(transformers, pipeline) -> str:
+    families = {family_of(t).name for t in transformers}
+    if len(families) != 1:
+        raise ValueError(f"the transformers belong to different model families {sorted(families)}")
+    fam = family_of(transformers[0])
+    # Wan2.2 A14B: two experts switched at a boundary timestep.
+    if fam.name == "wan" and len(transformers) == 2:
+        if pipeline is None or getattr(pipeline.config, "boundary_ratio", None) is not None:
+            return "wan2.2"
+    return fam.preset
+
+
+def _check_int(name, value, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps):
+    from radial_attention.mask import PRESETS, SUPPORTED_BLOCK_SIZES
+    from radial_attention.ops import BACKENDS
+
+    _check_int("dense_steps", dense_steps)
+    _check_int("dense_last_steps", dense_last_steps)
+    _check_int("dense_layers", dense_layers)
+    if num_steps is not None:
+        _check_int("num_steps", num_steps, 1)
+    if block_size not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")
+    preset = preset or _default_preset(transformers, pipeline)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown radial preset {preset!r}; expected one of {sorted(PRESETS)}")
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay > 0):
+        raise ValueError(f"decay must be a positive number or None (the preset's), got {decay!r}")
+    if dense_last_steps and num_steps is None and pipeline is None:
+        raise ValueError(
+            "dense_last_steps needs to know where the last steps are: on a bare transformer pass "
+            "num_steps=<number of denoising steps> (on a pipeline it comes from the pipeline call)"
+        )
+    return RadialAttentionConfig(
+        preset=preset,
+        decay=None if decay is None else float(decay),
+        dense_steps=dense_steps,
+        dense_last_steps=dense_last_steps,
+        dense_layers=dense_layers,
+        block_size=block_size,
+        backend=backend,
+        num_steps=num_steps,
+    )
+
+
+# ------------------------------------------------------------------------------ apply / remove
+def apply_radial_attention(
+    model,
+    *,
+    preset: Optional[str] = None,
+    decay: Optional[float] = None,
+    dense_steps: int = 0,
+    dense_last_steps: int = 0,
+    dense_layers: int = 0,
+    block_size: int = 128,
+    backend: str = "auto",
+    num_steps: Optional[int] = None,
+) -> RadialState:
+    """Make the video self-attention of a diffusers video model radial (block-sparse).
+
+    Args:
+        model: a diffusers pipeline (``WanPipeline``, ``WanImageToVideoPipeline``,
+            ``HunyuanVideoPipeline``, ...: every ``WanTransformer3DModel`` /
+            ``HunyuanVideoTransformer3DModel`` component, e.g. Wan2.2 A14B's ``transformer`` and
+            ``transformer_2``, which then share one step count), a bare transformer, or a list of
+            transformers that share one step count.
+        preset: mask preset (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``); default the
+            model's: ``wan`` for Wan2.1 and Wan2.2 TI2V-5B, ``wan2.2`` for Wan2.2 A14B (a pipeline
+            with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo.
+            A bare A14B expert cannot be told from Wan2.1: pass ``preset="wan2.2"`` there.
+        decay: decay factor of the mask; default the preset's.
+        dense_steps: the first this many denoising steps run dense attention.
+        dense_last_steps: the last this many steps run dense (needs ``num_steps`` on a bare
+            transformer; a pipeline tells the number of steps through its scheduler).
+        dense_layers: the first this many transformer blocks always run dense (HunyuanVideo
+            counts its 20 dual-stream blocks, then its 40 single-stream blocks).
+        block_size: mask block size, 128 or 64.
+        backend: attention backend of :func:`radial_attention.ops.block_sparse_attention`.
+        num_steps: denoising steps per generation, for a bare transformer.
+
+    Returns:
+        The :class:`~.schedule.RadialState` shared by the hooks (``.calls``, ``.masks``,
+        ``.summary()``; ``.reset()`` restarts the step count of a bare transformer).
+
+    The latent layout (frames, tokens per frame) is read from every call, so any resolution and
+    frame count works; masks are cached per layout. Raises ``TypeError`` for unsupported models,
+    ``ValueError`` for bad settings, an attention backend that radial attention cannot replace
+    (set with ``set_attention_backend``: use diffusers' native one), or a model that already has
+    radial attention.
+    """
+    HookRegistry, RadialStepHook, RadialSelfAttentionHook = _hook_classes()
+    transformers, scheduler, pipeline = _transformers_of(model)
+    config = _make_config(
+        transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps
+    )
+    # Check everything before changing anything.
+    for t in transformers:
+        if _step_hook(t) is not None:
+            raise ValueError(f"{type(t).__name__} already has radial attention; call remove_radial_attention first")
+        fam = family_of(t)
+        for path in fam.attention_paths(t):
+            proc = getattr(t.get_submodule(path), "processor", None)
+            be = getattr(proc, "_attention_backend", None)
+            if be not in NATIVE_BACKENDS:
+                raise ValueError(
+                    f"{path} uses diffusers attention backend {str(be)!r}; radial attention replaces the attention "
+                    f"kernel of diffusers' native (torch SDPA) backends {[b for b in NATIVE_BACKENDS if b]}. "
+                    "Call reset_attention_backend() on the transformer first"
+                )
+            if getattr(proc, "_parallel_config", None) is not None:
+                raise ValueError(
+                    f"{path} runs diffusers context parallelism; use radial_attention.distributed for "
+                    "sequence-parallel radial attention"
+                )
+    state = RadialState(config, scheduler=scheduler)
+    for t in transformers:
+        fam = family_of(t)
+        _install(t, STEP_HOOK, RadialStepHook(state, fam), HookRegistry)
+        for layer, path in enumerate(fam.attention_paths(t)):
+            _install(t.get_submodule(path), ATTENTION_HOOK, RadialSelfAttentionHook(state, layer, path), HookRegistry)
+        HookRegistry.check_if_exists_or_initialize(t).invalidate_child_registries_cache()
+    return state
+
+
+def _install(module, name, hook, HookRegistry) -> None:
+    # Remember what the module looked like, so removal can put it back exactly.
+    hook.restore = ("_diffusers_hook" in module.__dict__, "forward" in module.__dict__)
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+
+def _uninstall(module, name) -> None:
+    registry = module.__dict__.get("_diffusers_hook")
+    if registry is None or registry.get_hook(name) is None:
+        return
+    had_registry, had_forward = registry.get_hook(name).restore
+    registry.remove_hook(name, recurse=False)
+    if not registry.hooks:
+        if not had_registry:
+            del module._diffusers_hook
+        if not had_forward and "forward" in module.__dict__:
+            del module.forward  # back to the class's forward, as before
+
+
+def _step_hook(transformer):
+    registry = transformer.__dict__.get("_diffusers_hook")
+    return None if registry is None else registry.get_hook(STEP_HOOK)
+
+
+def remove_radial_attention(model) -> None:
+    """Undo :func:`apply_radial_attention` on the same pipeline, transformer or list.
+
+    Removes every hook it added and leaves each module as it was (same forward, same processors,
+    no leftover attributes). ``ValueError`` if the model has no radial attention.
+    """
+    transformers, _, _ = _transformers_of(model)
+    hooked = [t for t in transformers if _step_hook(t) is not None]
+    if not hooked:
+        raise ValueError(f"{type(model).__name__} has no radial attention to remove")
+    for t in hooked:
+        fam = family_of(t)
+        for path in fam.attention_paths(t):
+            _uninstall(t.get_submodule(path), ATTENTION_HOOK)
+        _uninstall(t, STEP_HOOK)
+        registry = t.__dict__.get("_diffusers_hook")
+        if registry is not None:
+            registry.invalidate_child_registries_cache()
+
+
+def get_radial_state(model) -> Optional[RadialState]:
+    """The :class:`~.schedule.RadialState` of a model with radial attention, else ``None``."""
+    transformers, _, _ = _transformers_of(model)
+    for t in transformers:
+        hook = _step_hook(t)
+        if hook is not None:
+            return hook.state
+    return None
+
+
+def attention_modules(model) -> List[str]:
+    """Paths of the self-attention modules radial attention replaces in a transformer, in run order."""
+    return list(family_of(model).attention_paths(model))

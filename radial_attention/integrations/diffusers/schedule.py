@@ -1,0 +1,168 @@
+"""The dense-step schedule and the per-call state shared by the hooks of one radial setup.
+
+A *step* is every transformer call made for one timestep value (the conditional and
+unconditional calls of classifier-free guidance, batched or not, and both experts of Wan2.2 A14B
+share it). Radial attention runs at step ``s`` in block ``l`` when
+
+    dense_steps <= s < num_steps - dense_last_steps   and   l >= dense_layers
+
+and dense attention (the model's own, untouched) everywhere else.
+
+Where the step index comes from:
+
+- on a pipeline, from its scheduler: ``scheduler.step_index`` is the index of the step being
+  computed (``None`` until the first ``scheduler.step``, then 1, 2, ...; ``set_timesteps`` at
+  the start of every pipeline call resets it), and ``len(scheduler.timesteps)`` is the number
+  of steps. Both are relative to ``scheduler.begin_index`` when a pipeline starts later in the
+  schedule (image-to-video strength). Exact whatever the timestep dtype, with CFG, and across
+  the two A14B experts, which share the pipeline's scheduler.
+- on a bare transformer (or a scheduler without ``step_index``), by watching the timestep of
+  each call: a smaller timestep than the previous call starts the next step, an equal one is the
+  same step (CFG), a larger one starts a new generation at step 0; after ``num_steps`` steps the
+  count also starts over. ``reset()`` starts over explicitly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+
+@dataclass(frozen=True)
+class RadialAttentionConfig:
+    """Settings of ``apply_radial_attention`` (see its docstring)."""
+
+    preset: str
+    decay: Optional[float]
+    dense_steps: int = 0
+    dense_last_steps: int = 0
+    dense_layers: int = 0
+    block_size: int = 128
+    backend: str = "auto"
+    num_steps: Optional[int] = None
+
+
+class RadialState:
+    """What the hooks of one radial setup share: settings, step, the current layout, masks, counts.
+
+    Attributes read by users and tests:
+        config: the :class:`RadialAttentionConfig`.
+        step: the current step index (``None`` before the first call).
+        layout: ``(F, T)`` of the transformer call in progress, else ``None``.
+        calls: ``Counter`` of ``(step, layer, "radial" | "dense")`` -> self-attention calls.
+        masks: ``{(F, T, extra_tokens): RadialBlockMask}`` built so far (one per layout).
+    """
+
+    def __init__(self, config: RadialAttentionConfig, scheduler=None):
+        self.config = config
+        self.scheduler = scheduler
+        self.step: Optional[int] = None
+        self.total_steps: Optional[int] = config.num_steps
+        self.layout: Optional[Tuple[int, int]] = None
+        self.family = None
+        self.calls: Counter = Counter()
+        self.masks: dict = {}
+        self._last_timestep: Optional[float] = None
+        self._sparse_step = False
+        # Per forward: (mask tensor, its version, key_lengths) of the last padding mask seen, so a
+        # model that hands the same mask to every block converts it once per forward.
+        self.key_mask_cache = None
+
+    # ------------------------------------------------------------------ steps
+    def reset(self) -> None:
+        """Start counting steps from 0 again (bare transformers; pipelines reset by themselves)."""
+        self.step = None
+        self._last_timestep = None
+        self.total_steps = self.config.num_steps
+
+    def _step_from_scheduler(self) -> Optional[Tuple[int, int]]:
+        s = self.scheduler
+        if s is None or not hasattr(s, "step_index") or getattr(s, "timesteps", None) is None:
+            return None
+        begin = getattr(s, "begin_index", None) or 0
+        index = s.step_index
+        step = (begin if index is None else int(index)) - begin
+        return step, len(s.timesteps) - begin
+
+    def _step_from_timestep(self, timestep) -> int:
+        # The largest value: Wan2.2 TI2V passes per-token timesteps [B, S] whose first-frame
+        # tokens are 0 for image conditioning.
+        t = float(timestep.max()) if isinstance(timestep, torch.Tensor) else float(timestep)
+        last = self._last_timestep
+        if self.step is None or last is None or t > last:
+            step = 0
+        elif t == last:
+            step = self.step
+        else:
+            step = self.step + 1
+        if self.config.num_steps is not None and step >= self.config.num_steps:
+            step = 0
+        self._last_timestep = t
+        return step
+
+    def begin_forward(self, family, layout: Tuple[int, int], timestep) -> None:
+        """Called by the transformer's pre-forward hook: set layout and step, decide the step's mode."""
+        self.family = family
+        self.layout = layout
+        self.key_mask_cache = None
+        from_scheduler = self._step_from_scheduler()
+        if from_scheduler is not None:
+            self.step, self.total_steps = from_scheduler
+        else:
+            if timestep is None:
+                raise ValueError("radial attention: the transformer was called without a timestep to count steps by")
+            self.step = self._step_from_timestep(timestep)
+        c = self.config
+        sparse = self.step >= c.dense_steps
+        if c.dense_last_steps:
+            if self.total_steps is None:
+                raise ValueError(
+                    "dense_last_steps needs the number of denoising steps: pass num_steps= to "
+                    "apply_radial_attention when applying it to a bare transformer"
+                )
+            sparse = sparse and self.step < self.total_steps - c.dense_last_steps
+        self._sparse_step = sparse
+
+    def end_forward(self) -> None:
+        self.layout = None
+        self.key_mask_cache = None
+
+    def use_radial(self, layer: int) -> bool:
+        """Whether block ``layer`` runs radial attention in the transformer call in progress."""
+        if self.layout is None:
+            raise RuntimeError(
+                "a radial self-attention ran outside its transformer's forward (no latent layout is set); "
+                "radial attention reads the video layout from the transformer call"
+            )
+        return self._sparse_step and layer >= self.config.dense_layers
+
+    def record(self, layer: int, kind: str) -> None:
+        self.calls[(self.step, layer, kind)] += 1
+
+    # ------------------------------------------------------------------ masks
+    def mask_for(self, frames: int, tokens_per_frame: int, extra_tokens: int):
+        """The radial block mask of this layout (built once per layout, then reused)."""
+        key = (frames, tokens_per_frame, extra_tokens)
+        mask = self.masks.get(key)
+        if mask is None:
+            from radial_attention.mask import radial_mask_from_preset
+
+            c = self.config
+            mask = radial_mask_from_preset(
+                c.preset, frames, tokens_per_frame, text_tokens=extra_tokens, block_size=c.block_size, decay=c.decay
+            )
+            self.masks[key] = mask
+        return mask
+
+    def summary(self) -> dict:
+        """Counts of radial and dense self-attention calls, and the masks' densities."""
+        radial = sum(n for (_, _, kind), n in self.calls.items() if kind == "radial")
+        dense = sum(n for (_, _, kind), n in self.calls.items() if kind == "dense")
+        return {
+            "radial_calls": radial,
+            "dense_calls": dense,
+            "masks": {f"F={f} T={t} extra={x}": round(m.density, 4) for (f, t, x), m in self.masks.items()},
+        }

@@ -1,0 +1,135 @@
+"""Run one self-attention module with its SDPA call answered by the block-sparse radial op.
+
+Why this way. A diffusers attention processor (``WanAttnProcessor``,
+``HunyuanVideoAttnProcessor2_0``, ...) does the projections (``attn.to_q`` etc., so LoRA layers
+work), the q/k norms, RoPE, the token concatenation and the output projection, and hands the
+attention itself to ``dispatch_attention_fn``, which for diffusers' native backends calls
+``torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=...)`` with
+``q, k, v: [B, H, S, D]``. Exactly that one call has to change. diffusers has no public way to
+register a new attention backend, and copying a processor's ``__call__`` would freeze one
+diffusers version into this library. So the original processor runs unchanged, inside a
+:class:`torch.overrides.TorchFunctionMode` (a public torch API, active only for the duration
+of that module's forward) that answers its SDPA call with
+:func:`radial_attention.ops.block_sparse_attention` and passes every other torch call through.
+
+What the intercepted call may carry: no dropout, no causal flag, equal head counts, and as
+``attn_mask`` either nothing or a key-padding mask (bool, or additive 0/-inf) of shape
+``[B|1, 1, 1, S]`` that keeps a prefix of the keys, as HunyuanVideo's prompt mask does; it
+becomes ``key_lengths``. Anything else raises: silently computing something else is worse.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+
+# diffusers attention backends whose attention is a torch SDPA call (they only pick SDPA's kernel).
+NATIVE_BACKENDS = (None, "native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math")
+
+
+def _bind(args, kwargs) -> dict:
+    if len(args) > len(_SDPA_ARGS):
+        raise TypeError(f"scaled_dot_product_attention got {len(args)} positional arguments")
+    bound = dict(_SDPA_DEFAULTS)
+    bound.update(zip(_SDPA_ARGS, args))
+    bound.update(kwargs)
+    return bound
+
+
+def key_lengths_from_mask(attn_mask: torch.Tensor, batch: int, seq_len: int) -> torch.Tensor:
+    """``[B]`` int lengths from a key-padding mask ``[B|1, 1, 1, S]`` (or ``[B, S]``) that keeps a prefix.
+
+    Bool masks keep ``True``; float masks are additive (``0`` keeps, ``-inf`` drops).
+    """
+    m = attn_mask
+    if m.dim() == 2:
+        m = m[:, None, None, :]
+    if m.dim() != 4 or m.shape[1] != 1 or m.shape[2] != 1 or m.shape[-1] != seq_len or m.shape[0] not in (1, batch):
+        raise ValueError(
+            "radial attention accepts only a key-padding attention mask of shape [B or 1, 1, 1, S] = "
+            f"[{batch} or 1, 1, 1, {seq_len}] in the self-attention; got {tuple(attn_mask.shape)}"
+        )
+    if m.dtype == torch.bool:
+        keep = m[:, 0, 0, :]
+    elif m.dtype.is_floating_point:
+        v = m[:, 0, 0, :]
+        if not bool(((v == 0) | (v == float("-inf"))).all()):
+            raise ValueError("radial attention accepts additive masks only with values 0 (keep) and -inf (drop)")
+        keep = v == 0
+    else:
+        raise ValueError(f"attention mask must be bool or float, got {m.dtype}")
+    keep = keep.expand(batch, seq_len)
+    lengths = keep.sum(dim=-1)
+    prefix = torch.arange(seq_len, device=keep.device)[None, :] < lengths[:, None]
+    if not bool((prefix == keep).all()):
+        raise ValueError(
+            "radial attention accepts a key-padding mask that keeps a prefix of the keys (padding at the end), "
+            "as HunyuanVideo's prompt mask does; this mask drops keys in the middle"
+        )
+    return lengths
+
+
+class RadialSDPA(TorchFunctionMode):
+    """Answers ``F.scaled_dot_product_attention`` calls with radial block-sparse attention.
+
+    Args:
+        state: the :class:`~.schedule.RadialState` (layout of the call in progress, masks, settings).
+        where: a name for error messages (the attention module's path).
+    """
+
+    def __init__(self, state, where: str):
+        super().__init__()
+        self.state = state
+        self.where = where
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        self.calls += 1
+        return self._attend(**_bind(args, kwargs))
+
+    def _attend(self, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+        from radial_attention.ops import block_sparse_attention
+
+        where = self.where
+        if dropout_p:
+            raise ValueError(f"{where}: radial attention has no attention dropout (got dropout_p={dropout_p})")
+        if is_causal:
+            raise ValueError(f"{where}: radial attention is not causal (got is_causal=True)")
+        if query.shape != key.shape or key.shape != value.shape:
+            raise ValueError(
+                f"{where}: radial self-attention expects q, k, v of one shape [B, H, S, D]; got "
+                f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)} (grouped or cross attention?)"
+            )
+        B, H, S, D = query.shape
+        frames, tpf = self.state.layout
+        extra = S - frames * tpf
+        if extra < 0 or (extra > 0 and not self.state.family.extra_tokens):
+            raise ValueError(
+                f"{where}: the self-attention has S={S} tokens but the latent layout of this call is "
+                f"F={frames} frames x T={tpf} tokens = {frames * tpf} video tokens"
+                + ("" if extra < 0 else f" and this model family appends no tokens after the video")
+            )
+        key_lengths = None
+        if attn_mask is not None:
+            key_lengths = self._key_lengths(attn_mask, B, S)
+        mask = self.state.mask_for(frames, tpf, extra)
+        return block_sparse_attention(
+            query, key, value, mask, scale=scale, backend=self.state.config.backend, key_lengths=key_lengths
+        )
+
+    def _key_lengths(self, attn_mask, B, S):
+        # Every block of one forward gets the same mask tensor: convert (and check) it once.
+        cached = self.state.key_mask_cache
+        if cached is not None and cached[0] is attn_mask and cached[1] == attn_mask._version:
+            return cached[2]
+        lengths = key_lengths_from_mask(attn_mask, B, S)
+        lengths = None if bool((lengths == S).all()) else lengths  # nothing padded: no masking work
+        self.state.key_mask_cache = (attn_mask, attn_mask._version, lengths)
+        return lengths
