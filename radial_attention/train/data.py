@@ -1,0 +1,334 @@
+"""The training data folder: pre-encoded latents and prompt embeddings, one safetensors file per
+sample, listed in ``manifest.json``. Format: ``docs/training-data.md``.
+
+::
+
+    my_dataset/
+      manifest.json
+      samples/000000.safetensors     latents [C, F, H, W], prompt_embeds [L, D], (HunyuanVideo:
+      samples/000001.safetensors       prompt_attention_mask [L], pooled_prompt_embeds [P])
+      ...
+
+Everything is checked against the model by :func:`validate_dataset` before training starts
+(reading only the safetensors headers, so it is fast even for large datasets): a bad sample
+raises :class:`DataError` naming the file, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+FORMAT_NAME = "radial-attention-latents"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FAMILIES = ("wan", "hunyuan")
+
+# Tensor names inside one sample file.
+LATENTS = "latents"  # [C, F, H, W]: normalised as the transformer sees them
+PROMPT_EMBEDS = "prompt_embeds"  # [L, D]
+PROMPT_MASK = "prompt_attention_mask"  # [L], HunyuanVideo
+POOLED = "pooled_prompt_embeds"  # [P], HunyuanVideo
+
+
+class DataError(ValueError):
+    """A training data folder that does not fit the format or the model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the transformer expects from one sample (derived from its config, see ``train.model``).
+
+    Attributes:
+        family: ``"wan"`` or ``"hunyuan"``.
+        in_channels: latent channels ``C``.
+        patch_size: ``(p_t, p_h, p_w)``; ``F, H, W`` must be multiples of it.
+        text_dim: last dim ``D`` of ``prompt_embeds``.
+        pooled_dim: size ``P`` of ``pooled_prompt_embeds`` (HunyuanVideo), else ``None``.
+    """
+
+    family: str
+    in_channels: int
+    patch_size: Tuple[int, int, int]
+    text_dim: int
+    pooled_dim: Optional[int] = None
+
+    @property
+    def needs_pooled(self) -> bool:
+        return self.pooled_dim is not None
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.family == "hunyuan"
+
+
+@dataclass
+class SampleInfo:
+    """One manifest entry, plus the tensor shapes read from the file's header."""
+
+    file: pathlib.Path
+    caption: str = ""
+    shapes: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def latent_shape(self) -> Tuple[int, ...]:
+        return self.shapes[LATENTS]
+
+
+# --------------------------------------------------------------------------------- writing
+def write_sample(
+    path,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    *,
+    prompt_attention_mask: Optional[torch.Tensor] = None,
+    pooled_prompt_embeds: Optional[torch.Tensor] = None,
+) -> Dict[str, Tuple[int, ...]]:
+    """Write one sample file.
+
+    Args:
+        latents: ``[C, F, H, W]`` (or ``[1, C, F, H, W]``), already normalised the way the
+            pipeline feeds the transformer (Wan: ``(z - mean) / std``; HunyuanVideo:
+            ``z * scaling_factor``).
+        prompt_embeds: ``[L, D]`` (or ``[1, L, D]``).
+        prompt_attention_mask: ``[L]`` (HunyuanVideo), stored as int64 0/1.
+        pooled_prompt_embeds: ``[P]`` (HunyuanVideo).
+
+    Returns:
+        The stored tensor shapes by name.
+    """
+    from safetensors.torch import save_file
+
+    def squeeze_batch(t, dims, name):
+        if t.dim() == dims + 1 and t.shape[0] == 1:
+            t = t[0]
+        if t.dim() != dims:
+            raise DataError(f"{name} must have {dims} dims (or a leading batch of 1), got shape {tuple(t.shape)}")
+        return t.detach().to("cpu").contiguous()
+
+    tensors = {
+        LATENTS: squeeze_batch(latents, 4, LATENTS),
+        PROMPT_EMBEDS: squeeze_batch(prompt_embeds, 2, PROMPT_EMBEDS),
+    }
+    if prompt_attention_mask is not None:
+        tensors[PROMPT_MASK] = squeeze_batch(prompt_attention_mask, 1, PROMPT_MASK).to(torch.int64)
+    if pooled_prompt_embeds is not None:
+        tensors[POOLED] = squeeze_batch(pooled_prompt_embeds, 1, POOLED)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    return {k: tuple(v.shape) for k, v in tensors.items()}
+
+
+def write_manifest(root, family: str, samples: Sequence[dict], *, extra: Optional[dict] = None) -> pathlib.Path:
+    """Write ``root/manifest.json``.
+
+    Args:
+        family: ``"wan"`` or ``"hunyuan"``.
+        samples: dicts with ``file`` (path relative to ``root``), optional ``caption`` and any
+            other informational keys (``video``, ``latent_shape``...).
+        extra: more top-level keys (e.g. ``source``: the model and video size used to encode).
+    """
+    if family not in FAMILIES:
+        raise DataError(f"model_family must be one of {FAMILIES}, got {family!r}")
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model_family": family}
+    doc.update(extra or {})
+    doc["samples"] = list(samples)
+    out = root / MANIFEST
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+# --------------------------------------------------------------------------------- reading
+def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
+    """Parse ``root/manifest.json`` and read every sample file's header (not its data).
+
+    Raises:
+        DataError: missing folder/manifest/file, wrong format, unreadable file, missing tensors.
+    """
+    from safetensors import safe_open
+
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DataError(f"training data folder {str(root)!r} does not exist")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise DataError(
+            f"no {MANIFEST} in {str(root)!r}: expected a folder made by `radial-attention encode` "
+            f"(format: docs/training-data.md)"
+        )
+    try:
+        doc = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise DataError(f"{mpath}: expected \"format\": {FORMAT_NAME!r}, got {doc.get('format') if isinstance(doc, dict) else doc!r}")
+    if doc.get("version") != FORMAT_VERSION:
+        raise DataError(f"{mpath}: expected version {FORMAT_VERSION}, got {doc.get('version')!r}")
+    if doc.get("model_family") not in FAMILIES:
+        raise DataError(f"{mpath}: model_family must be one of {FAMILIES}, got {doc.get('model_family')!r}")
+    entries = doc.get("samples")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{mpath}: \"samples\" must be a non-empty list")
+
+    samples = []
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise DataError(f"{mpath}: sample #{n} must be an object with a \"file\" string, got {entry!r}")
+        fpath = root / entry["file"]
+        if not fpath.is_file():
+            raise DataError(f"sample #{n}: file {str(fpath)!r} listed in {MANIFEST} does not exist")
+        try:
+            with safe_open(str(fpath), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+        except Exception as e:  # safetensors raises several types for a corrupt file
+            raise DataError(f"sample #{n}: {str(fpath)!r} is not a readable safetensors file ({e})") from None
+        for key in (LATENTS, PROMPT_EMBEDS):
+            if key not in shapes:
+                raise DataError(f"sample #{n}: {str(fpath)!r} has no {key!r} tensor (found {sorted(shapes)})")
+        for key, dt in dtypes.items():
+            if key != PROMPT_MASK and dt not in ("F32", "F16", "BF16", "F64"):
+                raise DataError(f"sample #{n}: {str(fpath)!r}: {key!r} must be a float tensor, got dtype {dt}")
+        samples.append(SampleInfo(file=fpath, caption=str(entry.get("caption", "")), shapes=shapes))
+    return doc, samples
+
+
+def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: int = 1) -> Tuple[dict, List[SampleInfo]]:
+    """Check every sample of a data folder against the model before training starts.
+
+    Checks: the manifest and every listed file exist and parse; the model family matches;
+    ``latents`` is ``[C, F, H, W]`` with ``C == spec.in_channels`` and ``F, H, W`` multiples of
+    the patch size; ``prompt_embeds`` is ``[L, D]`` with ``D == spec.text_dim``; HunyuanVideo's
+    ``prompt_attention_mask [L]`` and ``pooled_prompt_embeds [P]`` are present and fit; with
+    ``batch_size > 1`` all samples share one latent and prompt shape; there are enough samples
+    for one batch per process.
+
+    Returns:
+        ``(manifest, samples)``.
+
+    Raises:
+        DataError: naming the file, what was expected and what was found.
+    """
+    doc, samples = read_manifest(root)
+    if doc["model_family"] != spec.family:
+        raise DataError(
+            f"{pathlib.Path(root) / MANIFEST}: data was encoded for model family {doc['model_family']!r} "
+            f"but the model being trained is {spec.family!r}"
+        )
+    pt, ph, pw = spec.patch_size
+    for n, s in enumerate(samples):
+        where = f"sample #{n} ({s.file})"
+        lat = s.shapes[LATENTS]
+        if len(lat) != 4:
+            raise DataError(f"{where}: latents must be [C, F, H, W], got shape {lat}")
+        c, f, h, w = lat
+        if c != spec.in_channels:
+            raise DataError(
+                f"{where}: latents have {c} channels but the model takes {spec.in_channels} "
+                f"(latent shape {lat}; was the data encoded with another model's VAE?)"
+            )
+        if f % pt or h % ph or w % pw or min(f, h, w) == 0:
+            raise DataError(
+                f"{where}: latent frames/height/width {f}x{h}x{w} must be positive multiples of the model's "
+                f"patch size {pt}x{ph}x{pw} (latent shape {lat})"
+            )
+        emb = s.shapes[PROMPT_EMBEDS]
+        if len(emb) != 2 or emb[1] != spec.text_dim:
+            raise DataError(
+                f"{where}: prompt_embeds must be [L, {spec.text_dim}] for this model, got shape {emb}"
+            )
+        if spec.needs_mask:
+            m = s.shapes.get(PROMPT_MASK)
+            if m is None or m != (emb[0],):
+                raise DataError(f"{where}: prompt_attention_mask must be [{emb[0]}] (one entry per prompt token), got {m}")
+        if spec.needs_pooled:
+            p = s.shapes.get(POOLED)
+            if p is None or p != (spec.pooled_dim,):
+                raise DataError(f"{where}: pooled_prompt_embeds must be [{spec.pooled_dim}] for this model, got {p}")
+    if batch_size > 1:
+        first = samples[0]
+        for n, s in enumerate(samples):
+            for key in (LATENTS, PROMPT_EMBEDS):
+                if s.shapes[key] != first.shapes[key]:
+                    raise DataError(
+                        f"batch_size {batch_size} needs every sample to share one {key} shape: sample #0 has "
+                        f"{first.shapes[key]}, sample #{n} ({s.file}) has {s.shapes[key]} (use batch_size 1 "
+                        f"and gradient accumulation for mixed sizes)"
+                    )
+    if len(samples) < batch_size * world_size:
+        raise DataError(
+            f"{len(samples)} samples are fewer than one batch per process (batch_size {batch_size} x "
+            f"{world_size} processes)"
+        )
+    return doc, samples
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """The samples of a validated data folder; item ``i`` is a dict of CPU tensors
+    (``latents [C,F,H,W]``, ``prompt_embeds [L,D]``, optional ``prompt_attention_mask [L]`` and
+    ``pooled_prompt_embeds [P]``)."""
+
+    def __init__(self, root, spec: ModelSpec, *, batch_size: int = 1, world_size: int = 1):
+        self.root = pathlib.Path(root)
+        self.manifest, self.samples = validate_dataset(root, spec, batch_size=batch_size, world_size=world_size)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.samples[i].file))
+
+
+def collate(items: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """Stack sample dicts into a batch: each tensor gains a leading ``B``."""
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def write_synthetic_dataset(
+    root,
+    spec: ModelSpec,
+    *,
+    num_samples: int,
+    latent_shape: Tuple[int, int, int, int],
+    text_len: int = 16,
+    seed: int = 0,
+) -> pathlib.Path:
+    """A data folder of random samples that fit ``spec`` (tests, smoke runs, benchmarks).
+
+    Latents are smooth (a random low-resolution video upsampled) so that a model can learn them;
+    HunyuanVideo samples get a prompt mask with a random number of real tokens.
+
+    Args:
+        latent_shape: ``(C, F, H, W)`` per sample.
+    """
+    g = torch.Generator().manual_seed(seed)
+    c, f, h, w = latent_shape
+    entries = []
+    for n in range(num_samples):
+        coarse = torch.randn(1, c, max(1, f // 2), max(1, h // 4), max(1, w // 4), generator=g)
+        lat = torch.nn.functional.interpolate(coarse, size=(f, h, w), mode="trilinear", align_corners=False)[0]
+        lat = lat / lat.std().clamp_min(1e-6)
+        emb = torch.randn(text_len, spec.text_dim, generator=g)
+        kw = {}
+        if spec.needs_mask:
+            real = int(torch.randint(1, text_len + 1, (1,), generator=g))
+            kw["prompt_attention_mask"] = (torch.arange(text_len) < real).long()
+        if spec.needs_pooled:
+            kw["pooled_prompt_embeds"] = torch.randn(spec.pooled_dim, generator=g)
+        rel = f"samples/{n:06d}.safetensors"
+        shapes = write_sample(pathlib.Path(root) / rel, lat, emb, **kw)
+        entries.append({"file": rel, "caption": f"synthetic sample {n}", "latent_shape": list(shapes[LATENTS])})
+    return write_manifest(root, spec.family, entries, extra={"source": {"synthetic": True, "seed": seed}})

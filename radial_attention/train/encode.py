@@ -1,0 +1,312 @@
+"""Build a training data folder (``docs/training-data.md``) from mp4 videos and captions with the
+pipeline's own VAE and text encoder(s) (``radial-attention encode``).
+
+Each video is read with imageio (ffmpeg), resized to cover ``height x width`` and centre-cropped,
+its first ``num_frames`` frames (every ``frame_stride``-th) scaled to [-1, 1] and encoded by the
+VAE; the latents are normalised the way the pipeline's decode step undoes it (Wan:
+``(z - latents_mean) / latents_std``; HunyuanVideo: ``z * scaling_factor``). The caption goes
+through the pipeline's own ``encode_prompt``, so the embeddings are exactly what the pipeline
+would feed the transformer at generation time.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .data import DataError, MANIFEST, write_manifest, write_sample
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+
+
+@dataclass
+class VideoItem:
+    video: pathlib.Path
+    caption: str
+
+
+# --------------------------------------------------------------------------------- inputs
+def collect_videos(videos: Sequence[str], captions: Optional[str] = None) -> List[VideoItem]:
+    """The (video, caption) pairs to encode.
+
+    Args:
+        videos: video files and/or folders (a folder contributes its video files, sorted).
+        captions: optional JSONL file, one ``{"video": path, "caption": text}`` per line (paths
+            relative to the JSONL file's folder, or absolute, or a bare file name). Without it,
+            or for a video it does not list, the caption is the ``.txt`` file next to the video
+            (``clip.mp4`` -> ``clip.txt``).
+
+    Raises:
+        DataError: no videos, a missing video, a video without a caption (all listed at once).
+    """
+    files: List[pathlib.Path] = []
+    for v in videos:
+        p = pathlib.Path(v)
+        if p.is_dir():
+            files.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"video {str(p)!r} does not exist")
+    table = {}
+    if captions is not None:
+        cpath = pathlib.Path(captions)
+        if not cpath.is_file():
+            raise DataError(f"captions file {str(cpath)!r} does not exist")
+        for n, line in enumerate(cpath.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                vid, cap = rec["video"], rec["caption"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{cpath}:{n}: expected a JSON object with \"video\" and \"caption\", got {line[:80]!r}") from None
+            vp = pathlib.Path(vid)
+            if not vp.is_absolute():
+                vp = cpath.parent / vp
+            table[vp.resolve()] = str(cap)
+            table.setdefault(pathlib.Path(vid).name, str(cap))
+        if not videos:
+            files = [p for p in table if isinstance(p, pathlib.Path) and p.is_absolute()]
+            missing = [str(p) for p in files if not p.is_file()]
+            if missing:
+                raise DataError(f"{cpath}: listed videos do not exist: {missing[:5]}")
+    if not files:
+        raise DataError("no videos to encode: give video files or folders (.mp4 ...) or a captions JSONL")
+    items, uncaptioned = [], []
+    for f in files:
+        cap = table.get(f.resolve(), table.get(f.name))
+        if cap is None and f.with_suffix(".txt").is_file():
+            cap = f.with_suffix(".txt").read_text().strip()
+        if cap is None:
+            uncaptioned.append(str(f))
+        else:
+            items.append(VideoItem(f, cap))
+    if uncaptioned:
+        raise DataError(
+            f"{len(uncaptioned)} video(s) have no caption (no entry in the captions JSONL and no .txt beside them): "
+            f"{uncaptioned[:5]}"
+        )
+    return items
+
+
+def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: int = 1) -> torch.Tensor:
+    """Frames ``0, s, 2s, ..`` (``num_frames`` of them) of a video, resized to cover
+    ``height x width`` and centre-cropped, as float32 ``[3, num_frames, height, width]`` in [-1, 1].
+
+    Raises:
+        DataError: unreadable file, or fewer than ``(num_frames - 1) * frame_stride + 1`` frames.
+    """
+    import imageio
+
+    need = (num_frames - 1) * frame_stride + 1
+    frames = []
+    try:
+        reader = imageio.get_reader(str(path), format="ffmpeg")
+    except Exception as e:
+        raise DataError(f"cannot read video {str(path)!r}: {e}") from None
+    try:
+        for i, frame in enumerate(reader):
+            if i % frame_stride == 0:
+                frames.append(torch.from_numpy(frame[..., :3].copy()))
+            if i + 1 >= need:
+                break
+    finally:
+        reader.close()
+    if len(frames) < num_frames:
+        raise DataError(
+            f"video {str(path)!r} has {len(frames) if frame_stride == 1 else 'too few'} frames, "
+            f"needs {need} ({num_frames} frames at stride {frame_stride})"
+        )
+    video = torch.stack(frames[:num_frames]).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [F, H0, W0, 3] -> [F, 3, H0, W0]
+    h0, w0 = video.shape[-2:]
+    scale = max(height / h0, width / w0)
+    rh, rw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
+    video = torch.nn.functional.interpolate(video, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (rh - height) // 2, (rw - width) // 2
+    video = video[..., top : top + height, left : left + width].clamp(-1, 1)
+    return video.permute(1, 0, 2, 3).contiguous()  # [F, 3, H, W] -> [3, F, H, W]
+
+
+# --------------------------------------------------------------------------------- the pipeline side
+def pipeline_family(pipe) -> str:
+    name = type(pipe).__name__
+    if name.startswith("Wan"):
+        if name != "WanPipeline":
+            raise TypeError(f"encode supports text-to-video WanPipeline and HunyuanVideoPipeline, got {name}")
+        return "wan"
+    if name == "HunyuanVideoPipeline":
+        return "hunyuan"
+    raise TypeError(f"encode supports WanPipeline and HunyuanVideoPipeline, got {name}")
+
+
+def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32):
+    """The pipeline without its transformer (only the VAE and text encoders are needed)."""
+    import diffusers
+
+    path = pathlib.Path(model)
+    if path.exists() and not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
+    index = diffusers.DiffusionPipeline.load_config(model)
+    cls = getattr(diffusers, index.get("_class_name", ""), None)
+    if cls is None:
+        raise TypeError(f"{model}: unknown pipeline class {index.get('_class_name')!r}")
+    # Skip the transformer(s): passing None explicitly makes diffusers leave them out.
+    skip = {name: None for name in ("transformer", "transformer_2") if name in index}
+    return cls.from_pretrained(model, torch_dtype=dtype, **skip)
+
+
+def _transformer_patch(model: str) -> Tuple[int, int]:
+    """(temporal, spatial) patch size from the pipeline folder's transformer config (default 1, 2)."""
+    cfg = pathlib.Path(model) / "transformer" / "config.json"
+    if cfg.is_file():
+        c = json.loads(cfg.read_text())
+        if "patch_size_t" in c:
+            return int(c["patch_size_t"]), int(c["patch_size"])
+        if isinstance(c.get("patch_size"), list):
+            return int(c["patch_size"][0]), int(c["patch_size"][1])
+    return 1, 2
+
+
+@torch.no_grad()
+def encode_latents(pipe, family: str, video: torch.Tensor, *, sample: bool = False, generator=None) -> torch.Tensor:
+    """VAE-encode ``video [3, F, H, W]`` in [-1, 1] -> normalised latents ``[C, F', H', W']`` (float32)."""
+    vae = pipe.vae
+    x = video[None].to(vae.device, vae.dtype)
+    dist = vae.encode(x).latent_dist
+    z = (dist.sample(generator) if sample else dist.mode()).float()
+    if family == "wan":
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+        z = (z - mean) / std
+    else:
+        z = z * float(vae.config.scaling_factor)
+    return z[0].cpu()
+
+
+@torch.no_grad()
+def encode_caption(pipe, family: str, caption: str, *, max_sequence_length: Optional[int] = None, prompt_template=None) -> dict:
+    """The caption's embeddings as the pipeline makes them (batch dim dropped, on the CPU)."""
+    device = pipe._execution_device
+    if family == "wan":
+        kw = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+        emb, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device, **kw)
+        return {"prompt_embeds": emb[0].float().cpu()}
+    kw = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+    if prompt_template is not None:
+        kw["prompt_template"] = prompt_template
+    emb, pooled, mask = pipe.encode_prompt(prompt=caption, device=device, **kw)
+    return {
+        "prompt_embeds": emb[0].float().cpu(),
+        "pooled_prompt_embeds": pooled[0].float().cpu(),
+        "prompt_attention_mask": mask[0].cpu(),
+    }
+
+
+def encode_videos(
+    model: str,
+    videos: Sequence[str],
+    out_dir,
+    *,
+    height: int,
+    width: int,
+    num_frames: int,
+    captions: Optional[str] = None,
+    frame_stride: int = 1,
+    max_sequence_length: Optional[int] = None,
+    prompt_template: Optional[dict] = None,
+    sample_latents: bool = False,
+    seed: int = 0,
+    device: Optional[str] = None,
+    dtype: torch.dtype = torch.float32,
+    store_dtype: torch.dtype = torch.float32,
+    vae_tiling: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    pipe=None,
+) -> pathlib.Path:
+    """Encode videos + captions into a training data folder; returns the manifest path.
+
+    Everything that can be checked without the models (videos exist, have captions, sizes fit
+    the VAE and patch size, output folder free) is checked before the pipeline is loaded.
+
+    Args:
+        model: diffusers pipeline folder or Hub id (Wan2.1 T2V or HunyuanVideo T2V).
+        videos, captions: see :func:`collect_videos`.
+        height, width, num_frames: the training video size (``num_frames = 4k + 1``).
+        frame_stride: take every ``frame_stride``-th frame of the source video.
+        max_sequence_length: prompt tokens (default: the pipeline's, Wan 512 / HunyuanVideo 256).
+        prompt_template: HunyuanVideo's prompt template (default the pipeline's).
+        sample_latents: sample the VAE posterior instead of taking its mode.
+        device: where the VAE / text encoders run (default CUDA if available).
+        dtype: model dtype; store_dtype: dtype of the stored tensors.
+        vae_tiling: ``vae.enable_tiling()`` (saves memory for large videos).
+        overwrite: replace an existing data folder.
+        pipe: an already loaded pipeline to use instead of loading ``model``.
+    """
+    out_dir = pathlib.Path(out_dir)
+    if (out_dir / MANIFEST).exists() and not overwrite:
+        raise DataError(f"{out_dir / MANIFEST} already exists (use overwrite / --overwrite to replace it)")
+    items = collect_videos(videos, captions)
+    for name, v in (("height", height), ("width", width), ("num_frames", num_frames), ("frame_stride", frame_stride)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise DataError(f"{name} must be a positive integer, got {v!r}")
+
+    if pipe is None:
+        pipe = load_pipeline(model, dtype=dtype)
+    family = pipeline_family(pipe)
+    t_factor, s_factor = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+    pt, ps = _transformer_patch(model) if model else (1, 2)
+    if (num_frames - 1) % t_factor:
+        raise DataError(f"num_frames must be {t_factor}k+1 for this VAE, got {num_frames}")
+    if height % (s_factor * ps) or width % (s_factor * ps):
+        raise DataError(
+            f"height and width must be multiples of {s_factor * ps} (VAE {s_factor}x times patch {ps}), got {height}x{width}"
+        )
+    latent_frames = (num_frames - 1) // t_factor + 1
+    if latent_frames % pt:
+        raise DataError(f"{latent_frames} latent frames are not a multiple of the temporal patch {pt}")
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.to(dev)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    gen = torch.Generator(dev).manual_seed(seed) if sample_latents else None
+
+    entries = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="encode", unit="video")
+    try:
+        for n, item in enumerate(items):
+            video = read_video(item.video, num_frames, height, width, frame_stride=frame_stride)
+            lat = encode_latents(pipe, family, video, sample=sample_latents, generator=gen)
+            text = encode_caption(pipe, family, item.caption, max_sequence_length=max_sequence_length, prompt_template=prompt_template)
+            rel = f"samples/{n:06d}.safetensors"
+            kw = {}
+            if family == "hunyuan":
+                kw = {"prompt_attention_mask": text["prompt_attention_mask"], "pooled_prompt_embeds": text["pooled_prompt_embeds"].to(store_dtype)}
+            shapes = write_sample(out_dir / rel, lat.to(store_dtype), text["prompt_embeds"].to(store_dtype), **kw)
+            entries.append({"file": rel, "caption": item.caption, "video": str(item.video), "latent_shape": list(shapes["latents"])})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    source = {
+        "model": str(model),
+        "pipeline": type(pipe).__name__,
+        "height": height,
+        "width": width,
+        "num_frames": num_frames,
+        "frame_stride": frame_stride,
+        "latents": "sampled" if sample_latents else "mode",
+        "normalisation": "(z - latents_mean) / latents_std" if family == "wan" else "z * scaling_factor",
+    }
+    return write_manifest(out_dir, family, entries, extra={"source": source})

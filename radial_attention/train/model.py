@@ -1,0 +1,212 @@
+"""Which transformer is being trained: loading it, what data it takes, how to call it, where the
+LoRA goes, and which pipeline class writes and reads its LoRA files.
+
+Supported: diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B) and
+``HunyuanVideoTransformer3DModel`` (HunyuanVideo T2V).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from .data import LATENTS, POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
+
+# The built-in tiny models (random weights, no download) that `--model` accepts by name.
+TINY_MODELS = ("tiny-wan", "tiny-hunyuan")
+
+# LoRA targets, as regexes over module names (peft full-matches a string target_modules).
+# Only the self-attention over video tokens: Wan's attn1 (attn2 is cross-attention to text);
+# HunyuanVideo's joint attention, video side (to_q/k/v/out of the double-stream blocks; to_q/k/v
+# and the block's output projection proj_out, which carries the attention output, of the
+# single-stream blocks). The text-side projections (add_*_proj) are left alone.
+_ATTN_TARGETS = {
+    "wan": [r"blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)"],
+    "hunyuan": [
+        r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)",
+        r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)",
+        r"single_transformer_blocks\.\d+\.proj_out",
+    ],
+}
+_FF_TARGETS = {
+    "wan": [r"blocks\.\d+\.ffn\.net\.(0\.proj|2)"],
+    "hunyuan": [r"transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)", r"single_transformer_blocks\.\d+\.proj_mlp"],
+}
+# Flow shift when the model folder has no scheduler config (diffusers' published configs).
+_DEFAULT_SHIFT = {"wan": 3.0, "hunyuan": 7.0}
+
+
+def family_of(transformer) -> str:
+    """``"wan"`` or ``"hunyuan"`` for a diffusers transformer; ``TypeError`` for anything else."""
+    name = type(transformer).__name__
+    if name == "WanTransformer3DModel":
+        if getattr(transformer.config, "image_dim", None) is not None:
+            raise TypeError(
+                "Wan image-to-video transformers (image_dim set) are not supported by train-lora yet: "
+                "expected a text-to-video WanTransformer3DModel"
+            )
+        return "wan"
+    if name == "HunyuanVideoTransformer3DModel":
+        if getattr(transformer.config, "image_condition_type", None) is not None:
+            raise TypeError("HunyuanVideo image-to-video transformers are not supported by train-lora yet")
+        return "hunyuan"
+    raise TypeError(
+        f"train-lora supports diffusers WanTransformer3DModel and HunyuanVideoTransformer3DModel, got {name}"
+    )
+
+
+def model_spec(transformer) -> ModelSpec:
+    """What one training sample must look like for this transformer."""
+    fam = family_of(transformer)
+    cfg = transformer.config
+    if fam == "wan":
+        return ModelSpec("wan", int(cfg.in_channels), tuple(int(p) for p in cfg.patch_size), int(cfg.text_dim))
+    return ModelSpec(
+        "hunyuan",
+        int(cfg.in_channels),
+        (int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)),
+        int(cfg.text_embed_dim),
+        int(cfg.pooled_projection_dim),
+    )
+
+
+def lora_target_regex(family: str, train_ff: bool = False) -> str:
+    """One regex (for peft's ``target_modules``) matching the modules that get a LoRA."""
+    pats = list(_ATTN_TARGETS[family]) + (list(_FF_TARGETS[family]) if train_ff else [])
+    return "(" + "|".join(f"(?:{p})" for p in pats) + ")"
+
+
+def pipeline_class(family: str):
+    """The diffusers pipeline class whose ``save_lora_weights`` / ``load_lora_weights`` fit the family."""
+    import diffusers
+
+    return {"wan": diffusers.WanPipeline, "hunyuan": diffusers.HunyuanVideoPipeline}[family]
+
+
+def _is_local(model: str) -> bool:
+    return pathlib.Path(model).exists()
+
+
+def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Load the transformer to train.
+
+    Args:
+        model: a built-in tiny model name (``tiny-wan``, ``tiny-hunyuan``: random weights from
+            ``seed``), a local diffusers pipeline folder (has ``model_index.json``; the
+            ``transformer`` subfolder is used), a local transformer folder (has ``config.json``),
+            or a Hugging Face Hub pipeline id.
+        dtype: parameter dtype.
+
+    Raises:
+        FileNotFoundError: a local path that is neither kind of folder.
+    """
+    import diffusers
+
+    if model in TINY_MODELS:
+        from radial_attention.integrations.diffusers import tiny
+
+        # 3 Wan blocks / 2+1 HunyuanVideo blocks: with the default dense_layers=2 there is still a
+        # radial block to train.
+        if model == "tiny-wan":
+            return tiny.tiny_wan_transformer("t2v", num_layers=3, seed=seed, dtype=dtype)
+        return tiny.tiny_hunyuan_transformer(num_layers=2, num_single_layers=1, seed=seed, dtype=dtype)
+    path = pathlib.Path(model)
+    if path.exists():
+        if (path / "model_index.json").is_file():
+            path, subfolder = path, "transformer"
+        elif (path / "config.json").is_file():
+            subfolder = None
+        else:
+            raise FileNotFoundError(
+                f"{str(path)!r} is neither a diffusers pipeline folder (model_index.json) nor a transformer "
+                f"folder (config.json)"
+            )
+        cfg_path = path / (subfolder or "") / "config.json"
+        cls_name = json.loads(cfg_path.read_text()).get("_class_name")
+        cls = getattr(diffusers, cls_name or "", None)
+        if cls is None:
+            raise TypeError(f"{cfg_path}: unknown transformer class {cls_name!r}")
+        return cls.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype)
+    # A Hub id: read the class from the repo's transformer config.
+    cfg = diffusers.ModelMixin.load_config(model, subfolder="transformer")
+    cls = getattr(diffusers, cfg.get("_class_name", ""), None)
+    if cls is None:
+        raise TypeError(f"{model}: unknown transformer class {cfg.get('_class_name')!r}")
+    return cls.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
+
+
+def default_shift(model: str, family: str) -> float:
+    """The flow shift of the model's own scheduler config when it has one, else the family default."""
+    path = pathlib.Path(model) / "scheduler" / "scheduler_config.json"
+    if model not in TINY_MODELS and path.is_file():
+        cfg = json.loads(path.read_text())
+        for key in ("flow_shift", "shift"):
+            if isinstance(cfg.get(key), (int, float)):
+                return float(cfg[key])
+    return _DEFAULT_SHIFT[family]
+
+
+def transformer_inputs(
+    family: str, batch: Dict[str, torch.Tensor], x_t: torch.Tensor, timestep: torch.Tensor, *, dtype: torch.dtype, guidance: float = 1.0
+) -> dict:
+    """Keyword arguments of one transformer call, as the family's pipeline makes them.
+
+    Args:
+        batch: collated sample tensors (``prompt_embeds [B, L, D]`` ..., on the device).
+        x_t: noisy latents ``[B, C, F, H, W]``.
+        timestep: ``[B]`` in (0, 1000].
+        dtype: the transformer's compute dtype (inputs are cast to it, as the pipelines do).
+        guidance: HunyuanVideo's embedded guidance scale (the model gets ``guidance * 1000``).
+    """
+    kw = {
+        "hidden_states": x_t.to(dtype),
+        "timestep": timestep,
+        "encoder_hidden_states": batch[PROMPT_EMBEDS].to(dtype),
+        "return_dict": False,
+    }
+    if family == "hunyuan":
+        kw["encoder_attention_mask"] = batch[PROMPT_MASK]
+        kw["pooled_projections"] = batch[POOLED].to(dtype)
+        kw["guidance"] = torch.full((x_t.shape[0],), guidance * 1000.0, device=x_t.device, dtype=dtype)
+    return kw
+
+
+def latent_layout(spec: ModelSpec, latent_shape) -> dict:
+    """Token layout of a latent ``[C, F, H, W]``: frames and tokens per frame after patching."""
+    _, f, h, w = latent_shape
+    pt, ph, pw = spec.patch_size
+    return {"frames": f // pt, "tokens_per_frame": (h // ph) * (w // pw)}
+
+
+@dataclass
+class Precision:
+    """How the model runs: parameter dtype of the frozen weights and the autocast dtype (or None)."""
+
+    weights: torch.dtype
+    autocast: Optional[torch.dtype]
+
+    @property
+    def compute(self) -> torch.dtype:
+        return self.autocast or self.weights
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``fp32``: everything float32. ``bf16``: frozen weights in bf16 and bf16 autocast, LoRA
+    weights and optimizer in float32. ``bf16-autocast``: float32 weights, bf16 autocast.
+    ``auto``: ``bf16`` on CUDA, ``fp32`` elsewhere."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    if name == "fp32":
+        return Precision(torch.float32, None)
+    if name == "bf16":
+        return Precision(torch.bfloat16, torch.bfloat16)
+    return Precision(torch.float32, torch.bfloat16)

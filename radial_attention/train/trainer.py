@@ -1,0 +1,438 @@
+"""Length-extension LoRA fine-tuning with radial attention.
+
+The recipe of Radial Attention (Li et al. 2025, section 5.3): a pretrained Wan or HunyuanVideo
+transformer, radial attention in every block except the first ``dense_layers`` (2), a LoRA on the
+self-attention projections, trained with the model's own flow-matching objective on longer videos
+than it was trained for. The radial mask's O(n log n) attention is what makes long-video steps
+affordable.
+
+Python::
+
+    from radial_attention.train import TrainConfig, train_lora
+    result = train_lora(TrainConfig(model="path/to/Wan2.1-T2V-1.3B-Diffusers", data="my_latents",
+                                    output_dir="runs/wan-4x", max_steps=2000))
+    # then: pipe.load_lora_weights("runs/wan-4x")
+
+Command line: ``radial-attention train-lora --model ... --data ... --output ...``; several GPUs:
+``torchrun --nproc-per-node 8 -m radial_attention.cli.main train-lora ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+
+from . import checkpoint as ckpt
+from . import data_parallel as dp
+from .data import LatentDataset, collate
+from .lora import add_lora, load_lora_into, lora_parameters, save_lora
+from .model import (
+    default_shift,
+    family_of,
+    latent_layout,
+    load_transformer,
+    model_spec,
+    resolve_precision,
+    transformer_inputs,
+)
+from .objective import FlowMatching
+
+ATTENTIONS = ("radial", "dense")
+LR_SCHEDULES = ("constant", "cosine")
+# Settings that must not change between a run and its resumption (they change the data order,
+# the random draws or the adapter's shape).
+_RESUME_MUST_MATCH = ("rank", "train_ff", "batch_size", "grad_accum", "seed", "world_size", "timestep_sampling")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Defaults follow the paper's LoRA recipe where it has one.
+
+    Model and data:
+        model: pipeline folder, transformer folder, Hub id, or ``tiny-wan`` / ``tiny-hunyuan``.
+        data: folder in the format of ``docs/training-data.md`` (``radial-attention encode``).
+        output_dir: where the LoRA, checkpoints and ``loss.jsonl`` go.
+    LoRA:
+        rank (128), alpha (default = rank), lora_dropout, train_ff (also the feed-forward layers).
+    Attention:
+        attention: ``"radial"`` or ``"dense"`` (plain SDPA everywhere, the baseline).
+        preset / decay: radial mask settings (``None``: the model's own preset and its decay).
+        dense_layers: the first this many blocks stay dense (2).
+        block_size (128; 64 for small videos), backend: the op backend (``"auto"``).
+    Optimisation:
+        max_steps: optimizer steps; batch_size per process; grad_accum micro-batches per step;
+        lr, weight_decay, adam_betas, adam_eps (AdamW); warmup_steps, lr_schedule
+        (``constant``/``cosine``); max_grad_norm (0 disables clipping).
+    Objective:
+        shift (``None``: the model's scheduler config, else Wan 3.0 / HunyuanVideo 7.0),
+        timestep_sampling (``uniform``/``logit_normal``), guidance (HunyuanVideo's embedded guidance).
+    Runtime:
+        precision (``auto``: bf16 on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
+        gradient_checkpointing, device (``None``: CUDA if available), seed, checkpoint_every,
+        keep_checkpoints, resume (``None``, ``"latest"`` or a checkpoint folder), eval_every
+        (a fixed-noise loss on the first ``eval_samples`` samples; 0 disables), progress (bar).
+    """
+
+    model: str
+    data: str
+    output_dir: str
+    rank: int = 128
+    alpha: Optional[float] = None
+    lora_dropout: float = 0.0
+    train_ff: bool = False
+    attention: str = "radial"
+    preset: Optional[str] = None
+    decay: Optional[float] = None
+    dense_layers: int = 2
+    block_size: int = 128
+    backend: str = "auto"
+    max_steps: int = 1000
+    batch_size: int = 1
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    adam_betas: Tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    max_grad_norm: float = 1.0
+    shift: Optional[float] = None
+    timestep_sampling: str = "uniform"
+    guidance: float = 1.0
+    precision: str = "auto"
+    gradient_checkpointing: bool = True
+    device: Optional[str] = None
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    resume: Optional[str] = None
+    eval_every: int = 0
+    eval_samples: int = 4
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("dense_layers", "warmup_steps", "checkpoint_every", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        self.adam_betas = tuple(self.adam_betas)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    output_dir: pathlib.Path
+    lora_path: pathlib.Path
+    steps: int
+    losses: List[float] = field(default_factory=list)  # per optimizer step, this run only
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            span = max(1, cfg.max_steps - cfg.warmup_steps)
+            t = min(1.0, (step - cfg.warmup_steps) / span)
+            return 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return f
+
+
+class LoRATrainer:
+    """One training run: builds the model, LoRA, radial attention, optimizer and data order, then
+    :meth:`train` (or :meth:`step` for one optimizer step at a time).
+
+    The transformer (unwrapped) is ``self.transformer``; under several processes the DDP wrapper
+    is ``self.model``.
+    """
+
+    def __init__(self, config: TrainConfig, *, transformer=None):
+        """``transformer``: an already built diffusers transformer to train instead of loading
+        ``config.model`` (tests, notebooks); it is modified in place (LoRA, processors)."""
+        self.cfg = cfg = config
+        self.info = dp.setup(cfg.device)
+        self.device = self.info.device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if transformer is None:
+            transformer = load_transformer(cfg.model, dtype=self.precision.weights, seed=cfg.seed)
+        else:
+            transformer = transformer.to(self.precision.weights)
+        self.family = family_of(transformer)
+        self.spec = model_spec(transformer)
+
+        # Data first: bad data fails here, before anything expensive happens.
+        self.dataset = LatentDataset(cfg.data, self.spec, batch_size=cfg.batch_size, world_size=self.info.world_size)
+        self.shift = default_shift(cfg.model, self.family) if cfg.shift is None else float(cfg.shift)
+        self.objective = FlowMatching(shift=self.shift, sampling=cfg.timestep_sampling)
+
+        self.lora_config = add_lora(
+            transformer, self.family, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+            train_ff=cfg.train_ff, init_seed=cfg.seed,
+        )
+        transformer.to(self.device)
+        if cfg.attention == "radial":
+            from radial_attention.integrations.diffusers import apply_radial_attention
+
+            apply_radial_attention(
+                transformer, preset=cfg.preset, decay=cfg.decay, dense_layers=cfg.dense_layers,
+                block_size=cfg.block_size, backend=cfg.backend,
+            )
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.train()
+        self.transformer = transformer
+        self.model = dp.wrap(transformer, self.info)
+        self.params = lora_parameters(transformer)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        # Noise and timesteps come from a CPU generator per process, so a run is reproducible
+        # and does not depend on the device.
+        self.generator = torch.Generator("cpu").manual_seed(cfg.seed * 1_000_003 + 7919 * self.info.rank + 1)
+        self.step_count = 0  # optimizer steps done
+        self.epoch = 0
+        self.position = 0  # micro-batches of this epoch already consumed
+        self._order = None
+        self.output_dir = pathlib.Path(cfg.output_dir)
+        if self.info.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
+        if resume_from is not None:
+            self._load_checkpoint(resume_from)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches each process gets per pass over the data (the remainder is dropped)."""
+        return (len(self.dataset) // self.info.world_size) // self.cfg.batch_size
+
+    def settings(self) -> dict:
+        d = dataclasses.asdict(self.cfg)
+        d.update(world_size=self.info.world_size, family=self.family, shift=self.shift)
+        return d
+
+    def radial_density(self) -> Optional[float]:
+        """Block density of the radial mask on the first sample's layout (None when dense)."""
+        if self.cfg.attention != "radial":
+            return None
+        from radial_attention.mask.radial import radial_mask_from_preset
+
+        preset = self.cfg.preset or {"wan": "wan", "hunyuan": "hunyuan"}[self.family]
+        lay = latent_layout(self.spec, self.dataset.samples[0].latent_shape)
+        text = 0
+        if self.family == "hunyuan":
+            text = self.dataset.samples[0].shapes["prompt_embeds"][0]
+        m = radial_mask_from_preset(preset, lay["frames"], lay["tokens_per_frame"], text_tokens=text,
+                                    block_size=self.cfg.block_size, decay=self.cfg.decay)
+        return m.density
+
+    # ------------------------------------------------------------------ data order
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This process's sample indices for ``epoch`` (a seeded permutation, sharded by rank)."""
+        g = torch.Generator("cpu").manual_seed(self.cfg.seed + 104_729 * epoch)
+        perm = torch.randperm(len(self.dataset), generator=g)
+        per_rank = len(self.dataset) // self.info.world_size
+        return perm[self.info.rank :: self.info.world_size][:per_rank]
+
+    def _next_batch(self) -> dict:
+        if self.position >= self.batches_per_epoch:
+            self.epoch += 1
+            self.position = 0
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, self._epoch_order(self.epoch))
+        bs = self.cfg.batch_size
+        idx = self._order[1][self.position * bs : (self.position + 1) * bs].tolist()
+        self.position += 1
+        batch = collate([self.dataset[i] for i in idx])
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ one step
+    def _forward_loss(self, batch: dict, generator: torch.Generator, module=None) -> torch.Tensor:
+        """Flow-matching loss of one batch; noise and noise levels drawn from ``generator``."""
+        module = self.model if module is None else module
+        x_t, timestep, target, _ = self.objective.sample(batch["latents"], generator)
+        kw = transformer_inputs(self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.precision.autocast)
+            if self.precision.autocast is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            pred = module(**kw)[0]
+        return self.objective.loss(pred, target)
+
+    def step(self) -> dict:
+        """One optimizer step (``grad_accum`` micro-batches). Returns the log record."""
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.cfg.grad_accum):
+            batch = self._next_batch()
+            last = micro == self.cfg.grad_accum - 1
+            # Gradients are averaged across processes only on the last micro-batch.
+            sync = self.model.no_sync() if (self.info.distributed and not last) else contextlib.nullcontext()
+            with sync:
+                loss = self._forward_loss(batch, self.generator)
+                (loss / self.cfg.grad_accum).backward()
+            total += loss.detach()
+        grad_norm = None
+        if self.cfg.max_grad_norm and self.cfg.max_grad_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        mean_loss = float(dp.mean_across(total / self.cfg.grad_accum, self.info))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        rec = {
+            "step": self.step_count,
+            "loss": mean_loss,
+            "lr": lr,
+            "step_time_s": time.perf_counter() - t0,
+            "epoch": self.epoch,
+        }
+        if grad_norm is not None:
+            rec["grad_norm"] = grad_norm
+        return rec
+
+    @torch.no_grad()
+    def evaluate(self, samples: Optional[int] = None, seed: int = 12345) -> float:
+        """Flow-matching loss on the first ``samples`` samples with fixed noise and noise levels
+        (the same draws every call, so values are comparable across steps). Does not touch the
+        training RNG or data order."""
+        n = min(samples or self.cfg.eval_samples, len(self.dataset))
+        g = torch.Generator("cpu").manual_seed(seed)
+        was_training = self.transformer.training
+        self.transformer.eval()
+        losses = []
+        for i in range(n):
+            batch = {k: v.to(self.device) for k, v in collate([self.dataset[i]]).items()}
+            losses.append(float(self._forward_loss(batch, g, module=self.transformer)))
+        self.transformer.train(was_training)
+        return sum(losses) / len(losses)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> pathlib.Path:
+        """Write a checkpoint of the current step (all processes must call it)."""
+        final = ckpt.checkpoint_dir(self.output_dir, self.step_count)
+        tmp = final.with_name(f"tmp-{final.name}")
+        if self.info.is_main:
+            ckpt.begin_write(self.output_dir, self.step_count)
+        dp.barrier(self.info)
+        torch.save(ckpt.rng_state(self.generator), tmp / f"rng-rank{self.info.rank}.pt")
+        dp.barrier(self.info)
+        if self.info.is_main:
+            save_lora(self.transformer, self.family, tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            state = {"step": self.step_count, "epoch": self.epoch, "position": self.position, "settings": self.settings()}
+            ckpt.finish_write(tmp, state, self.cfg.keep_checkpoints)
+        dp.barrier(self.info)
+        return final
+
+    def _load_checkpoint(self, path: pathlib.Path) -> None:
+        state = ckpt.read_state(path)
+        saved, now = state["settings"], self.settings()
+        diff = {k: (saved.get(k), now[k]) for k in _RESUME_MUST_MATCH if saved.get(k) != now[k]}
+        if diff:
+            raise ValueError(
+                f"cannot resume from {path}: these settings differ from the checkpoint's (saved, now): {diff}"
+            )
+        rng_file = path / f"rng-rank{self.info.rank}.pt"
+        load_lora_into(self.transformer, path)
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        ckpt.set_rng_state(torch.load(rng_file, weights_only=False), self.generator)
+        self.step_count, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        self._order = None
+
+    # ------------------------------------------------------------------ the loop
+    def _log_path(self) -> pathlib.Path:
+        return self.output_dir / "loss.jsonl"
+
+    def _trim_log(self) -> None:
+        """On resume, drop log lines past the resumed step (they belong to the lost tail of the run)."""
+        path = self._log_path()
+        if not path.is_file():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step_count:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue
+        path.write_text("".join(x + "\n" for x in keep))
+
+    def train(self) -> TrainResult:
+        """Run until ``max_steps``; checkpoint every ``checkpoint_every`` steps and at the end;
+        write the final LoRA to ``output_dir``. Returns the result (losses of this invocation)."""
+        cfg = self.cfg
+        main = self.info.is_main
+        if main:
+            self._trim_log()
+            (self.output_dir / "train_config.json").write_text(json.dumps(self.settings(), indent=1, default=str))
+        bar = None
+        if main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step_count, desc="train-lora", unit="step", dynamic_ncols=True)
+        losses = []
+        log = open(self._log_path(), "a") if main else None
+        try:
+            while self.step_count < cfg.max_steps:
+                rec = self.step()
+                losses.append(rec["loss"])
+                if cfg.eval_every and self.step_count % cfg.eval_every == 0:
+                    rec["eval_loss"] = self.evaluate()
+                if log is not None:
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", step_s=f"{rec['step_time_s']:.2f}")
+                if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.step_count < cfg.max_steps:
+                    self.save_checkpoint()
+        finally:
+            if log is not None:
+                log.close()
+            if bar is not None:
+                bar.close()
+        if cfg.checkpoint_every:
+            last = ckpt.list_checkpoints(self.output_dir)
+            if not last or last[-1].name != ckpt.checkpoint_dir(self.output_dir, self.step_count).name:
+                self.save_checkpoint()
+        lora_path = self.output_dir / "pytorch_lora_weights.safetensors"
+        if main:
+            lora_path = save_lora(self.transformer, self.family, self.output_dir)
+        dp.barrier(self.info)
+        return TrainResult(self.output_dir, lora_path, self.step_count, losses)
+
+
+def train_lora(config: TrainConfig, *, transformer=None) -> TrainResult:
+    """Build a :class:`LoRATrainer` and run it to ``config.max_steps`` (see the module doc)."""
+    return LoRATrainer(config, transformer=transformer).train()
