@@ -1,0 +1,170 @@
+"""Starting torch.distributed: under ``torchrun`` (GPUs, NCCL) or as local CPU workers (gloo).
+
+- :func:`init_distributed` reads the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), picks NCCL with one GPU per process when CUDA
+  is there and gloo otherwise, and returns where this process runs.
+- :func:`run_workers` starts ``N`` local processes (forkserver) that join a gloo group on a free port
+  and run one function: what the CPU tests and the benchmarks' ``--smoke`` mode use. A worker that
+  fails or hangs past the timeout fails the whole run (no silent hang).
+
+NVLink multicast (NVLS) stays off in every GPU run this package starts: ``NCCL_NVLS_ENABLE=0`` and
+``TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` are set before NCCL is initialized unless the caller set
+them already.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import os
+import socket
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+# Environment every GPU launch gets (workplace rule: NVLink multicast stays off).
+NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process runs: its rank, the world size, the local rank and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: Optional[str]  # "nccl" / "gloo", or None for a single process without a group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -> DistributedContext:
+    """Join the process group that ``torchrun`` set up (or run alone when it did not).
+
+    Args:
+        backend: ``"nccl"`` / ``"gloo"``; default NCCL when CUDA is available, else gloo.
+        timeout_s: collective timeout (a hung collective raises after it).
+
+    Returns:
+        the :class:`DistributedContext`. Without ``WORLD_SIZE`` in the environment (a plain
+        ``python`` run) no group is created and the context says ``world_size=1``.
+    """
+    for key, value in NCCL_SAFE_ENV.items():
+        os.environ.setdefault(key, value)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if backend is None:
+        backend = "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise RuntimeError("backend 'nccl' needs CUDA GPUs; none is visible (use gloo on CPUs)")
+    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+    if backend == "nccl":
+        torch.cuda.set_device(device)
+    if "WORLD_SIZE" not in os.environ:
+        return DistributedContext(0, 1, 0, device, None)
+    if not dist.is_initialized():
+        kwargs = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, queue, timeout_s: float, threads: int):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(threads)
+    try:
+        dist.init_process_group(
+            "gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
+        )
+        try:
+            result = fn(rank, world_size, *args)
+        finally:
+            dist.destroy_process_group()
+        # Tensors travel as torch.save bytes, not as shared-memory handles that die with the worker.
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        queue.put((rank, "ok", buffer.getvalue()))
+    except BaseException:  # report every failure to the parent, then exit
+        queue.put((rank, "error", traceback.format_exc()))
+
+
+def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, threads: int = 1) -> list:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new CPU processes joined by gloo.
+
+    ``fn`` must be importable by name (a module-level function) and its result savable with
+    ``torch.save`` (tensors, numbers, strings, lists, dicts).
+    Returns the results ordered by rank. Raises ``RuntimeError`` with the worker's traceback if one
+    fails, or ``TimeoutError`` (after terminating them) if they do not all finish in
+    ``timeout_s`` seconds.
+    """
+    import queue as queue_mod
+
+    import torch.multiprocessing as mp
+
+    # forkserver: torch is imported once in the server and each worker is a fork of it (a few
+    # hundred ms instead of a fresh interpreter importing torch; the server has started no threads).
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "torch.distributed", "radial_attention.distributed"])
+    else:
+        ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue, timeout_s, threads), daemon=True)
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    results: dict = {}
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout_s)
+    try:
+        while len(results) < world_size:
+            left = (deadline - datetime.datetime.now()).total_seconds()
+            if left <= 0:
+                raise TimeoutError(
+                    f"{world_size} workers running {getattr(fn, '__name__', fn)} did not finish in {timeout_s:.0f} s "
+                    f"(finished ranks: {sorted(results)})"
+                )
+            try:
+                rank, status, payload = queue.get(timeout=min(left, 1.0))
+            except queue_mod.Empty:
+                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
+                if dead:
+                    raise RuntimeError(f"worker rank(s) {dead} died without a result (exit codes "
+                                       f"{[procs[r].exitcode for r in dead]})")
+                continue
+            if status == "error":
+                raise RuntimeError(f"worker rank {rank} failed:\n{payload}")
+            results[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+    return [results[r] for r in range(world_size)]
+
+
+def shutdown() -> None:
+    """Destroy the process group if there is one (end of a torchrun script)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+

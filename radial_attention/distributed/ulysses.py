@@ -1,0 +1,199 @@
+"""Ulysses sequence-parallel block-sparse (radial) attention.
+
+::
+
+    out_local = ulysses_attention(q_local, k_local, v_local, global_mask, group=group, layout="BSHD")
+
+Each of the ``N`` ranks of ``group`` holds a contiguous slice of the sequence (rank ``r``: tokens
+``r*S_local .. (r+1)*S_local - 1``) of q, k and v. One all-to-all gives every rank all ``S``
+tokens of ``H/N`` heads; the normal op (:func:`radial_attention.ops.block_sparse_attention`)
+applies the *global* ``[nb, nb]`` mask to them, exactly as on one process; a second all-to-all
+returns each rank its slice of the output. Gradients flow back through both exchanges.
+
+Lengths that ``N`` does not divide: pad the sequence at its tail to ``N * S_local`` tokens
+(:func:`radial_attention.distributed.shard_sequence` does it) and pass the real length as
+``seq_len``. The padded tokens are cut off before attention (they are never keys, and the global
+mask is the one for ``seq_len`` tokens), and their output rows are zero.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Optional, Union
+
+import torch
+
+from radial_attention.mask import BlockSparseMask, radial_block_mask
+from radial_attention.mask.radial import get_preset
+from radial_attention.ops import block_sparse_attention
+
+from .exchange import LAYOUTS, _heads_message, group_rank, group_size, heads_to_seq, seq_to_heads
+
+# Per-head masks are cut to this rank's heads once per (mask, rank, N) and reused while the mask
+# lives, so a kernel's index lists are not rebuilt on every call.
+_head_slices: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _mask_geometry(block_mask, block_size: Optional[int]):
+    """(nb, block size, shape) of a raw bool tensor or a BlockSparseMask."""
+    if isinstance(block_mask, BlockSparseMask):
+        return block_mask.num_blocks, block_mask.block_size, tuple(block_mask.shape)
+    if isinstance(block_mask, torch.Tensor):
+        return int(block_mask.shape[-1]), (128 if block_size is None else block_size), tuple(block_mask.shape)
+    raise TypeError(
+        f"block_mask must be a bool tensor [nb, nb] / [B|1, H|1, nb, nb] or a BlockSparseMask, "
+        f"got {type(block_mask).__name__}"
+    )
+
+
+def _local_heads_mask(block_mask, block_size, H: int, n: int, rank: int):
+    """The mask for this rank's heads ``rank*H/N ..``: the mask itself unless it has a head dim of H."""
+    shape = block_mask.shape
+    if n == 1 or len(shape) != 4 or int(shape[1]) == 1:
+        return block_mask
+    if int(shape[1]) != H:
+        raise ValueError(f"block mask of shape {tuple(shape)} has {shape[1]} heads; expected 1 or H={H}")
+    version = block_mask._version if isinstance(block_mask, torch.Tensor) else 0
+    key = (rank, n, version)
+    cached = _head_slices.get(block_mask)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    h = H // n
+    if isinstance(block_mask, BlockSparseMask):
+        dense, bs = block_mask.to_dense(), block_mask.block_size
+    else:
+        dense, bs = block_mask, (128 if block_size is None else block_size)
+    local = BlockSparseMask(dense[:, rank * h : (rank + 1) * h].contiguous(), bs)
+    _head_slices[block_mask] = (key, local)
+    return local
+
+
+def ulysses_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: Union[torch.Tensor, BlockSparseMask],
+    *,
+    group=None,
+    layout: str = "BHSD",
+    seq_len: Optional[int] = None,
+    block_size: Optional[int] = None,
+    scale: Optional[float] = None,
+    backend: str = "auto",
+    key_lengths: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Block-sparse attention over a sequence split across the ranks of ``group``.
+
+    Args:
+        q, k, v: this rank's slice, ``[B, H, S_local, D]`` (``layout="BHSD"``) or
+            ``[B, S_local, H, D]`` (``"BSHD"``, the diffusers layout); any strides. Every rank
+            passes the same shapes; rank ``r`` holds global tokens ``r*S_local ..``.
+        block_mask: the mask of the WHOLE sequence: bool ``[nb, nb]`` / ``[B|1, H|1, nb, nb]`` or a
+            BlockSparseMask, ``nb = ceil(seq_len / block_size)``; the same on every rank.
+        group: the sequence-parallel process group (``None``: the default group; without an
+            initialized torch.distributed this is plain single-process attention).
+        seq_len: real global length, ``1 .. N*S_local`` (default ``N*S_local``). Tokens past it
+            are tail padding: never attended to, and their output rows are 0.
+        block_size, scale, backend, key_lengths: as in
+            :func:`radial_attention.ops.block_sparse_attention`; ``key_lengths`` ``[B]`` counts
+            global positions.
+
+    Returns:
+        this rank's output slice in q's layout and dtype, contiguous.
+
+    Raises:
+        ValueError: H not divisible by the group size, a mask that does not cover the global
+            sequence, a bad ``seq_len`` or layout (and everything the op itself rejects).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(
+                f"{name} must be a 4-dim tensor [{', '.join(layout.replace('S', 'S_local '))}], got "
+                f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+            )
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    n = group_size(group)
+    B, H, s_local, D = q.shape if layout == "BHSD" else (q.shape[0], q.shape[2], q.shape[1], q.shape[3])
+    if H % n:
+        raise ValueError(_heads_message(H, n))
+    total = n * s_local
+    seq_len = total if seq_len is None else seq_len
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 0 < seq_len <= total:
+        raise ValueError(
+            f"seq_len must be an integer in 1..N*S_local = 1..{n}*{s_local} = {total}, got {seq_len!r}"
+        )
+    nb, bs, shape = _mask_geometry(block_mask, block_size)
+    if nb != math.ceil(seq_len / bs):
+        raise ValueError(
+            f"the block mask must cover the whole sequence of seq_len={seq_len} tokens "
+            f"(ceil({seq_len}/{bs}) = {math.ceil(seq_len / bs)} blocks per side), got a mask of shape "
+            f"{shape}; this rank holds only S_local={s_local} of them, but the mask is global"
+        )
+
+    if n == 1:  # no exchange: plain attention on the (unpadded) sequence
+        qh, kh, vh = (t if layout == "BHSD" else t.transpose(1, 2) for t in (q, k, v))
+        out = block_sparse_attention(
+            qh[:, :, :seq_len], kh[:, :, :seq_len], vh[:, :, :seq_len], block_mask,
+            block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths,
+        )
+        if seq_len < s_local:
+            out = torch.nn.functional.pad(out, (0, 0, 0, s_local - seq_len))
+        return out if layout == "BHSD" else out.transpose(1, 2).contiguous()
+
+    local_mask = _local_heads_mask(block_mask, block_size, H, n, group_rank(group))
+    qh, kh, vh = seq_to_heads([q, k, v], group=group, layout=layout, seq_len=seq_len)  # [B, H/N, S, D] each
+    out = block_sparse_attention(
+        qh, kh, vh, local_mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths
+    )
+    (out,) = heads_to_seq([out], group=group, layout=layout, s_local=s_local)
+    return out
+
+
+def ulysses_radial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    frames: int,
+    tokens_per_frame: int,
+    text_tokens: int = 0,
+    preset: Optional[str] = None,
+    decay: Optional[float] = None,
+    sink: Optional[bool] = None,
+    adjacent: Optional[str] = None,
+    block_size: int = 128,
+    group=None,
+    layout: str = "BHSD",
+    scale: Optional[float] = None,
+    backend: str = "auto",
+    key_lengths: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """:func:`radial_attention.ops.radial_attention` with the sequence split across ``group``.
+
+    The global length is ``frames * tokens_per_frame + text_tokens``; the local slices may be
+    tail-padded up to ``N * S_local`` (see :func:`ulysses_attention`). Preset handling is the op's:
+    ``preset`` gives decay/sink/adjacent, explicit values override it, and without a preset the
+    defaults are ``decay=1.0, sink=False, adjacent="full"``.
+    """
+    if preset is not None:
+        settings = get_preset(preset)
+        decay = settings.decay if decay is None else decay
+        sink = settings.sink if sink is None else sink
+        adjacent = settings.adjacent if adjacent is None else adjacent
+    mask = radial_block_mask(
+        frames,
+        tokens_per_frame,
+        block_size=block_size,
+        decay=1.0 if decay is None else decay,
+        sink=False if sink is None else sink,
+        adjacent="full" if adjacent is None else adjacent,
+        text_tokens=text_tokens,
+    )
+    return ulysses_attention(
+        q, k, v, mask, group=group, layout=layout, seq_len=mask.seq_len, scale=scale, backend=backend,
+        key_lengths=key_lengths,
+    )
