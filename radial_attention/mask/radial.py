@@ -150,8 +150,8 @@ def _local_blocks(ro: np.ndarray, co: np.ndarray, W: np.ndarray, T: int, B: int)
     each at least ``m`` long (otherwise no column can reach ``m``).
     """
     nf = -(-T // B)
-    starts = np.arange(nf, dtype=np.int64) * B  # [nf]
-    ro, co, W = (np.asarray(x, dtype=np.int64)[:, None, None] for x in (ro, co, W))  # [K, 1, 1]
+    starts = np.arange(nf, dtype=np.int32) * B  # [nf]
+    ro, co, W = (np.asarray(x, dtype=np.int32)[:, None, None] for x in (ro, co, W))  # [K, 1, 1]
     loA = np.maximum(starts[:, None] - ro, 0)  # [K, nf, 1] query side
     hiA = np.minimum(starts[:, None] + B - 1 - ro, T - 1)
     loB = np.maximum(starts[None, :] - co, 0)  # [K, 1, nf] key side
