@@ -11,6 +11,10 @@ from importlib import import_module
 # the command functions so `radial-attention mask` stays light).
 SUBCOMMAND_MODULES = [
     "radial_attention.cli.mask_cmd",
+    "radial_attention.cli.demo_cmd",
+    "radial_attention.cli.generate_cmd",
+    "radial_attention.cli.train_cmd",
+    "radial_attention.cli.encode_cmd",
 ]
 
 

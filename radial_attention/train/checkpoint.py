@@ -5,7 +5,7 @@ One checkpoint is a folder ``<output>/checkpoints/step-000123/``::
     pytorch_lora_weights.safetensors   the LoRA (same file format as the final one)
     optimizer.pt                       AdamW state (identical on every process)
     scheduler.pt                       learning-rate schedule state
-    rng-rank<r>.pt                     each process's RNG states (noise/timestep generator, torch CPU/CUDA)
+    rng-rank<r>.pt                     each process's torch CPU/CUDA RNG states
     state.json                         step, data position (epoch, micro-batch), world size, settings
 
 It is written into a temporary folder and renamed when complete, so a crash never leaves a
@@ -53,15 +53,16 @@ def resolve_resume(resume: Optional[str], output_dir) -> Optional[pathlib.Path]:
     return path
 
 
-def rng_state(generator: torch.Generator) -> dict:
-    state = {"generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
+def rng_state() -> dict:
+    """torch's global RNG states (used by LoRA dropout). The noise draws need none: they are
+    seeded per sample (see ``trainer._sample_generator``)."""
+    state = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["torch_cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict, generator: torch.Generator) -> None:
-    generator.set_state(state["generator"])
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch_cpu"])
     if "torch_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["torch_cuda"])

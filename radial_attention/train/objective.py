@@ -15,7 +15,7 @@ velocity, so a model trained here drops into the unchanged pipeline.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -57,27 +57,38 @@ class FlowMatching:
         else:
             z = torch.randn(batch, generator=generator, device=device, dtype=torch.float32)
             u = torch.sigmoid(self.logit_mean + self.logit_std * z)
-        # Keep strictly inside (0, 1): sigma=0 is no noise at all, sigma=1 pure noise; both are fine
-        # for the formula but the schedulers never visit them exactly.
+        # Keep inside [1/1000, 1], the range of the schedulers' training sigmas.
         u = u.clamp(1.0 / NUM_TRAIN_TIMESTEPS, 1.0)
         return shift_sigmas(u, self.shift)
 
     def sample(
-        self, x0: torch.Tensor, generator: Optional[torch.Generator] = None
+        self, x0: torch.Tensor, generators: Union[None, torch.Generator, Sequence[torch.Generator]] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Draw noise and noise levels for clean latents ``x0 [B, C, F, H, W]``.
 
-        Randomness comes from ``generator`` (a CPU generator keeps runs identical across devices);
-        the results are moved to ``x0``'s device.
+        Args:
+            generators: one generator for the whole batch, or one per batch item (item ``i``'s
+                noise level and noise then depend only on ``generators[i]``, so a sample gets the
+                same draw whatever batch or process it lands in). CPU generators keep runs
+                identical across devices; results are moved to ``x0``'s device.
 
         Returns:
             ``(x_t, timestep, target, sigma)``: ``x_t`` and ``target`` like ``x0`` (float32),
-            ``timestep [B]`` float32 in (0, 1000], ``sigma [B]``.
+            ``timestep [B]`` float32 in [1, 1000], ``sigma [B]``.
         """
         b = x0.shape[0]
-        sigma = self.sample_sigmas(b, generator)
-        gdev = generator.device if generator is not None else "cpu"
-        noise = torch.randn(x0.shape, generator=generator, device=gdev, dtype=torch.float32)
+        if generators is None or isinstance(generators, torch.Generator):
+            sigma = self.sample_sigmas(b, generators)
+            gdev = generators.device if generators is not None else "cpu"
+            noise = torch.randn(x0.shape, generator=generators, device=gdev, dtype=torch.float32)
+        else:
+            if len(generators) != b:
+                raise ValueError(f"expected one generator per batch item ({b}), got {len(generators)}")
+            sig, noi = [], []
+            for g in generators:
+                sig.append(self.sample_sigmas(1, g))
+                noi.append(torch.randn(x0.shape[1:], generator=g, device=g.device, dtype=torch.float32))
+            sigma, noise = torch.cat(sig), torch.stack(noi)
         return self.make(x0, noise.to(x0.device), sigma.to(x0.device))
 
     @staticmethod

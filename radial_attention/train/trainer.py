@@ -20,6 +20,7 @@ Command line: ``radial-attention train-lora --model ... --data ... --output ...`
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import dataclasses
 import json
 import math
@@ -176,7 +177,7 @@ class LoRATrainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         if transformer is None:
             transformer = load_transformer(cfg.model, dtype=self.precision.weights, seed=cfg.seed)
-        else:
+        elif transformer.dtype != self.precision.weights:
             transformer = transformer.to(self.precision.weights)
         self.family = family_of(transformer)
         self.spec = model_spec(transformer)
@@ -208,9 +209,6 @@ class LoRATrainer:
             self.params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
-        # Noise and timesteps come from a CPU generator per process, so a run is reproducible
-        # and does not depend on the device.
-        self.generator = torch.Generator("cpu").manual_seed(cfg.seed * 1_000_003 + 7919 * self.info.rank + 1)
         self.step_count = 0  # optimizer steps done
         self.epoch = 0
         self.position = 0  # micro-batches of this epoch already consumed
@@ -257,7 +255,10 @@ class LoRATrainer:
         per_rank = len(self.dataset) // self.info.world_size
         return perm[self.info.rank :: self.info.world_size][:per_rank]
 
-    def _next_batch(self) -> dict:
+    def _next_batch(self) -> Tuple[dict, list]:
+        """The next micro-batch of this process (tensors on the device) and one noise generator
+        per item, seeded by (seed, epoch, sample index): a sample's noise level and noise do not
+        depend on the batch size, the number of processes or where a run was resumed."""
         if self.position >= self.batches_per_epoch:
             self.epoch += 1
             self.position = 0
@@ -267,13 +268,15 @@ class LoRATrainer:
         idx = self._order[1][self.position * bs : (self.position + 1) * bs].tolist()
         self.position += 1
         batch = collate([self.dataset[i] for i in idx])
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        gens = [_sample_generator(self.cfg.seed, self.epoch, i) for i in idx]
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}, gens
 
     # ------------------------------------------------------------------ one step
-    def _forward_loss(self, batch: dict, generator: torch.Generator, module=None) -> torch.Tensor:
-        """Flow-matching loss of one batch; noise and noise levels drawn from ``generator``."""
+    def _forward_loss(self, batch: dict, generators, module=None) -> torch.Tensor:
+        """Flow-matching loss of one batch; noise and noise levels drawn from ``generators``
+        (one per item)."""
         module = self.model if module is None else module
-        x_t, timestep, target, _ = self.objective.sample(batch["latents"], generator)
+        x_t, timestep, target, _ = self.objective.sample(batch["latents"], generators)
         kw = transformer_inputs(self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance)
         autocast = (
             torch.autocast(self.device.type, dtype=self.precision.autocast)
@@ -290,12 +293,12 @@ class LoRATrainer:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
-            batch = self._next_batch()
+            batch, gens = self._next_batch()
             last = micro == self.cfg.grad_accum - 1
             # Gradients are averaged across processes only on the last micro-batch.
             sync = self.model.no_sync() if (self.info.distributed and not last) else contextlib.nullcontext()
             with sync:
-                loss = self._forward_loss(batch, self.generator)
+                loss = self._forward_loss(batch, gens)
                 (loss / self.cfg.grad_accum).backward()
             total += loss.detach()
         grad_norm = None
@@ -319,19 +322,35 @@ class LoRATrainer:
             rec["grad_norm"] = grad_norm
         return rec
 
+    def gradients(self, indices, epoch: int = 0) -> Tuple[float, dict]:
+        """Loss and LoRA gradients of one batch made of the given sample indices, with the noise
+        draws of ``epoch`` (for checks: e.g. comparing attention backends). Leaves ``.grad`` zeroed.
+
+        Returns:
+            ``(loss, {parameter name: gradient})`` with gradients in float32 on the CPU.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        batch = {k: v.to(self.device) for k, v in collate([self.dataset[i] for i in indices]).items()}
+        loss = self._forward_loss(batch, [_sample_generator(self.cfg.seed, epoch, i) for i in indices], module=self.transformer)
+        loss.backward()
+        loss = loss.detach()
+        grads = {n: p.grad.detach().float().cpu().clone() for n, p in self.transformer.named_parameters() if p.requires_grad}
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item(), grads
+
     @torch.no_grad()
     def evaluate(self, samples: Optional[int] = None, seed: int = 12345) -> float:
         """Flow-matching loss on the first ``samples`` samples with fixed noise and noise levels
         (the same draws every call, so values are comparable across steps). Does not touch the
         training RNG or data order."""
         n = min(samples or self.cfg.eval_samples, len(self.dataset))
-        g = torch.Generator("cpu").manual_seed(seed)
         was_training = self.transformer.training
         self.transformer.eval()
         losses = []
         for i in range(n):
             batch = {k: v.to(self.device) for k, v in collate([self.dataset[i]]).items()}
-            losses.append(float(self._forward_loss(batch, g, module=self.transformer)))
+            gen = _sample_generator(seed, -1, i)
+            losses.append(float(self._forward_loss(batch, [gen], module=self.transformer)))
         self.transformer.train(was_training)
         return sum(losses) / len(losses)
 
@@ -343,7 +362,7 @@ class LoRATrainer:
         if self.info.is_main:
             ckpt.begin_write(self.output_dir, self.step_count)
         dp.barrier(self.info)
-        torch.save(ckpt.rng_state(self.generator), tmp / f"rng-rank{self.info.rank}.pt")
+        torch.save(ckpt.rng_state(), tmp / f"rng-rank{self.info.rank}.pt")
         dp.barrier(self.info)
         if self.info.is_main:
             save_lora(self.transformer, self.family, tmp)
@@ -366,7 +385,7 @@ class LoRATrainer:
         load_lora_into(self.transformer, path)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        ckpt.set_rng_state(torch.load(rng_file, weights_only=False), self.generator)
+        ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
         self.step_count, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
         self._order = None
 
@@ -431,6 +450,12 @@ class LoRATrainer:
             lora_path = save_lora(self.transformer, self.family, self.output_dir)
         dp.barrier(self.info)
         return TrainResult(self.output_dir, lora_path, self.step_count, losses)
+
+
+def _sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A CPU generator for one visit of one sample (CPU: identical draws on every device)."""
+    key = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(key, "little") & ((1 << 63) - 1))
 
 
 def train_lora(config: TrainConfig, *, transformer=None) -> TrainResult:

@@ -1,0 +1,79 @@
+"""``radial-attention encode``: mp4 videos + captions -> a training data folder
+(``docs/training-data.md``) with the pipeline's own VAE and text encoder(s)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "encode",
+        help="encode videos + captions into a train-lora data folder (latents + prompt embeddings)",
+        description=(
+            "Encode mp4 videos and their captions with the pipeline's own VAE and text encoder into a data folder "
+            "for `radial-attention train-lora` (format: docs/training-data.md). Captions come from --captions "
+            "(JSONL: {\"video\": ..., \"caption\": ...} per line) or from a .txt file next to each video."
+        ),
+    )
+    p.add_argument("--model", required=True, help="diffusers pipeline folder or Hub id (WanPipeline or HunyuanVideoPipeline)")
+    p.add_argument("--videos", nargs="*", default=[], help="video files and/or folders of videos")
+    p.add_argument("--captions", default=None, help="JSONL file of {\"video\": path, \"caption\": text}")
+    p.add_argument("--output", required=True, help="data folder to write")
+    p.add_argument("--height", type=int, required=True)
+    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--frames", type=int, required=True, help="frames per video, 4k+1 (e.g. 81, 161, 321)")
+    p.add_argument("--frame-stride", type=int, default=1, help="take every N-th frame of the source video")
+    p.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the pipeline's)")
+    p.add_argument("--prompt-template", default=None,
+                   help='HunyuanVideo prompt template as JSON, e.g. \'{"template": "{}", "crop_start": 0}\' (default: the pipeline\'s)')
+    p.add_argument("--sample-latents", action="store_true", help="sample the VAE posterior (default: its mode)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: CUDA if available, else CPU")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="model dtype (default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--store-dtype", choices=("fp32", "bf16"), default="fp32", help="dtype of the stored tensors")
+    p.add_argument("--vae-tiling", action="store_true", help="tiled VAE encoding (less memory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from radial_attention.train.encode import encode_videos
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtypes[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    template = None
+    if args.prompt_template is not None:
+        try:
+            template = json.loads(args.prompt_template)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--prompt-template must be JSON, got {args.prompt_template!r} ({e})") from None
+    manifest = encode_videos(
+        args.model,
+        args.videos,
+        args.output,
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+        captions=args.captions,
+        frame_stride=args.frame_stride,
+        max_sequence_length=args.max_sequence_length,
+        prompt_template=template,
+        sample_latents=args.sample_latents,
+        seed=args.seed,
+        device=device,
+        dtype=dtype,
+        store_dtype=dtypes[args.store_dtype],
+        vae_tiling=args.vae_tiling,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    doc = json.loads(manifest.read_text())
+    shape = doc["samples"][0]["latent_shape"]
+    print(f"encode: {len(doc['samples'])} samples ({doc['model_family']}, latents {shape}) -> {manifest}")
+    return 0

@@ -1,0 +1,136 @@
+"""``radial-attention train-lora``: length-extension LoRA fine-tuning with radial attention.
+
+Several GPUs: ``torchrun --nproc-per-node N -m radial_attention.cli.main train-lora ...``
+(one process per GPU, data-parallel).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _betas(text: str):
+    try:
+        a, b = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers like 0.9,0.999, got {text!r}") from None
+    return (a, b)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train-lora",
+        help="length-extension LoRA fine-tuning with radial attention (Wan2.1, HunyuanVideo)",
+        description=(
+            "Train a LoRA on the self-attention projections of a Wan2.1 or HunyuanVideo transformer with radial "
+            "attention (the first --dense-layers blocks dense) on pre-encoded latents (radial-attention encode). "
+            "Writes OUTPUT/pytorch_lora_weights.safetensors (pipe.load_lora_weights(OUTPUT) reads it), "
+            "OUTPUT/loss.jsonl and OUTPUT/checkpoints/. Several GPUs: torchrun --nproc-per-node N "
+            "-m radial_attention.cli.main train-lora ..."
+        ),
+    )
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", required=True, help="diffusers pipeline folder or Hub id, transformer folder, or tiny-wan / tiny-hunyuan")
+    g.add_argument("--data", required=True, help="training data folder (docs/training-data.md; made by `radial-attention encode`)")
+    g.add_argument("--output", required=True, help="output folder")
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--rank", type=int, default=128, help="LoRA rank (default 128)")
+    g.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1)")
+    g.add_argument("--lora-dropout", type=float, default=0.0)
+    g.add_argument("--train-ff", action="store_true", help="also put LoRA on the feed-forward layers")
+    g = p.add_argument_group("attention")
+    g.add_argument("--attention", choices=("radial", "dense"), default="radial", help="radial (default) or dense (baseline)")
+    g.add_argument("--preset", default=None, help="radial mask preset (default: the model's)")
+    g.add_argument("--decay", type=float, default=None, help="mask decay (default: the preset's)")
+    g.add_argument("--dense-layers", type=int, default=2, help="first blocks that stay dense (default 2)")
+    g.add_argument("--block-size", type=int, default=128, choices=(64, 128))
+    g.add_argument("--backend", default="auto", help="attention op backend (default auto)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=1, help="samples per process per micro-batch")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--adam-betas", type=_betas, default=(0.9, 0.999))
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    g = p.add_argument_group("objective")
+    g.add_argument("--shift", type=float, default=None, help="flow shift (default: the model's scheduler config; Wan 3, HunyuanVideo 7)")
+    g.add_argument("--timestep-sampling", choices=("uniform", "logit_normal"), default="uniform")
+    g.add_argument("--guidance", type=float, default=1.0, help="HunyuanVideo embedded guidance scale during training")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "bf16-autocast"), default="auto",
+                   help="auto: bf16 weights + autocast on CUDA, fp32 on CPU")
+    g.add_argument("--no-gradient-checkpointing", action="store_true")
+    g.add_argument("--device", default=None, help="default: CUDA (cuda:LOCAL_RANK under torchrun) if available, else CPU")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: none)")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (0: all)")
+    g.add_argument("--resume", default=None, help="'latest' (newest checkpoint in OUTPUT, or start fresh) or a checkpoint folder")
+    g.add_argument("--eval-every", type=int, default=0, help="log a fixed-noise loss every N steps (0: off)")
+    g.add_argument("--eval-samples", type=int, default=4)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from radial_attention.train import TrainConfig
+    from radial_attention.train import data_parallel as dp
+    from radial_attention.train.trainer import LoRATrainer
+
+    cfg = TrainConfig(
+        model=args.model,
+        data=args.data,
+        output_dir=args.output,
+        rank=args.rank,
+        alpha=args.alpha,
+        lora_dropout=args.lora_dropout,
+        train_ff=args.train_ff,
+        attention=args.attention,
+        preset=args.preset,
+        decay=args.decay,
+        dense_layers=args.dense_layers,
+        block_size=args.block_size,
+        backend=args.backend,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        adam_betas=args.adam_betas,
+        warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule,
+        max_grad_norm=args.max_grad_norm,
+        shift=args.shift,
+        timestep_sampling=args.timestep_sampling,
+        guidance=args.guidance,
+        precision=args.precision,
+        gradient_checkpointing=not args.no_gradient_checkpointing,
+        device=args.device,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
+        resume=args.resume,
+        eval_every=args.eval_every,
+        eval_samples=args.eval_samples,
+        progress=not args.no_progress,
+    )
+    trainer = LoRATrainer(cfg)
+    try:
+        if trainer.info.is_main:
+            dens = trainer.radial_density()
+            print(
+                f"train-lora: {trainer.family} transformer, {len(trainer.dataset)} samples, "
+                f"{trainer.info.world_size} process(es) on {trainer.device}, LoRA rank {cfg.rank}, "
+                f"attention {cfg.attention}"
+                + (f" (mask density {dens:.3f} on the first sample's layout, first {cfg.dense_layers} blocks dense)" if dens is not None else "")
+                + (f", resuming at step {trainer.step_count}" if trainer.step_count else "")
+            )
+        result = trainer.train()
+        if trainer.info.is_main:
+            last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
+            print(f"train-lora: {result.steps} steps{last}; LoRA written to {result.lora_path}")
+    finally:
+        dp.teardown(trainer.info)
+    return 0
