@@ -57,6 +57,22 @@ def _seeded(seed: int):
         yield
 
 
+def _cast(model, dtype):
+    """``model`` in ``dtype``, eval mode. A float32 build needs no cast; for a low-precision one,
+    diffusers' warning about modules it would rather keep in float32 is silenced (these are test
+    and demo models; ``from_pretrained(torch_dtype=...)`` is the way for real checkpoints)."""
+    if dtype != torch.float32:
+        from diffusers.utils import logging as dlogging
+
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()
+        try:
+            model = model.to(dtype)
+        finally:
+            dlogging.set_verbosity(level)
+    return model.eval()
+
+
 # ----------------------------------------------------------------------------------- configs
 # Small but structurally faithful: 2x2 spatial patch, the real latent channel counts, real norms.
 WAN_TINY = dict(
@@ -133,7 +149,7 @@ def tiny_wan_transformer(
     with _seeded(seed):
         model = WanTransformer3DModel(**cfg)
     # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
-    return (model if dtype == torch.float32 else model.to(dtype)).eval()
+    return _cast(model, dtype)
 
 
 def tiny_wan_a14b_transformers(*, seed: int = 0, **kwargs):
@@ -181,7 +197,7 @@ def tiny_hunyuan_transformer(
     with _seeded(seed):
         model = HunyuanVideoTransformer3DModel(**cfg)
     # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
-    return (model if dtype == torch.float32 else model.to(dtype)).eval()
+    return _cast(model, dtype)
 
 
 # ----------------------------------------------------------------------------------- text side

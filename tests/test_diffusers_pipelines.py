@@ -1,0 +1,123 @@
+"""Whole diffusers pipelines from tiny components with radial attention, and the demo / generate commands."""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from radial_attention.cli.main import main  # noqa: E402
+from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention  # noqa: E402
+from radial_attention.integrations.diffusers import tiny  # noqa: E402
+
+# 64x64 px, 17 frames: latent 5 frames x 8x8 -> 5 x 16 = 80 tokens (2 blocks of 64).
+VIDEO = dict(height=64, width=64, num_frames=17, max_sequence_length=16, output_type="pt")
+
+
+def _expected_calls(steps, layers, dense_steps, dense_last, dense_layers, calls_per_step):
+    out = {}
+    for s in range(steps):
+        for layer in range(layers):
+            sparse = dense_steps <= s < steps - dense_last and layer >= dense_layers
+            out[(s, layer, "radial" if sparse else "dense")] = calls_per_step
+    return out
+
+
+def test_wan_pipeline_end_to_end_with_cfg_and_schedule():
+    pipe = tiny.tiny_wan_pipeline("t2v", num_layers=2)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    dense = pipe("a red fox running", negative_prompt="blurry", num_inference_steps=4, generator=gen(), **VIDEO).frames
+    state = apply_radial_attention(pipe, dense_steps=1, dense_last_steps=1, dense_layers=1, block_size=64)
+    radial = pipe("a red fox running", negative_prompt="blurry", num_inference_steps=4, generator=gen(), **VIDEO).frames
+    assert radial.shape == dense.shape == (1, 17, 3, 64, 64)
+    assert torch.isfinite(radial).all()
+    # CFG: two transformer calls per step; the step count comes from the pipeline's scheduler.
+    assert dict(state.calls) == _expected_calls(4, 2, 1, 1, 1, calls_per_step=2)
+    assert list(state.masks) == [(5, 16, 0)]
+    # A second call with another step count and size: counted afresh, a new mask.
+    state.calls.clear()
+    pipe("a cat", num_inference_steps=3, generator=gen(), **dict(VIDEO, height=48, num_frames=9))
+    assert dict(state.calls) == _expected_calls(3, 2, 1, 1, 1, calls_per_step=2)
+    assert list(state.masks) == [(5, 16, 0), (3, 12, 0)]
+    remove_radial_attention(pipe)
+    again = pipe("a red fox running", negative_prompt="blurry", num_inference_steps=4, generator=gen(), **VIDEO).frames
+    assert torch.equal(again, dense)
+
+
+def test_wan22_a14b_pipeline_two_experts_share_the_step_count():
+    pipe = tiny.tiny_wan_pipeline("a14b", num_layers=1)
+    state = apply_radial_attention(pipe, dense_steps=1, dense_last_steps=1, block_size=64)
+    assert state.config.preset == "wan2.2"
+    seen = []  # which expert ran each step
+    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen.append(n)) for n, m in
+             (("high", pipe.transformer), ("low", pipe.transformer_2))]
+    pipe("a boat", num_inference_steps=6, guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **VIDEO)
+    for h in hooks:
+        h.remove()
+    assert "high" in seen and "low" in seen  # both experts ran
+    assert dict(state.calls) == _expected_calls(6, 1, 1, 1, 0, calls_per_step=1)
+    remove_radial_attention(pipe)
+
+
+def test_wan22_ti2v_pipeline_runs_radial():
+    pipe = tiny.tiny_wan_pipeline("ti2v", num_layers=1)
+    state = apply_radial_attention(pipe, block_size=64)
+    out = pipe("a bird", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               **dict(VIDEO, height=128, width=128)).frames
+    assert out.shape == (1, 17, 3, 128, 128) and torch.isfinite(out).all()
+    assert state.config.preset == "wan" and list(state.masks) == [(5, 16, 0)]
+    assert state.summary()["radial_calls"] == 2 * 2  # 2 steps x CFG
+
+
+def test_hunyuan_pipeline_end_to_end():
+    pipe = tiny.tiny_hunyuan_pipeline()
+    kwargs = dict(VIDEO, prompt="a dog on the beach", prompt_template={"template": "{}", "crop_start": 0},
+                  num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    state = apply_radial_attention(pipe, dense_steps=1, block_size=64)
+    out = pipe(**kwargs).frames
+    assert out.shape == (1, 17, 3, 64, 64) and torch.isfinite(out).all()
+    assert dict(state.calls) == _expected_calls(3, 2, 1, 0, 0, calls_per_step=1)
+    assert list(state.masks) == [(5, 16, 16)]  # 16 prompt tokens after the video
+    remove_radial_attention(pipe)
+
+
+def test_generate_on_a_saved_pipeline(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    folder = tmp_path / "tiny-wan"
+    tiny.tiny_wan_pipeline("t2v", num_layers=2).save_pretrained(folder)
+    out = tmp_path / "video.mp4"
+    rc = main([
+        "generate", "--model", str(folder), "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64",
+        "--frames", "9", "--steps", "3", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64",
+        "--max-sequence-length", "16", "--out", str(out), "--device", "cpu",
+    ])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "radial and" in text and "density" in text
+    frames = imageio.mimread(out)
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+
+
+def test_generate_without_weights_says_where_it_looked(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    rc = main(["generate", "--model", str(missing), "--prompt", "x", "--out", str(tmp_path / "v.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(missing) in err and "no such folder" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main(["generate", "--model", str(empty), "--prompt", "x", "--out", str(tmp_path / "v.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and os.path.join(str(empty), "model_index.json") in err
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_demo_runs_small(tmp_path, capsys):
+    png = tmp_path / "mask.png"
+    rc = main(["demo", "--frames", "33", "--height", "64", "--width", "96", "--steps", "2", "--layers", "1",
+               "--block-size", "64", "--png", str(png), "--device", "cpu"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "density" in out and "dense (schedule)" in out and "radial" in out
+    assert png.exists() and png.stat().st_size > 0
