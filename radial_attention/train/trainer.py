@@ -173,6 +173,8 @@ class LoRATrainer:
         ``config.model`` (tests, notebooks); it is modified in place (LoRA, processors)."""
         self.cfg = cfg = config
         self.info = dp.setup(cfg.device)
+        # torch's global RNG drives LoRA dropout: seed it so a run is reproducible (per process).
+        torch.manual_seed(cfg.seed + 1_000 * self.info.rank)
         self.device = self.info.device
         self.precision = resolve_precision(cfg.precision, self.device)
         if transformer is None:

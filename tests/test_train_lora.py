@@ -1,0 +1,190 @@
+"""LoRA training with radial attention on tiny real diffusers transformers (CPU, random weights).
+
+Layout: latents [16, 8, 16, 24] -> 8 frames of 8x12 = 96 tokens (768 tokens), 64-token blocks:
+the Wan mask keeps 33% of the blocks, HunyuanVideo's (16 text tokens appended) 31%.
+"""
+
+import json
+
+import pytest
+import torch
+
+from radial_attention.integrations.diffusers import apply_radial_attention, get_radial_state, tiny
+from radial_attention.train.data import DataError, write_synthetic_dataset
+from radial_attention.train.model import load_transformer, model_spec
+from radial_attention.train.trainer import LoRATrainer, TrainConfig
+
+LATENT = (16, 8, 16, 24)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin badly.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _data(tmp_path, family="tiny-wan", n=4, shape=LATENT, name="data"):
+    spec = model_spec(load_transformer(family))
+    write_synthetic_dataset(tmp_path / name, spec, num_samples=n, latent_shape=shape, text_len=16, seed=3)
+    return tmp_path / name
+
+
+def _cfg(tmp_path, data, **kw):
+    base = dict(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "out"), block_size=64, rank=8,
+                lr=1e-2, max_steps=4, checkpoint_every=0, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ------------------------------------------------------------------------------ training
+def test_loss_falls_with_radial_attention(tmp_path):
+    data = _data(tmp_path)
+    trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=24))
+    assert trainer.radial_density() <= 0.6
+    before = trainer.evaluate()
+    result = trainer.train()
+    after = trainer.evaluate()
+    assert after < 0.93 * before, (before, after)
+    assert len(result.losses) == 24 and all(torch.isfinite(torch.tensor(result.losses)))
+    # Radial attention really ran, in the blocks after the first two dense ones only.
+    state = get_radial_state(trainer.transformer)
+    layers = {(layer, kind) for (_, layer, kind) in state.calls}
+    assert layers == {(0, "dense"), (1, "dense"), (2, "radial")}
+    # The loss log has one line per step with loss and step time.
+    log = [json.loads(x) for x in (tmp_path / "out" / "loss.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 25))
+    assert [r["loss"] for r in log] == result.losses and all(r["step_time_s"] > 0 for r in log)
+
+
+def test_hunyuan_trains(tmp_path):
+    data = _data(tmp_path, "tiny-hunyuan", n=2)
+    trainer = LoRATrainer(_cfg(tmp_path, data, model="tiny-hunyuan", max_steps=3, dense_layers=1))
+    assert trainer.radial_density() <= 0.6
+    before = [p.detach().clone() for p in trainer.params]
+    result = trainer.train()
+    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))
+    assert get_radial_state(trainer.transformer).summary()["radial_calls"] > 0
+    # LoRA sits on the video-side self-attention only (not the text-side add_*_proj).
+    names = [n for n, _ in trainer.transformer.named_parameters() if "lora_A" in n]
+    assert any("single_transformer_blocks.0.attn.to_q" in n for n in names)
+    assert any("transformer_blocks.0.attn.to_out.0" in n for n in names)
+    assert not any("add_q_proj" in n or "context_embedder" in n for n in names)
+
+
+def test_lora_targets_wan(tmp_path):
+    data = _data(tmp_path, n=1)
+    t = LoRATrainer(_cfg(tmp_path, data, train_ff=False)).transformer
+    mods = {n.rsplit(".lora_A", 1)[0] for n, _ in t.named_parameters() if "lora_A" in n}
+    assert mods == {f"blocks.{i}.attn1.{p}" for i in range(3) for p in ("to_q", "to_k", "to_v", "to_out.0")}
+    t2 = LoRATrainer(_cfg(tmp_path, data, train_ff=True, output_dir=str(tmp_path / "o2"))).transformer
+    mods2 = {n.rsplit(".lora_A", 1)[0] for n, _ in t2.named_parameters() if "lora_A" in n}
+    assert mods2 - mods == {f"blocks.{i}.ffn.net.{p}" for i in range(3) for p in ("0.proj", "2")}
+    assert all(p.dtype == torch.float32 for n, p in t2.named_parameters() if p.requires_grad)
+    assert all("lora_" in n for n, p in t2.named_parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------------------ the LoRA file
+def test_saved_lora_loads_into_fresh_pipeline_and_reproduces_output(tmp_path):
+    data = _data(tmp_path, n=2)
+    trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=3, alpha=4.0))  # alpha != rank: scale 0.5 must survive
+    result = trainer.train()
+    assert result.lora_path.is_file()
+    trained = trainer.transformer.eval()
+
+    pipe = tiny.tiny_wan_pipeline(num_layers=3, seed=0)  # the same base weights as "tiny-wan"
+    pipe.load_lora_weights(str(tmp_path / "out"))
+    apply_radial_attention(pipe, dense_layers=2, block_size=64)
+    kwargs = tiny.wan_inputs(trained, 8, 16, 24, text_len=16, seed=5)
+    with torch.no_grad():
+        ours = trained(**kwargs)[0]
+        loaded = pipe.transformer(**kwargs)[0]
+        pipe.transformer.disable_lora()
+        base = pipe.transformer(**kwargs)[0]
+        pipe.transformer.enable_lora()
+    torch.testing.assert_close(loaded, ours, atol=1e-5, rtol=1e-5)
+    assert (ours - base).abs().max() > 1e-3  # the LoRA changed the model: the check above is not vacuous
+
+    # Whole denoising loop: the pipeline with the loaded LoRA gives the trained model's latents.
+    pipe_ref = tiny.tiny_wan_pipeline(num_layers=3, seed=0)
+    pipe_ref.transformer = trained
+    call = dict(prompt="a red cat", height=128, width=192, num_frames=29, num_inference_steps=2,
+                guidance_scale=1.0, output_type="latent", max_sequence_length=16)
+    with torch.no_grad():
+        a = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
+        b = pipe_ref(**call, generator=torch.Generator().manual_seed(0)).frames
+    assert a.shape == (1, 16, 8, 16, 24)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ resume
+def test_resume_continues_the_same_run_exactly(tmp_path):
+    data = _data(tmp_path, n=3)  # 3 samples, 2 micro-batches per step: steps straddle epochs
+    common = dict(max_steps=6, grad_accum=2, lora_dropout=0.1, checkpoint_every=3, warmup_steps=2, lr_schedule="cosine")
+
+    ref = LoRATrainer(_cfg(tmp_path, data, output_dir=str(tmp_path / "a"), **common)).train()
+
+    crashed = LoRATrainer(_cfg(tmp_path, data, output_dir=str(tmp_path / "b"), **common))
+    real_step = crashed.step
+
+    def step_then_crash():
+        if crashed.step_count == 4:  # a crash in step 5, after the checkpoint of step 3
+            raise RuntimeError("simulated crash")
+        return real_step()
+
+    crashed.step = step_then_crash
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed.train()
+    del crashed
+
+    resumed_trainer = LoRATrainer(_cfg(tmp_path, data, output_dir=str(tmp_path / "b"), resume="latest", **common))
+    assert resumed_trainer.step_count == 3
+    resumed = resumed_trainer.train()
+    assert resumed.losses == ref.losses[3:]  # bit-identical
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "a" / "pytorch_lora_weights.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "pytorch_lora_weights.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    # The log of the resumed run is the log of the uninterrupted one (the lost step 4 is dropped).
+    la = [json.loads(x) for x in (tmp_path / "a" / "loss.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (tmp_path / "b" / "loss.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"], r["lr"]) for r in la] == [(r["step"], r["loss"], r["lr"]) for r in lb]
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    data = _data(tmp_path, n=2)
+    LoRATrainer(_cfg(tmp_path, data, max_steps=1, checkpoint_every=1)).train()
+    with pytest.raises(ValueError, match=r"settings differ.*'rank': \(8, 4\)"):
+        LoRATrainer(_cfg(tmp_path, data, max_steps=2, rank=4, resume="latest"))
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        LoRATrainer(_cfg(tmp_path, data, resume=str(tmp_path)))
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_bad_data_fails_before_training(tmp_path):
+    data = _data(tmp_path, n=2, shape=(16, 8, 16, 25))  # width 25: not a multiple of the 2x2 patch
+    model = tiny.tiny_wan_transformer("t2v", num_layers=3)
+    with pytest.raises(DataError, match=r"8x16x25 must be positive multiples of the model's patch size 1x2x2"):
+        LoRATrainer(_cfg(tmp_path, data), transformer=model)
+    assert not getattr(model, "peft_config", None)  # nothing was set up
+    assert not (tmp_path / "out").exists()
+
+    hy = _data(tmp_path, "tiny-hunyuan", n=1, name="hy")
+    with pytest.raises(DataError, match="encoded for model family 'hunyuan' but the model being trained is 'wan'"):
+        LoRATrainer(_cfg(tmp_path, hy))
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        TrainConfig(model="m", data="d", output_dir="o", attention="sparse")
+    with pytest.raises(ValueError, match="grad_accum must be a positive integer, got 0"):
+        TrainConfig(model="m", data="d", output_dir="o", grad_accum=0)
+    from radial_attention.train.model import resolve_precision
+
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cpu")).weights == torch.float32
