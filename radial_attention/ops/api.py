@@ -15,15 +15,18 @@
 
 Backends live in sibling modules (``reference``, ``flex``, ``triton``, ``flashinfer``), are imported
 lazily on first use and never import each other. Each exposes
-``attention(q, k, v, mask: BlockSparseMask, *, scale: float, key_lengths) -> Tensor`` and may expose
-``unsupported_reason(q, *, requires_grad) -> str | None`` saying why it cannot run an input
+``attention(q, k, v, mask: BlockSparseMask, *, scale: float, key_lengths) -> Tensor`` (``key_lengths``:
+None or an integer ``[B]`` tensor on q's device, int32 or int64 as the caller gave it) and may expose
+``unsupported_reason(q, *, requires_grad) -> str | None`` (``requires_grad`` may be left out) saying why it cannot run an input
 (device, dtype, head dim, backward); the api turns that reason into an error for an explicit choice
-and skips the backend under ``"auto"``.
+and skips the backend under ``"auto"``. Both are traced by ``torch.compile`` (fullgraph), so they
+must not sync with the device or call functions dynamo skips.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from typing import Optional, Union
 
@@ -44,6 +47,7 @@ BACKENDS = tuple(BACKEND_MODULES)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 _modules: dict = {}  # name -> imported module
+_checks: dict = {}  # name -> callable(q, requires_grad) -> reason or None
 _import_errors: dict = {}  # name -> the ImportError text of a backend that could not be imported
 
 
@@ -54,13 +58,34 @@ def _load(name: str):
         return module
     if name in _import_errors:
         return None
+    if torch.compiler.is_compiling():
+        # torch.compile cannot trace an import; reference and flex are imported with this module.
+        raise RuntimeError(
+            f"attention backend {name!r} was not imported before torch.compile traced the op; call "
+            f"radial_attention.ops.available_backends() (which imports every backend) before compiling"
+        )
     try:
         module = importlib.import_module(BACKEND_MODULES[name])
     except ImportError as exc:  # the optional package (or the backend itself) is not installed
         _import_errors[name] = f"{type(exc).__name__}: {exc}"
         return None
+    check = getattr(module, "unsupported_reason", None)
+    if check is None:
+        _checks[name] = lambda q, requires_grad: None
+    elif "requires_grad" in inspect.signature(check).parameters:
+        _checks[name] = check
+    else:  # a backend that supports backward everywhere may leave the argument out
+        _checks[name] = lambda q, requires_grad, _check=check: _check(q)
     _modules[name] = module
     return module
+
+
+def _preload() -> None:
+    """Import the backends torch.compile may need (it cannot trace an import)."""
+    _load("reference")
+    _load("flex")  # torch only: FlexAttention itself is imported on first use
+    if torch.cuda.is_available():
+        _load("triton")  # what "auto" picks on CUDA
 
 
 def available_backends() -> list:
@@ -81,8 +106,7 @@ def _reason(name: str, q: torch.Tensor, requires_grad: bool) -> Optional[str]:
     module = _load(name)
     if module is None:
         return f"it cannot be imported ({_import_errors[name]})"
-    check = getattr(module, "unsupported_reason", None)
-    return None if check is None else check(q, requires_grad=requires_grad)
+    return _checks[name](q, requires_grad=requires_grad)
 
 
 def _auto_order(q: torch.Tensor) -> tuple:
@@ -131,6 +155,9 @@ def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool]
             f"device {q.device}{' with gradients' if requires_grad else ''}: {why}"
         )
     return backend
+
+
+_preload()
 
 
 # ---------------------------------------------------------------------- validation
@@ -218,7 +245,9 @@ def _check_key_lengths(key_lengths, q: torch.Tensor) -> Optional[torch.Tensor]:
         bad = (key_lengths < 0) | (key_lengths > S)
         if bool(bad.any()):
             raise ValueError(f"key_lengths must lie in 0..S = 0..{S}, got {key_lengths.tolist()}")
-    return key_lengths.to(device=q.device, dtype=torch.int32, non_blocking=True)
+    # Moved to q's device, dtype kept: a cast would be a computed buffer in a compiled graph, which
+    # FlexAttention's CPU kernel cannot take as a mask_mod capture. Backends cast if they need to.
+    return key_lengths.to(device=q.device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------- public ops
