@@ -47,6 +47,7 @@ def test_loss_falls_with_radial_attention(tmp_path):
     before = trainer.evaluate()
     result = trainer.train()
     after = trainer.evaluate()
+    print("eval loss before/after", before, after)
     assert after < 0.93 * before, (before, after)
     assert len(result.losses) == 24 and all(torch.isfinite(torch.tensor(result.losses)))
     # Radial attention really ran, in the blocks after the first two dense ones only.
