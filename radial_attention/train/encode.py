@@ -157,7 +157,9 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32):
         raise TypeError(f"{model}: unknown pipeline class {index.get('_class_name')!r}")
     # Skip the transformer(s): passing None explicitly makes diffusers leave them out.
     skip = {name: None for name in ("transformer", "transformer_2") if name in index}
-    return cls.from_pretrained(model, torch_dtype=dtype, **skip)
+    from .model import dtype_kwarg
+
+    return cls.from_pretrained(model, **dtype_kwarg(dtype), **skip)
 
 
 def _transformer_patch(model: str) -> Tuple[int, int]:

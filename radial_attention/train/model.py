@@ -87,8 +87,16 @@ def pipeline_class(family: str):
     return {"wan": diffusers.WanPipeline, "hunyuan": diffusers.HunyuanVideoPipeline}[family]
 
 
-def _is_local(model: str) -> bool:
-    return pathlib.Path(model).exists()
+def dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s dtype argument: ``dtype=`` on diffusers >= 0.42 (where ``torch_dtype``
+    is deprecated), ``torch_dtype=`` before."""
+    import diffusers
+
+    try:
+        major, minor = (int(x) for x in diffusers.__version__.split(".")[:2])
+    except ValueError:
+        major, minor = 0, 0
+    return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
 
 
 def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -130,13 +138,13 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
         cls = getattr(diffusers, cls_name or "", None)
         if cls is None:
             raise TypeError(f"{cfg_path}: unknown transformer class {cls_name!r}")
-        return cls.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype)
+        return cls.from_pretrained(str(path), subfolder=subfolder, **dtype_kwarg(dtype))
     # A Hub id: read the class from the repo's transformer config.
     cfg = diffusers.ModelMixin.load_config(model, subfolder="transformer")
     cls = getattr(diffusers, cfg.get("_class_name", ""), None)
     if cls is None:
         raise TypeError(f"{model}: unknown transformer class {cfg.get('_class_name')!r}")
-    return cls.from_pretrained(model, subfolder="transformer", torch_dtype=dtype)
+    return cls.from_pretrained(model, subfolder="transformer", **dtype_kwarg(dtype))
 
 
 def default_shift(model: str, family: str) -> float:
