@@ -1,0 +1,494 @@
+"""Benchmark block-sparse radial attention against dense SDPA, FlexAttention and FlashInfer.
+
+Per case (a video model's radial mask at its real size): the mask density; the time of dense SDPA
+per backend (flash, cuDNN, efficient), of FlexAttention fed the same block mask, of FlashInfer's
+fa2 / fa3 block-sparse wrapper (forward only, when installed) and of this project's Triton kernels,
+forward and forward+backward; useful TFLOP/s (``4 * H * S^2 * D * density / t``, x2.5 for
+forward+backward) and speed-ups against the fastest dense backend; and a bf16 correctness check at
+the real size: the error of each block-sparse output against a float32 computation of the same
+masked attention on a slice of query rows, next to dense bf16 SDPA's error against its own float32
+computation (the block-sparse error must be at most twice that).
+
+    python benchmarks/attention.py --out results/            # every case, on a GPU
+    python benchmarks/attention.py --cases wan1.3b-480p-81f  # a subset
+    TRITON_INTERPRET=1 python benchmarks/attention.py --smoke --device cpu   # tiny, on the CPU
+
+Times: median of several calls after a warm-up (CUDA events), the number of calls chosen so each
+measurement takes about ``--budget`` seconds. Writes ``attention.json`` and ``attention.md`` to
+``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+import traceback
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- cases
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    frames: int
+    tokens_per_frame: int
+    heads: int
+    preset: str
+    decay: Optional[float] = None
+    text_tokens: int = 0
+    head_dim: int = 128
+    block_size: int = 128
+    batch: int = 1
+
+    @property
+    def seq_len(self) -> int:
+        return self.frames * self.tokens_per_frame + self.text_tokens
+
+
+CASES = {
+    c.name: c
+    for c in [
+        # Wan2.1-14B, 1280x720, 81 frames: 21 latent frames x 45x80 tokens, 40 heads, `wan` preset.
+        Case("wan14b-720p-81f", "Wan2.1-14B 1280x720, 81 frames (wan preset)", 21, 3600, 40, "wan"),
+        # HunyuanVideo 768x1280, 117 frames: 30 x 48x80 video tokens (the text tokens left out), 24 heads.
+        Case("hunyuan-768p-117f", "HunyuanVideo 768x1280, 117 frames (hunyuan preset, video tokens)", 30, 3840, 24,
+             "hunyuan"),
+        # HunyuanVideo at 4x length: 128 latent frames x 3600 tokens (720p), decay 1.0.
+        Case("hunyuan-720p-4x", "HunyuanVideo 1280x720, 4x length: 128 frames x 3600 tokens (decay 1.0)", 128, 3600,
+             24, "hunyuan", decay=1.0),
+        # Wan2.1-1.3B, 832x480: 30x52 tokens per frame, 12 heads; 81 and 161 frames.
+        Case("wan1.3b-480p-81f", "Wan2.1-1.3B 832x480, 81 frames (wan preset)", 21, 1560, 12, "wan"),
+        Case("wan1.3b-480p-161f", "Wan2.1-1.3B 832x480, 161 frames (wan preset)", 41, 1560, 12, "wan"),
+    ]
+}
+# Tiny stand-ins for --smoke (CPU interpreter or a quick GPU pass): S not a multiple of the block.
+SMOKE_CASES = {
+    c.name: c
+    for c in [
+        Case("smoke-wan", "smoke: 4 frames x 50 tokens, wan preset", 4, 50, 2, "wan", head_dim=64, block_size=64),
+        Case("smoke-hunyuan", "smoke: 3 frames x 90 tokens, hunyuan preset", 3, 90, 2, "hunyuan", head_dim=128,
+             block_size=64),
+    ]
+}
+
+
+def build_mask(case: Case):
+    from radial_attention.mask import radial_mask_from_preset
+
+    return radial_mask_from_preset(case.preset, case.frames, case.tokens_per_frame, text_tokens=case.text_tokens,
+                                   block_size=case.block_size, decay=case.decay)
+
+
+# ----------------------------------------------------------------------------- timing
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable, device, budget_s: float, min_reps: int = 3, max_reps: int = 25) -> dict:
+    """Median time (ms) of ``fn()`` after one warm-up call; as many calls as fit ``budget_s``."""
+    fn()  # warm-up: compilation, autotuning, plans
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - t0
+    reps = int(max(min_reps, min(max_reps, budget_s / max(first, 1e-6))))
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return {"ms": statistics.median(times), "reps": reps, "min_ms": min(times), "max_ms": max(times)}
+
+
+# ----------------------------------------------------------------------------- implementations
+def dense_sdpa(backend_name: Optional[str]):
+    """Dense SDPA restricted to one backend (None: torch's own choice)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+    def run(q, k, v):
+        if backend_name is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        with sdpa_kernel([backends[backend_name]]):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return run
+
+
+def flex_impl(mask, S, H, B, device):
+    """FlexAttention with the same block mask: the ops engineer's backend if present, else direct."""
+    try:
+        from radial_attention.ops import flex as flex_backend  # noqa: F401
+
+        def run(q, k, v):
+            return flex_backend.attention(q, k, v, mask, scale=q.shape[-1] ** -0.5, key_lengths=None)
+
+        return run, "radial_attention.ops.flex"
+    except ImportError:
+        pass
+    from torch.nn.attention.flex_attention import flex_attention
+
+    block_mask = mask.to_flex_block_mask(S, device=device)
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(q, k, v):
+        return compiled(q, k, v, block_mask=block_mask)
+
+    return run, "torch flex_attention (BlockMask.from_kv_blocks)"
+
+
+def triton_impl(mask):
+    from radial_attention.ops import triton as triton_backend
+
+    def run(q, k, v):
+        return triton_backend.attention(q, k, v, mask, scale=q.shape[-1] ** -0.5, key_lengths=None)
+
+    return run
+
+
+def flashinfer_impl(mask, fi_backend: str):
+    from radial_attention.ops import flashinfer as fi
+
+    def run(q, k, v):
+        return fi.attention(q, k, v, mask, scale=q.shape[-1] ** -0.5, key_lengths=None, fi_backend=fi_backend)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- correctness at size
+def check_rows(case: Case, mask, q, k, v, impls: dict, n_rows: int) -> dict:
+    """Relative L2 error, on a slice of query rows, of each output vs float32 masked attention.
+
+    Rows: ``n_rows`` rows from the middle of the sequence plus the last rows (the partial block).
+    Dense bf16 SDPA is compared with float32 dense attention on the same rows (its own reference).
+    """
+    B, H, S, D = q.shape
+    bs = mask.block_size
+    half = max(1, n_rows // 2)
+    mid = S // 2
+    rows = torch.cat([torch.arange(mid, min(S, mid + half)), torch.arange(max(0, S - half), S)]).unique().to(q.device)
+    scale = D ** -0.5
+    qr = q[:, :, rows].float()
+    block_rows = mask.dense4d().to(q.device)[:, :, rows // bs]  # [Bm, Hm, r, nb]
+    allowed = block_rows.repeat_interleave(bs, dim=-1)[..., :S]  # [Bm, Hm, r, S]
+
+    def masked_ref(keep):
+        outs = []
+        for h in range(H):  # one head at a time bounds the [r, S] score memory
+            s = (qr[:, h] @ k[:, h].float().transpose(-1, -2)) * scale  # [B, r, S]
+            if keep is not None:
+                kh = keep[:, h if keep.shape[1] > 1 else 0]
+                s = s.masked_fill(~kh, float("-inf"))
+            p = torch.softmax(s, dim=-1)
+            p = torch.nan_to_num(p, nan=0.0)
+            outs.append(p @ v[:, h].float())
+        return torch.stack(outs, dim=1)  # [B, H, r, D]
+
+    def rel(a, b):
+        return float((a.float() - b).norm() / b.norm())
+
+    ref_sparse = masked_ref(allowed)
+    ref_dense = masked_ref(None)
+    res = {"rows": int(rows.numel())}
+    dense_out = F.scaled_dot_product_attention(q[:, :, rows], k, v)
+    res["dense_sdpa"] = rel(dense_out, ref_dense)
+    for name, fn in impls.items():
+        try:
+            with torch.no_grad():
+                out = fn(q, k, v)
+            res[name] = rel(out[:, :, rows], ref_sparse)
+            res[name + "_nan"] = bool(torch.isnan(out).any())
+        except Exception as exc:  # recorded, the run goes on
+            res[name] = None
+            res[name + "_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        torch.cuda.empty_cache() if q.device.type == "cuda" else None
+    return res
+
+
+# ----------------------------------------------------------------------------- one case
+def run_case(case: Case, args, device) -> dict:
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    mask = build_mask(case)
+    S, H, D, B = case.seq_len, case.heads, case.head_dim, case.batch
+    density = mask.density
+    flops_dense = 4.0 * B * H * S * S * D
+    flops_sparse = mask.attention_flops(S, D, H, B)["sparse"]
+    rec = {"case": case.name, "description": case.description, "S": S, "heads": H, "head_dim": D, "batch": B,
+           "block_size": case.block_size, "density": density, "dtype": args.dtype, "fwd": {}, "fwdbwd": {},
+           "errors": {}}
+    print(f"\n== {case.name}: {case.description}\n   S={S:,} H={H} D={D} block={case.block_size} "
+          f"density={density:.4f} (1/density={1 / density:.2f})", flush=True)
+
+    # [B, S, H, D] storage viewed as [B, H, S, D], as a diffusers model hands it over
+    def make():
+        return torch.randn(B, S, H, D, device=device, dtype=dtype).transpose(1, 2)
+
+    q, k, v = make(), make(), make()
+    do = torch.randn_like(q)
+
+    impls_sparse = {}
+    if "triton" in args.impls:
+        impls_sparse["triton"] = triton_impl(mask)
+    if "flex" in args.impls:
+        try:
+            fn, how = flex_impl(mask, S, H, B, device)
+            impls_sparse["flex"] = fn
+            rec["flex_impl"] = how
+        except Exception as exc:
+            rec["errors"]["flex"] = f"{type(exc).__name__}: {exc}"[:300]
+    if device.type == "cuda":
+        for fib in ("fa2", "fa3"):
+            if f"flashinfer-{fib}" in args.impls:
+                try:
+                    import flashinfer  # noqa: F401
+
+                    impls_sparse[f"flashinfer-{fib}"] = flashinfer_impl(mask, fib)
+                except ImportError as exc:
+                    rec["errors"][f"flashinfer-{fib}"] = f"not installed: {exc}"
+    dense_names = [n for n in args.dense if device.type == "cuda" or n == "math"]
+    if device.type != "cuda":
+        dense_names = ["default"]
+
+    # correctness at size first (also warms the sparse kernels up)
+    if args.check_rows > 0:
+        t0 = time.perf_counter()
+        rec["check"] = check_rows(case, mask, q, k, v, impls_sparse, args.check_rows)
+        c = rec["check"]
+        parts = [f"dense_sdpa {c['dense_sdpa']:.2e}"] + [
+            f"{n} {c[n]:.2e}" if c.get(n) is not None else f"{n} ERROR" for n in impls_sparse]
+        print(f"   bf16 rel. error on {c['rows']} rows vs float32: " + ", ".join(parts)
+              + f"  ({time.perf_counter() - t0:.1f}s)", flush=True)
+
+    def fwdbwd(fn):
+        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+
+        def run():
+            out = fn(qg, kg, vg)
+            torch.autograd.grad(out, (qg, kg, vg), do)
+
+        return run
+
+    for name in dense_names:
+        fn = dense_sdpa(None if name == "default" else name)
+        for mode in args.modes:
+            if mode == "fwdbwd" and name in args.no_dense_bwd:
+                continue
+            try:
+                with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+                    r = time_call((lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn), device, args.budget,
+                                  min_reps=args.min_reps)
+                r["tflops"] = flops_dense * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
+                rec[mode][f"dense-{name}"] = r
+                print(f"   {mode:6s} dense-{name:10s} {r['ms']:9.2f} ms  {r['tflops']:6.1f} TFLOP/s  (x{r['reps']})",
+                      flush=True)
+            except Exception as exc:
+                rec["errors"][f"{mode}-dense-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"   {mode:6s} dense-{name:10s} failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    for name, fn in impls_sparse.items():
+        for mode in args.modes:
+            if mode == "fwdbwd" and name.startswith("flashinfer"):
+                continue  # forward only
+            if mode == "fwdbwd" and name == "flex" and device.type != "cuda":
+                continue  # FlexAttention has no CPU backward
+            try:
+                with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+                    r = time_call((lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn), device, args.budget,
+                                  min_reps=args.min_reps)
+                r["tflops"] = flops_sparse * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
+                rec[mode][name] = r
+                print(f"   {mode:6s} {name:16s} {r['ms']:9.2f} ms  {r['tflops']:6.1f} TFLOP/s useful  (x{r['reps']})",
+                      flush=True)
+            except Exception as exc:
+                rec["errors"][f"{mode}-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"   {mode:6s} {name:16s} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                if args.verbose:
+                    traceback.print_exc()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    # speed-ups against the fastest dense backend of this run
+    for mode in args.modes:
+        dense = {n: r["ms"] for n, r in rec[mode].items() if n.startswith("dense-")}
+        if not dense:
+            continue
+        best = min(dense, key=dense.get)
+        rec[mode]["best_dense"] = best
+        for n, r in rec[mode].items():
+            if isinstance(r, dict) and not n.startswith("dense-"):
+                r["speedup_vs_best_dense"] = dense[best] / r["ms"]
+                r["speedup_x_density"] = dense[best] / r["ms"] * density
+        if "flex" in rec[mode] and "triton" in rec[mode]:
+            rec[mode]["triton"]["speedup_vs_flex"] = rec[mode]["flex"]["ms"] / rec[mode]["triton"]["ms"]
+    del q, k, v, do
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rec
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(records: list, meta: dict) -> str:
+    lines = [f"# Block-sparse attention benchmark", "",
+             f"{meta['date']}, {meta['device']}, torch {meta['torch']}, Triton {meta['triton']}, "
+             f"FlashInfer {meta.get('flashinfer') or 'not installed'}, dtype {meta['dtype']}, batch 1, "
+             f"median of timed calls after a warm-up.", ""]
+    for mode, title in (("fwd", "Forward"), ("fwdbwd", "Forward + backward")):
+        rows = [r for r in records if r[mode]]
+        if not rows:
+            continue
+        impls = []
+        for r in rows:
+            for n in r[mode]:
+                if n != "best_dense" and n not in impls:
+                    impls.append(n)
+        lines += [f"## {title} (ms; useful TFLOP/s; speed-up vs the best dense)", "",
+                  "| case | S x H | density | " + " | ".join(impls) + " |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in impls) + " |"]
+        for r in rows:
+            cells = []
+            for n in impls:
+                x = r[mode].get(n)
+                if not isinstance(x, dict):
+                    cells.append("-")
+                    continue
+                s = f"{x['ms']:.2f} ({x['tflops']:.0f})"
+                if "speedup_vs_best_dense" in x:
+                    s += f" **{x['speedup_vs_best_dense']:.2f}x**"
+                cells.append(s)
+            lines.append(f"| {r['case']} | {r['S']:,} x {r['heads']} | {r['density']:.3f} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += ["| case | 1/density | 0.9/density | triton speed-up | triton x density | triton vs flex |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            t = r[mode].get("triton")
+            if not isinstance(t, dict) or "speedup_vs_best_dense" not in t:
+                continue
+            vf = f"{t['speedup_vs_flex']:.2f}x" if "speedup_vs_flex" in t else "-"
+            lines.append(f"| {r['case']} | {1 / r['density']:.2f} | {0.9 / r['density']:.2f} | "
+                         f"{t['speedup_vs_best_dense']:.2f}x | {t['speedup_x_density']:.2f} | {vf} |")
+        lines.append("")
+    checks = [r for r in records if "check" in r]
+    if checks:
+        names = []
+        for r in checks:
+            for n in r["check"]:
+                if n not in ("rows", "dense_sdpa") and not n.endswith(("_nan", "_error")) and n not in names:
+                    names.append(n)
+        lines += ["## bf16 error vs float32 on a slice of query rows (relative L2)", "",
+                  "| case | rows | dense SDPA vs its fp32 | " + " | ".join(names) + " | all <= 2x dense |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
+        for r in checks:
+            c = r["check"]
+            vals = [c.get(n) for n in names]
+            ok = all(x is not None and x <= 2 * c["dense_sdpa"] for x in vals)
+            lines.append(f"| {r['case']} | {c['rows']} | {c['dense_sdpa']:.2e} | "
+                         + " | ".join("-" if x is None else f"{x:.2e}" for x in vals) + f" | {'yes' if ok else 'NO'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def metadata(device, dtype) -> dict:
+    import triton
+
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+            "dtype": dtype, "interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1"}
+    meta["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
+    try:
+        import flashinfer
+
+        meta["flashinfer"] = flashinfer.__version__
+    except Exception:
+        meta["flashinfer"] = None
+    return meta
+
+
+def build_arg_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=None,
+                   help=f"cases to run (default: all); known: {', '.join(list(CASES) + list(SMOKE_CASES))}")
+    p.add_argument("--smoke", action="store_true", help="tiny cases (CPU with TRITON_INTERPRET=1, or a quick GPU pass)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    p.add_argument("--impls", nargs="+", default=["triton", "flex", "flashinfer-fa2", "flashinfer-fa3"],
+                   help="block-sparse implementations to time")
+    p.add_argument("--dense", nargs="+", default=["flash", "cudnn", "efficient"], help="dense SDPA backends to time")
+    p.add_argument("--no-dense-bwd", nargs="*", default=[], help="dense backends to time forward only")
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    p.add_argument("--budget", type=float, default=1.5, help="seconds of timed calls per measurement")
+    p.add_argument("--min-reps", type=int, default=3)
+    p.add_argument("--check-rows", type=int, default=256, help="query rows in the correctness check (0: skip)")
+    p.add_argument("--out", default=None, help="directory for attention.json and attention.md")
+    p.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(args) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and "triton" in args.impls and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        print("note: on the CPU the Triton kernels need TRITON_INTERPRET=1; timing the others only", file=sys.stderr)
+        args.impls = [n for n in args.impls if n != "triton"]
+    table = SMOKE_CASES if args.smoke else CASES
+    names = args.cases or list(table)
+    unknown = [n for n in names if n not in CASES and n not in SMOKE_CASES]
+    if unknown:
+        raise ValueError(f"unknown case(s) {unknown}; known: {list(CASES) + list(SMOKE_CASES)}")
+    if args.smoke and device.type == "cpu":
+        args.budget = min(args.budget, 0.2)
+        args.min_reps = 1
+        args.check_rows = min(args.check_rows, 64)
+    meta = metadata(device, args.dtype)
+    print(f"{meta['date']}  {meta['device']}  torch {meta['torch']}  triton {meta['triton']}  "
+          f"flashinfer {meta['flashinfer']}  dtype {args.dtype}", flush=True)
+    records = []
+    for n in names:
+        case = CASES.get(n) or SMOKE_CASES[n]
+        records.append(run_case(case, args, device))
+        if args.out:  # keep what is done even if a later case fails
+            write(args.out, records, meta)
+    md = markdown(records, meta)
+    print("\n" + md)
+    if args.out:
+        write(args.out, records, meta)
+    return 0
+
+
+def write(out, records, meta):
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "attention.json").write_text(json.dumps({"meta": meta, "cases": records}, indent=1))
+    (out / "attention.md").write_text(markdown(records, meta))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    sys.exit(main(build_arg_parser().parse_args()))

@@ -1,0 +1,189 @@
+"""The ``flashinfer`` backend: FlashInfer's block-sparse attention (forward only, CUDA, fp16/bf16).
+
+Optional: needs the ``flashinfer-python`` package (``pip install radial-attention[flashinfer]``),
+which JIT-builds its kernels on first use (minutes, once per machine).
+
+How the contract maps onto ``flashinfer.BlockSparseAttentionWrapper`` (one block-sparse matrix of
+``R x C = bs x bs`` blocks shared by all heads of a sequence, ``N`` keys a multiple of ``bs``):
+
+- the plan (CSR of kept blocks, tile scheduling) is made once per mask, sequence length, key limit,
+  head count, head dim, dtype, scale and FlashInfer backend, cached, and reused across calls;
+- FlashInfer computes the key blocks that are wholly valid (``j < kv_limit = min(S, key_lengths[b])``);
+  the one partly valid key block (S not a multiple of the block, or a key length inside a block) is
+  computed here in torch and merged through the two log-sum-exps;
+- per-batch or per-head masks (``[Bm, Hm, nb, nb]``) get one plan per distinct mask slice;
+- query rows with no allowed key are set to 0.
+
+``attention(..., fi_backend="fa2" | "fa3" | "auto")`` picks FlashInfer's kernel family (fa3 needs
+Hopper). Gradients are not supported: a call that needs them raises ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Optional
+
+import torch
+
+try:
+    import flashinfer  # noqa: F401
+except ImportError as exc:  # the api reports this as "backend not available"
+    raise ImportError(
+        "the flashinfer backend needs the flashinfer-python package "
+        "(pip install 'radial-attention[flashinfer]'; it JIT-builds its kernels on first use)"
+    ) from exc
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+WORKSPACE_BYTES = 128 * 1024 * 1024
+MAX_CACHED_PLANS = 8  # each fa3 wrapper holds ~0.5 GB of index buffers
+
+_workspaces: dict = {}  # device -> float workspace shared by the wrappers
+_plans: "collections.OrderedDict" = collections.OrderedDict()  # key -> (wrapper, mask ref)
+
+
+def unsupported_reason(q: torch.Tensor, *, requires_grad: bool = False) -> Optional[str]:
+    """Why this backend cannot run inputs like ``q`` (None if it can)."""
+    if requires_grad:
+        return "it is forward-only (FlashInfer's block-sparse wrapper has no backward); use backend='triton'"
+    if q.device.type != "cuda":
+        return f"it needs CUDA tensors, got device {q.device}"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} is not supported (expected float16 or bfloat16)"
+    if q.dim() != 4 or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        return f"head dim {q.shape[-1] if q.dim() == 4 else None} is not supported (expected one of {SUPPORTED_HEAD_DIMS})"
+    return None
+
+
+def _workspace(device) -> torch.Tensor:
+    key = str(device)
+    if key not in _workspaces:
+        _workspaces[key] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+    return _workspaces[key]
+
+
+def _csr(mask, bm: int, hm: int, n_cols: int, device):
+    """CSR (indptr [nb+1], indices [nnz]) of the kept blocks of mask slice (bm, hm), columns < n_cols."""
+    d = mask.dense4d()[bm, hm, :, :n_cols]  # [nb, n_cols] bool, CPU
+    counts = d.sum(dim=1, dtype=torch.int32)
+    indptr = torch.zeros(d.shape[0] + 1, dtype=torch.int32)
+    indptr[1:] = torch.cumsum(counts, 0)
+    indices = d.nonzero(as_tuple=True)[1].to(torch.int32)  # row-major: ascending per row
+    return indptr.to(device), indices.to(device)
+
+
+def _wrapper(mask, bm, hm, S, n_full, H, D, dtype, scale, fi_backend, device):
+    """The planned wrapper for these settings (made once, then reused)."""
+    key = (id(mask), bm, hm, S, n_full, H, D, dtype, float(scale), fi_backend, str(device))
+    hit = _plans.get(key)
+    if hit is not None and hit[1] is mask:
+        _plans.move_to_end(key)
+        return hit[0]
+    bs = mask.block_size
+    wrapper = flashinfer.BlockSparseAttentionWrapper(_workspace(device), backend=fi_backend)
+    indptr, indices = _csr(mask, bm, hm, n_full, device)
+    wrapper.plan(indptr, indices, S, n_full * bs, bs, bs, H, H, D, sm_scale=float(scale),
+                 q_data_type=dtype, kv_data_type=dtype, o_data_type=dtype)
+    _plans[key] = (wrapper, mask)  # the mask is kept so its id is not reused while cached
+    while len(_plans) > MAX_CACHED_PLANS:
+        _plans.popitem(last=False)
+    return wrapper
+
+
+def _tail_part(q, k, v, rows_ok, start, stop, scale):
+    """Attention of every query to keys ``start..stop`` (one partial block), in float32.
+
+    q: [S, H, D]; k, v: [S, H, D]; rows_ok: [S] bool (the row's mask keeps that block).
+    Returns (out [S, H, D] float32, lse2 [S, H] base-2 log-sum-exp, -inf where not kept).
+    """
+    kt = k[start:stop].float()  # [t, H, D]
+    vt = v[start:stop].float()
+    s = torch.einsum("shd,thd->hst", q.float(), kt) * scale  # [H, S, t]
+    lse = torch.logsumexp(s, dim=-1)  # [H, S], natural log
+    p = torch.exp(s - lse[..., None])
+    out = torch.einsum("hst,thd->shd", p, vt)
+    lse2 = (lse / math.log(2.0)).transpose(0, 1)  # [S, H], base 2 as FlashInfer's
+    lse2 = torch.where(rows_ok[:, None], lse2, torch.full_like(lse2, float("-inf")))
+    return out, lse2
+
+
+def _merge(o1, lse1, o2, lse2):
+    """Merge two partial attention results given their base-2 log-sum-exps ([S, H, D], [S, H])."""
+    m = torch.maximum(lse1, lse2)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    w1 = torch.exp2(lse1 - m)
+    w2 = torch.exp2(lse2 - m)
+    tot = w1 + w2
+    tot = torch.where(tot > 0, tot, torch.ones_like(tot))
+    return (o1.float() * (w1 / tot)[..., None] + o2 * (w2 / tot)[..., None])
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float,
+              key_lengths: Optional[torch.Tensor] = None, fi_backend: str = "auto") -> torch.Tensor:
+    """Block-sparse attention through FlashInfer (forward only).
+
+    Args:
+        q, k, v: ``[B, H, S, D]`` CUDA, float16/bfloat16, ``D`` in (64, 128); a ``[B, S, H, D]``
+            tensor's ``.transpose(1, 2)`` view is read without a copy.
+        mask: a ``BlockSparseMask`` (``nb == ceil(S / bs)``).
+        scale: multiplier of ``q . k``.
+        key_lengths: optional integer ``[B]``; keys ``j >= key_lengths[b]`` are excluded (read on the
+            host: one device sync).
+        fi_backend: FlashInfer kernel family, ``"auto"``, ``"fa2"`` or ``"fa3"``.
+
+    Returns:
+        ``[B, H, S, D]`` in q's dtype.
+    """
+    requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    why = unsupported_reason(q, requires_grad=requires_grad)
+    if why is not None:
+        raise (RuntimeError if requires_grad else ValueError)(
+            f"flashinfer backend cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}, device {q.device}: {why}")
+    if fi_backend not in ("auto", "fa2", "fa3"):
+        raise ValueError(f"fi_backend must be 'auto', 'fa2' or 'fa3', got {fi_backend!r}")
+    B, H, S, D = q.shape
+    bs, nb = mask.block_size, mask.num_blocks
+    if nb != -(-S // bs):
+        raise ValueError(f"flashinfer backend: mask has {nb} blocks of {bs} but S={S} needs {-(-S // bs)}")
+    Bm, Hm = mask.dense4d().shape[:2]
+    limits = [S] * B
+    if key_lengths is not None:
+        limits = [max(0, min(S, int(x))) for x in key_lengths.tolist()]
+    out = torch.empty(B, S, H, D, device=q.device, dtype=q.dtype)  # [B, S, H, D], returned as a view
+    dense = mask.dense4d()
+    for b in range(B):
+        kv_limit = limits[b]
+        n_full = kv_limit // bs  # key blocks wholly valid
+        tail = kv_limit - n_full * bs  # valid keys of the partial block n_full
+        bm = b if Bm > 1 else 0
+        heads = [(h, h + 1) for h in range(H)] if Hm > 1 else [(0, H)]
+        for h0, h1 in heads:
+            hm = h0 if Hm > 1 else 0
+            qs = q[b, h0:h1].transpose(0, 1)  # [S, h, D]
+            ks = k[b, h0:h1].transpose(0, 1)
+            vs = v[b, h0:h1].transpose(0, 1)
+            o = None
+            if n_full > 0:
+                w = _wrapper(mask, bm, hm, S, n_full, h1 - h0, D, q.dtype, scale, fi_backend, q.device)
+                ks_full = ks[: n_full * bs].contiguous() if not ks.is_contiguous() else ks[: n_full * bs]
+                vs_full = vs[: n_full * bs].contiguous() if not vs.is_contiguous() else vs[: n_full * bs]
+                if tail:
+                    o, lse = w.run(qs.contiguous(), ks_full, vs_full, return_lse=True)
+                else:
+                    o = w.run(qs.contiguous(), ks_full, vs_full)
+            if tail:
+                rows_ok = dense[bm, hm][torch.arange(S) // bs, n_full].to(q.device)  # [S]
+                o_t, lse_t = _tail_part(qs, ks, vs, rows_ok, n_full * bs, kv_limit, scale)
+                if o is None:
+                    o = torch.where(rows_ok[:, None, None], o_t, torch.zeros_like(o_t))
+                else:
+                    o = _merge(o, lse, o_t, lse_t)
+            if o is None:
+                o = torch.zeros_like(qs)
+            # rows with no allowed key: exactly 0
+            keep_cols = dense[bm, hm][:, : n_full + (1 if tail else 0)]
+            row_has_key = keep_cols.any(dim=1)[torch.arange(S) // bs].to(q.device)  # [S]
+            o = torch.where(row_has_key[:, None, None], o, torch.zeros((), dtype=o.dtype, device=o.device))
+            out[b, :, h0:h1] = o.to(q.dtype)
+    return out.transpose(1, 2)

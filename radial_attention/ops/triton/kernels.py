@@ -1,0 +1,454 @@
+"""Triton kernels of the block-sparse attention backend: forward, and a deterministic backward.
+
+Vocabulary (as in the launchers): ``B, H, S, D`` batch, heads, tokens, head dim; ``BS`` the mask's
+block size (64 or 128); ``BLOCK_M`` / ``BLOCK_N`` the query / key rows of one tile, each dividing
+``BS`` (a mask block is walked in ``BS // BLOCK_*`` sub-tiles); ``S_PAD = nb * BS``.
+
+Which blocks are computed comes from the mask's padded CSR lists (``BlockSparseMask``):
+
+- forward and dq (one program per query tile): ``kv_indices[b, h, row, :kv_counts[b, h, row]]``,
+  the kept key blocks of the tile's mask row, ascending;
+- dk/dv (one program per key tile): ``q_indices[b, h, col, :q_counts[b, h, col]]``.
+
+Programs are launched heaviest mask row (column) first (``ROW_ORDER`` / ``COL_ORDER``): axis 0 is
+the rank in that order, axis 1 is ``b * H + h``, so the programs in flight share one head's K/V in
+L2 and the long rows do not end up in the last wave.
+
+Masking. Keys ``j >= kv_limit = min(S, key_lengths[b])`` are excluded. Because the kept key blocks
+are ascending, a row's list is ``[full blocks..., at most one partial block, blocks past the
+limit...]``: the main loop runs the full blocks with no masking at all, one masked tail handles the
+block that holds ``kv_limit``, and the blocks past it are skipped. Query rows ``>= S`` are only in
+the last mask row; they are loaded as zeros and never stored.
+
+Numerics: softmax in base 2 (``exp2``) with ``log2(e)`` folded into the score scale; the
+log-sum-exp saved for the backward is in that base-2 unit (``lse2 = m + log2(l)``), ``+inf`` for a
+row with no allowed key, whose output is 0 and whose gradients are 0. A negative ``scale`` is run as
+``|scale|`` on ``-q`` (``NEG_SCALE``) so the running max stays an upper bound.
+
+Memory access: plain pointer tiles (any strides with a unit last stride; what the interpreter and
+pre-Hopper GPUs run) or, with ``USE_TMA``, Hopper tensor-memory-accelerator descriptors over the
+4-D ``[B, H, S, D]`` view (rows past ``S`` are zero-filled by the hardware and clipped on store).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+# ----------------------------------------------------------------------------- tile helpers
+@triton.jit
+def _load_tile(src, b, h, row0, stride_s, limit,
+               BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr):
+    """Rows ``row0 .. row0 + BLOCK`` of one (b, h) slice -> ``[BLOCK, D]``.
+
+    ``src``: a TMA descriptor over ``[B, H, S, D]`` (USE_TMA) or a pointer already offset to the
+    (b, h) slice. ``MASKED``: rows ``>= limit`` read as 0 (pointer path; TMA zero-fills past S).
+    """
+    if USE_TMA:
+        return src.load([b, h, row0, 0]).reshape(BLOCK, D)
+    else:
+        offs_r = tl.arange(0, BLOCK)
+        ptrs = src + row0.to(tl.int64) * stride_s + (offs_r[:, None] * stride_s + tl.arange(0, D)[None, :])
+        if MASKED:
+            return tl.load(ptrs, mask=(row0 + offs_r)[:, None] < limit, other=0.0)
+        else:
+            return tl.load(ptrs)
+
+
+@triton.jit
+def _store_tile(dst, b, h, row0, stride_s, limit, value,
+                BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr):
+    """Store ``value [BLOCK, D]`` into rows ``row0 ..`` of one (b, h) slice; rows ``>= limit`` untouched."""
+    if USE_TMA:
+        dst.store([b, h, row0, 0], value.reshape(1, 1, BLOCK, D))
+    else:
+        offs_r = tl.arange(0, BLOCK)
+        ptrs = dst + row0.to(tl.int64) * stride_s + (offs_r[:, None] * stride_s + tl.arange(0, D)[None, :])
+        tl.store(ptrs, value, mask=(row0 + offs_r)[:, None] < limit)
+
+
+@triton.jit
+def _slice_src(T, b, h, stride_b, stride_h, USE_TMA: tl.constexpr):
+    """The (b, h) slice's base: the descriptor itself (TMA) or the offset pointer."""
+    if USE_TMA:
+        return T
+    else:
+        return T + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def _split_row(idx_row, count, kv_limit, BS: tl.constexpr):
+    """For an ascending list of key blocks, ``(n_full, has_tail)``.
+
+    ``n_full``: entries whose block lies wholly below ``kv_limit`` (they need no masking);
+    ``has_tail``: whether entry ``n_full`` is the block that holds ``kv_limit`` (partly valid).
+    Entries after that lie past the limit and are skipped. One load in the common case (last entry
+    below the limit), a binary search otherwise.
+    """
+    thr = kv_limit // BS  # first block that is not wholly valid
+    last = tl.load(idx_row + tl.maximum(count - 1, 0))
+    n_full = count
+    if (count > 0) & (last >= thr):
+        lo = count * 0
+        hi = count - 1  # idx[hi] >= thr: the answer is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            below = tl.load(idx_row + mid) < thr
+            lo = tl.where(below, mid + 1, lo)
+            hi = tl.where(below, hi, mid)
+        n_full = lo
+    nxt = tl.load(idx_row + tl.minimum(n_full, tl.maximum(count - 1, 0)))
+    has_tail = (n_full < count) & (nxt == thr) & (kv_limit % BS != 0)
+    return n_full, has_tail
+
+
+@triton.jit
+def _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN: tl.constexpr):
+    if HAS_KEY_LEN:
+        return tl.minimum(tl.maximum(tl.load(KEY_LEN + b), 0), S)
+    else:
+        return S + b * 0
+
+
+@triton.jit
+def _mma(a, b, acc, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+    """``a @ b (+ acc)`` with float32 accumulation."""
+    if INTERPRET:
+        # Triton 3.6's interpreter multiplies bfloat16 tiles as raw 16-bit integers: multiply in
+        # float32 instead (16-bit float products are exact in float32, as on the tensor cores).
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PREC)
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs, qk_scale,
+              BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+              MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+    """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list."""
+    SUB_N: tl.constexpr = BS // BLOCK_N
+    if SUB_N == 1:
+        n0 = tl.load(idx_row + it) * BS
+    else:
+        n0 = tl.load(idx_row + it // SUB_N) * BS + (it % SUB_N) * BLOCK_N
+    k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+    v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+    qk = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
+    if MASKED:
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        qk = tl.where(offs_n[None, :] < kv_limit, qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        qk = qk - m_new[:, None]
+    else:
+        # qk_scale > 0, so max(qk) * qk_scale == max(qk * qk_scale): one FMA per score below.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        qk = qk * qk_scale - m_new[:, None]
+    p = tl.math.exp2(qk)
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    acc = _mma(p.to(v.dtype), v, acc, DOT_PREC, INTERPRET)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, stop, kv_limit, stride_ks, stride_vs,
+               qk_scale,
+               BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+               MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+    if INTERPRET:
+        # Triton 3.6's interpreter cannot take a loaded value as a range() bound with numpy >= 2.4
+        # (its scalars are 1-element arrays); a while loop works there. The GPU gets the for
+        # loop, which Triton software-pipelines.
+        it = start
+        while it < stop:
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
+                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+            it += 1
+    else:
+        for it in range(start, stop):
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
+                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
+def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
+                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
+                stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+                H, S, S_PAD, qk_scale,
+                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                HAS_KEY_LEN: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr,
+                DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    """One program: query rows ``m0 .. m0 + BLOCK_M`` of head ``(b, h)``. Writes O and LSE (base 2)."""
+    SUB_M: tl.constexpr = BS // BLOCK_M
+    SUB_N: tl.constexpr = BS // BLOCK_N
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    cnt_off = b * stride_cb + h * stride_ch
+    row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
+    m0 = row * BS + (pid % SUB_M) * BLOCK_M
+    count = tl.load(KV_CNT + cnt_off + row)
+    idx_row = KV_IDX + b * stride_ib + h * stride_ih + row * stride_ir
+    kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
+    n_full, has_tail = _split_row(idx_row, count, kv_limit, BS)
+
+    q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
+    k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
+    v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
+    q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
+    if NEG_SCALE:
+        q = -q
+
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, 0, n_full * SUB_N, kv_limit,
+                               stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, USE_TMA, DOT_PREC, INTERPRET)
+    if has_tail:
+        start = n_full * SUB_N
+        n_sub = tl.cdiv(kv_limit - (kv_limit // BS) * BS, BLOCK_N)  # sub-tiles holding valid keys
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, start + n_sub, kv_limit,
+                                   stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, True, USE_TMA, DOT_PREC, INTERPRET)
+
+    # A row that saw no key has l == 0 and acc == 0: output 0, lse +inf (so the backward's p is 0).
+    has_key = l_i > 0.0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_key, m_i + tl.math.log2(l_safe), float("inf"))
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    tl.store(LSE + bh.to(tl.int64) * S_PAD + offs_m, lse)
+    o_dst = _slice_src(O, b, h, stride_ob, stride_oh, USE_TMA)
+    _store_tile(o_dst, b, h, m0, stride_os, S, out.to(OUT_DTYPE), BLOCK_M, D, USE_TMA)
+
+
+# ----------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_os, stride_db, stride_dh, stride_ds,
+                      H, S, S_PAD, BLOCK: tl.constexpr, D: tl.constexpr):
+    """``delta[b, h, i] = sum_d O * dO`` (float32) for ``i < S``, 0 for the padding rows up to S_PAD."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, D)
+    ok = offs[:, None] < S
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs[:, None].to(tl.int64) * stride_os
+                + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh + offs[:, None].to(tl.int64) * stride_ds
+                 + offs_d[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + bh.to(tl.int64) * S_PAD + offs, delta)
+
+
+@triton.jit
+def _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs, qk_scale,
+             BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+             MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+    SUB_N: tl.constexpr = BS // BLOCK_N
+    if SUB_N == 1:
+        n0 = tl.load(idx_row + it) * BS
+    else:
+        n0 = tl.load(idx_row + it // SUB_N) * BS + (it % SUB_N) * BLOCK_N
+    k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+    v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+    s = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
+    p = tl.math.exp2(s * qk_scale - lse[:, None])
+    if MASKED:
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        p = tl.where(offs_n[None, :] < kv_limit, p, 0.0)
+    dp = _mma(do, tl.trans(v), None, DOT_PREC, INTERPRET)
+    ds = p * (dp - delta[:, None])
+    return _mma(ds.to(k.dtype), k, dq, DOT_PREC, INTERPRET)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, start, stop, kv_limit, stride_ks, stride_vs,
+              qk_scale,
+              BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+              MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+    if INTERPRET:  # see _fwd_inner
+        it = start
+        while it < stop:
+            dq = _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs,
+                          qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+            it += 1
+    else:
+        for it in range(start, stop):
+            dq = _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs,
+                          qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+    return dq
+
+
+@triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
+def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
+                   stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                   stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
+                   stride_dqb, stride_dqh, stride_dqs,
+                   stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+                   H, S, S_PAD, qk_scale, ds_scale,
+                   BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                   HAS_KEY_LEN: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr,
+                   DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    """One program: dQ of query rows ``m0 .. m0 + BLOCK_M``, walking the row's key blocks like the forward."""
+    SUB_M: tl.constexpr = BS // BLOCK_M
+    SUB_N: tl.constexpr = BS // BLOCK_N
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    cnt_off = b * stride_cb + h * stride_ch
+    row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
+    m0 = row * BS + (pid % SUB_M) * BLOCK_M
+    count = tl.load(KV_CNT + cnt_off + row)
+    idx_row = KV_IDX + b * stride_ib + h * stride_ih + row * stride_ir
+    kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
+    n_full, has_tail = _split_row(idx_row, count, kv_limit, BS)
+
+    q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
+    do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
+    k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
+    v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
+    q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
+    if NEG_SCALE:
+        q = -q
+    do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, True)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    lse = tl.load(LSE + bh.to(tl.int64) * S_PAD + offs_m)
+    delta = tl.load(DELTA + bh.to(tl.int64) * S_PAD + offs_m)
+
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, 0, n_full * SUB_N, kv_limit,
+                   stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, USE_TMA, DOT_PREC, INTERPRET)
+    if has_tail:
+        start = n_full * SUB_N
+        n_sub = tl.cdiv(kv_limit - (kv_limit // BS) * BS, BLOCK_N)
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, start, start + n_sub, kv_limit,
+                       stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, True, USE_TMA, DOT_PREC, INTERPRET)
+    dq_dst = _slice_src(DQ, b, h, stride_dqb, stride_dqh, USE_TMA)
+    _store_tile(dq_dst, b, h, m0, stride_dqs, S, (dq * ds_scale).to(OUT_DTYPE), BLOCK_M, D, USE_TMA)
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
+               stride_qs, stride_dos, qk_scale,
+               BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+               MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+    SUB_M: tl.constexpr = BS // BLOCK_M
+    if SUB_M == 1:
+        m0 = tl.load(idx_row + it) * BS
+    else:
+        m0 = tl.load(idx_row + it // SUB_M) * BS + (it % SUB_M) * BLOCK_M
+    q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, MASK_Q)
+    do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, MASK_Q)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    lse = tl.load(LSE_BH + offs_m)
+    delta = tl.load(DELTA_BH + offs_m)
+    s_t = _mma(k_s, tl.trans(q), None, DOT_PREC, INTERPRET)  # [BLOCK_N, BLOCK_M]
+    p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
+    if MASK_K:
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        p_t = tl.where(offs_n[:, None] < kv_limit, p_t, 0.0)
+    dv = _mma(p_t.to(do.dtype), do, dv, DOT_PREC, INTERPRET)
+    dp_t = _mma(v, tl.trans(do), None, DOT_PREC, INTERPRET)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = _mma(ds_t.to(q.dtype), q, dk, DOT_PREC, INTERPRET)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, b, h, start, stop, n0, S, kv_limit,
+                stride_qs, stride_dos, qk_scale,
+                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    if INTERPRET:  # see _fwd_inner
+        it = start
+        while it < stop:
+            dk, dv = _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
+                                stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
+                                DOT_PREC, INTERPRET)
+            it += 1
+    else:
+        for it in range(start, stop):
+            dk, dv = _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
+                                stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
+                                DOT_PREC, INTERPRET)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
+def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, Q_IDX, Q_CNT, COL_ORDER, KEY_LEN,
+                     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                     stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
+                     stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
+                     stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+                     H, S, S_PAD, NB, qk_scale, ds_scale,
+                     BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                     HAS_KEY_LEN: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr,
+                     DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    """One program: dK, dV of key rows ``n0 .. n0 + BLOCK_N``, walking the query blocks that see them."""
+    SUB_M: tl.constexpr = BS // BLOCK_M
+    SUB_N: tl.constexpr = BS // BLOCK_N
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    cnt_off = b * stride_cb + h * stride_ch
+    col = tl.load(COL_ORDER + cnt_off + pid // SUB_N)
+    n0 = col * BS + (pid % SUB_N) * BLOCK_N
+    kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
+
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    if n0 < kv_limit:  # keys wholly past the limit get zero gradients
+        count = tl.load(Q_CNT + cnt_off + col)
+        idx_row = Q_IDX + b * stride_ib + h * stride_ih + col * stride_ir
+        # Only the last query block (NB - 1) has rows past S; it is last in the ascending list.
+        last = tl.load(idx_row + tl.maximum(count - 1, 0))
+        q_tail = (count > 0) & (last == NB - 1) & (S % BS != 0)
+        n_full = tl.where(q_tail, count - 1, count)
+        n_tail_sub = tl.cdiv(S - (NB - 1) * BS, BLOCK_M)  # sub-tiles of the last block holding rows < S
+
+        q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
+        do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
+        k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
+        v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
+        k = _load_tile(k_src, b, h, n0, stride_ks, S, BLOCK_N, D, USE_TMA, True)
+        v = _load_tile(v_src, b, h, n0, stride_vs, S, BLOCK_N, D, USE_TMA, True)
+        if NEG_SCALE:
+            k_s = -k  # scores of (-q) . k == q . (-k); dk below uses the true q and the signed scale
+        else:
+            k_s = k
+        lse_bh = LSE + bh.to(tl.int64) * S_PAD
+        delta_bh = DELTA + bh.to(tl.int64) * S_PAD
+        start = n_full * SUB_M
+        if n0 + BLOCK_N > kv_limit:  # the key tile crosses the limit: mask its keys
+            dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
+                                 kv_limit, stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D,
+                                 False, True, USE_TMA, DOT_PREC, INTERPRET)
+            if q_tail:
+                dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
+                                     start + n_tail_sub, n0, S, kv_limit, stride_qs, stride_dos, qk_scale,
+                                     BS, BLOCK_M, BLOCK_N, D, True, True, USE_TMA, DOT_PREC, INTERPRET)
+        else:
+            dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
+                                 kv_limit, stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D,
+                                 False, False, USE_TMA, DOT_PREC, INTERPRET)
+            if q_tail:
+                dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
+                                     start + n_tail_sub, n0, S, kv_limit, stride_qs, stride_dos, qk_scale,
+                                     BS, BLOCK_M, BLOCK_N, D, True, False, USE_TMA, DOT_PREC, INTERPRET)
+    dk_dst = _slice_src(DK, b, h, stride_dkb, stride_dkh, USE_TMA)
+    dv_dst = _slice_src(DV, b, h, stride_dvb, stride_dvh, USE_TMA)
+    _store_tile(dk_dst, b, h, n0, stride_dks, S, (dk * ds_scale).to(OUT_DTYPE), BLOCK_N, D, USE_TMA)
+    _store_tile(dv_dst, b, h, n0, stride_dvs, S, dv.to(OUT_DTYPE), BLOCK_N, D, USE_TMA)
