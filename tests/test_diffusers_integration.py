@@ -290,3 +290,28 @@ def test_lora_loaded_through_diffusers_keeps_working(tmp_path):
     pipe.set_adapters(["style"], adapter_weights=[0.0])
     assert _rel(run(model, kwargs), radial) < 1e-5
     remove_radial_attention(pipe)
+
+
+def test_gradients_with_gradient_checkpointing_match_the_oracle():
+    # Training (LoRA length extension) runs the radial model under autograd, often with gradient
+    # checkpointing, which reruns each block during backward: the layout and step must still hold.
+    model = tiny.tiny_wan_transformer("t2v", num_layers=2).train()
+    model.enable_gradient_checkpointing()
+    kwargs = tiny.wan_inputs(model, 12, 16, 16)
+    mask = radial_mask_from_preset("wan", 12, 64, block_size=BS)
+    weight = model.blocks[1].attn1.to_q.weight
+
+    apply_radial_attention(model, block_size=BS)
+    model(**kwargs)[0].square().mean().backward()
+    grad_radial = weight.grad.clone()
+    remove_radial_attention(model)
+    model.zero_grad()
+
+    paths = attention_modules(model)
+    originals = {p: model.get_submodule(p).processor for p in paths}
+    for p in paths:
+        model.get_submodule(p).set_processor(TokenMaskProcessor(originals[p], mask.to_token_mask(12 * 64)))
+    model(**kwargs)[0].square().mean().backward()
+    for p, proc in originals.items():
+        model.get_submodule(p).set_processor(proc)
+    assert _rel(grad_radial, weight.grad) < 1e-4

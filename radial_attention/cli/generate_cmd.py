@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 
@@ -52,12 +53,25 @@ def register(sub) -> None:
     d.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="auto: bfloat16 on cuda, float32 on cpu")
     d.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (less GPU memory)")
+    # Multi-GPU: radial_attention.distributed (docs/multi-gpu.md).
+    d.add_argument("--sequence-parallel", type=int, default=None, metavar="N",
+                   help="split the video tokens over N GPUs (Ulysses: diffusers context parallelism, radial mask "
+                        "on the whole sequence); launch with `torchrun --standalone --nproc-per-node N -m "
+                        "radial_attention.cli.main generate ...`; default under torchrun: its number of processes")
     p.set_defaults(func=run)
 
 
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and not os.path.splitext(name)[1]
+
+
+def _dtype_kwarg(dtype) -> dict:
+    # diffusers 0.42 renamed from_pretrained's ``torch_dtype`` to ``dtype`` (the old name warns).
+    import diffusers
+
+    major_minor = tuple(int(x) for x in diffusers.__version__.split(".")[:2])
+    return {"dtype": dtype} if major_minor >= (0, 42) else {"torch_dtype": dtype}
 
 
 def load_pipeline(model: str, dtype):
@@ -71,14 +85,14 @@ def load_pipeline(model: str, dtype):
                 f"{os.path.abspath(path)} is a folder but not a diffusers pipeline: looked for "
                 f"{os.path.join(os.path.abspath(path), 'model_index.json')} (write one with pipe.save_pretrained)"
             )
-        return DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+        return DiffusionPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
     if not _looks_like_hub_id(model):
         raise FileNotFoundError(
             f"no pipeline at {os.path.abspath(path)} (no such folder), and {model!r} is not a Hugging Face Hub id "
             "of the form org/name"
         )
     try:
-        return DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+        return DiffusionPipeline.from_pretrained(model, **_dtype_kwarg(dtype))
     except Exception as e:  # offline, unknown repo, gated, partial download: say where we looked
         from huggingface_hub import constants
 
@@ -115,6 +129,25 @@ def write_mp4(frames, path: str, fps: int) -> None:
 
 
 def run(args) -> int:
+    # Multi-GPU (radial_attention.distributed): join torchrun's group; rank 0 prints and writes.
+    import contextlib
+    import io
+
+    from radial_attention.distributed.generate import SequenceParallelRun
+
+    sp = SequenceParallelRun.start(args.sequence_parallel)
+    if sp is None:
+        return _run(args, None)
+    if args.cpu_offload:
+        raise ValueError("--cpu-offload does not combine with --sequence-parallel (each GPU holds the whole pipeline)")
+    try:
+        with contextlib.redirect_stdout(sys.stdout if sp.is_main else io.StringIO()):
+            return _run(args, sp)
+    finally:
+        sp.close()
+
+
+def _run(args, sp) -> int:
     import inspect
 
     import torch
@@ -123,6 +156,10 @@ def run(args) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    if sp is not None:  # one GPU per torchrun process
+        if args.device not in ("auto", sp.device.type):
+            raise ValueError(f"--device {args.device} but this torchrun process runs on {sp.device}")
+        device = sp.device
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
     )
@@ -141,6 +178,8 @@ def run(args) -> int:
             dense_last_steps=args.dense_last_steps, dense_layers=args.dense_layers,
             block_size=args.block_size, backend=args.backend,
         )
+    if sp is not None:  # after radial attention: split the video tokens across the GPUs
+        sp.split(pipe, height=args.height, width=args.width, frames=args.frames)
     params = inspect.signature(pipe.__call__).parameters
     kwargs = dict(
         prompt=args.prompt, height=args.height, width=args.width, num_frames=args.frames,
@@ -171,6 +210,8 @@ def run(args) -> int:
         )
     else:
         print("radial        off (--dense)")
+    if sp is not None:
+        print(f"parallel      video tokens split over {sp.degree} processes ({sp.ctx.backend}, Ulysses sequence parallelism)")
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -179,7 +220,8 @@ def run(args) -> int:
         torch.cuda.synchronize()
     gen_s = time.perf_counter() - t0
     video = _frames_to_uint8(frames)
-    write_mp4(video, args.out, args.fps)
+    if sp is None or sp.is_main:
+        write_mp4(video, args.out, args.fps)
 
     print(f"time          {gen_s:.1f} s for {args.steps} steps and decoding ({gen_s / args.steps:.2f} s per step)")
     if state is not None:

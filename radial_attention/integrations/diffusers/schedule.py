@@ -51,7 +51,9 @@ class RadialState:
     Attributes read by users and tests:
         config: the :class:`RadialAttentionConfig`.
         step: the current step index (``None`` before the first call).
-        layout: ``(F, T)`` of the transformer call in progress, else ``None``.
+        layout: ``(F, T)`` of the latest transformer call (kept after the call returns, so that
+            gradient checkpointing, which reruns blocks during backward, sees the same layout and
+            step), ``None`` before the first call.
         calls: ``Counter`` of ``(step, layer, "radial" | "dense")`` -> self-attention calls.
         masks: ``{(F, T, extra_tokens): RadialBlockMask}`` built so far (one per layout).
     """
@@ -125,10 +127,6 @@ class RadialState:
                 )
             sparse = sparse and self.step < self.total_steps - c.dense_last_steps
         self._sparse_step = sparse
-
-    def end_forward(self) -> None:
-        self.layout = None
-        self.key_mask_cache = None
 
     def use_radial(self, layer: int) -> bool:
         """Whether block ``layer`` runs radial attention in the transformer call in progress."""
