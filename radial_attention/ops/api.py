@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import math
 from typing import Optional, Union
 
@@ -84,8 +85,8 @@ def _preload() -> None:
     """Import the backends torch.compile may need (it cannot trace an import)."""
     _load("reference")
     _load("flex")  # torch only: FlexAttention itself is imported on first use
-    if torch.cuda.is_available():
-        _load("triton")  # what "auto" picks on CUDA
+    if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        _load("triton")  # what "auto" picks on CUDA (or what runs under Triton's interpreter)
 
 
 def available_backends() -> list:
@@ -101,12 +102,26 @@ def _requires_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+_reasons: dict = {}  # (name, device type, dtype, head dim, requires_grad) -> reason or None
+
+
 def _reason(name: str, q: torch.Tensor, requires_grad: bool) -> Optional[str]:
-    """Why backend ``name`` cannot run this input, or None if it can."""
+    """Why backend ``name`` cannot run this input, or None if it can.
+
+    A backend's answer depends only on the device type, dtype, head dim and whether gradients are
+    needed, so it is memoized: after one eager call, a traced call reads the memo instead of
+    tracing the backend's check.
+    """
+    key = (name, q.device.type, q.dtype, q.shape[-1], requires_grad)
+    if key in _reasons:
+        return _reasons[key]
     module = _load(name)
     if module is None:
         return f"it cannot be imported ({_import_errors[name]})"
-    return _checks[name](q, requires_grad=requires_grad)
+    why = _checks[name](q, requires_grad=requires_grad)
+    if not torch.compiler.is_compiling():
+        _reasons[key] = why
+    return why
 
 
 def _auto_order(q: torch.Tensor) -> tuple:
