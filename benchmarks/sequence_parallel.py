@@ -171,8 +171,9 @@ class Bench:
 
 def cases(args):
     """(name, latent frames F, tokens per frame T, latent H, latent W) of each video size."""
-    if args.smoke:
-        return [("smoke F=8 T=64", 8, 64, 16, 16), ("smoke F=12 T=64", 12, 64, 16, 16)]
+    if args.smoke:  # one tiny case per --frames entry (at most two)
+        smoke = [("smoke F=8 T=64", 8, 64, 16, 16), ("smoke F=12 T=64", 12, 64, 16, 16)]
+        return smoke[: len(args.frames.split(","))]
     from radial_attention.mask import video_layout
 
     out = []

@@ -16,7 +16,7 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "sequence_
 def test_smoke_run_matches_one_process_and_writes_reports(tmp_path):
     out = tmp_path / "sp"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
+        [sys.executable, str(SCRIPT), "--smoke", "--frames", "81", "--out", str(out)],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -24,7 +24,7 @@ def test_smoke_run_matches_one_process_and_writes_reports(tmp_path):
     records = result["records"]
     seen = {(r["what"], r["case"], r["mode"], r["gpus"]) for r in records}
     cases = {r["case"] for r in records}
-    assert len(cases) == 2
+    assert len(cases) == 1
     for what in ("attention", "transformer"):
         for case in cases:
             for mode in ("dense", "radial"):

@@ -208,6 +208,9 @@ def _run(args, sp) -> int:
             f"{c.dense_steps} + last {c.dense_last_steps} of {args.steps} steps and the first {c.dense_layers} blocks, "
             f"block {c.block_size}, backend {c.backend}"
         )
+        if c.dense_steps + c.dense_last_steps >= args.steps:
+            print(f"note          dense steps ({c.dense_steps} first + {c.dense_last_steps} last) cover all {args.steps} "
+                  "steps: nothing runs radial (few-step LoRAs: lower --dense-steps)")
     else:
         print("radial        off (--dense)")
     if sp is not None:
