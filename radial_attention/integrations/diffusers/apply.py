@@ -248,8 +248,11 @@ def _uninstall(module, name) -> None:
     if not registry.hooks:
         if not had_registry:
             del module._diffusers_hook
-        if not had_forward and "forward" in module.__dict__:
-            del module.forward  # back to the class's forward, as before
+        current = module.__dict__.get("forward")
+        # Back to the class's forward, as before; but only if what is left is that very method
+        # (a wrapper another library installed after us, e.g. accelerate's offload hook, stays).
+        if not had_forward and getattr(current, "__func__", None) is type(module).forward:
+            del module.forward
 
 
 def _step_hook(transformer):
