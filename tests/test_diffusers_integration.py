@@ -101,7 +101,8 @@ def test_radial_equals_unpatched_model_with_the_mask_as_token_mask(name):
     err = _rel(radial, expected)
     diff = _rel(radial, dense)
     assert err < 1e-5, f"radial differs from the masked unpatched model by {err}"
-    assert diff > 1e-2 and diff > 1000 * err, f"radial output too close to dense ({diff}) to test anything"
+    # ~1.5e-2 here against ~2e-7 of numerical error: the test would see a wrong mask.
+    assert diff > 5e-3 and diff > 1000 * err, f"radial output too close to dense ({diff}) to test anything"
     n = len(attention_modules(model))
     assert state.summary()["radial_calls"] == n
 
