@@ -120,8 +120,10 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
         # 3 Wan blocks / 2+1 HunyuanVideo blocks: with the default dense_layers=2 there is still a
         # radial block to train.
         if model == "tiny-wan":
-            return tiny.tiny_wan_transformer("t2v", num_layers=3, seed=seed, dtype=dtype)
-        return tiny.tiny_hunyuan_transformer(num_layers=2, num_single_layers=1, seed=seed, dtype=dtype)
+            built = tiny.tiny_wan_transformer("t2v", num_layers=3, seed=seed)
+        else:
+            built = tiny.tiny_hunyuan_transformer(num_layers=2, num_single_layers=1, seed=seed)
+        return cast_like_from_pretrained(built, dtype)
     path = pathlib.Path(model)
     if path.exists():
         if (path / "model_index.json").is_file():
@@ -145,6 +147,20 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
     if cls is None:
         raise TypeError(f"{model}: unknown transformer class {cfg.get('_class_name')!r}")
     return cls.from_pretrained(model, subfolder="transformer", **dtype_kwarg(dtype))
+
+
+def cast_like_from_pretrained(model, dtype: torch.dtype):
+    """``model.to(dtype)`` but leaving the parameters diffusers keeps in float32 when it loads a
+    model in half precision (``_keep_in_fp32_modules``: Wan's norms, time embedder, RoPE...)."""
+    if dtype == torch.float32:
+        return model
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, p in model.named_parameters():
+        p.data = p.data.to(torch.float32 if any(k in name for k in keep) else dtype)
+    for name, b in model.named_buffers():
+        if b.is_floating_point() and not any(k in name for k in keep):
+            b.data = b.data.to(dtype)
+    return model
 
 
 def default_shift(model: str, family: str) -> float:

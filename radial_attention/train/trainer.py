@@ -36,6 +36,7 @@ from . import data_parallel as dp
 from .data import LatentDataset, collate
 from .lora import add_lora, load_lora_into, lora_parameters, save_lora
 from .model import (
+    cast_like_from_pretrained,
     default_shift,
     family_of,
     latent_layout,
@@ -180,7 +181,7 @@ class LoRATrainer:
         if transformer is None:
             transformer = load_transformer(cfg.model, dtype=self.precision.weights, seed=cfg.seed)
         elif transformer.dtype != self.precision.weights:
-            transformer = transformer.to(self.precision.weights)
+            transformer = cast_like_from_pretrained(transformer, self.precision.weights)
         self.family = family_of(transformer)
         self.spec = model_spec(transformer)
 

@@ -1,0 +1,37 @@
+"""``benchmarks/training.py --smoke`` runs end to end on the CPU and writes its JSON and table."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_training_benchmark_smoke(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_training", ROOT / "benchmarks" / "training.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert bench.main(["--smoke", "--lengths", "1,4", "--out", str(tmp_path)]) == 0
+        assert bench.main(["--smoke", "--models", "hunyuan", "--lengths", "2", "--append", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    doc = json.loads((tmp_path / "training.json").read_text())
+    done = {(r["model"], r["length"], r["variant"]) for r in doc["results"] if "median_s" in r}
+    assert done == {(m, n, v) for m, lengths in (("wan1.3b", (1, 4)), ("hunyuan", (1, 2, 4)))
+                    for n in lengths for v in ("overhead", "dense", "radial")}
+    assert not [r for r in doc["results"] if "error" in r]
+    rows = doc["summary"]
+    assert len(rows) == 5 and all(r["full_speedup"] > 0 for r in rows)
+    radial = [r for r in doc["results"] if r["variant"] == "radial"]
+    assert all(r["radial_calls"] > 0 and r["attention_backend"] == "reference" for r in radial)
+    assert min(r["density"] for r in rows) < 0.6  # the 4x layouts are really sparse
+    table = (tmp_path / "training.md").read_text()
+    assert "| tiny HunyuanVideo (smoke) | 2x (13 frames) |" in table and "Smoke run" in table
+    assert capsys.readouterr().out.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
