@@ -198,7 +198,7 @@ class Stepper:
         if self.params:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return float(loss)
+        return loss.detach().item()
 
 
 def time_steps(stepper: Stepper, warmup: int, repeats: int, case_budget_s: float, device) -> dict:

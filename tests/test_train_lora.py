@@ -189,3 +189,18 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", torch.device("cpu"))
     assert resolve_precision("auto", torch.device("cpu")).weights == torch.float32
+
+
+@pytest.mark.parametrize("family", ["tiny-wan", "tiny-hunyuan"])
+def test_bf16_weights_train_with_float32_lora(tmp_path, family):
+    """The GPU default (precision "auto" on CUDA = "bf16"), run on the CPU: bf16 frozen weights
+    (diffusers' float32 modules kept), float32 LoRA and optimizer state, finite losses."""
+    data = _data(tmp_path, family, n=2, shape=(16, 4, 16, 24))
+    trainer = LoRATrainer(_cfg(tmp_path, data, model=family, precision="bf16", max_steps=2, dense_layers=1))
+    result = trainer.train()
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert {p.dtype for p in trainer.params} == {torch.float32}
+    frozen = {p.dtype for n, p in trainer.transformer.named_parameters() if not p.requires_grad and "proj" in n}
+    assert frozen == {torch.bfloat16}
+    assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizer.state.values())
+    assert get_radial_state(trainer.transformer).summary()["radial_calls"] > 0

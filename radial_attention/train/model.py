@@ -222,9 +222,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``fp32``: everything float32. ``bf16``: frozen weights in bf16 and bf16 autocast, LoRA
-    weights and optimizer in float32. ``bf16-autocast``: float32 weights, bf16 autocast.
-    ``auto``: ``bf16`` on CUDA, ``fp32`` elsewhere."""
+    """``fp32``: everything float32. ``bf16``: frozen weights in bf16 (diffusers' float32 modules
+    kept, as ``from_pretrained(dtype=bf16)`` does), inputs in bf16, no autocast: the model runs
+    exactly as the pipeline runs it at generation time; LoRA weights and AdamW in float32 (peft
+    computes the LoRA branch in its weights' dtype). ``bf16-autocast``: float32 weights under bf16
+    autocast. ``auto``: ``bf16`` on CUDA, ``fp32`` elsewhere."""
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
     if name == "auto":
@@ -232,5 +234,5 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name == "fp32":
         return Precision(torch.float32, None)
     if name == "bf16":
-        return Precision(torch.bfloat16, torch.bfloat16)
+        return Precision(torch.bfloat16, None)
     return Precision(torch.float32, torch.bfloat16)
