@@ -44,6 +44,8 @@ CHECKS = [
     dict(dtype="float32", D=64, bs=128, tma=True, kl=True, layout="bhsd", B=2, H=2, S=333, per_head=True),
     dict(dtype="float16", D=128, bs=128, tma=False, kl=False, layout="bhsd", B=1, H=2, S=777, per_head=True,
          neg=True),
+    dict(dtype="bfloat16", D=128, bs=128, tma=True, kl=True, layout="bshd", B=2, H=2, S=1100, per_head=False,
+         neg=True),
 ]
 TOL = {"bfloat16": 2.5e-2, "float16": 4e-3, "float32": 2e-5}
 
@@ -155,9 +157,13 @@ def check_compile(device) -> dict:
 
 
 # ----------------------------------------------------------------------------- warm-up / sweep
-FWD_CANDIDATES = [(128, 128, 8, 2, True), (128, 128, 8, 3, True), (128, 64, 8, 3, True), (128, 64, 8, 3, False)]
-DKDV_CANDIDATES = [(32, 128, 8, 2, True), (32, 128, 8, 3, True), (64, 128, 8, 2, True), (64, 64, 4, 3, True)]
-DQ_CANDIDATES = [(128, 64, 8, 2, True), (128, 64, 8, 3, True), (128, 128, 8, 2, True), (64, 64, 4, 2, True)]
+# First entry = the default (launch.py's table); version 1 of the sweep also had (128,128,8,2,T),
+# (128,64,8,3,T), (128,64,8,3,F) for fwd; (32,128,8,2|3,T), (64,64,4,3,T) for dK/dV; (128,64,8,2|3,T),
+# (64,64,4,2,T) for dQ (benchmarks/NOTES.md).
+FWD_CANDIDATES = [(128, 128, 8, 3, True)]
+DKDV_CANDIDATES = [(64, 128, 8, 2, True)]
+DQ_CANDIDATES = [(128, 128, 8, 2, True)]
+ORDERS = ["heavy-first", "sequential"]
 SWEEP_CASES = ["wan1.3b-480p-81f", "wan14b-720p-81f"]
 
 
@@ -215,30 +221,35 @@ def sweep(name, device, budget=1.0) -> list:
     dense_fwd = r["ms"]
     rows.append(dict(case=name, kernel="dense-cudnn fwd", config="", ms=r["ms"],
                      tflops=4 * case.heads * case.seq_len ** 2 * case.head_dim / r["ms"] / 1e9))
-    out, lse, t = _launch_all(mask, q, k, v, do, None, None, None)
     bs = mask.block_size
     scale = q.shape[-1] ** -0.5
-    for cfg in FWD_CANDIDATES:
-        c = KernelConfig(*cfg)
-        r = bench.time_call(lambda: launch.forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], None,
-                                                   scale, bs, config=c), device, budget)
-        rows.append(dict(case=name, kernel="fwd", config=str(cfg), ms=r["ms"], tflops=flops / r["ms"] / 1e9,
-                         x_density=dense_fwd / r["ms"] * mask.density))
+    for order in ORDERS:
+        launch.LAUNCH_ORDER["value"] = order
+        try:
+            out, lse, t = _launch_all(mask, q, k, v, do, None, None, None)
+            for cfg in FWD_CANDIDATES:
+                c = KernelConfig(*cfg)
+                r = bench.time_call(lambda: launch.forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"],
+                                                           None, scale, bs, config=c), device, budget)
+                rows.append(dict(case=name, kernel=f"fwd {order}", config=str(cfg), ms=r["ms"],
+                                 tflops=flops / r["ms"] / 1e9, x_density=dense_fwd / r["ms"] * mask.density))
 
-    def bwd(dkdv_c, dq_c):
-        return lambda: launch.backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], t["col_order"],
-                                       t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs,
-                                       dq_config=dq_c, dkdv_config=dkdv_c)
+            def bwd(dkdv_c, dq_c):
+                return lambda: launch.backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], t["col_order"],
+                                               t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs,
+                                               dq_config=dq_c, dkdv_config=dkdv_c)
 
-    dq0 = KernelConfig(*DQ_CANDIDATES[0])
-    dkdv0 = KernelConfig(*DKDV_CANDIDATES[0])
-    for cfg in DKDV_CANDIDATES:
-        r = bench.time_call(bwd(KernelConfig(*cfg), dq0), device, budget)
-        rows.append(dict(case=name, kernel="bwd (dkdv varied)", config=str(cfg), ms=r["ms"],
-                         tflops=2.5 * flops / r["ms"] / 1e9))
-    for cfg in DQ_CANDIDATES[1:]:
-        r = bench.time_call(bwd(dkdv0, KernelConfig(*cfg)), device, budget)
-        rows.append(dict(case=name, kernel="bwd (dq varied)", config=str(cfg), ms=r["ms"]))
+            dq0 = KernelConfig(*DQ_CANDIDATES[0])
+            dkdv0 = KernelConfig(*DKDV_CANDIDATES[0])
+            for cfg in DKDV_CANDIDATES:
+                r = bench.time_call(bwd(KernelConfig(*cfg), dq0), device, budget)
+                rows.append(dict(case=name, kernel=f"bwd {order}", config=str(cfg) + " dq0", ms=r["ms"],
+                                 tflops=2.5 * flops / r["ms"] / 1e9))
+            for cfg in DQ_CANDIDATES[1:]:
+                r = bench.time_call(bwd(dkdv0, KernelConfig(*cfg)), device, budget)
+                rows.append(dict(case=name, kernel=f"bwd {order}", config="dkdv0 " + str(cfg), ms=r["ms"]))
+        finally:
+            launch.LAUNCH_ORDER["value"] = "heavy-first"
     return rows
 
 
@@ -276,6 +287,7 @@ def main():
     p.add_argument("--no-flashinfer", action="store_true")
     p.add_argument("--worker-timeout", type=float, default=240, help="seconds for the Triton workers")
     p.add_argument("--fi-timeout", type=float, default=330, help="seconds (from the start) for FlashInfer's worker")
+    p.add_argument("--checks", default=None, help="comma-separated indices into CHECKS (default: all)")
     p.add_argument("--worker-tasks", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     device = torch.device("cuda")
@@ -284,7 +296,8 @@ def main():
         return 0
     out = pathlib.Path(args.out or "triton_check_out")
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [{"kind": "check", "case": c} for c in CHECKS] + [{"kind": "compile", "case": CHECKS[0]}]
+    chosen = CHECKS if args.checks is None else [CHECKS[int(i)] for i in args.checks.split(",")]
+    tasks = [{"kind": "check", "case": c} for c in chosen] + [{"kind": "compile", "case": CHECKS[0]}]
     fi_ok = False
     if not args.no_flashinfer:
         try:
@@ -306,7 +319,7 @@ def main():
     if fi_ok:
         fi_tasks = []
         for fib in ("fa2", "fa3"):
-            for c in (CHECKS[0], CHECKS[3], CHECKS[4]):
+            for c in (CHECKS[0], CHECKS[3], CHECKS[4]) if args.checks is None else (CHECKS[8],):
                 fi_tasks.append({"kind": "flashinfer", "case": c, "fib": fib})
         parts.append(fi_tasks)
     procs = []

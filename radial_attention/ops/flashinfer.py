@@ -150,6 +150,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     limits = [S] * B
     if key_lengths is not None:
         limits = [max(0, min(S, int(x))) for x in key_lengths.tolist()]
+    if scale < 0:  # FlashInfer's running max assumes a positive scale: run |scale| on -q
+        q, scale = -q, -scale
     out = torch.empty(B, S, H, D, device=q.device, dtype=q.dtype)  # [B, S, H, D], returned as a view
     dense = mask.dense4d()
     for b in range(B):

@@ -210,7 +210,8 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, 0, n_full * SUB_N, kv_limit,
-                               stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, USE_TMA, DOT_PREC, INTERPRET)
+                               stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, USE_TMA, DOT_PREC,
+                               INTERPRET)
     if has_tail:
         start = n_full * SUB_N
         n_sub = tl.cdiv(kv_limit - (kv_limit // BS) * BS, BLOCK_N)  # sub-tiles holding valid keys

@@ -21,12 +21,12 @@ import math
 import os
 import pathlib
 import sys
-import weakref
 from typing import Optional
 
 import torch
 
 import triton
+from torch.utils.weak import WeakIdKeyDictionary
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -92,15 +92,15 @@ class KernelConfig:
 # tiles are moved by TMA; the pointer path (other GPUs) uses smaller key tiles, because its address
 # tensors cost registers.
 _TMA_CONFIGS = {
-    ("fwd", 128, 128): KernelConfig(128, 128, 8, 2, True),
+    ("fwd", 128, 128): KernelConfig(128, 128, 8, 3, True),
     ("fwd", 64, 128): KernelConfig(128, 128, 8, 3, True),
     ("fwd", 128, 64): KernelConfig(64, 64, 4, 3, True),
     ("fwd", 64, 64): KernelConfig(64, 64, 4, 3, True),
-    ("dq", 128, 128): KernelConfig(128, 64, 8, 2, True),
+    ("dq", 128, 128): KernelConfig(128, 128, 8, 2, True),
     ("dq", 64, 128): KernelConfig(128, 64, 8, 3, True),
     ("dq", 128, 64): KernelConfig(64, 64, 4, 2, True),
     ("dq", 64, 64): KernelConfig(64, 64, 4, 3, True),
-    ("dkdv", 128, 128): KernelConfig(32, 128, 8, 2, True),
+    ("dkdv", 128, 128): KernelConfig(64, 128, 8, 2, True),
     ("dkdv", 64, 128): KernelConfig(64, 128, 8, 2, True),
     ("dkdv", 128, 64): KernelConfig(32, 64, 4, 3, True),
     ("dkdv", 64, 64): KernelConfig(64, 64, 4, 3, True),
@@ -114,7 +114,7 @@ _POINTER_CONFIGS = {
     ("dq", 64, 128): KernelConfig(128, 64, 8, 3),
     ("dq", 128, 64): KernelConfig(64, 64, 4, 2),
     ("dq", 64, 64): KernelConfig(64, 64, 4, 3),
-    ("dkdv", 128, 128): KernelConfig(32, 128, 8, 2),
+    ("dkdv", 128, 128): KernelConfig(64, 128, 8, 2),
     ("dkdv", 64, 128): KernelConfig(64, 128, 8, 2),
     ("dkdv", 128, 64): KernelConfig(32, 64, 4, 3),
     ("dkdv", 64, 64): KernelConfig(64, 64, 4, 3),
@@ -122,6 +122,9 @@ _POINTER_CONFIGS = {
 
 # Set by benchmarks / tests to try other settings: {"fwd" | "dq" | "dkdv": KernelConfig}.
 CONFIG_OVERRIDES: dict = {}
+# Order in which query (key) tiles are launched: "heavy-first" (most kept blocks first) or
+# "sequential" (block order: neighbouring tiles, which share most key blocks, run together).
+LAUNCH_ORDER = {"value": "heavy-first"}
 
 
 def _config(kind: str, q: torch.Tensor, block_size: int) -> KernelConfig:
@@ -181,28 +184,37 @@ def _check_config(cfg: KernelConfig, block_size: int, kind: str) -> None:
 
 
 # ----------------------------------------------------------------------------- mask tensors
-_mask_tensors_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# dense bool mask tensor (CPU, as BlockSparseMask.to_dense() gives it) -> {device: index tensors}
+_mask_tensors_cache = WeakIdKeyDictionary()  # tensors compare elementwise: key them by identity
+_MASK_KEYS = ("kv_indices", "kv_counts", "row_order", "q_indices", "q_counts", "col_order")
 
 
-def mask_tensors(mask, device) -> dict:
-    """The mask's index lists on ``device`` plus the heavy-first launch orders (cached per mask).
+def index_tensors(dense: torch.Tensor, block_size: int, device) -> dict:
+    """The index lists of a dense block mask on ``device`` plus heavy-first launch orders (cached).
 
-    ``row_order [Bm, Hm, nb]``: mask rows sorted by kept key blocks, descending (forward, dQ);
-    ``col_order [Bm, Hm, nb]``: mask columns sorted by the query blocks that see them (dK/dV).
+    ``dense``: bool ``[nb, nb]`` or ``[Bm, Hm, nb, nb]`` (CPU). Returns ``kv_indices``/``kv_counts``,
+    ``q_indices``/``q_counts`` (see ``BlockSparseMask``) and ``row_order [Bm, Hm, nb]``: mask rows
+    sorted by kept key blocks, descending (forward, dQ); ``col_order``: mask columns sorted by the
+    query blocks that see them (dK/dV).
     """
+    from radial_attention.mask import BlockSparseMask
+
     device = torch.device(device)
-    per_mask = _mask_tensors_cache.get(mask)
-    if per_mask is None:
-        per_mask = {}
-        _mask_tensors_cache[mask] = per_mask
+    entry = _mask_tensors_cache.get(dense)
+    if entry is None or entry[0] != dense._version:
+        entry = (dense._version, BlockSparseMask(dense, block_size), {})
+        _mask_tensors_cache[dense] = entry
+    _, mask, per_device = entry
     key = str(device)
-    hit = per_mask.get(key)
+    hit = per_device.get(key)
     if hit is None:
         kv_cnt = mask.kv_counts("cpu")
         q_cnt = mask.q_counts("cpu")
         row_order = torch.argsort(kv_cnt, dim=-1, descending=True, stable=True).to(torch.int32)
         col_order = torch.argsort(q_cnt, dim=-1, descending=True, stable=True).to(torch.int32)
+        seq = torch.arange(kv_cnt.shape[-1], dtype=torch.int32).expand(kv_cnt.shape).contiguous().to(device)
         hit = {
+            "sequential": seq,
             "kv_indices": mask.kv_indices(device),
             "kv_counts": mask.kv_counts(device),
             "row_order": row_order.contiguous().to(device),
@@ -210,19 +222,15 @@ def mask_tensors(mask, device) -> dict:
             "q_counts": mask.q_counts(device),
             "col_order": col_order.contiguous().to(device),
         }
-        per_mask[key] = hit
+        per_device[key] = hit
+    if LAUNCH_ORDER["value"] == "sequential":
+        return {**hit, "row_order": hit["sequential"], "col_order": hit["sequential"]}
     return hit
 
 
-_MASK_KEYS = ("kv_indices", "kv_counts", "row_order", "q_indices", "q_counts", "col_order")
-
-
-@torch.compiler.assume_constant_result
-def _mask_tensors_tuple(mask, device: str) -> tuple:
-    # torch.compile runs this at trace time and keeps the (static) index tensors as constants, so
-    # the data-dependent index building never enters the graph.
-    t = mask_tensors(mask, device)
-    return tuple(t[k] for k in _MASK_KEYS)
+def mask_tensors(mask, device) -> dict:
+    """``index_tensors`` of a ``BlockSparseMask``."""
+    return index_tensors(mask.to_dense(), mask.block_size, device)
 
 
 def _index_strides(indices: torch.Tensor, counts: torch.Tensor):
@@ -333,55 +341,50 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
 
 
 # ----------------------------------------------------------------------------- custom ops + autograd
+# The ops take the dense CPU block mask (a plain tensor torch.compile can pass through) and look
+# its index lists up in the cache above, so no data-dependent index building enters a graph.
 @torch.library.custom_op("radial_attention::triton_block_sparse_fwd", mutates_args=())
-def _fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-    kv_indices: torch.Tensor, kv_counts: torch.Tensor, row_order: torch.Tensor,
-    q_indices: torch.Tensor, q_counts: torch.Tensor, col_order: torch.Tensor,
-    key_lengths: Optional[torch.Tensor], scale: float, block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # q_indices / q_counts / col_order are unused here: they are inputs so the backward gets them.
-    return forward(q, k, v, kv_indices, kv_counts, row_order, key_lengths, scale, block_size)
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_dense: torch.Tensor,
+            key_lengths: Optional[torch.Tensor], scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = index_tensors(mask_dense, block_size, q.device)
+    return forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], key_lengths, scale, block_size)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, kv_indices, kv_counts, row_order, q_indices, q_counts, col_order, key_lengths, scale, block_size):
+def _(q, k, v, mask_dense, key_lengths, scale, block_size):
     B, H = q.shape[:2]
-    nb = kv_counts.shape[-1]
+    nb = mask_dense.shape[-1]
     return torch.empty_like(q), q.new_empty((B, H, nb * block_size), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_attention::triton_block_sparse_bwd", mutates_args=())
-def _bwd_op(
-    do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    q_indices: torch.Tensor, q_counts: torch.Tensor, col_order: torch.Tensor,
-    kv_indices: torch.Tensor, kv_counts: torch.Tensor, row_order: torch.Tensor,
-    key_lengths: Optional[torch.Tensor], scale: float, block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, kv_counts, row_order,
-                    key_lengths, scale, block_size)
+def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, mask_dense: torch.Tensor, key_lengths: Optional[torch.Tensor], scale: float,
+            block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t = index_tensors(mask_dense, block_size, q.device)
+    return backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], t["col_order"], t["kv_indices"],
+                    t["kv_counts"], t["row_order"], key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
-def _(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, kv_counts, row_order,
-      key_lengths, scale, block_size):
+def _(do, q, k, v, out, lse, mask_dense, key_lengths, scale, block_size):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, kv_indices, kv_counts, row_order, q_indices, q_counts, col_order, key_lengths, scale, block_size = inputs
+    q, k, v, mask_dense, key_lengths, scale, block_size = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, kv_indices, kv_counts, row_order, q_indices, q_counts, col_order)
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.mask_dense = mask_dense  # CPU bool, never modified
     ctx.key_lengths = key_lengths
     ctx.scale = scale
     ctx.block_size = block_size
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, kv_indices, kv_counts, row_order, q_indices, q_counts, col_order = ctx.saved_tensors
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, kv_counts,
-                         row_order, ctx.key_lengths, ctx.scale, ctx.block_size)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, ctx.mask_dense, ctx.key_lengths, ctx.scale, ctx.block_size)
+    return dq, dk, dv, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -440,7 +443,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
         if tuple(key_lengths.shape) != (B,):
             raise ValueError(f"triton backend: key_lengths must have shape [{B}], got {tuple(key_lengths.shape)}")
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)
-    kv_indices, kv_counts, row_order, q_indices, q_counts, col_order = _mask_tensors_tuple(mask, str(q.device))
-    out, _ = _fwd_op(q, k, v, kv_indices, kv_counts, row_order, q_indices, q_counts, col_order, key_lengths,
-                     float(scale), int(bs))
+    out, _ = _fwd_op(q, k, v, mask.to_dense(), key_lengths, float(scale), int(bs))
     return out
