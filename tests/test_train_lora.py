@@ -189,6 +189,12 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", torch.device("cpu"))
     assert resolve_precision("auto", torch.device("cpu")).weights == torch.float32
+    from radial_attention.train.model import family_of
+
+    with pytest.raises(TypeError, match="image-to-video transformers .* not supported"):
+        family_of(tiny.tiny_wan_transformer("i2v"))
+    with pytest.raises(TypeError, match="supports diffusers WanTransformer3DModel and HunyuanVideoTransformer3DModel, got Linear"):
+        family_of(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("family", ["tiny-wan", "tiny-hunyuan"])

@@ -116,7 +116,10 @@ def run(args) -> int:
         eval_samples=args.eval_samples,
         progress=not args.no_progress,
     )
-    trainer = LoRATrainer(cfg)
+    try:
+        trainer = LoRATrainer(cfg)
+    except TypeError as e:  # an unsupported model class: a user error, reported like bad data
+        raise ValueError(str(e)) from None
     try:
         if trainer.info.is_main:
             dens = trainer.radial_density()
