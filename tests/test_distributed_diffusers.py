@@ -50,8 +50,8 @@ def _run_wan(rank, world, cases):
                     if case.get("backend"):
                         model.set_attention_backend(case["backend"])
                     enable_sequence_parallel(model)
-            with torch.no_grad():
-                out = model(**inputs)[0]
+            with torch.set_grad_enabled(bool(case.get("grad"))):
+                out = model(**inputs)[0].detach()
             results[case["name"]] = dict(
                 out=out, degree=sequence_parallel_degree(model), summary=None if state is None else state.summary()
             )
@@ -65,6 +65,8 @@ CASES_2 = [
     dict(name="radial_then_enable_sequence_parallel", radial=True, how="enable_sequence_parallel"),
     dict(name="dense", radial=False, how="enable_parallelism"),
     dict(name="heads_error", radial=False, how="enable_sequence_parallel", heads=3),
+    dict(name="training_refused", radial=True, how="enable_sequence_parallel", grad=True),
+    # Last: set_attention_backend also changes diffusers' process-wide default backend.
     dict(name="backend_error", radial=False, how="enable_sequence_parallel", backend="_native_math"),
 ]
 CASES_4 = [dict(name="radial_then_enable_parallelism", radial=True, how="enable_parallelism")]
@@ -138,3 +140,9 @@ def test_check_sequence_parallel_without_a_group():
         check_sequence_parallel(model, 3)
     with pytest.raises(ValueError, match="ulysses_degree must be an integer"):
         check_sequence_parallel(model, 0)
+
+
+def test_radial_training_under_context_parallelism_is_refused(world2):
+    # diffusers' Ulysses backward would recompute dense attention: refuse rather than give wrong gradients.
+    msg = world2[0]["training_refused"]["error"]
+    assert msg.startswith("RuntimeError") and "inference only" in msg and "ulysses_attention" in msg, msg

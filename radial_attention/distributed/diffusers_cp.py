@@ -27,9 +27,11 @@ this module adds what the composition needs around it:
 
 Limits (diffusers 0.42.1):
 - inference only: under context parallelism diffusers' backward re-runs attention through its
-  own saved-tensor op outside radial attention's hook, so gradients would be dense attention's.
-  Train with :func:`radial_attention.distributed.ulysses_attention`, whose backward is the radial
-  one.
+  own saved-tensor op outside radial attention's hook, so gradients would be dense attention's
+  (measured: the weight gradients of a tiny Wan then equal the dense model's, not the radial
+  one's). :func:`enable_sequence_parallel` installs a hook that refuses a radial forward that
+  could be differentiated; train with :func:`radial_attention.distributed.ulysses_attention`,
+  whose backward is the radial one.
 - Ulysses only (``ring_degree == 1``): ring attention would call the attention once per key chunk.
 - only the ``"native"`` attention backend: the other native variants (``_native_cudnn``, ...)
   call an aten kernel directly under context parallelism, which radial attention does not see.
@@ -175,8 +177,47 @@ def enable_sequence_parallel(model, ulysses_degree: Optional[int] = None, *, uly
     for t in _transformers(model):
         cfg = ContextParallelConfig(ulysses_degree=n, ulysses_anything=ulysses_anything)
         t.enable_parallelism(config=cfg)
+        _install_training_guard(t)
         configs.append(cfg)
     return configs
+
+
+GUARD_HOOK = "radial_sequence_parallel_no_grad"
+
+
+def _install_training_guard(transformer) -> None:
+    """A pre-forward hook that refuses a radial forward with gradients under context parallelism.
+
+    diffusers' Ulysses backward recomputes attention with its own saved-tensor op, outside radial
+    attention's hook, so the gradients would be dense attention's: silently wrong. Inference
+    (``torch.no_grad``, as diffusers pipelines run) passes through untouched.
+    """
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    from radial_attention.integrations.diffusers import get_radial_state
+
+    def has_radial(module) -> bool:
+        try:
+            return get_radial_state(module) is not None
+        except TypeError:  # a model class radial attention does not support
+            return False
+
+    class NoGradUnderContextParallel(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            if torch.is_grad_enabled() and has_radial(module):
+                tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+                if any(t.requires_grad for t in tensors) or any(p.requires_grad for p in module.parameters()):
+                    raise RuntimeError(
+                        f"{type(module).__name__}: radial attention under diffusers context parallelism is inference "
+                        "only: diffusers' Ulysses backward would recompute dense attention. Run the forward under "
+                        "torch.no_grad() (or freeze the parameters), or train with "
+                        "radial_attention.distributed.ulysses_attention, whose backward is the radial one"
+                    )
+            return args, kwargs
+
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(GUARD_HOOK) is None:
+        registry.register_hook(NoGradUnderContextParallel(), GUARD_HOOK)
 
 
 def sequence_parallel_degree(model) -> int:

@@ -15,6 +15,7 @@ them already.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import io
 import os
 import socket
@@ -122,7 +123,13 @@ def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, 
     # hundred ms instead of a fresh interpreter importing torch; the server has started no threads).
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "torch.distributed", "radial_attention.distributed"])
+        preload = ["torch", "torch.distributed", "radial_attention.distributed"]
+        if importlib.util.find_spec("diffusers") is not None:  # the diffusers workers skip its import
+            preload += [
+                "diffusers", "diffusers.models.transformers.transformer_wan", "diffusers.hooks.context_parallel",
+                "radial_attention.integrations.diffusers",
+            ]
+        ctx.set_forkserver_preload(preload)
     else:
         ctx = mp.get_context("spawn")
     queue = ctx.Queue()
