@@ -76,12 +76,16 @@ def test_config_a_key_lengths_emptying_rows_give_zeros():
 
 
 # Configuration B: per-batch mask, bf16, head dim 128, 64-blocks (S=130: a 2-token tail), key_lengths.
-def test_config_b_per_batch_mask_bf16_head_dim_128():
-    m = random_block_mask(3, 0.5, (2, 1), empty_row=1, full_row=2)
-    kl = torch.tensor([100, 130], dtype=torch.int32)
-    q, k, v = [torch.randn(2, 3, 130, 128, dtype=torch.bfloat16) for _ in range(3)]
-    out = block_sparse_attention(q, k, v, m, block_size=64, backend="flex", key_lengths=kl)
-    _check(out, q, k, v, m, 64, key_lengths=kl, atol=2e-2)
+# Flex runs 128-tiles: a tile whose 64-blocks are partly kept is a partial tile (mask_mod per token).
+def test_config_b_per_batch_mask_64_blocks_bf16_head_dim_128():
+    for seed, kl in enumerate(([100, 130], [0, 64], [129, 1])):
+        g = torch.Generator().manual_seed(seed)
+        m = random_block_mask(3, 0.5, (2, 1), generator=g, empty_row=1, full_row=2)
+        kl = torch.tensor(kl, dtype=torch.int32)
+        q, k, v = [torch.randn(2, 3, 130, 128, dtype=torch.bfloat16) for _ in range(3)]
+        out = block_sparse_attention(q, k, v, m, block_size=64, backend="flex", key_lengths=kl)
+        _check(out, q, k, v, m, 64, key_lengths=kl, atol=2e-2)
+        assert torch.all(out[:, :, 64:128] == 0)  # query block 1 keeps no key block
 
 
 def test_flex_agrees_with_reference_on_a_radial_mask():

@@ -1,19 +1,28 @@
 """The FlexAttention backend: torch's ``flex_attention`` driven by a ``BlockMask`` made from the block indices.
 
-No per-token Python mask function is evaluated over the sequence. The kept blocks are declared
-*full* blocks, so Flex runs no ``mask_mod`` on them (it bounds keys past ``S`` itself). Only with
-``key_lengths`` is there a ``mask_mod`` (``kv_idx < key_lengths[b]``), and it runs only on the one
-*partial* key block per batch item that holds position ``key_lengths[b]``; kept blocks before it
-stay full and blocks after it are dropped.
+No per-token Python mask function is evaluated over the sequence. Flex always works on 128-token
+tiles here (its GPU kernels' tile sizes divide 128 but not always 64):
 
-The BlockMask pieces are cached per (mask, S, device, B, H) and ``flex_attention`` is compiled
-once (``torch.compile``) and reused. Inside an outer ``torch.compile`` the pieces are rebuilt in
-the graph from the mask's dense blocks (tensor ops only, no host sync) and the outer compiler
-handles ``flex_attention`` itself.
+- 128-blocks: every kept block is a *full* Flex block, so Flex runs no ``mask_mod`` on it (keys
+  past ``S`` are bounded by Flex itself);
+- 64-blocks: a 128-tile whose four 64-blocks are all kept is full, one with some kept is
+  *partial*, one with none is skipped;
+- ``key_lengths``: tiles wholly below ``key_lengths[b]`` keep their kind, the tile holding
+  position ``key_lengths[b]`` becomes partial, tiles past it are skipped.
+
+Only partial tiles run the ``mask_mod``, which states the whole mask token by token (``mask[b, h,
+q // bs, kv // bs]`` and ``kv < key_lengths[b]``); because it agrees with the block tables, the
+BlockMask is self-consistent (uncompiled ``flex_attention`` ignores the tables and applies only
+``mask_mod``: still right, just slow).
+
+The tables are cached per (mask, S, device, B, H) (with ``key_lengths`` the per-call part is a few
+small tensor ops, no host sync) and ``flex_attention`` is compiled once (``torch.compile``) and
+reused. Inside an outer ``torch.compile`` the tables are rebuilt in the graph from the mask's dense
+blocks and the outer compiler handles ``flex_attention`` itself.
 
 Constraints (checked by ``unsupported_reason``): CUDA (forward and backward) or CPU (forward only:
 torch's FlexAttention has no CPU backward; its CPU kernel needs AVX2); float16, bfloat16, float32;
-head dims that are powers of two from 16 to 256.
+head dims that are powers of two from 16 to 256. Output rows with no allowed key are 0.
 """
 
 from __future__ import annotations
@@ -57,53 +66,66 @@ def unsupported_reason(q: torch.Tensor, *, requires_grad: bool) -> Optional[str]
     return None
 
 
-class _Pieces:
-    """Device tensors of one (mask, S, device, B, H) from which BlockMasks are assembled.
+_TILE = 128  # Flex's block size here (see the module docstring)
 
-    ``kept``: bool ``[Bm, Hm, nb, nb]``; ``order``: int32 ``[Bm, Hm, nb, nb]``, each row's kept
-    key blocks first, ascending (Flex reads the first ``count`` entries); ``count``: int32
-    ``[Bm, Hm, nb]``; ``before``: int32 ``[Bm, Hm, nb, nb + 1]``, kept blocks of the row left of
-    column ``c`` (so the kept blocks wholly before ``key_lengths`` are a prefix of ``order``).
+
+def _sorted_indices(sel: torch.Tensor):
+    """bool ``[..., n, n]`` -> (count int32 ``[..., n]``, indices int32 ``[..., n, n]``): each row's
+    selected columns first, ascending (Flex reads the first ``count``), the rest after."""
+    n = sel.shape[-1]
+    cols = torch.arange(n, device=sel.device, dtype=torch.int32)
+    order = torch.argsort(torch.where(sel, cols, cols + n), dim=-1, stable=True).to(torch.int32)
+    return sel.sum(dim=-1, dtype=torch.int32), order
+
+
+class _Pieces:
+    """Device tensors of one (mask, S, device, B, H), from which the BlockMasks are assembled.
+
+    ``kept``: bool ``[Bm, Hm, nt * 128 / bs, nt * 128 / bs]``, the mask's blocks padded with False
+    to whole 128-tiles (the ``mask_mod`` indexes it by token // bs); ``any`` / ``all``: bool
+    ``[Bm, Hm, nt, nt]`` whether some / every block inside a 128-tile is kept (blocks past ``S``
+    count as kept for ``all``: those tokens do not exist).
     """
 
-    def __init__(self, mask: BlockSparseMask, device: torch.device):
-        kept = mask.dense4d().to(device)
+    def __init__(self, mask: BlockSparseMask, S: int, device: torch.device):
+        bs = mask.block_size
+        kept = mask.dense4d().to(device)  # [Bm, Hm, nb, nb]
         nb = kept.shape[-1]
-        cols = torch.arange(nb, device=device, dtype=torch.int32)
-        key = torch.where(kept, cols, cols + nb)  # kept columns sort first, in ascending order
-        self.kept = kept
-        self.order = torch.argsort(key, dim=-1, stable=True).to(torch.int32)
-        self.count = kept.sum(dim=-1, dtype=torch.int32)
-        zero = torch.zeros(*kept.shape[:-1], 1, dtype=torch.int32, device=device)
-        self.before = torch.cat([zero, kept.cumsum(dim=-1, dtype=torch.int32)], dim=-1)
+        nt = -(-S // _TILE)
+        r = _TILE // bs  # blocks per tile side: 1 or 2
+        pad = nt * r - nb
+        if r == 1:
+            self.kept, self.any, self.all = kept, kept, kept
+        else:
+            padded_any = torch.nn.functional.pad(kept, (0, pad, 0, pad), value=False)
+            padded_all = torch.nn.functional.pad(kept, (0, pad, 0, pad), value=True)
+            tiles = (*kept.shape[:2], nt, r, nt, r)
+            self.kept = padded_any
+            self.any = padded_any.reshape(tiles).any(dim=5).any(dim=3)
+            self.all = padded_all.reshape(tiles).all(dim=5).all(dim=3)
+        self.block_size = bs
         self.block_mask = None  # the BlockMask without key_lengths, built once
 
 
 def _pieces(mask: BlockSparseMask, S: int, device: torch.device, B: int, H: int) -> _Pieces:
     if torch.compiler.is_compiling():
-        return _Pieces(mask, device)  # in-graph; caching would be a side effect of tracing
+        return _Pieces(mask, S, device)  # in-graph; caching would be a side effect of tracing
     per_mask = _cache.get(mask)
     if per_mask is None:
         per_mask = _cache[mask] = {}
     key = (S, str(device), B, H)
     p = per_mask.get(key)
     if p is None:
-        p = per_mask[key] = _Pieces(mask, device)
+        p = per_mask[key] = _Pieces(mask, S, device)
     return p
 
 
-def _block_mask(p: _Pieces, S: int, bs: int, B: int, H: int, key_lengths: Optional[torch.Tensor]):
-    """A BlockMask: kept blocks full; with key_lengths, the block holding key_lengths[b] partial.
-
-    Its ``mask_mod`` states the same mask token by token (kept block, and ``kv_idx <
-    key_lengths[b]``). The compiled kernel runs it only on partial blocks; it keeps the BlockMask
-    self-consistent, so uncompiled ``flex_attention`` (which ignores the block tables and applies
-    only ``mask_mod``) would still compute the right thing, just slowly.
-    """
+def _block_mask(p: _Pieces, S: int, B: int, H: int, key_lengths: Optional[torch.Tensor]):
+    """The Flex BlockMask (128-tiles) for the mask, optionally cut at key_lengths."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    Bm, Hm, nb, _ = p.kept.shape
-    kept = p.kept.expand(B, H, nb, nb)  # a view: the mask_mod indexes it by (b, h)
+    bs = p.block_size
+    kept = p.kept.expand(B, H, *p.kept.shape[-2:])  # a view: the mask_mod indexes it by (b, h)
 
     if key_lengths is None:
         if p.block_mask is not None and not torch.compiler.is_compiling():
@@ -112,41 +134,49 @@ def _block_mask(p: _Pieces, S: int, bs: int, B: int, H: int, key_lengths: Option
         def in_kept_block(b, h, q_idx, kv_idx):
             return kept[b, h, q_idx // bs, kv_idx // bs]
 
-        # No partial blocks. Their index tensor must be a distinct buffer: inductor's CPU
-        # template drops one of two identical inputs and then fails to compile.
+        full_count, full_idx = _sorted_indices(p.all)
+        part_count, part_idx = _sorted_indices(p.any & ~p.all)
         bm = BlockMask.from_kv_blocks(
-            torch.zeros_like(p.count), torch.zeros_like(p.order), p.count, p.order,
-            BLOCK_SIZE=bs, mask_mod=in_kept_block, seq_lengths=(S, S),
+            part_count, part_idx, full_count, full_idx,
+            BLOCK_SIZE=_TILE, mask_mod=in_kept_block, seq_lengths=(S, S),
         )
         if not torch.compiler.is_compiling():
             p.block_mask = bm
         return bm
 
-    kl = key_lengths.to(torch.int64)
-    cut = torch.clamp(kl // bs, 0, nb)  # [B]: key blocks wholly before key_lengths[b]
-    shape = (B, Hm, nb)
-    # Full blocks: the kept blocks left of `cut` = the first `before[..., cut]` entries of `order`.
-    full_count = p.before.expand(B, Hm, nb, nb + 1).gather(-1, cut.view(B, 1, 1, 1).expand(*shape, 1))[..., 0]
-    # Partial block: column `cut` when key_lengths[b] falls inside it and the row keeps it.
-    has_tail = (kl % bs != 0) & (cut < nb)  # [B]
-    col = torch.clamp(cut, max=nb - 1)
-    tail_kept = p.kept.expand(B, Hm, nb, nb).gather(-1, col.view(B, 1, 1, 1).expand(*shape, 1))[..., 0]
-    partial_count = (tail_kept & has_tail.view(B, 1, 1)).to(torch.int32)
-    partial_idx = torch.zeros(B, Hm, nb, nb, dtype=torch.int32, device=p.kept.device)
-    partial_idx[..., 0] = col.to(torch.int32).view(B, 1, 1)
+    nt = p.any.shape[-1]
+    tile_start = torch.arange(nt, device=p.any.device) * _TILE  # [nt]
+    kl = key_lengths.view(B, 1, 1, 1)
+    below = tile_start + _TILE <= kl  # [B, 1, 1, nt]: tile wholly below key_lengths[b]
+    cut = (tile_start < kl) & ~below  # the tile holding position key_lengths[b]
+    full = p.all & below  # [B, Hm, nt, nt]
+    partial = p.any & ((below & ~p.all) | cut)
+    full_count, full_idx = _sorted_indices(full)
+    part_count, part_idx = _sorted_indices(partial)
 
     def in_kept_block_below_key_length(b, h, q_idx, kv_idx):
         return kept[b, h, q_idx // bs, kv_idx // bs] & (kv_idx < key_lengths[b])
 
     return BlockMask.from_kv_blocks(
-        partial_count,
-        partial_idx,
-        full_count.to(torch.int32),
-        p.order.expand(B, Hm, nb, nb).contiguous(),
-        BLOCK_SIZE=bs,
-        mask_mod=in_kept_block_below_key_length,
-        seq_lengths=(S, S),
+        part_count, part_idx, full_count, full_idx,
+        BLOCK_SIZE=_TILE, mask_mod=in_kept_block_below_key_length, seq_lengths=(S, S),
     )
+
+
+@torch.library.custom_op("radial_attention::flex_cpu_fusion_barrier", mutates_args=())
+def _fusion_barrier(x: torch.Tensor) -> torch.Tensor:
+    """A copy that inductor cannot fuse into the op before it.
+
+    Inside an outer torch.compile on the CPU, inductor may fuse the next pointwise op (an
+    epilogue) into FlexAttention's C++ template, which then refuses to render ("Unsupported for
+    `epilogue_nodes` in CppFlexAttentionTemplate", torch 2.13). An opaque op in between prevents it.
+    """
+    return x.clone()
+
+
+@_fusion_barrier.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
 
 
 def _flex():
@@ -184,5 +214,8 @@ def attention(
     """
     B, H, S, D = q.shape
     p = _pieces(mask, S, q.device, B, H)
-    block_mask = _block_mask(p, S, mask.block_size, B, H, key_lengths)
-    return _flex()(q, k, v, block_mask=block_mask, scale=scale)
+    block_mask = _block_mask(p, S, B, H, key_lengths)
+    out = _flex()(q, k, v, block_mask=block_mask, scale=scale)
+    if q.device.type == "cpu" and torch.compiler.is_compiling():
+        out = _fusion_barrier(out)
+    return out
