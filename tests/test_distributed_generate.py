@@ -54,3 +54,16 @@ def test_sequence_parallel_without_torchrun_is_a_clear_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "--sequence-parallel 2 needs 2 processes" in err and "torchrun --standalone --nproc-per-node 2" in err
+
+
+def test_token_count_check_of_a_pipeline():
+    from radial_attention.distributed.diffusers_cp import check_sequence_parallel
+    from radial_attention.distributed.generate import _video_tokens
+    from radial_attention.integrations.diffusers import tiny
+
+    pipe = tiny.tiny_wan_pipeline("t2v", num_layers=1)
+    # 48x48 px, 9 frames: 3 latent frames x (48/8/2)^2 = 3 x 9 = 27 tokens.
+    assert _video_tokens(pipe, pipe.transformer, 48, 48, 9) == 27
+    assert _video_tokens(pipe, pipe.transformer, 64, 64, 33) == 144
+    with pytest.raises(ValueError, match="the video has 27 tokens, which 2 ranks cannot split evenly"):
+        check_sequence_parallel(pipe, 2, seq_len=27)
