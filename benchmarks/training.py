@@ -34,14 +34,12 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import math
 import pathlib
 import platform
 import statistics
 import sys
 import time
 import traceback
-from typing import Optional
 
 import torch
 

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .data import LATENTS, POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
+from .data import POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
 
 # The built-in tiny models (random weights, no download) that `--model` accepts by name.
 TINY_MODELS = ("tiny-wan", "tiny-hunyuan")
