@@ -318,7 +318,7 @@ def main():
         parts[i % n].append(t)
     if fi_ok:
         fi_tasks = []
-        for fib in ("fa2", "fa3"):
+        for fib in ("fa2", "fa3") if args.checks is None else ("fa3",):
             for c in (CHECKS[0], CHECKS[3], CHECKS[4]) if args.checks is None else (CHECKS[8],):
                 fi_tasks.append({"kind": "flashinfer", "case": c, "fib": fib})
         parts.append(fi_tasks)

@@ -22,8 +22,8 @@ the last mask row; they are loaded as zeros and never stored.
 
 Numerics: softmax in base 2 (``exp2``) with ``log2(e)`` folded into the score scale; the
 log-sum-exp saved for the backward is in that base-2 unit (``lse2 = m + log2(l)``), ``+inf`` for a
-row with no allowed key, whose output is 0 and whose gradients are 0. A negative ``scale`` is run as
-``|scale|`` on ``-q`` (``NEG_SCALE``) so the running max stays an upper bound.
+row with no allowed key, whose output is 0 and whose gradients are 0. ``qk_scale = scale * log2(e)``
+keeps its sign; only the forward's running max needs to know it (``NEG_SCALE``: scale, then max).
 
 Memory access: plain pointer tiles (any strides with a unit last stride; what the interpreter and
 pre-Hopper GPUs run) or, with ``USE_TMA``, Hopper tensor-memory-accelerator descriptors over the
@@ -126,7 +126,8 @@ def _mma(a, b, acc, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
 @triton.jit
 def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs, qk_scale,
               BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-              MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+              MASKED: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
+              INTERPRET: tl.constexpr):
     """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list."""
     SUB_N: tl.constexpr = BS // BLOCK_N
     if SUB_N == 1:
@@ -139,6 +140,10 @@ def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, strid
     if MASKED:
         offs_n = n0 + tl.arange(0, BLOCK_N)
         qk = tl.where(offs_n[None, :] < kv_limit, qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        qk = qk - m_new[:, None]
+    elif NEG_SCALE:
+        qk = qk * qk_scale
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         qk = qk - m_new[:, None]
     else:
@@ -157,7 +162,8 @@ def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, strid
 def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, stop, kv_limit, stride_ks, stride_vs,
                qk_scale,
                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-               MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+               MASKED: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
+               INTERPRET: tl.constexpr):
     if INTERPRET:
         # Triton 3.6's interpreter cannot take a loaded value as a range() bound with numpy >= 2.4
         # (its scalars are 1-element arrays); a while loop works there. The GPU gets the for
@@ -165,12 +171,14 @@ def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, stop, kv_li
         it = start
         while it < stop:
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
-                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, NEG_SCALE, USE_TMA, DOT_PREC,
+                                      INTERPRET)
             it += 1
     else:
         for it in range(start, stop):
             acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
-                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, NEG_SCALE, USE_TMA, DOT_PREC,
+                                      INTERPRET)
     return acc, l_i, m_i
 
 
@@ -203,20 +211,19 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
     k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
     v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
     q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
-    if NEG_SCALE:
-        q = -q
 
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, 0, n_full * SUB_N, kv_limit,
-                               stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, USE_TMA, DOT_PREC,
-                               INTERPRET)
+                               stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, NEG_SCALE, USE_TMA,
+                               DOT_PREC, INTERPRET)
     if has_tail:
         start = n_full * SUB_N
         n_sub = tl.cdiv(kv_limit - (kv_limit // BS) * BS, BLOCK_N)  # sub-tiles holding valid keys
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, start + n_sub, kv_limit,
-                                   stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, True, USE_TMA, DOT_PREC, INTERPRET)
+                                   stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, True, NEG_SCALE, USE_TMA,
+                                   DOT_PREC, INTERPRET)
 
     # A row that saw no key has l == 0 and acc == 0: output 0, lse +inf (so the backward's p is 0).
     has_key = l_i > 0.0
@@ -296,7 +303,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_L
                    stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
                    H, S, S_PAD, qk_scale, ds_scale,
                    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                   HAS_KEY_LEN: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr,
+                   HAS_KEY_LEN: tl.constexpr, USE_TMA: tl.constexpr,
                    DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
                 INTERPRET: tl.constexpr):
     """One program: dQ of query rows ``m0 .. m0 + BLOCK_M``, walking the row's key blocks like the forward."""
@@ -319,8 +326,6 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_L
     k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
     v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
     q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
-    if NEG_SCALE:
-        q = -q
     do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, True)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     lse = tl.load(LSE + bh.to(tl.int64) * S_PAD + offs_m)
@@ -339,7 +344,7 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_L
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
+def _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
                stride_qs, stride_dos, qk_scale,
                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
@@ -353,7 +358,7 @@ def _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     lse = tl.load(LSE_BH + offs_m)
     delta = tl.load(DELTA_BH + offs_m)
-    s_t = _mma(k_s, tl.trans(q), None, DOT_PREC, INTERPRET)  # [BLOCK_N, BLOCK_M]
+    s_t = _mma(k, tl.trans(q), None, DOT_PREC, INTERPRET)  # [BLOCK_N, BLOCK_M]
     p_t = tl.math.exp2(s_t * qk_scale - lse[None, :])
     if MASK_K:
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -366,7 +371,7 @@ def _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, 
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, b, h, start, stop, n0, S, kv_limit,
+def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, b, h, start, stop, n0, S, kv_limit,
                 stride_qs, stride_dos, qk_scale,
                 BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                 MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -374,13 +379,13 @@ def _dkdv_inner(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, b, h, 
     if INTERPRET:  # see _fwd_inner
         it = start
         while it < stop:
-            dk, dv = _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
+            dk, dv = _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
                                 stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
                                 DOT_PREC, INTERPRET)
             it += 1
     else:
         for it in range(start, stop):
-            dk, dv = _dkdv_step(dk, dv, k_s, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
+            dk, dv = _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
                                 stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
                                 DOT_PREC, INTERPRET)
     return dk, dv
@@ -394,7 +399,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, Q_IDX, Q_CNT, COL_ORDER, K
                      stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
                      H, S, S_PAD, NB, qk_scale, ds_scale,
                      BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                     HAS_KEY_LEN: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr,
+                     HAS_KEY_LEN: tl.constexpr, USE_TMA: tl.constexpr,
                      DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
                 INTERPRET: tl.constexpr):
     """One program: dK, dV of key rows ``n0 .. n0 + BLOCK_N``, walking the query blocks that see them."""
@@ -426,27 +431,23 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, Q_IDX, Q_CNT, COL_ORDER, K
         v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
         k = _load_tile(k_src, b, h, n0, stride_ks, S, BLOCK_N, D, USE_TMA, True)
         v = _load_tile(v_src, b, h, n0, stride_vs, S, BLOCK_N, D, USE_TMA, True)
-        if NEG_SCALE:
-            k_s = -k  # scores of (-q) . k == q . (-k); dk below uses the true q and the signed scale
-        else:
-            k_s = k
         lse_bh = LSE + bh.to(tl.int64) * S_PAD
         delta_bh = DELTA + bh.to(tl.int64) * S_PAD
         start = n_full * SUB_M
         if n0 + BLOCK_N > kv_limit:  # the key tile crosses the limit: mask its keys
-            dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
                                  kv_limit, stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D,
                                  False, True, USE_TMA, DOT_PREC, INTERPRET)
             if q_tail:
-                dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
+                dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
                                      start + n_tail_sub, n0, S, kv_limit, stride_qs, stride_dos, qk_scale,
                                      BS, BLOCK_M, BLOCK_N, D, True, True, USE_TMA, DOT_PREC, INTERPRET)
         else:
-            dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
+            dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
                                  kv_limit, stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D,
                                  False, False, USE_TMA, DOT_PREC, INTERPRET)
             if q_tail:
-                dk, dv = _dkdv_inner(dk, dv, k_s, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
+                dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
                                      start + n_tail_sub, n0, S, kv_limit, stride_qs, stride_dos, qk_scale,
                                      BS, BLOCK_M, BLOCK_N, D, True, False, USE_TMA, DOT_PREC, INTERPRET)
     dk_dst = _slice_src(DK, b, h, stride_dkb, stride_dkh, USE_TMA)

@@ -275,7 +275,7 @@ def forward(q, k, v, kv_indices, kv_counts, row_order, key_lengths, scale: float
         kv_indices, kv_counts, row_order, kl,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         sib, sih, sir, scb, sch,
-        H, S, s_pad, abs(scale) * _LOG2E,
+        H, S, s_pad, scale * _LOG2E,
         BS=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D=D,
         HAS_KEY_LEN=key_lengths is not None, NEG_SCALE=scale < 0, USE_TMA=use_tma,
         DOT_PREC=_dot_prec(q), OUT_DTYPE=_out_dtype(q), INTERPRET=interpreting(),
@@ -302,9 +302,9 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
         out, do, delta, *out.stride()[:3], *do.stride()[:3], H, S, s_pad, BLOCK=delta_block, D=D, num_warps=4,
     )
     kl = key_lengths if key_lengths is not None else kv_counts
-    common = dict(HAS_KEY_LEN=key_lengths is not None, NEG_SCALE=scale < 0, DOT_PREC=_dot_prec(q),
+    common = dict(HAS_KEY_LEN=key_lengths is not None, DOT_PREC=_dot_prec(q),
                   OUT_DTYPE=_out_dtype(q), BS=block_size, D=D, INTERPRET=interpreting())
-    qk_scale = abs(scale) * _LOG2E
+    qk_scale = scale * _LOG2E
 
     cfg = dkdv_config or _config("dkdv", q, block_size)
     _check_config(cfg, block_size, "dkdv")
