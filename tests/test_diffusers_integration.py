@@ -316,3 +316,20 @@ def test_gradients_with_gradient_checkpointing_match_the_oracle():
     for p, proc in originals.items():
         model.get_submodule(p).set_processor(proc)
     assert _rel(grad_radial, weight.grad) < 1e-4
+
+
+def test_hunyuan_under_bf16_autocast_runs_in_the_autocast_dtype():
+    # HunyuanVideo's q/k leave float32 norms while v is bf16 under autocast; SDPA would run all three
+    # in bf16, so the radial call must too (it used to raise "v must have q's dtype").
+    model = tiny.tiny_hunyuan_transformer()
+    kwargs = tiny.hunyuan_inputs(model, 8, 16, 16, batch=1, prompt_lengths=[3])
+    mask = radial_mask_from_preset("hunyuan", 8, 64, text_tokens=16, block_size=BS)
+    expected = oracle(model, kwargs, mask, 8 * 64 + 16)
+    apply_radial_attention(model, block_size=BS)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = run(model, kwargs)
+    finally:
+        remove_radial_attention(model)
+    assert got.dtype == torch.bfloat16 or got.dtype == torch.float32
+    assert _rel(got.float(), expected) < 5e-2  # bf16 arithmetic against the float32 oracle

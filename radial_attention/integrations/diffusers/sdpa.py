@@ -116,6 +116,12 @@ class RadialSDPA(TorchFunctionMode):
                 f"F={frames} frames x T={tpf} tokens = {frames * tpf} video tokens"
                 + ("" if extra < 0 else f" and this model family appends no tokens after the video")
             )
+        # SDPA is on autocast's lower-precision list: under autocast it runs in the autocast dtype
+        # whatever its inputs are (HunyuanVideo's q/k come out of float32 norms, v does not).
+        device_type = query.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         key_lengths = None
         if attn_mask is not None:
             key_lengths = self._key_lengths(attn_mask, B, S)
