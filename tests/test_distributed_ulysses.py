@@ -7,6 +7,10 @@ exchange (tokens or heads in the wrong place) changes the result.
 """
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -234,3 +238,49 @@ def test_bad_arguments_without_a_group():
         ulysses_attention(q, q, q, mask, seq_len=65, block_size=64)
     with pytest.raises(ValueError, match="one shape"):
         ulysses_attention(q, q[:, :1], q, mask, block_size=64)
+
+
+# ---------------------------------------------------------------------- Triton kernels on the exchanged views
+# After the all-to-all, q/k/v are strided views of the receive buffer ([B, H/N, S, D] with an
+# S stride of 3*B*(H/N)*D): the fast kernels must read them as they are. The Triton backend runs
+# here under its CPU interpreter, which has to be switched on before Triton is imported, so the
+# workers are started from a fresh interpreter with TRITON_INTERPRET=1.
+TRITON_SPEC = dict(name="triton", B=1, H=2, S=201, D=64, bs=64, layout="BSHD", mask="random", density=0.5)
+
+
+def _run_triton(rank, world):
+    from radial_attention.distributed import shard_sequence, ulysses_attention
+
+    q, k, v, dout, mask, _ = make_case(TRITON_SPEC)
+    q, k, v, dout = (t.float() for t in (q, k, v, dout))
+    ql, kl, vl = (shard_sequence(t, dim=1).detach().requires_grad_() for t in (q, k, v))
+    out = ulysses_attention(ql, kl, vl, mask, layout="BSHD", seq_len=201, block_size=64, backend="triton")
+    (out * shard_sequence(dout, dim=1)).sum().backward()
+    return dict(out=out.detach(), dq=ql.grad, dk=kl.grad, dv=vl.grad)
+
+
+def triton_child(path):
+    results = run_workers(_run_triton, 2, timeout_s=TIMEOUT_S,
+                          preload=["torch", "torch.distributed", "radial_attention.distributed"])
+    torch.save(results, path)
+
+
+def test_triton_backend_reads_the_exchanged_views(tmp_path):
+    pytest.importorskip("triton")
+    path = tmp_path / "triton.pt"
+    code = (f"import sys; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
+            f"import test_distributed_ulysses as t; t.triton_child({str(path)!r})")
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    results = torch.load(path, weights_only=False)
+    q, k, v, dout, mask, _ = make_case(TRITON_SPEC)
+    qh, kh, vh = (t.float().transpose(1, 2).requires_grad_() for t in (q, k, v))
+    ref = block_sparse_attention(qh, kh, vh, mask, block_size=64, backend="reference")
+    (ref * dout.float().transpose(1, 2)).sum().backward()
+    expected = {"out": ref.detach(), "dq": qh.grad, "dk": kh.grad, "dv": vh.grad}
+    for key, want in expected.items():
+        got = torch.cat([r[key] for r in results], dim=1)  # [B, 202, H, D]: 101 per rank, 1 padding
+        assert torch.count_nonzero(got[:, 201:]) == 0
+        got = got[:, :201]
+        torch.testing.assert_close(got, want.transpose(1, 2), rtol=1e-4, atol=1e-4, msg=lambda m: f"{key}: {m}")

@@ -21,7 +21,7 @@ import os
 import socket
 import traceback
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -106,11 +106,14 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
         queue.put((rank, "error", traceback.format_exc()))
 
 
-def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, threads: int = 1) -> list:
+def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, threads: int = 1,
+                preload: Optional[Sequence[str]] = None) -> list:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` new CPU processes joined by gloo.
 
     ``fn`` must be importable by name (a module-level function) and its result savable with
-    ``torch.save`` (tensors, numbers, strings, lists, dicts).
+    ``torch.save`` (tensors, numbers, strings, lists, dicts). ``preload``: modules the forkserver
+    imports once for all workers (default: torch, this package and, when installed, diffusers);
+    only the first call in a process starts the forkserver, so only its ``preload`` counts.
     Returns the results ordered by rank. Raises ``RuntimeError`` with the worker's traceback if one
     fails, or ``TimeoutError`` (after terminating them) if they do not all finish in
     ``timeout_s`` seconds.
@@ -123,13 +126,14 @@ def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, 
     # hundred ms instead of a fresh interpreter importing torch; the server has started no threads).
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        preload = ["torch", "torch.distributed", "radial_attention.distributed"]
-        if importlib.util.find_spec("diffusers") is not None:  # the diffusers workers skip its import
-            preload += [
-                "diffusers", "diffusers.models.transformers.transformer_wan", "diffusers.hooks.context_parallel",
-                "radial_attention.integrations.diffusers",
-            ]
-        ctx.set_forkserver_preload(preload)
+        if preload is None:
+            preload = ["torch", "torch.distributed", "radial_attention.distributed"]
+            if importlib.util.find_spec("diffusers") is not None:  # the diffusers workers skip its import
+                preload += [
+                    "diffusers", "diffusers.models.transformers.transformer_wan", "diffusers.hooks.context_parallel",
+                    "radial_attention.integrations.diffusers",
+                ]
+        ctx.set_forkserver_preload(list(preload))
     else:
         ctx = mp.get_context("spawn")
     queue = ctx.Queue()
