@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The project's GPU run: correctness checks and timings, one device call per group of sections.
+#
+#   bash benchmarks/run_gpu.sh attention flex      # kernels: attention benchmark + Flex GPU check
+#   bash benchmarks/run_gpu.sh pipeline training   # whole transformer forwards, training steps
+#
+# Writes everything under $OUT (the device tool's output folder) or ./gpu-results.
+# Missing Python packages (diffusers, peft, flashinfer) are installed from wheels in .whl/ when
+# present (see the device notes in benchmarks/NOTES.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# NVLink multicast stays off on shared machines.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+{
+  date -u +"date %Y-%m-%dT%H:%MZ"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+  python3 -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+} 2>&1 | tee "$OUT/env.txt"
+
+status=0
+run() {  # run NAME SECONDS CMD...: one section with a time limit, its log under $OUT
+  local name=$1 secs=$2; shift 2
+  echo "=== $name (limit ${secs}s)"
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 40 "$OUT/$name.log"
+  echo "=== $name rc=$rc"
+  [ $rc -eq 0 ] || status=1
+}
+
+for section in "$@"; do
+  case "$section" in
+    attention) run attention 330 python3 benchmarks/attention.py --out "$OUT" ;;
+    flex) run flex_check 150 python3 benchmarks/flex_check.py --out "$OUT" ;;
+    pipeline) run pipeline 270 python3 benchmarks/pipeline.py --out "$OUT" ;;
+    training) run training 300 python3 benchmarks/training.py --lengths 1,4 --case-budget-s 15 --out "$OUT" ;;
+    *) echo "unknown section $section"; status=1 ;;
+  esac
+done
+exit $status
