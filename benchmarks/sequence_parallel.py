@@ -5,7 +5,7 @@ transformer forward, dense and radial, with a check that every multi-GPU output 
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \\
         torchrun --standalone --nproc-per-node 8 benchmarks/sequence_parallel.py --out benchmarks/results/sp_h200x8
 
-    python benchmarks/sequence_parallel.py --smoke      # CPU, gloo, 2 processes, tiny sizes
+    python benchmarks/sequence_parallel.py --smoke      # CPU, gloo, 2 processes (--smoke-ranks), tiny sizes
 
 What is measured, for each video size (default Wan2.1 1280x720 at 81 and 161 frames: 75,600 and
 147,600 tokens, 40 heads of 128) and each GPU count ``n``:
@@ -85,7 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="output path prefix (.json and .md); default benchmarks/results/sequence_parallel, "
                    "or <tmp>/radial_sp_smoke with --smoke")
     p.add_argument("--smoke", action="store_true", help="CPU + gloo, tiny model and sizes (2 processes unless run by torchrun)")
-    p.add_argument("--smoke-ranks", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--smoke-ranks", type=int, default=2, help="CPU processes of a --smoke run outside torchrun")
     args = p.parse_args(argv)
     if args.out is None:
         import tempfile
