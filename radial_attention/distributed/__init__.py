@@ -14,6 +14,10 @@
 - :mod:`.launch`: :func:`init_distributed` (torchrun) and :func:`run_workers` (local gloo workers).
 - :mod:`.diffusers_cp`: radial attention under diffusers' own context parallelism
   (``transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))``).
+- :mod:`.generate`: ``radial-attention generate --sequence-parallel N`` under torchrun.
+
+Guide: ``docs/multi-gpu.md``. ``.diffusers_cp`` and ``.generate`` import diffusers, so they are
+not imported here.
 """
 
 from .exchange import heads_to_seq, seq_to_heads
