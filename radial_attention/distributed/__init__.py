@@ -16,8 +16,8 @@
   (``transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))``).
 - :mod:`.generate`: ``radial-attention generate --sequence-parallel N`` under torchrun.
 
-Guide: ``docs/multi-gpu.md``. ``.diffusers_cp`` and ``.generate`` import diffusers, so they are
-not imported here.
+Guide: ``docs/multi-gpu.md``. ``.diffusers_cp`` and ``.generate`` need diffusers when used; import
+them by their module path.
 """
 
 from .exchange import heads_to_seq, seq_to_heads
