@@ -42,7 +42,7 @@ def _run_wan(rank, world, cases):
     for case in cases:
         try:
             model, inputs = _model(case.get("heads", HEADS))
-            state = _radial(model) if case["radial"] else None
+            state = _radial(model) if case["radial"] and not case.get("radial_last") else None
             with diffusers_cpu_context_parallel():
                 if case["how"] == "enable_parallelism":
                     model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
@@ -50,6 +50,8 @@ def _run_wan(rank, world, cases):
                     if case.get("backend"):
                         model.set_attention_backend(case["backend"])
                     enable_sequence_parallel(model)
+            if case.get("radial_last"):
+                state = _radial(model)
             with torch.set_grad_enabled(bool(case.get("grad"))):
                 out = model(**inputs)[0].detach()
             results[case["name"]] = dict(
@@ -63,6 +65,8 @@ def _run_wan(rank, world, cases):
 CASES_2 = [
     dict(name="radial_then_enable_parallelism", radial=True, how="enable_parallelism"),
     dict(name="radial_then_enable_sequence_parallel", radial=True, how="enable_sequence_parallel"),
+    dict(name="enable_parallelism_then_radial", radial=True, radial_last=True, how="enable_parallelism"),
+    dict(name="training_refused_direct", radial=True, how="enable_parallelism", grad=True),
     dict(name="dense", radial=False, how="enable_parallelism"),
     dict(name="heads_error", radial=False, how="enable_sequence_parallel", heads=3),
     dict(name="training_refused", radial=True, how="enable_sequence_parallel", grad=True),
@@ -102,7 +106,9 @@ def test_radial_differs_from_dense(single_process):
     assert (single_process["radial"] - single_process["dense"]).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("name", ["radial_then_enable_parallelism", "radial_then_enable_sequence_parallel"])
+@pytest.mark.parametrize(
+    "name", ["radial_then_enable_parallelism", "radial_then_enable_sequence_parallel", "enable_parallelism_then_radial"]
+)
 def test_two_ranks_equal_single_process_radial(world2, single_process, name):
     _check(world2, name, single_process["radial"])
     summary = world2[0][name]["summary"]
@@ -146,3 +152,9 @@ def test_radial_training_under_context_parallelism_is_refused(world2):
     # diffusers' Ulysses backward would recompute dense attention: refuse rather than give wrong gradients.
     msg = world2[0]["training_refused"]["error"]
     assert msg.startswith("RuntimeError") and "inference only" in msg and "ulysses_attention" in msg, msg
+
+
+def test_radial_training_under_direct_enable_parallelism_is_refused(world2):
+    # The guard lives in the radial attention hook too, not only in enable_sequence_parallel.
+    msg = world2[0]["training_refused_direct"]["error"]
+    assert msg.startswith("RuntimeError") and "inference only" in msg, msg

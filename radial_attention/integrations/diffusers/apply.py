@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence
 
+import torch
+
 from .families import family_of, is_supported_transformer
 from .schedule import RadialAttentionConfig, RadialState
 from .sdpa import NATIVE_BACKENDS, RadialSDPA
@@ -61,6 +63,13 @@ def _hook_classes():
             if not self.state.use_radial(self.layer):
                 self.state.record(self.layer, "dense")
                 return forward(*args, **kwargs)
+            if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None and _may_need_grad(module, args, kwargs):
+                # diffusers' context-parallel backward recomputes attention outside this hook (dense).
+                raise RuntimeError(
+                    f"{self.where}: radial attention under diffusers context parallelism is inference only "
+                    "(diffusers' backward would recompute dense attention); run it under torch.no_grad(), or train "
+                    "with radial_attention.distributed.ulysses_attention"
+                )
             mode = RadialSDPA(self.state, self.where)
             with mode:
                 out = forward(*args, **kwargs)
@@ -70,13 +79,48 @@ def _hook_classes():
                     f"{self.where}: radial attention expected its processor {type(proc).__name__} to make one "
                     f"torch scaled_dot_product_attention call, it made {mode.calls}. Radial attention replaces "
                     "that call, so the module must use one of diffusers' native attention backends "
-                    f"{[b for b in NATIVE_BACKENDS if b]} (or the default) and no context parallelism; "
+                    f"{[b for b in NATIVE_BACKENDS if b]} (or the default; under context parallelism only 'native'); "
                     f"this processor's backend is {getattr(proc, '_attention_backend', None)!r}"
                 )
             self.state.record(self.layer, "radial")
             return out
 
     return HookRegistry, RadialStepHook, RadialSelfAttentionHook
+
+
+def _may_need_grad(module, args, kwargs) -> bool:
+    """True when this forward may be differentiated (grad mode on and a parameter or input needs grad)."""
+    if not torch.is_grad_enabled():
+        return False
+    if any(p.requires_grad for p in module.parameters()):
+        return True
+    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+    return any(t.requires_grad for t in tensors)
+
+
+def _check_context_parallel(path: str, proc) -> None:
+    """Radial attention composes with diffusers' Ulysses context parallelism on the 'native' backend only.
+
+    There diffusers does the all-to-all and then one SDPA call over all tokens of H/N heads, which is
+    the call radial attention answers. Ring attention never sees all tokens; the ``_native_cudnn`` /
+    ``_native_flash`` variants call an aten kernel directly under context parallelism.
+    """
+    parallel = getattr(proc, "_parallel_config", None)
+    if parallel is None:
+        return
+    cp = getattr(parallel, "context_parallel_config", None)
+    ring = getattr(cp, "ring_degree", 1) if cp is not None else 1
+    backend = getattr(proc, "_attention_backend", None)
+    if ring not in (None, 1):
+        raise ValueError(
+            f"{path} runs diffusers ring attention (ring_degree={ring}); radial attention composes with "
+            "Ulysses context parallelism only (ring_degree=1)"
+        )
+    if backend not in (None, "native"):
+        raise ValueError(
+            f"{path} runs diffusers context parallelism on attention backend {backend!r}; radial attention "
+            "needs the 'native' backend there (call reset_attention_backend() or set_attention_backend('native'))"
+        )
 
 
 # ------------------------------------------------------------------------------ model lookup
@@ -218,11 +262,7 @@ def apply_radial_attention(
                     f"kernel of diffusers' native (torch SDPA) backends {[b for b in NATIVE_BACKENDS if b]}. "
                     "Call reset_attention_backend() on the transformer first"
                 )
-            if getattr(proc, "_parallel_config", None) is not None:
-                raise ValueError(
-                    f"{path} runs diffusers context parallelism; use radial_attention.distributed for "
-                    "sequence-parallel radial attention"
-                )
+            _check_context_parallel(path, proc)
     state = RadialState(config, scheduler=scheduler)
     for t in transformers:
         fam = family_of(t)
