@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = [
     "radial_attention.cli.generate_cmd",
     "radial_attention.cli.train_cmd",
     "radial_attention.cli.encode_cmd",
+    "radial_attention.cli.bench_cmd",
 ]
 
 
