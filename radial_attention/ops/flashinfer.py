@@ -73,50 +73,69 @@ def _csr(mask, bm: int, hm: int, n_cols: int, device):
     return indptr.to(device), indices.to(device)
 
 
-def _wrapper(mask, bm, hm, S, n_full, H, D, dtype, scale, fi_backend, device):
-    """The planned wrapper for these settings (made once, then reused)."""
-    key = (id(mask), bm, hm, S, n_full, H, D, dtype, float(scale), fi_backend, str(device))
+def _plan(mask, bm, hm, S, kv_limit, H, D, dtype, scale, fi_backend, device) -> dict:
+    """The planned wrapper and row sets for these settings (made once, then reused).
+
+    Returns ``{"wrapper": BlockSparseAttentionWrapper or None (no full key block), "tail_rows": rows
+    whose mask row keeps the partial key block (or None), "empty_rows": rows with no allowed key}``.
+    """
+    key = (id(mask), bm, hm, S, kv_limit, H, D, dtype, float(scale), fi_backend, str(device))
     hit = _plans.get(key)
     if hit is not None and hit[1] is mask:
         _plans.move_to_end(key)
         return hit[0]
     bs = mask.block_size
-    wrapper = flashinfer.BlockSparseAttentionWrapper(_workspace(device), backend=fi_backend)
-    indptr, indices = _csr(mask, bm, hm, n_full, device)
-    wrapper.plan(indptr, indices, S, n_full * bs, bs, bs, H, H, D, sm_scale=float(scale),
-                 q_data_type=dtype, kv_data_type=dtype, o_data_type=dtype)
-    _plans[key] = (wrapper, mask)  # the mask is kept so its id is not reused while cached
+    n_full, tail = divmod(kv_limit, bs)
+    dense = mask.dense4d()[bm, hm]  # [nb, nb] CPU
+    block_of_row = torch.arange(S) // bs
+    plan = {"wrapper": None, "tail_rows": None}
+    if n_full > 0:
+        wrapper = flashinfer.BlockSparseAttentionWrapper(_workspace(device), backend=fi_backend)
+        indptr, indices = _csr(mask, bm, hm, n_full, device)
+        # fa3 expands block indices to one index per key token, into a buffer of 128M entries by
+        # default: enough for Wan 720p, not for 4x-length HunyuanVideo. Give it what this plan needs.
+        needed = int(indices.numel()) * bs + 1
+        buf = getattr(wrapper, "_vector_sparse_indices_buffer", None)
+        if buf is not None and buf.numel() < needed:
+            wrapper.reset_workspace_buffer(
+                _workspace(device), torch.empty(8 * 1024 * 1024, dtype=torch.uint8, device=device),
+                vector_sparse_indices_buffer=torch.empty(needed, dtype=torch.int32, device=device))
+        wrapper.plan(indptr, indices, S, n_full * bs, bs, bs, H, H, D, sm_scale=float(scale),
+                     q_data_type=dtype, kv_data_type=dtype, o_data_type=dtype)
+        plan["wrapper"] = wrapper
+    if tail:
+        rows = dense[block_of_row, n_full].nonzero(as_tuple=True)[0]
+        plan["tail_rows"] = rows.to(device)
+    keep_cols = dense[:, : n_full + (1 if tail else 0)]
+    plan["empty_rows"] = (~keep_cols.any(dim=1))[block_of_row].nonzero(as_tuple=True)[0].to(device)
+    _plans[key] = (plan, mask)  # the mask is kept so its id is not reused while cached
     while len(_plans) > MAX_CACHED_PLANS:
         _plans.popitem(last=False)
-    return wrapper
+    return plan
 
 
-def _tail_part(q, k, v, rows_ok, start, stop, scale):
-    """Attention of every query to keys ``start..stop`` (one partial block), in float32.
+def _tail_part(q, k, v, start, stop, scale):
+    """Attention of queries ``q [r, H, D]`` to keys ``start..stop`` of ``k, v [S, H, D]``, in float32.
 
-    q: [S, H, D]; k, v: [S, H, D]; rows_ok: [S] bool (the row's mask keeps that block).
-    Returns (out [S, H, D] float32, lse2 [S, H] base-2 log-sum-exp, -inf where not kept).
+    Returns (out [r, H, D] float32, lse2 [r, H]: base-2 log-sum-exp, FlashInfer's convention).
     """
     kt = k[start:stop].float()  # [t, H, D]
     vt = v[start:stop].float()
-    s = torch.einsum("shd,thd->hst", q.float(), kt) * scale  # [H, S, t]
-    lse = torch.logsumexp(s, dim=-1)  # [H, S], natural log
-    p = torch.exp(s - lse[..., None])
-    out = torch.einsum("hst,thd->shd", p, vt)
-    lse2 = (lse / math.log(2.0)).transpose(0, 1)  # [S, H], base 2 as FlashInfer's
-    lse2 = torch.where(rows_ok[:, None], lse2, torch.full_like(lse2, float("-inf")))
-    return out, lse2
+    s = torch.einsum("rhd,thd->hrt", q.float(), kt) * scale  # [H, r, t]
+    lse = torch.logsumexp(s, dim=-1)  # [H, r], natural log
+    out = torch.einsum("hrt,thd->rhd", torch.exp(s - lse[..., None]), vt)
+    return out, (lse / math.log(2.0)).transpose(0, 1)
 
 
 def _merge(o1, lse1, o2, lse2):
-    """Merge two partial attention results given their base-2 log-sum-exps ([S, H, D], [S, H])."""
+    """Merge two partial attention results given their base-2 log-sum-exps ([r, H, D], [r, H])."""
     m = torch.maximum(lse1, lse2)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     w1 = torch.exp2(lse1 - m)
     w2 = torch.exp2(lse2 - m)
     tot = w1 + w2
     tot = torch.where(tot > 0, tot, torch.ones_like(tot))
-    return (o1.float() * (w1 / tot)[..., None] + o2 * (w2 / tot)[..., None])
+    return o1.float() * (w1 / tot)[..., None] + o2 * (w2 / tot)[..., None]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float,
@@ -153,39 +172,36 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     if scale < 0:  # FlashInfer's running max assumes a positive scale: run |scale| on -q
         q, scale = -q, -scale
     out = torch.empty(B, S, H, D, device=q.device, dtype=q.dtype)  # [B, S, H, D], returned as a view
-    dense = mask.dense4d()
     for b in range(B):
         kv_limit = limits[b]
-        n_full = kv_limit // bs  # key blocks wholly valid
-        tail = kv_limit - n_full * bs  # valid keys of the partial block n_full
+        n_full, tail = divmod(kv_limit, bs)  # key blocks wholly valid; valid keys of block n_full
         bm = b if Bm > 1 else 0
         heads = [(h, h + 1) for h in range(H)] if Hm > 1 else [(0, H)]
         for h0, h1 in heads:
             hm = h0 if Hm > 1 else 0
-            qs = q[b, h0:h1].transpose(0, 1)  # [S, h, D]
+            plan = _plan(mask, bm, hm, S, kv_limit, h1 - h0, D, q.dtype, scale, fi_backend, q.device)
+            qs = q[b, h0:h1].transpose(0, 1)  # [S, h, D]: a view of [B, S, H, D] storage is contiguous
             ks = k[b, h0:h1].transpose(0, 1)
             vs = v[b, h0:h1].transpose(0, 1)
-            o = None
-            if n_full > 0:
-                w = _wrapper(mask, bm, hm, S, n_full, h1 - h0, D, q.dtype, scale, fi_backend, q.device)
-                ks_full = ks[: n_full * bs].contiguous() if not ks.is_contiguous() else ks[: n_full * bs]
-                vs_full = vs[: n_full * bs].contiguous() if not vs.is_contiguous() else vs[: n_full * bs]
-                if tail:
-                    o, lse = w.run(qs.contiguous(), ks_full, vs_full, return_lse=True)
+            if plan["wrapper"] is not None:
+                kf, vf = ks[: n_full * bs], vs[: n_full * bs]
+                if not kf.is_contiguous():
+                    kf, vf = kf.contiguous(), vf.contiguous()
+                rows = plan["tail_rows"]
+                dst = out[b] if h1 - h0 == H else None  # write straight into the output when contiguous
+                if rows is not None and rows.numel():
+                    o, lse = plan["wrapper"].run(qs.contiguous(), kf, vf, out=dst, return_lse=True)
+                    o_t, lse_t = _tail_part(qs[rows], ks, vs, n_full * bs, kv_limit, scale)
+                    o[rows] = _merge(o[rows], lse[rows], o_t, lse_t).to(o.dtype)
                 else:
-                    o = w.run(qs.contiguous(), ks_full, vs_full)
-            if tail:
-                rows_ok = dense[bm, hm][torch.arange(S) // bs, n_full].to(q.device)  # [S]
-                o_t, lse_t = _tail_part(qs, ks, vs, rows_ok, n_full * bs, kv_limit, scale)
-                if o is None:
-                    o = torch.where(rows_ok[:, None, None], o_t, torch.zeros_like(o_t))
-                else:
-                    o = _merge(o, lse, o_t, lse_t)
-            if o is None:
+                    o = plan["wrapper"].run(qs.contiguous(), kf, vf, out=dst)
+            else:
                 o = torch.zeros_like(qs)
-            # rows with no allowed key: exactly 0
-            keep_cols = dense[bm, hm][:, : n_full + (1 if tail else 0)]
-            row_has_key = keep_cols.any(dim=1)[torch.arange(S) // bs].to(q.device)  # [S]
-            o = torch.where(row_has_key[:, None, None], o, torch.zeros((), dtype=o.dtype, device=o.device))
-            out[b, :, h0:h1] = o.to(q.dtype)
+                rows = plan["tail_rows"]
+                if rows is not None and rows.numel():
+                    o[rows] = _tail_part(qs[rows], ks, vs, 0, kv_limit, scale)[0].to(o.dtype)
+            if plan["empty_rows"].numel():
+                o[plan["empty_rows"]] = 0  # rows with no allowed key: exactly 0
+            if o.data_ptr() != out[b, :, h0:h1].data_ptr():
+                out[b, :, h0:h1] = o
     return out.transpose(1, 2)
