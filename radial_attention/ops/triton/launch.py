@@ -52,6 +52,17 @@ def kernels(interpret: Optional[bool] = None):
     module = _kernel_modules.get(interpret)
     if module is not None:
         return module
+    if interpret:
+        import triton.language.standard as tl_standard
+        from triton.runtime.interpreter import InterpretedFunction
+
+        # Triton decides at import whether its own library functions (tl.zeros, tl.max, ...) are
+        # interpreted: enabling the interpreter after `import triton` cannot work.
+        if not isinstance(tl_standard.zeros, InterpretedFunction):
+            raise RuntimeError(
+                "Triton's interpreter was switched on after triton was imported; set TRITON_INTERPRET=1 in "
+                "the environment before Python starts (or before the first `import triton`)"
+            )
     name = f"radial_attention.ops.triton._kernels_{'interpreted' if interpret else 'compiled'}"
     knob = triton.knobs.runtime
     had_knob, old_knob = "interpret" in knob.__dict__, knob.__dict__.get("interpret")
@@ -430,9 +441,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     if k.dtype != q.dtype or v.dtype != q.dtype or k.device != q.device or v.device != q.device:
         raise ValueError(f"triton backend: q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
                          f"on {q.device}/{k.device}/{v.device}")
-    why = unsupported_reason(q)
-    if why is not None:
-        raise ValueError(f"triton backend cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}: {why}")
     B, H, S, D = q.shape
     bs, nb = mask.block_size, mask.num_blocks
     if nb != -(-S // bs):
@@ -443,5 +451,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
         if tuple(key_lengths.shape) != (B,):
             raise ValueError(f"triton backend: key_lengths must have shape [{B}], got {tuple(key_lengths.shape)}")
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)
+    why = unsupported_reason(q)
+    if why is not None:
+        raise ValueError(f"triton backend cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}: {why}")
     out, _ = _fwd_op(q, k, v, mask.to_dense(), key_lengths, float(scale), int(bs))
     return out
