@@ -13,16 +13,20 @@ def _qkv(B=1, H=2, S=200, D=64, dtype=torch.float32):
 
 
 def test_registry_names_and_availability():
-    assert set(BACKENDS) == {"reference", "flex", "triton", "flashinfer"}
+    assert set(BACKENDS) == {"reference", "gather", "flex", "triton", "flashinfer"}
     avail = available_backends()
-    assert "reference" in avail and set(avail) <= set(BACKENDS)
+    assert {"reference", "gather"} <= set(avail) <= set(BACKENDS)
 
 
-def test_auto_on_cpu_is_reference():
-    q = torch.randn(1, 1, 10, 64)
-    assert resolve_backend("auto", q) == "reference"
-    assert resolve_backend("auto", q.requires_grad_()) == "reference"
-    assert resolve_backend("reference", q) == "reference"
+def test_auto_on_cpu_is_gather():
+    # gather skips the dropped blocks in plain torch ops and has autograd: every CPU input, any dtype
+    # and head dim, with or without gradients. Explicit choices are honoured.
+    for dtype, D in ((torch.float32, 64), (torch.bfloat16, 128), (torch.float64, 24)):
+        q = torch.randn(1, 1, 10, D, dtype=dtype)
+        assert resolve_backend("auto", q) == "gather"
+        assert resolve_backend("auto", q.requires_grad_()) == "gather"
+        assert resolve_backend("reference", q) == "reference"
+        assert resolve_backend("gather", q) == "gather"
 
 
 def test_unknown_backend():
@@ -123,7 +127,7 @@ def test_radial_convenience_matches_block_sparse_with_radial_mask(preset):
     q, k, v = _qkv(B=2, H=2, S=F * T + X)
     out = radial_attention(q, k, v, frames=F, tokens_per_frame=T, text_tokens=X, preset=preset, block_size=64)
     mask = radial_mask_from_preset(preset, F, T, text_tokens=X, block_size=64)
-    torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask, backend="reference"), atol=0, rtol=0)
+    torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask), atol=0, rtol=0)  # same backend (auto)
     torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, mask.to_dense(), 64), atol=2e-6, rtol=1e-5)
 
 
@@ -132,7 +136,7 @@ def test_radial_convenience_overrides_and_errors():
     q, k, v = _qkv(S=F * T)
     out = radial_attention(q, k, v, frames=F, tokens_per_frame=T, preset="wan", decay=0.5, sink=False, block_size=64)
     mask = radial_block_mask(F, T, block_size=64, decay=0.5, sink=False, adjacent="half")
-    torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask, backend="reference"), atol=0, rtol=0)
+    torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask), atol=0, rtol=0)  # same backend (auto)
     with pytest.raises(ValueError, match=r"q has S=300 tokens but frames \* tokens_per_frame \+ text_tokens = 6 \* 40 \+ 0 = 240"):
         radial_attention(q, k, v, frames=F, tokens_per_frame=40)
     with pytest.raises(ValueError, match=r"unknown radial preset 'nope'"):

@@ -1,6 +1,6 @@
 """Block-sparse attention ops: ``block_sparse_attention`` / ``radial_attention`` and their backends.
 
-Backends (``reference``, ``flex``, ``triton``, ``flashinfer``) are modules beside this one, imported
+Backends (``reference``, ``gather``, ``flex``, ``triton``, ``flashinfer``) are modules beside this one, imported
 lazily by :mod:`radial_attention.ops.api`; see :func:`resolve_backend` for what ``"auto"`` picks.
 """
 

@@ -13,7 +13,7 @@
                2    . # # .          a row with no such key outputs 0.
                3    # . # #
 
-Backends live in sibling modules (``reference``, ``flex``, ``triton``, ``flashinfer``), are imported
+Backends live in sibling modules (``reference``, ``gather``, ``flex``, ``triton``, ``flashinfer``), are imported
 lazily on first use and never import each other. Each exposes
 ``attention(q, k, v, mask: BlockSparseMask, *, scale: float, key_lengths) -> Tensor`` (``key_lengths``:
 None or an integer ``[B]`` tensor on q's device, int32 or int64 as the caller gave it) and may expose
@@ -40,6 +40,7 @@ from radial_attention.mask.radial import get_preset
 # Backend name -> module, imported on first use (so optional packages stay optional).
 BACKEND_MODULES = {
     "reference": "radial_attention.ops.reference",
+    "gather": "radial_attention.ops.gather",
     "flex": "radial_attention.ops.flex",
     "triton": "radial_attention.ops.triton",
     "flashinfer": "radial_attention.ops.flashinfer",
@@ -60,7 +61,7 @@ def _load(name: str):
     if name in _import_errors:
         return None
     if torch.compiler.is_compiling():
-        # torch.compile cannot trace an import; reference and flex are imported with this module.
+        # torch.compile cannot trace an import; reference, gather and flex are imported with this module.
         raise RuntimeError(
             f"attention backend {name!r} was not imported before torch.compile traced the op; call "
             f"radial_attention.ops.available_backends() (which imports every backend) before compiling"
@@ -84,6 +85,7 @@ def _load(name: str):
 def _preload() -> None:
     """Import the backends torch.compile may need (it cannot trace an import)."""
     _load("reference")
+    _load("gather")  # what "auto" picks off CUDA
     _load("flex")  # torch only: FlexAttention itself is imported on first use
     if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         _load("triton")  # what "auto" picks on CUDA (or what runs under Triton's interpreter)
@@ -125,12 +127,14 @@ def _reason(name: str, q: torch.Tensor, requires_grad: bool) -> Optional[str]:
 
 
 def _auto_order(q: torch.Tensor) -> tuple:
-    # CUDA: the project's Triton kernels, then FlexAttention, then the (dense-cost) reference.
-    # CPU and other devices: the reference. FlexAttention does run forward on the CPU, but it
-    # compiles per shape (tens of seconds) and has no CPU backward, so it is opt-in there.
+    # CUDA: the project's Triton kernels, then FlexAttention, then the (dense-cost) reference
+    # (gather is not measured on a GPU yet, so it is not put before the reference there).
+    # CPU and other devices: gather, plain torch ops over the kept blocks only, with autograd.
+    # FlexAttention runs forward on the CPU too, but compiles per shape (tens of seconds), has no
+    # CPU backward and was measured slower than dense SDPA there, so it is opt-in.
     if q.device.type == "cuda":
         return ("triton", "flex", "reference")
-    return ("reference",)
+    return ("gather", "reference")
 
 
 def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool] = None) -> str:
@@ -144,7 +148,8 @@ def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool]
 
     Returns:
         The backend name. ``"auto"`` picks, on CUDA, ``triton`` if it can run the input, else
-        ``flex``, else ``reference``; elsewhere ``reference``.
+        ``flex``, else ``reference``; on the CPU and other devices ``gather`` (which runs every
+        input, with gradients).
 
     Raises:
         ValueError: an unknown backend name, or an explicit backend that cannot run the input
@@ -281,14 +286,14 @@ def block_sparse_attention(
 
     Args:
         q, k, v: ``[B, H, S, D]``, same dtype (float16, bfloat16, float32; float64 for the
-            reference) and device; may be non-contiguous views.
+            reference and gather) and device; may be non-contiguous views.
         block_mask: bool ``[nb, nb]`` or ``[B|1, H|1, nb, nb]`` (``True`` = query block attends to
             key block), or a :class:`~radial_attention.mask.BlockSparseMask`, with
             ``nb == ceil(S / block_size)``. Tokens past ``S`` in the last block are padding.
         block_size: tokens per block side, 64 or 128. Default: the mask object's, or 128 for a
             raw tensor; if given with a mask object it must equal the object's.
         scale: multiplier of ``q . k`` (default ``D ** -0.5``).
-        backend: ``"auto"``, ``"reference"``, ``"flex"``, ``"triton"`` or ``"flashinfer"``
+        backend: ``"auto"``, ``"reference"``, ``"gather"``, ``"flex"``, ``"triton"`` or ``"flashinfer"``
             (see :func:`resolve_backend`). An explicit backend never falls back to another.
         key_lengths: optional integer ``[B]``: keys at positions ``>= key_lengths[b]`` are
             excluded for batch item ``b`` (values in ``0..S``; checked outside ``torch.compile``,

@@ -1,0 +1,276 @@
+"""The gather backend: block-sparse attention in plain PyTorch that computes only the kept blocks.
+
+For devices without Triton (the CPU above all) and for training there: no compiler, no custom
+kernel, autograd through ordinary torch ops. Each *unit* of work is one query block of one
+(batch item, head); for a unit with ``c`` kept key blocks the backend gathers those ``c`` key and
+value blocks and runs
+
+    scores [bs, c*bs] = (scale * q_blk) @ k_gathered^T  (+ 0 / -inf bias)
+    out    [bs, D]    = softmax(scores) @ v_gathered
+
+batched over many units at once (``bmm`` / ``baddbmm``), so the cost is the kept blocks, not S^2.
+
+Units are sorted by their count of kept key blocks and cut into chunks of similar counts, each
+padded to its own largest count (a radial mask has one full row and rows of ~1/3 of the width:
+padding every row to the widest would redo the dense work). A chunk's score tensor holds at most
+``2^22`` elements by default (16 MiB in float32: measured faster on the CPU than 2^25, whose
+scores fall out of the caches between the matmul, the softmax and the second matmul). Units with
+no kept block are never computed: their output is 0.
+
+The bias masks the padding slots of a chunk (slot ``>= count``), key tokens ``>= S`` in the last
+block and, with ``key_lengths``, key tokens ``>= key_lengths[b]``. A unit left with no key at all
+(only ``key_lengths`` can do that: a kept block always holds a token ``< S``) gets a finite zero
+bias and its output is multiplied by 0, so it is exactly 0 with zero gradients, never NaN.
+
+Numerics: float32 for float16/bfloat16/float32 inputs, float64 for float64; output in q's dtype.
+Memory: inputs are copied once into ``[B*H*nb, bs, D]`` blocks of the compute dtype (padded to
+``nb*bs`` tokens); under autograd each chunk's probabilities are kept for the backward pass, so
+training needs ``O(B * H * kept blocks * bs^2)`` memory (the sparse attention matrix), not S^2.
+
+The work plan (which units go in which chunk, their key block indices) depends only on the mask,
+device, B, H and the chunk budget; it is built once on the CPU and cached per mask object. Inside
+``torch.compile`` the cached plan of a mask object that already ran eagerly is used as it is; a
+mask first seen while tracing (e.g. a raw mask tensor made into a mask in the graph) gets a plan
+built in the graph that pads every row to ``nb`` blocks: correct, but the dense amount of work.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from radial_attention.mask import BlockSparseMask
+
+# Elements of one chunk's score tensor [units, bs, width * bs]; see the module docstring.
+CHUNK_ELEMENTS = 1 << 22
+# The fixed cost of one chunk, in score elements (~0.15 ms of small ops on a CPU core, at ~3.5 ns
+# per score element for the two matmuls and the softmax): padding a chunk's units by more than this
+# many elements costs more than running them as a separate chunk.
+_CHUNK_OVERHEAD = 1 << 15
+_MAX_MERGE = 64  # distinct counts considered for one group (bounds the plan's O(K^2) search)
+
+_PLAN_ATTR = "_gather_plans"  # mask attribute: {(device, B, H, S, chunk elements): _Plan}
+
+
+class _Chunk:
+    """One batch of units padded to the same width.
+
+    ``units``: int64 ``[n]`` flat unit ids ``(b * H + h) * nb + i``; ``kv``: int64 ``[n, width]`` flat
+    ids ``(b * H + h) * nb + j`` of the key blocks to gather (slots past a unit's count repeat a kept
+    block and are masked); ``counts``: int64 ``[n]`` kept blocks per unit; ``padded``: some unit has
+    fewer than ``width`` kept blocks; ``tail``: the partial last key block (tokens past S) occurs;
+    ``nonzero``: every unit has a kept block.
+    """
+
+    __slots__ = ("units", "kv", "counts", "width", "padded", "tail", "nonzero")
+
+    def __init__(self, units, kv, counts, width: int, padded: bool, tail: bool, nonzero: bool = True):
+        self.units, self.kv, self.counts = units, kv, counts
+        self.width, self.padded, self.tail = width, padded, tail
+        self.nonzero = nonzero  # every unit has a kept block (False: unknown, inside torch.compile)
+
+
+class _Plan:
+    """The chunks, and ``computed``: int64 ``[n]`` the units of the chunks in chunk order;
+    ``complete``: every unit is in some chunk (no unit without kept blocks)."""
+
+    __slots__ = ("chunks", "computed", "complete")
+
+    def __init__(self, chunks: List[_Chunk], computed: torch.Tensor, complete: bool):
+        self.chunks, self.computed, self.complete = chunks, computed, complete
+
+
+def _groups(sorted_counts: List[int], bs: int, budget: int) -> List[Tuple[int, int, int]]:
+    """Cut units sorted by kept-block count into chunks -> [(start, stop, width)].
+
+    Cost model, in score elements: a chunk of ``n`` units padded to ``width`` blocks costs
+    ``n * width * bs^2`` plus a fixed ``_CHUNK_OVERHEAD`` (the dozen small ops it launches). Runs
+    of equal counts are merged into groups by dynamic programming over the distinct counts
+    (minimum total cost, each group cut into as few near-equal chunks as the ``budget`` allows).
+    A chunk holds at least one unit, so a single very wide unit may exceed the budget.
+    """
+    if not sorted_counts:
+        return []
+    values, starts = [], []
+    for pos, c in enumerate(sorted_counts):
+        if not values or c != values[-1]:
+            values.append(c)
+            starts.append(pos)
+    starts.append(len(sorted_counts))
+    per_block = bs * bs
+    K = len(values)
+
+    def chunks_of(n_units: int, width: int) -> int:
+        per_chunk = max(1, budget // (width * per_block))
+        return -(-n_units // per_chunk)
+
+    best = [0.0] + [float("inf")] * K  # best[j]: cheapest cut of the first j distinct counts
+    cut = [0] * (K + 1)
+    for j in range(1, K + 1):
+        width = values[j - 1]
+        for i in range(j - 1, max(-1, j - 1 - _MAX_MERGE), -1):
+            n_units = starts[j] - starts[i]
+            cost = best[i] + n_units * width * per_block + _CHUNK_OVERHEAD * chunks_of(n_units, width)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups = []
+    j = K
+    while j > 0:
+        i = cut[j]
+        groups.append((starts[i], starts[j], values[j - 1]))
+        j = i
+    out = []
+    for start, stop, width in reversed(groups):
+        parts = chunks_of(stop - start, width)
+        for p in range(parts):  # near-equal parts: no small leftover chunk
+            a = start + (stop - start) * p // parts
+            b = start + (stop - start) * (p + 1) // parts
+            out.append((a, b, width))
+    return out
+
+
+def _build_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, budget: int) -> _Plan:
+    """The chunks for ``mask`` broadcast to ``[B, H]``, built on the CPU and moved to ``device``."""
+    bs, nb = mask.block_size, mask.num_blocks
+    idx = mask.kv_indices("cpu").to(torch.int64)  # [Bm, Hm, nb, W]
+    cnt = mask.kv_counts("cpu").to(torch.int64)  # [Bm, Hm, nb]
+    idx = idx.expand(B, H, *idx.shape[2:]).reshape(B * H * nb, -1)
+    cnt = cnt.expand(B, H, nb).reshape(-1)
+    order = torch.argsort(cnt, stable=True)
+    sorted_cnt = cnt[order]
+    skip = int((sorted_cnt == 0).sum())  # units with no kept block: never computed, output 0
+    order, sorted_cnt = order[skip:], sorted_cnt[skip:]
+    chunks = []
+    for start, stop, width in _groups(sorted_cnt.tolist(), bs, budget):
+        units = order[start:stop]
+        counts = sorted_cnt[start:stop]
+        kv_block = idx[units, :width]
+        # Slots past the count point at the unit's first kept block: a valid gather, masked by the bias.
+        slot_ok = torch.arange(width)[None, :] < counts[:, None]
+        kv_block = torch.where(slot_ok, kv_block, kv_block[:, :1])
+        kv = (units // nb * nb)[:, None] + kv_block
+        tail = bool(S % bs) and bool((kv_block == nb - 1).any())
+        padded = bool((counts < width).any())
+        chunks.append(_Chunk(units.to(device), kv.to(device), counts.to(device), width, padded, tail))
+    return _Plan(chunks, order.to(device), skip == 0)
+
+
+def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, budget: int) -> _Plan:
+    """A plan from static shapes only, for a mask first seen inside torch.compile: every unit padded
+    to ``nb`` blocks (its kept blocks first, the rest masked). Correct, but the dense amount of work."""
+    bs, nb = mask.block_size, mask.num_blocks
+    d4 = mask.dense4d().to(device).expand(B, H, nb, nb).reshape(B * H * nb, nb)
+    cols = torch.arange(nb, device=device)
+    kv_block = torch.argsort(torch.where(d4, cols, cols + nb), dim=-1, stable=True)
+    counts = d4.sum(dim=-1)
+    units = torch.arange(B * H * nb, device=device)
+    kv = (units // nb * nb)[:, None] + kv_block
+    n = units.shape[0]
+    step = max(1, budget // (nb * bs * bs))
+    chunks = [
+        _Chunk(units[a:a + step], kv[a:a + step], counts[a:a + step], nb, True, bool(S % bs), False)
+        for a in range(0, n, step)
+    ]
+    return _Plan(chunks, units, True)
+
+
+def _plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, budget: int) -> _Plan:
+    # Cached on the mask object itself (an attribute, not a weak-keyed dict): torch.compile can
+    # read an attribute and a plain dict while tracing, so a mask that ran eagerly keeps its plan.
+    key = (str(device), B, H, S, budget)
+    per_mask = mask.__dict__.get(_PLAN_ATTR)
+    if per_mask is not None and key in per_mask:
+        return per_mask[key]
+    if torch.compiler.is_compiling():
+        return _traced_plan(mask, device, B, H, S, budget)
+    if per_mask is None:
+        per_mask = {}
+        setattr(mask, _PLAN_ATTR, per_mask)
+    plan = per_mask[key] = _build_plan(mask, device, B, H, S, budget)
+    return plan
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    *,
+    scale: float,
+    key_lengths: Optional[torch.Tensor] = None,
+    chunk_elements: Optional[int] = None,
+) -> torch.Tensor:
+    """Block-sparse attention over the kept blocks, by gathering them (plain torch, autograd).
+
+    Args:
+        q, k, v: ``[B, H, S, D]`` (any strides), float16/bfloat16/float32/float64, any device.
+        mask: ``nb == ceil(S / mask.block_size)``; dense ``[Bm, Hm, nb, nb]``, ``Bm`` in ``(1, B)``,
+            ``Hm`` in ``(1, H)``.
+        scale: multiplier of ``q . k``.
+        key_lengths: optional integer ``[B]`` on q's device; keys ``j >= key_lengths[b]`` are
+            excluded for batch item ``b``.
+        chunk_elements: largest score tensor of one chunk (default ``CHUNK_ELEMENTS``).
+
+    Returns:
+        ``[B, H, S, D]`` in q's dtype; a query row with no allowed key is exactly 0.
+    """
+    B, H, S, D = q.shape
+    bs, nb = mask.block_size, mask.num_blocks
+    Sp = nb * bs
+    device = q.device
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    plan = _plan(mask, device, B, H, S, chunk_elements or CHUNK_ELEMENTS)
+
+    def blocks(t):  # [B, H, S, D] -> [B * H * nb, bs, D], compute dtype, zero-padded to nb * bs tokens
+        t = t.to(compute)
+        if Sp > S:
+            t = torch.nn.functional.pad(t, (0, 0, 0, Sp - S))
+        return t.reshape(B * H * nb, bs, D)
+
+    qb, kb, vb = blocks(q) * scale, blocks(k), blocks(v)  # the scale applied once, to q
+    token = torch.arange(bs, device=device)
+    kl = None if key_lengths is None else key_lengths.to(torch.int64).clamp(0, S)
+    outs = []
+    for c in plan.chunks:
+        n, w = c.units.shape[0], c.width
+        flat = c.kv.reshape(-1)
+        qc = qb.index_select(0, c.units)  # [n, bs, D]
+        kc = kb.index_select(0, flat).view(n, w * bs, D)  # [n, w*bs, D]
+        vc = vb.index_select(0, flat).view(n, w * bs, D)
+        ok = None  # bool [n, w, bs | 1]: the key token may be attended to
+        if c.padded:
+            ok = (torch.arange(w, device=device) < c.counts[:, None])[:, :, None]  # [n, w, 1]
+        if c.tail or kl is not None:
+            pos = (c.kv % nb)[:, :, None] * bs + token  # [n, w, bs] key token positions
+            limit = S if kl is None else kl.index_select(0, c.units // (H * nb))[:, None, None]
+            ok = pos < limit if ok is None else ok & (pos < limit)
+        has_key = None
+        if ok is None:
+            scores = torch.bmm(qc, kc.transpose(1, 2))  # [n, bs, w*bs]
+        else:
+            ok = ok.expand(n, w, bs).reshape(n, 1, w * bs)
+            if kl is not None or not c.nonzero:
+                # A unit may be left with no key: a finite (zero) bias instead of all -inf (NaN),
+                # and its output multiplied by 0, so output and gradients are exactly 0.
+                has_key = ok.any(dim=-1, keepdim=True)  # [n, 1, 1]
+                ok = ok | ~has_key
+            bias = torch.zeros(ok.shape, dtype=compute, device=device).masked_fill_(~ok, float("-inf"))
+            scores = torch.baddbmm(bias, qc, kc.transpose(1, 2))  # [n, bs, w*bs]
+        probs = torch.softmax(scores, dim=-1)
+        o = torch.bmm(probs, vc)  # [n, bs, D]
+        if has_key is not None:
+            o = o * has_key
+        outs.append(o)
+    if not outs:  # no kept block at all
+        return q.new_zeros(q.shape)
+    o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)  # [n computed, bs, D], plan order
+    # Back to unit order; units without a kept block stay 0.
+    base = torch.empty_like(qb) if plan.complete else torch.zeros_like(qb)
+    out = base.index_copy(0, plan.computed, o)
+    return out.view(B, H, Sp, D)[:, :, :S].to(q.dtype)
+
+
+def unsupported_reason(q: torch.Tensor, *, requires_grad: bool = False) -> Optional[str]:
+    """The gather backend runs everything the api accepts (any device, dtype, head dim, with autograd)."""
+    return None
