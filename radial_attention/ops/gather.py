@@ -262,8 +262,9 @@ def attention(
         if has_key is not None:
             o = o * has_key
         outs.append(o)
-    if not outs:  # no kept block at all
-        return q.new_zeros(q.shape)
+    if not outs:  # no kept block at all: zeros, still connected to the inputs (zero gradients)
+        linked = qb[:0].sum() + kb[:0].sum() + vb[:0].sum()  # sums of empty slices: exactly 0
+        return (q.new_zeros(q.shape, dtype=compute) + linked).to(q.dtype)
     o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)  # [n computed, bs, D], plan order
     # Back to unit order; units without a kept block stay 0.
     base = torch.empty_like(qb) if plan.complete else torch.zeros_like(qb)
