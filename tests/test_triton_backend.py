@@ -7,6 +7,7 @@ test process (and every other test module) stays uninterpreted.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import subprocess
@@ -93,3 +94,112 @@ def test_config_must_divide_the_mask_block():
     cfg = launch.KernelConfig(48, 64)
     with pytest.raises(ValueError, match="block_m=48 must be >= 16 and divide the mask block size 64"):
         launch._check_config(cfg, 64, "fwd")
+
+
+# ----------------------------------------------------------------------------- FlashInfer wrapper
+def test_flashinfer_backend_needs_its_package():
+    import importlib.util
+
+    if importlib.util.find_spec("flashinfer") is not None:
+        pytest.skip("flashinfer is installed here")
+    with pytest.raises(ImportError, match="flashinfer-python"):
+        import radial_attention.ops.flashinfer  # noqa: F401
+
+
+class _FakeBSR:
+    """Stands in for flashinfer.BlockSparseAttentionWrapper on the CPU: the same plan/run contract
+    (CSR of R x C blocks over M queries and N keys, NHD tensors, base-2 log-sum-exp), computed densely."""
+
+    plans = 0
+
+    def __init__(self, workspace, backend="auto"):
+        self._vector_sparse_indices_buffer = None
+
+    def plan(self, indptr, indices, M, N, R, C, num_qo_heads, num_kv_heads, head_dim, sm_scale=None, **kw):
+        type(self).plans += 1
+        assert N % C == 0, "FlashInfer needs N to be a multiple of C"
+        self.allowed = torch.zeros(M, N, dtype=torch.bool)
+        for r in range(len(indptr) - 1):
+            for c in indices[indptr[r]:indptr[r + 1]].tolist():
+                self.allowed[r * R:(r + 1) * R, c * C:(c + 1) * C] = True
+        self.scale = sm_scale
+
+    def run(self, q, k, v, out=None, return_lse=False):
+        s = torch.einsum("mhd,nhd->hmn", q.float(), k.float()) * self.scale
+        s = s.masked_fill(~self.allowed, float("-inf"))
+        lse = torch.logsumexp(s, -1)  # [H, M]; -inf for a row with no block
+        p = torch.nan_to_num(torch.exp(s - lse[..., None]), nan=0.0)
+        o = torch.einsum("hmn,nhd->mhd", p, v.float()).to(q.dtype)
+        if out is not None:
+            out.copy_(o)
+            o = out
+        return (o, (lse / math.log(2.0)).transpose(0, 1)) if return_lse else o
+
+
+@pytest.fixture
+def fake_flashinfer(monkeypatch):
+    """``radial_attention.ops.flashinfer`` imported against the stand-in, then forgotten again."""
+    import importlib
+    import types
+
+    import radial_attention.ops as ops_pkg
+
+    fake = types.ModuleType("flashinfer")
+    fake.BlockSparseAttentionWrapper = _FakeBSR
+    monkeypatch.setitem(sys.modules, "flashinfer", fake)
+    name = "radial_attention.ops.flashinfer"
+    saved_module = sys.modules.pop(name, None)
+    saved_attr = ops_pkg.__dict__.pop("flashinfer", None)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.modules.pop(name, None)
+        ops_pkg.__dict__.pop("flashinfer", None)
+        if saved_module is not None:
+            sys.modules[name] = saved_module
+        if saved_attr is not None:
+            ops_pkg.flashinfer = saved_attr
+
+
+def test_flashinfer_wrapper_logic_on_cpu(fake_flashinfer, monkeypatch):
+    """Our wrapper's own work (plans cached, partial last key block merged through the
+    log-sum-exps, key_lengths, per-head masks, empty rows, negative scale) against a float64
+    oracle, with FlashInfer's wrapper replaced by a dense CPU stand-in."""
+    fi = fake_flashinfer
+    real_reason = fi.unsupported_reason
+    monkeypatch.setattr(fi, "unsupported_reason", lambda q, requires_grad=False: None)  # CPU tensors here
+    monkeypatch.setattr(fi, "_plans", type(fi._plans)())
+    monkeypatch.setattr(fi, "_workspace", lambda device: None)
+
+    g = torch.Generator().manual_seed(0)
+    B, H, S, D, bs = 2, 2, 150, 64, 64  # 3 blocks, the last one 22 tokens
+    dense = torch.rand(1, H, 3, 3, generator=g) < 0.5
+    dense[..., 0, :] = False
+    dense[..., 1, :] = True
+    dense[..., 2, 2] = True
+    mask = BlockSparseMask(dense, bs)
+    q, k, v = (torch.randn(B, S, H, D, generator=g).transpose(1, 2) for _ in range(3))
+    for scale, kl in ((0.125, None), (-0.1, torch.tensor([100, 128]))):
+        out = fi.attention(q, k, v, mask, scale=scale, key_lengths=kl)
+        ref = _oracle64(q, k, v, dense, bs, scale, kl)
+        assert out.shape == q.shape
+        assert float((out.double() - ref).norm() / ref.norm()) < 1e-5
+        assert torch.count_nonzero(out[:, :, :bs]) == 0
+    plans = _FakeBSR.plans
+    fi.attention(q, k, v, mask, scale=0.125, key_lengths=None)
+    assert _FakeBSR.plans == plans  # the plan is reused
+    monkeypatch.setattr(fi, "unsupported_reason", real_reason)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        fi.attention(q.detach().requires_grad_(), k, v, mask, scale=0.125)
+    assert "needs CUDA tensors" in real_reason(q)
+
+
+def _oracle64(q, k, v, dense, bs, scale, key_lengths):
+    q, k, v = (t.double() for t in (q, k, v))
+    B, H, S, D = q.shape
+    allowed = dense.repeat_interleave(bs, -1).repeat_interleave(bs, -2)[..., :S, :S].expand(B, H, S, S)
+    if key_lengths is not None:
+        allowed = allowed & (torch.arange(S)[None, :] < key_lengths[:, None])[:, None, None, :]
+    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    has = allowed.any(-1, keepdim=True)
+    return (torch.softmax(s.masked_fill(~has, 0.0), -1) * has) @ v
