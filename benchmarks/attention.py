@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import os
 import pathlib
 import platform
@@ -283,7 +282,7 @@ def run_case(case: Case, args, device) -> dict:
         for fib in ("fa2", "fa3"):
             if f"flashinfer-{fib}" in args.impls:
                 try:
-                    import flashinfer  # noqa: F401
+                    import flashinfer  # noqa: F401  (installed? the backend module imports it too)
 
                     impls_sparse[f"flashinfer-{fib}"] = flashinfer_impl(mask, fib)
                 except ImportError as exc:
@@ -368,7 +367,6 @@ def run_case(case: Case, args, device) -> dict:
         flex = [rec[mode][n]["ms"] for n in ("flex", "flex-direct") if n in rec[mode]]
         if flex and "triton" in rec[mode]:
             rec[mode]["triton"]["speedup_vs_flex"] = min(flex) / rec[mode]["triton"]["ms"]
-    del q, k, v, do
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rec
@@ -376,7 +374,7 @@ def run_case(case: Case, args, device) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def markdown(records: list, meta: dict) -> str:
-    lines = [f"# Block-sparse attention benchmark", "",
+    lines = ["# Block-sparse attention benchmark", "",
              f"{meta['date']}, {meta['device']}, torch {meta['torch']}, Triton {meta['triton']}, "
              f"FlashInfer {meta.get('flashinfer') or 'not installed'}, dtype {meta['dtype']}, batch 1, "
              f"median of timed calls after a warm-up. Useful TFLOP/s = 4*H*S^2*D*density/t (dense: density 1), "

@@ -8,16 +8,16 @@ Flow::
              = delta kernel, then the dK/dV kernel (per key tile, walks q_indices) and the dQ kernel
                (per query tile, walks kv_indices): no atomics, so the gradients are deterministic.
 
-The kernels live in ``kernels.py``; that file is loaded twice at most, once compiled for the GPU and
-once for Triton's CPU interpreter (when ``TRITON_INTERPRET=1`` is set at call time), because Triton
-decides between the two when a kernel is defined, not when it is launched.
+The kernels live in ``kernels.py``, loaded by :func:`kernels` as a compiled (GPU) or an interpreted
+(CPU) module: Triton decides between the two when a function is defined, so the interpreted module
+is made only when ``TRITON_INTERPRET=1`` was set before ``triton`` was imported (Triton's own
+library functions are interpreted only then); otherwise asking for it is a clear error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import os
 import pathlib
 import sys
@@ -197,7 +197,6 @@ def _check_config(cfg: KernelConfig, block_size: int, kind: str) -> None:
 # ----------------------------------------------------------------------------- mask tensors
 # dense bool mask tensor (CPU, as BlockSparseMask.to_dense() gives it) -> {device: index tensors}
 _mask_tensors_cache = WeakIdKeyDictionary()  # tensors compare elementwise: key them by identity
-_MASK_KEYS = ("kv_indices", "kv_counts", "row_order", "q_indices", "q_counts", "col_order")
 
 
 def index_tensors(dense: torch.Tensor, block_size: int, device) -> dict:
