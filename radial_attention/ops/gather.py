@@ -2,36 +2,39 @@
 
 For devices without Triton (the CPU above all) and for training there: no compiler, no custom
 kernel, autograd through ordinary torch ops. Each *unit* of work is one query block of one
-(batch item, head); for a unit with ``c`` kept key blocks the backend gathers those ``c`` key and
-value blocks and runs
+(batch item, head); for a unit with ``c`` kept key blocks the backend gathers (``index_select``)
+those ``c`` key and value blocks and runs torch's fused attention on them:
 
-    scores [bs, c*bs] = (scale * q_blk) @ k_gathered^T  (+ 0 / -inf bias)
-    out    [bs, D]    = softmax(scores) @ v_gathered
+    out[unit] [bs, D] = scaled_dot_product_attention(q_blk [bs, D], k_gathered [c*bs, D], v_gathered [c*bs, D])
 
-batched over many units at once (``bmm`` / ``baddbmm``), so the cost is the kept blocks, not S^2.
+batched over many units at once (the units are SDPA's batch), so the cost is the kept blocks, not
+S^2. On the CPU, SDPA is a flash kernel: scores stay in cache and are recomputed in the backward
+pass instead of being stored (an earlier bmm / softmax / bmm version was ~2x slower here).
 
-Units are sorted by their count of kept key blocks and cut into chunks of similar counts, each
-padded to its own largest count (a radial mask has one full row and rows of ~1/3 of the width:
-padding every row to the widest would redo the dense work). A chunk's score tensor holds at most
-``2^22`` elements by default (16 MiB in float32: measured faster on the CPU than 2^25, whose
-scores fall out of the caches between the matmul, the softmax and the second matmul). Units with
-no kept block are never computed: their output is 0.
+Units are sorted by their count of kept key blocks and cut into chunks of equal or similar counts,
+each padded to its own largest count (a radial mask has one full row and most rows at ~1/3 of the
+width: padding every row to the widest would redo the dense work). Equal counts are merged across
+a small difference only where that is cheaper than one more chunk (see ``_groups``). A chunk's
+gathered keys and values, and its score tile where SDPA has no fused kernel, hold at most
+``CHUNK_ELEMENTS`` (2^22) elements. Units with no kept block are never computed: their output is 0.
 
-The bias masks the padding slots of a chunk (slot ``>= count``), key tokens ``>= S`` in the last
-block and, with ``key_lengths``, key tokens ``>= key_lengths[b]``. A unit left with no key at all
-(only ``key_lengths`` can do that: a kept block always holds a token ``< S``) gets a finite zero
-bias and its output is multiplied by 0, so it is exactly 0 with zero gradients, never NaN.
+A boolean ``attn_mask`` (``[units, 1, 1, c*bs]``, only where needed) hides the padding slots of a
+chunk (slot ``>= count``), key tokens ``>= S`` in the last block and, with ``key_lengths``, key
+tokens ``>= key_lengths[b]``. A unit left with no key at all (only ``key_lengths`` can do that: a
+kept block always holds a token ``< S``) attends to all its slots instead and its output is
+multiplied by 0, so it is exactly 0 with zero gradients, never NaN.
 
 Numerics: float32 for float16/bfloat16/float32 inputs, float64 for float64; output in q's dtype.
 Memory: inputs are copied once into ``[B*H*nb, bs, D]`` blocks of the compute dtype (padded to
-``nb*bs`` tokens); under autograd each chunk's probabilities are kept for the backward pass, so
-training needs ``O(B * H * kept blocks * bs^2)`` memory (the sparse attention matrix), not S^2.
+``nb*bs`` tokens); under autograd each chunk's gathered keys and values are kept for the backward
+pass (``O(B * H * kept blocks * bs * D)``), not the probabilities.
 
 The work plan (which units go in which chunk, their key block indices) depends only on the mask,
-device, B, H and the chunk budget; it is built once on the CPU and cached per mask object. Inside
-``torch.compile`` the cached plan of a mask object that already ran eagerly is used as it is; a
-mask first seen while tracing (e.g. a raw mask tensor made into a mask in the graph) gets a plan
-built in the graph that pads every row to ``nb`` blocks: correct, but the dense amount of work.
+device, B, H, S, D and the chunk budget; it is built once on the CPU and cached on the mask
+object. Inside ``torch.compile`` the cached plan of a mask object that already ran eagerly is used
+as it is; a mask first seen while tracing (e.g. a raw mask tensor made into a mask in the graph)
+gets a plan built in the graph that pads every row to ``nb`` blocks: correct, but the dense amount
+of work (run the layer once eagerly, or pass a ``BlockSparseMask`` made outside, to avoid that).
 """
 
 from __future__ import annotations
@@ -39,15 +42,19 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
 from radial_attention.mask import BlockSparseMask
 
-# Elements of one chunk's score tensor [units, bs, width * bs]; see the module docstring.
+# A chunk's size, in elements per (unit, kept block) pair: the larger of its score tile
+# (bs x bs, materialised only where SDPA has no fused kernel) and its gathered key and value rows
+# (bs x 2D). The budget bounds a chunk's memory to 16 MiB per such tensor in float32 (larger
+# gathers fall out of the CPU's caches and, above glibc's mmap threshold, pay page faults).
 CHUNK_ELEMENTS = 1 << 22
-# The fixed cost of one chunk, in score elements (~0.15 ms of small ops on a CPU core, at ~3.5 ns
-# per score element for the two matmuls and the softmax): padding a chunk's units by more than this
-# many elements costs more than running them as a separate chunk.
-_CHUNK_OVERHEAD = 1 << 15
+# The fixed cost of one chunk in the same elements (~0.1-0.2 ms of small ops on a CPU core, at
+# ~2-3 ns per score element for the fused attention): padding a chunk's units by more than this
+# costs more than running them as a separate chunk.
+_CHUNK_OVERHEAD = 1 << 16
 _MAX_MERGE = 64  # distinct counts considered for one group (bounds the plan's O(K^2) search)
 
 _PLAN_ATTR = "_gather_plans"  # mask attribute: {(device, B, H, S, chunk elements): _Plan}
@@ -81,11 +88,11 @@ class _Plan:
         self.chunks, self.computed, self.complete = chunks, computed, complete
 
 
-def _groups(sorted_counts: List[int], bs: int, budget: int) -> List[Tuple[int, int, int]]:
+def _groups(sorted_counts: List[int], per_block: int, budget: int) -> List[Tuple[int, int, int]]:
     """Cut units sorted by kept-block count into chunks -> [(start, stop, width)].
 
-    Cost model, in score elements: a chunk of ``n`` units padded to ``width`` blocks costs
-    ``n * width * bs^2`` plus a fixed ``_CHUNK_OVERHEAD`` (the dozen small ops it launches). Runs
+    Cost model, in elements: a chunk of ``n`` units padded to ``width`` blocks costs
+    ``n * width * per_block`` plus a fixed ``_CHUNK_OVERHEAD`` (the few small ops it launches). Runs
     of equal counts are merged into groups by dynamic programming over the distinct counts
     (minimum total cost, each group cut into as few near-equal chunks as the ``budget`` allows).
     A chunk holds at least one unit, so a single very wide unit may exceed the budget.
@@ -98,7 +105,6 @@ def _groups(sorted_counts: List[int], bs: int, budget: int) -> List[Tuple[int, i
             values.append(c)
             starts.append(pos)
     starts.append(len(sorted_counts))
-    per_block = bs * bs
     K = len(values)
 
     def chunks_of(n_units: int, width: int) -> int:
@@ -130,7 +136,12 @@ def _groups(sorted_counts: List[int], bs: int, budget: int) -> List[Tuple[int, i
     return out
 
 
-def _build_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, budget: int) -> _Plan:
+def _per_block(bs: int, D: int) -> int:
+    """Elements per (unit, kept block) pair of a chunk: see ``CHUNK_ELEMENTS``."""
+    return bs * max(bs, 2 * D)
+
+
+def _build_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, D: int, budget: int) -> _Plan:
     """The chunks for ``mask`` broadcast to ``[B, H]``, built on the CPU and moved to ``device``."""
     bs, nb = mask.block_size, mask.num_blocks
     idx = mask.kv_indices("cpu").to(torch.int64)  # [Bm, Hm, nb, W]
@@ -142,7 +153,7 @@ def _build_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: 
     skip = int((sorted_cnt == 0).sum())  # units with no kept block: never computed, output 0
     order, sorted_cnt = order[skip:], sorted_cnt[skip:]
     chunks = []
-    for start, stop, width in _groups(sorted_cnt.tolist(), bs, budget):
+    for start, stop, width in _groups(sorted_cnt.tolist(), _per_block(bs, D), budget):
         units = order[start:stop]
         counts = sorted_cnt[start:stop]
         kv_block = idx[units, :width]
@@ -156,7 +167,7 @@ def _build_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: 
     return _Plan(chunks, order.to(device), skip == 0)
 
 
-def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, budget: int) -> _Plan:
+def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, D: int, budget: int) -> _Plan:
     """A plan from static shapes only, for a mask first seen inside torch.compile: every unit padded
     to ``nb`` blocks (its kept blocks first, the rest masked). Correct, but the dense amount of work."""
     bs, nb = mask.block_size, mask.num_blocks
@@ -167,7 +178,7 @@ def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S:
     units = torch.arange(B * H * nb, device=device)
     kv = (units // nb * nb)[:, None] + kv_block
     n = units.shape[0]
-    step = max(1, budget // (nb * bs * bs))
+    step = max(1, budget // (nb * _per_block(bs, D)))
     chunks = [
         _Chunk(units[a:a + step], kv[a:a + step], counts[a:a + step], nb, True, bool(S % bs), False)
         for a in range(0, n, step)
@@ -175,19 +186,19 @@ def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S:
     return _Plan(chunks, units, True)
 
 
-def _plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, budget: int) -> _Plan:
+def _plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, D: int, budget: int) -> _Plan:
     # Cached on the mask object itself (an attribute, not a weak-keyed dict): torch.compile can
     # read an attribute and a plain dict while tracing, so a mask that ran eagerly keeps its plan.
-    key = (str(device), B, H, S, budget)
+    key = (str(device), B, H, S, D, budget)
     per_mask = mask.__dict__.get(_PLAN_ATTR)
     if per_mask is not None and key in per_mask:
         return per_mask[key]
     if torch.compiler.is_compiling():
-        return _traced_plan(mask, device, B, H, S, budget)
+        return _traced_plan(mask, device, B, H, S, D, budget)
     if per_mask is None:
         per_mask = {}
         setattr(mask, _PLAN_ATTR, per_mask)
-    plan = per_mask[key] = _build_plan(mask, device, B, H, S, budget)
+    plan = per_mask[key] = _build_plan(mask, device, B, H, S, D, budget)
     return plan
 
 
@@ -220,7 +231,7 @@ def attention(
     Sp = nb * bs
     device = q.device
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
-    plan = _plan(mask, device, B, H, S, chunk_elements or CHUNK_ELEMENTS)
+    plan = _plan(mask, device, B, H, S, D, chunk_elements or CHUNK_ELEMENTS)
 
     def blocks(t):  # [B, H, S, D] -> [B * H * nb, bs, D], compute dtype, zero-padded to nb * bs tokens
         t = t.to(compute)
@@ -228,16 +239,16 @@ def attention(
             t = torch.nn.functional.pad(t, (0, 0, 0, Sp - S))
         return t.reshape(B * H * nb, bs, D)
 
-    qb, kb, vb = blocks(q) * scale, blocks(k), blocks(v)  # the scale applied once, to q
+    qb, kb, vb = blocks(q), blocks(k), blocks(v)
     token = torch.arange(bs, device=device)
     kl = None if key_lengths is None else key_lengths.to(torch.int64).clamp(0, S)
     outs = []
     for c in plan.chunks:
         n, w = c.units.shape[0], c.width
         flat = c.kv.reshape(-1)
-        qc = qb.index_select(0, c.units)  # [n, bs, D]
-        kc = kb.index_select(0, flat).view(n, w * bs, D)  # [n, w*bs, D]
-        vc = vb.index_select(0, flat).view(n, w * bs, D)
+        qc = qb.index_select(0, c.units)[:, None]  # [n, 1, bs, D]
+        kc = kb.index_select(0, flat).view(n, 1, w * bs, D)  # [n, 1, w*bs, D]
+        vc = vb.index_select(0, flat).view(n, 1, w * bs, D)
         ok = None  # bool [n, w, bs | 1]: the key token may be attended to
         if c.padded:
             ok = (torch.arange(w, device=device) < c.counts[:, None])[:, :, None]  # [n, w, 1]
@@ -246,22 +257,19 @@ def attention(
             limit = S if kl is None else kl.index_select(0, c.units // (H * nb))[:, None, None]
             ok = pos < limit if ok is None else ok & (pos < limit)
         has_key = None
-        if ok is None:
-            scores = torch.bmm(qc, kc.transpose(1, 2))  # [n, bs, w*bs]
-        else:
-            ok = ok.expand(n, w, bs).reshape(n, 1, w * bs)
+        if ok is not None:
+            ok = ok.expand(n, w, bs).reshape(n, 1, 1, w * bs)
             if kl is not None or not c.nonzero:
-                # A unit may be left with no key: a finite (zero) bias instead of all -inf (NaN),
-                # and its output multiplied by 0, so output and gradients are exactly 0.
-                has_key = ok.any(dim=-1, keepdim=True)  # [n, 1, 1]
+                # A unit may be left with no key: let it attend to all its slots (finite, no NaN)
+                # and multiply its output by 0, so output and gradients are exactly 0.
+                has_key = ok.any(dim=-1, keepdim=True)  # [n, 1, 1, 1]
                 ok = ok | ~has_key
-            bias = torch.zeros(ok.shape, dtype=compute, device=device).masked_fill_(~ok, float("-inf"))
-            scores = torch.baddbmm(bias, qc, kc.transpose(1, 2))  # [n, bs, w*bs]
-        probs = torch.softmax(scores, dim=-1)
-        o = torch.bmm(probs, vc)  # [n, bs, D]
+        # Fused attention per unit (on the CPU a flash kernel: the scores stay in cache and are
+        # not kept for the backward pass, which recomputes them).
+        o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=ok, scale=scale)  # [n, 1, bs, D]
         if has_key is not None:
             o = o * has_key
-        outs.append(o)
+        outs.append(o[:, 0])
     if not outs:  # no kept block at all: zeros, still connected to the inputs (zero gradients)
         linked = qb[:0].sum() + kb[:0].sum() + vb[:0].sum()  # sums of empty slices: exactly 0
         return (q.new_zeros(q.shape, dtype=compute) + linked).to(q.dtype)
