@@ -359,11 +359,11 @@ def markdown(results, env) -> str:
             head = (
                 f"| {r['case']} | {r['video_tokens']:,} + {r['text_tokens']} | {r['density']:.4f} | "
                 f"{fwd['dense']:.0f} ms ({r['dense_best_backend']}) | {fwd['radial']:.0f} ms ({r['radial_backend']}) | "
-                f"{r['forward_speedup']:.2f}x{f' ({tf}x)' if tf else ''} "
+                f"{r['forward_speedup']:.3f}x{f' ({tf}x)' if tf else ''} "
             ) if j == 0 else "| | | | | | "
             lines.append(
                 head + f"| {s['label']} | {s['dense_s']:.1f} s / {s['radial_s']:.1f} s | "
-                f"{s['speedup']:.2f}x{f' ({ts}x)' if ts else ''} |"
+                f"{s['speedup']:.3f}x{f' ({ts}x)' if ts else ''} |"
             )
     lines += ["", "Full-depth times are computed from the measured per-block times of a model built with "
               "fewer blocks (see `built_blocks`, `block_ms` in pipeline.json) plus the measured time outside "
