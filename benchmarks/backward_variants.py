@@ -53,6 +53,7 @@ def main():
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--decay", type=float, default=1.0)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--variants", default=None, help="comma-separated indices into the variant list (default: all)")
     args = p.parse_args()
     mask = radial_mask_from_preset("hunyuan", args.frames, args.tokens, decay=args.decay)
     S, H, D = args.frames * args.tokens, args.heads, 128
@@ -62,13 +63,16 @@ def main():
         t.requires_grad_(True)
     KC = launch.KernelConfig
     variants = [
-        ("default (heavy-first, dkdv 64x128 w8 s2)", "heavy-first", {}),
+        ("default (auto order, dkdv 64x128 w8 s2)", "auto", {}),
+        ("heavy-first order", "heavy-first", {}),
         ("sequential order", "sequential", {}),
         ("dkdv 64x128 w8 s3", "heavy-first", {"dkdv": KC(64, 128, 8, 3, True)}),
         ("dkdv 128x128 w8 s2", "heavy-first", {"dkdv": KC(128, 128, 8, 2, True)}),
         ("dkdv 64x64 w4 s3", "heavy-first", {"dkdv": KC(64, 64, 4, 3, True)}),
-        ("default again", "heavy-first", {}),
+        ("default again", "auto", {}),
     ]
+    if args.variants:
+        variants = [variants[int(i)] for i in args.variants.split(",")]
     rows = []
     for name, order, overrides in variants:
         launch.LAUNCH_ORDER["value"] = order
@@ -80,7 +84,7 @@ def main():
         except Exception as e:  # a config that does not compile or fit is a result too
             rows.append((name, f"failed: {type(e).__name__}: {str(e)[:80]}"))
         print(rows[-1], flush=True)
-    launch.LAUNCH_ORDER["value"] = "heavy-first"
+    launch.LAUNCH_ORDER["value"] = "auto"
     launch.CONFIG_OVERRIDES.clear()
     print(f"\nfwd+bwd, F={args.frames} x T={args.tokens} (S={S:,}), {H} heads, density {mask.density:.4f}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}")

@@ -183,7 +183,8 @@ def _case_tensors(name, device):
 def _launch_all(mask, q, k, v, do, fwd, dkdv, dq):
     from radial_attention.ops.triton import launch
 
-    t = launch.mask_tensors(mask, q.device)
+    t = dict(launch.mask_tensors(mask, q.device))
+    t["row_order"], t["col_order"] = launch.launch_orders(t, q)  # as LAUNCH_ORDER says
     bs = mask.block_size
     scale = q.shape[-1] ** -0.5
     out, lse = launch.forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs,
@@ -248,7 +249,7 @@ def sweep(name, device, budget=1.0) -> list:
                 r = bench.time_call(bwd(dkdv0, KernelConfig(*cfg)), device, budget)
                 rows.append(dict(case=name, kernel=f"bwd {order}", config="dkdv0 " + str(cfg), ms=r["ms"]))
         finally:
-            launch.LAUNCH_ORDER["value"] = "heavy-first"
+            launch.LAUNCH_ORDER["value"] = "auto"
     return rows
 
 

@@ -203,3 +203,27 @@ def _oracle64(q, k, v, dense, bs, scale, key_lengths):
     s = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
     has = allowed.any(-1, keepdim=True)
     return (torch.softmax(s.masked_fill(~has, 0.0), -1) * has) @ v
+
+
+def test_launch_order_choice():
+    """'auto' keeps heavy-first off CUDA (and where a head's K/V fits L2); explicit orders are obeyed."""
+    from radial_attention.mask import radial_block_mask
+    from radial_attention.ops.triton import launch
+
+    mask = radial_block_mask(5, 200)
+    t = launch.mask_tensors(mask, "cpu")
+    q = torch.zeros(1, 2, 1000, 64)
+    old = launch.LAUNCH_ORDER["value"]
+    try:
+        launch.LAUNCH_ORDER["value"] = "auto"
+        row, col = launch.launch_orders(t, q)
+        assert row is t["row_order"] and col is t["col_order"]
+        # heavy-first: rows by kept key blocks, descending
+        counts = t["kv_counts"][0, 0][row[0, 0].long()]
+        assert bool((counts[:-1] >= counts[1:]).all())
+        launch.LAUNCH_ORDER["value"] = "sequential"
+        row, col = launch.launch_orders(t, q)
+        assert torch.equal(row[0, 0], torch.arange(mask.num_blocks, dtype=torch.int32))
+        assert torch.equal(col[0, 0], torch.arange(mask.num_blocks, dtype=torch.int32))
+    finally:
+        launch.LAUNCH_ORDER["value"] = old

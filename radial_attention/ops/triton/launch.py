@@ -133,9 +133,24 @@ _POINTER_CONFIGS = {
 
 # Set by benchmarks / tests to try other settings: {"fwd" | "dq" | "dkdv": KernelConfig}.
 CONFIG_OVERRIDES: dict = {}
-# Order in which query (key) tiles are launched: "heavy-first" (most kept blocks first) or
-# "sequential" (block order: neighbouring tiles, which share most key blocks, run together).
-LAUNCH_ORDER = {"value": "heavy-first"}
+# Order in which query (key) tiles are launched: "heavy-first" (most kept blocks first),
+# "sequential" (block order: neighbouring tiles, which share most key blocks, run together), or
+# "auto": heavy-first while one head's K and V fit in L2 (the tail wave is then what matters:
+# heavy-first was 9% faster at Wan 1.3B 480p and equal at Wan 14B 720p, H200), sequential when they
+# do not (L2 reuse between neighbours matters more: 4% faster fwd+bwd at HunyuanVideo 4x length,
+# 236 MB of K/V per head; benchmarks/NOTES.md, v4).
+LAUNCH_ORDER = {"value": "auto"}
+
+
+def _sequential_order(q: torch.Tensor) -> bool:
+    order = LAUNCH_ORDER["value"]
+    if order != "auto":
+        return order == "sequential"
+    if q.device.type != "cuda":
+        return False
+    l2_bytes = getattr(torch.cuda.get_device_properties(q.device), "L2_cache_size", 0) or 0
+    head_kv_bytes = 2 * q.shape[-2] * q.shape[-1] * q.element_size()  # K and V of one head
+    return l2_bytes > 0 and head_kv_bytes > l2_bytes
 
 
 def _config(kind: str, q: torch.Tensor, block_size: int) -> KernelConfig:
@@ -233,9 +248,14 @@ def index_tensors(dense: torch.Tensor, block_size: int, device) -> dict:
             "col_order": col_order.contiguous().to(device),
         }
         per_device[key] = hit
-    if LAUNCH_ORDER["value"] == "sequential":
-        return {**hit, "row_order": hit["sequential"], "col_order": hit["sequential"]}
     return hit
+
+
+def launch_orders(t: dict, q: torch.Tensor) -> tuple:
+    """(row_order, col_order) of the index tensors ``t`` for inputs like ``q`` (see LAUNCH_ORDER)."""
+    if _sequential_order(q):
+        return t["sequential"], t["sequential"]
+    return t["row_order"], t["col_order"]
 
 
 def mask_tensors(mask, device) -> dict:
@@ -357,7 +377,8 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_dense: torch.Tensor,
             key_lengths: Optional[torch.Tensor], scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     t = index_tensors(mask_dense, block_size, q.device)
-    return forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], key_lengths, scale, block_size)
+    row_order, _ = launch_orders(t, q)
+    return forward(q, k, v, t["kv_indices"], t["kv_counts"], row_order, key_lengths, scale, block_size)
 
 
 @_fwd_op.register_fake
@@ -372,8 +393,9 @@ def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             lse: torch.Tensor, mask_dense: torch.Tensor, key_lengths: Optional[torch.Tensor], scale: float,
             block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     t = index_tensors(mask_dense, block_size, q.device)
-    return backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], t["col_order"], t["kv_indices"],
-                    t["kv_counts"], t["row_order"], key_lengths, scale, block_size)
+    row_order, col_order = launch_orders(t, q)
+    return backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], col_order, t["kv_indices"],
+                    t["kv_counts"], row_order, key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
