@@ -24,8 +24,8 @@ from typing import Optional, Union
 
 import torch
 
-from radial_attention.mask import BlockSparseMask, radial_block_mask
-from radial_attention.mask.radial import get_preset
+from radial_attention.mask import BlockSparseMask
+from radial_attention.mask.radial import radial_mask_with_settings
 from radial_attention.ops import block_sparse_attention
 
 from .exchange import LAYOUTS, _heads_message, group_rank, group_size, heads_to_seq, seq_to_heads
@@ -179,19 +179,9 @@ def ulysses_radial_attention(
     ``preset`` gives decay/sink/adjacent, explicit values override it, and without a preset the
     defaults are ``decay=1.0, sink=False, adjacent="full"``.
     """
-    if preset is not None:
-        settings = get_preset(preset)
-        decay = settings.decay if decay is None else decay
-        sink = settings.sink if sink is None else sink
-        adjacent = settings.adjacent if adjacent is None else adjacent
-    mask = radial_block_mask(
-        frames,
-        tokens_per_frame,
-        block_size=block_size,
-        decay=1.0 if decay is None else decay,
-        sink=False if sink is None else sink,
-        adjacent="full" if adjacent is None else adjacent,
-        text_tokens=text_tokens,
+    mask = radial_mask_with_settings(
+        frames, tokens_per_frame, preset=preset, decay=decay, sink=sink, adjacent=adjacent,
+        block_size=block_size, text_tokens=text_tokens,
     )
     return ulysses_attention(
         q, k, v, mask, group=group, layout=layout, seq_len=mask.seq_len, scale=scale, backend=backend,

@@ -1,7 +1,15 @@
 """Masks: the shape of a video -> a block-sparse attention mask (pure torch/numpy, CPU)."""
 
 from .layouts import MODEL_FAMILIES, ModelFamily, VideoLayout, get_model_family, video_layout
-from .radial import PRESETS, RadialBlockMask, RadialSettings, get_preset, radial_block_mask, radial_mask_from_preset
+from .radial import (
+    PRESETS,
+    RadialBlockMask,
+    RadialSettings,
+    get_preset,
+    radial_block_mask,
+    radial_mask_from_preset,
+    radial_mask_with_settings,
+)
 from .sparse import SUPPORTED_BLOCK_SIZES, BlockSparseMask
 
 __all__ = [
@@ -17,5 +25,6 @@ __all__ = [
     "get_preset",
     "radial_block_mask",
     "radial_mask_from_preset",
+    "radial_mask_with_settings",
     "video_layout",
 ]

@@ -271,3 +271,34 @@ def radial_mask_from_preset(
         adjacent=s.adjacent,
         text_tokens=text_tokens,
     )
+
+
+def radial_mask_with_settings(
+    frames: int,
+    tokens_per_frame: int,
+    *,
+    preset: Optional[str] = None,
+    decay: Optional[float] = None,
+    sink: Optional[bool] = None,
+    adjacent: Optional[str] = None,
+    block_size: int = 128,
+    text_tokens: int = 0,
+) -> RadialBlockMask:
+    """``radial_block_mask`` where ``preset`` gives decay/sink/adjacent and explicit values override it.
+
+    Without a preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
+    """
+    if preset is not None:
+        settings = get_preset(preset)
+        decay = settings.decay if decay is None else decay
+        sink = settings.sink if sink is None else sink
+        adjacent = settings.adjacent if adjacent is None else adjacent
+    return radial_block_mask(
+        frames,
+        tokens_per_frame,
+        block_size=block_size,
+        decay=1.0 if decay is None else decay,
+        sink=False if sink is None else sink,
+        adjacent="full" if adjacent is None else adjacent,
+        text_tokens=text_tokens,
+    )

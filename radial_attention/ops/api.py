@@ -34,8 +34,8 @@ from typing import Optional, Union
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from radial_attention.mask import SUPPORTED_BLOCK_SIZES, BlockSparseMask, radial_block_mask
-from radial_attention.mask.radial import get_preset
+from radial_attention.mask import SUPPORTED_BLOCK_SIZES, BlockSparseMask
+from radial_attention.mask.radial import radial_mask_with_settings
 
 # Backend name -> module, imported on first use (so optional packages stay optional).
 BACKEND_MODULES = {
@@ -345,19 +345,9 @@ def radial_attention(
     sink and adjacent; ``decay`` / ``sink`` / ``adjacent`` given explicitly override it. Without a
     preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
     """
-    if preset is not None:
-        settings = get_preset(preset)
-        decay = settings.decay if decay is None else decay
-        sink = settings.sink if sink is None else sink
-        adjacent = settings.adjacent if adjacent is None else adjacent
-    mask = radial_block_mask(
-        frames,
-        tokens_per_frame,
-        block_size=block_size,
-        decay=1.0 if decay is None else decay,
-        sink=False if sink is None else sink,
-        adjacent="full" if adjacent is None else adjacent,
-        text_tokens=text_tokens,
+    mask = radial_mask_with_settings(
+        frames, tokens_per_frame, preset=preset, decay=decay, sink=sink, adjacent=adjacent,
+        block_size=block_size, text_tokens=text_tokens,
     )
     if isinstance(q, torch.Tensor) and q.dim() == 4 and q.shape[2] != mask.seq_len:
         raise ValueError(
