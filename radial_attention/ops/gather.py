@@ -57,7 +57,7 @@ CHUNK_ELEMENTS = 1 << 22
 _CHUNK_OVERHEAD = 1 << 16
 _MAX_MERGE = 64  # distinct counts considered for one group (bounds the plan's O(K^2) search)
 
-_PLAN_ATTR = "_gather_plans"  # mask attribute: {(device, B, H, S, chunk elements): _Plan}
+_PLAN_ATTR = "_gather_plans"  # mask attribute: {(device, B, H, S, D, chunk elements): _Plan}
 
 
 class _Chunk:
@@ -80,22 +80,26 @@ class _Chunk:
 
 class _Plan:
     """The chunks, and ``computed``: int64 ``[n]`` the units of the chunks in chunk order;
-    ``complete``: every unit is in some chunk (no unit without kept blocks)."""
+    ``complete``: every unit is in some chunk (no unit without kept blocks); ``kv_all``: int64
+    every chunk's ``kv``, flattened, in chunk order."""
 
-    __slots__ = ("chunks", "computed", "complete")
+    __slots__ = ("chunks", "computed", "complete", "kv_all")
 
     def __init__(self, chunks: List[_Chunk], computed: torch.Tensor, complete: bool):
         self.chunks, self.computed, self.complete = chunks, computed, complete
+        # Every chunk's key blocks, in chunk order (for one gather of all chunks under autograd).
+        self.kv_all = torch.cat([c.kv.reshape(-1) for c in chunks]) if chunks else computed
 
 
-def _groups(sorted_counts: List[int], per_block: int, budget: int) -> List[Tuple[int, int, int]]:
+def _groups(sorted_counts: List[int], per_block: int, budget: int, min_units: int = 1) -> List[Tuple[int, int, int]]:
     """Cut units sorted by kept-block count into chunks -> [(start, stop, width)].
 
     Cost model, in elements: a chunk of ``n`` units padded to ``width`` blocks costs
     ``n * width * per_block`` plus a fixed ``_CHUNK_OVERHEAD`` (the few small ops it launches). Runs
     of equal counts are merged into groups by dynamic programming over the distinct counts
     (minimum total cost, each group cut into as few near-equal chunks as the ``budget`` allows).
-    A chunk holds at least one unit, so a single very wide unit may exceed the budget.
+    A chunk holds at least ``min_units`` units (if its group has them), so chunks of very wide units
+    may exceed the budget.
     """
     if not sorted_counts:
         return []
@@ -108,7 +112,7 @@ def _groups(sorted_counts: List[int], per_block: int, budget: int) -> List[Tuple
     K = len(values)
 
     def chunks_of(n_units: int, width: int) -> int:
-        per_chunk = max(1, budget // (width * per_block))
+        per_chunk = max(min_units, budget // (width * per_block))
         return -(-n_units // per_chunk)
 
     best = [0.0] + [float("inf")] * K  # best[j]: cheapest cut of the first j distinct counts
@@ -136,6 +140,14 @@ def _groups(sorted_counts: List[int], per_block: int, budget: int) -> List[Tuple
     return out
 
 
+def _min_units() -> int:
+    """Fewest units per chunk: SDPA's CPU backward kernel runs one thread per batch entry (unit),
+    so a chunk of one wide unit would leave all but one core idle."""
+    if torch.compiler.is_compiling():
+        return 4  # torch.get_num_threads() cannot be traced
+    return max(4, torch.get_num_threads())
+
+
 def _per_block(bs: int, D: int) -> int:
     """Elements per (unit, kept block) pair of a chunk: see ``CHUNK_ELEMENTS``."""
     return bs * max(bs, 2 * D)
@@ -153,11 +165,11 @@ def _build_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: 
     skip = int((sorted_cnt == 0).sum())  # units with no kept block: never computed, output 0
     order, sorted_cnt = order[skip:], sorted_cnt[skip:]
     chunks = []
-    for start, stop, width in _groups(sorted_cnt.tolist(), _per_block(bs, D), budget):
+    for start, stop, width in _groups(sorted_cnt.tolist(), _per_block(bs, D), budget, _min_units()):
         units = order[start:stop]
         counts = sorted_cnt[start:stop]
         kv_block = idx[units, :width]
-        # Slots past the count point at the unit's first kept block: a valid gather, masked by the bias.
+        # Slots past the count point at the unit's first kept block: a valid gather, hidden by attn_mask.
         slot_ok = torch.arange(width)[None, :] < counts[:, None]
         kv_block = torch.where(slot_ok, kv_block, kv_block[:, :1])
         kv = (units // nb * nb)[:, None] + kv_block
@@ -178,7 +190,7 @@ def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S:
     units = torch.arange(B * H * nb, device=device)
     kv = (units // nb * nb)[:, None] + kv_block
     n = units.shape[0]
-    step = max(1, budget // (nb * _per_block(bs, D)))
+    step = max(_min_units(), budget // (nb * _per_block(bs, D)))
     chunks = [
         _Chunk(units[a:a + step], kv[a:a + step], counts[a:a + step], nb, True, bool(S % bs), False)
         for a in range(0, n, step)
@@ -202,6 +214,94 @@ def _plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, D
     return plan
 
 
+def _chunk_mask(c: _Chunk, kl: Optional[torch.Tensor], S: int, H: int, nb: int, bs: int):
+    """(attn_mask, has_key) of a chunk: bool ``[n, 1, 1, w*bs]`` or None (every slot's keys may be
+    attended to), and bool ``[n, 1, 1]`` or None (every unit has a key)."""
+    n, w = c.kv.shape
+    device = c.kv.device
+    ok = None  # bool [n, w, bs | 1]: the key token may be attended to
+    if c.padded:
+        ok = (torch.arange(w, device=device) < c.counts[:, None])[:, :, None]  # [n, w, 1]
+    if c.tail or kl is not None:
+        pos = (c.kv % nb)[:, :, None] * bs + torch.arange(bs, device=device)  # [n, w, bs] key positions
+        limit = S if kl is None else kl.index_select(0, c.units // (H * nb))[:, None, None]
+        ok = pos < limit if ok is None else ok & (pos < limit)
+    if ok is None:
+        return None, None
+    ok = ok.expand(n, w, bs).reshape(n, 1, 1, w * bs)
+    has_key = None
+    if kl is not None or not c.nonzero:
+        # A unit may be left with no key: let it attend to all its slots (finite, no NaN) and
+        # multiply its output by 0, so that output and gradients are exactly 0.
+        has_key = ok.any(dim=-1, keepdim=True)  # [n, 1, 1, 1]
+        ok = ok | ~has_key
+        has_key = has_key[:, 0]
+    return ok, has_key
+
+
+def _sdpa(qc, kc, vc, c: _Chunk, mask, scale: float) -> torch.Tensor:
+    """Attention of one chunk from its gathered blocks ``qc [n, bs, D]``, ``kc/vc [n*w, bs, D]`` -> ``[n, bs, D]``.
+
+    Fused attention per unit: on the CPU a flash kernel, whose scores stay in cache and are
+    recomputed, not stored, for the backward pass.
+    """
+    n, w = c.kv.shape
+    bs, D = qc.shape[1:]
+    ok, has_key = mask
+    o = F.scaled_dot_product_attention(
+        qc[:, None], kc.view(n, 1, w * bs, D), vc.view(n, 1, w * bs, D), attn_mask=ok, scale=scale
+    )[:, 0]
+    return o if has_key is None else o * has_key
+
+
+def _attend(qb, kb, vb, c: _Chunk, mask, scale: float) -> torch.Tensor:
+    """Gather one chunk's blocks from ``[B*H*nb, bs, D]`` blocks and attend -> ``[n, bs, D]``."""
+    flat = c.kv.reshape(-1)
+    return _sdpa(qb.index_select(0, c.units), kb.index_select(0, flat), vb.index_select(0, flat), c, mask, scale)
+
+
+class _LeanBackward(torch.autograd.Function):
+    """All chunks' attention with a backward pass that gathers each chunk again.
+
+    Plain autograd would keep every chunk's gathered keys and values for the backward pass
+    (kept blocks x bs x 2D elements: for a long video many times the size of K and V) and scatter
+    each chunk's gradient into a zero tensor the size of the whole input. Here the forward keeps
+    only the ``[B*H*nb, bs, D]`` blocks; the backward re-gathers one chunk at a time, runs SDPA's
+    own backward on it (through ``torch.autograd.grad``, so the same kernel as plain autograd)
+    and adds the chunk's gradients into one buffer per input with ``index_add_``. Costs one more
+    SDPA forward per chunk; memory stays at one chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, qb, kb, vb, plan, masks, scale):
+        ctx.save_for_backward(qb, kb, vb)
+        ctx.plan, ctx.masks, ctx.scale = plan, masks, scale
+        with torch.no_grad():
+            outs = [_attend(qb, kb, vb, c, m, scale) for c, m in zip(plan.chunks, masks)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        qb, kb, vb = ctx.saved_tensors
+        dq, dk, dv = torch.zeros_like(qb), torch.zeros_like(kb), torch.zeros_like(vb)
+        start = 0
+        for c, m in zip(ctx.plan.chunks, ctx.masks):
+            n = c.units.shape[0]
+            flat = c.kv.reshape(-1)
+            with torch.enable_grad():
+                qc = qb.index_select(0, c.units).requires_grad_()
+                kc = kb.index_select(0, flat).requires_grad_()
+                vc = vb.index_select(0, flat).requires_grad_()
+                o = _sdpa(qc, kc, vc, c, m, ctx.scale)
+                gq, gk, gv = torch.autograd.grad(o, (qc, kc, vc), grad[start:start + n])
+            dq.index_add_(0, c.units, gq)
+            dk.index_add_(0, flat, gk)
+            dv.index_add_(0, flat, gv)
+            start += n
+        return dq, dk, dv, None, None, None
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -221,7 +321,7 @@ def attention(
         scale: multiplier of ``q . k``.
         key_lengths: optional integer ``[B]`` on q's device; keys ``j >= key_lengths[b]`` are
             excluded for batch item ``b``.
-        chunk_elements: largest score tensor of one chunk (default ``CHUNK_ELEMENTS``).
+        chunk_elements: chunk budget (default ``CHUNK_ELEMENTS``).
 
     Returns:
         ``[B, H, S, D]`` in q's dtype; a query row with no allowed key is exactly 0.
@@ -240,36 +340,26 @@ def attention(
         return t.reshape(B * H * nb, bs, D)
 
     qb, kb, vb = blocks(q), blocks(k), blocks(v)
-    token = torch.arange(bs, device=device)
     kl = None if key_lengths is None else key_lengths.to(torch.int64).clamp(0, S)
-    outs = []
-    for c in plan.chunks:
-        n, w = c.units.shape[0], c.width
-        flat = c.kv.reshape(-1)
-        qc = qb.index_select(0, c.units)[:, None]  # [n, 1, bs, D]
-        kc = kb.index_select(0, flat).view(n, 1, w * bs, D)  # [n, 1, w*bs, D]
-        vc = vb.index_select(0, flat).view(n, 1, w * bs, D)
-        ok = None  # bool [n, w, bs | 1]: the key token may be attended to
-        if c.padded:
-            ok = (torch.arange(w, device=device) < c.counts[:, None])[:, :, None]  # [n, w, 1]
-        if c.tail or kl is not None:
-            pos = (c.kv % nb)[:, :, None] * bs + token  # [n, w, bs] key token positions
-            limit = S if kl is None else kl.index_select(0, c.units // (H * nb))[:, None, None]
-            ok = pos < limit if ok is None else ok & (pos < limit)
-        has_key = None
-        if ok is not None:
-            ok = ok.expand(n, w, bs).reshape(n, 1, 1, w * bs)
-            if kl is not None or not c.nonzero:
-                # A unit may be left with no key: let it attend to all its slots (finite, no NaN)
-                # and multiply its output by 0, so output and gradients are exactly 0.
-                has_key = ok.any(dim=-1, keepdim=True)  # [n, 1, 1, 1]
-                ok = ok | ~has_key
-        # Fused attention per unit (on the CPU a flash kernel: the scores stay in cache and are
-        # not kept for the backward pass, which recomputes them).
-        o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=ok, scale=scale)  # [n, 1, bs, D]
-        if has_key is not None:
-            o = o * has_key
-        outs.append(o[:, 0])
+    masks = [_chunk_mask(c, kl, S, H, nb, bs) for c in plan.chunks]
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not needs_grad:
+        outs = [_attend(qb, kb, vb, c, m, scale) for c, m in zip(plan.chunks, masks)]
+    elif not torch.compiler.is_compiling():
+        outs = [_LeanBackward.apply(qb, kb, vb, plan, masks, scale)] if plan.chunks else []
+    else:
+        # Inside torch.compile: plain autograd through the gathers and SDPA (the lean backward
+        # calls torch.autograd.grad, which a traced backward cannot). All chunks are gathered at
+        # once and split, so that each input's gradient is scattered once, not once per chunk.
+        sizes = [c.units.shape[0] for c in plan.chunks]
+        slots = [c.kv.numel() for c in plan.chunks]
+        q_parts = qb.index_select(0, plan.computed).split(sizes)
+        k_parts = kb.index_select(0, plan.kv_all).split(slots)
+        v_parts = vb.index_select(0, plan.kv_all).split(slots)
+        outs = [
+            _sdpa(qc, kc, vc, c, m, scale)
+            for qc, kc, vc, c, m in zip(q_parts, k_parts, v_parts, plan.chunks, masks)
+        ]
     if not outs:  # no kept block at all: zeros, still connected to the inputs (zero gradients)
         linked = qb[:0].sum() + kb[:0].sum() + vb[:0].sum()  # sums of empty slices: exactly 0
         return (q.new_zeros(q.shape, dtype=compute) + linked).to(q.dtype)
