@@ -98,12 +98,17 @@ def test_all_false_mask_gives_zeros():
 
 
 @pytest.mark.parametrize("B,H,S,D,bs,mshape", [CASES[0], CASES[1], CASES[2], CASES[4]])
-def test_gradients_match_float64_oracle(B, H, S, D, bs, mshape):
+@pytest.mark.parametrize("lean", [None, True, False])  # default (plain autograd at these sizes), lean backward, plain
+def test_gradients_match_float64_oracle(B, H, S, D, bs, mshape, lean):
     nb = -(-S // bs)
     m = _mask(nb, mshape, density=0.6)
     kl = torch.tensor([S - 5, 3][:B])  # batch 1: rows with no key (zero gradients, not NaN)
     q, k, v = _qkv(B, H, S, D, transposed=True, requires_grad=True)
-    out = block_sparse_attention(q, k, v, m, block_size=bs, backend="gather", key_lengths=kl)
+    if lean is None:
+        out = block_sparse_attention(q, k, v, m, block_size=bs, backend="gather", key_lengths=kl)
+    else:  # small chunks, so that a block's gradient gathers contributions from several chunks
+        out = gather.attention(q, k, v, BlockSparseMask(m, bs), scale=D ** -0.5, key_lengths=kl,
+                               chunk_elements=bs * bs * 4, lean_backward=lean)
     grad_out = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad_out)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
@@ -116,6 +121,31 @@ def test_gradients_match_float64_oracle(B, H, S, D, bs, mshape):
     assert torch.all(got[0][empty] == 0)  # dq of a row without keys
 
 
+def _graph_names(t):
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+def test_lean_backward_is_chosen_above_the_byte_threshold(monkeypatch):
+    m = _mask(4, ())
+    q, k, v = _qkv(1, 2, 250, 64, requires_grad=True)
+    small = block_sparse_attention(q, k, v, m, block_size=64, backend="gather")
+    assert "_LeanBackwardBackward" not in _graph_names(small)  # 50 KB of gathered blocks: plain autograd
+    monkeypatch.setattr(gather, "LEAN_BACKWARD_BYTES", 1000)
+    lean = block_sparse_attention(q, k, v, m, block_size=64, backend="gather")
+    assert "_LeanBackwardBackward" in _graph_names(lean)
+    torch.testing.assert_close(lean, small, atol=0, rtol=0)  # the same forward
+    with torch.no_grad():  # no autograd, no lean path
+        assert block_sparse_attention(q, k, v, m, block_size=64, backend="gather").grad_fn is None
+
+
 def test_gradcheck_float64():
     # Tiny float64 problem: three 64-blocks, a 2-token tail, an empty row, rows of different
     # widths (so padded chunks), key_lengths cutting keys; small chunks so several chunks run.
@@ -125,11 +155,14 @@ def test_gradcheck_float64():
     kl = torch.tensor([130, 40])
     q, k, v = (torch.randn(2, 1, 130, 3, dtype=torch.float64, requires_grad=True) for _ in range(3))
 
-    def fn(q, k, v):
-        return gather.attention(q, k, v, mask, scale=0.7, key_lengths=kl, chunk_elements=2 * 64 * 64)
-
     assert len(gather._plan(mask, q.device, 2, 1, 130, 3, 2 * 64 * 64).chunks) > 1
-    assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5, fast_mode=True)
+    for lean in (False, True):  # plain autograd and the lean backward
+
+        def fn(q, k, v):
+            return gather.attention(q, k, v, mask, scale=0.7, key_lengths=kl, chunk_elements=2 * 64 * 64,
+                                    lean_backward=lean)
+
+        assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_chunked_equals_one_chunk_and_plan_covers_every_kept_block_once():

@@ -55,6 +55,10 @@ CHUNK_ELEMENTS = 1 << 22
 # ~2-3 ns per score element for the fused attention): padding a chunk's units by more than this
 # costs more than running them as a separate chunk.
 _CHUNK_OVERHEAD = 1 << 16
+# Under autograd, keeping every gathered key and value block for the backward pass costs
+# (kept blocks) x bs x 2D elements: for a long video many times the size of K and V. Above this
+# many bytes the backward gathers each chunk again instead (see ``attention``'s ``lean_backward``).
+LEAN_BACKWARD_BYTES = 1 << 28
 _MAX_MERGE = 64  # distinct counts considered for one group (bounds the plan's O(K^2) search)
 
 _PLAN_ATTR = "_gather_plans"  # mask attribute: {(device, B, H, S, D, chunk elements): _Plan}
@@ -80,15 +84,14 @@ class _Chunk:
 
 class _Plan:
     """The chunks, and ``computed``: int64 ``[n]`` the units of the chunks in chunk order;
-    ``complete``: every unit is in some chunk (no unit without kept blocks); ``kv_all``: int64
-    every chunk's ``kv``, flattened, in chunk order."""
+    ``complete``: every unit is in some chunk (no unit without kept blocks); ``slots``: key blocks
+    gathered per call."""
 
-    __slots__ = ("chunks", "computed", "complete", "kv_all")
+    __slots__ = ("chunks", "computed", "complete", "slots")
 
     def __init__(self, chunks: List[_Chunk], computed: torch.Tensor, complete: bool):
         self.chunks, self.computed, self.complete = chunks, computed, complete
-        # Every chunk's key blocks, in chunk order (for one gather of all chunks under autograd).
-        self.kv_all = torch.cat([c.kv.reshape(-1) for c in chunks]) if chunks else computed
+        self.slots = sum(c.kv.numel() for c in chunks)  # key blocks gathered per call
 
 
 def _groups(sorted_counts: List[int], per_block: int, budget: int, min_units: int = 1) -> List[Tuple[int, int, int]]:
@@ -311,6 +314,7 @@ def attention(
     scale: float,
     key_lengths: Optional[torch.Tensor] = None,
     chunk_elements: Optional[int] = None,
+    lean_backward: Optional[bool] = None,
 ) -> torch.Tensor:
     """Block-sparse attention over the kept blocks, by gathering them (plain torch, autograd).
 
@@ -322,6 +326,12 @@ def attention(
         key_lengths: optional integer ``[B]`` on q's device; keys ``j >= key_lengths[b]`` are
             excluded for batch item ``b``.
         chunk_elements: chunk budget (default ``CHUNK_ELEMENTS``).
+        lean_backward: with gradients, keep only the inputs and gather each chunk again in the
+            backward pass (``_LeanBackward``) instead of plain autograd, which keeps every gathered
+            key and value block and scatters each chunk's gradient into a zero tensor the size of
+            the input. Default: lean when the gathered blocks would take more than
+            ``LEAN_BACKWARD_BYTES``; plain inside ``torch.compile`` (the lean backward calls
+            ``torch.autograd.grad``, which a traced backward cannot).
 
     Returns:
         ``[B, H, S, D]`` in q's dtype; a query row with no allowed key is exactly 0.
@@ -343,23 +353,13 @@ def attention(
     kl = None if key_lengths is None else key_lengths.to(torch.int64).clamp(0, S)
     masks = [_chunk_mask(c, kl, S, H, nb, bs) for c in plan.chunks]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not needs_grad:
-        outs = [_attend(qb, kb, vb, c, m, scale) for c, m in zip(plan.chunks, masks)]
-    elif not torch.compiler.is_compiling():
+    if needs_grad and lean_backward is None:
+        kept_bytes = plan.slots * bs * D * 2 * qb.element_size()  # every gathered K and V block
+        lean_backward = kept_bytes > LEAN_BACKWARD_BYTES and not torch.compiler.is_compiling()
+    if needs_grad and lean_backward:
         outs = [_LeanBackward.apply(qb, kb, vb, plan, masks, scale)] if plan.chunks else []
-    else:
-        # Inside torch.compile: plain autograd through the gathers and SDPA (the lean backward
-        # calls torch.autograd.grad, which a traced backward cannot). All chunks are gathered at
-        # once and split, so that each input's gradient is scattered once, not once per chunk.
-        sizes = [c.units.shape[0] for c in plan.chunks]
-        slots = [c.kv.numel() for c in plan.chunks]
-        q_parts = qb.index_select(0, plan.computed).split(sizes)
-        k_parts = kb.index_select(0, plan.kv_all).split(slots)
-        v_parts = vb.index_select(0, plan.kv_all).split(slots)
-        outs = [
-            _sdpa(qc, kc, vc, c, m, scale)
-            for qc, kc, vc, c, m in zip(q_parts, k_parts, v_parts, plan.chunks, masks)
-        ]
+    else:  # inference, or plain autograd through the gathers and SDPA
+        outs = [_attend(qb, kb, vb, c, m, scale) for c, m in zip(plan.chunks, masks)]
     if not outs:  # no kept block at all: zeros, still connected to the inputs (zero gradients)
         linked = qb[:0].sum() + kb[:0].sum() + vb[:0].sum()  # sums of empty slices: exactly 0
         return (q.new_zeros(q.shape, dtype=compute) + linked).to(q.dtype)
