@@ -40,8 +40,8 @@ def register(sub) -> None:
     p.add_argument("--block-size", type=int, default=128, choices=[64, 128])
     p.add_argument(
         "--backend", default="auto",
-        help="attention backend: auto (on a CPU: flex, compiled once, falling back to reference with a note "
-             "if it cannot compile), reference, flex, triton, flashinfer",
+        help="attention backend for the radial run: auto (CUDA: triton, else flex; CPU: gather, plain torch "
+             "over the kept blocks), gather, reference (computes every block: the oracle), flex, triton, flashinfer",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -104,10 +104,7 @@ def run(args) -> int:
     S = layout.video_tokens
     heads, head_dim = DEMO_CONFIG["num_heads"], DEMO_CONFIG["head_dim"]
     probe = torch.empty(1, heads, S, head_dim, device=device, dtype=dtype)
-    # On a CPU, "auto" would pick the reference backend, which computes every block (it is the
-    # oracle); FlexAttention compiled for the CPU skips the dropped blocks, so the demo tries it.
-    cpu_auto = args.backend == "auto" and device.type == "cpu"
-    backend = "flex" if cpu_auto else resolve_backend(args.backend, probe, requires_grad=False)
+    backend = resolve_backend(args.backend, probe, requires_grad=False)  # CPU: gather
 
     print(
         f"model         diffusers WanTransformer3DModel, {args.layers} blocks, {heads} heads x {head_dim}, "
@@ -122,32 +119,21 @@ def run(args) -> int:
         model(hidden_states=latents, timestep=torch.tensor([500.0], device=device), encoder_hidden_states=text, return_dict=False)
     x_dense, t_dense, trail_dense = _denoise(model, latents, text, scheduler, args.steps, device)
 
-    # Radial warm-up: build the mask and compile the kernel once, outside the timed steps.
-    def warm(name):
-        apply_radial_attention(model, preset=args.preset, decay=args.decay, block_size=args.block_size,
-                               backend=name, num_steps=args.steps)
-        try:
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model(hidden_states=latents, timestep=torch.tensor([500.0], device=device), encoder_hidden_states=text,
-                      return_dict=False)
-            _sync(device)
-            return time.perf_counter() - t0
-        finally:
-            remove_radial_attention(model)
-
+    # Radial warm-up: build the mask (and the backend's plan, or compile its kernel) once, outside the timed steps.
+    apply_radial_attention(model, preset=args.preset, decay=args.decay, block_size=args.block_size,
+                           backend=backend, num_steps=args.steps)
     try:
-        warm_s = warm(backend)
-    except Exception as e:  # noqa: BLE001 - only for the demo's own CPU choice, and said out loud
-        if not cpu_auto:
-            raise
-        print(f"note          flex could not run here ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}); "
-              "using the reference backend, which computes every block")
-        backend = "reference"
-        warm_s = warm(backend)
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(hidden_states=latents, timestep=torch.tensor([500.0], device=device), encoder_hidden_states=text,
+                  return_dict=False)
+        _sync(device)
+        warm_s = time.perf_counter() - t0
+    finally:
+        remove_radial_attention(model)
     print(f"device        {device} ({str(dtype).replace('torch.', '')}), attention backend for radial: {backend} "
-          f"(warm-up incl. mask build and compilation: {warm_s:.1f} s)")
+          f"(warm-up incl. mask build and the backend's plan or compilation: {warm_s:.1f} s)")
     state = apply_radial_attention(
         model, preset=args.preset, decay=args.decay, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
         block_size=args.block_size, backend=backend, num_steps=args.steps,
