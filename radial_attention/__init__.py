@@ -28,6 +28,9 @@ _LAZY = {
     # ops
     "block_sparse_attention": "radial_attention.ops",
     "radial_attention": "radial_attention.ops",
+    # distributed
+    "ulysses_attention": "radial_attention.distributed",
+    "ulysses_radial_attention": "radial_attention.distributed",
     # integrations
     "apply_radial_attention": "radial_attention.integrations.diffusers",
     "remove_radial_attention": "radial_attention.integrations.diffusers",
