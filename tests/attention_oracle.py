@@ -46,3 +46,18 @@ def random_block_mask(nb: int, density: float, shape=(), generator=None, empty_r
     if full_row is not None:
         m[..., full_row, :] = True
     return m
+
+
+def check_compiled_layer_against_oracle(layer, q, k, v, block_mask, bs, key_lengths):
+    """Run ``layer(q, k, v, key_lengths)`` with gradients and compare output and q/k/v gradients with
+    the float64 oracle (the same random output gradient on both sides)."""
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = layer(q, k, v, key_lengths)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), grad_out)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want_out = masked_attention_f64(q64, k64, v64, block_mask, bs, key_lengths=key_lengths)
+    want = torch.autograd.grad(want_out, (q64, k64, v64), grad_out.double())
+    torch.testing.assert_close(out.double(), want_out, atol=2e-6, rtol=1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=1e-4)

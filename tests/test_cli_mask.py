@@ -1,7 +1,5 @@
 """`radial-attention mask`."""
 
-import pytest
-
 from radial_attention.cli.main import main
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from attention_oracle import masked_attention_f64, random_block_mask, token_allowed
+from attention_oracle import check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask, token_allowed
 from radial_attention.mask import BlockSparseMask, radial_mask_from_preset
 from radial_attention.ops import block_sparse_attention, gather, resolve_backend
 
@@ -282,16 +282,7 @@ def test_inside_torch_compile_fullgraph_uses_the_cached_sparse_plan(monkeypatch)
     def layer(q, k, v, kl):
         return block_sparse_attention(q, k, v, mask, backend="gather", key_lengths=kl)
 
-    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    out = layer(q, k, v, kl)
-    grad_out = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), grad_out)
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    want_out = masked_attention_f64(q64, k64, v64, m, 64, key_lengths=kl)
-    want = torch.autograd.grad(want_out, (q64, k64, v64), grad_out.double())
-    torch.testing.assert_close(out.double(), want_out, atol=2e-6, rtol=1e-5)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=1e-4)
+    check_compiled_layer_against_oracle(layer, q, k, v, m, 64, kl)
 
 
 def test_inside_torch_compile_fullgraph_with_a_mask_made_in_the_graph():

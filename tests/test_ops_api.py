@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attention_oracle import masked_attention_f64, random_block_mask
+from attention_oracle import check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask
 from radial_attention.mask import BlockSparseMask, radial_block_mask, radial_mask_from_preset
 from radial_attention.ops import BACKENDS, available_backends, block_sparse_attention, radial_attention, resolve_backend
 
@@ -159,16 +159,7 @@ def test_reference_inside_torch_compile_fullgraph_forward_and_backward():
     def layer(q, k, v, kl):
         return block_sparse_attention(q, k, v, mask, backend="reference", key_lengths=kl)
 
-    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    out = layer(q, k, v, kl)
-    grad_out = torch.randn_like(out)
-    got = torch.autograd.grad(out, (q, k, v), grad_out)
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    want_out = masked_attention_f64(q64, k64, v64, m, 64, key_lengths=kl)
-    want = torch.autograd.grad(want_out, (q64, k64, v64), grad_out.double())
-    torch.testing.assert_close(out.double(), want_out, atol=2e-6, rtol=1e-5)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=1e-4)
+    check_compiled_layer_against_oracle(layer, q, k, v, m, 64, kl)
 
 
 def test_raw_tensor_mask_and_auto_inside_torch_compile_fullgraph():

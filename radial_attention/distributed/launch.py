@@ -58,8 +58,6 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -
     """
     for key, value in NCCL_SAFE_ENV.items():
         os.environ.setdefault(key, value)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     if backend is None:

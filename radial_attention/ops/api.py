@@ -165,7 +165,7 @@ def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool]
             if why is None:
                 return name
             reasons.append(f"{name}: {why}")
-        raise ValueError(f"no attention backend can run this input; " + "; ".join(reasons))
+        raise ValueError("no attention backend can run this input; " + "; ".join(reasons))
     if not isinstance(backend, str) or backend not in BACKEND_MODULES:
         raise ValueError(f"unknown attention backend {backend!r}; expected 'auto' or one of {list(BACKENDS)}")
     why = _reason(backend, q, requires_grad)

@@ -18,7 +18,7 @@ hooks gives back the exact original model.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 

@@ -114,7 +114,7 @@ class RadialSDPA(TorchFunctionMode):
             raise ValueError(
                 f"{where}: the self-attention has S={S} tokens but the latent layout of this call is "
                 f"F={frames} frames x T={tpf} tokens = {frames * tpf} video tokens"
-                + ("" if extra < 0 else f" and this model family appends no tokens after the video")
+                + ("" if extra < 0 else " and this model family appends no tokens after the video")
             )
         # SDPA is on autocast's lower-precision list: under autocast it runs in the autocast dtype
         # whatever its inputs are (HunyuanVideo's q/k come out of float32 norms, v does not).
