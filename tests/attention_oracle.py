@@ -61,3 +61,33 @@ def check_compiled_layer_against_oracle(layer, q, k, v, block_mask, bs, key_leng
     torch.testing.assert_close(out.double(), want_out, atol=2e-6, rtol=1e-5)
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, atol=2e-5, rtol=1e-4)
+
+
+def attention_problems(head_dims=(16, 64, 128)):
+    """A hypothesis strategy of random op inputs: ``(B, H, S, D, bs, mask, key_lengths, transposed, seed)``.
+
+    Block size 64 or 128, S from 1 to 3 blocks, a bool mask ``[nb, nb]`` or with batch/head dims
+    (each 1 or the real size), key_lengths ``[B]`` or None, and whether q/k/v are ``[B, S, H, D]``
+    views.
+    """
+    from hypothesis import strategies as st
+
+    @st.composite
+    def problems(draw):
+        bs = draw(st.sampled_from([64, 128]))
+        B = draw(st.integers(1, 2))
+        H = draw(st.integers(1, 3))
+        S = draw(st.integers(1, 3 * bs))
+        D = draw(st.sampled_from(list(head_dims)))
+        nb = -(-S // bs)
+        mshape = draw(st.sampled_from([(), (B, 1), (1, H), (B, H)]))
+        numel = nb * nb * (mshape[0] * mshape[1] if mshape else 1)
+        bits = draw(st.lists(st.booleans(), min_size=numel, max_size=numel))
+        m = torch.tensor(bits, dtype=torch.bool).reshape(*mshape, nb, nb)
+        kl = draw(st.none() | st.lists(st.integers(0, S), min_size=B, max_size=B))
+        kl = None if kl is None else torch.tensor(kl)
+        transposed = draw(st.booleans())
+        seed = draw(st.integers(0, 2**31 - 1))
+        return B, H, S, D, bs, m, kl, transposed, seed
+
+    return problems()

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from attention_oracle import check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask, token_allowed
+from attention_oracle import attention_problems, check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask, token_allowed
 from radial_attention.mask import BlockSparseMask, radial_mask_from_preset
 from radial_attention.ops import block_sparse_attention, gather, resolve_backend
 
@@ -301,30 +301,10 @@ def test_inside_torch_compile_fullgraph_with_a_mask_made_in_the_graph():
     assert torch.all(out[:, :, :64] == 0)  # the empty row
 
 
-@st.composite
-def problems(draw):
-    bs = draw(st.sampled_from([64, 128]))
-    B = draw(st.integers(1, 2))
-    H = draw(st.integers(1, 3))
-    S = draw(st.integers(1, 3 * bs))
-    D = draw(st.sampled_from([8, 64, 128]))
-    nb = -(-S // bs)
-    mshape = draw(st.sampled_from([(), (B, 1), (1, H), (B, H)]))
-    numel = nb * nb * (mshape[0] * mshape[1] if mshape else 1)
-    bits = draw(st.lists(st.booleans(), min_size=numel, max_size=numel))
-    m = torch.tensor(bits, dtype=torch.bool).reshape(*mshape, nb, nb)
-    kl = draw(st.none() | st.lists(st.integers(0, S), min_size=B, max_size=B))
-    kl = None if kl is None else torch.tensor(kl)
-    transposed = draw(st.booleans())
-    chunk = draw(st.sampled_from([1, 1 << 22]))  # one unit per chunk, or the default
-    seed = draw(st.integers(0, 2**31 - 1))
-    return B, H, S, D, bs, m, kl, transposed, chunk, seed
-
-
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems())
-def test_property_matches_oracle(problem):
-    B, H, S, D, bs, m, kl, transposed, chunk, seed = problem
+@given(attention_problems(head_dims=(8, 64, 128)), st.sampled_from([1, 1 << 22]))  # one unit per chunk, or the default
+def test_property_matches_oracle(problem, chunk):
+    B, H, S, D, bs, m, kl, transposed, seed = problem
     q, k, v = _qkv(B, H, S, D, transposed=transposed, generator=torch.Generator().manual_seed(seed))
     mask = BlockSparseMask(m, bs)
     out = gather.attention(q, k, v, mask, scale=D ** -0.5, key_lengths=kl, chunk_elements=chunk)

@@ -5,30 +5,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attention_oracle import masked_attention_f64, token_allowed
+from attention_oracle import attention_problems, masked_attention_f64, token_allowed
 from radial_attention.ops import block_sparse_attention
 from radial_attention.ops import flex
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def problems(draw):
-    bs = draw(st.sampled_from([64, 128]))
-    B = draw(st.integers(1, 2))
-    H = draw(st.integers(1, 3))
-    S = draw(st.integers(1, 3 * bs))
-    D = draw(st.sampled_from([16, 64, 128]))
-    nb = -(-S // bs)
-    mshape = draw(st.sampled_from([(), (B, 1), (1, H), (B, H)]))
-    bits = draw(st.lists(st.booleans(), min_size=nb * nb * max(1, B * H), max_size=nb * nb * max(1, B * H)))
-    numel = nb * nb * (mshape[0] * mshape[1] if mshape else 1)
-    m = torch.tensor(bits[:numel], dtype=torch.bool).reshape(*mshape, nb, nb)
-    kl = draw(st.none() | st.lists(st.integers(0, S), min_size=B, max_size=B))
-    kl = None if kl is None else torch.tensor(kl)
-    transposed = draw(st.booleans())
-    seed = draw(st.integers(0, 2**31 - 1))
-    return B, H, S, D, bs, m, kl, transposed, seed
 
 
 def _inputs(B, H, S, D, transposed, seed):
@@ -39,7 +20,7 @@ def _inputs(B, H, S, D, transposed, seed):
 
 
 @SETTINGS
-@given(problems())
+@given(attention_problems(head_dims=(16, 64, 128)))
 def test_reference_matches_oracle(problem):
     B, H, S, D, bs, m, kl, transposed, seed = problem
     q, k, v = _inputs(B, H, S, D, transposed, seed)
