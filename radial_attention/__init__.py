@@ -12,7 +12,7 @@ Layers, each importing only the ones below it::
 Public names are imported lazily so that ``import radial_attention`` needs only torch and numpy.
 """
 
-from importlib import import_module
+from radial_attention._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -39,14 +39,4 @@ _LAZY = {
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'radial_attention' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -10,7 +10,7 @@ Modules: ``data`` (folder format, validation, dataset), ``objective`` (flow matc
 Imports are lazy: ``import radial_attention.train`` needs only torch.
 """
 
-from importlib import import_module
+from radial_attention._lazy import lazy_attributes
 
 _LAZY = {
     "TrainConfig": "radial_attention.train.trainer",
@@ -30,14 +30,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'radial_attention.train' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
