@@ -46,7 +46,16 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from radial_attention.train.lora import add_lora, lora_parameters  # noqa: E402
-from radial_attention.train.model import cast_like_from_pretrained, family_of, transformer_inputs  # noqa: E402
+from radial_attention.train.model import (  # noqa: E402
+    PRECISIONS,
+    Precision,
+    autocast_context,
+    cast_like_from_pretrained,
+    family_of,
+    lora_input_cast_off,
+    resolve_precision,
+    transformer_inputs,
+)
 from radial_attention.train.objective import FlowMatching  # noqa: E402
 
 
@@ -159,12 +168,12 @@ def sync(device):
 
 
 class Stepper:
-    """One training step of a LoRA on ``model``: forward (autocast), flow-matching loss, backward, AdamW."""
+    """One training step of a LoRA on ``model``: forward (autocast), flow-matching loss, backward, AdamW:
+    the step of ``radial_attention.train.LoRATrainer`` at the same precision."""
 
-    def __init__(self, model, case: ModelCase, device, compute_dtype, autocast: bool, lora: bool = True,
-                 rank: int = 128):
+    def __init__(self, model, case: ModelCase, device, precision: Precision, lora: bool = True, rank: int = 128):
         self.model, self.case, self.batch, self.device = model, case, None, torch.device(device)
-        self.compute_dtype, self.autocast = compute_dtype, autocast
+        self.precision = precision
         self.objective = FlowMatching(shift=case.shift)
         self.params = []
         if lora:
@@ -187,12 +196,13 @@ class Stepper:
         x_t, t, target, _ = self.objective.sample(x0.detach(), self.gen)
         if not self.params:
             x_t = x_t + 0 * x0  # keep the graph to the leaf
-        kw = transformer_inputs(self.case.family, self.batch, x_t, t, dtype=self.compute_dtype)
-        ctx = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
-        with ctx:
-            pred = self.model(**kw)[0]
-        loss = self.objective.loss(pred, target)
-        loss.backward()
+        kw = transformer_inputs(self.case.family, self.batch, x_t, t, dtype=self.precision.compute)
+        # As the trainer does: peft's float32 LoRA-input copies stay off through the backward's recompute.
+        with lora_input_cast_off(self.model, self.precision):
+            with autocast_context(self.precision, self.device.type):
+                pred = self.model(**kw)[0]
+            loss = self.objective.loss(pred, target)
+            loss.backward()
         if self.params:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -224,15 +234,15 @@ def is_oom(exc: BaseException) -> bool:
 
 
 # ----------------------------------------------------------------------------- the run
-def run_model(key: str, case: ModelCase, args, device, dtype, autocast, results: list, save) -> None:
+def run_model(key: str, case: ModelCase, args, device, precision: Precision, results: list, save) -> None:
     from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention
 
     layers = args.layers or case.default_layers
-    compute = torch.bfloat16 if autocast else dtype
+    dtype = precision.weights
     try:
         model = build_transformer(case, layers, device, dtype)
         family_of(model)
-        stepper = Stepper(model, case, device, compute, autocast, rank=args.rank)  # LoRA + AdamW, once per model
+        stepper = Stepper(model, case, device, precision, rank=args.rank)  # LoRA + AdamW, once per model
     except Exception as exc:  # noqa: BLE001 - recorded per case
         results.append({"model": key, "variant": "build", "error": f"{type(exc).__name__}: {exc}", "oom": is_oom(exc)})
         save()
@@ -255,7 +265,7 @@ def run_model(key: str, case: ModelCase, args, device, dtype, autocast, results:
                     torch.cuda.reset_peak_memory_stats(device)
                 if variant == "overhead":
                     m0 = build_transformer(case, 0, device, dtype)
-                    st = Stepper(m0, case, device, compute, autocast, lora=False)
+                    st = Stepper(m0, case, device, precision, lora=False)
                     st.batch = batch
                     with sdpa_context(args.dense_sdpa, device):
                         rec.update(time_steps(st, args.warmup, args.repeats, args.case_budget_s, device))
@@ -361,7 +371,8 @@ def markdown(rows: list, meta: dict) -> str:
     lines = [
         f"# Training step: dense vs radial ({meta['device_name']}, {meta['dtype']}, torch {meta['torch']})",
         "",
-        f"One LoRA training step (rank {meta['rank']}, self-attention q/k/v/out; forward + backward + AdamW), "
+        f"One LoRA training step (rank {meta['rank']}, self-attention q/k/v/out; forward + backward + AdamW; "
+        f"precision `{meta.get('precision', 'bf16 weights + bf16 autocast, peft float32 LoRA inputs')}`), "
         f"gradient checkpointing, batch 1, random weights, full model width, the first `layers` blocks only "
         f"(HunyuanVideo: that many dual- and single-stream blocks each). Dense: torch SDPA "
         f"(priority {meta['dense_sdpa']}); radial: every measured block radial, block {meta['block_size']}, backend "
@@ -401,6 +412,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--case-budget-s", type=float, default=40.0, help="cap on timed seconds per case (fewer repeats)")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="as train-lora's --precision (auto: bf16-mixed on CUDA, fp32 on the CPU)")
     ap.add_argument("--append", action="store_true",
                     help="keep the cases of an existing training.json in --out (a rerun of a case replaces it)")
     args = ap.parse_args(argv)
@@ -419,10 +432,7 @@ def main(argv=None) -> int:
         args.repeats = min(args.repeats, 1)
         args.rank = min(args.rank, 8)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
-    if device.type == "cuda":
-        dtype, autocast = torch.bfloat16, True
-    else:
-        dtype, autocast = torch.float32, False
+    precision = resolve_precision(args.precision, device)
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -430,7 +440,8 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": str(precision.weights).replace("torch.", ""),
+        "precision": args.precision if args.precision != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32"),
         "smoke": args.smoke,
         "rank": args.rank,
         "block_size": args.block_size,
@@ -460,7 +471,7 @@ def main(argv=None) -> int:
 
     for k in keys:
         print(f"{table[k].name}:", flush=True)
-        run_model(k, table[k], args, device, dtype, autocast, results, save)
+        run_model(k, table[k], args, device, precision, results, save)
     rows = summarize(results)
     md = markdown(rows, meta)
     (out / "training.md").write_text(md)

@@ -4,6 +4,7 @@ Layout: latents [16, 8, 16, 24] -> 8 frames of 8x12 = 96 tokens (768 tokens), 64
 the Wan mask keeps 33% of the blocks, HunyuanVideo's (16 text tokens appended) 31%.
 """
 
+import contextlib
 import json
 
 import pytest
@@ -197,12 +198,12 @@ def test_bad_settings():
         family_of(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("family", ["tiny-wan", "tiny-hunyuan"])
-def test_bf16_weights_train_with_float32_lora(tmp_path, family):
-    """The GPU default (precision "auto" on CUDA = "bf16"), run on the CPU: bf16 frozen weights
-    (diffusers' float32 modules kept), float32 LoRA and optimizer state, finite losses."""
+@pytest.mark.parametrize("family,precision", [("tiny-wan", "bf16-mixed"), ("tiny-hunyuan", "bf16-mixed"), ("tiny-wan", "bf16")])
+def test_bf16_weights_train_with_float32_lora(tmp_path, family, precision):
+    """The GPU default (precision "auto" on CUDA = "bf16-mixed") and "bf16", run on the CPU: bf16
+    frozen weights (diffusers' float32 modules kept), float32 LoRA and optimizer state, finite losses."""
     data = _data(tmp_path, family, n=2, shape=(16, 4, 16, 24))
-    trainer = LoRATrainer(_cfg(tmp_path, data, model=family, precision="bf16", max_steps=2, dense_layers=1))
+    trainer = LoRATrainer(_cfg(tmp_path, data, model=family, precision=precision, max_steps=2, dense_layers=1))
     result = trainer.train()
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert {p.dtype for p in trainer.params} == {torch.float32}
@@ -210,3 +211,43 @@ def test_bf16_weights_train_with_float32_lora(tmp_path, family):
     assert frozen == {torch.bfloat16}
     assert all(s["exp_avg"].dtype == torch.float32 for s in trainer.optimizer.state.values())
     assert get_radial_state(trainer.transformer).summary()["radial_calls"] > 0
+
+
+def test_precision_names():
+    from radial_attention.cli.train_cmd import PRECISION_CHOICES
+    from radial_attention.train.model import PRECISIONS, resolve_precision
+
+    assert PRECISION_CHOICES == PRECISIONS
+    cuda = resolve_precision("auto", torch.device("cuda"))
+    assert (cuda.weights, cuda.autocast) == (torch.bfloat16, torch.bfloat16)
+    assert resolve_precision("bf16", torch.device("cpu")).autocast is None
+
+
+def test_bf16_mixed_lora_inputs_stay_bf16_through_the_recompute(tmp_path, monkeypatch):
+    """Under bf16-mixed, peft's float32 copy of each LoRA input is skipped in the forward and in the
+    checkpointed recompute inside the backward, and the LoRA gradients are the same as with it."""
+    import radial_attention.train.trainer as trainer_mod
+
+    data = _data(tmp_path, "tiny-wan", n=2, shape=(16, 4, 16, 24))
+    trainer = LoRATrainer(_cfg(tmp_path, data, precision="bf16-mixed", dense_layers=1, gradient_checkpointing=True))
+    seen = []
+    lora_a = [m for n, m in trainer.transformer.named_modules() if n.endswith("lora_A.default")]
+    assert lora_a
+    handles = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype)) for m in lora_a]
+
+    loss_off, grads_off = trainer.gradients([0, 1])
+    dtypes_off, calls_off = set(seen), len(seen)
+    seen.clear()
+    # peft's default (input cast on), for comparison.
+    monkeypatch.setattr(trainer_mod, "lora_input_cast_off", lambda model, precision: contextlib.nullcontext())
+    loss_on, grads_on = trainer.gradients([0, 1])
+    for h in handles:
+        h.remove()
+
+    assert dtypes_off == {torch.bfloat16}
+    assert set(seen) == {torch.float32}
+    assert calls_off == 2 * len(lora_a)  # the forward and the checkpoint's recompute
+    assert loss_off == loss_on
+    assert grads_off.keys() == grads_on.keys()
+    for name in grads_off:
+        torch.testing.assert_close(grads_off[name], grads_on[name], rtol=0, atol=0, msg=name)

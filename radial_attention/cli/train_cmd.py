@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+# train.model.PRECISIONS, spelled out so that building the parser does not import torch (a test keeps them equal).
+PRECISION_CHOICES = ("auto", "fp32", "bf16-mixed", "bf16", "bf16-autocast")
+
 
 def _betas(text: str):
     try:
@@ -60,8 +63,9 @@ def register(sub) -> None:
     g.add_argument("--timestep-sampling", choices=("uniform", "logit_normal"), default="uniform")
     g.add_argument("--guidance", type=float, default=1.0, help="HunyuanVideo embedded guidance scale during training")
     g = p.add_argument_group("runtime")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "bf16-autocast"), default="auto",
-                   help="auto: bf16 weights + autocast on CUDA, fp32 on CPU")
+    g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="auto: bf16-mixed on CUDA (bf16 weights, bf16 autocast, float32 LoRA and AdamW), fp32 on CPU; "
+                        "bf16: no autocast, LoRA branch in float32 (more memory)")
     g.add_argument("--no-gradient-checkpointing", action="store_true")
     g.add_argument("--device", default=None, help="default: CUDA (cuda:LOCAL_RANK under torchrun) if available, else CPU")
     g.add_argument("--seed", type=int, default=0)

@@ -7,6 +7,7 @@ Supported: diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 from dataclasses import dataclass
@@ -218,21 +219,54 @@ class Precision:
         return self.autocast or self.weights
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
+PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16", "bf16-autocast")
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    """``fp32``: everything float32. ``bf16``: frozen weights in bf16 (diffusers' float32 modules
-    kept, as ``from_pretrained(dtype=bf16)`` does), inputs in bf16, no autocast: the model runs
-    exactly as the pipeline runs it at generation time; LoRA weights and AdamW in float32 (peft
-    computes the LoRA branch in its weights' dtype). ``bf16-autocast``: float32 weights under bf16
-    autocast. ``auto``: ``bf16`` on CUDA, ``fp32`` elsewhere."""
+    """The frozen weights' dtype and the autocast dtype of a precision name.
+
+    - ``fp32``: everything float32.
+    - ``bf16-mixed`` (``auto`` on CUDA): frozen weights in bf16 (diffusers' float32 modules kept,
+      as ``from_pretrained(dtype=bf16)`` does) under bf16 autocast; LoRA weights and AdamW state in
+      float32, the LoRA matmuls in bf16 like the frozen ones (see :func:`forward_context`). The
+      usual diffusers LoRA-training setup, and the least memory.
+    - ``bf16``: the same weights without autocast: the model runs exactly as the pipeline runs it
+      at generation time, and peft computes the LoRA branch in float32 (its input cast to float32:
+      a float32 copy of every adapted layer's input, which at long lengths costs tens of GB).
+    - ``bf16-autocast``: float32 weights under bf16 autocast.
+    - ``auto``: ``bf16-mixed`` on CUDA, ``fp32`` elsewhere.
+    """
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
     if name == "auto":
-        name = "bf16" if device.type == "cuda" else "fp32"
+        name = "bf16-mixed" if device.type == "cuda" else "fp32"
     if name == "fp32":
         return Precision(torch.float32, None)
+    if name == "bf16-mixed":
+        return Precision(torch.bfloat16, torch.bfloat16)
     if name == "bf16":
         return Precision(torch.bfloat16, None)
     return Precision(torch.float32, torch.bfloat16)
+
+
+def autocast_context(precision: Precision, device_type: str):
+    """The autocast a training forward runs under (none for ``fp32`` and ``bf16``)."""
+    if precision.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=precision.autocast)
+
+
+def lora_input_cast_off(model, precision: Precision):
+    """Under autocast, turn off peft's float32 cast of each LoRA layer's input, for a whole
+    forward *and backward* (gradient checkpointing recomputes the forward inside the backward).
+
+    The cast changes no result under autocast (autocast casts the float32 copy straight back to
+    bf16 for the matmul), but it allocates a float32 copy of every adapted layer's input: at
+    HunyuanVideo 4x length the single-stream ``proj_out`` input alone is [460k, 15360], a 28 GB
+    float32 copy. Without autocast (``bf16``) the cast is what makes the float32 LoRA weights
+    usable, so it stays on."""
+    if precision.autocast is None:
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)

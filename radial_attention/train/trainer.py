@@ -36,11 +36,13 @@ from . import data_parallel as dp
 from .data import LatentDataset, collate
 from .lora import add_lora, load_lora_into, lora_parameters, save_lora
 from .model import (
+    autocast_context,
     cast_like_from_pretrained,
     default_shift,
     family_of,
     latent_layout,
     load_transformer,
+    lora_input_cast_off,
     model_spec,
     resolve_precision,
     transformer_inputs,
@@ -77,7 +79,7 @@ class TrainConfig:
         shift (``None``: the model's scheduler config, else Wan 3.0 / HunyuanVideo 7.0),
         timestep_sampling (``uniform``/``logit_normal``), guidance (HunyuanVideo's embedded guidance).
     Runtime:
-        precision (``auto``: bf16 on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
+        precision (``auto``: ``bf16-mixed`` on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
         gradient_checkpointing, device (``None``: CUDA if available), seed, checkpoint_every,
         keep_checkpoints, resume (``None``, ``"latest"`` or a checkpoint folder), eval_every
         (a fixed-noise loss on the first ``eval_samples`` samples; 0 disables), progress (bar).
@@ -281,12 +283,7 @@ class LoRATrainer:
         module = self.model if module is None else module
         x_t, timestep, target, _ = self.objective.sample(batch["latents"], generators)
         kw = transformer_inputs(self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.precision.autocast)
-            if self.precision.autocast is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with autocast_context(self.precision, self.device.type), lora_input_cast_off(self.transformer, self.precision):
             pred = module(**kw)[0]
         return self.objective.loss(pred, target)
 
@@ -300,7 +297,8 @@ class LoRATrainer:
             last = micro == self.cfg.grad_accum - 1
             # Gradients are averaged across processes only on the last micro-batch.
             sync = self.model.no_sync() if (self.info.distributed and not last) else contextlib.nullcontext()
-            with sync:
+            # The LoRA input-cast setting spans the backward too: checkpointing recomputes forwards there.
+            with sync, lora_input_cast_off(self.transformer, self.precision):
                 loss = self._forward_loss(batch, gens)
                 (loss / self.cfg.grad_accum).backward()
             total += loss.detach()
@@ -334,8 +332,9 @@ class LoRATrainer:
         """
         self.optimizer.zero_grad(set_to_none=True)
         batch = {k: v.to(self.device) for k, v in collate([self.dataset[i] for i in indices]).items()}
-        loss = self._forward_loss(batch, [_sample_generator(self.cfg.seed, epoch, i) for i in indices], module=self.transformer)
-        loss.backward()
+        with lora_input_cast_off(self.transformer, self.precision):
+            loss = self._forward_loss(batch, [_sample_generator(self.cfg.seed, epoch, i) for i in indices], module=self.transformer)
+            loss.backward()
         loss = loss.detach()
         grads = {n: p.grad.detach().float().cpu().clone() for n, p in self.transformer.named_parameters() if p.requires_grad}
         self.optimizer.zero_grad(set_to_none=True)
