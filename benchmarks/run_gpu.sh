@@ -4,6 +4,8 @@
 #   bash benchmarks/run_gpu.sh attention flex      # kernels: attention benchmark + Flex GPU check
 #   bash benchmarks/run_gpu.sh attention-long      # Wan 1.3B 161f and HunyuanVideo 4x, Triton/Flex/dense only
 #   bash benchmarks/run_gpu.sh pipeline training   # whole transformer forwards, training steps
+#   bash benchmarks/run_gpu.sh triton-check training-wan     # kernel correctness; Wan training steps
+#   bash benchmarks/run_gpu.sh training-hunyuan sp-1gpu      # HunyuanVideo training; 1-GPU sequence-parallel baseline
 #
 # Writes everything under $OUT (the device tool's output folder) or ./gpu-results.
 # Missing Python packages (diffusers, peft, flashinfer) are installed from wheels in .whl/ when
@@ -13,6 +15,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# Fewer OOMs from fragmentation at the long training lengths (tens of GB per activation).
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 # NVLink multicast stays off on shared machines.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -45,7 +49,17 @@ for section in "$@"; do
         --impls triton flex --out "$OUT" ;;
     flex) run flex_check 150 python3 benchmarks/flex_check.py --out "$OUT" ;;
     pipeline) run pipeline 270 python3 benchmarks/pipeline.py --out "$OUT" ;;
-    training) run training 280 python3 benchmarks/training.py --lengths 1,4 --case-budget-s 10 --out "$OUT" ;;
+    training) run training 560 python3 benchmarks/training.py --case-budget-s 10 --out "$OUT" ;;
+    # The training benchmark in two device calls: Wan models, then HunyuanVideo added to the Wan
+    # results (copy the first call's training.json into benchmarks/results/ in between).
+    training-wan) run training_wan 450 python3 benchmarks/training.py --models wan1.3b,wan14b --case-budget-s 10 --out "$OUT" ;;
+    training-hunyuan)
+      cp benchmarks/results/training.json "$OUT/" 2>/dev/null
+      run training_hunyuan 420 python3 benchmarks/training.py --models hunyuan --case-budget-s 10 --append --out "$OUT" ;;
+    sp-1gpu)  # the single-GPU baseline of the sequence-parallel benchmark (the multi-GPU runs need an x2+ machine)
+      run sequence_parallel_1gpu 240 torchrun --standalone --nproc-per-node 1 benchmarks/sequence_parallel.py \
+        --out "$OUT/sequence_parallel_1gpu" ;;
+    triton-check) run triton_check 200 python3 benchmarks/triton_check.py --no-sweep --no-flashinfer --out "$OUT" ;;
     *) echo "unknown section $section"; status=1 ;;
   esac
 done

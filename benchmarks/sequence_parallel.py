@@ -422,8 +422,11 @@ def write_and_print(result, out_prefix: str) -> int:
     md = markdown(records, env)
     with open(out_prefix + ".md", "w") as f:
         f.write(md)
-    bad = [r for r in records if r["gpus"] > 1 and not r["match"]]
-    print(f"\nwrote {out_prefix}.json and {out_prefix}.md" + (f"; {len(bad)} MISMATCH(ES) with 1 GPU" if bad else "; every multi-GPU output matches 1 GPU"))
+    multi = [r for r in records if r["gpus"] > 1]
+    bad = [r for r in multi if not r["match"]]
+    verdict = ("; 1 GPU only: no multi-GPU output to check" if not multi
+               else f"; {len(bad)} MISMATCH(ES) with 1 GPU" if bad else "; every multi-GPU output matches 1 GPU")
+    print(f"\nwrote {out_prefix}.json and {out_prefix}.md" + verdict)
     print()
     print(md)
     return 1 if bad else 0
