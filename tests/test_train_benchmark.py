@@ -39,3 +39,32 @@ def test_training_benchmark_smoke(tmp_path, capsys):
     table = (tmp_path / "training.md").read_text()
     assert "| tiny HunyuanVideo (smoke) | 2x (13 frames) |" in table and "Smoke run" in table
     assert capsys.readouterr().out.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_training_summary", ROOT / "benchmarks" / "training.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _records(layers, full, dense_in_radial, overhead, dense, radial):
+    common = dict(model="m", model_name="M", length=4, video_frames=321, video="v", video_tokens=10, layers=layers,
+                  blocks_measured=layers, blocks_full=full, density=0.1, radial_dense_layers=dense_in_radial)
+    return [dict(common, variant=v, median_s=t) for v, t in (("overhead", overhead), ("dense", dense), ("radial", radial))]
+
+
+def test_full_depth_estimate():
+    bench = _load_bench()
+    # 2 all-radial blocks of a 40-block model: dense block 10 s, radial block 2 s, 1 s outside the blocks.
+    (row,) = bench.summarize(_records(2, 40, 0, 1.0, 21.0, 5.0))
+    assert row["full_dense_s"] == 1 + 40 * 10 and row["full_radial_s"] == 1 + 2 * 10 + 38 * 2
+    assert row["block_speedup"] == 5.0
+    # A full-depth run of the recipe (its first 2 blocks dense) is its own full-depth figure.
+    (row,) = bench.summarize(_records(30, 30, 2, 1.0, 301.0, 1.0 + 2 * 10 + 28 * 2))
+    assert row["full_dense_s"] == 301.0 and row["full_radial_s"] == 1 + 2 * 10 + 28 * 2
+    assert row["block_speedup"] == 5.0
+    assert "30 of 30 (2 dense in radial)" in bench.markdown([row], dict(device_name="d", dtype="bf16", torch="t", rank=8,
+                                                                          dense_sdpa="x", block_size=128, backend="b",
+                                                                          repeats=1, warmup=1))
