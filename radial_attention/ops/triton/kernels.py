@@ -112,6 +112,46 @@ def _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN: tl.constexpr):
 
 
 @triton.jit
+def _sub_tile_start(idx_row, it, BS: tl.constexpr, BLOCK: tl.constexpr):
+    """First row of sub-tile ``it`` of a block list walked in ``BLOCK``-row tiles (``BS // BLOCK`` per block)."""
+    SUB: tl.constexpr = BS // BLOCK
+    if SUB == 1:
+        return tl.load(idx_row + it) * BS
+    else:
+        return tl.load(idx_row + it // SUB) * BS + (it % SUB) * BLOCK
+
+
+@triton.jit
+def _q_tile_prologue(KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN, H, S, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+                     BS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_KEY_LEN: tl.constexpr):
+    """Where a query-tile program (forward, dQ) stands: ``(bh, b, h, m0, idx_row, kv_limit, n_full, has_tail)``.
+
+    ``m0``: the tile's first query row; ``idx_row``: its mask row's key-block list; ``n_full``,
+    ``has_tail``: that list split at ``kv_limit`` (``_split_row``). One helper so that the two
+    kernels cannot drift apart in how they pick and split their row.
+    """
+    SUB_M: tl.constexpr = BS // BLOCK_M
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    cnt_off = b * stride_cb + h * stride_ch
+    row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
+    m0 = row * BS + (pid % SUB_M) * BLOCK_M
+    count = tl.load(KV_CNT + cnt_off + row)
+    idx_row = KV_IDX + b * stride_ib + h * stride_ih + row * stride_ir
+    kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
+    n_full, has_tail = _split_row(idx_row, count, kv_limit, BS)
+    return bh, b, h, m0, idx_row, kv_limit, n_full, has_tail
+
+
+@triton.jit
+def _tail_stop(full_stop, kv_limit, BS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """End of the masked tail that starts at sub-tile ``full_stop``: only the sub-tiles holding valid keys."""
+    return full_stop + tl.cdiv(kv_limit - (kv_limit // BS) * BS, BLOCK_N)
+
+
+@triton.jit
 def _mma(a, b, acc, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
     """``a @ b (+ acc)`` with float32 accumulation."""
     if INTERPRET:
@@ -129,11 +169,7 @@ def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, strid
               MASKED: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
               INTERPRET: tl.constexpr):
     """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list."""
-    SUB_N: tl.constexpr = BS // BLOCK_N
-    if SUB_N == 1:
-        n0 = tl.load(idx_row + it) * BS
-    else:
-        n0 = tl.load(idx_row + it // SUB_N) * BS + (it % SUB_N) * BLOCK_N
+    n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
     k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
     v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
     qk = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
@@ -193,19 +229,9 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
                 DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
                 INTERPRET: tl.constexpr):
     """One program: query rows ``m0 .. m0 + BLOCK_M`` of head ``(b, h)``. Writes O and LSE (base 2)."""
-    SUB_M: tl.constexpr = BS // BLOCK_M
-    SUB_N: tl.constexpr = BS // BLOCK_N
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    cnt_off = b * stride_cb + h * stride_ch
-    row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
-    m0 = row * BS + (pid % SUB_M) * BLOCK_M
-    count = tl.load(KV_CNT + cnt_off + row)
-    idx_row = KV_IDX + b * stride_ib + h * stride_ih + row * stride_ir
-    kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
-    n_full, has_tail = _split_row(idx_row, count, kv_limit, BS)
+    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
+        KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN, H, S, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+        BS, BLOCK_M, HAS_KEY_LEN)
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
     k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
@@ -215,15 +241,16 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, 0, n_full * SUB_N, kv_limit,
+    # Key sub-tiles before the masked tail. Computed here, not in the prologue, so that the PTX stays
+    # the same instruction for instruction as before the prologue was shared.
+    full_stop = n_full * (BS // BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, 0, full_stop, kv_limit,
                                stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, NEG_SCALE, USE_TMA,
                                DOT_PREC, INTERPRET)
     if has_tail:
-        start = n_full * SUB_N
-        n_sub = tl.cdiv(kv_limit - (kv_limit // BS) * BS, BLOCK_N)  # sub-tiles holding valid keys
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, start + n_sub, kv_limit,
-                                   stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, True, NEG_SCALE, USE_TMA,
-                                   DOT_PREC, INTERPRET)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, full_stop,
+                                   _tail_stop(full_stop, kv_limit, BS, BLOCK_N), kv_limit, stride_ks, stride_vs,
+                                   qk_scale, BS, BLOCK_M, BLOCK_N, D, True, NEG_SCALE, USE_TMA, DOT_PREC, INTERPRET)
 
     # A row that saw no key has l == 0 and acc == 0: output 0, lse +inf (so the backward's p is 0).
     has_key = l_i > 0.0
@@ -260,11 +287,7 @@ def _bwd_delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_os, stride_db, 
 def _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs, qk_scale,
              BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
              MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
-    SUB_N: tl.constexpr = BS // BLOCK_N
-    if SUB_N == 1:
-        n0 = tl.load(idx_row + it) * BS
-    else:
-        n0 = tl.load(idx_row + it // SUB_N) * BS + (it % SUB_N) * BLOCK_N
+    n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
     k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
     v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
     s = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
@@ -305,21 +328,11 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_L
                    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                    HAS_KEY_LEN: tl.constexpr, USE_TMA: tl.constexpr,
                    DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                INTERPRET: tl.constexpr):
+                   INTERPRET: tl.constexpr):
     """One program: dQ of query rows ``m0 .. m0 + BLOCK_M``, walking the row's key blocks like the forward."""
-    SUB_M: tl.constexpr = BS // BLOCK_M
-    SUB_N: tl.constexpr = BS // BLOCK_N
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    cnt_off = b * stride_cb + h * stride_ch
-    row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
-    m0 = row * BS + (pid % SUB_M) * BLOCK_M
-    count = tl.load(KV_CNT + cnt_off + row)
-    idx_row = KV_IDX + b * stride_ib + h * stride_ih + row * stride_ir
-    kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
-    n_full, has_tail = _split_row(idx_row, count, kv_limit, BS)
+    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
+        KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN, H, S, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+        BS, BLOCK_M, HAS_KEY_LEN)
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
     do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
@@ -332,13 +345,13 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_L
     delta = tl.load(DELTA + bh.to(tl.int64) * S_PAD + offs_m)
 
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, 0, n_full * SUB_N, kv_limit,
+    full_stop = n_full * (BS // BLOCK_N)  # key sub-tiles before the masked tail
+    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, 0, full_stop, kv_limit,
                    stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, USE_TMA, DOT_PREC, INTERPRET)
     if has_tail:
-        start = n_full * SUB_N
-        n_sub = tl.cdiv(kv_limit - (kv_limit // BS) * BS, BLOCK_N)
-        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, start, start + n_sub, kv_limit,
-                       stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, True, USE_TMA, DOT_PREC, INTERPRET)
+        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, full_stop,
+                       _tail_stop(full_stop, kv_limit, BS, BLOCK_N), kv_limit, stride_ks, stride_vs, qk_scale,
+                       BS, BLOCK_M, BLOCK_N, D, True, USE_TMA, DOT_PREC, INTERPRET)
     dq_dst = _slice_src(DQ, b, h, stride_dqb, stride_dqh, USE_TMA)
     _store_tile(dq_dst, b, h, m0, stride_dqs, S, (dq * ds_scale).to(OUT_DTYPE), BLOCK_M, D, USE_TMA)
 
@@ -348,11 +361,7 @@ def _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h,
                stride_qs, stride_dos, qk_scale,
                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
-    SUB_M: tl.constexpr = BS // BLOCK_M
-    if SUB_M == 1:
-        m0 = tl.load(idx_row + it) * BS
-    else:
-        m0 = tl.load(idx_row + it // SUB_M) * BS + (it % SUB_M) * BLOCK_M
+    m0 = _sub_tile_start(idx_row, it, BS, BLOCK_M)
     q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, MASK_Q)
     do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, MASK_Q)
     offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -401,7 +410,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, Q_IDX, Q_CNT, COL_ORDER, K
                      BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                      HAS_KEY_LEN: tl.constexpr, USE_TMA: tl.constexpr,
                      DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                INTERPRET: tl.constexpr):
+                     INTERPRET: tl.constexpr):
     """One program: dK, dV of key rows ``n0 .. n0 + BLOCK_N``, walking the query blocks that see them."""
     SUB_M: tl.constexpr = BS // BLOCK_M
     SUB_N: tl.constexpr = BS // BLOCK_N
