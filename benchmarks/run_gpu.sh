@@ -6,6 +6,7 @@
 #   bash benchmarks/run_gpu.sh pipeline training   # whole transformer forwards, training steps
 #   bash benchmarks/run_gpu.sh triton-check training-wan     # kernel correctness; Wan training steps
 #   bash benchmarks/run_gpu.sh training-hunyuan sp-1gpu      # HunyuanVideo training; 1-GPU sequence-parallel baseline
+#   bash benchmarks/run_gpu.sh triton-check attention-quick  # after a kernel change: correctness, then speed
 #
 # Writes everything under $OUT (the device tool's output folder) or ./gpu-results.
 # Missing Python packages (diffusers, peft, flashinfer) are installed from wheels in .whl/ when
@@ -47,6 +48,9 @@ for section in "$@"; do
     attention-long)  # the cases the first kernel runs left out, without FlashInfer's minutes of JIT build
       run attention_long 300 python3 benchmarks/attention.py --cases wan1.3b-480p-161f hunyuan-720p-4x \
         --impls triton flex --out "$OUT" ;;
+    attention-quick)  # a kernel regression check after a change: two real cases, Triton and Flex beside cuDNN
+      run attention_quick 240 python3 benchmarks/attention.py --cases wan14b-720p-81f hunyuan-768p-117f \
+        --impls triton flex --dense cudnn --out "$OUT/attention-quick" ;;
     flex) run flex_check 150 python3 benchmarks/flex_check.py --out "$OUT" ;;
     pipeline) run pipeline 270 python3 benchmarks/pipeline.py --out "$OUT" ;;
     training) run training 560 python3 benchmarks/training.py --case-budget-s 10 --out "$OUT" ;;
