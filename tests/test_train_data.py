@@ -242,3 +242,18 @@ def test_sampling_per_item_generators_and_range():
         FlowMatching(sampling="cosine")
     with pytest.raises(ValueError, match="expected one generator per batch item"):
         fm.sample(x0, [g(1)])
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "logit_normal"])
+def test_sigma_range_is_the_distribution_restricted_to_the_range(sampling):
+    """One Wan2.2 A14B expert's noise levels: the same distribution, conditioned on the range."""
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    full = FlowMatching(shift=12.0, sampling=sampling).sample_sigmas(200_000, g(0))
+    for lo, hi in ((0.875, 1.0), (0.0, 0.875), (0.3, 0.5)):
+        part = FlowMatching(shift=12.0, sampling=sampling, sigma_range=(lo, hi)).sample_sigmas(50_000, g(1))
+        assert part.min() >= lo and part.max() <= hi
+        conditional = full[(full >= lo) & (full <= hi)]
+        for q in (0.1, 0.5, 0.9):  # quantiles of the restricted draw = those of the conditioned full draw
+            assert abs(torch.quantile(part, q) - torch.quantile(conditional, q)) < 0.01, (lo, hi, q)
+    with pytest.raises(ValueError, match=r"sigma_range must be \(lo, hi\) with 0 <= lo < hi <= 1, got \(0.9, 0.5\)"):
+        FlowMatching(sigma_range=(0.9, 0.5))

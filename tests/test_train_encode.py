@@ -136,3 +136,22 @@ def test_encode_hunyuan(tmp_path):
     torch.testing.assert_close(item["pooled_prompt_embeds"], pooled[0])
     assert torch.equal(item["prompt_attention_mask"], mask[0].long())
     torch.testing.assert_close(item["latents"], z[0] * pipe.vae.config.scaling_factor, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_and_train_wan22_ti2v(tmp_path, capsys):
+    """Wan2.2 TI2V-5B: its 48-channel VAE (16x spatial) through encode, then train-lora, then the
+    LoRA loads into a fresh TI2V pipeline."""
+    tiny.tiny_wan_pipeline("ti2v", num_layers=3, seed=0).save_pretrained(str(tmp_path / "pipe"))
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    _write_video(vids / "clip0.mp4", seed=0)
+    (vids / "clip0.txt").write_text("a red cat walks on the beach")
+    assert main(["encode", "--model", str(tmp_path / "pipe"), "--videos", str(vids), "--output", str(tmp_path / "data"),
+                 "--height", "64", "--width", "96", "--max-sequence-length", "16", "--frames", "9", "--no-progress"]) == 0
+    assert "encode: 1 samples (wan, latents [48, 3, 4, 6])" in capsys.readouterr().out
+    assert main(["train-lora", "--model", str(tmp_path / "pipe"), "--data", str(tmp_path / "data"), "--output",
+                 str(tmp_path / "run"), "--block-size", "64", "--rank", "4", "--max-steps", "1", "--checkpoint-every", "0",
+                 "--no-progress"]) == 0
+    fresh = tiny.tiny_wan_pipeline("ti2v", num_layers=3, seed=0)
+    fresh.load_lora_weights(str(tmp_path / "run"))
+    assert any("lora_A" in n for n, _ in fresh.transformer.named_parameters())

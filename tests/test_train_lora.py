@@ -122,6 +122,83 @@ def test_saved_lora_loads_into_fresh_pipeline_and_reproduces_output(tmp_path):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_wan22_a14b_low_noise_expert(tmp_path, capsys):
+    """Wan2.2 A14B: train the low-noise expert (``transformer_2``) of a saved pipeline on its own
+    noise levels (below boundary_ratio * 1000); the LoRA loads into a fresh pipeline's
+    ``transformer_2`` (``load_into_transformer_2=True``) and reproduces the trained expert."""
+    from radial_attention.train.model import expert_timestep_range
+
+    folder = tmp_path / "a14b"
+    tiny.tiny_wan_pipeline("a14b", num_layers=3, seed=0).save_pretrained(str(folder))
+    t2v = tmp_path / "t2v"
+    tiny.tiny_wan_pipeline("t2v", num_layers=2, seed=0).save_pretrained(str(t2v))
+    assert expert_timestep_range(str(folder), "transformer") == (875.0, 1000.0)
+    assert expert_timestep_range(str(folder), "transformer_2") == (0.0, 875.0)
+    assert expert_timestep_range(str(t2v)) is None and expert_timestep_range("tiny-wan") is None
+
+    data = _data(tmp_path, n=2)
+    trainer = LoRATrainer(_cfg(tmp_path, data, model=str(folder), transformer_subfolder="transformer_2", max_steps=3))
+    assert trainer.timestep_range == (0.0, 875.0) and trainer.objective.sigma_range == (0.0, 0.875)
+    seen = []
+    hook = trainer.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["timestep"].clone()), with_kwargs=True)
+    result = trainer.train()
+    hook.remove()
+    assert seen and all(float(t.max()) <= 875.0 for t in seen)
+    trained = trainer.transformer.eval()
+
+    pipe = tiny.tiny_wan_pipeline("a14b", num_layers=3, seed=0)
+    pipe.load_lora_weights(str(result.output_dir), load_into_transformer_2=True)
+    apply_radial_attention(pipe, dense_layers=2, block_size=64)
+    kwargs = tiny.wan_inputs(trained, 8, 16, 24, text_len=16, timestep=300.0, seed=5)
+    with torch.no_grad():
+        ours = trained(**kwargs)[0]
+        loaded = pipe.transformer_2(**kwargs)[0]
+        pipe.transformer_2.disable_lora()
+        base = pipe.transformer_2(**kwargs)[0]
+    torch.testing.assert_close(loaded, ours, atol=1e-5, rtol=1e-5)
+    assert (ours - base).abs().max() > 1e-3
+    assert not any("lora" in n for n, _ in pipe.transformer.named_parameters())  # the high-noise expert is untouched
+
+    with pytest.raises(ValueError, match="timestep_range must be \\(lo, hi\\) with 0 <= lo < hi <= 1000, got \\(900, 100\\)"):
+        _cfg(tmp_path, data, timestep_range=(900, 100))
+    with pytest.raises(FileNotFoundError, match="has no 'transformer_2' component"):
+        LoRATrainer(_cfg(tmp_path, data, model=str(t2v), transformer_subfolder="transformer_2"))
+
+    # The CLI: an explicit range overrides the expert's own; it says how to load the LoRA.
+    from radial_attention.cli.main import main
+
+    capsys.readouterr()
+    args = ["train-lora", "--model", str(folder), "--data", str(data), "--output", str(tmp_path / "cli"), "--block-size", "64",
+            "--rank", "4", "--max-steps", "1", "--checkpoint-every", "0", "--no-progress", "--transformer-subfolder", "transformer_2"]
+    assert main(args + ["--timestep-range", "100,400"]) == 0
+    printed = capsys.readouterr().out
+    assert "timesteps 100-400" in printed and "load_into_transformer_2=True" in printed
+    with pytest.raises(SystemExit):
+        main(args + ["--timestep-range", "400"])
+    assert "expected two comma-separated timesteps like 875,1000, got '400'" in capsys.readouterr().err
+
+
+def test_wan22_ti2v_5b_trains_text_to_video(tmp_path):
+    """Wan2.2 TI2V-5B (48 latent channels) trains like Wan2.1 T2V. Its pipeline passes per-token
+    timesteps [B, S]; in text-to-video they are all equal, and the transformer then gives the same
+    output as with the scalar timestep [B] the trainer passes."""
+    transformer = tiny.tiny_wan_transformer("ti2v", num_layers=3, seed=0)
+    kwargs = tiny.wan_inputs(transformer, 4, 8, 12, text_len=16, timestep=700.0, seed=1)
+    tokens = 4 * (8 // 2) * (12 // 2)
+    with torch.no_grad():
+        scalar = transformer(**kwargs)[0]
+        per_token = transformer(**dict(kwargs, timestep=kwargs["timestep"][:, None].expand(-1, tokens)))[0]
+    torch.testing.assert_close(scalar, per_token, atol=1e-5, rtol=1e-5)
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, model_spec(transformer), num_samples=2, latent_shape=(48, 8, 16, 24), text_len=16, seed=3)
+    trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=8), transformer=transformer)
+    assert trainer.radial_density() <= 0.6
+    before = trainer.evaluate()
+    trainer.train()
+    assert trainer.evaluate() < before
+
+
 # ------------------------------------------------------------------------------ resume
 def test_resume_continues_the_same_run_exactly(tmp_path):
     data = _data(tmp_path, n=3)  # 3 samples, 2 micro-batches per step: steps straddle epochs

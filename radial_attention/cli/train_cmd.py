@@ -20,6 +20,14 @@ def _betas(text: str):
     return (a, b)
 
 
+def _range(text: str):
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated timesteps like 875,1000, got {text!r}") from None
+    return (lo, hi)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "train-lora",
@@ -36,6 +44,9 @@ def register(sub) -> None:
     g.add_argument("--model", required=True, help="diffusers pipeline folder or Hub id, transformer folder, or tiny-wan / tiny-hunyuan")
     g.add_argument("--data", required=True, help="training data folder (docs/training-data.md; made by `radial-attention encode`)")
     g.add_argument("--output", required=True, help="output folder")
+    g.add_argument("--transformer-subfolder", choices=("transformer", "transformer_2"), default="transformer",
+                   help="pipeline component to train (Wan2.2 A14B: transformer = high-noise expert, transformer_2 = "
+                        "low-noise expert; load its LoRA with pipe.load_lora_weights(OUTPUT, load_into_transformer_2=True))")
     g = p.add_argument_group("LoRA")
     g.add_argument("--rank", type=int, default=128, help="LoRA rank (default 128)")
     g.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, i.e. scale 1)")
@@ -62,6 +73,9 @@ def register(sub) -> None:
     g.add_argument("--shift", type=float, default=None, help="flow shift (default: the model's scheduler config; Wan 3, HunyuanVideo 7)")
     g.add_argument("--timestep-sampling", choices=("uniform", "logit_normal"), default="uniform")
     g.add_argument("--guidance", type=float, default=1.0, help="HunyuanVideo embedded guidance scale during training")
+    g.add_argument("--timestep-range", type=_range, default=None, metavar="LO,HI",
+                   help="train only on timesteps in [LO, HI] of 0-1000 (default: a Wan2.2 A14B expert's own range "
+                        "from the pipeline's boundary_ratio, else all)")
     g = p.add_argument_group("runtime")
     g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="auto: bf16-mixed on CUDA (bf16 weights, bf16 autocast, float32 LoRA and AdamW), fp32 on CPU; "
@@ -109,6 +123,8 @@ def run(args) -> int:
         shift=args.shift,
         timestep_sampling=args.timestep_sampling,
         guidance=args.guidance,
+        timestep_range=args.timestep_range,
+        transformer_subfolder=args.transformer_subfolder,
         precision=args.precision,
         gradient_checkpointing=not args.no_gradient_checkpointing,
         device=args.device,
@@ -132,12 +148,15 @@ def run(args) -> int:
                 f"{trainer.info.world_size} process(es) on {trainer.device}, LoRA rank {cfg.rank}, "
                 f"attention {cfg.attention}"
                 + (f" (mask density {dens:.3f} on the first sample's layout, first {cfg.dense_layers} blocks dense)" if dens is not None else "")
+                + (f", timesteps {trainer.timestep_range[0]:g}-{trainer.timestep_range[1]:g}" if trainer.timestep_range else "")
                 + (f", resuming at step {trainer.step_count}" if trainer.step_count else "")
             )
         result = trainer.train()
         if trainer.info.is_main:
             last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
             print(f"train-lora: {result.steps} steps{last}; LoRA written to {result.lora_path}")
+            if cfg.transformer_subfolder == "transformer_2":
+                print(f"train-lora: load it with pipe.load_lora_weights({str(result.output_dir)!r}, load_into_transformer_2=True)")
     finally:
         dp.teardown(trainer.info)
     return 0

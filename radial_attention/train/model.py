@@ -1,8 +1,8 @@
 """Which transformer is being trained: loading it, what data it takes, how to call it, where the
 LoRA goes, and which pipeline class writes and reads its LoRA files.
 
-Supported: diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B) and
-``HunyuanVideoTransformer3DModel`` (HunyuanVideo T2V).
+Supported: diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B, Wan2.2 TI2V-5B as
+text-to-video, either expert of Wan2.2 A14B) and ``HunyuanVideoTransformer3DModel`` (HunyuanVideo T2V).
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import contextlib
 import json
 import pathlib
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
 from .data import POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
+from .objective import NUM_TRAIN_TIMESTEPS
 
 # The built-in tiny models (random weights, no download) that `--model` accepts by name.
 TINY_MODELS = ("tiny-wan", "tiny-hunyuan")
@@ -100,15 +101,17 @@ def dtype_kwarg(dtype: torch.dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
 
 
-def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: int = 0):
+def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: int = 0, subfolder: str = "transformer"):
     """Load the transformer to train.
 
     Args:
         model: a built-in tiny model name (``tiny-wan``, ``tiny-hunyuan``: random weights from
-            ``seed``), a local diffusers pipeline folder (has ``model_index.json``; the
-            ``transformer`` subfolder is used), a local transformer folder (has ``config.json``),
-            or a Hugging Face Hub pipeline id.
+            ``seed``), a local diffusers pipeline folder (has ``model_index.json``; its
+            ``subfolder`` is used), a local transformer folder (has ``config.json``), or a Hugging
+            Face Hub pipeline id.
         dtype: parameter dtype.
+        subfolder: the pipeline's transformer component: ``transformer``, or ``transformer_2``
+            for the low-noise expert of Wan2.2 A14B.
 
     Raises:
         FileNotFoundError: a local path that is neither kind of folder.
@@ -128,7 +131,8 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
     path = pathlib.Path(model)
     if path.exists():
         if (path / "model_index.json").is_file():
-            path, subfolder = path, "transformer"
+            if not (path / subfolder / "config.json").is_file():
+                raise FileNotFoundError(f"{str(path)!r} has no {subfolder!r} component (no {subfolder}/config.json)")
         elif (path / "config.json").is_file():
             subfolder = None
         else:
@@ -143,11 +147,35 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
             raise TypeError(f"{cfg_path}: unknown transformer class {cls_name!r}")
         return cls.from_pretrained(str(path), subfolder=subfolder, **dtype_kwarg(dtype))
     # A Hub id: read the class from the repo's transformer config.
-    cfg = diffusers.ModelMixin.load_config(model, subfolder="transformer")
+    cfg = diffusers.ModelMixin.load_config(model, subfolder=subfolder)
     cls = getattr(diffusers, cfg.get("_class_name", ""), None)
     if cls is None:
         raise TypeError(f"{model}: unknown transformer class {cfg.get('_class_name')!r}")
-    return cls.from_pretrained(model, subfolder="transformer", **dtype_kwarg(dtype))
+    return cls.from_pretrained(model, subfolder=subfolder, **dtype_kwarg(dtype))
+
+
+def expert_timestep_range(model: str, subfolder: str = "transformer") -> Optional[Tuple[float, float]]:
+    """The timesteps (0-1000) a Wan2.2 A14B expert denoises in its pipeline, or ``None`` for a
+    pipeline with one transformer. The pipeline runs ``transformer`` while ``t >= boundary``
+    (high noise) and ``transformer_2`` below, with ``boundary = boundary_ratio * 1000`` from
+    ``model_index.json``."""
+    if model in TINY_MODELS:
+        return None
+    path = pathlib.Path(model)
+    if path.exists():
+        index = path / "model_index.json"
+        if not index.is_file():
+            return None  # a bare transformer folder: no pipeline, no boundary
+        cfg = json.loads(index.read_text())
+    else:
+        import diffusers
+
+        cfg = diffusers.DiffusionPipeline.load_config(model)
+    ratio = cfg.get("boundary_ratio")
+    if not isinstance(ratio, (int, float)) or not cfg.get("transformer_2") or cfg.get("transformer_2") == [None, None]:
+        return None
+    boundary = float(ratio) * NUM_TRAIN_TIMESTEPS
+    return (boundary, float(NUM_TRAIN_TIMESTEPS)) if subfolder == "transformer" else (0.0, boundary)
 
 
 def cast_like_from_pretrained(model, dtype: torch.dtype):

@@ -14,6 +14,7 @@ velocity, so a model trained here drops into the unchanged pipeline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
@@ -36,22 +37,41 @@ class FlowMatching:
         shift: the pipeline's flow shift (Wan2.1 480p: 3.0, 720p: 5.0; HunyuanVideo: 7.0).
         sampling: ``"uniform"`` (u ~ U(0, 1)) or ``"logit_normal"`` (u = sigmoid(N(mean, std))).
         logit_mean, logit_std: parameters of the logit-normal sampling.
+        sigma_range: ``(lo, hi)``: only noise levels in ``[lo, hi]`` (timesteps ``1000 * lo`` to
+            ``1000 * hi``), drawn from the same distribution restricted to that range: what one
+            expert of Wan2.2 A14B sees (the pipeline switches experts at ``boundary_ratio``).
+            ``None``: the whole range.
     """
 
     shift: float = 3.0
     sampling: str = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    sigma_range: Optional[Tuple[float, float]] = None
 
     def __post_init__(self):
         if not (self.shift > 0):
             raise ValueError(f"shift must be > 0, got {self.shift!r}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"timestep sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.sigma_range is not None:
+            lo, hi = (float(x) for x in self.sigma_range)
+            if not (0.0 <= lo < hi <= 1.0):
+                raise ValueError(f"sigma_range must be (lo, hi) with 0 <= lo < hi <= 1, got {self.sigma_range!r}")
+            object.__setattr__(self, "sigma_range", (lo, hi))  # frozen dataclass
+
+    def _u_range(self) -> Tuple[float, float]:
+        """The range of the unshifted draw ``u`` whose shifted sigma falls in ``sigma_range``
+        (the shift is increasing in ``u``; its inverse is ``sigma / (shift - (shift - 1) * sigma)``)."""
+        lo, hi = self.sigma_range
+        inverse = lambda s: s / (self.shift - (self.shift - 1.0) * s)  # noqa: E731
+        return inverse(lo), inverse(hi)
 
     def sample_sigmas(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``[batch]`` float32 noise levels in (0, 1), drawn on the generator's device (CPU by default)."""
         device = generator.device if generator is not None else "cpu"
+        if self.sigma_range is not None:
+            return shift_sigmas(self._sample_u_in_range(batch, generator, device), self.shift)
         if self.sampling == "uniform":
             u = torch.rand(batch, generator=generator, device=device, dtype=torch.float32)
         else:
@@ -60,6 +80,29 @@ class FlowMatching:
         # Keep inside [1/1000, 1], the range of the schedulers' training sigmas.
         u = u.clamp(1.0 / NUM_TRAIN_TIMESTEPS, 1.0)
         return shift_sigmas(u, self.shift)
+
+    def _sample_u_in_range(self, batch: int, generator, device) -> torch.Tensor:
+        """``u`` from the sampling distribution restricted to :meth:`_u_range` (inverse-CDF
+        sampling: one uniform draw per item, nothing rejected)."""
+        u_lo, u_hi = self._u_range()
+        r = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+        if self.sampling == "uniform":
+            u = u_lo + (u_hi - u_lo) * r
+        else:  # logit-normal: a normal truncated to the logits of the range
+            normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+
+            def cdf(x: float) -> torch.Tensor:
+                if x <= 0.0:
+                    return torch.tensor(0.0, dtype=torch.float64)
+                if x >= 1.0:
+                    return torch.tensor(1.0, dtype=torch.float64)
+                return normal.cdf(torch.tensor((math.log(x / (1.0 - x)) - self.logit_mean) / self.logit_std, dtype=torch.float64))
+
+            a, b = cdf(u_lo), cdf(u_hi)
+            z = torch.special.ndtri((a + (b - a) * r).clamp(1e-300, 1.0 - 1e-16))
+            u = torch.sigmoid(self.logit_mean + self.logit_std * z)
+        # The same floor as the unrestricted draw (a clamp, not a narrower range: same distribution).
+        return u.clamp(max(u_lo, 1.0 / NUM_TRAIN_TIMESTEPS), u_hi).to(torch.float32)
 
     def sample(
         self, x0: torch.Tensor, generators: Union[None, torch.Generator, Sequence[torch.Generator]] = None

@@ -39,6 +39,7 @@ from .model import (
     autocast_context,
     cast_like_from_pretrained,
     default_shift,
+    expert_timestep_range,
     family_of,
     latent_layout,
     load_transformer,
@@ -53,7 +54,9 @@ ATTENTIONS = ("radial", "dense")
 LR_SCHEDULES = ("constant", "cosine")
 # Settings that must not change between a run and its resumption (they change the data order,
 # the random draws or the adapter's shape).
-_RESUME_MUST_MATCH = ("rank", "train_ff", "batch_size", "grad_accum", "seed", "world_size", "timestep_sampling")
+_RESUME_MUST_MATCH = ("rank", "train_ff", "batch_size", "grad_accum", "seed", "world_size", "timestep_sampling",
+                      "transformer_subfolder", "timestep_range")
+_SETTING_DEFAULTS = {"transformer_subfolder": "transformer", "timestep_range": None}
 
 
 @dataclass
@@ -62,6 +65,8 @@ class TrainConfig:
 
     Model and data:
         model: pipeline folder, transformer folder, Hub id, or ``tiny-wan`` / ``tiny-hunyuan``.
+        transformer_subfolder: the pipeline component to train (``transformer``; ``transformer_2``:
+            Wan2.2 A14B's low-noise expert).
         data: folder in the format of ``docs/training-data.md`` (``radial-attention encode``).
         output_dir: where the LoRA, checkpoints and ``loss.jsonl`` go.
     LoRA:
@@ -77,7 +82,9 @@ class TrainConfig:
         (``constant``/``cosine``); max_grad_norm (0 disables clipping).
     Objective:
         shift (``None``: the model's scheduler config, else Wan 3.0 / HunyuanVideo 7.0),
-        timestep_sampling (``uniform``/``logit_normal``), guidance (HunyuanVideo's embedded guidance).
+        timestep_sampling (``uniform``/``logit_normal``), guidance (HunyuanVideo's embedded guidance),
+        timestep_range (``(lo, hi)`` in 0-1000: only noise levels in it; ``None``: for one expert
+        of a Wan2.2 A14B pipeline the expert's own range from ``boundary_ratio``, else all).
     Runtime:
         precision (``auto``: ``bf16-mixed`` on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
         gradient_checkpointing, device (``None``: CUDA if available), seed, checkpoint_every,
@@ -111,6 +118,8 @@ class TrainConfig:
     shift: Optional[float] = None
     timestep_sampling: str = "uniform"
     guidance: float = 1.0
+    timestep_range: Optional[Tuple[float, float]] = None
+    transformer_subfolder: str = "transformer"
     precision: str = "auto"
     gradient_checkpointing: bool = True
     device: Optional[str] = None
@@ -138,6 +147,13 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         self.adam_betas = tuple(self.adam_betas)
+        if self.timestep_range is not None:
+            lo, hi = (float(x) for x in self.timestep_range)
+            if not (0.0 <= lo < hi <= 1000.0):
+                raise ValueError(f"timestep_range must be (lo, hi) with 0 <= lo < hi <= 1000, got {self.timestep_range!r}")
+            self.timestep_range = (lo, hi)
+        if self.transformer_subfolder not in ("transformer", "transformer_2"):
+            raise ValueError(f"transformer_subfolder must be 'transformer' or 'transformer_2', got {self.transformer_subfolder!r}")
 
 
 @dataclass
@@ -181,7 +197,8 @@ class LoRATrainer:
         self.device = self.info.device
         self.precision = resolve_precision(cfg.precision, self.device)
         if transformer is None:
-            transformer = load_transformer(cfg.model, dtype=self.precision.weights, seed=cfg.seed)
+            transformer = load_transformer(cfg.model, dtype=self.precision.weights, seed=cfg.seed,
+                                           subfolder=cfg.transformer_subfolder)
         elif transformer.dtype != self.precision.weights:
             transformer = cast_like_from_pretrained(transformer, self.precision.weights)
         self.family = family_of(transformer)
@@ -190,7 +207,10 @@ class LoRATrainer:
         # Data first: bad data fails here, before anything expensive happens.
         self.dataset = LatentDataset(cfg.data, self.spec, batch_size=cfg.batch_size, world_size=self.info.world_size)
         self.shift = default_shift(cfg.model, self.family) if cfg.shift is None else float(cfg.shift)
-        self.objective = FlowMatching(shift=self.shift, sampling=cfg.timestep_sampling)
+        # One Wan2.2 A14B expert learns only the noise levels its pipeline gives it.
+        self.timestep_range = cfg.timestep_range or expert_timestep_range(cfg.model, cfg.transformer_subfolder)
+        sigma_range = None if self.timestep_range is None else tuple(t / 1000.0 for t in self.timestep_range)
+        self.objective = FlowMatching(shift=self.shift, sampling=cfg.timestep_sampling, sigma_range=sigma_range)
 
         self.lora_config = add_lora(
             transformer, self.family, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
@@ -234,7 +254,8 @@ class LoRATrainer:
 
     def settings(self) -> dict:
         d = dataclasses.asdict(self.cfg)
-        d.update(world_size=self.info.world_size, family=self.family, shift=self.shift)
+        d.update(world_size=self.info.world_size, family=self.family, shift=self.shift,
+                 timestep_range=None if self.timestep_range is None else list(self.timestep_range))
         return d
 
     def radial_density(self) -> Optional[float]:
@@ -378,6 +399,8 @@ class LoRATrainer:
     def _load_checkpoint(self, path: pathlib.Path) -> None:
         state = ckpt.read_state(path)
         saved, now = state["settings"], self.settings()
+        # Checkpoints written before a setting existed hold its default.
+        saved = {**_SETTING_DEFAULTS, **saved}
         diff = {k: (saved.get(k), now[k]) for k in _RESUME_MUST_MATCH if saved.get(k) != now[k]}
         if diff:
             raise ValueError(
