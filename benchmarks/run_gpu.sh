@@ -63,6 +63,8 @@ for section in "$@"; do
     training-full)  # Wan2.1-1.3B at full depth (30 blocks, the recipe's first 2 dense): checks the per-block estimate
       run training_full_depth 300 python3 benchmarks/training.py --models wan1.3b --layers 30 --radial-dense-layers 2 \
         --case-budget-s 10 --out "$OUT/training-full-depth" ;;
+    train-cli)  # the real train-lora CLI on the GPU: radial run, exact resume, dense baseline
+      run train_cli_check 300 python3 benchmarks/train_cli_check.py --out "$OUT/train-cli" ;;
     sp-1gpu)  # the single-GPU baseline of the sequence-parallel benchmark (the multi-GPU runs need an x2+ machine)
       run sequence_parallel_1gpu 240 torchrun --standalone --nproc-per-node 1 benchmarks/sequence_parallel.py \
         --out "$OUT/sequence_parallel_1gpu" ;;
