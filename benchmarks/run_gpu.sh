@@ -64,7 +64,7 @@ for section in "$@"; do
       run training_full_depth 300 python3 benchmarks/training.py --models wan1.3b --layers 30 --radial-dense-layers 2 \
         --case-budget-s 10 --out "$OUT/training-full-depth" ;;
     train-cli)  # the real train-lora CLI on the GPU: radial run, exact resume, dense baseline
-      run train_cli_check 300 python3 benchmarks/train_cli_check.py --out "$OUT/train-cli" ;;
+      run train_cli_check 300 python3 benchmarks/train_cli_check.py --out "$OUT/train-cli" --work /tmp/train-cli ;;
     sp-1gpu)  # the single-GPU baseline of the sequence-parallel benchmark (the multi-GPU runs need an x2+ machine)
       run sequence_parallel_1gpu 240 torchrun --standalone --nproc-per-node 1 benchmarks/sequence_parallel.py \
         --out "$OUT/sequence_parallel_1gpu" ;;

@@ -45,13 +45,16 @@ def read_log(run: pathlib.Path) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="folder for train_cli_check.json")
+    ap.add_argument("--work", default=None, help="folder for the model, data and runs (default: --out); GBs at full width")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
-    out = pathlib.Path(args.out)
+    report_dir = pathlib.Path(args.out)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    out = pathlib.Path(args.work or args.out)
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available() and not args.smoke
     latent = (16, 21, 60, 104) if not args.smoke else (16, 8, 16, 24)
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
         report["runs"][name]["loss_fell"] = statistics.mean(ls[-3:]) < statistics.mean(ls[:3])
     r, d = report["runs"]["radial"], report["runs"]["dense"]
     report["step_speedup"] = d["median_step_s"] / r["median_step_s"]
-    (out / "train_cli_check.json").write_text(json.dumps(report, indent=1))
+    (report_dir / "train_cli_check.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
     for name, v in report["runs"].items():
         print(name, {k: v[k] for k in ("rc", "median_step_s", "peak_memory_gib", "loss_fell")},
