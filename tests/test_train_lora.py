@@ -328,3 +328,22 @@ def test_bf16_mixed_lora_inputs_stay_bf16_through_the_recompute(tmp_path, monkey
     assert grads_off.keys() == grads_on.keys()
     for name in grads_off:
         torch.testing.assert_close(grads_off[name], grads_on[name], rtol=0, atol=0, msg=name)
+
+
+def test_deterministic_flag_turns_on_deterministic_kernels(tmp_path):
+    """``--deterministic``: process-wide deterministic kernels (on a GPU this is what makes a
+    resumed run repeat the uninterrupted one bit for bit: benchmarks/train_cli_check.py)."""
+    import torch.backends.cudnn as cudnn
+
+    data = _data(tmp_path, n=2)
+    saved = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark)
+    try:
+        torch.use_deterministic_algorithms(False)
+        LoRATrainer(_cfg(tmp_path, data, max_steps=1))
+        assert not torch.are_deterministic_algorithms_enabled()
+        trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=1, deterministic=True, output_dir=str(tmp_path / "det")))
+        assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
+        assert trainer.train().steps == 1  # the CPU path runs under it
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        cudnn.deterministic, cudnn.benchmark = saved[1], saved[2]

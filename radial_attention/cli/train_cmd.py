@@ -89,6 +89,8 @@ def register(sub) -> None:
     g.add_argument("--eval-every", type=int, default=0, help="log a fixed-noise loss every N steps (0: off)")
     g.add_argument("--eval-samples", type=int, default=4)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels: a resumed run repeats the uninterrupted one bit for bit (slower)")
     p.set_defaults(func=run)
 
 
@@ -135,6 +137,7 @@ def run(args) -> int:
         eval_every=args.eval_every,
         eval_samples=args.eval_samples,
         progress=not args.no_progress,
+        deterministic=args.deterministic,
     )
     try:
         trainer = LoRATrainer(cfg)

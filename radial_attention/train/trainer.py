@@ -24,6 +24,7 @@ import hashlib
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 from dataclasses import dataclass, field
@@ -87,7 +88,10 @@ class TrainConfig:
         of a Wan2.2 A14B pipeline the expert's own range from ``boundary_ratio``, else all).
     Runtime:
         precision (``auto``: ``bf16-mixed`` on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
-        gradient_checkpointing, device (``None``: CUDA if available), seed, checkpoint_every,
+        gradient_checkpointing, deterministic (deterministic GPU kernels, process-wide: a resumed run
+        then repeats the uninterrupted one bit for bit on a GPU too; without it the GPU's
+        non-deterministic backward kernels (e.g. cuDNN attention) make runs differ in the last
+        digits), device (``None``: CUDA if available), seed, checkpoint_every,
         keep_checkpoints, resume (``None``, ``"latest"`` or a checkpoint folder), eval_every
         (a fixed-noise loss on the first ``eval_samples`` samples; 0 disables), progress (bar).
     """
@@ -130,6 +134,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_samples: int = 4
     progress: bool = True
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
@@ -191,6 +196,8 @@ class LoRATrainer:
         """``transformer``: an already built diffusers transformer to train instead of loading
         ``config.model`` (tests, notebooks); it is modified in place (LoRA, processors)."""
         self.cfg = cfg = config
+        if cfg.deterministic:
+            _use_deterministic_kernels()
         self.info = dp.setup(cfg.device)
         # torch's global RNG drives LoRA dropout: seed it so a run is reproducible (per process).
         torch.manual_seed(cfg.seed + 1_000 * self.info.rank)
@@ -475,6 +482,14 @@ class LoRATrainer:
             lora_path = save_lora(self.transformer, self.family, self.output_dir)
         dp.barrier(self.info)
         return TrainResult(self.output_dir, lora_path, self.step_count, losses)
+
+
+def _use_deterministic_kernels() -> None:
+    """Process-wide deterministic kernels (cuBLAS needs its workspace setting before its first use)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def _sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
