@@ -89,9 +89,8 @@ class TrainConfig:
     Runtime:
         precision (``auto``: ``bf16-mixed`` on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
         gradient_checkpointing, deterministic (deterministic GPU kernels, process-wide: a resumed run
-        then repeats the uninterrupted one bit for bit on a GPU too; without it the GPU's
-        non-deterministic backward kernels (e.g. cuDNN attention) make runs differ in the last
-        digits), device (``None``: CUDA if available), seed, checkpoint_every,
+        then repeats the uninterrupted one bit for bit on a GPU too; without it non-deterministic
+        GPU kernels make runs differ in the last digits), device (``None``: CUDA if available), seed, checkpoint_every,
         keep_checkpoints, resume (``None``, ``"latest"`` or a checkpoint folder), eval_every
         (a fixed-noise loss on the first ``eval_samples`` samples; 0 disables), progress (bar).
     """
