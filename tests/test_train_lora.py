@@ -199,6 +199,36 @@ def test_wan22_ti2v_5b_trains_text_to_video(tmp_path):
     assert trainer.evaluate() < before
 
 
+def test_wan_i2v_trains_with_condition_and_image_embeds(tmp_path):
+    """Wan2.1 I2V: the sample's condition (mask + image latent) is concatenated to the noisy
+    latents and its image embeddings go to the image cross-attention; the loss falls; data that
+    lacks them, or has the wrong prompt length, is refused before training."""
+    from radial_attention.train.data import CONDITION, IMAGE_EMBEDS
+    from radial_attention.train.model import transformer_inputs
+
+    transformer = tiny.tiny_wan_transformer("i2v", num_layers=3, seed=0)
+    spec = model_spec(transformer)
+    assert (spec.in_channels, spec.condition_channels, spec.image_dim, spec.text_len) == (16, 20, 24, 512)
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, spec, num_samples=2, latent_shape=LATENT, seed=3)
+    trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=8), transformer=transformer)
+    batch = {k: v[None] for k, v in trainer.dataset[0].items()}
+    kw = transformer_inputs("wan", batch, batch["latents"], torch.tensor([500.0]), dtype=torch.float32)
+    assert kw["hidden_states"].shape == (1, 36, *LATENT[1:])
+    torch.testing.assert_close(kw["hidden_states"][:, 16:], batch[CONDITION])
+    assert kw["encoder_hidden_states_image"].shape == (1, 8, 24) and IMAGE_EMBEDS in batch
+    assert trainer.radial_density() <= 0.6
+    before = trainer.evaluate()
+    trainer.train()
+    assert trainer.evaluate() < before
+
+    t2v_data = _data(tmp_path, n=2, name="t2v-data")  # no condition, 16 prompt tokens
+    with pytest.raises(DataError, match="prompt_embeds must have exactly 512 tokens for this model"):
+        LoRATrainer(_cfg(tmp_path, t2v_data), transformer=tiny.tiny_wan_transformer("i2v", num_layers=3))
+    with pytest.raises(DataError, match=r"has a condition tensor \(20, 8, 16, 24\) \(image-to-video data\) but the model is text-to-video"):
+        LoRATrainer(_cfg(tmp_path, data))
+
+
 # ------------------------------------------------------------------------------ resume
 def test_resume_continues_the_same_run_exactly(tmp_path):
     data = _data(tmp_path, n=3)  # 3 samples, 2 micro-batches per step: steps straddle epochs
@@ -269,8 +299,8 @@ def test_bad_settings():
     assert resolve_precision("auto", torch.device("cpu")).weights == torch.float32
     from radial_attention.train.model import family_of
 
-    with pytest.raises(TypeError, match="image-to-video transformers .* not supported"):
-        family_of(tiny.tiny_wan_transformer("i2v"))
+    with pytest.raises(TypeError, match="HunyuanVideo image-to-video transformers are not supported"):
+        family_of(tiny.tiny_hunyuan_transformer(image_condition_type="latent_concat"))
     with pytest.raises(TypeError, match="supports diffusers WanTransformer3DModel and HunyuanVideoTransformer3DModel, got Linear"):
         family_of(torch.nn.Linear(2, 2))
 

@@ -6,7 +6,8 @@ sample, listed in ``manifest.json``. Format: ``docs/training-data.md``.
     my_dataset/
       manifest.json
       samples/000000.safetensors     latents [C, F, H, W], prompt_embeds [L, D], (HunyuanVideo:
-      samples/000001.safetensors       prompt_attention_mask [L], pooled_prompt_embeds [P])
+      samples/000001.safetensors       prompt_attention_mask [L], pooled_prompt_embeds [P]; Wan
+      ...                              image-to-video: condition [Cc, F, H, W], image_embeds [N, E])
       ...
 
 Everything is checked against the model by :func:`validate_dataset` before training starts
@@ -34,6 +35,8 @@ LATENTS = "latents"  # [C, F, H, W]: normalised as the transformer sees them
 PROMPT_EMBEDS = "prompt_embeds"  # [L, D]
 PROMPT_MASK = "prompt_attention_mask"  # [L], HunyuanVideo
 POOLED = "pooled_prompt_embeds"  # [P], HunyuanVideo
+CONDITION = "condition"  # [Cc, F, H, W], Wan image-to-video: concatenated to the noisy latents (mask + image latent)
+IMAGE_EMBEDS = "image_embeds"  # [N, E], Wan2.1 image-to-video: the image encoder's features
 
 
 class DataError(ValueError):
@@ -50,6 +53,11 @@ class ModelSpec:
         patch_size: ``(p_t, p_h, p_w)``; ``F, H, W`` must be multiples of it.
         text_dim: last dim ``D`` of ``prompt_embeds``.
         pooled_dim: size ``P`` of ``pooled_prompt_embeds`` (HunyuanVideo), else ``None``.
+        condition_channels: channels ``Cc`` of the ``condition`` concatenated to the noisy
+            latents (Wan image-to-video: 4 mask + 16 image-latent channels), else 0.
+        image_dim: last dim ``E`` of ``image_embeds`` (Wan2.1 image-to-video), else ``None``.
+        text_len: the exact prompt length ``L`` the model needs, or ``None`` for any (Wan
+            image-to-video with image embeddings: 512, where its attention splits text from image).
     """
 
     family: str
@@ -57,6 +65,9 @@ class ModelSpec:
     patch_size: Tuple[int, int, int]
     text_dim: int
     pooled_dim: Optional[int] = None
+    condition_channels: int = 0
+    image_dim: Optional[int] = None
+    text_len: Optional[int] = None
 
     @property
     def needs_pooled(self) -> bool:
@@ -88,6 +99,8 @@ def write_sample(
     *,
     prompt_attention_mask: Optional[torch.Tensor] = None,
     pooled_prompt_embeds: Optional[torch.Tensor] = None,
+    condition: Optional[torch.Tensor] = None,
+    image_embeds: Optional[torch.Tensor] = None,
 ) -> Dict[str, Tuple[int, ...]]:
     """Write one sample file.
 
@@ -98,6 +111,8 @@ def write_sample(
         prompt_embeds: ``[L, D]`` (or ``[1, L, D]``).
         prompt_attention_mask: ``[L]`` (HunyuanVideo), stored as int64 0/1.
         pooled_prompt_embeds: ``[P]`` (HunyuanVideo).
+        condition: ``[Cc, F, H, W]`` (Wan image-to-video), as the pipeline concatenates it.
+        image_embeds: ``[N, E]`` (Wan2.1 image-to-video).
 
     Returns:
         The stored tensor shapes by name.
@@ -119,6 +134,10 @@ def write_sample(
         tensors[PROMPT_MASK] = squeeze_batch(prompt_attention_mask, 1, PROMPT_MASK).to(torch.int64)
     if pooled_prompt_embeds is not None:
         tensors[POOLED] = squeeze_batch(pooled_prompt_embeds, 1, POOLED)
+    if condition is not None:
+        tensors[CONDITION] = squeeze_batch(condition, 4, CONDITION)
+    if image_embeds is not None:
+        tensors[IMAGE_EMBEDS] = squeeze_batch(image_embeds, 2, IMAGE_EMBEDS)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
@@ -247,6 +266,22 @@ def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: 
             raise DataError(
                 f"{where}: prompt_embeds must be [L, {spec.text_dim}] for this model, got shape {emb}"
             )
+        if spec.text_len is not None and emb[0] != spec.text_len:
+            raise DataError(
+                f"{where}: prompt_embeds must have exactly {spec.text_len} tokens for this model (encode with "
+                f"--max-sequence-length {spec.text_len}), got shape {emb}"
+            )
+        cond = s.shapes.get(CONDITION)
+        if spec.condition_channels and cond != (spec.condition_channels, f, h, w):
+            raise DataError(
+                f"{where}: this image-to-video model needs a condition tensor [{spec.condition_channels}, {f}, {h}, {w}] "
+                f"(mask + image latent, like the latents' frames and size), got {cond}"
+            )
+        if not spec.condition_channels and cond is not None:
+            raise DataError(f"{where}: has a condition tensor {cond} (image-to-video data) but the model is text-to-video")
+        img = s.shapes.get(IMAGE_EMBEDS)
+        if spec.image_dim is not None and (img is None or len(img) != 2 or img[1] != spec.image_dim):
+            raise DataError(f"{where}: image_embeds must be [N, {spec.image_dim}] for this model, got {img}")
         if spec.needs_mask:
             m = s.shapes.get(PROMPT_MASK)
             if m is None or m != (emb[0],):
@@ -258,8 +293,8 @@ def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: 
     if batch_size > 1:
         first = samples[0]
         for n, s in enumerate(samples):
-            for key in (LATENTS, PROMPT_EMBEDS):
-                if s.shapes[key] != first.shapes[key]:
+            for key in (LATENTS, PROMPT_EMBEDS, CONDITION, IMAGE_EMBEDS):
+                if s.shapes.get(key) != first.shapes.get(key):
                     raise DataError(
                         f"batch_size {batch_size} needs every sample to share one {key} shape: sample #0 has "
                         f"{first.shapes[key]}, sample #{n} ({s.file}) has {s.shapes[key]} (use batch_size 1 "
@@ -309,7 +344,8 @@ def write_synthetic_dataset(
     """A data folder of random samples that fit ``spec`` (tests, smoke runs, benchmarks).
 
     Latents are smooth (a random low-resolution video upsampled) so that a model can learn them;
-    HunyuanVideo samples get a prompt mask with a random number of real tokens.
+    HunyuanVideo samples get a prompt mask with a random number of real tokens; image-to-video
+    samples a condition (a first-frame mask and a random image latent) and random image embeddings.
 
     Args:
         latent_shape: ``(C, F, H, W)`` per sample.
@@ -321,11 +357,20 @@ def write_synthetic_dataset(
         coarse = torch.randn(1, c, max(1, f // 2), max(1, h // 4), max(1, w // 4), generator=g)
         lat = torch.nn.functional.interpolate(coarse, size=(f, h, w), mode="trilinear", align_corners=False)[0]
         lat = lat / lat.std().clamp_min(1e-6)
-        emb = torch.randn(text_len, spec.text_dim, generator=g)
+        n_text = spec.text_len or text_len
+        emb = torch.randn(n_text, spec.text_dim, generator=g)
         kw = {}
+        if spec.condition_channels:
+            cond = torch.zeros(spec.condition_channels, f, h, w)
+            n_mask = min(4, spec.condition_channels)
+            cond[:n_mask, :1] = 1.0  # the first latent frame is the given image
+            cond[n_mask:, :1] = torch.randn(spec.condition_channels - n_mask, 1, h, w, generator=g)
+            kw["condition"] = cond
+        if spec.image_dim is not None:
+            kw["image_embeds"] = torch.randn(8, spec.image_dim, generator=g)
         if spec.needs_mask:
-            real = int(torch.randint(1, text_len + 1, (1,), generator=g))
-            kw["prompt_attention_mask"] = (torch.arange(text_len) < real).long()
+            real = int(torch.randint(1, n_text + 1, (1,), generator=g))
+            kw["prompt_attention_mask"] = (torch.arange(n_text) < real).long()
         if spec.needs_pooled:
             kw["pooled_prompt_embeds"] = torch.randn(spec.pooled_dim, generator=g)
         rel = f"samples/{n:06d}.safetensors"

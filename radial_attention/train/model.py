@@ -1,8 +1,9 @@
 """Which transformer is being trained: loading it, what data it takes, how to call it, where the
 LoRA goes, and which pipeline class writes and reads its LoRA files.
 
-Supported: diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B, Wan2.2 TI2V-5B as
-text-to-video, either expert of Wan2.2 A14B) and ``HunyuanVideoTransformer3DModel`` (HunyuanVideo T2V).
+Supported: diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B and I2V, Wan2.2 TI2V-5B as
+text-to-video, either expert of Wan2.2 A14B T2V or I2V) and ``HunyuanVideoTransformer3DModel``
+(HunyuanVideo T2V).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .data import POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
+from .data import CONDITION, IMAGE_EMBEDS, POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
 from .objective import NUM_TRAIN_TIMESTEPS
 
 # The built-in tiny models (random weights, no download) that `--model` accepts by name.
 TINY_MODELS = ("tiny-wan", "tiny-hunyuan")
+WAN_I2V_TEXT_TOKENS = 512  # diffusers' Wan attention treats the tokens after the first 512 as the image's
 
 # LoRA targets, as regexes over module names (peft full-matches a string target_modules).
 # Only the self-attention over video tokens: Wan's attn1 (attn2 is cross-attention to text);
@@ -46,12 +48,7 @@ def family_of(transformer) -> str:
     """``"wan"`` or ``"hunyuan"`` for a diffusers transformer; ``TypeError`` for anything else."""
     name = type(transformer).__name__
     if name == "WanTransformer3DModel":
-        if getattr(transformer.config, "image_dim", None) is not None:
-            raise TypeError(
-                "Wan image-to-video transformers (image_dim set) are not supported by train-lora yet: "
-                "expected a text-to-video WanTransformer3DModel"
-            )
-        return "wan"
+        return "wan"  # text-to-video, image-to-video (more input channels, image embeddings) alike
     if name == "HunyuanVideoTransformer3DModel":
         if getattr(transformer.config, "image_condition_type", None) is not None:
             raise TypeError("HunyuanVideo image-to-video transformers are not supported by train-lora yet")
@@ -66,7 +63,14 @@ def model_spec(transformer) -> ModelSpec:
     fam = family_of(transformer)
     cfg = transformer.config
     if fam == "wan":
-        return ModelSpec("wan", int(cfg.in_channels), tuple(int(p) for p in cfg.patch_size), int(cfg.text_dim))
+        # Image-to-video: the input is the noisy latents plus a condition (in_channels - out_channels
+        # channels); Wan2.1 I2V also takes image embeddings, and then exactly 512 prompt tokens
+        # (its attention takes the tokens after the first 512 as the image's).
+        latent, total = int(cfg.out_channels or cfg.in_channels), int(cfg.in_channels)
+        image_dim = int(cfg.image_dim) if getattr(cfg, "image_dim", None) is not None else None
+        return ModelSpec("wan", latent, tuple(int(p) for p in cfg.patch_size), int(cfg.text_dim),
+                         condition_channels=total - latent, image_dim=image_dim,
+                         text_len=WAN_I2V_TEXT_TOKENS if image_dim is not None else None)
     return ModelSpec(
         "hunyuan",
         int(cfg.in_channels),
@@ -221,6 +225,10 @@ def transformer_inputs(
         "encoder_hidden_states": batch[PROMPT_EMBEDS].to(dtype),
         "return_dict": False,
     }
+    if CONDITION in batch:  # image-to-video: the condition rides along the noisy latents' channels
+        kw["hidden_states"] = torch.cat([kw["hidden_states"], batch[CONDITION].to(dtype)], dim=1)
+    if IMAGE_EMBEDS in batch:
+        kw["encoder_hidden_states_image"] = batch[IMAGE_EMBEDS].to(dtype)
     if family == "hunyuan":
         kw["encoder_attention_mask"] = batch[PROMPT_MASK]
         kw["pooled_projections"] = batch[POOLED].to(dtype)

@@ -202,6 +202,7 @@ class LoRATrainer:
         torch.manual_seed(cfg.seed + 1_000 * self.info.rank)
         self.device = self.info.device
         self.precision = resolve_precision(cfg.precision, self.device)
+        loaded_from_model = transformer is None  # else cfg.model may name nothing loadable (tests, notebooks)
         if transformer is None:
             transformer = load_transformer(cfg.model, dtype=self.precision.weights, seed=cfg.seed,
                                            subfolder=cfg.transformer_subfolder)
@@ -214,7 +215,9 @@ class LoRATrainer:
         self.dataset = LatentDataset(cfg.data, self.spec, batch_size=cfg.batch_size, world_size=self.info.world_size)
         self.shift = default_shift(cfg.model, self.family) if cfg.shift is None else float(cfg.shift)
         # One Wan2.2 A14B expert learns only the noise levels its pipeline gives it.
-        self.timestep_range = cfg.timestep_range or expert_timestep_range(cfg.model, cfg.transformer_subfolder)
+        self.timestep_range = cfg.timestep_range or (
+            expert_timestep_range(cfg.model, cfg.transformer_subfolder) if loaded_from_model else None
+        )
         sigma_range = None if self.timestep_range is None else tuple(t / 1000.0 for t in self.timestep_range)
         self.objective = FlowMatching(shift=self.shift, sampling=cfg.timestep_sampling, sigma_range=sigma_range)
 
