@@ -13,13 +13,24 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
     tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
+    tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_tokenizer(...)                                           word-level fast tokenizer
+    tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
 Latent shapes (``[B, C, F, H, W]``; tokens per frame ``T = (H/2) * (W/2)`` with the 2x2 patch):
 
-    Wan T2V / A14B:  C = 16    Wan I2V: C = 36 (16 noise + 16 image latents + 4 mask)
+    Wan T2V / A14B:  C = 16    Wan I2V: C = 36 (16 noise + 4 mask + 16 image latents, in that order)
     Wan TI2V-5B:     C = 48    HunyuanVideo: C = 16 (tiny pipeline: 4, its tiny VAE's latent width)
+
+Wan2.1 I2V (``tiny_wan_i2v_pipeline``): diffusers' ``WanAttnProcessor`` takes the *last 512*
+tokens of the cross-attention context as text and the rest as CLIP image tokens, so call the
+pipeline with ``max_sequence_length=512`` (the default of ``__call__``, but ``encode_prompt``'s
+default is 226: pass 512 there too; any other length mixes image and text tokens without an
+error). Height and width multiples of 16, frames ``4k+1``. Its ``prompt_clean`` calls
+``ftfy`` unconditionally (diffusers 0.42), so a string prompt needs ``ftfy`` installed; without it
+pass ``prompt_embeds`` (e.g. from ``WanPipeline.encode_prompt`` on the same tokenizer and text
+encoder, which skips ``ftfy`` when it is missing).
 """
 
 from __future__ import annotations
@@ -108,6 +119,16 @@ HUNYUAN_TINY = dict(
     pooled_projection_dim=8,
     rope_theta=256.0,
     rope_axes_dim=(4, 6, 6),  # sums to attention_head_dim
+)
+
+# CLIP vision tower for the tiny Wan2.1 I2V pipeline (hidden_size comes from the transformer's
+# image_dim). 32x32 crops, 8x8 patches: 16 patches + CLS = 17 image tokens (real Wan: 257 x 1280).
+CLIP_VISION_TINY = dict(
+    intermediate_size=48,
+    num_hidden_layers=2,  # the pipeline uses hidden_states[-2], the output of layer 1
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
 )
 
 WAN_VARIANTS = ("t2v", "i2v", "ti2v", "a14b")
@@ -320,6 +341,81 @@ def tiny_wan_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 
         kwargs.update(expand_timesteps=True)
     vae = tiny_wan_vae("ti2v" if variant == "ti2v" else "t2v", seed=seed + 20)
     return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, **kwargs)
+
+
+def tiny_clip_vision_encoder(image_dim: int, *, seed: int = 0):
+    """A tiny ``CLIPVisionModel`` whose hidden size is ``image_dim`` (the Wan I2V transformer's
+    ``image_dim``), with random weights, and a matching ``CLIPImageProcessor``: ``(encoder, processor)``.
+
+    The processor resizes the shortest edge to 32 and center-crops 32x32, so the encoder sees
+    ``pixel_values [B, 3, 32, 32]`` and returns 17 tokens ``[B, 17, image_dim]`` per hidden state.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    try:
+        # transformers >= 5: the PIL backend explicitly, so results do not depend on whether
+        # torchvision is installed (CLIPImageProcessor would pick the torchvision backend if it is).
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers: CLIPImageProcessor is the PIL/numpy one
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    if image_dim < 1:
+        raise ValueError(f"image_dim must be a positive int, got {image_dim!r}")
+    size = CLIP_VISION_TINY["image_size"]
+    cfg = CLIPVisionConfig(
+        hidden_size=image_dim,
+        num_attention_heads=2 if image_dim % 2 == 0 else 1,
+        projection_dim=image_dim,
+        **CLIP_VISION_TINY,
+    )
+    with _seeded(seed):
+        encoder = CLIPVisionModel(cfg).eval()
+    processor = ImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": size},
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_convert_rgb=True,
+    )
+    return encoder, processor
+
+
+def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0):
+    """A whole Wan2.1 image-to-video ``WanImageToVideoPipeline`` from tiny components (no download).
+
+    Components: ``tiny_wan_transformer("i2v")`` (36 input channels = 16 noise + 4 mask + 16 image
+    latents; image cross-attention), a tiny CLIP vision encoder with hidden size = the
+    transformer's ``image_dim`` (24) and its image processor (32x32 crops, 17 image tokens), and
+    the same tokenizer, UMT5 text encoder, 16-channel VAE and UniPC flow scheduler as
+    ``tiny_wan_pipeline("t2v", seed=seed)`` (same weights: the latent layout matches T2V's).
+
+    Call it with a PIL image, ``max_sequence_length=512`` (Wan's attention processor assumes
+    exactly 512 text tokens and treats the rest of the context as image tokens; another length
+    runs without an error but mixes them up; ``pipe.encode_prompt`` defaults to 226, so pass 512
+    there too), height and width multiples of 16 and frames
+    ``4k+1``; the output latents are ``[B, 16, (frames - 1) // 4 + 1, height / 8, width / 8]``.
+    A string prompt needs ``ftfy`` (diffusers' I2V ``prompt_clean`` calls it unconditionally);
+    without it pass ``prompt_embeds [B, 512, 32]``.
+    """
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+
+    transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed)
+    # The pipeline feeds image_encoder(...).hidden_states[-2] to the transformer's image embedder,
+    # whose input width is image_dim: the CLIP hidden size must equal it.
+    image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+    # Text side, VAE and scheduler: exactly tiny_wan_pipeline("t2v")'s (same seeds).
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_wan_vae("t2v", seed=seed + 20),
+        scheduler=scheduler,
+        image_processor=image_processor,
+        image_encoder=image_encoder,
+        transformer=transformer,
+    )
 
 
 def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, seed: int = 0):
