@@ -70,6 +70,25 @@ def test_wan22_ti2v_pipeline_runs_radial():
     assert state.summary()["radial_calls"] == 2 * 2  # 2 steps x CFG
 
 
+def test_wan21_i2v_pipeline_end_to_end():
+    """The whole Wan2.1 image-to-video pipeline (image encoder, condition, image cross-attention)
+    with radial self-attention; removal gives the exact original video back."""
+    from PIL import Image
+
+    pipe = tiny.tiny_wan_i2v_pipeline(num_layers=2)
+    image = Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy())
+    call = dict(VIDEO, image=image, num_inference_steps=3, max_sequence_length=512)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    dense = pipe(prompt="a red fox running", negative_prompt="blurry", generator=gen(), **call).frames
+    state = apply_radial_attention(pipe, dense_steps=1, dense_layers=1, block_size=64)
+    radial = pipe(prompt="a red fox running", negative_prompt="blurry", generator=gen(), **call).frames
+    assert radial.shape == dense.shape == (1, 17, 3, 64, 64) and torch.isfinite(radial).all()
+    assert dict(state.calls) == _expected_calls(3, 2, 1, 0, 1, calls_per_step=2)
+    assert not torch.equal(radial, dense)  # 80 tokens in 2 blocks: the mask drops some
+    remove_radial_attention(pipe)
+    assert torch.equal(pipe(prompt="a red fox running", negative_prompt="blurry", generator=gen(), **call).frames, dense)
+
+
 def test_hunyuan_pipeline_end_to_end():
     pipe = tiny.tiny_hunyuan_pipeline()
     kwargs = dict(VIDEO, prompt="a dog on the beach", prompt_template={"template": "{}", "crop_start": 0},

@@ -1,9 +1,6 @@
 """The tiny Wan2.1 image-to-video pipeline: end to end on CPU, deterministic, save/load round trip,
 and the two calls a training-data encoder makes (``prepare_latents``, ``encode_image``)."""
 
-import importlib.util
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -19,21 +16,6 @@ from radial_attention.integrations.diffusers import tiny  # noqa: E402
 HEIGHT, WIDTH, FRAMES = 64, 96, 9
 LATENT_SHAPE = (1, 16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)  # [1, 16, 3, 8, 12]
 PROMPT = "a red fox running in the snow"
-
-
-def _stand_in_for_ftfy(mp):
-    """diffusers 0.42's I2V ``prompt_clean`` calls ``ftfy.fix_text`` without checking that ftfy is
-    installed (its T2V pipeline checks). ftfy is not a dependency; for the plain ASCII prompt used
-    here ``fix_text`` is the identity, so stand in for it when it is missing."""
-    if importlib.util.find_spec("ftfy") is None:
-        import diffusers.pipelines.wan.pipeline_wan_i2v as i2v
-
-        mp.setattr(i2v, "ftfy", types.SimpleNamespace(fix_text=lambda text: text), raising=False)
-
-
-@pytest.fixture(autouse=True)
-def _ftfy(monkeypatch):
-    _stand_in_for_ftfy(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +48,7 @@ def _call(pipe, image, seed=0, **kwargs):
 
 @pytest.fixture(scope="module")
 def reference(pipe, image):
-    with pytest.MonkeyPatch.context() as mp:  # a module fixture cannot use the function-scoped one
-        _stand_in_for_ftfy(mp)
-        return _call(pipe, image)
+    return _call(pipe, image)
 
 
 def test_components_fit_together(pipe):

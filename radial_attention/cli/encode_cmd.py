@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--frames", type=int, required=True, help="frames per video, 4k+1 (e.g. 81, 161, 321)")
     p.add_argument("--frame-stride", type=int, default=1, help="take every N-th frame of the source video")
-    p.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the pipeline's)")
+    p.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: what the pipeline generates with: Wan 512, HunyuanVideo 256)")
     p.add_argument("--prompt-template", default=None,
                    help='HunyuanVideo prompt template as JSON, e.g. \'{"template": "{}", "crop_start": 0}\' (default: the pipeline\'s)')
     p.add_argument("--sample-latents", action="store_true", help="sample the VAE posterior (default: its mode)")

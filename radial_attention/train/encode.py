@@ -21,6 +21,7 @@ import torch
 from .data import DataError, MANIFEST, write_manifest, write_sample
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+WAN_TEXT_TOKENS = 512  # prompt length of Wan pipelines' __call__
 
 
 @dataclass
@@ -135,13 +136,21 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
 # --------------------------------------------------------------------------------- the pipeline side
 def pipeline_family(pipe) -> str:
     name = type(pipe).__name__
-    if name.startswith("Wan"):
-        if name != "WanPipeline":
-            raise TypeError(f"encode supports text-to-video WanPipeline and HunyuanVideoPipeline, got {name}")
+    if name == "WanPipeline":
+        return "wan"
+    if name == "WanImageToVideoPipeline":
+        if getattr(pipe.config, "expand_timesteps", False):
+            raise TypeError("encode does not support Wan2.2 TI2V image-to-video (expand_timesteps); "
+                            "encode its text-to-video data with WanPipeline")
         return "wan"
     if name == "HunyuanVideoPipeline":
         return "hunyuan"
-    raise TypeError(f"encode supports WanPipeline and HunyuanVideoPipeline, got {name}")
+    raise TypeError(f"encode supports WanPipeline, WanImageToVideoPipeline (Wan2.1 I2V, Wan2.2 I2V A14B) and "
+                    f"HunyuanVideoPipeline, got {name}")
+
+
+def is_image_to_video(pipe) -> bool:
+    return type(pipe).__name__ == "WanImageToVideoPipeline"
 
 
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32):
@@ -191,11 +200,39 @@ def encode_latents(pipe, family: str, video: torch.Tensor, *, sample: bool = Fal
 
 
 @torch.no_grad()
+def encode_image_condition(pipe, video: torch.Tensor, num_frames: int) -> dict:
+    """What a Wan image-to-video pipeline derives from the clip's first frame, made by the
+    pipeline's own methods: ``condition [20, F', H', W']`` (first-frame mask + normalised latent
+    of the image followed by empty frames, ``prepare_latents``) and, for Wan2.1 I2V (which has an
+    image encoder), ``image_embeds [N, E]`` (``encode_image``). ``video [3, F, H, W]`` in [-1, 1]."""
+    from PIL import Image
+
+    device = pipe._execution_device
+    first = ((video[:, 0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(first)  # the pipeline is given a picture, as at generation time
+    height, width = video.shape[-2:]
+    pixels = pipe.video_processor.preprocess(image, height=height, width=width).to(device, dtype=torch.float32)
+    z_dim = pipe.vae.config.z_dim
+    f_lat = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+    shape = (1, z_dim, f_lat, height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
+    # Given latents, prepare_latents draws no noise; only its condition is kept.
+    _, condition = pipe.prepare_latents(pixels, 1, z_dim, height, width, num_frames, torch.float32, device,
+                                        None, torch.zeros(shape, device=device))
+    out = {"condition": condition[0].float().cpu()}
+    if getattr(pipe, "image_encoder", None) is not None:
+        out["image_embeds"] = pipe.encode_image(image, device)[0].float().cpu()
+    return out
+
+
+@torch.no_grad()
 def encode_caption(pipe, family: str, caption: str, *, max_sequence_length: Optional[int] = None, prompt_template=None) -> dict:
     """The caption's embeddings as the pipeline makes them (batch dim dropped, on the CPU)."""
     device = pipe._execution_device
     if family == "wan":
-        kw = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
+        # The pipelines generate with 512 tokens (their __call__ default; encode_prompt's own
+        # default is 226). The zero padding is not masked in Wan's cross-attention, so the length
+        # must match generation.
+        kw = {"max_sequence_length": WAN_TEXT_TOKENS if max_sequence_length is None else max_sequence_length}
         emb, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device, **kw)
         return {"prompt_embeds": emb[0].float().cpu()}
     kw = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
@@ -237,11 +274,14 @@ def encode_videos(
     the VAE and patch size, output folder free) is checked before the pipeline is loaded.
 
     Args:
-        model: diffusers pipeline folder or Hub id (Wan2.1 T2V or HunyuanVideo T2V).
+        model: diffusers pipeline folder or Hub id (Wan2.1/2.2 T2V, Wan image-to-video, HunyuanVideo
+            T2V). Image-to-video samples also store the condition and image embeddings the pipeline
+            makes from the clip's first frame (:func:`encode_image_condition`).
         videos, captions: see :func:`collect_videos`.
         height, width, num_frames: the training video size (``num_frames = 4k + 1``).
         frame_stride: take every ``frame_stride``-th frame of the source video.
-        max_sequence_length: prompt tokens (default: the pipeline's, Wan 512 / HunyuanVideo 256).
+        max_sequence_length: prompt tokens (default: what the pipeline generates with, Wan 512 /
+            HunyuanVideo 256).
         prompt_template: HunyuanVideo's prompt template (default the pipeline's).
         sample_latents: sample the VAE posterior instead of taking its mode.
         device: where the VAE / text encoders run (default CUDA if available).
@@ -261,6 +301,7 @@ def encode_videos(
     if pipe is None:
         pipe = load_pipeline(model, dtype=dtype)
     family = pipeline_family(pipe)
+    i2v = is_image_to_video(pipe)
     t_factor, s_factor = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
     pt, ps = _transformer_patch(model) if model else (1, 2)
     if (num_frames - 1) % t_factor:
@@ -294,6 +335,8 @@ def encode_videos(
             kw = {}
             if family == "hunyuan":
                 kw = {"prompt_attention_mask": text["prompt_attention_mask"], "pooled_prompt_embeds": text["pooled_prompt_embeds"].to(store_dtype)}
+            if i2v:
+                kw = {k: v.to(store_dtype) for k, v in encode_image_condition(pipe, video, num_frames).items()}
             shapes = write_sample(out_dir / rel, lat.to(store_dtype), text["prompt_embeds"].to(store_dtype), **kw)
             entries.append({"file": rel, "caption": item.caption, "video": str(item.video), "latent_shape": list(shapes["latents"])})
             if bar is not None:
@@ -304,6 +347,7 @@ def encode_videos(
     source = {
         "model": str(model),
         "pipeline": type(pipe).__name__,
+        **({"image": "the clip's first frame (condition and image embeddings by the pipeline's own methods)"} if i2v else {}),
         "height": height,
         "width": width,
         "num_frames": num_frames,

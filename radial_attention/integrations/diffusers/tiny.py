@@ -28,9 +28,7 @@ tokens of the cross-attention context as text and the rest as CLIP image tokens,
 pipeline with ``max_sequence_length=512`` (the default of ``__call__``, but ``encode_prompt``'s
 default is 226: pass 512 there too; any other length mixes image and text tokens without an
 error). Height and width multiples of 16, frames ``4k+1``. Its ``prompt_clean`` calls
-``ftfy`` unconditionally (diffusers 0.42), so a string prompt needs ``ftfy`` installed; without it
-pass ``prompt_embeds`` (e.g. from ``WanPipeline.encode_prompt`` on the same tokenizer and text
-encoder, which skips ``ftfy`` when it is missing).
+``ftfy`` unconditionally (diffusers 0.42): ``ftfy`` is in this package's ``diffusers`` extra.
 """
 
 from __future__ import annotations
@@ -394,8 +392,8 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0):
     runs without an error but mixes them up; ``pipe.encode_prompt`` defaults to 226, so pass 512
     there too), height and width multiples of 16 and frames
     ``4k+1``; the output latents are ``[B, 16, (frames - 1) // 4 + 1, height / 8, width / 8]``.
-    A string prompt needs ``ftfy`` (diffusers' I2V ``prompt_clean`` calls it unconditionally);
-    without it pass ``prompt_embeds [B, 512, 32]``.
+    A string prompt needs ``ftfy`` (diffusers' I2V ``prompt_clean`` calls it unconditionally; it is
+    in this package's ``diffusers`` extra).
     """
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
