@@ -12,20 +12,17 @@ import argparse
 PRECISION_CHOICES = ("auto", "fp32", "bf16-mixed", "bf16", "bf16-autocast")
 
 
-def _betas(text: str):
-    try:
-        a, b = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers like 0.9,0.999, got {text!r}") from None
-    return (a, b)
+def _float_pair(what: str):
+    """An argparse type for ``A,B``; ``what`` shows an example in the error."""
 
+    def parse(text: str):
+        try:
+            a, b = (float(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected two comma-separated {what}, got {text!r}") from None
+        return (a, b)
 
-def _range(text: str):
-    try:
-        lo, hi = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated timesteps like 875,1000, got {text!r}") from None
-    return (lo, hi)
+    return parse
 
 
 def register(sub) -> None:
@@ -65,7 +62,7 @@ def register(sub) -> None:
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=1e-4)
     g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--adam-betas", type=_betas, default=(0.9, 0.999))
+    g.add_argument("--adam-betas", type=_float_pair("numbers like 0.9,0.999"), default=(0.9, 0.999))
     g.add_argument("--warmup-steps", type=int, default=0)
     g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
@@ -73,7 +70,7 @@ def register(sub) -> None:
     g.add_argument("--shift", type=float, default=None, help="flow shift (default: the model's scheduler config; Wan 3, HunyuanVideo 7)")
     g.add_argument("--timestep-sampling", choices=("uniform", "logit_normal"), default="uniform")
     g.add_argument("--guidance", type=float, default=1.0, help="HunyuanVideo embedded guidance scale during training")
-    g.add_argument("--timestep-range", type=_range, default=None, metavar="LO,HI",
+    g.add_argument("--timestep-range", type=_float_pair("timesteps like 875,1000"), default=None, metavar="LO,HI",
                    help="train only on timesteps in [LO, HI] of 0-1000 (default: a Wan2.2 A14B expert's own range "
                         "from the pipeline's boundary_ratio, else all)")
     g = p.add_argument_group("runtime")
