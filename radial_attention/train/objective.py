@@ -89,14 +89,11 @@ class FlowMatching:
         if self.sampling == "uniform":
             u = u_lo + (u_hi - u_lo) * r
         else:  # logit-normal: a normal truncated to the logits of the range
-            normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
-
-            def cdf(x: float) -> torch.Tensor:
-                if x <= 0.0:
-                    return torch.tensor(0.0, dtype=torch.float64)
-                if x >= 1.0:
-                    return torch.tensor(1.0, dtype=torch.float64)
-                return normal.cdf(torch.tensor((math.log(x / (1.0 - x)) - self.logit_mean) / self.logit_std, dtype=torch.float64))
+            def cdf(u: float) -> float:  # P(sigmoid(mean + std * z) <= u), z standard normal
+                if u <= 0.0 or u >= 1.0:
+                    return 0.0 if u <= 0.0 else 1.0
+                x = (math.log(u / (1.0 - u)) - self.logit_mean) / self.logit_std
+                return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
             a, b = cdf(u_lo), cdf(u_hi)
             z = torch.special.ndtri((a + (b - a) * r).clamp(1e-300, 1.0 - 1e-16))
