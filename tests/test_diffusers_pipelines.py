@@ -119,6 +119,55 @@ def test_generate_on_a_saved_pipeline(tmp_path, capsys):
     assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
 
 
+def test_generate_with_trained_loras_on_both_a14b_experts(tmp_path, capsys, monkeypatch):
+    """generate --lora / --lora-2 / --lora-scale: the same frames as loading the LoRAs in Python;
+    scale 0 gives the frames without them."""
+    import numpy as np
+
+    import radial_attention.cli.generate_cmd as gen_cmd
+    from radial_attention.train.lora import add_lora, save_lora
+
+    folder = tmp_path / "a14b"
+    tiny.tiny_wan_pipeline("a14b", num_layers=2).save_pretrained(folder)
+    loras = []
+    for n, seed in ((1, 7), (2, 8)):  # random non-zero LoRAs in train-lora's file format
+        t = tiny.tiny_wan_transformer("a14b", num_layers=2)
+        add_lora(t, "wan", rank=4, init_seed=seed)
+        with torch.no_grad():
+            for name, prm in t.named_parameters():
+                if "lora_B" in name:
+                    prm.normal_(0, 0.2, generator=torch.Generator().manual_seed(seed))
+        save_lora(t, "wan", tmp_path / f"lora{n}")
+        loras.append(str(tmp_path / f"lora{n}"))
+
+    captured = []
+    monkeypatch.setattr(gen_cmd, "write_mp4", lambda frames, path, fps: captured.append(np.array(frames)))
+    common = ["generate", "--model", str(folder), "--prompt", "a cat", "--height", "64", "--width", "64", "--frames", "9",
+              "--steps", "2", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64", "--guidance-scale", "1",
+              "--max-sequence-length", "16", "--out", str(tmp_path / "v.mp4"), "--device", "cpu"]
+    assert main(common + ["--lora", loras[0], "--lora-2", loras[1], "--lora-scale", "0.8"]) == 0
+    assert main(common) == 0
+    assert main(common + ["--lora", loras[0], "--lora-2", loras[1], "--lora-scale", "0"]) == 0
+    with_lora, without, scale0 = captured
+    assert not np.array_equal(with_lora, without) and np.array_equal(scale0, without)
+
+    pipe = tiny.tiny_wan_pipeline("a14b", num_layers=2)  # the same weights as the saved folder
+    pipe.load_lora_weights(loras[0], adapter_name="a")
+    pipe.load_lora_weights(loras[1], adapter_name="b", load_into_transformer_2=True)
+    pipe.set_adapters(["a", "b"], adapter_weights=[0.8, 0.8])
+    apply_radial_attention(pipe, dense_steps=1, dense_layers=0, block_size=64)
+    frames = pipe(prompt="a cat", height=64, width=64, num_frames=9, num_inference_steps=2, guidance_scale=1.0,
+                  max_sequence_length=16, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    np.testing.assert_array_equal(gen_cmd._frames_to_uint8(frames), with_lora)
+
+    assert main(common + ["--lora", str(tmp_path / "nope")]) == 2
+    assert "LoRA folder" in capsys.readouterr().err
+    t2v = tmp_path / "t2v"
+    tiny.tiny_wan_pipeline("t2v", num_layers=2).save_pretrained(t2v)
+    assert main([*common[:2], str(t2v), *common[3:], "--lora-2", loras[1]]) == 2
+    assert "--lora-2 needs a pipeline with a transformer_2" in capsys.readouterr().err
+
+
 def test_generate_without_weights_says_where_it_looked(tmp_path, capsys):
     missing = tmp_path / "no-such-model"
     rc = main(["generate", "--model", str(missing), "--prompt", "x", "--out", str(tmp_path / "v.mp4")])

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from typing import Optional
 
 
 def register(sub) -> None:
@@ -39,6 +40,11 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=16)
     p.add_argument("--out", default="radial-attention.mp4", help="mp4 file to write")
+    p.add_argument("--lora", default=None, metavar="DIR",
+                   help="a LoRA folder (e.g. from train-lora) loaded with pipe.load_lora_weights")
+    p.add_argument("--lora-2", default=None, metavar="DIR",
+                   help="Wan2.2 A14B: a LoRA for the low-noise expert (transformer_2)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA(s)")
     g = p.add_argument_group("radial attention")
     g.add_argument("--dense", action="store_true", help="do not apply radial attention (the dense baseline)")
     g.add_argument("--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's)")
@@ -105,6 +111,27 @@ def load_pipeline(model: str, dtype):
         ) from e
 
 
+def load_loras(pipe, lora: Optional[str], lora_2: Optional[str], scale: float = 1.0) -> None:
+    """Load ``lora`` into the pipeline's transformer and ``lora_2`` into ``transformer_2`` (Wan2.2
+    A14B's low-noise expert) as adapter ``"radial-lora"``, at ``scale``."""
+    if lora is None and lora_2 is None:
+        return
+    if not hasattr(pipe, "load_lora_weights"):
+        raise ValueError(f"{type(pipe).__name__} cannot load LoRA weights")
+    names = []
+    for folder, into_2 in ((lora, False), (lora_2, True)):
+        if folder is None:
+            continue
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"LoRA folder {os.path.abspath(folder)} does not exist")
+        if into_2 and getattr(pipe, "transformer_2", None) is None:
+            raise ValueError(f"--lora-2 needs a pipeline with a transformer_2 (Wan2.2 A14B); {type(pipe).__name__} has none")
+        name = "radial-lora-2" if into_2 else "radial-lora"
+        pipe.load_lora_weights(folder, adapter_name=name, **({"load_into_transformer_2": True} if into_2 else {}))
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[scale] * len(names))
+
+
 def _frames_to_uint8(frames):
     """Pipeline output (``output_type="np"``: ``[F, H, W, 3]`` floats in 0..1) -> uint8 frames."""
     import numpy as np
@@ -165,6 +192,7 @@ def _run(args, sp) -> int:
     )
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, dtype)
+    load_loras(pipe, args.lora, args.lora_2, args.lora_scale)
     if args.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:
