@@ -377,3 +377,18 @@ def test_deterministic_flag_turns_on_deterministic_kernels(tmp_path):
     finally:
         torch.use_deterministic_algorithms(saved[0])
         cudnn.deterministic, cudnn.benchmark = saved[1], saved[2]
+
+
+def test_wan_prompt_length_other_than_512_warns(tmp_path):
+    """Wan does not mask prompt padding: data with another prompt length than the pipelines'
+    512 gets a warning that says how to generate or re-encode; 512-token data does not."""
+    import warnings
+
+    short = _data(tmp_path, n=2)  # 16 tokens
+    with pytest.warns(UserWarning, match=r"have \[16\] tokens; Wan pipelines generate with 512 .* max_sequence_length=16"):
+        LoRATrainer(_cfg(tmp_path, short))
+    full = tmp_path / "full"
+    write_synthetic_dataset(full, model_spec(load_transformer("tiny-wan")), num_samples=2, latent_shape=LATENT, text_len=512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LoRATrainer(_cfg(tmp_path, full, output_dir=str(tmp_path / "o2")))

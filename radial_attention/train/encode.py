@@ -19,9 +19,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .data import DataError, MANIFEST, write_manifest, write_sample
+from .model import WAN_TEXT_TOKENS
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-WAN_TEXT_TOKENS = 512  # prompt length of Wan pipelines' __call__
 
 
 @dataclass
@@ -229,9 +229,7 @@ def encode_caption(pipe, family: str, caption: str, *, max_sequence_length: Opti
     """The caption's embeddings as the pipeline makes them (batch dim dropped, on the CPU)."""
     device = pipe._execution_device
     if family == "wan":
-        # The pipelines generate with 512 tokens (their __call__ default; encode_prompt's own
-        # default is 226). The zero padding is not masked in Wan's cross-attention, so the length
-        # must match generation.
+        # The length the pipelines generate with (see WAN_TEXT_TOKENS), not encode_prompt's default.
         kw = {"max_sequence_length": WAN_TEXT_TOKENS if max_sequence_length is None else max_sequence_length}
         emb, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device, **kw)
         return {"prompt_embeds": emb[0].float().cpu()}

@@ -21,7 +21,10 @@ from .objective import NUM_TRAIN_TIMESTEPS
 
 # The built-in tiny models (random weights, no download) that `--model` accepts by name.
 TINY_MODELS = ("tiny-wan", "tiny-hunyuan")
-WAN_I2V_TEXT_TOKENS = 512  # diffusers' Wan attention treats the tokens after the first 512 as the image's
+# The prompt length Wan pipelines generate with (their __call__ default; encode_prompt's own default
+# is 226). Wan's cross-attention does not mask the padding, so it is part of the input; Wan2.1 I2V
+# needs exactly this many (its attention takes the tokens after the first 512 as the image's).
+WAN_TEXT_TOKENS = 512
 
 # LoRA targets, as regexes over module names (peft full-matches a string target_modules).
 # Only the self-attention over video tokens: Wan's attn1 (attn2 is cross-attention to text);
@@ -70,7 +73,7 @@ def model_spec(transformer) -> ModelSpec:
         image_dim = int(cfg.image_dim) if getattr(cfg, "image_dim", None) is not None else None
         return ModelSpec("wan", latent, tuple(int(p) for p in cfg.patch_size), int(cfg.text_dim),
                          condition_channels=total - latent, image_dim=image_dim,
-                         text_len=WAN_I2V_TEXT_TOKENS if image_dim is not None else None)
+                         text_len=WAN_TEXT_TOKENS if image_dim is not None else None)
     return ModelSpec(
         "hunyuan",
         int(cfg.in_channels),

@@ -27,6 +27,7 @@ import math
 import os
 import pathlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -34,9 +35,10 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data_parallel as dp
-from .data import LatentDataset, collate
+from .data import PROMPT_EMBEDS, LatentDataset, collate
 from .lora import add_lora, load_lora_into, lora_parameters, save_lora
 from .model import (
+    WAN_TEXT_TOKENS,
     autocast_context,
     cast_like_from_pretrained,
     default_shift,
@@ -213,6 +215,7 @@ class LoRATrainer:
 
         # Data first: bad data fails here, before anything expensive happens.
         self.dataset = LatentDataset(cfg.data, self.spec, batch_size=cfg.batch_size, world_size=self.info.world_size)
+        _warn_on_prompt_length(self.dataset, self.family)
         self.shift = default_shift(cfg.model, self.family) if cfg.shift is None else float(cfg.shift)
         # One Wan2.2 A14B expert learns only the noise levels its pipeline gives it.
         self.timestep_range = cfg.timestep_range or (
@@ -484,6 +487,22 @@ class LoRATrainer:
             lora_path = save_lora(self.transformer, self.family, self.output_dir)
         dp.barrier(self.info)
         return TrainResult(self.output_dir, lora_path, self.step_count, losses)
+
+
+def _warn_on_prompt_length(dataset: LatentDataset, family: str) -> None:
+    """Wan's cross-attention does not mask prompt padding, so the prompt length is part of the
+    model's input: data encoded with another length than the pipelines generate with (512) trains
+    the LoRA on contexts it will not see at generation time."""
+    if family != "wan":
+        return
+    lengths = sorted({s.shapes[PROMPT_EMBEDS][0] for s in dataset.samples})
+    if lengths != [WAN_TEXT_TOKENS]:
+        warnings.warn(
+            f"prompt_embeds in {dataset.root} have {lengths} tokens; Wan pipelines generate with "
+            f"{WAN_TEXT_TOKENS} (their max_sequence_length default) and do not mask the padding: generate with "
+            f"max_sequence_length={lengths[0]}, or re-encode with --max-sequence-length {WAN_TEXT_TOKENS}",
+            stacklevel=3,
+        )
 
 
 def _use_deterministic_kernels() -> None:
