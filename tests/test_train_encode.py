@@ -206,3 +206,43 @@ def test_encode_and_train_wan_i2v(tmp_path, capsys):
         base = fresh.transformer(**kwargs)[0]
     with torch.no_grad():
         assert (trained(**kwargs)[0] - base).abs().max() > 1e-4  # the LoRA is not a no-op
+
+
+def test_encode_and_train_wan22_i2v_a14b_expert(tmp_path, capsys):
+    """Wan2.2 I2V A14B: no image encoder, so samples hold the condition only; the low-noise expert
+    trains on its own noise levels (below boundary_ratio 0.9) and its LoRA loads into a fresh
+    pipeline's transformer_2 and reproduces the trained expert; the whole pipeline then runs with
+    radial attention."""
+    from PIL import Image
+
+    from radial_attention.integrations.diffusers import apply_radial_attention
+    from radial_attention.train.trainer import LoRATrainer, TrainConfig
+
+    tiny.tiny_wan_i2v_pipeline(num_layers=3, seed=0, variant="a14b").save_pretrained(str(tmp_path / "pipe"))
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    _write_video(vids / "clip0.mp4", seed=0)
+    (vids / "clip0.txt").write_text("a red cat walks on the beach")
+    out = tmp_path / "data"
+    assert main(["encode", "--model", str(tmp_path / "pipe"), "--videos", str(vids), "--output", str(out),
+                 "--height", "64", "--width", "96", "--frames", "9", "--no-progress"]) == 0
+    capsys.readouterr()
+    fresh = tiny.tiny_wan_i2v_pipeline(num_layers=3, seed=0, variant="a14b")
+    stored = LatentDataset(out, model_spec(fresh.transformer_2))[0]
+    assert set(stored) == {"latents", "prompt_embeds", "condition"} and stored["condition"].shape == (20, 3, 8, 12)
+
+    trainer = LoRATrainer(TrainConfig(model=str(tmp_path / "pipe"), data=str(out), output_dir=str(tmp_path / "run"),
+                                      transformer_subfolder="transformer_2", block_size=64, rank=4, lr=1e-2, max_steps=2,
+                                      checkpoint_every=0, progress=False))
+    assert trainer.timestep_range == (0.0, 900.0)
+    trainer.train()
+    trained = trainer.transformer.eval()
+    fresh.load_lora_weights(str(tmp_path / "run"), load_into_transformer_2=True)
+    apply_radial_attention(fresh, dense_layers=2, block_size=64)
+    kwargs = tiny.wan_inputs(trained, 3, 8, 12, text_len=512, timestep=400.0, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.transformer_2(**kwargs)[0], trained(**kwargs)[0], atol=1e-5, rtol=1e-5)
+        image = Image.fromarray((torch.rand(64, 96, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy())
+        video = fresh(image=image, prompt="a cat", height=64, width=96, num_frames=9, num_inference_steps=3,
+                      guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    assert video.shape == (1, 16, 3, 8, 12) and torch.isfinite(video).all()

@@ -378,7 +378,7 @@ def tiny_clip_vision_encoder(image_dim: int, *, seed: int = 0):
     return encoder, processor
 
 
-def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0):
+def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = "wan2.1"):
     """A whole Wan2.1 image-to-video ``WanImageToVideoPipeline`` from tiny components (no download).
 
     Components: ``tiny_wan_transformer("i2v")`` (36 input channels = 16 noise + 4 mask + 16 image
@@ -394,13 +394,27 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0):
     ``4k+1``; the output latents are ``[B, 16, (frames - 1) // 4 + 1, height / 8, width / 8]``.
     A string prompt needs ``ftfy`` (diffusers' I2V ``prompt_clean`` calls it unconditionally; it is
     in this package's ``diffusers`` extra).
+
+    ``variant="a14b"``: Wan2.2 I2V A14B instead: two experts (``transformer`` high-noise,
+    ``transformer_2`` low-noise, ``boundary_ratio=0.9``) with 36 input channels and no image
+    encoder or image cross-attention (the image enters only through the condition channels).
     """
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
 
-    transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed)
-    # The pipeline feeds image_encoder(...).hidden_states[-2] to the transformer's image embedder,
-    # whose input width is image_dim: the CLIP hidden size must equal it.
-    image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+    if variant not in ("wan2.1", "a14b"):
+        raise ValueError(f"tiny_wan_i2v_pipeline variant must be 'wan2.1' or 'a14b', got {variant!r}")
+    experts = {}
+    if variant == "a14b":
+        no_image = dict(image_dim=None, added_kv_proj_dim=None)
+        transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed, **no_image)
+        experts = dict(transformer_2=tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed + 1, **no_image),
+                       boundary_ratio=0.9)
+        image_encoder = image_processor = None
+    else:
+        transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed)
+        # The pipeline feeds image_encoder(...).hidden_states[-2] to the transformer's image embedder,
+        # whose input width is image_dim: the CLIP hidden size must equal it.
+        image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
     # Text side, VAE and scheduler: exactly tiny_wan_pipeline("t2v")'s (same seeds).
     tokenizer = tiny_tokenizer()
     text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
@@ -413,6 +427,7 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0):
         image_processor=image_processor,
         image_encoder=image_encoder,
         transformer=transformer,
+        **experts,
     )
 
 
