@@ -392,3 +392,19 @@ def test_wan_prompt_length_other_than_512_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LoRATrainer(_cfg(tmp_path, full, output_dir=str(tmp_path / "o2")))
+
+
+def test_loss_curve_png(tmp_path):
+    """loss.png: drawn from loss.jsonl at the end (and at checkpoints), with the eval points."""
+    import matplotlib.image
+
+    from radial_attention.train.plot import moving_average, read_log
+
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    data = _data(tmp_path, n=2)
+    LoRATrainer(_cfg(tmp_path, data, max_steps=4, eval_every=2, eval_samples=1, checkpoint_every=2)).train()
+    png = tmp_path / "out" / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(str(png)).shape
+    assert (height, width) == (500, 700)
+    assert [r["step"] for r in read_log(tmp_path / "out" / "loss.jsonl") if "eval_loss" in r] == [2, 4]

@@ -33,7 +33,7 @@ def register(sub) -> None:
             "Train a LoRA on the self-attention projections of a Wan2.1 or HunyuanVideo transformer with radial "
             "attention (the first --dense-layers blocks dense) on pre-encoded latents (radial-attention encode). "
             "Writes OUTPUT/pytorch_lora_weights.safetensors (pipe.load_lora_weights(OUTPUT) reads it), "
-            "OUTPUT/loss.jsonl and OUTPUT/checkpoints/. Several GPUs: torchrun --nproc-per-node N "
+            "OUTPUT/loss.jsonl (curve: OUTPUT/loss.png) and OUTPUT/checkpoints/. Several GPUs: torchrun --nproc-per-node N "
             "-m radial_attention.cli.main train-lora ..."
         ),
     )

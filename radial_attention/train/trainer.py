@@ -52,6 +52,7 @@ from .model import (
     transformer_inputs,
 )
 from .objective import FlowMatching
+from .plot import plot_loss
 
 ATTENTIONS = ("radial", "dense")
 LR_SCHEDULES = ("constant", "cosine")
@@ -473,6 +474,8 @@ class LoRATrainer:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", step_s=f"{rec['step_time_s']:.2f}")
                 if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.step_count < cfg.max_steps:
                     self.save_checkpoint()
+                    if log is not None:  # a curve to look at while a long run goes on
+                        plot_loss(self._log_path(), self.output_dir / "loss.png")
         finally:
             if log is not None:
                 log.close()
@@ -485,6 +488,7 @@ class LoRATrainer:
         lora_path = self.output_dir / "pytorch_lora_weights.safetensors"
         if main:
             lora_path = save_lora(self.transformer, self.family, self.output_dir)
+            plot_loss(self._log_path(), self.output_dir / "loss.png")  # skipped without matplotlib
         dp.barrier(self.info)
         return TrainResult(self.output_dir, lora_path, self.step_count, losses)
 
