@@ -66,6 +66,12 @@ for section in "$@"; do
     training-hunyuan-deeper)  # HunyuanVideo 4x with 2+2 blocks: the per-block estimate on the paper's model
       run training_hunyuan_deeper 480 python3 benchmarks/training.py --models hunyuan --lengths 4 --layers 2 \
         --case-budget-s 1 --out "$OUT/training-hunyuan-2x2" ;;
+    training-offload)  # Wan2.1-1.3B at 4x, all 30 blocks, radial: checkpointed inputs on the GPU vs in CPU memory
+      for mode in off on; do
+        run "training_offload_$mode" 150 python3 benchmarks/training.py --models wan1.3b --lengths 4 --layers 30 \
+          --radial-dense-layers 2 --variants radial --case-budget-s 1 --out "$OUT/offload-$mode" \
+          $([ "$mode" = on ] && echo --offload-checkpoints)
+      done ;;
     train-cli)  # the real train-lora CLI on the GPU: radial run, exact resume, dense baseline
       run train_cli_check 300 python3 benchmarks/train_cli_check.py --out "$OUT/train-cli" --work /tmp/train-cli ;;
     sp-1gpu)  # the single-GPU baseline of the sequence-parallel benchmark (the multi-GPU runs need an x2+ machine)

@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from radial_attention.train.lora import add_lora, lora_parameters  # noqa: E402
+from radial_attention.train.memory import enable_checkpointing, offload_context, prepare_offload_input  # noqa: E402
 from radial_attention.train.model import (  # noqa: E402
     PRECISIONS,
     Precision,
@@ -172,9 +173,10 @@ class Stepper:
     """One training step of a LoRA on ``model``: forward (autocast), flow-matching loss, backward, AdamW:
     the step of ``radial_attention.train.LoRATrainer`` at the same precision."""
 
-    def __init__(self, model, case: ModelCase, device, precision: Precision, lora: bool = True, rank: int = 128):
+    def __init__(self, model, case: ModelCase, device, precision: Precision, lora: bool = True, rank: int = 128,
+                 offload: bool = False):
         self.model, self.case, self.batch, self.device = model, case, None, torch.device(device)
-        self.precision = precision
+        self.precision, self.offload = precision, offload
         self.objective = FlowMatching(shift=case.shift)
         self.params = []
         if lora:
@@ -185,7 +187,7 @@ class Stepper:
                 for p in self.params:
                     p.normal_(0, 1e-3)
             self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
-        model.enable_gradient_checkpointing()
+        enable_checkpointing(model, offload=offload)
         model.train()
         # Noise drawn on the device: a CPU draw of a 4x-length latent would add ~0.1 s to every step.
         self.gen = torch.Generator(self.device).manual_seed(0)
@@ -198,9 +200,10 @@ class Stepper:
         if not self.params:
             x_t = x_t + 0 * x0  # keep the graph to the leaf
         kw = transformer_inputs(self.case.family, self.batch, x_t, t, dtype=self.precision.compute)
+        kw["hidden_states"] = prepare_offload_input(kw["hidden_states"], self.offload)
         # As the trainer does: peft's float32 LoRA-input copies stay off through the backward's recompute.
         with lora_input_cast_off(self.model, self.precision):
-            with autocast_context(self.precision, self.device.type):
+            with autocast_context(self.precision, self.device.type), offload_context(self.device, self.offload):
                 pred = self.model(**kw)[0]
             loss = self.objective.loss(pred, target)
             loss.backward()
@@ -243,7 +246,7 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
     try:
         model = build_transformer(case, layers, device, dtype)
         family_of(model)
-        stepper = Stepper(model, case, device, precision, rank=args.rank)  # LoRA + AdamW, once per model
+        stepper = Stepper(model, case, device, precision, rank=args.rank, offload=args.offload_checkpoints)  # LoRA + AdamW, once per model
     except Exception as exc:  # noqa: BLE001 - recorded per case
         results.append({"model": key, "variant": "build", "error": f"{type(exc).__name__}: {exc}", "oom": is_oom(exc)})
         save()
@@ -258,7 +261,7 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
                   "radial_dense_layers": min(args.radial_dense_layers, blocks_of(case, layers)),
                   "density": density_of(case, latent_frames, args.block_size)}
         batch = make_batch(case, latent_frames, device)
-        for variant in ("overhead", "dense", "radial"):
+        for variant in args.variants:
             rec = dict(common, variant=variant)
             t0 = time.perf_counter()
             try:
@@ -267,7 +270,7 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
                     torch.cuda.reset_peak_memory_stats(device)
                 if variant == "overhead":
                     m0 = build_transformer(case, 0, device, dtype)
-                    st = Stepper(m0, case, device, precision, lora=False)
+                    st = Stepper(m0, case, device, precision, lora=False, offload=args.offload_checkpoints)
                     st.batch = batch
                     with sdpa_context(args.dense_sdpa, device):
                         rec.update(time_steps(st, args.warmup, args.repeats, args.case_budget_s, device))
@@ -414,6 +417,9 @@ def main(argv=None) -> int:
     ap.add_argument("--radial-dense-layers", type=int, default=0,
                     help="blocks kept dense in the radial variant (0: all measured blocks radial; the recipe has 2)")
     ap.add_argument("--rank", type=int, default=128)
+    ap.add_argument("--offload-checkpoints", action="store_true",
+                    help="as train-lora's: the checkpointed blocks' inputs in CPU memory")
+    ap.add_argument("--variants", default="overhead,dense,radial", help="which of overhead, dense, radial to time")
     ap.add_argument("--block-size", type=int, default=128, choices=(64, 128))
     ap.add_argument("--backend", default="auto", help="radial attention backend")
     ap.add_argument("--dense-sdpa", default="cudnn,flash,efficient", help="torch SDPA kernel priority, or 'default'")
@@ -433,6 +439,9 @@ def main(argv=None) -> int:
         if k not in table:
             ap.error(f"unknown model {k!r}; expected some of {list(table)}")
     args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.variants = [v.strip() for v in args.variants.split(",")]
+    if not args.variants or not set(args.variants) <= {"overhead", "dense", "radial"}:
+        ap.error(f"--variants must be among overhead, dense, radial; got {args.variants}")
     for n in args.lengths:
         if n not in (1, 2, 4):
             ap.error(f"lengths must be among 1, 2, 4; got {n}")
@@ -450,6 +459,7 @@ def main(argv=None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "dtype": str(precision.weights).replace("torch.", ""),
+        "offload_checkpoints": args.offload_checkpoints,
         "precision": args.precision if args.precision != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32"),
         "smoke": args.smoke,
         "rank": args.rank,

@@ -408,3 +408,38 @@ def test_loss_curve_png(tmp_path):
     height, width, _ = matplotlib.image.imread(str(png)).shape
     assert (height, width) == (500, 700)
     assert [r["step"] for r in read_log(tmp_path / "out" / "loss.jsonl") if "eval_loss" in r] == [2, 4]
+
+
+def test_offloaded_checkpoints_give_the_same_gradients(tmp_path, monkeypatch):
+    """offload_checkpoints: reentrant checkpointing with the block inputs saved through
+    save_on_cpu; the LoRA gradients (first blocks included) equal plain checkpointing's."""
+    import radial_attention.train.memory as memory
+
+    data = _data(tmp_path, n=2)
+    plain = LoRATrainer(_cfg(tmp_path, data, dense_layers=1))
+    loss_a, grads_a = plain.gradients([0, 1])
+    packed = []
+    real = memory.offload_context
+
+    @contextlib.contextmanager
+    def spy(device, offload):  # the real context, its innermost hook replaced by one that records what it would move
+        with real(device, offload):
+            if not offload:
+                yield
+                return
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(tuple(t.shape)) or t, lambda t: t):
+                yield
+
+    import radial_attention.train.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "offload_context", spy)
+    offloaded = LoRATrainer(_cfg(tmp_path, data, dense_layers=1, offload_checkpoints=True, output_dir=str(tmp_path / "o")))
+    loss_b, grads_b = offloaded.gradients([0, 1])
+    assert loss_a == loss_b
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-7, msg=name)
+    assert any(g.abs().max() > 0 for n, g in grads_b.items() if n.startswith("blocks.0."))  # block 0 learns too
+    hidden = (2, 8 * 8 * 12, 2 * 16)  # [B, S, hidden]: a checkpointed block's input
+    assert packed.count(hidden) >= 3  # one per block (3 blocks), saved through the offload hooks
+    with pytest.raises(ValueError, match="offload_checkpoints needs gradient_checkpointing"):
+        _cfg(tmp_path, data, offload_checkpoints=True, gradient_checkpointing=False)

@@ -78,6 +78,8 @@ def register(sub) -> None:
                    help="auto: bf16-mixed on CUDA (bf16 weights, bf16 autocast, float32 LoRA and AdamW), fp32 on CPU; "
                         "bf16: no autocast, LoRA branch in float32 (more memory)")
     g.add_argument("--no-gradient-checkpointing", action="store_true")
+    g.add_argument("--offload-checkpoints", action="store_true",
+                   help="keep the checkpointed blocks' inputs in CPU memory (long videos on big models; one process)")
     g.add_argument("--device", default=None, help="default: CUDA (cuda:LOCAL_RANK under torchrun) if available, else CPU")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: none)")
@@ -135,6 +137,7 @@ def run(args) -> int:
         eval_samples=args.eval_samples,
         progress=not args.no_progress,
         deterministic=args.deterministic,
+        offload_checkpoints=args.offload_checkpoints,
     )
     try:
         trainer = LoRATrainer(cfg)

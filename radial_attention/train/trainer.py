@@ -51,6 +51,7 @@ from .model import (
     resolve_precision,
     transformer_inputs,
 )
+from .memory import enable_checkpointing, offload_context, prepare_offload_input
 from .objective import FlowMatching
 from .plot import plot_loss
 
@@ -91,7 +92,8 @@ class TrainConfig:
         of a Wan2.2 A14B pipeline the expert's own range from ``boundary_ratio``, else all).
     Runtime:
         precision (``auto``: ``bf16-mixed`` on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
-        gradient_checkpointing, deterministic (deterministic GPU kernels, process-wide: a resumed run
+        gradient_checkpointing, offload_checkpoints (the checkpointed blocks' inputs in CPU memory:
+        long videos on big models; ``train.memory``; one process only), deterministic (deterministic GPU kernels, process-wide: a resumed run
         then repeats the uninterrupted one bit for bit on a GPU too; without it non-deterministic
         GPU kernels make runs differ in the last digits), device (``None``: CUDA if available), seed, checkpoint_every,
         keep_checkpoints, resume (``None``, ``"latest"`` or a checkpoint folder), eval_every
@@ -137,6 +139,7 @@ class TrainConfig:
     eval_samples: int = 4
     progress: bool = True
     deterministic: bool = False
+    offload_checkpoints: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
@@ -159,6 +162,8 @@ class TrainConfig:
             if not (0.0 <= lo < hi <= 1000.0):
                 raise ValueError(f"timestep_range must be (lo, hi) with 0 <= lo < hi <= 1000, got {self.timestep_range!r}")
             self.timestep_range = (lo, hi)
+        if self.offload_checkpoints and not self.gradient_checkpointing:
+            raise ValueError("offload_checkpoints needs gradient_checkpointing (it offloads the checkpointed blocks' inputs)")
         if self.transformer_subfolder not in ("transformer", "transformer_2"):
             raise ValueError(f"transformer_subfolder must be 'transformer' or 'transformer_2', got {self.transformer_subfolder!r}")
 
@@ -238,9 +243,13 @@ class LoRATrainer:
                 block_size=cfg.block_size, backend=cfg.backend,
             )
         if cfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            enable_checkpointing(transformer, offload=cfg.offload_checkpoints)
         transformer.train()
         self.transformer = transformer
+        if cfg.offload_checkpoints and self.info.distributed:
+            # Reentrant checkpointing under DDP needs a static graph; not set up or tested here.
+            raise ValueError("offload_checkpoints is single-process only for now; got "
+                             f"{self.info.world_size} processes")
         self.model = dp.wrap(transformer, self.info)
         self.params = lora_parameters(transformer)
         self.optimizer = torch.optim.AdamW(
@@ -317,7 +326,10 @@ class LoRATrainer:
         module = self.model if module is None else module
         x_t, timestep, target, _ = self.objective.sample(batch["latents"], generators)
         kw = transformer_inputs(self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance)
-        with autocast_context(self.precision, self.device.type), lora_input_cast_off(self.transformer, self.precision):
+        offload = self.cfg.offload_checkpoints and torch.is_grad_enabled()
+        kw["hidden_states"] = prepare_offload_input(kw["hidden_states"], offload)
+        with autocast_context(self.precision, self.device.type), lora_input_cast_off(self.transformer, self.precision), \
+                offload_context(self.device, offload):
             pred = module(**kw)[0]
         return self.objective.loss(pred, target)
 
