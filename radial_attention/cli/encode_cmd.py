@@ -13,10 +13,11 @@ def register(sub) -> None:
         description=(
             "Encode mp4 videos and their captions with the pipeline's own VAE and text encoder into a data folder "
             "for `radial-attention train-lora` (format: docs/training-data.md). Captions come from --captions "
-            "(JSONL: {\"video\": ..., \"caption\": ...} per line) or from a .txt file next to each video."
+            "(JSONL: {\"video\": ..., \"caption\": ...} per line) or from a .txt file next to each video. "
+            "Image-to-video pipelines also get the condition and image embeddings they make from each clip's first frame."
         ),
     )
-    p.add_argument("--model", required=True, help="diffusers pipeline folder or Hub id (WanPipeline or HunyuanVideoPipeline)")
+    p.add_argument("--model", required=True, help="diffusers pipeline folder or Hub id (WanPipeline, WanImageToVideoPipeline or HunyuanVideoPipeline)")
     p.add_argument("--videos", nargs="*", default=[], help="video files and/or folders of videos")
     p.add_argument("--captions", default=None, help="JSONL file of {\"video\": path, \"caption\": text}")
     p.add_argument("--output", required=True, help="data folder to write")

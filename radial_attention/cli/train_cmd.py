@@ -28,9 +28,9 @@ def _float_pair(what: str):
 def register(sub) -> None:
     p = sub.add_parser(
         "train-lora",
-        help="length-extension LoRA fine-tuning with radial attention (Wan2.1, HunyuanVideo)",
+        help="length-extension LoRA fine-tuning with radial attention (Wan2.1/2.2 T2V and I2V, HunyuanVideo T2V)",
         description=(
-            "Train a LoRA on the self-attention projections of a Wan2.1 or HunyuanVideo transformer with radial "
+            "Train a LoRA on the self-attention projections of a Wan (2.1/2.2, T2V or I2V) or HunyuanVideo transformer with radial "
             "attention (the first --dense-layers blocks dense) on pre-encoded latents (radial-attention encode). "
             "Writes OUTPUT/pytorch_lora_weights.safetensors (pipe.load_lora_weights(OUTPUT) reads it), "
             "OUTPUT/loss.jsonl (curve: OUTPUT/loss.png) and OUTPUT/checkpoints/. Several GPUs: torchrun --nproc-per-node N "
