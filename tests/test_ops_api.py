@@ -13,7 +13,7 @@ def _qkv(B=1, H=2, S=200, D=64, dtype=torch.float32):
 
 
 def test_registry_names_and_availability():
-    assert set(BACKENDS) == {"reference", "gather", "flex", "triton", "flashinfer"}
+    assert set(BACKENDS) == {"reference", "gather", "flex", "triton", "flashinfer", "fa4"}
     avail = available_backends()
     assert {"reference", "gather"} <= set(avail) <= set(BACKENDS)
 

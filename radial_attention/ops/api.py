@@ -13,12 +13,12 @@
                2    . # # .          a row with no such key outputs 0.
                3    # . # #
 
-Backends live in sibling modules (``reference``, ``gather``, ``flex``, ``triton``, ``flashinfer``), are imported
+Backends live in sibling modules (``reference``, ``gather``, ``flex``, ``triton``, ``flashinfer``, ``fa4``), are imported
 lazily on first use and never import each other. Each exposes
 ``attention(q, k, v, mask: BlockSparseMask, *, scale: float, key_lengths) -> Tensor`` (``key_lengths``:
 None or an integer ``[B]`` tensor on q's device, int32 or int64 as the caller gave it) and may expose
 ``unsupported_reason(q, *, requires_grad) -> str | None`` (``requires_grad`` may be left out) saying why it cannot run an input
-(device, dtype, head dim, backward); the api turns that reason into an error for an explicit choice
+(device, dtype, head dim, backward; a check that takes ``block_size`` gets the mask's); the api turns that reason into an error for an explicit choice
 and skips the backend under ``"auto"``. Both are traced by ``torch.compile`` (fullgraph), so they
 must not sync with the device or call functions dynamo skips.
 """
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import math
+import os
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -44,6 +45,7 @@ BACKEND_MODULES = {
     "flex": "radial_attention.ops.flex",
     "triton": "radial_attention.ops.triton",
     "flashinfer": "radial_attention.ops.flashinfer",
+    "fa4": "radial_attention.ops.fa4",
 }
 BACKENDS = tuple(BACKEND_MODULES)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -71,13 +73,19 @@ def _load(name: str):
     except ImportError as exc:  # the optional package (or the backend itself) is not installed
         _import_errors[name] = f"{type(exc).__name__}: {exc}"
         return None
+    if getattr(module, "IMPORT_ERROR", None):  # importable itself, but its optional package is not
+        _import_errors[name] = module.IMPORT_ERROR
+        return None
     check = getattr(module, "unsupported_reason", None)
+    params = inspect.signature(check).parameters if check is not None else {}
     if check is None:
-        _checks[name] = lambda q, requires_grad: None
-    elif "requires_grad" in inspect.signature(check).parameters:
+        _checks[name] = lambda q, requires_grad, block_size: None
+    elif "block_size" in params:
         _checks[name] = check
+    elif "requires_grad" in params:
+        _checks[name] = lambda q, requires_grad, block_size, _check=check: _check(q, requires_grad=requires_grad)
     else:  # a backend that supports backward everywhere may leave the argument out
-        _checks[name] = lambda q, requires_grad, _check=check: _check(q)
+        _checks[name] = lambda q, requires_grad, block_size, _check=check: _check(q)
     _modules[name] = module
     return module
 
@@ -89,6 +97,8 @@ def _preload() -> None:
     _load("flex")  # torch only: FlexAttention itself is imported on first use
     if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         _load("triton")  # what "auto" picks on CUDA (or what runs under Triton's interpreter)
+    if torch.cuda.is_available():
+        _load("fa4")  # what "auto" picks first on Hopper when flash-attn-4 is installed
 
 
 def available_backends() -> list:
@@ -104,40 +114,45 @@ def _requires_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-_reasons: dict = {}  # (name, device type, dtype, head dim, requires_grad) -> reason or None
+_reasons: dict = {}  # (name, device, dtype, head dim, requires_grad, block size) -> reason or None
 
 
-def _reason(name: str, q: torch.Tensor, requires_grad: bool) -> Optional[str]:
+def _reason(name: str, q: torch.Tensor, requires_grad: bool, block_size: int = 128) -> Optional[str]:
     """Why backend ``name`` cannot run this input, or None if it can.
 
-    A backend's answer depends only on the device type, dtype, head dim and whether gradients are
-    needed, so it is memoized: after one eager call, a traced call reads the memo instead of
-    tracing the backend's check.
+    A backend's answer depends only on the device (its type and, for CUDA, which GPU: the
+    architecture matters to fa4), dtype, head dim, block size and whether gradients are needed, so
+    it is memoized: after one eager call, a traced call reads the memo instead of tracing the check.
     """
-    key = (name, q.device.type, q.dtype, q.shape[-1], requires_grad)
+    key = (name, str(q.device), q.dtype, q.shape[-1], requires_grad, block_size)
     if key in _reasons:
         return _reasons[key]
     module = _load(name)
     if module is None:
         return f"it cannot be imported ({_import_errors[name]})"
-    why = _checks[name](q, requires_grad=requires_grad)
+    why = _checks[name](q, requires_grad=requires_grad, block_size=block_size)
     if not torch.compiler.is_compiling():
         _reasons[key] = why
     return why
 
 
 def _auto_order(q: torch.Tensor) -> tuple:
-    # CUDA: the project's Triton kernels, then FlexAttention, then the (dense-cost) reference
+    # CUDA: FlashAttention-4 where its block sparsity is verified (Hopper; measured 1.27-1.40x
+    # faster than our Triton kernels there), the project's Triton kernels (any CUDA GPU), then
+    # FlexAttention, then the (dense-cost) reference, with a warning
     # (gather is not measured on a GPU yet, so it is not put before the reference there).
     # CPU and other devices: gather, plain torch ops over the kept blocks only, with autograd.
     # FlexAttention runs forward on the CPU too, but compiles per shape (tens of seconds), has no
     # CPU backward and was measured slower than dense SDPA there, so it is opt-in.
     if q.device.type == "cuda":
-        return ("triton", "flex", "reference")
+        return ("fa4", "triton", "flex", "reference")
     return ("gather", "reference")
 
 
-def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool] = None) -> str:
+_warned_reference: set = set()  # (device, dtype, head dim, requires_grad, block size) already warned about
+
+
+def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool] = None, block_size: int = 128) -> str:
     """The backend that ``block_sparse_attention(..., backend=backend)`` runs for inputs like ``q``.
 
     Args:
@@ -145,11 +160,13 @@ def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool]
         q: a query tensor ``[B, H, S, D]`` (its device, dtype and head dim matter).
         requires_grad: whether a backward pass is needed (default: ``q.requires_grad`` under
             grad mode).
+        block_size: the mask's block size (fa4 runs 128 only).
 
     Returns:
-        The backend name. ``"auto"`` picks, on CUDA, ``triton`` if it can run the input, else
-        ``flex``, else ``reference``; on the CPU and other devices ``gather`` (which runs every
-        input, with gradients).
+        The backend name. ``"auto"`` picks, on CUDA, ``fa4`` if it is installed and can run the
+        input (Hopper, fp16/bf16, head dim 64/128, 128-blocks), else ``triton``, else ``flex``, else
+        ``reference`` (with a warning: it does dense work); on the CPU and other devices ``gather``
+        (which runs every input, with gradients).
 
     Raises:
         ValueError: an unknown backend name, or an explicit backend that cannot run the input
@@ -161,14 +178,21 @@ def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool]
     if backend == "auto":
         reasons = []
         for name in _auto_order(q):
-            why = _reason(name, q, requires_grad)
+            why = _reason(name, q, requires_grad, block_size)
             if why is None:
+                if name == "reference" and q.device.type == "cuda" and not torch.compiler.is_compiling():
+                    key = (str(q.device), q.dtype, q.shape[-1], requires_grad, block_size)
+                    if key not in _warned_reference:
+                        _warned_reference.add(key)
+                        warnings.warn(
+                            "radial attention on CUDA fell back to the reference backend, which does dense "
+                            "O(S^2) work: " + "; ".join(reasons), RuntimeWarning, stacklevel=3)
                 return name
             reasons.append(f"{name}: {why}")
         raise ValueError("no attention backend can run this input; " + "; ".join(reasons))
     if not isinstance(backend, str) or backend not in BACKEND_MODULES:
         raise ValueError(f"unknown attention backend {backend!r}; expected 'auto' or one of {list(BACKENDS)}")
-    why = _reason(backend, q, requires_grad)
+    why = _reason(backend, q, requires_grad, block_size)
     if why is not None:
         raise ValueError(
             f"attention backend {backend!r} cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}, "
@@ -293,7 +317,7 @@ def block_sparse_attention(
         block_size: tokens per block side, 64 or 128. Default: the mask object's, or 128 for a
             raw tensor; if given with a mask object it must equal the object's.
         scale: multiplier of ``q . k`` (default ``D ** -0.5``).
-        backend: ``"auto"``, ``"reference"``, ``"gather"``, ``"flex"``, ``"triton"`` or ``"flashinfer"``
+        backend: ``"auto"``, ``"reference"``, ``"gather"``, ``"flex"``, ``"triton"``, ``"flashinfer"`` or ``"fa4"``
             (see :func:`resolve_backend`). An explicit backend never falls back to another.
         key_lengths: optional integer ``[B]``: keys at positions ``>= key_lengths[b]`` are
             excluded for batch item ``b`` (values in ``0..S``; checked outside ``torch.compile``,
@@ -314,7 +338,7 @@ def block_sparse_attention(
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"scale must be a finite number or None, got {scale!r}")
     key_lengths = _check_key_lengths(key_lengths, q)
-    name = resolve_backend(backend, q, _requires_grad(q, k, v))
+    name = resolve_backend(backend, q, _requires_grad(q, k, v), mask.block_size)
     return _modules[name].attention(q, k, v, mask, scale=float(scale), key_lengths=key_lengths)
 
 
@@ -357,3 +381,59 @@ def radial_attention(
     return block_sparse_attention(
         q, k, v, mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths
     )
+
+
+# ---------------------------------------------------------------------- dense attention
+DENSE_BACKENDS = ("sdpa", "fa4")
+
+
+def resolve_dense_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool] = None) -> str:
+    """The kernel :func:`dense_attention` runs: ``"fa4"`` (FlashAttention-4's dense kernel, the
+    fastest measured on an H200) where the fa4 backend can run ``q``, else ``"sdpa"`` (torch's
+    ``scaled_dot_product_attention``, which picks cuDNN / flash / efficient itself)."""
+    if requires_grad is None:
+        requires_grad = _requires_grad(q)
+    if backend == "auto":
+        return "fa4" if _reason("fa4", q, requires_grad) is None else "sdpa"
+    if backend not in DENSE_BACKENDS:
+        raise ValueError(f"unknown dense attention backend {backend!r}; expected 'auto' or one of {list(DENSE_BACKENDS)}")
+    if backend == "fa4":
+        why = _reason("fa4", q, requires_grad)
+        if why is not None:
+            raise ValueError(f"dense backend 'fa4' cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}, "
+                             f"device {q.device}: {why}")
+    return backend
+
+
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: Optional[float] = None,
+    key_lengths: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Full (dense) attention with the fastest kernel available, for the dense steps and layers.
+
+    Same arguments, layout (``[B, H, S, D]``, any strides) and rules as
+    :func:`block_sparse_attention` with every block kept: ``key_lengths`` excludes padded keys, a
+    row with no allowed key (``key_lengths[b] == 0``) is 0. ``backend``: ``"auto"``, ``"fa4"`` or
+    ``"sdpa"`` (see :func:`resolve_dense_backend`).
+    """
+    _check_qkv(q, k, v)
+    D = q.shape[-1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    key_lengths = _check_key_lengths(key_lengths, q)
+    name = resolve_dense_backend(backend, q, _requires_grad(q, k, v))
+    if name == "fa4":
+        return _modules["fa4"].dense_attention(q, k, v, scale=float(scale), key_lengths=key_lengths)
+    if key_lengths is None:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=float(scale))
+    S = q.shape[2]
+    keep = torch.arange(S, device=q.device)[None, :] < key_lengths[:, None]  # [B, S]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=float(scale))
+    return out.masked_fill((key_lengths == 0)[:, None, None, None], 0)  # SDPA gives NaN for such rows

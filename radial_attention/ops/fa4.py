@@ -1,0 +1,360 @@
+"""The ``fa4`` backend: FlashAttention-4 (``flash-attn-4``, CuTe DSL) with the radial block lists.
+
+Optional: ``pip install "radial-attention[cuda]"`` (flash-attn-4 and its CuTe DSL, pinned to the
+versions tested here). Runs where FA4's block sparsity is verified: Hopper (SM90), fp16/bf16, head
+dims 64 and 128, 128-token blocks. Elsewhere ``unsupported_reason`` says why (FA4 is known to
+ignore block-sparse tables silently on SM80, so the check is by architecture, not by "it ran").
+
+How the contract maps onto FA4 (``flash_attn.cute.interface``):
+
+- Every kept block is passed as a *full* block (``full_block_cnt`` / ``full_block_idx``, the mask's
+  own padded-CSR lists ``kv_counts`` / ``kv_indices``); FA4's *mask* blocks (which would need a
+  ``mask_mod``) are empty. The backward gets the transposed lists (``q_counts`` / ``q_indices``).
+  Lists are ``[Bm, Hm, nb, W]`` with ``Bm``, ``Hm`` in ``(1, B)``/``(1, H)``: FA4 broadcasts size-1
+  dims, so nothing is copied per batch item or head (at HunyuanVideo 4x one list is ~52 MB).
+  They are built once per mask and device and reused by every layer and step.
+- q, k, v go in as FA4's native ``[B, S, H, D]``: the api's ``[B, H, S, D]`` arguments are
+  transposed views of diffusers' ``[B, S, H, D]`` tensors, so their ``.transpose(1, 2)`` is the
+  original storage (no copy). The output is returned as the ``[B, H, S, D]`` view of a ``[B, S, H, D]``
+  tensor, which is what diffusers transposes back.
+- ``key_lengths`` (HunyuanVideo's prompt padding): per batch item, the keys are cut to
+  ``k[:, :L]`` and the block counts to the key blocks below ``ceil(L / bs)``; FA4 masks the keys
+  past ``L`` inside the last kept block itself (as for any ``S`` that is not a multiple of the
+  block). Exact, forward and backward (``dk``/``dv`` past ``L`` are 0). One FA4 call per batch
+  item with a distinct length; equal lengths share a call.
+- Query rows with no allowed key: FA4 writes 0 (and ``lse = -inf``).
+
+Both directions are ``torch.library`` custom ops with a fake implementation and autograd, so
+``torch.compile(fullgraph=True)`` and diffusers' ``compile_repeated_blocks`` keep the op in the
+graph (dynamo cannot trace ``flash_attn_func`` itself). The ops take the CPU block mask tensor and
+look its device lists up here, so no data-dependent list building enters a graph.
+
+FA4 JIT-compiles each kernel configuration on first use (3-4 s). Its on-disk kernel cache is turned
+on here, in ``$XDG_CACHE_HOME/radial-attention/flash-attn-4`` (``~/.cache/...``), unless the user
+set FA4's own variables ``FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED`` / ``..._CACHE_DIR``: a new
+process then finds its kernels compiled.
+
+``dense_attention(q, k, v, scale=, key_lengths=)`` runs FA4's dense kernel (the fastest dense
+attention on an H200) with the same layout and ``key_lengths`` handling, for the dense steps and
+layers of a radial schedule.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+#: The versions this backend was verified with on an H200 (pinned by the ``cuda`` extra).
+TESTED_FA4_VERSION = "4.0.0b36"
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_BLOCK_SIZES = (128,)
+#: Compute capabilities where FA4's block sparsity was checked against a float64 reference.
+VERIFIED_CAPABILITIES = ((9, 0),)
+
+try:  # FA4 is optional: the lists below are plain torch and are tested without it.
+    from flash_attn.cute import interface as _fa4
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch as _BlockSparseTensors
+
+    IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # also raised by its CuTe DSL when CUDA libraries are missing
+    _fa4 = None
+    _BlockSparseTensors = None
+    IMPORT_ERROR = (
+        f"flash-attn-4 is not installed or cannot be imported ({type(exc).__name__}: {exc}); "
+        f"pip install 'radial-attention[cuda]'"
+    )
+
+
+def _enable_disk_cache() -> None:
+    """Turn FA4's compiled-kernel cache on in a per-user folder, unless the user configured it."""
+    if _fa4 is None:
+        return
+    if "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED" in os.environ or "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR" in os.environ:
+        return  # the user's own choice (read by FA4 at import)
+    try:
+        from flash_attn.cute import cache_utils
+    except ImportError:
+        return
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache_utils.CUTE_DSL_CACHE_DIR = str(base / "radial-attention" / "flash-attn-4")
+    cache_utils.CUTE_DSL_CACHE_ENABLED = True
+
+
+_enable_disk_cache()
+
+
+# ----------------------------------------------------------------------------- where it runs
+def unsupported_reason(q: torch.Tensor, *, requires_grad: bool = False, block_size: int = 128) -> Optional[str]:
+    """Why the fa4 backend cannot run inputs like ``q`` ``[B, H, S, D]`` (None if it can)."""
+    if IMPORT_ERROR is not None:
+        return IMPORT_ERROR
+    if q.device.type != "cuda":
+        return f"it needs CUDA tensors, got device {q.device}"
+    if q.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {q.dtype} is not supported (expected float16 or bfloat16)"
+    D = q.shape[-1] if q.dim() == 4 else None
+    if D not in SUPPORTED_HEAD_DIMS:
+        return f"head dim {D} is not supported (expected one of {SUPPORTED_HEAD_DIMS})"
+    if block_size not in SUPPORTED_BLOCK_SIZES:
+        return f"block size {block_size} is not supported by FA4's block sparsity here (expected 128)"
+    return _arch_reason(q.device)
+
+
+def _arch_reason(device: torch.device) -> Optional[str]:
+    cap = torch.cuda.get_device_capability(device)
+    if cap not in VERIFIED_CAPABILITIES:
+        return (
+            f"FA4 block sparsity is verified only on compute capability "
+            f"{', '.join(f'{a}.{b}' for a, b in VERIFIED_CAPABILITIES)} (Hopper); this GPU is {cap[0]}.{cap[1]} "
+            f"(on SM80 FA4 ignores block-sparse tables silently)"
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------- block lists
+class _SparseTensors(NamedTuple):
+    """Stand-in with FA4's ``BlockSparseTensorsTorch`` fields, used when FA4 is not installed (tests)."""
+
+    mask_block_cnt: torch.Tensor
+    mask_block_idx: torch.Tensor
+    full_block_cnt: Optional[torch.Tensor] = None
+    full_block_idx: Optional[torch.Tensor] = None
+    cu_total_m_blocks: Optional[torch.Tensor] = None
+    cu_block_idx_offsets: Optional[torch.Tensor] = None
+    block_size: Optional[tuple] = None
+    dq_write_order: Optional[torch.Tensor] = None
+    dq_write_order_full: Optional[torch.Tensor] = None
+    spt: Optional[bool] = None
+
+
+def _tensors_class():
+    return _BlockSparseTensors if _BlockSparseTensors is not None else _SparseTensors
+
+
+class BlockLists(NamedTuple):
+    """The padded-CSR lists FA4 reads, on one device (int32).
+
+    ``fwd_cnt [Bm, Hm, nb]`` / ``fwd_idx [Bm, Hm, nb, W]``: kept key blocks of each query block,
+    ascending; ``bwd_cnt [Bm, Hm, nb]`` / ``bwd_idx [Bm, Hm, nb, Wq]``: the query blocks that attend to
+    each key block; ``none_cnt`` / ``none_idx``: FA4's (empty) *mask*-block lists.
+    """
+
+    fwd_cnt: torch.Tensor
+    fwd_idx: torch.Tensor
+    bwd_cnt: torch.Tensor
+    bwd_idx: torch.Tensor
+    none_cnt: torch.Tensor
+    none_idx: torch.Tensor
+
+
+_lists = WeakIdKeyDictionary()  # CPU mask tensor -> {device string: BlockLists}
+
+
+def _padded_rows(mask4d: torch.Tensor):
+    """bool ``[Bm, Hm, n, m]`` -> (counts int32 ``[Bm, Hm, n]``, indices int32 ``[Bm, Hm, n, W]``).
+
+    Each row's kept columns in ascending order, 0-padded to the widest row (``W >= 1``); built from
+    the kept entries only (O(kept blocks) memory beyond the mask itself).
+    """
+    counts = mask4d.sum(dim=-1, dtype=torch.int64)
+    width = max(1, int(counts.max()) if counts.numel() else 1)
+    lead = mask4d.shape[:-1]
+    flat = mask4d.reshape(-1, mask4d.shape[-1])
+    rows, cols = flat.nonzero(as_tuple=True)  # row-major: ascending columns within a row
+    starts = torch.cumsum(counts.reshape(-1), 0) - counts.reshape(-1)
+    slot = torch.arange(rows.numel()) - starts[rows]
+    indices = torch.zeros(flat.shape[0], width, dtype=torch.int32)
+    indices[rows, slot] = cols.to(torch.int32)
+    return counts.to(torch.int32).reshape(lead), indices.reshape(*lead, width)
+
+
+def block_lists(mask_dense: torch.Tensor, device) -> BlockLists:
+    """FA4's lists for a CPU bool block mask ``[nb, nb]`` / ``[Bm, Hm, nb, nb]`` on ``device`` (cached)."""
+    device = torch.device(device)
+    per_mask = _lists.get(mask_dense)
+    if per_mask is None:
+        per_mask = _lists[mask_dense] = {}
+    key = str(device)
+    hit = per_mask.get(key)
+    if hit is not None:
+        return hit
+    d4 = mask_dense if mask_dense.dim() == 4 else mask_dense[None, None]
+    fwd_cnt, fwd_idx = _padded_rows(d4)
+    bwd_cnt, bwd_idx = _padded_rows(d4.transpose(-1, -2))
+    none_cnt = torch.zeros_like(fwd_cnt)
+    none_idx = torch.zeros(*fwd_cnt.shape, 1, dtype=torch.int32)
+    lists = BlockLists(*(t.to(device) for t in (fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx)))
+    per_mask[key] = lists
+    return lists
+
+
+def _forward_tensors(lists: BlockLists, bm: slice, key_blocks: Optional[int], block_size: int):
+    """FA4's forward ``block_sparse_tensors`` for mask batch slice ``bm``, keys cut to ``key_blocks`` blocks."""
+    cnt, idx = lists.fwd_cnt[bm], lists.fwd_idx[bm]
+    if key_blocks is not None and key_blocks < idx.shape[-2]:
+        # Indices are ascending within a row, so the kept blocks below the cut are a prefix.
+        valid = torch.arange(idx.shape[-1], device=idx.device) < cnt[..., None]
+        cnt = ((idx < key_blocks) & valid).sum(dim=-1, dtype=torch.int32)
+    return _tensors_class()(
+        mask_block_cnt=lists.none_cnt[bm], mask_block_idx=lists.none_idx[bm],
+        full_block_cnt=cnt, full_block_idx=idx, block_size=(block_size, block_size),
+    )
+
+
+def _backward_tensors(lists: BlockLists, bm: slice, key_blocks: Optional[int], block_size: int):
+    """FA4's backward lists (per key block: its query blocks) for ``bm``, key blocks ``< key_blocks``."""
+    nb = lists.bwd_cnt.shape[-1]
+    n = nb if key_blocks is None else key_blocks
+    return _tensors_class()(
+        mask_block_cnt=lists.none_cnt[bm][..., :n], mask_block_idx=lists.none_idx[bm][..., :n, :],
+        full_block_cnt=lists.bwd_cnt[bm][..., :n], full_block_idx=lists.bwd_idx[bm][..., :n, :],
+        block_size=(block_size, block_size),
+    )
+
+
+def _groups(B: int, key_lengths: Optional[torch.Tensor], S: int, per_batch_mask: bool):
+    """Batch items that share one FA4 call: ``[(batch slice, key length)]``.
+
+    One call for the whole batch when no key is cut and the mask is shared; otherwise one call per
+    item (cut keys are a non-contiguous slice across items). Reads key_lengths on the host: one
+    sync, inside the custom op, outside any compiled graph.
+    """
+    lengths = [S] * B if key_lengths is None else [max(0, min(S, int(x))) for x in key_lengths.tolist()]
+    if not per_batch_mask and all(length == S for length in lengths):
+        return [(slice(0, B), S)]
+    return [(slice(b, b + 1), lengths[b]) for b in range(B)]
+
+
+# ----------------------------------------------------------------------------- the FA4 calls
+def _require_fa4():
+    if _fa4 is None:
+        raise RuntimeError(f"fa4 backend: {IMPORT_ERROR}")
+    return _fa4
+
+
+def _mask_slice(mask_dense: Optional[torch.Tensor], batch: slice) -> slice:
+    if mask_dense is None or mask_dense.dim() == 2 or mask_dense.shape[0] == 1:
+        return slice(0, 1)
+    return batch
+
+
+def _forward(q, k, v, mask_dense, key_lengths, scale: float, block_size: int):
+    """q, k, v ``[B, S, H, D]`` -> (out ``[B, S, H, D]`` contiguous, lse ``[B, H, S]`` float32)."""
+    fa4 = _require_fa4()
+    B, S, H, D = q.shape
+    out = q.new_empty((B, S, H, D))
+    lse = q.new_empty((B, H, S), dtype=torch.float32)
+    lists = None if mask_dense is None else block_lists(mask_dense, q.device)
+    per_batch = mask_dense is not None and mask_dense.dim() == 4 and mask_dense.shape[0] > 1
+    for batch, length in _groups(B, key_lengths, S, per_batch):
+        if length == 0:  # no key at all: the rows are empty
+            out[batch] = 0
+            lse[batch] = float("-inf")
+            continue
+        key_blocks = None if length == S else -(-length // block_size)
+        sparse = None if lists is None else _forward_tensors(lists, _mask_slice(mask_dense, batch), key_blocks, block_size)
+        fa4._flash_attn_fwd(
+            q[batch], k[batch, :length], v[batch, :length], softmax_scale=scale, causal=False,
+            block_sparse_tensors=sparse, return_lse=True, out=out[batch], lse=lse[batch],
+        )
+    return out, lse
+
+
+def _backward(dout, q, k, v, out, lse, mask_dense, key_lengths, scale: float, block_size: int):
+    """Gradients ``(dq, dk, dv)``, each ``[B, S, H, D]`` contiguous; ``dk``/``dv`` past a key length are 0."""
+    fa4 = _require_fa4()
+    B, S, H, D = q.shape
+    dq = q.new_empty((B, S, H, D))
+    dk = k.new_zeros((B, S, H, D)) if key_lengths is not None else k.new_empty((B, S, H, D))
+    dv = v.new_zeros((B, S, H, D)) if key_lengths is not None else v.new_empty((B, S, H, D))
+    lists = None if mask_dense is None else block_lists(mask_dense, q.device)
+    per_batch = mask_dense is not None and mask_dense.dim() == 4 and mask_dense.shape[0] > 1
+    for batch, length in _groups(B, key_lengths, S, per_batch):
+        if length == 0:
+            dq[batch] = 0
+            continue
+        key_blocks = None if length == S else -(-length // block_size)
+        sparse = None if lists is None else _backward_tensors(lists, _mask_slice(mask_dense, batch), key_blocks, block_size)
+        fa4._flash_attn_bwd(
+            q[batch], k[batch, :length], v[batch, :length], out[batch], dout[batch], lse[batch],
+            softmax_scale=scale, causal=False, block_sparse_tensors=sparse,
+            dq=dq[batch], dk=dk[batch, :length], dv=dv[batch, :length],
+        )
+    return dq, dk, dv
+
+
+@torch.library.custom_op("radial_attention::fa4_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_dense: Optional[torch.Tensor],
+            key_lengths: Optional[torch.Tensor], scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, mask_dense, key_lengths, scale, block_size)
+
+
+@_fwd_op.register_fake
+def _(q, k, v, mask_dense, key_lengths, scale, block_size):
+    B, S, H, D = q.shape
+    return q.new_empty((B, S, H, D)), q.new_empty((B, H, S), dtype=torch.float32)
+
+
+@torch.library.custom_op("radial_attention::fa4_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, mask_dense: Optional[torch.Tensor], key_lengths: Optional[torch.Tensor],
+            scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dout, q, k, v, out, lse, mask_dense, key_lengths, scale, block_size)
+
+
+@_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, mask_dense, key_lengths, scale, block_size):
+    shape = tuple(q.shape)
+    return q.new_empty(shape), k.new_empty(shape), v.new_empty(shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask_dense, key_lengths, scale, block_size = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.mask_dense = mask_dense  # CPU bool tensor owned by the mask object, never modified
+    ctx.key_lengths = key_lengths
+    ctx.scale = scale
+    ctx.block_size = block_size
+
+
+def _autograd_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, ctx.mask_dense, ctx.key_lengths, ctx.scale, ctx.block_size)
+    return dq, dk, dv, None, None, None, None
+
+
+_fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- backend entry points
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float,
+              key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Block-sparse attention through FA4 (forward and backward).
+
+    Args:
+        q, k, v: ``[B, H, S, D]`` CUDA fp16/bf16, ``D`` in (64, 128); a ``[B, S, H, D]`` tensor's
+            ``.transpose(1, 2)`` is read in place.
+        mask: a ``BlockSparseMask`` with 128-token blocks (validated by the api).
+        scale: multiplier of ``q . k``.
+        key_lengths: optional integer ``[B]`` on q's device: keys ``j >= key_lengths[b]`` are excluded.
+
+    Returns:
+        ``[B, H, S, D]`` (the transposed view of a contiguous ``[B, S, H, D]`` tensor).
+    """
+    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask.to_dense(),
+                     key_lengths, float(scale), int(mask.block_size))
+    return out.transpose(1, 2)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                    key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense attention through FA4's dense kernel; same arguments and layout as :func:`attention`."""
+    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
+                     key_lengths, float(scale), 128)
+    return out.transpose(1, 2)
