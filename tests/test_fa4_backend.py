@@ -211,3 +211,45 @@ def test_disk_cache_is_not_forced_over_the_users_choice(monkeypatch, tmp_path):
     monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "0")
     fa4._enable_disk_cache()
     assert cache_utils.CUTE_DSL_CACHE_ENABLED is False
+
+
+# ----------------------------------------------------------------------------- dense steps in diffusers
+def _route_dense_to_fake(monkeypatch):
+    """Make resolve_dense_backend pick fa4 (the fake) for these CPU tensors."""
+    monkeypatch.setattr(api, "_reasons", {})
+    monkeypatch.setattr(fa4, "IMPORT_ERROR", None)
+    monkeypatch.delitem(api._import_errors, "fa4", raising=False)
+    monkeypatch.setitem(api._modules, "fa4", fa4)
+    monkeypatch.setitem(api._checks, "fa4", lambda q, requires_grad, block_size: None)
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+def test_dense_steps_run_on_fa4_dense_where_it_runs(fake, monkeypatch, family):
+    pytest.importorskip("diffusers")
+    from radial_attention import apply_radial_attention, remove_radial_attention
+    from radial_attention.integrations.diffusers import tiny
+
+    if family == "wan":
+        model = tiny.tiny_wan_transformer("t2v", num_layers=2)
+        kwargs = tiny.wan_inputs(model, 12, 16, 16)
+    else:  # prompt padding: the key-padding mask becomes key_lengths for FA4
+        model = tiny.tiny_hunyuan_transformer()
+        kwargs = tiny.hunyuan_inputs(model, 5, 8, 8, batch=2, prompt_lengths=[5, 16])
+    with torch.no_grad():
+        want = model(**kwargs)[0]
+    _route_dense_to_fake(monkeypatch)
+    state = apply_radial_attention(model, dense_steps=1, block_size=64)
+    with torch.no_grad():
+        got = model(**kwargs)[0]
+    remove_radial_attention(model)
+    assert state.summary()["radial_calls"] == 0
+    n_blocks = sum(1 for c in fake.calls if c[0] == "fwd")
+    assert n_blocks >= 2 and all(c[4] is None for c in fake.calls)  # every dense call went to FA4 dense
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    # dense_backend="sdpa": the model's own attention, FA4 never called
+    fake.calls.clear()
+    apply_radial_attention(model, dense_steps=1, block_size=64, dense_backend="sdpa")
+    with torch.no_grad():
+        assert torch.equal(model(**kwargs)[0], want)
+    remove_radial_attention(model)
+    assert fake.calls == []

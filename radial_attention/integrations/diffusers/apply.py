@@ -24,7 +24,7 @@ import torch
 
 from .families import family_of, is_supported_transformer
 from .schedule import RadialAttentionConfig, RadialState
-from .sdpa import NATIVE_BACKENDS, RadialSDPA
+from .sdpa import NATIVE_BACKENDS, DenseSDPA, RadialSDPA
 
 STEP_HOOK = "radial_attention_step"
 ATTENTION_HOOK = "radial_attention"
@@ -62,7 +62,10 @@ def _hook_classes():
             forward = self.fn_ref.original_forward
             if not self.state.use_radial(self.layer):
                 self.state.record(self.layer, "dense")
-                return forward(*args, **kwargs)
+                if self.state.config.dense_backend == "sdpa":
+                    return forward(*args, **kwargs)  # the model's own attention, untouched
+                with DenseSDPA(self.state.config.dense_backend, self.where):  # FA4's dense kernel where it runs
+                    return forward(*args, **kwargs)
             if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None and _may_need_grad(module, args, kwargs):
                 # diffusers' context-parallel backward recomputes attention outside this hook (dense).
                 raise RuntimeError(
@@ -163,9 +166,10 @@ def _check_int(name, value, minimum=0):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps):
+def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps,
+                 dense_backend="auto"):
     from radial_attention.mask import PRESETS, SUPPORTED_BLOCK_SIZES
-    from radial_attention.ops import BACKENDS
+    from radial_attention.ops import BACKENDS, DENSE_BACKENDS
 
     _check_int("dense_steps", dense_steps)
     _check_int("dense_last_steps", dense_last_steps)
@@ -176,6 +180,8 @@ def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_
         raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")
+    if dense_backend != "auto" and dense_backend not in DENSE_BACKENDS:
+        raise ValueError(f"dense_backend must be 'auto' or one of {list(DENSE_BACKENDS)}, got {dense_backend!r}")
     preset = preset or _default_preset(transformers, pipeline)
     if preset not in PRESETS:
         raise ValueError(f"unknown radial preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -195,6 +201,7 @@ def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_
         block_size=block_size,
         backend=backend,
         num_steps=num_steps,
+        dense_backend=dense_backend,
     )
 
 
@@ -210,6 +217,7 @@ def apply_radial_attention(
     block_size: int = 128,
     backend: str = "auto",
     num_steps: Optional[int] = None,
+    dense_backend: str = "auto",
 ) -> RadialState:
     """Make the video self-attention of a diffusers video model radial (block-sparse).
 
@@ -232,6 +240,9 @@ def apply_radial_attention(
         block_size: mask block size, 128 or 64.
         backend: attention backend of :func:`radial_attention.ops.block_sparse_attention`.
         num_steps: denoising steps per generation, for a bare transformer.
+        dense_backend: kernel of the dense steps and layers: ``"auto"`` (FlashAttention-4's dense
+            kernel where the fa4 backend runs, i.e. Hopper with flash-attn-4 installed; elsewhere the
+            model's own attention, untouched), ``"fa4"`` (required), or ``"sdpa"`` (always the model's own).
 
     Returns:
         The :class:`~.schedule.RadialState` shared by the hooks (``.calls``, ``.masks``,
@@ -246,7 +257,8 @@ def apply_radial_attention(
     HookRegistry, RadialStepHook, RadialSelfAttentionHook = _hook_classes()
     transformers, scheduler, pipeline = _transformers_of(model)
     config = _make_config(
-        transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps
+        transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps,
+        dense_backend,
     )
     # Check everything before changing anything.
     for t in transformers:

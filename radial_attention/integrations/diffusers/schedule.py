@@ -43,6 +43,7 @@ class RadialAttentionConfig:
     block_size: int = 128
     backend: str = "auto"
     num_steps: Optional[int] = None
+    dense_backend: str = "auto"
 
 
 class RadialState:

@@ -139,3 +139,48 @@ class RadialSDPA(TorchFunctionMode):
         lengths = None if bool((lengths == S).all()) else lengths  # nothing padded: no masking work
         self.state.key_mask_cache = (attn_mask, attn_mask._version, lengths)
         return lengths
+
+
+class DenseSDPA(TorchFunctionMode):
+    """In a dense step or layer: answers the processor's SDPA call with FA4's dense kernel where it runs.
+
+    Only calls that dense attention would compute identically are taken (equal q/k/v shapes, no
+    dropout, not causal, no mask or a key-padding prefix mask); the rest, and every call where
+    ``resolve_dense_backend`` does not pick ``fa4`` (no Hopper GPU, flash-attn-4 not installed, an
+    fp32 model, a head dim FA4 does not run), go to torch's SDPA exactly as the model made them.
+
+    Args:
+        backend: ``"auto"`` or ``"fa4"`` (``"fa4"`` raises where FA4 cannot run the call).
+        where: a name for error messages (the attention module's path).
+    """
+
+    def __init__(self, backend: str, where: str):
+        super().__init__()
+        self.backend = backend
+        self.where = where
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        call = _bind(args, kwargs)
+        q, k, v = call["query"], call["key"], call["value"]
+        if (call["dropout_p"] or call["is_causal"] or call["enable_gqa"] or q.dim() != 4
+                or q.shape != k.shape or k.shape != v.shape or q.dtype != k.dtype or k.dtype != v.dtype):
+            return func(*args, **kwargs)
+        from radial_attention.ops import dense_attention, resolve_dense_backend
+
+        device_type = q.device.type
+        if torch.is_autocast_enabled(device_type):  # as SDPA would: run in the autocast dtype
+            dtype = torch.get_autocast_dtype(device_type)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        if resolve_dense_backend(self.backend, q) != "fa4":
+            return func(*args, **kwargs)
+        key_lengths = None
+        if call["attn_mask"] is not None:
+            B, _, S, _ = q.shape
+            try:
+                key_lengths = key_lengths_from_mask(call["attn_mask"], B, S)
+            except ValueError:  # not a key-padding prefix: SDPA computes it as given
+                return func(*args, **kwargs)
+        return dense_attention(q, k, v, scale=call["scale"], key_lengths=key_lengths, backend="fa4")
