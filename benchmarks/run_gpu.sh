@@ -7,6 +7,8 @@
 #   bash benchmarks/run_gpu.sh triton-check training-wan     # kernel correctness; Wan training steps
 #   bash benchmarks/run_gpu.sh training-hunyuan sp-1gpu      # HunyuanVideo training; 1-GPU sequence-parallel baseline
 #   bash benchmarks/run_gpu.sh triton-check attention-quick  # after a kernel change: correctness, then speed
+#   source .gpu-b/install.sh && bash benchmarks/run_gpu.sh gpu-tests attention-peers   # FA4 (see ../shared/tools/gpu-wheels.sh)
+#   bash benchmarks/run_gpu.sh pipeline-fa4 training-wan14b-4x attention-peers-4x-bwd
 #
 # Writes everything under $OUT (the device tool's output folder) or ./gpu-results.
 # Missing Python packages (diffusers, peft, flashinfer) are installed from wheels in .whl/ when
@@ -77,6 +79,19 @@ for section in "$@"; do
     sp-1gpu)  # the single-GPU baseline of the sequence-parallel benchmark (the multi-GPU runs need an x2+ machine)
       run sequence_parallel_1gpu 240 torchrun --standalone --nproc-per-node 1 benchmarks/sequence_parallel.py \
         --out "$OUT/sequence_parallel_1gpu" ;;
+    gpu-tests)  # the GPU test tier: every CUDA backend against float64, compile, FA4 dense
+      run gpu_tests 240 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/gpu ;;
+    attention-peers)  # ours (fa4, triton, flex) beside FA4 dense/direct, cuDNN dense and cuDNN-frontend BSA
+      run attention_peers 420 python3 benchmarks/attention_peers.py --no-bwd hunyuan-720p-509f-4x --out "$OUT" ;;
+    attention-peers-4x-bwd)
+      run attention_peers_4x 300 python3 benchmarks/attention_peers.py --cases hunyuan-720p-509f-4x --modes fwd+bwd \
+        --out "$OUT/peers-4x" ;;
+    pipeline-fa4)  # Wan2.1-14B 720p forward (4 blocks) and HunyuanVideo 4x, dense FA4/cuDNN vs radial (auto: fa4)
+      run pipeline_fa4 300 python3 benchmarks/pipeline.py --cases wan14b-720p-81f,hunyuan-720p-509f \
+        --dense-backends fa4,cudnn --out "$OUT/pipeline-fa4" ;;
+    training-wan14b-4x)
+      run training_wan14b_4x 300 python3 benchmarks/training.py --models wan14b --lengths 4 --case-budget-s 10 \
+        --out "$OUT/training-wan14b-4x" ;;
     triton-check) run triton_check 200 python3 benchmarks/triton_check.py --no-sweep --no-flashinfer --out "$OUT" ;;
     *) echo "unknown section $section"; status=1 ;;
   esac
