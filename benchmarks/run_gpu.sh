@@ -81,6 +81,11 @@ for section in "$@"; do
         --out "$OUT/sequence_parallel_1gpu" ;;
     gpu-tests)  # the GPU test tier: every CUDA backend against float64, compile, FA4 dense
       run gpu_tests 240 python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests/gpu ;;
+    gpu-tests-fa4)  # the fa4 part of the GPU tier only (after an fa4 change)
+      run gpu_tests_fa4 150 python3 -m pytest -m gpu -q -rs -p no:cacheprovider -k fa4 tests/gpu ;;
+    attention-peers-wan)  # a quick side-by-side re-check: the two Wan 81-frame cases, forward
+      run attention_peers_wan 120 python3 benchmarks/attention_peers.py --cases wan1.3b-480p-81f,wan14b-720p-81f \
+        --modes fwd --contestants cudnn-dense,fa4-dense,ours-fa4,fa4-direct,ours-triton --out "$OUT/peers-wan" ;;
     attention-peers)  # ours (fa4, triton, flex) beside FA4 dense/direct, cuDNN dense and cuDNN-frontend BSA
       run attention_peers 420 python3 benchmarks/attention_peers.py --no-bwd hunyuan-720p-509f-4x --out "$OUT" ;;
     attention-peers-4x-bwd)

@@ -61,14 +61,15 @@ class FakeFA4:
         return _allowed_from_tables(tables, B, H, Sq, Sk, self.bs, transposed)
 
     def _flash_attn_fwd(self, q, k, v, *, softmax_scale, causal, block_sparse_tensors, return_lse, out, lse):
-        assert not causal and return_lse
+        assert not causal and (lse is not None) == return_lse
         B, Sq, H, D = q.shape
         Sk = k.shape[1]
         self.calls.append(("fwd", B, Sq, Sk, block_sparse_tensors))
         allowed = self._mask(block_sparse_tensors, B, H, Sq, Sk, transposed=False)
         o, l = _attention64(q.double(), k.double(), v.double(), allowed, softmax_scale)
         out.copy_(o.to(out.dtype))
-        lse.copy_(l.float())
+        if lse is not None:
+            lse.copy_(l.float())
         return out, lse, None, None, None
 
     def _flash_attn_bwd(self, q, k, v, out, dout, lse, *, softmax_scale, causal, block_sparse_tensors, dq, dk, dv):

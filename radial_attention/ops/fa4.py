@@ -197,9 +197,11 @@ def _forward_tensors(lists: BlockLists, bm: slice, key_blocks: Optional[int], bl
     """FA4's forward ``block_sparse_tensors`` for mask batch slice ``bm``, keys cut to ``key_blocks`` blocks."""
     cnt, idx = lists.fwd_cnt[bm], lists.fwd_idx[bm]
     if key_blocks is not None and key_blocks < idx.shape[-2]:
-        # Indices are ascending within a row, so the kept blocks below the cut are a prefix.
+        # Indices are ascending within a row, so the kept blocks below the cut are a prefix of the
+        # row, at most key_blocks long: FA4 wants the index width <= the number of key blocks.
         valid = torch.arange(idx.shape[-1], device=idx.device) < cnt[..., None]
         cnt = ((idx < key_blocks) & valid).sum(dim=-1, dtype=torch.int32)
+        idx = idx[..., :key_blocks]
     return _tensors_class()(
         mask_block_cnt=lists.none_cnt[bm], mask_block_idx=lists.none_idx[bm],
         full_block_cnt=cnt, full_block_idx=idx, block_size=(block_size, block_size),
@@ -243,24 +245,26 @@ def _mask_slice(mask_dense: Optional[torch.Tensor], batch: slice) -> slice:
     return batch
 
 
-def _forward(q, k, v, mask_dense, key_lengths, scale: float, block_size: int):
-    """q, k, v ``[B, S, H, D]`` -> (out ``[B, S, H, D]`` contiguous, lse ``[B, H, S]`` float32)."""
+def _forward(q, k, v, mask_dense, key_lengths, scale: float, block_size: int, need_lse: bool = True):
+    """q, k, v ``[B, S, H, D]`` -> (out ``[B, S, H, D]`` contiguous, lse ``[B, H, S]`` float32, or an
+    empty tensor when ``need_lse`` is False: inference skips writing it)."""
     fa4 = _require_fa4()
     B, S, H, D = q.shape
     out = q.new_empty((B, S, H, D))
-    lse = q.new_empty((B, H, S), dtype=torch.float32)
+    lse = q.new_empty((B, H, S) if need_lse else (0,), dtype=torch.float32)
     lists = None if mask_dense is None else block_lists(mask_dense, q.device)
     per_batch = mask_dense is not None and mask_dense.dim() == 4 and mask_dense.shape[0] > 1
     for batch, length in _groups(B, key_lengths, S, per_batch):
         if length == 0:  # no key at all: the rows are empty
             out[batch] = 0
-            lse[batch] = float("-inf")
+            if need_lse:
+                lse[batch] = float("-inf")
             continue
         key_blocks = None if length == S else -(-length // block_size)
         sparse = None if lists is None else _forward_tensors(lists, _mask_slice(mask_dense, batch), key_blocks, block_size)
         fa4._flash_attn_fwd(
             q[batch], k[batch, :length], v[batch, :length], softmax_scale=scale, causal=False,
-            block_sparse_tensors=sparse, return_lse=True, out=out[batch], lse=lse[batch],
+            block_sparse_tensors=sparse, return_lse=need_lse, out=out[batch], lse=lse[batch] if need_lse else None,
         )
     return out, lse
 
@@ -290,14 +294,15 @@ def _backward(dout, q, k, v, out, lse, mask_dense, key_lengths, scale: float, bl
 
 @torch.library.custom_op("radial_attention::fa4_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_dense: Optional[torch.Tensor],
-            key_lengths: Optional[torch.Tensor], scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, mask_dense, key_lengths, scale, block_size)
+            key_lengths: Optional[torch.Tensor], scale: float, block_size: int,
+            need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, mask_dense, key_lengths, scale, block_size, need_lse)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, mask_dense, key_lengths, scale, block_size):
+def _(q, k, v, mask_dense, key_lengths, scale, block_size, need_lse):
     B, S, H, D = q.shape
-    return q.new_empty((B, S, H, D)), q.new_empty((B, H, S), dtype=torch.float32)
+    return q.new_empty((B, S, H, D)), q.new_empty((B, H, S) if need_lse else (0,), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_attention::fa4_bwd", mutates_args=())
@@ -314,7 +319,7 @@ def _(dout, q, k, v, out, lse, mask_dense, key_lengths, scale, block_size):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask_dense, key_lengths, scale, block_size = inputs
+    q, k, v, mask_dense, key_lengths, scale, block_size, need_lse = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.mask_dense = mask_dense  # CPU bool tensor owned by the mask object, never modified
@@ -325,14 +330,21 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
+    if lse.numel() == 0:
+        raise RuntimeError("fa4 backend: the forward ran without gradients (no log-sum-exp kept), so it has no backward")
     dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, ctx.mask_dense, ctx.key_lengths, ctx.scale, ctx.block_size)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------- backend entry points
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd will differentiate this call (then FA4 also writes the log-sum-exp)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float,
               key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Block-sparse attention through FA4 (forward and backward).
@@ -348,7 +360,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
         ``[B, H, S, D]`` (the transposed view of a contiguous ``[B, S, H, D]`` tensor).
     """
     out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask.to_dense(),
-                     key_lengths, float(scale), int(mask.block_size))
+                     key_lengths, float(scale), int(mask.block_size), _needs_grad(q, k, v))
     return out.transpose(1, 2)
 
 
@@ -356,5 +368,5 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale:
                     key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Dense attention through FA4's dense kernel; same arguments and layout as :func:`attention`."""
     out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
-                     key_lengths, float(scale), 128)
+                     key_lengths, float(scale), 128, _needs_grad(q, k, v))
     return out.transpose(1, 2)
