@@ -217,9 +217,11 @@ def _put_back_nan(out, q, k, v_nan, p: _Pieces, key_lengths):
         bad = bad & (torch.arange(S, device=out.device)[None, :] < kl[:, None])[:, None, :, None]
         block_start = torch.arange(nb, device=out.device) * bs
         has_key = (kept & (block_start[None, :] < kl[:, None])[:, None, None, :]).any(dim=-1)  # [B, Hm, nb]
+    # uint8, not bool: inductor's CPU code for a padded bool tensor does not compile (torch 2.13).
+    bad = bad.to(torch.uint8)
     if nb * bs > S:
         bad = torch.nn.functional.pad(bad, (0, 0, 0, nb * bs - S))
-    bad_blocks = bad.view(B, H, nb, bs, D).any(dim=3).float()  # [B, H, nb, D]
+    bad_blocks = bad.view(B, H, nb, bs, D).amax(dim=3).float()  # [B, H, nb, D]
     poison = torch.matmul(kept.float(), bad_blocks) > 0  # [B, H, nb, D] per query block
     poison = poison.repeat_interleave(bs, dim=2)[:, :, :S]  # [B, H, S, D]
     q_rows = torch.isnan(q).any(dim=-1, keepdim=True)  # [B, H, S, 1]
