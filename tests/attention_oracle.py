@@ -107,14 +107,16 @@ def nan_case(B=2, H=2, S=200, D=16, bs=64, seed=0):
     mask[..., 0, :] = False  # an empty query block row: output 0 whatever q holds
     mask[..., 1, 0] = True
     mask[..., 2, 0] = False  # key block 0 seen by query block 1, not 2
+    mask[..., 1, (S - 60) // bs] = True  # the key block holding key_lengths[1] is kept
     q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
     q[0, 0, 70] = float("nan")  # query block 1
     q[0, 1, 5] = float("nan")  # the empty row: stays 0
     k[0, 1, 10] = float("nan")  # key block 0
     v[1, 0, 20, 3] = float("nan")  # key block 0, column 3 only
     key_lengths = torch.tensor([S, S - 60])
-    k[1, 1, S - 30] = float("nan")  # past key_lengths[1]: no effect
-    v[1, 0, S - 10, 5] = float("nan")
+    # Past key_lengths[1] but inside the key tile that holds it (kernels load that tile): no effect.
+    k[1, 1, S - 55] = float("nan")
+    v[1, 0, S - 50, 5] = float("nan")
     return q, k, v, mask, key_lengths
 
 

@@ -174,3 +174,89 @@ def test_numpy_scalars_and_0d_tensors_are_numbers_bools_are_not():
         block_sparse_attention(q, k, v, m, block_size=True)
     flops = want.attention_flops(np.int64(209), head_dim=torch.tensor(16))
     assert flops == want.attention_flops(209, head_dim=16)
+
+
+# ------------------------------------------------------------------ items 11, 13: the diffusers hooks
+def _model_snapshot(model):
+    """What hooking may change: each module's attributes, forward and processor."""
+    return {
+        name: (set(vars(m)), m.forward, getattr(m, "processor", None)) for name, m in model.named_modules()
+    }
+
+
+def _tiny_wan():
+    pytest.importorskip("diffusers")
+    from radial_attention.integrations.diffusers import tiny
+
+    model = tiny.tiny_wan_transformer("t2v", num_layers=2)
+    return model, tiny.wan_inputs(model, 8, 16, 16)
+
+
+def _run(model, kwargs):
+    with torch.no_grad():
+        return model(**kwargs)[0]
+
+
+def test_the_same_transformer_twice_is_hooked_once():
+    from radial_attention.integrations.diffusers import apply_radial_attention, get_radial_state, remove_radial_attention
+
+    model, kwargs = _tiny_wan()
+    once, _ = _tiny_wan()
+    once.load_state_dict(model.state_dict())
+    apply_radial_attention(once, block_size=64)
+    want = _run(once, kwargs)
+
+    class Pipe:  # a pipeline whose transformer_2 is its transformer
+        def __init__(self, t):
+            self.components = {"transformer": t, "transformer_2": t, "scheduler": None}
+            self.scheduler = None
+
+    before = _model_snapshot(model)
+    for target in ([model, model], Pipe(model)):
+        state = apply_radial_attention(target, block_size=64, num_steps=None)
+        assert get_radial_state(model) is state
+        torch.testing.assert_close(_run(model, kwargs), want, atol=0, rtol=0)
+        assert sum(n for (_, _, kind), n in state.calls.items() if kind == "radial") == 2  # 2 blocks, once each
+        remove_radial_attention(target)
+        assert _model_snapshot(model) == before
+
+
+def test_a_failed_apply_leaves_the_model_as_it_was(monkeypatch):
+    from radial_attention.integrations.diffusers import apply as apply_mod
+    from radial_attention.integrations.diffusers import apply_radial_attention, get_radial_state
+
+    model, kwargs = _tiny_wan()
+    want = _run(model, kwargs)
+    before = _model_snapshot(model)
+    real_install = apply_mod._install
+    calls = []
+
+    def install_then_fail(module, name, hook, registry):
+        calls.append(name)
+        if len(calls) == 3:  # the step hook and one attention hook are in: fail on the next module
+            raise RuntimeError("injected failure")
+        real_install(module, name, hook, registry)
+
+    monkeypatch.setattr(apply_mod, "_install", install_then_fail)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        apply_radial_attention(model, block_size=64)
+    assert len(calls) == 3
+    assert _model_snapshot(model) == before
+    assert get_radial_state(model) is None
+    torch.testing.assert_close(_run(model, kwargs), want, atol=0, rtol=0)
+    monkeypatch.setattr(apply_mod, "_install", real_install)
+    apply_radial_attention(model, block_size=64)  # and it can be applied afterwards
+
+
+def test_attention_module_called_outside_the_transformer_forward_is_an_error():
+    from radial_attention.integrations.diffusers import apply_radial_attention, attention_modules
+
+    model, kwargs = _tiny_wan()
+    apply_radial_attention(model, block_size=64)
+    _run(model, kwargs)  # a forward sets a layout, kept afterwards for gradient checkpointing
+    attn = model.get_submodule(attention_modules(model)[0])
+    hidden = torch.randn(1, 8 * 64, model.config.num_attention_heads * model.config.attention_head_dim)
+    with pytest.raises(RuntimeError, match="called outside one.*remove_radial_attention"):
+        with torch.no_grad():
+            attn(hidden)
+    _run(model, kwargs)  # the transformer itself still runs (the failed call left no state behind)
