@@ -276,7 +276,12 @@ def apply_radial_attention(
     frame count works; masks are cached per layout. Raises ``TypeError`` for unsupported models,
     ``ValueError`` for bad settings, an attention backend that radial attention cannot replace
     (set with ``set_attention_backend``: use diffusers' native one), or a model that already has
-    radial attention.
+    radial attention. A transformer given twice (a pipeline whose ``transformer_2`` is its
+    ``transformer``, or ``[m, m]``) is hooked once. All or nothing: if anything fails while the
+    hooks go in, those already installed are removed and the model is left as it was.
+
+    A hooked attention module runs only inside its transformer's forward (or a backward pass that
+    recomputes it, e.g. gradient checkpointing); called on its own it raises ``RuntimeError``.
     """
     HookRegistry, RadialStepHook, RadialSelfAttentionHook = _hook_classes()
     transformers, scheduler, pipeline = _transformers_of(model)
