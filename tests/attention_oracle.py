@@ -91,3 +91,57 @@ def attention_problems(head_dims=(16, 64, 128)):
         return B, H, S, D, bs, m, kl, transposed, seed
 
     return problems()
+
+
+# ------------------------------------------------------------------ NaN inputs
+def nan_case(B=2, H=2, S=200, D=16, bs=64, seed=0):
+    """Inputs with NaNs in chosen places, for the "NaN follows the mask" rule.
+
+    Returns ``(q, k, v, mask [B, H, nb, nb], key_lengths [B])``: a random mask with an empty query
+    block row; NaNs in a q row (and one in the empty row), a k row and a v element that some query
+    blocks keep and others drop, and in k and v past ``key_lengths`` (seen by no one).
+    """
+    g = torch.Generator().manual_seed(seed)
+    nb = -(-S // bs)
+    mask = torch.rand(B, H, nb, nb, generator=g) < 0.5
+    mask[..., 0, :] = False  # an empty query block row: output 0 whatever q holds
+    mask[..., 1, 0] = True
+    mask[..., 2, 0] = False  # key block 0 seen by query block 1, not 2
+    mask[..., 1, (S - 60) // bs] = True  # the key block holding key_lengths[1] is kept
+    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+    q[0, 0, 70] = float("nan")  # query block 1
+    q[0, 1, 5] = float("nan")  # the empty row: stays 0
+    k[0, 1, 10] = float("nan")  # key block 0
+    v[1, 0, 20, 3] = float("nan")  # key block 0, column 3 only
+    key_lengths = torch.tensor([S, S - 60])
+    # Past key_lengths[1] but inside the key tile that holds it (kernels load that tile): no effect.
+    k[1, 1, S - 55] = float("nan")
+    v[1, 0, S - 50, 5] = float("nan")
+    return q, k, v, mask, key_lengths
+
+
+def expected_nan(q, k, v, block_mask, bs, key_lengths=None) -> torch.Tensor:
+    """bool [B, H, S, D]: where dense attention under the mask is NaN.
+
+    Row i is NaN if q[i] has a NaN and row i may see some key, or if it may see a key j with a NaN
+    in k[j]; element (i, d) also if it may see a key j with v[j, d] NaN.
+    """
+    B, H, S, D = q.shape
+    allowed = token_allowed(block_mask, B, H, S, bs, key_lengths).double()  # [B, H, S, S]
+    q_row = torch.isnan(q).any(-1) & (allowed.sum(-1) > 0)  # [B, H, S]
+    k_row = (allowed @ torch.isnan(k).any(-1, keepdim=True).double())[..., 0] > 0
+    v_el = (allowed @ torch.isnan(v).double()) > 0  # [B, H, S, D]
+    return v_el | (q_row | k_row)[..., None]
+
+
+def check_nan_follows_mask(out, q, k, v, block_mask, bs, key_lengths=None, atol=2e-6, rtol=1e-5):
+    """``out`` is NaN exactly where ``expected_nan`` says, and equals the oracle elsewhere."""
+    want = expected_nan(q, k, v, block_mask, bs, key_lengths)
+    got = torch.isnan(out.detach().cpu())
+    assert torch.equal(got, want), (
+        f"NaN at {int((got & ~want).sum())} unexpected places, missing at {int((want & ~got).sum())}"
+    )
+    # Elsewhere the NaNs have no influence: compare with NaN-free inputs.
+    clean = [torch.nan_to_num(t.detach().cpu(), nan=0.0) for t in (q, k, v)]
+    ref = masked_attention_f64(*clean, block_mask, bs, key_lengths=key_lengths)
+    torch.testing.assert_close(out.detach().cpu().double()[~want], ref[~want], atol=atol, rtol=rtol)

@@ -32,6 +32,9 @@ CASES_2 = [
     dict(name="heads_error", B=1, H=3, S=64, D=8, bs=64, layout="BSHD", mask="random", density=0.5),
     dict(name="local_mask_error", B=1, H=2, S=256, D=8, bs=64, layout="BSHD", mask="random", density=0.5,
          local_mask=True),
+    # The last rank passes one token less: a clear error on every rank, not a gloo abort.
+    dict(name="rank_shapes_error", B=1, H=2, S=256, D=8, bs=64, layout="BSHD", mask="random", density=0.5,
+         last_rank_short=True),
 ]
 CASES_4 = [
     dict(name="uneven4_per_head", B=1, H=4, S=301, D=8, bs=64, layout="BSHD", mask="per_head", density=0.5,
@@ -89,6 +92,8 @@ def _run_cases(rank, world, specs):
             if spec.get("garbage_pad") and pad_rows:
                 # Large junk in the padding: it must not reach any real output or gradient.
                 t[:, pad_rows] = 1e3 * torch.randn(t[:, pad_rows].shape, dtype=t.dtype)
+            if spec.get("last_rank_short") and rank == world - 1:
+                t = t[:, :-1]
             if spec["layout"] == "BHSD":
                 t = t.transpose(1, 2)  # a strided [B, H, S_local, D] view
             locals_.append(t)
@@ -192,6 +197,13 @@ def test_heads_not_divisible_is_a_clear_error(world2, world4):
             msg = res["heads_error"]["error"]
             assert msg.startswith("ValueError"), msg
             assert f"H={H} heads" in msg and f"among {n} ranks" in msg and "divides" in msg
+
+
+def test_ranks_with_different_shapes_get_the_same_clear_error(world2):
+    msgs = [res["rank_shapes_error"]["error"] for res in world2]
+    assert msgs[0] == msgs[1], msgs  # the same error on every rank
+    assert msgs[0].startswith("ValueError") and "ranks passed different inputs" in msgs[0], msgs[0]
+    assert "rank 0: q (1, 128, 2, 8)" in msgs[0] and "rank 1: q (1, 127, 2, 8)" in msgs[0], msgs[0]
 
 
 def test_local_mask_is_a_clear_error(world2):

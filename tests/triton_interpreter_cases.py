@@ -194,3 +194,16 @@ def test_property_random_shapes(interpret):
         B = int(torch.randint(1, 3, (1,), generator=g))
         kl = torch.randint(0, S + 1, (B,), generator=g) if trial != 1 else None
         run_and_compare(B, 1, S, 64, bs, torch.float32, (B, 1), kl, "bshd", 1 / math.sqrt(64), seed=20 + trial)
+
+
+@pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
+def test_nan_follows_the_mask(interpret, use_tma):
+    # TMA zero-fills only past S: the kernel must itself keep NaN values past key_lengths out.
+    from attention_oracle import check_nan_follows_mask, nan_case
+
+    cfg = launch.KernelConfig(32, 32, 4, 2, use_tma)
+    launch.CONFIG_OVERRIDES.update({"fwd": cfg})
+    q, k, v, dense, kl = nan_case(D=64)
+    with torch.no_grad():
+        out = tb.attention(q, k, v, BlockSparseMask(dense, 64), scale=0.125, key_lengths=kl)
+    check_nan_follows_mask(out, q, k, v, dense, 64, kl, atol=1e-5, rtol=1e-4)

@@ -47,6 +47,56 @@ def _mask_geometry(block_mask, block_size: Optional[int]):
     )
 
 
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _describe(q, k, v, layout, seq_len, key_lengths) -> list:
+    """Integers that every rank's call must agree on: q/k/v shapes and dtype, layout, seq_len and
+    whether key_lengths is given (-1 / -2 stand for a missing dim / not a tensor)."""
+
+    def dims(t):
+        if not isinstance(t, torch.Tensor) or t.dim() > 4:
+            return [-2] * 4
+        return list(t.shape) + [-1] * (4 - t.dim())
+
+    dtype = q.dtype if isinstance(q, torch.Tensor) else None
+    seq = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else (0 if seq_len is None else -1)
+    return dims(q) + dims(k) + dims(v) + [
+        _DTYPES.index(dtype) if dtype in _DTYPES else -1,
+        LAYOUTS.index(layout) if layout in LAYOUTS else -1,
+        seq,
+        int(key_lengths is not None),
+    ]
+
+
+def _check_ranks_agree(q, k, v, layout, seq_len, key_lengths, group, n: int) -> None:
+    """Raise the same ValueError on every rank if the ranks' calls differ in shapes, dtype, layout,
+    seq_len or key_lengths: mismatched all-to-alls would otherwise hang or abort (gloo: SIGABRT).
+
+    One all-gather of ~16 integers (and a host sync) per call, before anything else can raise.
+    """
+    import torch.distributed as dist
+
+    device = q.device if isinstance(q, torch.Tensor) and dist.get_backend(group) == "nccl" else torch.device("cpu")
+    mine = torch.tensor(_describe(q, k, v, layout, seq_len, key_lengths), dtype=torch.int64, device=device)
+    every = [torch.empty_like(mine) for _ in range(n)]
+    dist.all_gather(every, mine, group=group)
+    rows = [t.tolist() for t in every]
+    if any(r != rows[0] for r in rows):
+
+        def show(r):
+            shapes = [tuple(x for x in r[i:i + 4] if x != -1) for i in (0, 4, 8)]
+            dtype = _DTYPES[r[12]] if 0 <= r[12] < len(_DTYPES) else "?"
+            return (f"q {shapes[0]}, k {shapes[1]}, v {shapes[2]}, {dtype}, layout "
+                    f"{LAYOUTS[r[13]] if r[13] >= 0 else '?'}, seq_len {r[14] or None}, key_lengths {'yes' if r[15] else 'no'}")
+
+        detail = "; ".join(f"rank {i}: {show(r)}" for i, r in enumerate(rows))
+        raise ValueError(
+            "ulysses_attention: the ranks passed different inputs (every rank must pass its own "
+            f"S_local slice of the same shape, dtype, layout, seq_len and key_lengths): {detail}"
+        )
+
+
 def _local_heads_mask(block_mask, block_size, H: int, n: int, rank: int):
     """The mask for this rank's heads ``rank*H/N ..``: the mask itself unless it has a head dim of H."""
     shape = block_mask.shape
@@ -106,6 +156,10 @@ def ulysses_attention(
         ValueError: H not divisible by the group size, a mask that does not cover the global
             sequence, a bad ``seq_len`` or layout (and everything the op itself rejects).
     """
+    n = group_size(group)
+    if n > 1 and not torch.compiler.is_compiling():
+        # First, before any check that could raise on some ranks only (the others would hang).
+        _check_ranks_agree(q, k, v, layout, seq_len, key_lengths, group, n)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -116,7 +170,6 @@ def ulysses_attention(
             )
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    n = group_size(group)
     B, H, s_local, D = q.shape if layout == "BHSD" else (q.shape[0], q.shape[2], q.shape[1], q.shape[3])
     if H % n:
         raise ValueError(_heads_message(H, n))

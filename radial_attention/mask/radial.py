@@ -35,6 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .numbers import as_float, as_int
 from .sparse import SUPPORTED_BLOCK_SIZES, BlockSparseMask
 
 ADJACENT_MODES = ("full", "half")
@@ -93,18 +94,24 @@ class RadialBlockMask(BlockSparseMask):
         )
 
 
-def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens):
-    for name, value, minimum in (("frames", frames, 1), ("tokens_per_frame", tokens_per_frame, 1), ("text_tokens", text_tokens, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if block_size not in SUPPORTED_BLOCK_SIZES:
+def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens) -> tuple:
+    """The arguments as plain Python values ``(F, T, block_size, decay, X)``; ValueError naming a bad one.
+
+    Numbers may be Python numbers, numpy scalars or 0-d tensors; bools are refused.
+    """
+    F = as_int("frames", frames, 1)
+    T = as_int("tokens_per_frame", tokens_per_frame, 1)
+    X = as_int("text_tokens", text_tokens, 0)
+    bs = as_int("block_size", block_size)
+    if bs not in SUPPORTED_BLOCK_SIZES:
         raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
-    if adjacent not in ADJACENT_MODES:
+    if not isinstance(adjacent, str) or adjacent not in ADJACENT_MODES:
         raise ValueError(f"adjacent must be one of {ADJACENT_MODES}, got {adjacent!r}")
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay) or decay <= 0:
-        raise ValueError(f"decay must be a positive finite number, got {decay!r}")
+    try:
+        d = as_float("decay", decay, positive=True)
+    except ValueError:
+        raise ValueError(f"decay must be a positive finite number, got {decay!r}") from None
+    return F, T, bs, d, X
 
 
 def _band_halfwidth(distance: int, T: int, B: int, decay: float, adjacent: str, sink_pair: bool) -> Optional[int]:
@@ -246,15 +253,20 @@ def radial_block_mask(
         text_tokens: ``X`` extra tokens appended after the video, dense rows and columns.
 
     Returns:
-        A :class:`RadialBlockMask`; ``.to_dense()`` is the ``torch.bool`` ``[nb, nb]`` block mask
-        with ``nb = ceil((F*T + X) / B)``. Cached in memory by arguments (treat it as read-only).
+        A :class:`RadialBlockMask`; ``.to_dense()`` is (a copy of) the ``torch.bool`` ``[nb, nb]``
+        block mask with ``nb = ceil((F*T + X) / B)``. Cached in memory by arguments: the same object
+        is returned for the same arguments (its accessors hand out copies, so it cannot be corrupted).
 
     Raises:
         ValueError: for non-positive sizes, an unknown ``adjacent``, a block size other than 64/128,
             or a non-positive decay.
     """
-    _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens)
-    return _cached_mask(int(frames), int(tokens_per_frame), int(text_tokens), int(block_size), float(decay), bool(sink), adjacent)
+    F, T, bs, d, X = _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens)
+    if isinstance(sink, torch.Tensor) and sink.dim() == 0 and sink.dtype == torch.bool:
+        sink = bool(sink)
+    if not isinstance(sink, (bool, np.bool_)):
+        raise ValueError(f"sink must be a bool, got {sink!r}")
+    return _cached_mask(F, T, X, bs, d, bool(sink), adjacent)
 
 
 def radial_mask_from_preset(

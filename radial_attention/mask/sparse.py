@@ -13,6 +13,11 @@ block) and derives, lazily and once per device, what the attention backends need
 
 The mask may carry batch and head dimensions (``[Bm, Hm, nb, nb]``, each of ``Bm``/``Hm`` 1 or the
 real size) or be a plain ``[nb, nb]`` matrix shared by every batch item and head.
+
+The object owns its data: it copies the tensor it is given, and every public accessor returns a
+copy, so neither editing the caller's tensor afterwards nor editing a returned tensor can make the
+cached index lists disagree with the mask (a radial mask is shared through a cache). Backends read
+the cached tensors through the private ``_dense4d`` / ``_index`` without copying, and never modify them.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from typing import Optional
 
 import torch
 
+from .numbers import as_int
+
 SUPPORTED_BLOCK_SIZES = (64, 128)
+
+# Largest padded index list (``[Bm, Hm, nb, width]`` int32, one each for keys and queries) a mask
+# builds: 2^30 entries = 4 GiB. Past it the lists (and their copies on the GPU) cannot sensibly
+# fit, and the kernels' int32 offsets into them would overflow at 2^31.
+MAX_INDEX_ENTRIES = 1 << 30
 
 
 class BlockSparseMask:
@@ -43,10 +55,12 @@ class BlockSparseMask:
             raise ValueError(
                 f"block mask must be [nb, nb] or [B, H, nb, nb] with square last dims, got shape {tuple(dense.shape)}"
             )
+        block_size = as_int("block_size", block_size)
         if block_size not in SUPPORTED_BLOCK_SIZES:
             raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size}")
-        self._dense = dense.detach().to("cpu").contiguous()
-        self.block_size = int(block_size)
+        # A private copy: a view of the caller's tensor would change under the cached index lists.
+        self._dense = dense.detach().to("cpu", copy=True).contiguous()
+        self.block_size = block_size
         self._per_device: dict = {}
 
     # ------------------------------------------------------------------ basic facts
@@ -60,18 +74,22 @@ class BlockSparseMask:
         return self._dense.shape
 
     def to_dense(self) -> torch.Tensor:
-        """The boolean block mask as given (``[nb, nb]`` or ``[Bm, Hm, nb, nb]``), on the CPU."""
-        return self._dense
+        """The boolean block mask as given (``[nb, nb]`` or ``[Bm, Hm, nb, nb]``), on the CPU (a copy)."""
+        return self._dense.clone()
 
     def dense4d(self) -> torch.Tensor:
-        """The block mask as ``[Bm, Hm, nb, nb]`` (a view)."""
+        """The block mask as ``[Bm, Hm, nb, nb]`` (a copy)."""
+        return self._dense4d().clone()
+
+    def _dense4d(self) -> torch.Tensor:
+        """The mask's own ``[Bm, Hm, nb, nb]`` tensor (a view, no copy): for backends, read only."""
         d = self._dense
         return d if d.dim() == 4 else d[None, None]
 
     @property
     def density(self) -> float:
         """Fraction of kept blocks (over all batch/head entries)."""
-        return float(self._dense.float().mean().item())
+        return int(torch.count_nonzero(self._dense)) / max(1, self._dense.numel())
 
     def attention_flops(self, seq_len: int, head_dim: int, num_heads: int = 1, batch: int = 1) -> dict:
         """Forward attention FLOPs (QK^T and PV, 4*S^2*D per head) kept by the mask versus dense.
@@ -79,14 +97,19 @@ class BlockSparseMask:
         Counts whole kept blocks, clipped to ``seq_len`` tokens, so it is the work a block-sparse
         kernel really does. Returns ``{"dense": ..., "sparse": ..., "saved_fraction": ...}``.
         """
+        seq_len, head_dim = as_int("seq_len", seq_len), as_int("head_dim", head_dim)
+        num_heads, batch = as_int("num_heads", num_heads, 1), as_int("batch", batch, 1)
         nb, bs = self.num_blocks, self.block_size
         tokens = torch.full((nb,), bs, dtype=torch.float64)
         tokens[-1] = seq_len - bs * (nb - 1)
         if tokens[-1] <= 0 or tokens[-1] > bs:
             raise ValueError(f"seq_len {seq_len} does not fit {nb} blocks of {bs} tokens")
-        pair_tokens = tokens[:, None] * tokens[None, :]  # [nb, nb] query x key tokens per block pair
-        d4 = self.dense4d().to(torch.float64)
-        kept = float((d4 * pair_tokens).sum(dim=(-1, -2)).mean().item())
+        # Kept query x key token pairs: sum over kept blocks (r, c) of tokens[r] * tokens[c], as
+        # row sums weighted by the key tokens, then by the query tokens (no [nb, nb] float tensor).
+        d4 = self._dense4d()
+        last = d4[..., -1].to(torch.float64)  # [Bm, Hm, nb] kept last key block per row
+        per_row = d4.sum(dim=-1, dtype=torch.int64).to(torch.float64) * bs + last * (tokens[-1] - bs)
+        kept = float((per_row * tokens).sum(dim=-1).mean().item())
         scale = 4.0 * head_dim * num_heads * batch
         dense = scale * float(seq_len) ** 2
         sparse = scale * kept
@@ -94,27 +117,42 @@ class BlockSparseMask:
 
     # ------------------------------------------------------------------ index lists
     @staticmethod
-    def _padded_rows(mask4d: torch.Tensor):
-        """Row-wise kept column indices, ascending, padded with 0. -> (indices int32 [Bm,Hm,nb,W], counts int32 [Bm,Hm,nb])."""
+    def _padded_rows(mask4d: torch.Tensor, what: str = "kv_indices"):
+        """Row-wise kept column indices, ascending, padded with 0.
+
+        ``mask4d`` bool ``[Bm, Hm, n, n]`` -> (indices int32 ``[Bm, Hm, n, W]``, counts int32
+        ``[Bm, Hm, n]``), ``W`` the largest count (>= 1). Built from the kept entries (``nonzero``
+        gives them row by row, columns ascending), so the work is the kept blocks plus the padded
+        output, not a sort of every row.
+        """
+        *lead, n_rows, n_cols = mask4d.shape
         counts = mask4d.sum(dim=-1, dtype=torch.int32)
         width = max(1, int(counts.max().item()) if counts.numel() else 1)
-        nb = mask4d.shape[-1]
-        cols = torch.arange(nb, dtype=torch.int32)
-        # Kept columns sort first (key 0..nb-1), dropped ones after (key nb + col); stable order.
-        key = torch.where(mask4d, cols, cols + nb)
-        order = torch.argsort(key, dim=-1, stable=True)[..., :width].to(torch.int32)
-        valid = torch.arange(width, dtype=torch.int32) < counts[..., None]
-        indices = torch.where(valid, order, torch.zeros_like(order))
-        return indices.contiguous(), counts.contiguous()
+        rows = counts.numel()
+        if rows * width > MAX_INDEX_ENTRIES:
+            raise ValueError(
+                f"block mask of shape {tuple(mask4d.shape)} is too large for its {what} index list: "
+                f"{rows:,} rows x {width:,} kept blocks in the widest row = {rows * width:,} int32 entries "
+                f"({rows * width * 4 / 2**30:.1f} GiB); at most {MAX_INDEX_ENTRIES:,} are supported. "
+                "Use a larger block_size, a shorter sequence or a mask without per-batch/per-head copies"
+            )
+        flat = mask4d.reshape(rows, n_cols)
+        kept = flat.reshape(-1).nonzero().squeeze(1)  # [K] int64 flat positions, row-major
+        row_of = kept // n_cols
+        first = torch.cumsum(counts.reshape(-1).to(torch.int64), 0) - counts.reshape(-1)  # [rows] first entry of each row
+        slot = torch.arange(kept.numel(), dtype=torch.int64) - first[row_of]  # position inside its row
+        indices = torch.zeros(rows, width, dtype=torch.int32)
+        indices[row_of, slot] = (kept % n_cols).to(torch.int32)
+        return indices.reshape(*lead, n_rows, width), counts.contiguous()
 
     def _cached(self, device) -> dict:
         device = torch.device(device)
         key = str(device)
         if key not in self._per_device:
             if key == "cpu":
-                d4 = self.dense4d()
-                kv_idx, kv_cnt = self._padded_rows(d4)
-                q_idx, q_cnt = self._padded_rows(d4.transpose(-1, -2))
+                d4 = self._dense4d()
+                kv_idx, kv_cnt = self._padded_rows(d4, "kv_indices")
+                q_idx, q_cnt = self._padded_rows(d4.transpose(-1, -2).contiguous(), "q_indices")
                 self._per_device[key] = {
                     "kv_indices": kv_idx, "kv_counts": kv_cnt,
                     "q_indices": q_idx, "q_counts": q_cnt,
@@ -125,25 +163,30 @@ class BlockSparseMask:
                 self._per_device[key] = {k: v.to(device) for k, v in cpu.items()}
         return self._per_device[key]
 
+    def _index(self, name: str, device="cpu") -> torch.Tensor:
+        """The cached tensor ``name`` (``kv_indices``, ``kv_counts``, ``q_indices``, ``q_counts``,
+        ``dense4d``) on ``device``, not copied: for backends, which only read it."""
+        return self._cached(device)[name]
+
     def kv_indices(self, device="cpu") -> torch.Tensor:
-        """int32 ``[Bm, Hm, nb, max_kv]``: kept key blocks of each query block, ascending, 0-padded."""
-        return self._cached(device)["kv_indices"]
+        """int32 ``[Bm, Hm, nb, max_kv]``: kept key blocks of each query block, ascending, 0-padded (a copy)."""
+        return self._index("kv_indices", device).clone()
 
     def kv_counts(self, device="cpu") -> torch.Tensor:
-        """int32 ``[Bm, Hm, nb]``: number of kept key blocks of each query block."""
-        return self._cached(device)["kv_counts"]
+        """int32 ``[Bm, Hm, nb]``: number of kept key blocks of each query block (a copy)."""
+        return self._index("kv_counts", device).clone()
 
     def q_indices(self, device="cpu") -> torch.Tensor:
-        """int32 ``[Bm, Hm, nb, max_q]``: query blocks that attend to each key block, ascending, 0-padded."""
-        return self._cached(device)["q_indices"]
+        """int32 ``[Bm, Hm, nb, max_q]``: query blocks that attend to each key block, ascending, 0-padded (a copy)."""
+        return self._index("q_indices", device).clone()
 
     def q_counts(self, device="cpu") -> torch.Tensor:
-        """int32 ``[Bm, Hm, nb]``: number of query blocks that attend to each key block."""
-        return self._cached(device)["q_counts"]
+        """int32 ``[Bm, Hm, nb]``: number of query blocks that attend to each key block (a copy)."""
+        return self._index("q_counts", device).clone()
 
     def dense_on(self, device) -> torch.Tensor:
-        """The ``[Bm, Hm, nb, nb]`` bool mask on ``device`` (cached)."""
-        return self._cached(device)["dense4d"]
+        """The ``[Bm, Hm, nb, nb]`` bool mask on ``device`` (a copy)."""
+        return self._index("dense4d", device).clone()
 
     # ------------------------------------------------------------------ conversions
     def to_token_mask(self, seq_len: int, device="cpu") -> torch.Tensor:
@@ -154,7 +197,7 @@ class BlockSparseMask:
                 f"seq_len {seq_len} does not fit a mask of {nb} blocks of {bs}: expected "
                 f"{bs * (nb - 1) + 1}..{bs * nb} tokens"
             )
-        d4 = self.dense_on(device)
+        d4 = self._index("dense4d", device)
         tok = d4.repeat_interleave(bs, dim=-2).repeat_interleave(bs, dim=-1)
         return tok[..., :seq_len, :seq_len]
 
@@ -176,8 +219,8 @@ class BlockSparseMask:
                 f"seq_len {seq_len} does not fit a mask of {nb} blocks of {bs}: expected "
                 f"{bs * (nb - 1) + 1}..{bs * nb} tokens"
             )
-        kv_idx = self.kv_indices(device)
-        kv_cnt = self.kv_counts(device)
+        kv_idx = self._index("kv_indices", device)
+        kv_cnt = self._index("kv_counts", device)
         if batch is not None or num_heads is not None:
             b = batch if batch is not None else kv_idx.shape[0]
             h = num_heads if num_heads is not None else kv_idx.shape[1]
@@ -187,8 +230,9 @@ class BlockSparseMask:
         pad = nb - kv_idx.shape[-1]
         if pad > 0:
             kv_idx = torch.nn.functional.pad(kv_idx, (0, pad))
+        # Copies: the BlockMask must not hold the cached tensors themselves.
         return BlockMask.from_kv_blocks(
-            kv_cnt.contiguous(), kv_idx.contiguous(), BLOCK_SIZE=bs, seq_lengths=(seq_len, seq_len)
+            kv_cnt.clone(memory_format=torch.contiguous_format), kv_idx.clone(memory_format=torch.contiguous_format), BLOCK_SIZE=bs, seq_lengths=(seq_len, seq_len)
         )
 
     def save_png(self, path, title: Optional[str] = None) -> str:

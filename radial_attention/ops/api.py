@@ -36,6 +36,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from radial_attention.mask import SUPPORTED_BLOCK_SIZES, BlockSparseMask
+from radial_attention.mask.numbers import as_float, as_int
 from radial_attention.mask.radial import radial_mask_with_settings
 
 # Backend name -> module, imported on first use (so optional packages stay optional).
@@ -230,6 +231,8 @@ _wrapped = WeakIdKeyDictionary()  # keyed by tensor identity (tensor == is eleme
 
 
 def _as_mask(block_mask, block_size: Optional[int]) -> BlockSparseMask:
+    if block_size is not None and not torch.compiler.is_compiling():
+        block_size = as_int("block_size", block_size)
     if isinstance(block_mask, BlockSparseMask):
         if block_size is not None and block_size != block_mask.block_size:
             raise ValueError(
@@ -256,13 +259,26 @@ def _as_mask(block_mask, block_size: Optional[int]) -> BlockSparseMask:
     return mask
 
 
-def _check_mask(mask: BlockSparseMask, B: int, H: int, S: int) -> None:
+def _layout_hint(q: torch.Tensor, fits) -> str:
+    """`` (q looks like [B, S, H, D]: ...)`` when q's dim 1, not dim 2, is a sequence length that
+    ``fits(n)`` accepts: a diffusers ``[B, S, H, D]`` tensor passed without ``.transpose(1, 2)``."""
+    if q.dim() == 4 and fits(int(q.shape[1])) and not fits(int(q.shape[2])):
+        return (
+            f"; q of shape {tuple(q.shape)} looks like [B, S, H, D] with S={q.shape[1]}: pass "
+            "q.transpose(1, 2) (and the same for k and v)"
+        )
+    return ""
+
+
+def _check_mask(mask: BlockSparseMask, q: torch.Tensor) -> None:
+    B, H, S = q.shape[:3]
     bs, nb = mask.block_size, mask.num_blocks
     expected = -(-S // bs)
     if nb != expected:
+        hint = _layout_hint(q, lambda n: -(-n // bs) == nb)
         raise ValueError(
             f"block mask has {nb} blocks per side but S={S} tokens with block_size={bs} need "
-            f"ceil({S}/{bs}) = {expected}"
+            f"ceil({S}/{bs}) = {expected}{hint}"
         )
     shape = mask.shape
     if len(shape) == 4:
@@ -332,11 +348,16 @@ def block_sparse_attention(
     _check_qkv(q, k, v)
     B, H, S, D = q.shape
     mask = _as_mask(block_mask, block_size)
-    _check_mask(mask, B, H, S)
+    _check_mask(mask, q)
     if scale is None:
         scale = 1.0 / math.sqrt(D)
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    elif torch.compiler.is_compiling() and isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        pass  # a Python number is a constant of the graph; as_float's checks would only re-check it
+    else:
+        try:
+            scale = as_float("scale", scale)
+        except ValueError:
+            raise ValueError(f"scale must be a finite number or None, got {scale!r}") from None
     key_lengths = _check_key_lengths(key_lengths, q)
     name = resolve_backend(backend, q, _requires_grad(q, k, v), mask.block_size)
     return _modules[name].attention(q, k, v, mask, scale=float(scale), key_lengths=key_lengths)
@@ -369,15 +390,21 @@ def radial_attention(
     sink and adjacent; ``decay`` / ``sink`` / ``adjacent`` given explicitly override it. Without a
     preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
     """
-    mask = radial_mask_with_settings(
-        frames, tokens_per_frame, preset=preset, decay=decay, sink=sink, adjacent=adjacent,
-        block_size=block_size, text_tokens=text_tokens,
-    )
-    if isinstance(q, torch.Tensor) and q.dim() == 4 and q.shape[2] != mask.seq_len:
+    # Check the sizes against q before building the mask: a wrong layout could ask for a huge one.
+    F = as_int("frames", frames, 1)
+    T = as_int("tokens_per_frame", tokens_per_frame, 1)
+    X = as_int("text_tokens", text_tokens, 0)
+    _check_qkv(q, k, v)
+    seq_len = F * T + X
+    if q.shape[2] != seq_len:
+        hint = _layout_hint(q, lambda n: n == seq_len)
         raise ValueError(
             f"q has S={q.shape[2]} tokens but frames * tokens_per_frame + text_tokens = "
-            f"{frames} * {tokens_per_frame} + {text_tokens} = {mask.seq_len}"
+            f"{F} * {T} + {X} = {seq_len}{hint}"
         )
+    mask = radial_mask_with_settings(
+        F, T, preset=preset, decay=decay, sink=sink, adjacent=adjacent, block_size=block_size, text_tokens=X,
+    )
     return block_sparse_attention(
         q, k, v, mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths
     )

@@ -65,7 +65,7 @@ def _workspace(device) -> torch.Tensor:
 
 def _csr(mask, bm: int, hm: int, n_cols: int, device):
     """CSR (indptr [nb+1], indices [nnz]) of the kept blocks of mask slice (bm, hm), columns < n_cols."""
-    d = mask.dense4d()[bm, hm, :, :n_cols]  # [nb, n_cols] bool, CPU
+    d = mask._dense4d()[bm, hm, :, :n_cols]  # [nb, n_cols] bool, CPU
     counts = d.sum(dim=1, dtype=torch.int32)
     indptr = torch.zeros(d.shape[0] + 1, dtype=torch.int32)
     indptr[1:] = torch.cumsum(counts, 0)
@@ -86,7 +86,7 @@ def _plan(mask, bm, hm, S, kv_limit, H, D, dtype, scale, fi_backend, device) -> 
         return hit[0]
     bs = mask.block_size
     n_full, tail = divmod(kv_limit, bs)
-    dense = mask.dense4d()[bm, hm]  # [nb, nb] CPU
+    dense = mask._dense4d()[bm, hm]  # [nb, nb] CPU
     block_of_row = torch.arange(S) // bs
     plan = {"wrapper": None, "tail_rows": None}
     if n_full > 0:
@@ -165,7 +165,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     bs, nb = mask.block_size, mask.num_blocks
     if nb != -(-S // bs):
         raise ValueError(f"flashinfer backend: mask has {nb} blocks of {bs} but S={S} needs {-(-S // bs)}")
-    Bm, Hm = mask.dense4d().shape[:2]
+    Bm, Hm = mask._dense4d().shape[:2]
     limits = [S] * B
     if key_lengths is not None:
         limits = [max(0, min(S, int(x))) for x in key_lengths.tolist()]

@@ -23,6 +23,12 @@ blocks and the outer compiler handles ``flex_attention`` itself.
 Constraints (checked by ``unsupported_reason``): CUDA (forward and backward) or CPU (forward only:
 torch's FlexAttention has no CPU backward; its CPU kernel needs AVX2); float16, bfloat16, float32;
 head dims that are powers of two from 16 to 256. Output rows with no allowed key are 0.
+
+NaN: FlexAttention's kernels do not follow the mask with NaN inputs (measured, torch 2.13 CPU: a
+NaN query row comes out 0, a NaN key gives finite or zero rows, and a NaN value inside a partial
+tile reaches rows that may not see it, 0 * NaN). So the backend zeroes the NaNs of ``v`` before the
+call and afterwards writes NaN exactly where dense masked attention has it (``_put_back_nan``):
+a few elementwise passes over q, k, v and the output, and a ``[nb, nb] @ [nb, D]`` product.
 """
 
 from __future__ import annotations
@@ -58,8 +64,8 @@ def unsupported_reason(q: torch.Tensor, *, requires_grad: bool) -> Optional[str]
     if device == "cpu":
         if requires_grad:
             return (
-                "torch's FlexAttention has no backward on the CPU; run without gradients "
-                "(torch.no_grad() or inputs without requires_grad), on CUDA, or with backend='reference'"
+                "torch's FlexAttention has no backward on the CPU; use backend='gather' (the fast CPU "
+                "path, with gradients), run on CUDA, or run flex without gradients (under torch.no_grad())"
             )
         if not _CPU_KERNEL_OK:
             return "torch's compiled FlexAttention on the CPU needs AVX2"
@@ -89,7 +95,7 @@ class _Pieces:
 
     def __init__(self, mask: BlockSparseMask, S: int, device: torch.device):
         bs = mask.block_size
-        kept = mask.dense4d().to(device)  # [Bm, Hm, nb, nb]
+        kept = mask._dense4d().to(device)  # [Bm, Hm, nb, nb]
         nb = kept.shape[-1]
         nt = -(-S // _TILE)
         r = _TILE // bs  # blocks per tile side: 1 or 2
@@ -103,6 +109,7 @@ class _Pieces:
             self.kept = padded_any
             self.any = padded_any.reshape(tiles).any(dim=5).any(dim=3)
             self.all = padded_all.reshape(tiles).all(dim=5).all(dim=3)
+        self.dense = kept  # [Bm, Hm, nb, nb], for _put_back_nan
         self.block_size = bs
         self.block_mask = None  # the BlockMask without key_lengths, built once
 
@@ -191,6 +198,37 @@ def _flex():
     return _compiled
 
 
+def _put_back_nan(out, q, k, v_nan, p: _Pieces, key_lengths):
+    """``out`` [B, H, S, D] with NaN where dense attention under the mask has it.
+
+    ``v_nan``: bool [B, H, S, D], the NaNs of v. A key j that may be seen (``j < key_lengths[b]``)
+    with a NaN in ``k[j]`` poisons whole rows, with a NaN in ``v[j, d]`` column d, of every query
+    block that keeps j's block; a NaN in ``q[i]`` poisons row i if it has an allowed key. Rows that
+    see no NaN keep the kernel's (correct, finite) values.
+    """
+    B, H, S, D = out.shape
+    bs = p.block_size
+    kept = p.dense  # [Bm, Hm, nb, nb]
+    nb = kept.shape[-1]
+    bad = v_nan | torch.isnan(k).any(dim=-1, keepdim=True)  # [B, H, S, D]: key j poisons column d
+    has_key = kept.any(dim=-1)  # [Bm, Hm, nb]
+    if key_lengths is not None:
+        kl = key_lengths.to(torch.int64)
+        bad = bad & (torch.arange(S, device=out.device)[None, :] < kl[:, None])[:, None, :, None]
+        block_start = torch.arange(nb, device=out.device) * bs
+        has_key = (kept & (block_start[None, :] < kl[:, None])[:, None, None, :]).any(dim=-1)  # [B, Hm, nb]
+    # uint8, not bool: inductor's CPU code for a padded bool tensor does not compile (torch 2.13).
+    bad = bad.to(torch.uint8)
+    if nb * bs > S:
+        bad = torch.nn.functional.pad(bad, (0, 0, 0, nb * bs - S))
+    bad_blocks = bad.view(B, H, nb, bs, D).amax(dim=3).float()  # [B, H, nb, D]
+    poison = torch.matmul(kept.float(), bad_blocks) > 0  # [B, H, nb, D] per query block
+    poison = poison.repeat_interleave(bs, dim=2)[:, :, :S]  # [B, H, S, D]
+    q_rows = torch.isnan(q).any(dim=-1, keepdim=True)  # [B, H, S, 1]
+    q_rows = q_rows & has_key.repeat_interleave(bs, dim=-1)[..., :S, None]
+    return out.masked_fill(poison | q_rows, float("nan"))
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -213,9 +251,14 @@ def attention(
         ``[B, H, S, D]`` in q's dtype; rows with no allowed key are 0 (Flex's convention).
     """
     B, H, S, D = q.shape
+    if q.device.type == "cpu" and not torch.is_grad_enabled():
+        # FlexAttention refuses CPU inputs that require grad even under no_grad (torch 2.13),
+        # where no backward can happen: detaching makes torch.no_grad() work as it should.
+        q, k, v = q.detach(), k.detach(), v.detach()
     p = _pieces(mask, S, q.device, B, H)
     block_mask = _block_mask(p, S, B, H, key_lengths)
-    out = _flex()(q, k, v, block_mask=block_mask, scale=scale)
+    v_nan = torch.isnan(v)
+    out = _flex()(q, k, v.masked_fill(v_nan, 0.0), block_mask=block_mask, scale=scale)
     if q.device.type == "cpu" and torch.compiler.is_compiling():
         out = _fusion_barrier(out)
-    return out
+    return _put_back_nan(out, q, k, v_nan, p, key_lengths)

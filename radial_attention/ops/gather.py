@@ -23,7 +23,11 @@ A boolean ``attn_mask`` (``[units, 1, 1, c*bs]``, only where needed) hides the p
 chunk (slot ``>= count``), key tokens ``>= S`` in the last block and, with ``key_lengths``, key
 tokens ``>= key_lengths[b]``. A unit left with no key at all (only ``key_lengths`` can do that: a
 kept block always holds a token ``< S``) attends to all its slots instead and its output is
-multiplied by 0, so it is exactly 0 with zero gradients, never NaN.
+replaced by 0 (``where``), so it is exactly 0 with zero gradients, never NaN.
+
+NaN follows the mask as in dense attention: only kept blocks are gathered, the padding slots repeat
+a kept block, and keys past ``key_lengths`` are zeroed before the gather, so a NaN in a key or
+value reaches exactly the rows allowed to see it (a NaN query row stays in its own row).
 
 Numerics: float32 for float16/bfloat16/float32 inputs, float64 for float64; output in q's dtype.
 Memory: inputs are copied once into ``[B*H*nb, bs, D]`` blocks of the compute dtype (padded to
@@ -166,8 +170,8 @@ def _per_block(bs: int, D: int) -> int:
 def _build_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, D: int, budget: int) -> _Plan:
     """The chunks for ``mask`` broadcast to ``[B, H]``, built on the CPU and moved to ``device``."""
     bs, nb = mask.block_size, mask.num_blocks
-    idx = mask.kv_indices("cpu").to(torch.int64)  # [Bm, Hm, nb, W]
-    cnt = mask.kv_counts("cpu").to(torch.int64)  # [Bm, Hm, nb]
+    idx = mask._index("kv_indices", "cpu").to(torch.int64)  # [Bm, Hm, nb, W]
+    cnt = mask._index("kv_counts", "cpu").to(torch.int64)  # [Bm, Hm, nb]
     idx = idx.expand(B, H, *idx.shape[2:]).reshape(B * H * nb, -1)
     cnt = cnt.expand(B, H, nb).reshape(-1)
     order = torch.argsort(cnt, stable=True)
@@ -193,7 +197,7 @@ def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S:
     """A plan from static shapes only, for a mask first seen inside torch.compile: every unit padded
     to ``nb`` blocks (its kept blocks first, the rest masked). Correct, but the dense amount of work."""
     bs, nb = mask.block_size, mask.num_blocks
-    d4 = mask.dense4d().to(device).expand(B, H, nb, nb).reshape(B * H * nb, nb)
+    d4 = mask._dense4d().to(device).expand(B, H, nb, nb).reshape(B * H * nb, nb)
     cols = torch.arange(nb, device=device)
     kv_block = torch.argsort(torch.where(d4, cols, cols + nb), dim=-1, stable=True)
     counts = d4.sum(dim=-1)
@@ -261,7 +265,8 @@ def _sdpa(qc, kc, vc, c: _Chunk, mask, scale: float) -> torch.Tensor:
     o = F.scaled_dot_product_attention(
         qc[:, None], kc.view(n, 1, w * bs, D), vc.view(n, 1, w * bs, D), attn_mask=ok, scale=scale
     )[:, 0]
-    return o if has_key is None else o * has_key
+    # where, not o * has_key: a keyless unit attended to masked slots, and 0 * NaN would be NaN.
+    return o if has_key is None else torch.where(has_key, o, 0.0)
 
 
 def _attend(qb, kb, vb, c: _Chunk, mask, scale: float) -> torch.Tensor:
@@ -356,8 +361,13 @@ def attention(
             t = torch.nn.functional.pad(t, (0, 0, 0, Sp - S))
         return t.reshape(B * H * nb, bs, D)
 
-    qb, kb, vb = blocks(q), blocks(k), blocks(v)
     kl = None if key_lengths is None else key_lengths.to(torch.int64).clamp(0, S)
+    if kl is not None:
+        # Keys past key_lengths are only masked, and a masked NaN would still reach SDPA's output
+        # (0 * NaN, or NaN + -inf in a score): zero them, as the padding past S is.
+        past = (torch.arange(S, device=device)[None, :] >= kl[:, None])[:, None, :, None]  # [B, 1, S, 1]
+        k, v = k.masked_fill(past, 0.0), v.masked_fill(past, 0.0)
+    qb, kb, vb = blocks(q), blocks(k), blocks(v)
     masks = [_chunk_mask(c, kl, S, H, nb, bs) for c in plan.chunks]
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if needs_grad and lean_backward is None:

@@ -47,7 +47,10 @@ def attention(
         rows_per_chunk: query rows per score tile (default: a tile of at most 2^25 elements).
 
     Returns:
-        ``[B, H, S, D]`` in q's dtype. A query row with no allowed key is exactly 0.
+        ``[B, H, S, D]`` in q's dtype. A query row with no allowed key is exactly 0. NaN follows
+        the mask: a NaN in ``q[b, h, i]`` makes row ``i`` NaN (if it has an allowed key), a NaN in
+        ``k[b, h, j]`` every row allowed to see key ``j``, a NaN in ``v[b, h, j, d]`` column ``d`` of
+        those rows; rows not allowed to see ``j`` stay finite.
     """
     B, H, S, D = q.shape
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -55,13 +58,19 @@ def attention(
     device = q.device
 
     # [Bm, Hm, nb, nb] -> [Bm, Hm, nb, S]: key blocks expanded to key tokens, cut at S.
-    block_cols = mask.dense4d().to(device).repeat_interleave(bs, dim=-1)[..., :S]
+    block_cols = mask._dense4d().to(device).repeat_interleave(bs, dim=-1)[..., :S]
     key_ok = None
     if key_lengths is not None:
         key_ok = torch.arange(S, device=device)[None, :] < key_lengths.to(device)[:, None]  # [B, S]
 
     kc = k.to(compute)
     vc = v.to(compute)
+    # probs @ v would turn a NaN value into NaN for every row, even where its probability is an
+    # exact 0 (masked: 0 * NaN = NaN). So multiply by v with its NaNs zeroed, and put NaN back
+    # only where an allowed key carries one: (allowed @ isnan(v)) > 0, the same matmul shape.
+    v_nan = torch.isnan(vc)
+    v_nan_f = v_nan.to(compute)
+    vc = vc.masked_fill(v_nan, 0.0)
     step = rows_per_chunk or _rows_per_chunk(B, H, S)
     outs = []
     for start in range(0, S, step):
@@ -77,7 +86,9 @@ def attention(
         # zero its probabilities, so both the output and its gradient are exactly 0.
         scores = scores.masked_fill(~row_has_key, 0.0)
         probs = torch.softmax(scores, dim=-1).masked_fill(~row_has_key, 0.0)
-        outs.append(torch.matmul(probs, vc))  # [B, H, c, D]
+        out = torch.matmul(probs, vc)  # [B, H, c, D]
+        sees_nan = torch.matmul(allowed.to(compute), v_nan_f) > 0  # [B, H, c, D]
+        outs.append(out.masked_fill(sees_nan, float("nan")))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.to(q.dtype)
 

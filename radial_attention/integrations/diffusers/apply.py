@@ -48,6 +48,15 @@ def _hook_classes():
             self.state.begin_forward(self.family, self.family.layout(module, hidden), timestep)
             return args, kwargs
 
+        def new_forward(self, module, *args, **kwargs):
+            # Counts the transformer forwards in progress (try/finally: an exception ends one too),
+            # so an attention module called on its own can be told from one inside a forward.
+            self.state.forwards_running += 1
+            try:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            finally:
+                self.state.forwards_running -= 1
+
     class RadialSelfAttentionHook(ModelHook):
         """On a video self-attention module: its own forward, with the SDPA call made radial where scheduled."""
 
@@ -60,6 +69,7 @@ def _hook_classes():
 
         def new_forward(self, module, *args, **kwargs):
             forward = self.fn_ref.original_forward
+            self.state.check_inside_forward(self.where)
             if not self.state.use_radial(self.layer):
                 self.state.record(self.layer, "dense")
                 if self.state.config.dense_backend == "sdpa":
@@ -131,20 +141,34 @@ def _is_pipeline(obj) -> bool:
     return hasattr(obj, "components") and isinstance(getattr(obj, "components"), dict)
 
 
+def _unique(modules) -> list:
+    """``modules`` without repeats of the same object (a pipeline whose ``transformer_2`` is its
+    ``transformer``, or ``[m, m]``): each is hooked once. By identity: modules compare by it anyway."""
+    seen, out = set(), []
+    for m in modules:
+        if id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
 def _transformers_of(model) -> tuple:
-    """(transformers, scheduler, pipeline or None) of a pipeline, a transformer or a list of transformers."""
+    """(transformers, scheduler, pipeline or None) of a pipeline, a transformer or a list of transformers.
+
+    The transformers are distinct objects, in order of first appearance.
+    """
     if _is_pipeline(model):
         found = [m for name, m in model.components.items() if m is not None and is_supported_transformer(m)]
         if not found:
             kinds = {name: type(m).__name__ for name, m in model.components.items() if m is not None}
             raise TypeError(f"{type(model).__name__} has no supported video transformer; its components are {kinds}")
-        return found, getattr(model, "scheduler", None), model
+        return _unique(found), getattr(model, "scheduler", None), model
     if isinstance(model, (list, tuple)):
         if not model:
             raise ValueError("got an empty list of transformers")
         for m in model:
             family_of(m)
-        return list(model), None, None
+        return _unique(model), None, None
     family_of(model)  # raises TypeError naming the supported classes
     return [model], None, None
 
@@ -161,9 +185,14 @@ def _default_preset(transformers, pipeline) -> str:
     return fam.preset
 
 
-def _check_int(name, value, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_int(name, value, minimum=0) -> int:
+    """``value`` as an int >= ``minimum`` (numpy and 0-d tensor integers too; bools refused)."""
+    from radial_attention.mask.numbers import as_int
+
+    try:
+        return as_int(name, value, minimum)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
 
 
 def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps,
@@ -171,11 +200,12 @@ def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_
     from radial_attention.mask import PRESETS, SUPPORTED_BLOCK_SIZES
     from radial_attention.ops import BACKENDS, DENSE_BACKENDS
 
-    _check_int("dense_steps", dense_steps)
-    _check_int("dense_last_steps", dense_last_steps)
-    _check_int("dense_layers", dense_layers)
+    dense_steps = _check_int("dense_steps", dense_steps)
+    dense_last_steps = _check_int("dense_last_steps", dense_last_steps)
+    dense_layers = _check_int("dense_layers", dense_layers)
     if num_steps is not None:
-        _check_int("num_steps", num_steps, 1)
+        num_steps = _check_int("num_steps", num_steps, 1)
+    block_size = _check_int("block_size", block_size, 1)
     if block_size not in SUPPORTED_BLOCK_SIZES:
         raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
     if backend != "auto" and backend not in BACKENDS:
@@ -185,8 +215,13 @@ def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_
     preset = preset or _default_preset(transformers, pipeline)
     if preset not in PRESETS:
         raise ValueError(f"unknown radial preset {preset!r}; expected one of {sorted(PRESETS)}")
-    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay > 0):
-        raise ValueError(f"decay must be a positive number or None (the preset's), got {decay!r}")
+    if decay is not None:
+        from radial_attention.mask.numbers import as_float
+
+        try:
+            decay = as_float("decay", decay, positive=True)
+        except ValueError:
+            raise ValueError(f"decay must be a positive number or None (the preset's), got {decay!r}") from None
     if dense_last_steps and num_steps is None and pipeline is None:
         raise ValueError(
             "dense_last_steps needs to know where the last steps are: on a bare transformer pass "
@@ -252,7 +287,12 @@ def apply_radial_attention(
     frame count works; masks are cached per layout. Raises ``TypeError`` for unsupported models,
     ``ValueError`` for bad settings, an attention backend that radial attention cannot replace
     (set with ``set_attention_backend``: use diffusers' native one), or a model that already has
-    radial attention.
+    radial attention. A transformer given twice (a pipeline whose ``transformer_2`` is its
+    ``transformer``, or ``[m, m]``) is hooked once. All or nothing: if anything fails while the
+    hooks go in, those already installed are removed and the model is left as it was.
+
+    A hooked attention module runs only inside its transformer's forward (or a backward pass that
+    recomputes it, e.g. gradient checkpointing); called on its own it raises ``RuntimeError``.
     """
     HookRegistry, RadialStepHook, RadialSelfAttentionHook = _hook_classes()
     transformers, scheduler, pipeline = _transformers_of(model)
@@ -276,12 +316,26 @@ def apply_radial_attention(
                 )
             _check_context_parallel(path, proc)
     state = RadialState(config, scheduler=scheduler)
-    for t in transformers:
-        fam = family_of(t)
-        _install(t, STEP_HOOK, RadialStepHook(state, fam), HookRegistry)
-        for layer, path in enumerate(fam.attention_paths(t)):
-            _install(t.get_submodule(path), ATTENTION_HOOK, RadialSelfAttentionHook(state, layer, path), HookRegistry)
-        HookRegistry.check_if_exists_or_initialize(t).invalidate_child_registries_cache()
+    installed = []  # (module, hook name), in install order, to roll back on any failure
+    try:
+        for t in transformers:
+            fam = family_of(t)
+            _install(t, STEP_HOOK, RadialStepHook(state, fam), HookRegistry)
+            installed.append((t, STEP_HOOK))
+            for layer, path in enumerate(fam.attention_paths(t)):
+                module = t.get_submodule(path)
+                _install(module, ATTENTION_HOOK, RadialSelfAttentionHook(state, layer, path), HookRegistry)
+                installed.append((module, ATTENTION_HOOK))
+            HookRegistry.check_if_exists_or_initialize(t).invalidate_child_registries_cache()
+    except BaseException:
+        # A half-patched model would run some blocks radial and others not: put it back as it was.
+        for module, name in reversed(installed):
+            _uninstall(module, name)
+        for t in transformers:
+            registry = t.__dict__.get("_diffusers_hook")
+            if registry is not None:
+                registry.invalidate_child_registries_cache()
+        raise
     return state
 
 

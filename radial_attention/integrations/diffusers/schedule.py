@@ -73,6 +73,7 @@ class RadialState:
         # Per forward: (mask tensor, its version, key_lengths) of the last padding mask seen, so a
         # model that hands the same mask to every block converts it once per forward.
         self.key_mask_cache = None
+        self.forwards_running = 0  # transformer forwards in progress (the step hook counts them)
 
     # ------------------------------------------------------------------ steps
     def reset(self) -> None:
@@ -128,6 +129,23 @@ class RadialState:
                 )
             sparse = sparse and self.step < self.total_steps - c.dense_last_steps
         self._sparse_step = sparse
+
+    def check_inside_forward(self, where: str) -> None:
+        """Raise unless a transformer forward is running, or autograd's backward is (gradient
+        checkpointing reruns blocks there, with the layout of the forward that recorded them).
+
+        An attention module called on its own would otherwise reuse the last call's layout and step.
+        """
+        if self.forwards_running > 0:
+            return
+        task = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside a backward pass
+        if task is not None and task() != -1:
+            return
+        raise RuntimeError(
+            f"{where}: this attention module has radial attention, which reads the video layout and the "
+            "denoising step from the transformer's forward; it was called outside one. Call the transformer, "
+            "or call remove_radial_attention first to use the module on its own"
+        )
 
     def use_radial(self, layer: int) -> bool:
         """Whether block ``layer`` runs radial attention in the transformer call in progress."""

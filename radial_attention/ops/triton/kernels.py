@@ -178,6 +178,9 @@ def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, strid
         qk = tl.where(offs_n[None, :] < kv_limit, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         qk = qk - m_new[:, None]
+        if USE_TMA:
+            # TMA zero-fills past S only: a NaN value past key_lengths would reach p @ v as 0 * NaN.
+            v = tl.where(offs_n[:, None] < kv_limit, v, 0.0)
     elif NEG_SCALE:
         qk = qk * qk_scale
         m_new = tl.maximum(m_i, tl.max(qk, 1))

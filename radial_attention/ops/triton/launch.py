@@ -210,7 +210,7 @@ def _check_config(cfg: KernelConfig, block_size: int, kind: str) -> None:
 
 
 # ----------------------------------------------------------------------------- mask tensors
-# dense bool mask tensor (CPU, as BlockSparseMask.to_dense() gives it) -> {device: index tensors}
+# dense bool mask tensor (CPU: a BlockSparseMask's own ``_dense``, stable while it lives) -> {device: index tensors}
 _mask_tensors_cache = WeakIdKeyDictionary()  # tensors compare elementwise: key them by identity
 
 
@@ -233,18 +233,18 @@ def index_tensors(dense: torch.Tensor, block_size: int, device) -> dict:
     key = str(device)
     hit = per_device.get(key)
     if hit is None:
-        kv_cnt = mask.kv_counts("cpu")
-        q_cnt = mask.q_counts("cpu")
+        kv_cnt = mask._index("kv_counts", "cpu")
+        q_cnt = mask._index("q_counts", "cpu")
         row_order = torch.argsort(kv_cnt, dim=-1, descending=True, stable=True).to(torch.int32)
         col_order = torch.argsort(q_cnt, dim=-1, descending=True, stable=True).to(torch.int32)
         seq = torch.arange(kv_cnt.shape[-1], dtype=torch.int32).expand(kv_cnt.shape).contiguous().to(device)
         hit = {
             "sequential": seq,
-            "kv_indices": mask.kv_indices(device),
-            "kv_counts": mask.kv_counts(device),
+            "kv_indices": mask._index("kv_indices", device),
+            "kv_counts": mask._index("kv_counts", device),
             "row_order": row_order.contiguous().to(device),
-            "q_indices": mask.q_indices(device),
-            "q_counts": mask.q_counts(device),
+            "q_indices": mask._index("q_indices", device),
+            "q_counts": mask._index("q_counts", device),
             "col_order": col_order.contiguous().to(device),
         }
         per_device[key] = hit
@@ -260,7 +260,7 @@ def launch_orders(t: dict, q: torch.Tensor) -> tuple:
 
 def mask_tensors(mask, device) -> dict:
     """``index_tensors`` of a ``BlockSparseMask``."""
-    return index_tensors(mask.to_dense(), mask.block_size, device)
+    return index_tensors(mask._dense, mask.block_size, device)
 
 
 def _index_strides(indices: torch.Tensor, counts: torch.Tensor):
@@ -475,5 +475,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     why = unsupported_reason(q)
     if why is not None:
         raise ValueError(f"triton backend cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}: {why}")
-    out, _ = _fwd_op(q, k, v, mask.to_dense(), key_lengths, float(scale), int(bs))
+    out, _ = _fwd_op(q, k, v, mask._dense, key_lengths, float(scale), int(bs))
     return out
