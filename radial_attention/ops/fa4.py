@@ -48,6 +48,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from radial_attention.mask import BlockSparseMask
+
 #: The versions this backend was verified with on an H200 (pinned by the ``cuda`` extra).
 TESTED_FA4_VERSION = "4.0.0b36"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -152,25 +154,7 @@ class BlockLists(NamedTuple):
     none_idx: torch.Tensor
 
 
-_lists = WeakIdKeyDictionary()  # CPU mask tensor -> {device string: BlockLists}
-
-
-def _padded_rows(mask4d: torch.Tensor):
-    """bool ``[Bm, Hm, n, m]`` -> (counts int32 ``[Bm, Hm, n]``, indices int32 ``[Bm, Hm, n, W]``).
-
-    Each row's kept columns in ascending order, 0-padded to the widest row (``W >= 1``); built from
-    the kept entries only (O(kept blocks) memory beyond the mask itself).
-    """
-    counts = mask4d.sum(dim=-1, dtype=torch.int64)
-    width = max(1, int(counts.max()) if counts.numel() else 1)
-    lead = mask4d.shape[:-1]
-    flat = mask4d.reshape(-1, mask4d.shape[-1])
-    rows, cols = flat.nonzero(as_tuple=True)  # row-major: ascending columns within a row
-    starts = torch.cumsum(counts.reshape(-1), 0) - counts.reshape(-1)
-    slot = torch.arange(rows.numel()) - starts[rows]
-    indices = torch.zeros(flat.shape[0], width, dtype=torch.int32)
-    indices[rows, slot] = cols.to(torch.int32)
-    return counts.to(torch.int32).reshape(lead), indices.reshape(*lead, width)
+_lists = WeakIdKeyDictionary()  # a mask's own CPU tensor (BlockSparseMask._dense) -> {device string: BlockLists}
 
 
 def block_lists(mask_dense: torch.Tensor, device) -> BlockLists:
@@ -184,8 +168,8 @@ def block_lists(mask_dense: torch.Tensor, device) -> BlockLists:
     if hit is not None:
         return hit
     d4 = mask_dense if mask_dense.dim() == 4 else mask_dense[None, None]
-    fwd_cnt, fwd_idx = _padded_rows(d4)
-    bwd_cnt, bwd_idx = _padded_rows(d4.transpose(-1, -2))
+    fwd_idx, fwd_cnt = BlockSparseMask._padded_rows(d4, "kv_indices")
+    bwd_idx, bwd_cnt = BlockSparseMask._padded_rows(d4.transpose(-1, -2).contiguous(), "q_indices")
     none_cnt = torch.zeros_like(fwd_cnt)
     none_idx = torch.zeros(*fwd_cnt.shape, 1, dtype=torch.int32)
     lists = BlockLists(*(t.to(device) for t in (fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx)))
@@ -359,7 +343,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     Returns:
         ``[B, H, S, D]`` (the transposed view of a contiguous ``[B, S, H, D]`` tensor).
     """
-    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask.to_dense(),
+    # The mask's own CPU tensor (stable while the mask lives, never modified): the list cache key.
+    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask._dense,
                      key_lengths, float(scale), int(mask.block_size), _needs_grad(q, k, v))
     return out.transpose(1, 2)
 
