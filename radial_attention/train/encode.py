@@ -112,7 +112,7 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
     try:
         reader = imageio.get_reader(str(path), format="ffmpeg")
     except Exception as e:
-        raise DataError(f"cannot read video {str(path)!r}: {e}") from None
+        raise DataError(f"cannot read video {str(path)!r}: {_one_line(e)}") from None
     try:
         for i, frame in enumerate(reader):
             if i % frame_stride == 0:
@@ -120,7 +120,7 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
             if i + 1 >= need:
                 break
     except Exception as e:  # a file that opens but is damaged further in (ffmpeg/imageio raise several types)
-        raise DataError(f"cannot read video {str(path)!r} (failed after {len(frames)} frames): {e}") from None
+        raise DataError(f"cannot read video {str(path)!r} (failed after {len(frames)} frames): {_one_line(e)}") from None
     finally:
         with contextlib.suppress(Exception):
             reader.close()
@@ -137,6 +137,14 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
     top, left = (rh - height) // 2, (rw - width) // 2
     video = video[..., top : top + height, left : left + width].clamp(-1, 1)
     return video.permute(1, 0, 2, 3).contiguous()  # [F, 3, H, W] -> [3, F, H, W]
+
+
+def _one_line(err: Exception) -> str:
+    """imageio's ffmpeg errors carry ffmpeg's whole banner: keep the first line and ffmpeg's last."""
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (ffmpeg: {lines[-1]})"
 
 
 # --------------------------------------------------------------------------------- the pipeline side

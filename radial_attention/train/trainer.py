@@ -546,7 +546,7 @@ class LoRATrainer:
 
     def _load_checkpoint(self, path: pathlib.Path) -> None:
         """Resume from a verified checkpoint folder (``ckpt.resolve_resume``). Nothing in it can
-        run code: JSON, safetensors and ``torch.load(weights_only=True)`` only."""
+        run code: JSON, safetensors and weights-only torch loads (``ckpt.load_tensors``) only."""
         state = ckpt.read_state(path)
         diff = _resume_differences(state["settings"], self.settings())
         if diff:
