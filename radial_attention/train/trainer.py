@@ -287,6 +287,9 @@ class LoRATrainer:
 
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
         self._check_output_folder(resume_from)
+        # Every process has looked at the folder before the main one writes into it (else a slow
+        # process would take this run's first files for another run's).
+        dp.barrier(self.info)
         if self.info.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
@@ -300,7 +303,6 @@ class LoRATrainer:
         if self.cfg.overwrite:
             if self.info.is_main:
                 self._clear_previous_run(checkpoints)
-            dp.barrier(self.info)
             return
         files = [name for name in _RUN_FILES if name != "loss.png" and (out / name).is_file()
                  and not (name == "loss.jsonl" and (out / name).stat().st_size == 0)]
