@@ -293,6 +293,12 @@ def test_a_truncated_checkpoint_file_is_caught_and_latest_falls_back(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match=r"step-000003/optimizer.pt has 100 bytes"):
         LoRATrainer(_cfg(tmp_path, data, max_steps=3, resume=str(ckpt.checkpoint_dir(out, 3))))
 
+    # A checkpoint from before files.json existed still resumes, with a warning that it is unverified.
+    legacy = shutil.copytree(ckpt.checkpoint_dir(out, 2), tmp_path / "legacy")
+    (legacy / ckpt.FILES).unlink()
+    with pytest.warns(UserWarning, match=r"legacy has no files.json \(written by an older version\)"):
+        assert LoRATrainer(_cfg(tmp_path, data, max_steps=3, resume=str(legacy))).step_count == 2
+
     # A changed byte (same size) is caught by the hash; with every checkpoint broken, resume says so.
     for step in (1, 2):
         f = ckpt.checkpoint_dir(out, step) / "pytorch_lora_weights.safetensors"
