@@ -306,8 +306,8 @@ class LoRATrainer:
             return
         files = [name for name in _RUN_FILES if name != "loss.png" and (out / name).is_file()
                  and not (name == "loss.jsonl" and (out / name).stat().st_size == 0)]
-        hint = ("continue it with --resume latest (resume='latest'), write to another --output, or pass --overwrite "
-                "to delete its checkpoints and logs")
+        hint = ("continue it with --resume latest (resume='latest'), " if checkpoints else "it has no checkpoint to continue; ") + \
+            "write to another --output, or pass --overwrite to delete its checkpoints and logs"
         if resume_from is None:
             if checkpoints or (self.cfg.resume is None and files) or LORA_WEIGHTS_NAME in files:
                 what = ([f"checkpoints {', '.join(p.name for p in checkpoints)}"] if checkpoints else []) + files
