@@ -79,8 +79,9 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "layers": args.layers, "latent": latent,
               "steps": args.steps, "runs": {}}
     runs = [
-        ("radial", ["--output", str(out / "radial"), "--checkpoint-every", str(half), "--keep-checkpoints", "0"]),
-        ("dense", ["--output", str(out / "dense"), "--attention", "dense", "--checkpoint-every", "0"]),
+        # --overwrite: a rerun of this check replaces the previous one's runs (train-lora refuses a used folder otherwise).
+        ("radial", ["--output", str(out / "radial"), "--checkpoint-every", str(half), "--keep-checkpoints", "0", "--overwrite"]),
+        ("dense", ["--output", str(out / "dense"), "--attention", "dense", "--checkpoint-every", "0", "--overwrite"]),
     ]
     for name, extra in runs:
         if cuda:
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     for mode, flags in (("default", []), ("deterministic", ["--deterministic"])):
         base = out / f"radial-{mode}" if flags else out / "radial"
         if flags:
-            cli(common + flags + ["--output", str(base), "--checkpoint-every", str(half), "--keep-checkpoints", "0"])
+            cli(common + flags + ["--output", str(base), "--checkpoint-every", str(half), "--keep-checkpoints", "0", "--overwrite"])
         resumed = out / f"radial-{mode}-resumed"
         first = base / "checkpoints" / f"step-{half:06d}"
         rc = cli(common + flags + ["--output", str(resumed), "--checkpoint-every", "0", "--resume", str(first)]) if first.is_dir() else 2

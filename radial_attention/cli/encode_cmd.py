@@ -34,7 +34,11 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="model dtype (default bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--store-dtype", choices=("fp32", "bf16"), default="fp32", help="dtype of the stored tensors")
     p.add_argument("--vae-tiling", action="store_true", help="tiled VAE encoding (less memory)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder (default: refuse a finished one, "
+                   "continue an unfinished one, skipping the clips it already holds)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip videos that cannot be read or are too short (a warning names each; listed in the manifest "
+                        "under \"skipped\"); default: stop at the first, keeping the clips encoded so far")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -71,9 +75,13 @@ def run(args) -> int:
         store_dtype=dtypes[args.store_dtype],
         vae_tiling=args.vae_tiling,
         overwrite=args.overwrite,
+        skip_bad=args.skip_bad,
         progress=not args.no_progress,
     )
     doc = json.loads(manifest.read_text())
     shape = doc["samples"][0]["latent_shape"]
     print(f"encode: {len(doc['samples'])} samples ({doc['model_family']}, latents {shape}) -> {manifest}")
+    skipped = doc.get("skipped") or []
+    if skipped:
+        print(f"encode: skipped {len(skipped)} unreadable video(s): " + ", ".join(s["video"] for s in skipped))
     return 0

@@ -83,8 +83,11 @@ def register(sub) -> None:
     g.add_argument("--device", default=None, help="default: CUDA (cuda:LOCAL_RANK under torchrun) if available, else CPU")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (0: none)")
-    g.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints kept (0: all)")
-    g.add_argument("--resume", default=None, help="'latest' (newest checkpoint in OUTPUT, or start fresh) or a checkpoint folder")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="newest checkpoints of this run kept (0: all)")
+    g.add_argument("--resume", default=None, help="'latest' (newest intact checkpoint in OUTPUT, or start fresh) or a checkpoint folder")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an OUTPUT that holds another one, deleting its checkpoints, loss.jsonl/png "
+                        "and LoRA (without it such an OUTPUT is refused)")
     g.add_argument("--eval-every", type=int, default=0, help="log a fixed-noise loss every N steps (0: off)")
     g.add_argument("--eval-samples", type=int, default=4)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -138,6 +141,7 @@ def run(args) -> int:
         progress=not args.no_progress,
         deterministic=args.deterministic,
         offload_checkpoints=args.offload_checkpoints,
+        overwrite=args.overwrite,
     )
     try:
         trainer = LoRATrainer(cfg)

@@ -11,12 +11,14 @@ sample, listed in ``manifest.json``. Format: ``docs/training-data.md``.
       ...
 
 Everything is checked against the model by :func:`validate_dataset` before training starts
-(reading only the safetensors headers, so it is fast even for large datasets): a bad sample
-raises :class:`DataError` naming the file, what was expected and what was found.
+(shapes from the safetensors headers, then one pass over the values for NaN/inf and empty
+prompt masks): a bad sample raises :class:`DataError` naming the file, what was expected and
+what was found. Manifest entries must stay inside the folder (no absolute paths, no ``..``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -140,18 +142,23 @@ def write_sample(
         tensors[IMAGE_EMBEDS] = squeeze_batch(image_embeds, 2, IMAGE_EMBEDS)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    # Through a temporary file: an interrupted write never leaves a truncated sample under its name.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    os.replace(tmp, path)
     return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
-def write_manifest(root, family: str, samples: Sequence[dict], *, extra: Optional[dict] = None) -> pathlib.Path:
-    """Write ``root/manifest.json``.
+def write_manifest(root, family: str, samples: Sequence[dict], *, extra: Optional[dict] = None,
+                   partial: bool = False) -> pathlib.Path:
+    """Write ``root/manifest.json`` atomically (a temporary file, then a rename).
 
     Args:
         family: ``"wan"`` or ``"hunyuan"``.
         samples: dicts with ``file`` (path relative to ``root``), optional ``caption`` and any
             other informational keys (``video``, ``latent_shape``...).
         extra: more top-level keys (e.g. ``source``: the model and video size used to encode).
+        partial: an unfinished folder (``encode`` writes one after each clip); training refuses it.
     """
     if family not in FAMILIES:
         raise DataError(f"model_family must be one of {FAMILIES}, got {family!r}")
@@ -159,6 +166,8 @@ def write_manifest(root, family: str, samples: Sequence[dict], *, extra: Optiona
     root.mkdir(parents=True, exist_ok=True)
     doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "model_family": family}
     doc.update(extra or {})
+    if partial:
+        doc["partial"] = True
     doc["samples"] = list(samples)
     out = root / MANIFEST
     tmp = out.with_suffix(".json.tmp")
@@ -196,6 +205,13 @@ def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
     if doc.get("model_family") not in FAMILIES:
         raise DataError(f"{mpath}: model_family must be one of {FAMILIES}, got {doc.get('model_family')!r}")
     entries = doc.get("samples")
+    if doc.get("partial"):
+        n_done = len(entries) if isinstance(entries, list) else 0
+        raise DataError(
+            f"{mpath}: the encode that writes this folder did not finish ({n_done} samples so far): rerun the same "
+            f"`radial-attention encode` command to finish it (it skips the clips already encoded; --skip-bad skips "
+            f"unreadable videos)"
+        )
     if not isinstance(entries, list) or not entries:
         raise DataError(f"{mpath}: \"samples\" must be a non-empty list")
 
@@ -203,6 +219,11 @@ def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
             raise DataError(f"{mpath}: sample #{n} must be an object with a \"file\" string, got {entry!r}")
+        if _leaves_folder(entry["file"]):
+            raise DataError(
+                f"{mpath}: sample #{n} file {entry['file']!r} leaves the data folder (an absolute path or '..'): "
+                f"sample files must be paths inside {str(root)!r}, relative to it"
+            )
         fpath = root / entry["file"]
         if not fpath.is_file():
             raise DataError(f"sample #{n}: file {str(fpath)!r} listed in {MANIFEST} does not exist")
@@ -222,15 +243,71 @@ def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
     return doc, samples
 
 
-def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: int = 1) -> Tuple[dict, List[SampleInfo]]:
+def _leaves_folder(rel: str) -> bool:
+    """Whether a manifest ``file`` entry points outside its folder (absolute, a drive, or ``..``)."""
+    posix, windows = pathlib.PurePosixPath(rel), pathlib.PureWindowsPath(rel)
+    return (posix.is_absolute() or windows.is_absolute() or bool(windows.drive) or rel.startswith(("/", "\\"))
+            or ".." in posix.parts or ".." in windows.parts)
+
+
+def check_values(samples: Sequence[SampleInfo]) -> None:
+    """Read every tensor of every sample once and refuse NaN/inf values and (HunyuanVideo) prompt
+    masks without a single real token: either makes the loss NaN at the first step that draws it.
+
+    Raises:
+        DataError: naming the sample file and tensor.
+    """
+    from safetensors import safe_open
+
+    for n, s in enumerate(samples):
+        where = f"sample #{n} ({s.file})"
+        try:
+            with safe_open(str(s.file), framework="pt") as f:
+                for key in f.keys():
+                    t = f.get_tensor(key)
+                    if key == PROMPT_MASK:
+                        if t.numel() and not bool(t.ne(0).any()):
+                            raise DataError(
+                                f"{where}: prompt_attention_mask is all zeros (not one real prompt token): the text "
+                                f"attention of this sample is empty and its loss NaN; re-encode the caption"
+                            )
+                        continue
+                    if t.is_floating_point():
+                        bad = int((~torch.isfinite(t)).sum())
+                        if bad:
+                            raise DataError(
+                                f"{where}: {key} has {bad} non-finite value(s) (NaN/inf) of {t.numel()}: the loss would "
+                                f"be NaN; re-encode this clip or drop it from {MANIFEST}"
+                            )
+        except DataError:
+            raise
+        except Exception as e:  # a file whose header is fine but whose data is cut short
+            raise DataError(f"{where}: cannot read its tensors ({type(e).__name__}: {e})") from None
+
+
+def fingerprint(samples: Sequence[SampleInfo], root) -> str:
+    """A short hash of what a data folder holds (each sample's file name inside the folder,
+    caption and tensor shapes): a resumed run must see the same samples, wherever the folder is."""
+    root = pathlib.Path(root)
+    items = []
+    for s in samples:
+        rel = s.file.relative_to(root) if s.file.is_relative_to(root) else s.file
+        items.append([rel.as_posix(), s.caption, sorted([k, list(v)] for k, v in s.shapes.items())])
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: int = 1,
+                     values: bool = True) -> Tuple[dict, List[SampleInfo]]:
     """Check every sample of a data folder against the model before training starts.
 
-    Checks: the manifest and every listed file exist and parse; the model family matches;
+    Checks: the manifest and every listed file exist and parse, and stay inside the folder; the
+    encode that made it finished; the model family matches;
     ``latents`` is ``[C, F, H, W]`` with ``C == spec.in_channels`` and ``F, H, W`` multiples of
     the patch size; ``prompt_embeds`` is ``[L, D]`` with ``D == spec.text_dim``; HunyuanVideo's
     ``prompt_attention_mask [L]`` and ``pooled_prompt_embeds [P]`` are present and fit; with
     ``batch_size > 1`` all samples share one latent and prompt shape; there are enough samples
-    for one batch per process.
+    for one batch per process; with ``values`` (one pass over the data, see :func:`check_values`):
+    no NaN/inf anywhere and no all-zero prompt mask.
 
     Returns:
         ``(manifest, samples)``.
@@ -305,6 +382,8 @@ def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: 
             f"{len(samples)} samples are fewer than one batch per process (batch_size {batch_size} x "
             f"{world_size} processes)"
         )
+    if values:
+        check_values(samples)
     return doc, samples
 
 
@@ -317,6 +396,7 @@ class LatentDataset(torch.utils.data.Dataset):
         self.root = pathlib.Path(root)
         self.manifest, self.samples = validate_dataset(root, spec, batch_size=batch_size, world_size=world_size)
         self.spec = spec
+        self.fingerprint = fingerprint(self.samples, self.root)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -11,8 +11,11 @@ would feed the transformer at generation time.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import pathlib
+import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -109,15 +112,18 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
     try:
         reader = imageio.get_reader(str(path), format="ffmpeg")
     except Exception as e:
-        raise DataError(f"cannot read video {str(path)!r}: {e}") from None
+        raise DataError(f"cannot read video {str(path)!r}: {_one_line(e)}") from None
     try:
         for i, frame in enumerate(reader):
             if i % frame_stride == 0:
                 frames.append(torch.from_numpy(frame[..., :3].copy()))
             if i + 1 >= need:
                 break
+    except Exception as e:  # a file that opens but is damaged further in (ffmpeg/imageio raise several types)
+        raise DataError(f"cannot read video {str(path)!r} (failed after {len(frames)} frames): {_one_line(e)}") from None
     finally:
-        reader.close()
+        with contextlib.suppress(Exception):
+            reader.close()
     if len(frames) < num_frames:
         raise DataError(
             f"video {str(path)!r} has {len(frames) if frame_stride == 1 else 'too few'} frames, "
@@ -131,6 +137,14 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
     top, left = (rh - height) // 2, (rw - width) // 2
     video = video[..., top : top + height, left : left + width].clamp(-1, 1)
     return video.permute(1, 0, 2, 3).contiguous()  # [F, 3, H, W] -> [3, F, H, W]
+
+
+def _one_line(err: Exception) -> str:
+    """imageio's ffmpeg errors carry ffmpeg's whole banner: keep the first line and ffmpeg's last."""
+    lines = [x.strip() for x in str(err).splitlines() if x.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (ffmpeg: {lines[-1]})"
 
 
 # --------------------------------------------------------------------------------- the pipeline side
@@ -263,6 +277,7 @@ def encode_videos(
     store_dtype: torch.dtype = torch.float32,
     vae_tiling: bool = False,
     overwrite: bool = False,
+    skip_bad: bool = False,
     progress: bool = True,
     pipe=None,
 ) -> pathlib.Path:
@@ -285,16 +300,33 @@ def encode_videos(
         device: where the VAE / text encoders run (default CUDA if available).
         dtype: model dtype; store_dtype: dtype of the stored tensors.
         vae_tiling: ``vae.enable_tiling()`` (saves memory for large videos).
-        overwrite: replace an existing data folder.
+        overwrite: replace an existing data folder (finished or not).
+        skip_bad: skip videos that cannot be read (or are too short) with a warning naming each;
+            the manifest lists them under ``skipped``. Without it such a video stops the encode.
         pipe: an already loaded pipeline to use instead of loading ``model``.
+
+    The manifest is rewritten (atomically) after every clip, marked ``"partial": true`` until the
+    end: an encode that stops (a bad video, a crash) keeps its finished clips, and running the same
+    command again continues it, skipping the clips already encoded.
     """
     out_dir = pathlib.Path(out_dir)
-    if (out_dir / MANIFEST).exists() and not overwrite:
-        raise DataError(f"{out_dir / MANIFEST} already exists (use overwrite / --overwrite to replace it)")
+    previous = None if overwrite else _unfinished_encode(out_dir)
     items = collect_videos(videos, captions)
     for name, v in (("height", height), ("width", width), ("num_frames", num_frames), ("frame_stride", frame_stride)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise DataError(f"{name} must be a positive integer, got {v!r}")
+    settings = {
+        "model": str(model), "height": height, "width": width, "num_frames": num_frames, "frame_stride": frame_stride,
+        "latents": "sampled" if sample_latents else "mode", "max_sequence_length": max_sequence_length,
+        "prompt_template": prompt_template, "store_dtype": str(store_dtype).replace("torch.", ""),
+        **({"seed": seed} if sample_latents else {}),
+    }
+    if previous is not None:  # continuing an unfinished encode: with the settings it was started with
+        old_source = previous.get("source") or {}
+        diff = [f"{k}: saved {old_source.get(k)!r}, given {v!r}" for k, v in settings.items() if old_source.get(k) != v]
+        if diff:
+            raise DataError(f"{out_dir / MANIFEST} is an unfinished encode with other settings ({'; '.join(diff)}): "
+                            f"rerun it with the same settings to finish it, or pass --overwrite to start over")
 
     if pipe is None:
         pipe = load_pipeline(model, dtype=dtype)
@@ -316,41 +348,115 @@ def encode_videos(
     pipe.to(dev)
     if vae_tiling:
         pipe.vae.enable_tiling()
-    gen = torch.Generator(dev).manual_seed(seed) if sample_latents else None
+    source = {
+        "pipeline": type(pipe).__name__,
+        **({"image": "the clip's first frame (condition and image embeddings by the pipeline's own methods)"} if i2v else {}),
+        **settings,
+        "normalisation": "(z - latents_mean) / latents_std" if family == "wan" else "z * scaling_factor",
+    }
+    done = {}  # video path -> manifest entry of a clip an earlier, unfinished run encoded
+    next_index = 0
+    if previous is not None:
+        if previous.get("model_family") != family:
+            raise DataError(f"{out_dir / MANIFEST} is an unfinished encode for model family "
+                            f"{previous.get('model_family')!r}, not {family!r}: pass --overwrite to start over")
+        for e in previous.get("samples") or []:
+            if isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("video"), str):
+                done[e["video"]] = e
+                next_index = max(next_index, _file_index(e["file"]) + 1)
 
-    entries = []
+    # video path -> entry, written in the order of ``items``; first the clips already encoded
+    entries = {str(it.video): done[str(it.video)] for it in items
+               if str(it.video) in done and done[str(it.video)].get("caption") == it.caption
+               and (out_dir / done[str(it.video)]["file"]).is_file()}
+    skipped = []
+
+    def save(partial: bool) -> pathlib.Path:
+        listed = [entries[str(it.video)] for it in items if str(it.video) in entries]
+        extra = {"source": source, **({"skipped": skipped} if skipped else {})}
+        return write_manifest(out_dir, family, listed, extra=extra, partial=partial)
+
+    marked = False  # whether the folder's manifest says "unfinished" yet
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(items), desc="encode", unit="video")
     try:
-        for n, item in enumerate(items):
-            video = read_video(item.video, num_frames, height, width, frame_stride=frame_stride)
-            lat = encode_latents(pipe, family, video, sample=sample_latents, generator=gen)
-            text = encode_caption(pipe, family, item.caption, max_sequence_length=max_sequence_length, prompt_template=prompt_template)
-            rel = f"samples/{n:06d}.safetensors"
-            kw = {}
-            if family == "hunyuan":
-                kw = {"prompt_attention_mask": text["prompt_attention_mask"], "pooled_prompt_embeds": text["pooled_prompt_embeds"].to(store_dtype)}
-            if i2v:
-                kw = {k: v.to(store_dtype) for k, v in encode_image_condition(pipe, video, num_frames).items()}
-            shapes = write_sample(out_dir / rel, lat.to(store_dtype), text["prompt_embeds"].to(store_dtype), **kw)
-            entries.append({"file": rel, "caption": item.caption, "video": str(item.video), "latent_shape": list(shapes["latents"])})
+        for item in items:
+            key = str(item.video)
+            if key not in entries:  # else encoded by the earlier, unfinished run
+                try:
+                    video = read_video(item.video, num_frames, height, width, frame_stride=frame_stride)
+                except DataError as e:
+                    if not skip_bad:
+                        raise DataError(
+                            f"{e}. The {len(entries)} clip(s) encoded so far are kept in {out_dir} (its manifest is "
+                            f"marked unfinished): fix or remove the video and rerun the same command to continue, or "
+                            f"add --skip-bad to skip unreadable videos"
+                        ) from None
+                    warnings.warn(f"encode: skipping {key}: {e}", stacklevel=2)
+                    skipped.append({"video": key, "error": str(e)})
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                gen = _clip_generator(dev, seed, key) if sample_latents else None
+                lat = encode_latents(pipe, family, video, sample=sample_latents, generator=gen)
+                text = encode_caption(pipe, family, item.caption, max_sequence_length=max_sequence_length,
+                                      prompt_template=prompt_template)
+                rel = f"samples/{next_index:06d}.safetensors"
+                next_index += 1
+                kw = {}
+                if family == "hunyuan":
+                    kw = {"prompt_attention_mask": text["prompt_attention_mask"],
+                          "pooled_prompt_embeds": text["pooled_prompt_embeds"].to(store_dtype)}
+                if i2v:
+                    kw = {k: v.to(store_dtype) for k, v in encode_image_condition(pipe, video, num_frames).items()}
+                if not marked:
+                    # Before the first sample file is (over)written: a replaced folder's old manifest must not
+                    # go on listing files that change under it. Errors on earlier clips leave the folder as it was.
+                    save(partial=True)
+                    marked = True
+                shapes = write_sample(out_dir / rel, lat.to(store_dtype), text["prompt_embeds"].to(store_dtype), **kw)
+                entries[key] = {"file": rel, "caption": item.caption, "video": key, "latent_shape": list(shapes["latents"])}
+                save(partial=True)  # this clip survives whatever happens next
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    source = {
-        "model": str(model),
-        "pipeline": type(pipe).__name__,
-        **({"image": "the clip's first frame (condition and image embeddings by the pipeline's own methods)"} if i2v else {}),
-        "height": height,
-        "width": width,
-        "num_frames": num_frames,
-        "frame_stride": frame_stride,
-        "latents": "sampled" if sample_latents else "mode",
-        "normalisation": "(z - latents_mean) / latents_std" if family == "wan" else "z * scaling_factor",
-    }
-    return write_manifest(out_dir, family, entries, extra={"source": source})
+    if not entries:
+        raise DataError(f"no video could be encoded: all {len(items)} were skipped as unreadable "
+                        f"({', '.join(s['video'] for s in skipped[:5])})")
+    return save(partial=False)
+
+
+def _unfinished_encode(out_dir: pathlib.Path) -> Optional[dict]:
+    """The manifest of an unfinished encode in ``out_dir`` (to continue), ``None`` for none.
+
+    Raises:
+        DataError: the folder holds a finished (or unreadable) manifest.
+    """
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict) or not doc.get("partial"):
+        raise DataError(f"{path} already exists (use overwrite / --overwrite to replace it)")
+    return doc
+
+
+def _file_index(rel: str) -> int:
+    """``samples/000012.safetensors`` -> 12 (-1 for other names)."""
+    stem = pathlib.PurePosixPath(rel).stem
+    return int(stem) if stem.isdigit() else -1
+
+
+def _clip_generator(device, seed: int, video: str) -> torch.Generator:
+    """The VAE-posterior generator of one clip: seeded by (seed, video), so a continued encode
+    draws what an uninterrupted one would."""
+    key = hashlib.blake2b(f"{seed}/{video}".encode(), digest_size=8).digest()
+    return torch.Generator(device).manual_seed(int.from_bytes(key, "little") & ((1 << 63) - 1))

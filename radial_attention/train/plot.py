@@ -4,13 +4,22 @@ extra; without it nothing is drawn)."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Optional
 
 
 def read_log(path) -> list:
-    """The records of a ``loss.jsonl`` (one JSON object per line; blank lines skipped)."""
-    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    """The records of a ``loss.jsonl`` (one JSON object per line; blank, cut-short or foreign lines skipped)."""
+    records = []
+    for line in pathlib.Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short (e.g. by a full disk): skipped
+            continue
+        if isinstance(rec, dict) and "step" in rec and "loss" in rec:
+            records.append(rec)
+    return records
 
 
 def moving_average(values: list, window: int) -> list:
@@ -57,6 +66,12 @@ def plot_loss(log_path, png_path) -> Optional[pathlib.Path]:
     ax_t.grid(alpha=0.3)
     fig.tight_layout()
     png_path = pathlib.Path(png_path)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    tmp = png_path.with_name(png_path.name + ".tmp")
+    try:  # through a temporary file: a full disk leaves the previous picture, not half of one
+        fig.savefig(tmp, dpi=100, format="png")
+        os.replace(tmp, png_path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
     return png_path

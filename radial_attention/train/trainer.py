@@ -26,7 +26,9 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
@@ -36,7 +38,7 @@ import torch
 from . import checkpoint as ckpt
 from . import data_parallel as dp
 from .data import PROMPT_EMBEDS, LatentDataset, collate
-from .lora import add_lora, load_lora_into, lora_parameters, save_lora
+from .lora import LORA_WEIGHTS_NAME, add_lora, load_lora_into, lora_parameters, save_lora
 from .model import (
     WAN_TEXT_TOKENS,
     autocast_context,
@@ -58,10 +60,20 @@ from .plot import plot_loss
 ATTENTIONS = ("radial", "dense")
 LR_SCHEDULES = ("constant", "cosine")
 # Settings that must not change between a run and its resumption (they change the data order,
-# the random draws or the adapter's shape).
-_RESUME_MUST_MATCH = ("rank", "train_ff", "batch_size", "grad_accum", "seed", "world_size", "timestep_sampling",
-                      "transformer_subfolder", "timestep_range")
+# the random draws, the adapter's shape, the model being trained or the data). data_fingerprint
+# identifies the data folder's samples, not its path (a moved folder still resumes).
+_RESUME_MUST_MATCH = ("rank", "alpha", "train_ff", "attention", "batch_size", "grad_accum", "seed", "world_size",
+                      "timestep_sampling", "transformer_subfolder", "timestep_range", "data_fingerprint")
 _SETTING_DEFAULTS = {"transformer_subfolder": "transformer", "timestep_range": None}
+# Checked only when the checkpoint records them (older checkpoints do not).
+_CHECKED_IF_SAVED = ("data_fingerprint", "attention")
+# What a run writes into its output folder besides checkpoints/ (cleared by overwrite).
+_RUN_FILES = ("loss.jsonl", "loss.png", "train_config.json", LORA_WEIGHTS_NAME)
+
+
+class NonFiniteLossError(ValueError):
+    """The loss, the gradients or the LoRA weights became NaN/inf: the run stops before saving
+    anything of that step (the message names the step and the samples)."""
 
 
 @dataclass
@@ -96,7 +108,9 @@ class TrainConfig:
         long videos on big models; ``train.memory``; one process only), deterministic (deterministic GPU kernels, process-wide: a resumed run
         then repeats the uninterrupted one bit for bit on a GPU too; without it non-deterministic
         GPU kernels make runs differ in the last digits), device (``None``: CUDA if available), seed, checkpoint_every,
-        keep_checkpoints, resume (``None``, ``"latest"`` or a checkpoint folder), eval_every
+        keep_checkpoints (this run's newest checkpoints kept), resume (``None``, ``"latest"`` or a
+        checkpoint folder), overwrite (start a new run in an output folder that holds another one,
+        deleting that run's checkpoints and logs; without it such a folder is refused), eval_every
         (a fixed-noise loss on the first ``eval_samples`` samples; 0 disables), progress (bar).
     """
 
@@ -140,6 +154,7 @@ class TrainConfig:
     progress: bool = True
     deterministic: bool = False
     offload_checkpoints: bool = False
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
@@ -154,8 +169,11 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.overwrite and self.resume is not None:
+            raise ValueError(f"overwrite starts a new run and deletes the old one's checkpoints; it cannot be combined "
+                             f"with resume (got resume={self.resume!r})")
         self.adam_betas = tuple(self.adam_betas)
         if self.timestep_range is not None:
             lo, hi = (float(x) for x in self.timestep_range)
@@ -260,13 +278,62 @@ class LoRATrainer:
         self.epoch = 0
         self.position = 0  # micro-batches of this epoch already consumed
         self._order = None
+        self._step_samples: List[Tuple[int, int]] = []  # (epoch, sample index) of this process in the current step
+        self._saved_path: Optional[pathlib.Path] = None  # the last checkpoint this run wrote or resumed from
+        self._io_warned = set()  # log/plot files whose write failure was already reported
+        # Identifies this run's checkpoints (rotation deletes only these); a resumed run keeps its id.
+        self.run_id = uuid.uuid4().hex
         self.output_dir = pathlib.Path(cfg.output_dir)
-        if self.info.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
 
         resume_from = ckpt.resolve_resume(cfg.resume, self.output_dir)
+        self._check_output_folder(resume_from)
+        # Every process has looked at the folder before the main one writes into it (else a slow
+        # process would take this run's first files for another run's).
+        dp.barrier(self.info)
+        if self.info.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
             self._load_checkpoint(resume_from)
+
+    def _check_output_folder(self, resume_from: Optional[pathlib.Path]) -> None:
+        """Refuse to start a run in a folder that holds another one (its checkpoints would be
+        rotated away and its log truncated), or with ``overwrite`` delete that run's files first."""
+        out = self.output_dir
+        checkpoints = ckpt.list_checkpoints(out)
+        if self.cfg.overwrite:
+            if self.info.is_main:
+                self._clear_previous_run(checkpoints)
+            return
+        files = [name for name in _RUN_FILES if name != "loss.png" and (out / name).is_file()
+                 and not (name == "loss.jsonl" and (out / name).stat().st_size == 0)]
+        hint = ("continue it with --resume latest (resume='latest'), " if checkpoints else "it has no checkpoint to continue; ") + \
+            "write to another --output, or pass --overwrite to delete its checkpoints and logs"
+        if resume_from is None:
+            if checkpoints or (self.cfg.resume is None and files) or LORA_WEIGHTS_NAME in files:
+                what = ([f"checkpoints {', '.join(p.name for p in checkpoints)}"] if checkpoints else []) + files
+                raise ValueError(f"output folder {str(out)!r} already holds a training run ({'; '.join(what)}): {hint}")
+            return
+        mine = ckpt.run_id_of(resume_from)
+        others = [p.name for p in checkpoints if mine is not None and ckpt.run_id_of(p) not in (None, mine)]
+        if others:
+            raise ValueError(f"output folder {str(out)!r} holds checkpoints of another run ({', '.join(others)}) than "
+                             f"the one resumed from {resume_from}: resume into another --output")
+
+    def _clear_previous_run(self, checkpoints) -> None:
+        """``overwrite``: delete the previous run's checkpoints (only folders named like ours) and files."""
+        root = self.output_dir / "checkpoints"
+        doomed = list(checkpoints)
+        if root.is_dir():
+            doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith(ckpt.TMP_PREFIX)]
+        for p in doomed:
+            shutil.rmtree(p)
+        removed = [p.name for p in doomed]
+        for name in _RUN_FILES:
+            if (self.output_dir / name).is_file():
+                (self.output_dir / name).unlink()
+                removed.append(name)
+        if removed:
+            warnings.warn(f"overwrite: deleted the previous run in {self.output_dir}: {', '.join(removed)}", stacklevel=3)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -277,7 +344,9 @@ class LoRATrainer:
     def settings(self) -> dict:
         d = dataclasses.asdict(self.cfg)
         d.update(world_size=self.info.world_size, family=self.family, shift=self.shift,
-                 timestep_range=None if self.timestep_range is None else list(self.timestep_range))
+                 timestep_range=None if self.timestep_range is None else list(self.timestep_range),
+                 alpha=float(self.cfg.rank if self.cfg.alpha is None else self.cfg.alpha),  # the effective alpha
+                 data_fingerprint=self.dataset.fingerprint)
         return d
 
     def radial_density(self) -> Optional[float]:
@@ -317,6 +386,7 @@ class LoRATrainer:
         self.position += 1
         batch = collate([self.dataset[i] for i in idx])
         gens = [_sample_generator(self.cfg.seed, self.epoch, i) for i in idx]
+        self._step_samples.extend((self.epoch, i) for i in idx)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}, gens
 
     # ------------------------------------------------------------------ one step
@@ -334,9 +404,15 @@ class LoRATrainer:
         return self.objective.loss(pred, target)
 
     def step(self) -> dict:
-        """One optimizer step (``grad_accum`` micro-batches). Returns the log record."""
+        """One optimizer step (``grad_accum`` micro-batches). Returns the log record.
+
+        Raises:
+            NonFiniteLossError: the loss or the gradient norm is NaN/inf (the optimizer step is
+                not taken), or the LoRA weights are after the step; names the step and samples.
+        """
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        self._step_samples = []
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
             batch, gens = self._next_batch()
@@ -348,14 +424,27 @@ class LoRATrainer:
                 loss = self._forward_loss(batch, gens)
                 (loss / self.cfg.grad_accum).backward()
             total += loss.detach()
-        grad_norm = None
-        if self.cfg.max_grad_norm and self.cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        clip = self.cfg.max_grad_norm and self.cfg.max_grad_norm > 0
+        # Without clipping, an infinite max norm only measures (the norm is what the check needs).
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm if clip else math.inf))
         lr = self.scheduler.get_last_lr()[0]
+        # Every process sees the same mean loss and (synchronised) gradient norm: all stop together.
+        mean_loss = float(dp.mean_across(total / self.cfg.grad_accum, self.info))
+        if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
+            raise NonFiniteLossError(
+                f"step {self.step_count + 1}: the loss is {mean_loss} and the gradient norm {grad_norm} (not finite); "
+                f"the optimizer step was not taken and nothing of it saved. {self._describe_step_samples(local_loss=float(total))} "
+                f"{self._last_good()}"
+            )
         self.optimizer.step()
         self.scheduler.step()
         self.step_count += 1
-        mean_loss = float(dp.mean_across(total / self.cfg.grad_accum, self.info))
+        if not _all_finite(self.params):
+            raise NonFiniteLossError(
+                f"step {self.step_count}: the LoRA weights became NaN/inf in the optimizer step (lr {lr}, loss "
+                f"{mean_loss:.6g}, gradient norm {grad_norm:.6g}: lower the learning rate); nothing of this step was "
+                f"saved. {self._describe_step_samples()} {self._last_good()}"
+            )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         rec = {
@@ -365,9 +454,35 @@ class LoRATrainer:
             "step_time_s": time.perf_counter() - t0,
             "epoch": self.epoch,
         }
-        if grad_norm is not None:
+        if clip:
             rec["grad_norm"] = grad_norm
         return rec
+
+    def _sample_name(self, index: int) -> str:
+        s = self.dataset.samples[index]
+        return f"#{index} {s.file.relative_to(self.dataset.root) if s.file.is_relative_to(self.dataset.root) else s.file}"
+
+    @torch.no_grad()
+    def _describe_step_samples(self, local_loss: Optional[float] = None) -> str:
+        """Which samples the failed step used; when this process's loss is not finite and there
+        were several, each is re-run alone (same noise) to name the one(s) at fault."""
+        who = "this process's samples" if self.info.distributed else "its samples"
+        names = [self._sample_name(i) for _, i in self._step_samples]
+        text = f"The step's {who}: {', '.join(names)}."
+        if local_loss is None or math.isfinite(local_loss) or len(self._step_samples) < 2:
+            return text
+        bad = []
+        for epoch, i in self._step_samples:
+            batch = {k: v.to(self.device) for k, v in collate([self.dataset[i]]).items()}
+            loss = self._forward_loss(batch, [_sample_generator(self.cfg.seed, epoch, i)], module=self.transformer)
+            if not torch.isfinite(loss):
+                bad.append(self._sample_name(i))
+        return text + (f" Non-finite on their own: {', '.join(bad)}." if bad else "")
+
+    def _last_good(self) -> str:
+        if self._saved_path is None:
+            return "No checkpoint of this run was written yet."
+        return f"The last good checkpoint is {self._saved_path}."
 
     def gradients(self, indices, epoch: int = 0) -> Tuple[float, dict]:
         """Loss and LoRA gradients of one batch made of the given sample indices, with the noise
@@ -400,11 +515,19 @@ class LoRATrainer:
             gen = _sample_generator(seed, -1, i)
             losses.append(float(self._forward_loss(batch, [gen], module=self.transformer)))
         self.transformer.train(was_training)
+        bad = [self._sample_name(i) for i, v in enumerate(losses) if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(f"step {self.step_count}: the fixed-noise eval loss is not finite on {', '.join(bad)}. "
+                                     f"{self._last_good()}")
         return sum(losses) / len(losses)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> pathlib.Path:
-        """Write a checkpoint of the current step (all processes must call it)."""
+        """Write a checkpoint of the current step (all processes must call it). Rotation then
+        drops this run's older checkpoints beyond ``keep_checkpoints``."""
+        if not _all_finite(self.params):  # never let a broken state push a good checkpoint out
+            raise NonFiniteLossError(f"step {self.step_count}: the LoRA weights are not finite; no checkpoint written. "
+                                     f"{self._last_good()}")
         final = ckpt.checkpoint_dir(self.output_dir, self.step_count)
         tmp = final.with_name(f"tmp-{final.name}")
         if self.info.is_main:
@@ -416,93 +539,175 @@ class LoRATrainer:
             save_lora(self.transformer, self.family, tmp)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            state = {"step": self.step_count, "epoch": self.epoch, "position": self.position, "settings": self.settings()}
+            state = {"step": self.step_count, "epoch": self.epoch, "position": self.position, "run_id": self.run_id,
+                     "settings": self.settings()}
             ckpt.finish_write(tmp, state, self.cfg.keep_checkpoints)
         dp.barrier(self.info)
+        self._saved_path = final
         return final
 
     def _load_checkpoint(self, path: pathlib.Path) -> None:
+        """Resume from a verified checkpoint folder (``ckpt.resolve_resume``). Nothing in it can
+        run code: JSON, safetensors and weights-only torch loads (``ckpt.load_tensors``) only."""
         state = ckpt.read_state(path)
-        saved, now = state["settings"], self.settings()
-        # Checkpoints written before a setting existed hold its default.
-        saved = {**_SETTING_DEFAULTS, **saved}
-        diff = {k: (saved.get(k), now[k]) for k in _RESUME_MUST_MATCH if saved.get(k) != now[k]}
+        diff = _resume_differences(state["settings"], self.settings())
         if diff:
-            raise ValueError(
-                f"cannot resume from {path}: these settings differ from the checkpoint's (saved, now): {diff}"
-            )
+            raise ValueError(f"cannot resume from {path}: settings differ from the checkpoint's: {'; '.join(diff)}")
         rng_file = path / f"rng-rank{self.info.rank}.pt"
         load_lora_into(self.transformer, path)
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+        optimizer_file, scheduler_file = path / "optimizer.pt", path / "scheduler.pt"
+        try:
+            self.optimizer.load_state_dict(ckpt.load_tensors(optimizer_file, map_location=self.device))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(f"{optimizer_file}: not this run's optimizer state ({e})") from None
+        try:
+            self.scheduler.load_state_dict(ckpt.load_tensors(scheduler_file))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ckpt.CheckpointError(f"{scheduler_file}: not a learning-rate schedule state ({e})") from None
+        ckpt.set_rng_state(ckpt.load_tensors(rng_file), source=str(rng_file))
         self.step_count, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
+        self.run_id = state.get("run_id") or self.run_id  # older checkpoints have none: a new id (their siblings are kept)
+        self._saved_path = path
         self._order = None
 
     # ------------------------------------------------------------------ the loop
     def _log_path(self) -> pathlib.Path:
         return self.output_dir / "loss.jsonl"
 
+    def _io_failed(self, what: str, err: Exception) -> None:
+        """A log or plot could not be written (disk full...): the run goes on; said once per file."""
+        if what not in self._io_warned:
+            self._io_warned.add(what)
+            warnings.warn(f"could not write {self.output_dir / what} ({type(err).__name__}: {err}); training goes on "
+                          f"(this warning is shown once)", stacklevel=3)
+
     def _trim_log(self) -> None:
         """On resume, drop log lines past the resumed step (they belong to the lost tail of the run)."""
         path = self._log_path()
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= self.step_count:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue
-        path.write_text("".join(x + "\n" for x in keep))
+        try:
+            if not path.is_file():
+                return
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= self.step_count:
+                        keep.append(line)
+                except (json.JSONDecodeError, AttributeError):
+                    continue  # a half-written line (a full disk) or not a record
+            _write_text_atomic(path, "".join(x + "\n" for x in keep))
+        except OSError as e:
+            self._io_failed(path.name, e)
+
+    def _append_log(self, rec: dict) -> None:
+        try:
+            if self._log is None:
+                self._log = open(self._log_path(), "a")
+            self._log.write(json.dumps(rec) + "\n")
+            self._log.flush()
+        except OSError as e:
+            self._io_failed(self._log_path().name, e)
+
+    def _draw_plot(self) -> None:
+        # The picture is a convenience: no failure of it (a full disk, a matplotlib error) ends a run.
+        try:
+            plot_loss(self._log_path(), self.output_dir / "loss.png")  # skipped without matplotlib
+        except Exception as e:
+            self._io_failed("loss.png", e)
 
     def train(self) -> TrainResult:
         """Run until ``max_steps``; checkpoint every ``checkpoint_every`` steps and at the end;
-        write the final LoRA to ``output_dir``. Returns the result (losses of this invocation)."""
+        write the final LoRA to ``output_dir``. Returns the result (losses of this invocation).
+
+        Raises:
+            NonFiniteLossError: see :meth:`step`; the checkpoints written so far are kept.
+        """
         cfg = self.cfg
         main = self.info.is_main
         if main:
             self._trim_log()
-            (self.output_dir / "train_config.json").write_text(json.dumps(self.settings(), indent=1, default=str))
+            try:
+                _write_text_atomic(self.output_dir / "train_config.json",
+                                   json.dumps({**self.settings(), "run_id": self.run_id}, indent=1, default=str))
+            except OSError as e:
+                self._io_failed("train_config.json", e)
         bar = None
         if main and cfg.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.max_steps, initial=self.step_count, desc="train-lora", unit="step", dynamic_ncols=True)
         losses = []
-        log = open(self._log_path(), "a") if main else None
+        self._log = None
         try:
             while self.step_count < cfg.max_steps:
                 rec = self.step()
                 losses.append(rec["loss"])
                 if cfg.eval_every and self.step_count % cfg.eval_every == 0:
                     rec["eval_loss"] = self.evaluate()
-                if log is not None:
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
+                if main:
+                    self._append_log(rec)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", step_s=f"{rec['step_time_s']:.2f}")
                 if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.step_count < cfg.max_steps:
                     self.save_checkpoint()
-                    if log is not None:  # a curve to look at while a long run goes on
-                        plot_loss(self._log_path(), self.output_dir / "loss.png")
+                    if main:  # a curve to look at while a long run goes on
+                        self._draw_plot()
         finally:
-            if log is not None:
-                log.close()
+            if self._log is not None:
+                with contextlib.suppress(OSError):
+                    self._log.close()
+                self._log = None
             if bar is not None:
                 bar.close()
-        if cfg.checkpoint_every:
-            last = ckpt.list_checkpoints(self.output_dir)
-            if not last or last[-1].name != ckpt.checkpoint_dir(self.output_dir, self.step_count).name:
-                self.save_checkpoint()
-        lora_path = self.output_dir / "pytorch_lora_weights.safetensors"
+        if cfg.checkpoint_every and (self._saved_path is None or self._saved_path.name != ckpt.checkpoint_dir(self.output_dir, self.step_count).name):
+            self.save_checkpoint()
+        lora_path = self.output_dir / LORA_WEIGHTS_NAME
         if main:
+            if not _all_finite(self.params):
+                raise NonFiniteLossError(f"step {self.step_count}: the LoRA weights are not finite; the final LoRA was "
+                                         f"not written. {self._last_good()}")
             lora_path = save_lora(self.transformer, self.family, self.output_dir)
-            plot_loss(self._log_path(), self.output_dir / "loss.png")  # skipped without matplotlib
+            self._draw_plot()
         dp.barrier(self.info)
         return TrainResult(self.output_dir, lora_path, self.step_count, losses)
+
+
+def _resume_differences(saved: dict, now: dict) -> List[str]:
+    """``"name: saved X, given Y"`` for each setting in ``_RESUME_MUST_MATCH`` that differs."""
+    saved = {**_SETTING_DEFAULTS, **saved}
+    if saved.get("alpha") is None and "rank" in saved:  # older checkpoints stored alpha=None for "= rank"
+        saved["alpha"] = float(saved["rank"])
+    out = []
+    for key in _RESUME_MUST_MATCH:
+        if key in _CHECKED_IF_SAVED and key not in saved:
+            continue
+        if saved.get(key) != now[key]:
+            if key == "data_fingerprint":
+                out.append(f"data folder: saved {saved.get('data')!r}, given {now['data']!r} (their manifests list "
+                           f"different samples)")
+            else:
+                out.append(f"{key}: saved {saved.get(key)!r}, given {now[key]!r}")
+    return out
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every value of every tensor is finite (one small reduction per tensor)."""
+    tensors = [t.detach() for t in tensors]
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def _write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """Write ``path`` through a temporary file in the same folder: a failure leaves the old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def _warn_on_prompt_length(dataset: LatentDataset, family: str) -> None:
