@@ -67,6 +67,6 @@ def run(args) -> int:
              "wan2.2-i2v-a14b": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 16",
              "wan2.2-ti2v": " --height 64 --width 64 --frames 9 --max-sequence-length 16"}
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
-    print(f"  try: radial-attention generate --model {out} --prompt \"a cat\" --steps 4"
+    print(f"  try: radial-attention generate --model {out} --prompt \"a cat\" --steps 4 --dense-steps 1"
           f"{hints.get(args.family, ' --height 64 --width 64 --frames 9 --max-sequence-length 16')} --out tiny.mp4")
     return 0
