@@ -255,3 +255,30 @@ def dtype_kwarg(dtype) -> dict:
     except ValueError:
         major, minor = 0, 0
     return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
+
+
+def load_kwargs(dtype) -> dict:
+    """Keyword arguments of every ``from_pretrained`` here: the dtype, and safetensors only, so
+    that a model folder never makes diffusers fall back to pickled ``.bin`` weights (which can run
+    code when loaded)."""
+    return {**dtype_kwarg(dtype), "use_safetensors": True}
+
+
+class loading_errors:
+    """``with loading_errors(model, folder): X.from_pretrained(folder, ...)``: an ``OSError`` from
+    loading (a missing weights file in a partial download, a ``.bin``-only folder) becomes one
+    :class:`ModelNotFoundError` line naming the folder and, for a Hub id, how to complete it."""
+
+    def __init__(self, model: str, folder: os.PathLike):
+        self.model, self.folder = str(model), pathlib.Path(folder)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or not isinstance(err, OSError) or isinstance(err, ModelNotFoundError):
+            return False
+        fix = (f"complete the download with `{fetch_command(self.model)}`" if is_hub_id(self.model)
+               and not pathlib.Path(os.path.expanduser(self.model)).is_dir()
+               else "write the folder with save_pretrained (safetensors weights)")
+        raise ModelNotFoundError(f"could not load {self.model!r} from {self.folder} ({_first_line(err)}): {fix}") from None

@@ -221,6 +221,30 @@ def test_train_lora_a14b_expert_boundary_from_the_cached_snapshot(offline, tmp_p
     assert type(load_transformer(repo, subfolder="transformer_2")).__name__ == "WanTransformer3DModel"
 
 
+def test_partial_weights_and_pickled_weights_are_one_clear_error(offline, tiny_wan_folder, tmp_path, capsys):
+    """A snapshot missing a weights file, and a folder whose VAE is only a pickled .bin (which
+    must not be loaded: it could run code), each stop with one line naming the folder."""
+    from safetensors.torch import load_file
+
+    snap = put_in_cache(offline, tiny_wan_folder)
+    weights = snap / "vae" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    weights.unlink()
+    args = ["generate", "--prompt", "a cat", *SMALL, "--steps", "1", "--out", str(tmp_path / "v.mp4")]
+    assert main(["generate", "--model", REPO, *args[1:]]) == 2
+    err = capsys.readouterr().err  # also diffusers' loading bar and its own log line
+    assert "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1
+    assert f"could not load {REPO!r} from {snap}" in err and f"`hf download {REPO}`" in err
+
+    torch.save(state, snap / "vae" / "diffusion_pytorch_model.bin")  # what diffusers would unpickle
+    local = tmp_path / "pickled"
+    shutil.copytree(snap, local)
+    assert main(["generate", "--model", str(local), *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert f"could not load {str(local)!r}" in err and "diffusion_pytorch_model.safetensors" in err
+    assert not (tmp_path / "v.mp4").exists()
+
+
 # ----------------------------------------------------------------------------- generate: outputs and report
 @pytest.mark.parametrize("out, fps, expected", [
     ("video.txt", "16", "--out must end in .mp4 or .gif, got"),

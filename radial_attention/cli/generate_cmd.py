@@ -124,7 +124,7 @@ def load_pipeline(model: str, dtype):
     :func:`radial_attention.hub.resolve_model`); ``FileNotFoundError`` saying where it looked."""
     from diffusers import DiffusionPipeline
 
-    from radial_attention.hub import dtype_kwarg, resolve_model
+    from radial_attention.hub import load_kwargs, loading_errors, resolve_model
 
     folder = resolve_model(model)
     if not (folder / "model_index.json").is_file():
@@ -132,7 +132,8 @@ def load_pipeline(model: str, dtype):
             f"{folder.absolute()} is a folder but not a diffusers pipeline: looked for "
             f"{folder.absolute() / 'model_index.json'} (write one with pipe.save_pretrained)"
         )
-    return DiffusionPipeline.from_pretrained(str(folder), **dtype_kwarg(dtype))
+    with loading_errors(model, folder):
+        return DiffusionPipeline.from_pretrained(str(folder), **load_kwargs(dtype))
 
 
 class StepTimer:
@@ -184,7 +185,9 @@ def load_loras(pipe, lora: Optional[str], lora_2: Optional[str], scale: float = 
         if into_2 and getattr(pipe, "transformer_2", None) is None:
             raise ValueError(f"--lora-2 needs a pipeline with a transformer_2 (Wan2.2 A14B); {type(pipe).__name__} has none")
         name = "radial-lora-2" if into_2 else "radial-lora"
-        pipe.load_lora_weights(folder, adapter_name=name, **({"load_into_transformer_2": True} if into_2 else {}))
+        # safetensors only: a LoRA folder must not be able to run code when loaded (no pickled .bin).
+        pipe.load_lora_weights(folder, adapter_name=name, use_safetensors=True,
+                               **({"load_into_transformer_2": True} if into_2 else {}))
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[scale] * len(names))
 

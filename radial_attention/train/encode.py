@@ -161,7 +161,7 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32):
     components encode needs are fetched)."""
     import diffusers
 
-    from radial_attention.hub import dtype_kwarg, resolve_model
+    from radial_attention.hub import load_kwargs, loading_errors, resolve_model
 
     # transformer/config.json: its patch size decides which video sizes fit (_transformer_patch).
     path = resolve_model(model, skip=TRANSFORMER_COMPONENTS, extra_files=["transformer/config.json"])
@@ -174,7 +174,8 @@ def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32):
         raise TypeError(f"{model}: unknown pipeline class {index.get('_class_name')!r}")
     # Skip the transformer(s): passing None explicitly makes diffusers leave them out.
     skip = {name: None for name in TRANSFORMER_COMPONENTS if name in index}
-    return cls.from_pretrained(str(path), **dtype_kwarg(dtype), **skip)
+    with loading_errors(model, path):
+        return cls.from_pretrained(str(path), **load_kwargs(dtype), **skip)
 
 
 def _model_folder(model: str) -> Optional[pathlib.Path]:

@@ -96,13 +96,6 @@ def pipeline_class(family: str):
     return {"wan": diffusers.WanPipeline, "hunyuan": diffusers.HunyuanVideoPipeline}[family]
 
 
-def dtype_kwarg(dtype: torch.dtype) -> dict:
-    """``from_pretrained``'s dtype argument (``dtype=`` on diffusers >= 0.42, ``torch_dtype=`` before)."""
-    from radial_attention.hub import dtype_kwarg as _dtype_kwarg
-
-    return _dtype_kwarg(dtype)
-
-
 def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: int = 0, subfolder: str = "transformer"):
     """Load the transformer to train.
 
@@ -123,7 +116,7 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
     """
     import diffusers
 
-    from radial_attention.hub import resolve_model
+    from radial_attention.hub import load_kwargs, loading_errors, resolve_model
 
     if model in TINY_MODELS:
         from radial_attention.integrations.diffusers import tiny
@@ -154,7 +147,8 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
     cls = getattr(diffusers, cls_name or "", None)
     if cls is None:
         raise TypeError(f"{cfg_path}: unknown transformer class {cls_name!r}")
-    return cls.from_pretrained(str(path), subfolder=subfolder, **dtype_kwarg(dtype))
+    with loading_errors(model, path):
+        return cls.from_pretrained(str(path), subfolder=subfolder, **load_kwargs(dtype))
 
 
 def expert_timestep_range(model: str, subfolder: str = "transformer") -> Optional[Tuple[float, float]]:
