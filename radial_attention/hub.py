@@ -18,7 +18,7 @@ import os
 import pathlib
 from typing import Iterable, List, Optional, Sequence
 
-# What model_index.json holds besides its components.
+# A diffusers pipeline folder's table of its components.
 _INDEX_FILE = "model_index.json"
 
 

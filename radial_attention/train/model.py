@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pathlib
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
