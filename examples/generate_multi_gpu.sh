@@ -11,8 +11,11 @@ set -euo pipefail
 if [[ "${1:-}" =~ ^[0-9]+$ ]]; then NPROC=$1; shift; else NPROC=$(nvidia-smi -L | wc -l); fi
 # NVLink multicast (NVLS) stays off: required on the machines this project runs on.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+# A local folder or a Hub id (read from the Hugging Face cache: `hf download $MODEL` once first,
+# so the N processes do not all download it). The dense schedule is the model's recommended one
+# (Wan2.1: 12 dense steps, 1 dense block; Wan2.2 A14B: 11, 1); --dense-steps/--dense-layers override.
 MODEL=${MODEL:-Wan-AI/Wan2.1-T2V-14B-Diffusers}
 exec torchrun --standalone --nproc-per-node "$NPROC" -m radial_attention.cli.main generate \
   --model "$MODEL" --height 720 --width 1280 --frames 81 --steps 50 \
-  --dense-steps 12 --dense-layers 1 --sequence-parallel "$NPROC" \
+  --sequence-parallel "$NPROC" \
   --out "${OUT:-radial-sp${NPROC}.mp4}" "$@"

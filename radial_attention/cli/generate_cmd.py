@@ -5,7 +5,9 @@
 
 ``--model`` is a local folder written by ``save_pretrained`` (it holds ``model_index.json``) or a
 Hugging Face Hub id (read from the local Hugging Face cache, downloaded if it is not there and the
-Hub can be reached). Without weights it stops with a message saying where it looked.
+Hub may be used: ``radial_attention.hub``). Without weights it stops with a message saying where it
+looked. The output file, fps and the like are checked before the model is loaded; the dense schedule
+defaults to the model's recommended one (:data:`RECOMMENDED_SCHEDULES`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fps", type=int, default=16)
-    p.add_argument("--out", default="radial-attention.mp4", help="mp4 file to write")
+    p.add_argument("--out", default="radial-attention.mp4", help="video file to write (.mp4 or .gif)")
     p.add_argument("--lora", default=None, metavar="DIR",
                    help="a LoRA folder (e.g. from train-lora) loaded with pipe.load_lora_weights")
     p.add_argument("--lora-2", default=None, metavar="DIR",
@@ -49,9 +51,11 @@ def register(sub) -> None:
     g.add_argument("--dense", action="store_true", help="do not apply radial attention (the dense baseline)")
     g.add_argument("--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's)")
     g.add_argument("--decay", type=float, default=None, help="mask decay (default: the preset's)")
-    g.add_argument("--dense-steps", type=int, default=12, help="first denoising steps with dense attention")
+    g.add_argument("--dense-steps", type=int, default=None,
+                   help="first denoising steps with dense attention (default: the model's recommended schedule)")
     g.add_argument("--dense-last-steps", type=int, default=0, help="last denoising steps with dense attention")
-    g.add_argument("--dense-layers", type=int, default=1, help="first transformer blocks with dense attention")
+    g.add_argument("--dense-layers", type=int, default=None,
+                   help="first transformer blocks with dense attention (default: the model's recommended schedule)")
     g.add_argument("--block-size", type=int, default=128, choices=[64, 128])
     g.add_argument("--backend", default="auto", help="auto, reference, flex, triton, flashinfer")
     d = p.add_argument_group("device")
@@ -67,48 +71,102 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and not os.path.splitext(name)[1]
+# The dense schedule each mask preset's models are recommended to run (the reference's settings,
+# README "Recommended schedules"): (dense_steps, dense_layers). Wan2.2 TI2V-5B uses the "wan"
+# preset and so Wan2.1's schedule (the reference gives none of its own).
+RECOMMENDED_SCHEDULES = {
+    "wan": (12, 1),  # Wan2.1 T2V / I2V
+    "wan-full": (12, 1),
+    "hunyuan": (12, 0),  # HunyuanVideo
+    "wan2.2": (11, 1),  # Wan2.2 A14B
+}
+# Output formats write_video can write.
+VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
-def _dtype_kwarg(dtype) -> dict:
-    # diffusers 0.42 renamed from_pretrained's ``torch_dtype`` to ``dtype`` (the old name warns).
-    import diffusers
+def check_outputs(out: str, fps) -> None:
+    """Refuse, before anything is loaded, an output that cannot be written: ``ValueError`` for a
+    suffix other than :data:`VIDEO_SUFFIXES` or ``fps <= 0``, ``FileNotFoundError`` for a folder
+    that cannot be made or written."""
+    suffix = os.path.splitext(out)[1].lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"--out must end in {' or '.join(VIDEO_SUFFIXES)}, got {out!r}")
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps <= 0:
+        raise ValueError(f"--fps must be a positive integer, got {fps!r}")
+    target = os.path.abspath(out)
+    if os.path.isdir(target):
+        raise ValueError(f"--out {out!r} is a folder; expected a video file name")
+    # The nearest folder that exists must be a writable folder (the rest is made at write time).
+    parent = os.path.dirname(target)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot write {target}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise FileNotFoundError(f"cannot write {target}: no write permission in {parent}")
 
-    major_minor = tuple(int(x) for x in diffusers.__version__.split(".")[:2])
-    return {"dtype": dtype} if major_minor >= (0, 42) else {"torch_dtype": dtype}
+
+def recommended_schedule(pipe, preset: Optional[str]):
+    """``(preset, dense_steps, dense_layers)``: the preset radial attention will use on ``pipe``
+    (``preset`` or the model's default) and its recommended dense schedule."""
+    # The same default apply_radial_attention picks (private helpers: one rule, not two copies).
+    from radial_attention.integrations.diffusers.apply import _default_preset, _transformers_of
+
+    if preset is None:
+        transformers, _, pipeline = _transformers_of(pipe)
+        preset = _default_preset(transformers, pipeline)
+    steps, layers = RECOMMENDED_SCHEDULES.get(preset, RECOMMENDED_SCHEDULES["wan"])
+    return preset, steps, layers
 
 
 def load_pipeline(model: str, dtype):
-    """A diffusers pipeline from a local folder or a Hub id; ``FileNotFoundError`` saying where it looked."""
+    """A diffusers pipeline from a local folder or a Hub id (found through
+    :func:`radial_attention.hub.resolve_model`); ``FileNotFoundError`` saying where it looked."""
     from diffusers import DiffusionPipeline
 
-    path = os.path.expanduser(model)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "model_index.json")):
-            raise FileNotFoundError(
-                f"{os.path.abspath(path)} is a folder but not a diffusers pipeline: looked for "
-                f"{os.path.join(os.path.abspath(path), 'model_index.json')} (write one with pipe.save_pretrained)"
-            )
-        return DiffusionPipeline.from_pretrained(path, **_dtype_kwarg(dtype))
-    if not _looks_like_hub_id(model):
-        raise FileNotFoundError(
-            f"no pipeline at {os.path.abspath(path)} (no such folder), and {model!r} is not a Hugging Face Hub id "
-            "of the form org/name"
-        )
-    try:
-        return DiffusionPipeline.from_pretrained(model, **_dtype_kwarg(dtype))
-    except Exception as e:  # offline, unknown repo, gated, partial download: say where we looked
-        from huggingface_hub import constants
+    from radial_attention.hub import load_kwargs, loading_errors, resolve_model
 
-        cache = os.path.join(constants.HF_HUB_CACHE, "models--" + model.replace("/", "--"))
+    folder = resolve_model(model)
+    if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
-            f"could not load the weights of {model!r}: no folder {os.path.abspath(path)}, and the Hugging Face "
-            f"cache has no complete copy at {cache} (download failed or offline: {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Download it with `huggingface-cli download {model}` "
-            "or pass a local folder written by save_pretrained"
-        ) from e
+            f"{folder.absolute()} is a folder but not a diffusers pipeline: looked for "
+            f"{folder.absolute() / 'model_index.json'} (write one with pipe.save_pretrained)"
+        )
+    with loading_errors(model, folder):
+        return DiffusionPipeline.from_pretrained(str(folder), **load_kwargs(dtype))
+
+
+class StepTimer:
+    """Seconds of each denoising step, measured per step: from the step's first transformer call
+    (a forward pre-hook on every transformer) to the pipeline's ``callback_on_step_end``. Text
+    encoding before the loop and VAE decoding after it are not counted."""
+
+    def __init__(self, pipe, device):
+        import torch
+
+        self.times = []
+        self._start = None
+        self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+        self._hooks = [
+            m.register_forward_pre_hook(self._step_started)
+            for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None
+        ]
+
+    def _step_started(self, module, args):
+        if self._start is None:  # the first call of this step (CFG calls the transformer twice)
+            self._sync()
+            self._start = time.perf_counter()
+
+    def callback(self, pipe, step, timestep, callback_kwargs):
+        if self._start is not None:
+            self._sync()
+            self.times.append(time.perf_counter() - self._start)
+            self._start = None
+        return callback_kwargs
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
 
 
 def load_loras(pipe, lora: Optional[str], lora_2: Optional[str], scale: float = 1.0) -> None:
@@ -127,7 +185,9 @@ def load_loras(pipe, lora: Optional[str], lora_2: Optional[str], scale: float = 
         if into_2 and getattr(pipe, "transformer_2", None) is None:
             raise ValueError(f"--lora-2 needs a pipeline with a transformer_2 (Wan2.2 A14B); {type(pipe).__name__} has none")
         name = "radial-lora-2" if into_2 else "radial-lora"
-        pipe.load_lora_weights(folder, adapter_name=name, **({"load_into_transformer_2": True} if into_2 else {}))
+        # safetensors only: a LoRA folder must not be able to run code when loaded (no pickled .bin).
+        pipe.load_lora_weights(folder, adapter_name=name, use_safetensors=True,
+                               **({"load_into_transformer_2": True} if into_2 else {}))
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[scale] * len(names))
 
@@ -148,11 +208,26 @@ def write_mp4(frames, path: str, fps: int) -> None:
     """Write ``[F, H, W, 3]`` uint8 frames as an H.264 mp4 (imageio + imageio-ffmpeg)."""
     import imageio.v2 as imageio
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
     with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1, format="FFMPEG") as w:
         for frame in frames:
             w.append_data(frame)
+
+
+def write_gif(frames, path: str, fps: int) -> None:
+    """Write ``[F, H, W, 3]`` uint8 frames as a looping GIF (imageio's Pillow plugin; duration in ms)."""
+    import imageio.v3 as iio
+
+    iio.imwrite(path, list(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+
+
+def write_video(frames, path: str, fps: int) -> None:
+    """Write the frames in the format of ``path``'s suffix (:data:`VIDEO_SUFFIXES`), making its
+    folder; ``FileNotFoundError`` if no non-empty file came out (the writer failed quietly)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    writer = write_gif if path.lower().endswith(".gif") else write_mp4
+    writer(frames, path, fps)
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise FileNotFoundError(f"writing the video produced no file at {os.path.abspath(path)} ({len(frames)} frames)")
 
 
 def run(args) -> int:
@@ -162,6 +237,8 @@ def run(args) -> int:
 
     from radial_attention.distributed.generate import SequenceParallelRun
 
+    # Before any model is loaded: a bad --out or --fps must not cost a whole generation.
+    check_outputs(args.out, args.fps)
     sp = SequenceParallelRun.start(args.sequence_parallel)
     if sp is None:
         return _run(args, None)
@@ -172,6 +249,15 @@ def run(args) -> int:
             return _run(args, sp)
     finally:
         sp.close()
+
+
+def _frames_the_model_takes(pipe, frames: int) -> int:
+    """``frames`` rounded down to what the pipeline generates: ``k * t + 1`` for the VAE's temporal
+    compression ``t`` (4 for Wan and HunyuanVideo), as the pipelines themselves do."""
+    t = int(getattr(pipe, "vae_scale_factor_temporal", 1) or 1)
+    if frames < 1 or t <= 1:
+        return frames
+    return (frames - 1) // t * t + 1
 
 
 def _run(args, sp) -> int:
@@ -199,18 +285,26 @@ def _run(args, sp) -> int:
         pipe.to(device)
     load_s = time.perf_counter() - t0
 
+    frames = _frames_the_model_takes(pipe, args.frames)
     state = None
+    schedule_source = "from the command line"
     if not args.dense:
+        preset, rec_steps, rec_layers = recommended_schedule(pipe, args.preset)
+        dense_steps = rec_steps if args.dense_steps is None else args.dense_steps
+        dense_layers = rec_layers if args.dense_layers is None else args.dense_layers
+        if args.dense_steps is None or args.dense_layers is None:
+            schedule_source = f"{preset} preset's recommended schedule" + (
+                "" if args.dense_steps is None and args.dense_layers is None else ", with the flags given")
         state = apply_radial_attention(
-            pipe, preset=args.preset, decay=args.decay, dense_steps=args.dense_steps,
-            dense_last_steps=args.dense_last_steps, dense_layers=args.dense_layers,
+            pipe, preset=args.preset, decay=args.decay, dense_steps=dense_steps,
+            dense_last_steps=args.dense_last_steps, dense_layers=dense_layers,
             block_size=args.block_size, backend=args.backend,
         )
     if sp is not None:  # after radial attention: split the video tokens across the GPUs
-        sp.split(pipe, height=args.height, width=args.width, frames=args.frames)
+        sp.split(pipe, height=args.height, width=args.width, frames=frames)
     params = inspect.signature(pipe.__call__).parameters
     kwargs = dict(
-        prompt=args.prompt, height=args.height, width=args.width, num_frames=args.frames,
+        prompt=args.prompt, height=args.height, width=args.width, num_frames=frames,
         num_inference_steps=args.steps, generator=torch.Generator(device="cpu").manual_seed(args.seed), output_type="np",
     )
     if args.negative_prompt is not None:
@@ -229,12 +323,18 @@ def _run(args, sp) -> int:
         raise ValueError(f"{type(pipe).__name__} takes no conditioning image; drop --image")
 
     print(f"pipeline      {type(pipe).__name__} from {args.model} on {device} ({str(dtype).replace('torch.', '')}), loaded in {load_s:.1f} s")
+    for folder, into in ((args.lora, "transformer"), (args.lora_2, "transformer_2")):
+        if folder is not None:
+            print(f"lora          {os.path.abspath(folder)} into {into}, scale {args.lora_scale:g}")
+    if frames != args.frames:
+        print(f"frames        {args.frames} rounded down to {frames}: this model takes "
+              f"{pipe.vae_scale_factor_temporal}k+1 frames")
     if state is not None:
         c = state.config
         print(
             f"radial        preset {c.preset}, decay {c.decay if c.decay is not None else 'preset'}, dense: first "
-            f"{c.dense_steps} + last {c.dense_last_steps} of {args.steps} steps and the first {c.dense_layers} blocks, "
-            f"block {c.block_size}, backend {c.backend}"
+            f"{c.dense_steps} + last {c.dense_last_steps} of {args.steps} steps and the first {c.dense_layers} blocks "
+            f"({schedule_source}), block {c.block_size}, backend {c.backend}"
         )
         if c.dense_steps + c.dense_last_steps >= args.steps:
             print(f"note          dense steps ({c.dense_steps} first + {c.dense_last_steps} last) cover all {args.steps} "
@@ -243,21 +343,46 @@ def _run(args, sp) -> int:
         print("radial        off (--dense)")
     if sp is not None:
         print(f"parallel      video tokens split over {sp.degree} processes ({sp.ctx.backend}, Ulysses sequence parallelism)")
+
+    timer = StepTimer(pipe, device) if "callback_on_step_end" in params else None
+    if timer is not None:
+        kwargs["callback_on_step_end"] = timer.callback
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    frames = pipe(**kwargs).frames  # the pipeline shows a tqdm progress bar over the steps
+    try:
+        out_frames = pipe(**kwargs).frames  # the pipeline shows a tqdm progress bar over the steps
+    finally:
+        if timer is not None:
+            timer.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     gen_s = time.perf_counter() - t0
-    video = _frames_to_uint8(frames)
+    video = _frames_to_uint8(out_frames)
     if sp is None or sp.is_main:
-        write_mp4(video, args.out, args.fps)
+        write_video(video, args.out, args.fps)
 
-    print(f"time          {gen_s:.1f} s for {args.steps} steps and decoding ({gen_s / args.steps:.2f} s per step)")
+    print(f"time          {gen_s:.1f} s in all (text encoding, {args.steps} steps, decoding)")
+    if timer is not None and timer.times:
+        print(f"steps         {_step_times(timer.times, state)}")
     if state is not None:
         s = state.summary()
         masks = ", ".join(f"{k}: density {v}" for k, v in s["masks"].items()) or "none built"
         print(f"attention     {s['radial_calls']} radial and {s['dense_calls']} dense self-attention calls; masks {masks}")
-    print(f"video         {args.out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]} at {args.fps} fps")
+    if sp is None or sp.is_main:
+        print(f"video         {args.out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]} at {args.fps} fps "
+              f"({os.path.getsize(args.out) / 1e6:.2f} MB)")
     return 0
+
+
+def _step_times(times, state) -> str:
+    """``times`` (seconds of each denoising step) as a mean, split into dense and radial steps."""
+    n = len(times)
+    text = f"{sum(times) / n:.3f} s per denoising step (mean of {n}, measured per step)"
+    if state is None:
+        return text
+    c = state.config
+    dense = [t for i, t in enumerate(times) if i < c.dense_steps or i >= n - c.dense_last_steps]
+    radial = [t for i, t in enumerate(times) if not (i < c.dense_steps or i >= n - c.dense_last_steps)]
+    parts = [f"{len(d)} {name} steps {sum(d) / len(d):.3f} s each" for name, d in (("dense", dense), ("radial", radial)) if d]
+    return text + ": " + ", ".join(parts)

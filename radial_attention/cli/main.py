@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = [
     "radial_attention.cli.train_cmd",
     "radial_attention.cli.encode_cmd",
     "radial_attention.cli.bench_cmd",
+    "radial_attention.cli.tiny_cmd",
 ]
 
 

@@ -25,6 +25,8 @@ from .data import DataError, MANIFEST, write_manifest, write_sample
 from .model import WAN_TEXT_TOKENS
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+# The pipeline components encode does not load (nor download).
+TRANSFORMER_COMPONENTS = ("transformer", "transformer_2")
 
 
 @dataclass
@@ -168,27 +170,40 @@ def is_image_to_video(pipe) -> bool:
 
 
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32):
-    """The pipeline without its transformer (only the VAE and text encoders are needed)."""
+    """The pipeline without its transformer (only the VAE and text encoders are needed), from a
+    local folder or a Hub id (:func:`radial_attention.hub.resolve_model`: for a Hub id only the
+    components encode needs are fetched)."""
     import diffusers
 
-    path = pathlib.Path(model)
-    if path.exists() and not (path / "model_index.json").is_file():
+    from radial_attention.hub import load_kwargs, loading_errors, resolve_model
+
+    # transformer/config.json: its patch size decides which video sizes fit (_transformer_patch).
+    path = resolve_model(model, skip=TRANSFORMER_COMPONENTS, extra_files=["transformer/config.json"])
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a diffusers pipeline folder (no model_index.json)")
-    index = diffusers.DiffusionPipeline.load_config(model)
+    index = json.loads(index_path.read_text())
     cls = getattr(diffusers, index.get("_class_name", ""), None)
     if cls is None:
         raise TypeError(f"{model}: unknown pipeline class {index.get('_class_name')!r}")
     # Skip the transformer(s): passing None explicitly makes diffusers leave them out.
-    skip = {name: None for name in ("transformer", "transformer_2") if name in index}
-    from .model import dtype_kwarg
+    skip = {name: None for name in TRANSFORMER_COMPONENTS if name in index}
+    with loading_errors(model, path):
+        return cls.from_pretrained(str(path), **load_kwargs(dtype), **skip)
 
-    return cls.from_pretrained(model, **dtype_kwarg(dtype), **skip)
+
+def _model_folder(model: str) -> Optional[pathlib.Path]:
+    """``model``'s folder on disk (a Hub id: its cached snapshot), or ``None``; no network."""
+    from radial_attention.hub import find_cached
+
+    return find_cached(model) if model else None
 
 
 def _transformer_patch(model: str) -> Tuple[int, int]:
     """(temporal, spatial) patch size from the pipeline folder's transformer config (default 1, 2)."""
-    cfg = pathlib.Path(model) / "transformer" / "config.json"
-    if cfg.is_file():
+    folder = _model_folder(model)
+    cfg = None if folder is None else folder / "transformer" / "config.json"
+    if cfg is not None and cfg.is_file():
         c = json.loads(cfg.read_text())
         if "patch_size_t" in c:
             return int(c["patch_size_t"]), int(c["patch_size"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pathlib
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -96,18 +95,6 @@ def pipeline_class(family: str):
     return {"wan": diffusers.WanPipeline, "hunyuan": diffusers.HunyuanVideoPipeline}[family]
 
 
-def dtype_kwarg(dtype: torch.dtype) -> dict:
-    """``from_pretrained``'s dtype argument: ``dtype=`` on diffusers >= 0.42 (where ``torch_dtype``
-    is deprecated), ``torch_dtype=`` before."""
-    import diffusers
-
-    try:
-        major, minor = (int(x) for x in diffusers.__version__.split(".")[:2])
-    except ValueError:
-        major, minor = 0, 0
-    return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
-
-
 def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: int = 0, subfolder: str = "transformer"):
     """Load the transformer to train.
 
@@ -115,15 +102,20 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
         model: a built-in tiny model name (``tiny-wan``, ``tiny-hunyuan``: random weights from
             ``seed``), a local diffusers pipeline folder (has ``model_index.json``; its
             ``subfolder`` is used), a local transformer folder (has ``config.json``), or a Hugging
-            Face Hub pipeline id.
+            Face Hub pipeline id (from the local cache, downloaded if allowed: only
+            ``model_index.json``, the scheduler and ``subfolder``; see ``radial_attention.hub``).
         dtype: parameter dtype.
         subfolder: the pipeline's transformer component: ``transformer``, or ``transformer_2``
             for the low-noise expert of Wan2.2 A14B.
 
     Raises:
-        FileNotFoundError: a local path that is neither kind of folder.
+        FileNotFoundError: a local path that is neither kind of folder; a name that is no folder,
+            Hub id or tiny model; a Hub id whose files are not in the cache and cannot be fetched.
+        TypeError: a transformer class diffusers does not have.
     """
     import diffusers
+
+    from radial_attention.hub import load_kwargs, loading_errors, resolve_model
 
     if model in TINY_MODELS:
         from radial_attention.integrations.diffusers import tiny
@@ -135,30 +127,27 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
         else:
             built = tiny.tiny_hunyuan_transformer(num_layers=2, num_single_layers=1, seed=seed)
         return cast_like_from_pretrained(built, dtype)
-    path = pathlib.Path(model)
-    if path.exists():
-        if (path / "model_index.json").is_file():
-            if not (path / subfolder / "config.json").is_file():
-                raise FileNotFoundError(f"{str(path)!r} has no {subfolder!r} component (no {subfolder}/config.json)")
-        elif (path / "config.json").is_file():
-            subfolder = None
-        else:
-            raise FileNotFoundError(
-                f"{str(path)!r} is neither a diffusers pipeline folder (model_index.json) nor a transformer "
-                f"folder (config.json)"
-            )
-        cfg_path = path / (subfolder or "") / "config.json"
+    path = resolve_model(model, components=[subfolder, "scheduler"], local_ok=f"a built-in tiny model ({', '.join(TINY_MODELS)})")
+    if (path / "model_index.json").is_file():
+        if not (path / subfolder / "config.json").is_file():
+            raise FileNotFoundError(f"{str(path)!r} has no {subfolder!r} component (no {subfolder}/config.json)")
+    elif (path / "config.json").is_file():
+        subfolder = None
+    else:
+        raise FileNotFoundError(
+            f"{str(path)!r} is neither a diffusers pipeline folder (model_index.json) nor a transformer "
+            f"folder (config.json)"
+        )
+    cfg_path = path / (subfolder or "") / "config.json"
+    try:
         cls_name = json.loads(cfg_path.read_text()).get("_class_name")
-        cls = getattr(diffusers, cls_name or "", None)
-        if cls is None:
-            raise TypeError(f"{cfg_path}: unknown transformer class {cls_name!r}")
-        return cls.from_pretrained(str(path), subfolder=subfolder, **dtype_kwarg(dtype))
-    # A Hub id: read the class from the repo's transformer config.
-    cfg = diffusers.ModelMixin.load_config(model, subfolder=subfolder)
-    cls = getattr(diffusers, cfg.get("_class_name", ""), None)
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise FileNotFoundError(f"{cfg_path} is not a readable model config ({type(e).__name__}: {e})") from None
+    cls = getattr(diffusers, cls_name or "", None)
     if cls is None:
-        raise TypeError(f"{model}: unknown transformer class {cfg.get('_class_name')!r}")
-    return cls.from_pretrained(model, subfolder=subfolder, **dtype_kwarg(dtype))
+        raise TypeError(f"{cfg_path}: unknown transformer class {cls_name!r}")
+    with loading_errors(model, path):
+        return cls.from_pretrained(str(path), subfolder=subfolder, **load_kwargs(dtype))
 
 
 def expert_timestep_range(model: str, subfolder: str = "transformer") -> Optional[Tuple[float, float]]:
@@ -168,16 +157,14 @@ def expert_timestep_range(model: str, subfolder: str = "transformer") -> Optiona
     ``model_index.json``."""
     if model in TINY_MODELS:
         return None
-    path = pathlib.Path(model)
-    if path.exists():
-        index = path / "model_index.json"
-        if not index.is_file():
-            return None  # a bare transformer folder: no pipeline, no boundary
-        cfg = json.loads(index.read_text())
-    else:
-        import diffusers
+    from radial_attention.hub import find_cached
 
-        cfg = diffusers.DiffusionPipeline.load_config(model)
+    # load_transformer has put a Hub id's files in the cache already.
+    path = find_cached(model)
+    index = None if path is None else path / "model_index.json"
+    if index is None or not index.is_file():
+        return None  # a bare transformer folder: no pipeline, no boundary
+    cfg = json.loads(index.read_text())
     ratio = cfg.get("boundary_ratio")
     if not isinstance(ratio, (int, float)) or not cfg.get("transformer_2") or cfg.get("transformer_2") == [None, None]:
         return None
@@ -201,8 +188,11 @@ def cast_like_from_pretrained(model, dtype: torch.dtype):
 
 def default_shift(model: str, family: str) -> float:
     """The flow shift of the model's own scheduler config when it has one, else the family default."""
-    path = pathlib.Path(model) / "scheduler" / "scheduler_config.json"
-    if model not in TINY_MODELS and path.is_file():
+    from radial_attention.hub import find_cached
+
+    folder = None if model in TINY_MODELS else find_cached(model)  # a Hub id: its cached snapshot
+    path = None if folder is None else folder / "scheduler" / "scheduler_config.json"
+    if path is not None and path.is_file():
         cfg = json.loads(path.read_text())
         for key in ("flow_shift", "shift"):
             if isinstance(cfg.get(key), (int, float)):

@@ -4,7 +4,7 @@
 
     from radial_attention import apply_radial_attention, remove_radial_attention
 
-    pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-14B-Diffusers", torch_dtype=torch.bfloat16).to("cuda")
+    pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-14B-Diffusers", dtype=torch.bfloat16).to("cuda")
     apply_radial_attention(pipe, dense_steps=12, dense_layers=1)   # the paper's Wan2.1 schedule
     video = pipe(prompt, height=720, width=1280, num_frames=81, num_inference_steps=50).frames[0]
     remove_radial_attention(pipe)                                   # the original model again

@@ -69,7 +69,7 @@ def _seeded(seed: int):
 def _cast(model, dtype):
     """``model`` in ``dtype``, eval mode. A float32 build needs no cast; for a low-precision one,
     diffusers' warning about modules it would rather keep in float32 is silenced (these are test
-    and demo models; ``from_pretrained(torch_dtype=...)`` is the way for real checkpoints)."""
+    and demo models; ``from_pretrained(dtype=...)`` is the way for real checkpoints)."""
     if dtype != torch.float32:
         from diffusers.utils import logging as dlogging
 
