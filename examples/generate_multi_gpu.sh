@@ -12,7 +12,7 @@ if [[ "${1:-}" =~ ^[0-9]+$ ]]; then NPROC=$1; shift; else NPROC=$(nvidia-smi -L 
 # NVLink multicast (NVLS) stays off: required on the machines this project runs on.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 MODEL=${MODEL:-Wan-AI/Wan2.1-T2V-14B-Diffusers}
-exec torchrun --standalone --nproc-per-node "$NPROC" -m radial_attention.cli.main generate \
+exec torchrun --standalone --nproc-per-node "$NPROC" -m radial_attention generate \
   --model "$MODEL" --height 720 --width 1280 --frames 81 --steps 50 \
   --dense-steps 12 --dense-layers 1 --sequence-parallel "$NPROC" \
   --out "${OUT:-radial-sp${NPROC}.mp4}" "$@"

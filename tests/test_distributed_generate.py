@@ -34,7 +34,7 @@ def test_generate_on_two_processes_equals_one_process(tmp_path, capsys):
 
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "radial_attention.cli.main"] + ARGS + ["--model", str(folder), "--out", str(two), "--sequence-parallel", "2"],
+         "-m", "radial_attention"] + ARGS + ["--model", str(folder), "--out", str(two), "--sequence-parallel", "2"],
         capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -21,12 +21,22 @@ class UsageError(ValueError):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's default once, as ``(default: X)``; nothing is added where the default is
-    ``None`` or a flag's ``False`` (the help text itself says what "not given" means there)."""
+    ``None`` or a flag's ``False``, or where the help text says its default itself ("(default:
+    the preset's)")."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.required:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.required or "(default" in text:
             return action.help
         return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like the commands' own errors:
+    ``radial-attention mask: error: argument --heads: expected ... (see radial-attention mask --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import os
 import sys
 from importlib import import_module
 
-from radial_attention.cli.args import HelpFormatter
+from radial_attention.cli.args import HelpFormatter, Parser
 
 # One module per subcommand; a module is imported only to build its parser (keep imports inside
 # the command functions so `radial-attention mask` stays light).
@@ -35,7 +35,7 @@ DEBUG_ENV = "RADIAL_ATTENTION_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="radial-attention",
         description="Radial Attention for video diffusion transformers: masks, kernels, diffusers integration, LoRA training.",
         formatter_class=HelpFormatter,

@@ -40,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--decay", type=positive_float, default=None, help="decay factor d (default: the preset's)")
     p.add_argument("--sink", choices=["on", "off"], default=None, help="attention sink on frame 0 (default: the preset's)")
     p.add_argument("--adjacent", choices=["full", "half"], default=None, help="window to neighbouring frames (default: the preset's)")
-    p.add_argument("--block-size", type=int, default=128, choices=[64, 128])
+    p.add_argument("--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)")
     p.add_argument("--heads", type=positive_int, default=None,
                    help="attention heads, for the FLOP count (default: the family's: Wan 14B 40, Wan2.2 5B / "
                         "HunyuanVideo / Mochi 24)")
@@ -64,7 +64,7 @@ def resolve_layout(args):
         fam = get_model_family(args.model) if args.model else None
         preset = args.preset or (fam.preset if fam else "wan")
         x = args.text_tokens if args.text_tokens is not None else (fam.default_text_tokens if fam else 0)
-        desc = (f"{fam.name + ' (preset, text tokens, heads) ' if fam else ''}"
+        desc = (f"{fam.name + ' with the given F and T: ' if fam else ''}"
                 f"F={args.latent_frames} latent frames x T={args.tokens_per_frame} tokens")
         return args.latent_frames, args.tokens_per_frame, x, preset, (fam.name if fam else DEFAULT_MODEL), desc
     model = args.model or DEFAULT_MODEL
@@ -99,7 +99,12 @@ def format_flop_pair(part: float, whole: float) -> str:
     return f"{_short(part / scale)} of {_short(whole / scale)} {unit}"
 
 
-def run(args) -> int:
+def build_report(args) -> dict:
+    """Build the mask the arguments describe; returns what ``run`` prints, as values::
+
+        {"mask", "desc", "frames", "tokens_per_frame", "text_tokens", "seq_len", "preset", "decay",
+         "sink", "adjacent", "heads", "flops" (RadialBlockMask.attention_flops), "build_ms"}
+    """
     from radial_attention.mask import get_preset, radial_block_mask
     from radial_attention.mask.radial import _cached_mask
 
@@ -121,23 +126,30 @@ def run(args) -> int:
     t0 = time.perf_counter()
     mask = radial_block_mask(frames, tpf, block_size=args.block_size, decay=decay, sink=sink, adjacent=adjacent, text_tokens=text)
     build_ms = (time.perf_counter() - t0) * 1e3
+    return dict(mask=mask, desc=desc, frames=frames, tokens_per_frame=tpf, text_tokens=text, seq_len=seq,
+                preset=preset_name, decay=decay, sink=sink, adjacent=adjacent, heads=heads,
+                flops=mask.attention_flops(seq, args.head_dim, heads), build_ms=build_ms)
 
-    flops = mask.attention_flops(seq, args.head_dim, heads)
-    print(f"layout        {desc}" + (f" + {text} text tokens" if text else ""))
-    print(f"settings      preset={preset_name} decay={decay} sink={sink} adjacent={adjacent} block={args.block_size}")
-    print(f"tokens        {seq:,} ({frames * tpf:,} video + {text} text)")
+
+def run(args) -> int:
+    from radial_attention.mask.render import png_path
+
+    png = png_path(args.png) if args.png else None  # a bad picture name fails before the work
+    r = build_report(args)
+    mask, text, flops = r["mask"], r["text_tokens"], r["flops"]
+    video = r["frames"] * r["tokens_per_frame"]
+    print(f"layout        {r['desc']}" + (f" + {text} text tokens" if text else ""))
+    print(f"settings      preset={r['preset']} decay={r['decay']} sink={r['sink']} adjacent={r['adjacent']} block={args.block_size}")
+    print(f"tokens        {r['seq_len']:,} ({video:,} video + {text} text)")
     print(f"blocks        {mask.num_blocks} x {mask.num_blocks} = {mask.num_blocks ** 2:,}, kept {int(mask.to_dense().sum()):,}")
     print(f"density       {mask.density:.4f}  (ideal speed-up 1/density = {1 / mask.density:.2f}x)")
     print(
         f"attention     {format_flop_pair(flops['sparse'], flops['dense'])} per layer kept "
-        f"({heads} heads x dim {args.head_dim}): {100 * flops['saved_fraction']:.1f}% saved"
+        f"({r['heads']} heads x dim {args.head_dim}): {100 * flops['saved_fraction']:.1f}% saved"
     )
-    print(f"build time    {build_ms:.1f} ms")
-    if args.png:
-        written = mask.save_png(args.png, title=_png_title(desc + (f" + {text} text tokens" if text else ""), preset_name, decay, mask))
-        print(f"picture       {written}")
+    print(f"build time    {r['build_ms']:.1f} ms")
+    if png:
+        title = (f"{r['desc']}" + (f" + {text} text tokens" if text else "")
+                 + f"\npreset {r['preset']}, decay {r['decay']}, block {mask.block_size}: density {mask.density:.3f}")
+        print(f"picture       {mask.save_png(png, title=title)}")
     return 0
-
-
-def _png_title(desc: str, preset: str, decay: float, mask) -> str:
-    return f"{desc}\npreset {preset}, decay {decay}, block {mask.block_size}: density {mask.density:.3f}"
