@@ -193,3 +193,46 @@ def test_bench_case_names_match_the_benchmark():
     assert bench_cmd.CASE_NAMES == list(bench.CASES)
     assert bench_cmd.CPU_CASE_NAMES == list(bench.CPU_CASES)
     assert bench_cmd.SMOKE_CASE_NAMES == list(bench.SMOKE_CASES)
+
+
+def test_library_notices_are_silenced_one_message_at_a_time(monkeypatch):
+    """The torchvision fallback notice (transformers) and torch's all_gather_tensor FutureWarning are
+    hidden in a CLI run; other warnings and records of the same loggers and categories still show."""
+    import logging
+    import warnings
+
+    from radial_attention.cli import mask_cmd
+
+    logger = logging.getLogger("transformers.utils.import_utils")
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    def noisy(args):
+        logger.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+                       "`CLIPImageProcessorPil` for backward compatibility.")
+        logger.warning("another transformers notice")
+        warnings.warn("`torch.distributed._functional_collectives.all_gather_tensor` is deprecated. Please use "
+                      "`torch.distributed._functional_collectives.all_gather_single` instead.", FutureWarning)
+        warnings.warn("some other future change", FutureWarning)
+        return 0
+
+    monkeypatch.setattr(mask_cmd, "run", noisy)
+    handler = Collect()
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["mask"]) == 0
+            quiet = ([str(w.message) for w in caught], list(seen))
+            caught.clear()
+            seen.clear()
+            assert main(["--debug", "mask"]) == 0  # --debug shows everything
+            loud = ([str(w.message) for w in caught], list(seen))
+    finally:
+        logger.removeHandler(handler)
+    assert quiet == (["some other future change"], ["another transformers notice"])
+    assert len(loud[0]) == 2 and len(loud[1]) == 2
+    assert not logger.filters  # the filter is gone after the run

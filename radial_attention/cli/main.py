@@ -5,17 +5,20 @@ Errors: a user error (a bad argument, a missing file, bad data: ``ValueError`` a
 subclasses such as :class:`~radial_attention.cli.args.UsageError`, ``FileNotFoundError`` and the
 other path errors, a missing optional package) is printed as one line,
 ``radial-attention CMD: error: ...``, with exit code 2. Anything else is a bug and keeps its
-traceback. ``--debug`` (or ``RADIAL_ATTENTION_DEBUG=1``) shows the traceback of user errors too.
+traceback. ``--debug`` (or ``RADIAL_ATTENTION_DEBUG=1``) shows the traceback of user errors too,
+and the library notices that :mod:`radial_attention.cli.quiet` otherwise hides.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from importlib import import_module
 
 from radial_attention.cli.args import HelpFormatter, Parser
+from radial_attention.cli.quiet import quiet_library_notices
 
 # One module per subcommand; a module is imported only to build its parser (keep imports inside
 # the command functions so `radial-attention mask` stays light).
@@ -71,7 +74,8 @@ def main(argv=None) -> int:
         return 2
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return int(args.func(args) or 0)
+        with contextlib.nullcontext() if debug else quiet_library_notices():
+            return int(args.func(args) or 0)
     except USER_ERRORS as e:
         # A module of this package that cannot be imported is a bug, not a missing optional package.
         if debug or (isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "radial_attention"):
