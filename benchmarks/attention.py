@@ -516,10 +516,10 @@ def metadata(device, dtype) -> dict:
 
 
 def build_arg_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    from radial_attention.cli.args import HelpFormatter
     from radial_attention.cli.bench_cmd import add_arguments
 
-    p = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_arguments(p)
     return p
 

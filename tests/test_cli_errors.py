@@ -236,3 +236,65 @@ def test_library_notices_are_silenced_one_message_at_a_time(monkeypatch):
     assert quiet == (["some other future change"], ["another transformers notice"])
     assert len(loud[0]) == 2 and len(loud[1]) == 2
     assert not logger.filters  # the filter is gone after the run
+
+
+def test_collective_timeout_reaches_the_process_group(monkeypatch, tmp_path):
+    """--collective-timeout goes to init_process_group, for train-lora (DDP) and generate (sequence parallel)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from radial_attention.distributed import launch
+    from radial_attention.distributed.generate import SequenceParallelRun
+    from radial_attention.train import data_parallel as dp
+
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: seen.append(kw["timeout"]))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    for key, value in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(key, value)
+    dp.setup("cpu", timeout_s=42.0)
+    monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: False)
+    SequenceParallelRun.start(2, timeout_s=7.0)
+    assert seen == [datetime.timedelta(seconds=42), datetime.timedelta(seconds=7)]
+
+
+def test_cli_passes_the_collective_timeout_on(monkeypatch, tmp_path, capsys):
+    from radial_attention.distributed import generate as sp_generate
+    from radial_attention.train import trainer
+
+    got = {}
+
+    class Stop(ValueError):
+        pass
+
+    def fake_trainer(cfg, **kw):
+        got["train"] = cfg.collective_timeout_s
+        raise Stop("stopped after the config")
+
+    def fake_start(degree, timeout_s):
+        got["generate"] = timeout_s
+        raise Stop("stopped after the config")
+
+    monkeypatch.setattr(trainer, "LoRATrainer", fake_trainer)
+    monkeypatch.setattr(sp_generate.SequenceParallelRun, "start", staticmethod(fake_start))
+    assert main(["train-lora", "--model", "tiny-wan", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
+                 "--collective-timeout", "42"]) == 2
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "p", "--collective-timeout", "7.5"]) == 2
+    assert got == {"train": 42.0, "generate": 7.5}
+    assert capsys.readouterr().err.count("stopped after the config") == 2
+
+
+def test_train_config_rejects_nan_clipping_and_zero_eval_samples():
+    from radial_attention.train import TrainConfig
+
+    with pytest.raises(ValueError, match="max_grad_norm must be a finite number >= 0"):
+        TrainConfig(model="m", data="d", output_dir="o", max_grad_norm=float("nan"))
+    with pytest.raises(ValueError, match="eval_samples must be a positive integer"):
+        TrainConfig(model="m", data="d", output_dir="o", eval_samples=0)
+    with pytest.raises(ValueError, match="collective_timeout_s"):
+        TrainConfig(model="m", data="d", output_dir="o", collective_timeout_s=0.0)
+    assert TrainConfig(model="m", data="d", output_dir="o", max_grad_norm=0.0).max_grad_norm == 0.0
