@@ -7,13 +7,20 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
+step() { echo "run.sh: $*" >&2; }
 if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed-v1 ] || [ pyproject.toml -nt .venv/.installed-v1 ]; then
+  # First run (or pyproject.toml changed): a few minutes, mostly downloading torch. pip prints what it
+  # fetches and installs (no -q), with its progress bars on a terminal.
+  step "[1/3] creating .venv with $("$PY" --version 2>&1)"
   "$PY" -m venv .venv
   # torch is pinned to the CPU build that the package index of this environment serves;
   # Triton 3.6.0 is the version on the GPU machine too (the interpreter tests need it here).
-  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 triton==3.6.0
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,diffusers,train,plot]"
+  step "[2/3] installing torch 2.13.0 (CPU) and triton 3.6.0 (the largest download)"
+  .venv/bin/python -m pip install --disable-pip-version-check torch==2.13.0 triton==3.6.0
+  step "[3/3] installing radial-attention and its extras (diffusers, train, plot, test)"
+  .venv/bin/python -m pip install --disable-pip-version-check -e ".[test,diffusers,train,plot]"
   touch .venv/.installed-v1
+  step "environment ready in .venv"
 fi
 cmd=${1:-demo}
 case "$cmd" in

@@ -11,6 +11,7 @@ computation (the block-sparse error must be at most twice that).
 
     python benchmarks/attention.py --out results/            # every case, on a GPU
     python benchmarks/attention.py --cases wan1.3b-480p-81f  # a subset
+    python benchmarks/attention.py --device cpu              # small CPU cases (float32, gather backend)
     TRITON_INTERPRET=1 python benchmarks/attention.py --smoke --device cpu   # tiny, on the CPU
 
 Times: median of several calls after a warm-up (CUDA events), the number of calls chosen so each
@@ -73,6 +74,20 @@ CASES = {
              24, "hunyuan", decay=1.0),
     ]
 }
+# What a CPU can time in about a minute (float32): real layouts with 2 of the models' heads (the cost
+# is linear in heads; the GPU cases take minutes per dense call on a CPU).
+CPU_CASES = {
+    c.name: c
+    for c in [
+        # Wan2.1-1.3B 832x480, 17 frames: 5 latent frames x 30x52 tokens.
+        Case("cpu-wan1.3b-480p-17f", "Wan2.1-1.3B 832x480, 17 frames, 2 of 12 heads (wan preset)", 5, 1560, 2, "wan"),
+        # HunyuanVideo 512x320, 33 frames: 9 latent frames x 20x32 tokens (video tokens).
+        Case("cpu-hunyuan-320p-33f", "HunyuanVideo 512x320, 33 frames, 2 of 24 heads (hunyuan preset, video tokens)",
+             9, 640, 2, "hunyuan"),
+    ]
+}
+# Above this many tokens a case is refused on a CPU (a dense call would take minutes).
+CPU_MAX_TOKENS = 16_384
 # Tiny stand-ins for --smoke (CPU interpreter or a quick GPU pass): S not a multiple of the block.
 SMOKE_CASES = {
     c.name: c
@@ -173,6 +188,15 @@ def flex_direct_impl(mask, S, device):
     return run
 
 
+def gather_impl(mask):
+    from radial_attention.ops import gather as gather_backend
+
+    def run(q, k, v):
+        return gather_backend.attention(q, k, v, mask, scale=q.shape[-1] ** -0.5, key_lengths=None)
+
+    return run
+
+
 def triton_impl(mask):
     from radial_attention.ops import triton as triton_backend
 
@@ -241,8 +265,39 @@ def check_rows(case: Case, mask, q, k, v, impls: dict, n_rows: int) -> dict:
     return res
 
 
+# ----------------------------------------------------------------------------- formatting
+def fmt_ms(ms: float) -> str:
+    """A time in ms with about three significant digits: 1234, 45.6, 7.89, 0.123, 0.0045."""
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}" if ms >= 0.01 else f"{ms:.2g}"
+
+
+def fmt_rate(tflops: float) -> str:
+    """A FLOP rate in the unit that fits it (never "0.0 TFLOP/s"): 412 TFLOP/s, 35.2 GFLOP/s, 800 MFLOP/s."""
+    for unit, scale in (("TFLOP/s", 1.0), ("GFLOP/s", 1e-3), ("MFLOP/s", 1e-6)):
+        if tflops >= scale:
+            x = tflops / scale
+            return f"{x:.0f} {unit}" if x >= 100 else f"{x:.1f} {unit}"
+    return f"{tflops * 1e12:.0f} FLOP/s"
+
+
+# Errors below this are "as exact as the float32 reference" for float32 runs, where the 2x-dense
+# criterion compares two round-off noises (~1e-7).
+ABS_ERROR_FLOOR = {"float32": 1e-5}
+
+
+def error_tolerance(dense_error: float, dtype: str) -> float:
+    """The largest acceptable block-sparse error: twice dense SDPA's (floored for float32)."""
+    return max(2 * dense_error, ABS_ERROR_FLOOR.get(dtype, 0.0))
+
+
 # ----------------------------------------------------------------------------- one case
-def run_case(case: Case, args, device) -> dict:
+def run_case(case: Case, args, device, position: str = "") -> dict:
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     mask = build_mask(case)
@@ -253,8 +308,8 @@ def run_case(case: Case, args, device) -> dict:
     rec = {"case": case.name, "description": case.description, "S": S, "heads": H, "head_dim": D, "batch": B,
            "block_size": case.block_size, "density": density, "dtype": args.dtype, "fwd": {}, "fwdbwd": {},
            "errors": {}}
-    print(f"\n== {case.name}: {case.description}\n   S={S:,} H={H} D={D} block={case.block_size} "
-          f"density={density:.4f} (1/density={1 / density:.2f})", flush=True)
+    print(f"\n== {position}{case.name}: {case.description}\n   S={S:,} H={H} D={D} block={case.block_size} "
+          f"density={density:.4f} (1/density={1 / density:.2f}) {args.dtype}", flush=True)
 
     # [B, S, H, D] storage viewed as [B, H, S, D], as a diffusers model hands it over
     def make():
@@ -264,6 +319,8 @@ def run_case(case: Case, args, device) -> dict:
     do = torch.randn_like(q)
 
     impls_sparse = {}
+    if "gather" in args.impls:
+        impls_sparse["gather"] = gather_impl(mask)
     if "triton" in args.impls:
         impls_sparse["triton"] = triton_impl(mask)
     if "flex" in args.impls:
@@ -300,7 +357,7 @@ def run_case(case: Case, args, device) -> dict:
         c = rec["check"]
         parts = [f"dense_sdpa {c['dense_sdpa']:.2e}"] + [
             f"{n} {c[n]:.2e}" if c.get(n) is not None else f"{n} ERROR" for n in impls_sparse]
-        print(f"   bf16 rel. error on {c['rows']} rows vs float32: " + ", ".join(parts)
+        print(f"   {args.dtype} rel. error on {c['rows']} rows vs float32: " + ", ".join(parts)
               + f"  ({time.perf_counter() - t0:.1f}s)", flush=True)
 
     def fwdbwd(fn):
@@ -323,7 +380,7 @@ def run_case(case: Case, args, device) -> dict:
                                   min_reps=args.min_reps)
                 r["tflops"] = flops_dense * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
                 rec[mode][f"dense-{name}"] = r
-                print(f"   {mode:6s} dense-{name:10s} {r['ms']:9.2f} ms  {r['tflops']:6.1f} TFLOP/s  (x{r['reps']})",
+                print(f"   {mode:6s} dense-{name:10s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13}  (x{r['reps']})",
                       flush=True)
             except Exception as exc:
                 rec["errors"][f"{mode}-dense-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -343,7 +400,7 @@ def run_case(case: Case, args, device) -> dict:
                                   min_reps=args.min_reps)
                 r["tflops"] = flops_sparse * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
                 rec[mode][name] = r
-                print(f"   {mode:6s} {name:16s} {r['ms']:9.2f} ms  {r['tflops']:6.1f} TFLOP/s useful  (x{r['reps']})",
+                print(f"   {mode:6s} {name:16s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13} useful  (x{r['reps']})",
                       flush=True)
             except Exception as exc:
                 rec["errors"][f"{mode}-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -374,10 +431,12 @@ def run_case(case: Case, args, device) -> dict:
 
 # ----------------------------------------------------------------------------- report
 def markdown(records: list, meta: dict) -> str:
+    """The report: per mode a table of times and speed-ups, then the error check; a table only
+    where it has rows."""
     lines = ["# Block-sparse attention benchmark", "",
              f"{meta['date']}, {meta['device']}, torch {meta['torch']}, Triton {meta['triton']}, "
              f"FlashInfer {meta.get('flashinfer') or 'not installed'}, dtype {meta['dtype']}, batch 1, "
-             f"median of timed calls after a warm-up. Useful TFLOP/s = 4*H*S^2*D*density/t (dense: density 1), "
+             f"median of timed calls after a warm-up. Useful FLOP/s = 4*H*S^2*D*density/t (dense: density 1), "
              f"forward+backward counted as 2.5x the forward (a convention; the work done is ~3.5x).", ""]
     for mode, title in (("fwd", "Forward"), ("fwdbwd", "Forward + backward")):
         rows = [r for r in records if r[mode]]
@@ -388,7 +447,7 @@ def markdown(records: list, meta: dict) -> str:
             for n in r[mode]:
                 if n != "best_dense" and n not in impls:
                     impls.append(n)
-        lines += [f"## {title} (ms; useful TFLOP/s; speed-up vs the best dense)", "",
+        lines += [f"## {title} (ms; useful FLOP/s; speed-up vs the best dense)", "",
                   "| case | S x H | density | " + " | ".join(impls) + " |",
                   "| --- | --- | --- | " + " | ".join("---" for _ in impls) + " |"]
         for r in rows:
@@ -398,22 +457,25 @@ def markdown(records: list, meta: dict) -> str:
                 if not isinstance(x, dict):
                     cells.append("-")
                     continue
-                s = f"{x['ms']:.2f} ({x['tflops']:.0f})"
+                s = f"{fmt_ms(x['ms'])} ({fmt_rate(x['tflops'])})"
                 if "speedup_vs_best_dense" in x:
                     s += f" **{x['speedup_vs_best_dense']:.2f}x**"
                 cells.append(s)
             lines.append(f"| {r['case']} | {r['S']:,} x {r['heads']} | {r['density']:.3f} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines += ["| case | 1/density | 0.9/density | triton speed-up | triton x density | triton vs best flex |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        speedups = []  # (case record, impl name, its result) for every block-sparse result with a dense baseline
         for r in rows:
-            t = r[mode].get("triton")
-            if not isinstance(t, dict) or "speedup_vs_best_dense" not in t:
-                continue
-            vf = f"{t['speedup_vs_flex']:.2f}x" if "speedup_vs_flex" in t else "-"
-            lines.append(f"| {r['case']} | {1 / r['density']:.2f} | {0.9 / r['density']:.2f} | "
-                         f"{t['speedup_vs_best_dense']:.2f}x | {t['speedup_x_density']:.2f} | {vf} |")
-        lines.append("")
+            for n, x in r[mode].items():
+                if isinstance(x, dict) and not n.startswith("dense-") and "speedup_vs_best_dense" in x:
+                    speedups.append((r, n, x))
+        if speedups:
+            lines += ["| case | implementation | 1/density | 0.9/density | speed-up | speed-up x density | triton vs best flex |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            for r, n, x in speedups:
+                vf = f"{x['speedup_vs_flex']:.2f}x" if "speedup_vs_flex" in x else "-"
+                lines.append(f"| {r['case']} | {n} | {1 / r['density']:.2f} | {0.9 / r['density']:.2f} | "
+                             f"{x['speedup_vs_best_dense']:.2f}x | {x['speedup_x_density']:.2f} | {vf} |")
+            lines.append("")
     checks = [r for r in records if "check" in r]
     if checks:
         names = []
@@ -421,13 +483,16 @@ def markdown(records: list, meta: dict) -> str:
             for n in r["check"]:
                 if n not in ("rows", "dense_sdpa") and not n.endswith(("_nan", "_error")) and n not in names:
                     names.append(n)
-        lines += ["## bf16 error vs float32 on a slice of query rows (relative L2)", "",
-                  "| case | rows | dense SDPA vs its fp32 | " + " | ".join(names) + " | all <= 2x dense |",
+        floor = ABS_ERROR_FLOOR.get(meta["dtype"])
+        criterion = "<= 2x dense" + (f" or {floor:g}" if floor else "")
+        lines += [f"## {meta['dtype']} error vs a float32 reference on a slice of query rows (relative L2)", "",
+                  "| case | rows | dense SDPA vs its fp32 | " + " | ".join(names) + f" | all {criterion} |",
                   "| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
         for r in checks:
             c = r["check"]
             vals = [c.get(n) for n in names]
-            ok = all(x is not None and x <= 2 * c["dense_sdpa"] for x in vals)
+            tol = error_tolerance(c["dense_sdpa"], meta["dtype"])
+            ok = all(x is not None and x <= tol for x in vals)
             lines.append(f"| {r['case']} | {c['rows']} | {c['dense_sdpa']:.2e} | "
                          + " | ".join("-" if x is None else f"{x:.2e}" for x in vals) + f" | {'yes' if ok else 'NO'} |")
         lines.append("")
@@ -451,35 +516,72 @@ def metadata(device, dtype) -> dict:
 
 
 def build_arg_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    from radial_attention.cli.args import HelpFormatter
     from radial_attention.cli.bench_cmd import add_arguments
 
-    p = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = parser or argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     add_arguments(p)
     return p
 
 
-def main(args) -> int:
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+def default_impls(device, smoke: bool) -> list:
+    """Block-sparse implementations timed when --impls is not given."""
+    if device.type == "cuda":
+        return ["triton", "flex", "flashinfer-fa2", "flashinfer-fa3"]
+    impls = ["gather", "flex"]  # gather: what backend="auto" runs on a CPU
+    if smoke and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        impls.append("triton")
+    return impls
+
+
+def plan(args) -> tuple:
+    """Check the arguments against the device before anything is timed: (device, case list).
+
+    Sets ``args.dtype`` (``auto``: bfloat16 on CUDA, float32 on a CPU) and ``args.impls``.
+    Raises ``ValueError`` for a GPU-size case on a CPU (a dense call there takes minutes)."""
+    device = torch.device("cuda" if args.device in (None, "auto") and torch.cuda.is_available() else
+                          ("cpu" if args.device in (None, "auto") else args.device))
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if device.type == "cuda" else "float32"
+    if args.impls is None:
+        args.impls = default_impls(device, args.smoke)
     if device.type == "cpu" and "triton" in args.impls and os.environ.get("TRITON_INTERPRET", "0") != "1":
         print("note: on the CPU the Triton kernels need TRITON_INTERPRET=1; timing the others only", file=sys.stderr)
         args.impls = [n for n in args.impls if n != "triton"]
-    table = SMOKE_CASES if args.smoke else CASES
-    names = args.cases or list(table)
-    unknown = [n for n in names if n not in CASES and n not in SMOKE_CASES]
+    known = {**CASES, **CPU_CASES, **SMOKE_CASES}
+    if args.cases:
+        names = args.cases
+    elif args.smoke:
+        names = list(SMOKE_CASES)
+    else:
+        names = list(CASES) if device.type == "cuda" else list(CPU_CASES)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown case(s) {unknown}; known: {list(CASES) + list(SMOKE_CASES)}")
+        raise ValueError(f"unknown case(s) {unknown}; known: {list(known)}")
+    cases = [known[n] for n in names]
+    if device.type == "cpu":
+        large = [c for c in cases if c.seq_len > CPU_MAX_TOKENS]
+        if large:
+            raise ValueError(
+                "on a CPU, " + ", ".join(f"{c.name} ({c.seq_len:,} tokens)" for c in large) + " would take many minutes "
+                f"per dense call (at most {CPU_MAX_TOKENS:,} tokens here): run it on a GPU, or use the CPU cases "
+                f"({', '.join(CPU_CASES)}, the default on a CPU) or --smoke"
+            )
     if args.smoke and device.type == "cpu":
         args.budget = min(args.budget, 0.2)
         args.min_reps = 1
         args.check_rows = min(args.check_rows, 64)
+    return device, cases
+
+
+def main(args) -> int:
+    device, cases = plan(args)
     meta = metadata(device, args.dtype)
     print(f"{meta['date']}  {meta['device']}  torch {meta['torch']}  triton {meta['triton']}  "
-          f"flashinfer {meta['flashinfer']}  dtype {args.dtype}", flush=True)
+          f"flashinfer {meta['flashinfer']}  dtype {args.dtype}  implementations {' '.join(args.impls)}", flush=True)
     records = []
-    for n in names:
-        case = CASES.get(n) or SMOKE_CASES[n]
-        records.append(run_case(case, args, device))
+    for i, case in enumerate(cases):
+        records.append(run_case(case, args, device, position=f"[{i + 1}/{len(cases)}] "))
         if args.out:  # keep what is done even if a later case fails
             write(args.out, records, meta)
     md = markdown(records, meta)

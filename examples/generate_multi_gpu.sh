@@ -15,7 +15,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
 # so the N processes do not all download it). The dense schedule is the model's recommended one
 # (Wan2.1: 12 dense steps, 1 dense block; Wan2.2 A14B: 11, 1); --dense-steps/--dense-layers override.
 MODEL=${MODEL:-Wan-AI/Wan2.1-T2V-14B-Diffusers}
-exec torchrun --standalone --nproc-per-node "$NPROC" -m radial_attention.cli.main generate \
+exec torchrun --standalone --nproc-per-node "$NPROC" -m radial_attention generate \
   --model "$MODEL" --height 720 --width 1280 --frames 81 --steps 50 \
   --sequence-parallel "$NPROC" \
   --out "${OUT:-radial-sp${NPROC}.mp4}" "$@"

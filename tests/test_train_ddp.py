@@ -42,7 +42,7 @@ def test_two_process_gloo_ddp_equals_single_process(tmp_path):
             "--max-steps", "3", "--checkpoint-every", "2", "--no-progress", "--seed", "0"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "radial_attention.cli.main", "train-lora",
+           "--master-port", str(_free_port()), "-m", "radial_attention", "train-lora",
            "--output", str(tmp_path / "ddp"), "--batch-size", "1", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -6,45 +6,54 @@ denoises one latent video (default: 81 frames of 320x192 pixels = 21 latent fram
 own dense attention and once with radial attention applied through
 ``apply_radial_attention``, and prints per step the time and how far the two runs have drifted
 apart, then the mask's density and the attention compute it keeps, and writes the mask picture.
+
+Timing: both runs are warmed up first (allocator, kernels, the radial mask and the backend's
+plan), then the two runs advance in lockstep and every step is timed ``--repeats`` times per run,
+alternating dense/radial and radial/dense, so that a slow moment of a shared machine hits both;
+the report gives medians with their min-max spread.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
+import statistics
 import time
+
+from radial_attention.cli.args import UsageError, add_command, device_name, nonneg_int, positive_float, positive_int
 
 # head_dim 64: the Triton kernels take 64 or 128, so the demo runs them on a GPU.
 DEMO_CONFIG = dict(num_layers=2, num_heads=2, head_dim=64, ffn_dim=256, text_dim=64)
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "demo",
+    p = add_command(
+        sub, "demo",
         help="dense vs radial attention in a small real diffusers Wan transformer (no download)",
         description=(
             "Run a few denoising steps of a diffusers WanTransformer3DModel built from a small built-in "
             "config (random weights, no download) on a long latent video, dense and radial, and print time "
-            "per step, mask density and the difference between the outputs; write the mask picture."
+            "per step (median of --repeats interleaved calls), mask density and the difference between the "
+            "outputs; write the mask picture."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--frames", type=int, default=81, help="video frames (4k+1); latent frames = (frames-1)/4+1")
-    p.add_argument("--height", type=int, default=192, help="video height in pixels (multiple of 16)")
-    p.add_argument("--width", type=int, default=320, help="video width in pixels (multiple of 16)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps")
-    p.add_argument("--dense-steps", type=int, default=1, help="first steps that stay dense in the radial run")
-    p.add_argument("--dense-layers", type=int, default=0, help="first blocks that stay dense in the radial run")
-    p.add_argument("--layers", type=int, default=DEMO_CONFIG["num_layers"], help="transformer blocks")
+    p.add_argument("--frames", type=positive_int, default=81, help="video frames (4k+1); latent frames = (frames-1)/4+1")
+    p.add_argument("--height", type=positive_int, default=192, help="video height in pixels (multiple of 16)")
+    p.add_argument("--width", type=positive_int, default=320, help="video width in pixels (multiple of 16)")
+    p.add_argument("--steps", type=positive_int, default=4, help="denoising steps")
+    p.add_argument("--dense-steps", type=nonneg_int, default=1, help="first steps that stay dense in the radial run")
+    p.add_argument("--dense-layers", type=nonneg_int, default=0, help="first blocks that stay dense in the radial run")
+    p.add_argument("--layers", type=positive_int, default=DEMO_CONFIG["num_layers"], help="transformer blocks")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed calls per step and run (the median is reported)")
     p.add_argument("--preset", default="wan", help="mask preset")
-    p.add_argument("--decay", type=float, default=None, help="mask decay (default: the preset's)")
-    p.add_argument("--block-size", type=int, default=128, choices=[64, 128])
+    p.add_argument("--decay", type=positive_float, default=None, help="mask decay (default: the preset's)")
+    p.add_argument("--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)")
     p.add_argument(
         "--backend", default="auto",
         help="attention backend for the radial run: auto (CUDA: triton, else flex; CPU: gather, plain torch "
              "over the kept blocks), gather, reference (computes every block: the oracle), flex, triton, flashinfer",
     )
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_name, default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the noise")
     p.add_argument("--png", default="radial-attention-demo-mask.png", metavar="FILE", help="mask picture ('' to skip)")
     p.set_defaults(func=run)
 
@@ -56,26 +65,67 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _denoise(model, latents, text, scheduler, steps, device):
-    """Flow-matching denoising loop over the bare transformer: (final latents, per-step seconds, per-step latents)."""
+def _timed_call(model, x, t, text, device):
+    """(velocity, seconds) of one transformer call on latents ``x`` at timestep ``t``."""
+    _sync(device)
+    t0 = time.perf_counter()
+    v = model(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=text, return_dict=False)[0]
+    _sync(device)
+    return v, time.perf_counter() - t0
+
+
+def _denoise_both(dense_model, radial_model, latents, text, scheduler, steps, repeats, device):
+    """Denoise the same latents with both models in lockstep (flow matching).
+
+    Each step calls each model ``repeats`` times on the same input (the radial state counts calls
+    at an unchanged timestep as the same step), alternating which goes first; the first call's
+    output drives the step. Returns per run: (final latents, per-step lists of call seconds,
+    per-step latents on the CPU).
+    """
     import torch
 
     scheduler.set_timesteps(steps, device=device)
-    x = latents.clone()
-    times, trail = [], []
+    schedulers = {"dense": scheduler, "radial": copy.deepcopy(scheduler)}  # each keeps its own step index
+    models = {"dense": dense_model, "radial": radial_model}
+    x = {name: latents.clone() for name in models}
+    times = {name: [] for name in models}
+    trail = {name: [] for name in models}
     with torch.no_grad():
         for t in scheduler.timesteps:
-            _sync(device)
-            t0 = time.perf_counter()
-            v = model(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=text, return_dict=False)[0]
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-            x = scheduler.step(v, t, x, return_dict=False)[0]
-            trail.append(x.float().cpu())
-    return x, times, trail
+            v, calls = {}, {name: [] for name in models}
+            for r in range(repeats):
+                for name in (("dense", "radial") if r % 2 == 0 else ("radial", "dense")):
+                    out, seconds = _timed_call(models[name], x[name], t, text, device)
+                    calls[name].append(seconds)
+                    v.setdefault(name, out)
+            for name in models:
+                x[name] = schedulers[name].step(v[name], t, x[name], return_dict=False)[0]
+                trail[name].append(x[name].float().cpu())
+                times[name].append(calls[name])
+    return {name: (x[name], times[name], trail[name]) for name in models}
+
+
+def _spread(seconds) -> str:
+    """``0.412 s (0.398-0.470)``: the median and the min-max of a list of call times."""
+    return f"{statistics.median(seconds):.3f} s ({min(seconds):.3f}-{max(seconds):.3f})"
+
+
+def check_arguments(args) -> None:
+    """Combinations that would leave the demo with nothing to compare (no radial step or block)."""
+    if args.dense_steps >= args.steps:
+        raise UsageError(
+            f"--dense-steps {args.dense_steps} covers all {args.steps} steps: no step would run radial attention "
+            f"(give --steps > --dense-steps, e.g. --steps {args.dense_steps + 2})"
+        )
+    if args.dense_layers >= args.layers:
+        raise UsageError(
+            f"--dense-layers {args.dense_layers} covers all {args.layers} blocks: no block would run radial "
+            f"attention (give --layers > --dense-layers)"
+        )
 
 
 def run(args) -> int:
+    check_arguments(args)
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -84,8 +134,6 @@ def run(args) -> int:
     from radial_attention.mask import video_layout
     from radial_attention.ops import resolve_backend
 
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
     layout = video_layout("wan2.1", args.height, args.width, args.frames)  # checks the size
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -96,6 +144,7 @@ def run(args) -> int:
         "t2v", num_layers=args.layers, num_heads=DEMO_CONFIG["num_heads"], head_dim=DEMO_CONFIG["head_dim"],
         ffn_dim=DEMO_CONFIG["ffn_dim"], text_dim=DEMO_CONFIG["text_dim"], seed=args.seed, dtype=dtype,
     ).to(device)
+    radial_model = copy.deepcopy(model)  # same weights; radial attention goes on this one only
     build_s = time.perf_counter() - t_build
     g = torch.Generator().manual_seed(args.seed)
     latents = torch.randn(1, 16, layout.frames, args.height // 8, args.width // 8, generator=g).to(device, dtype)
@@ -115,53 +164,52 @@ def run(args) -> int:
         f"{args.height // 8} x {args.width // 8} -> F={layout.frames} frames x T={layout.tokens_per_frame} tokens = {S:,} tokens"
     )
 
-    with torch.no_grad():  # warm-up (allocator, kernels), so that step 0 is timed like the others
-        model(hidden_states=latents, timestep=torch.tensor([500.0], device=device), encoder_hidden_states=text, return_dict=False)
-    x_dense, t_dense, trail_dense = _denoise(model, latents, text, scheduler, args.steps, device)
-
-    # Radial warm-up: build the mask (and the backend's plan, or compile its kernel) once, outside the timed steps.
-    apply_radial_attention(model, preset=args.preset, decay=args.decay, block_size=args.block_size,
+    warm_t = torch.tensor([500.0], device=device)
+    with torch.no_grad():  # dense warm-up (allocator, kernels), so that step 0 is timed like the others
+        _timed_call(model, latents, warm_t, text, device)
+    # Radial warm-up with every block radial: builds the mask and the backend's plan (or compiles its
+    # kernel) once, outside the timed steps.
+    apply_radial_attention(radial_model, preset=args.preset, decay=args.decay, block_size=args.block_size,
                            backend=backend, num_steps=args.steps)
     try:
-        _sync(device)
-        t0 = time.perf_counter()
         with torch.no_grad():
-            model(hidden_states=latents, timestep=torch.tensor([500.0], device=device), encoder_hidden_states=text,
-                  return_dict=False)
-        _sync(device)
-        warm_s = time.perf_counter() - t0
+            _, warm_s = _timed_call(radial_model, latents, warm_t, text, device)
     finally:
-        remove_radial_attention(model)
+        remove_radial_attention(radial_model)
     print(f"device        {device} ({str(dtype).replace('torch.', '')}), attention backend for radial: {backend} "
           f"(warm-up incl. mask build and the backend's plan or compilation: {warm_s:.1f} s)")
     state = apply_radial_attention(
-        model, preset=args.preset, decay=args.decay, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
+        radial_model, preset=args.preset, decay=args.decay, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
         block_size=args.block_size, backend=backend, num_steps=args.steps,
     )
     try:
-        x_radial, t_radial, trail_radial = _denoise(model, latents, text, scheduler, args.steps, device)
+        runs = _denoise_both(model, radial_model, latents, text, scheduler, args.steps, args.repeats, device)
     finally:
-        remove_radial_attention(model)
+        remove_radial_attention(radial_model)
+    x_dense, t_dense, trail_dense = runs["dense"]
+    x_radial, t_radial, trail_radial = runs["radial"]
 
     print()
-    print(f"{'step':>4}  {'timestep':>8}  {'radial run':<22} {'dense s':>8}  {'radial s':>8}  {'rel. diff of latents':>20}")
+    print(f"per step: median (min-max) of {args.repeats} call(s) per run, dense and radial interleaved")
+    print(f"{'step':>4}  {'timestep':>8}  {'radial run':<22} {'dense':>22}  {'radial':>22}  {'rel. diff of latents':>20}")
     for i, t in enumerate(scheduler.timesteps.tolist()):
         kinds = {kind for (step, _, kind), n in state.calls.items() if step == i and n}
         mode = "dense (schedule)" if kinds == {"dense"} else ("radial" if kinds == {"radial"} else "radial, dense blocks")
         a, b = trail_dense[i], trail_radial[i]
         rel = float((a - b).norm() / a.norm())
-        print(f"{i:>4}  {t:>8.1f}  {mode:<22} {t_dense[i]:>8.3f}  {t_radial[i]:>8.3f}  {rel:>20.4f}")
+        print(f"{i:>4}  {t:>8.1f}  {mode:<22} {_spread(t_dense[i]):>22}  {_spread(t_radial[i]):>22}  {rel:>20.4f}")
     mask = next(iter(state.masks.values()))
     flops = mask.attention_flops(S, head_dim, heads)
     print()
     print(f"mask          preset {args.preset}, block {args.block_size}: {mask.num_blocks}x{mask.num_blocks} blocks, "
           f"density {mask.density:.3f} (ideal attention speed-up {1 / mask.density:.2f}x, "
           f"{100 * flops['saved_fraction']:.0f}% of attention FLOPs saved)")
-    sparse_steps = [i for i in range(args.steps) if i >= args.dense_steps]
-    if sparse_steps:
-        d = sum(t_dense[i] for i in sparse_steps) / len(sparse_steps)
-        r = sum(t_radial[i] for i in sparse_steps) / len(sparse_steps)
-        print(f"time          radial steps {r:.3f} s vs dense {d:.3f} s per step ({d / r:.2f}x)")
+    sparse_steps = range(args.dense_steps, args.steps)  # check_arguments: not empty
+    d = [s for i in sparse_steps for s in t_dense[i]]
+    r = [s for i in sparse_steps for s in t_radial[i]]
+    per_step = [statistics.median(t_dense[i]) / statistics.median(t_radial[i]) for i in sparse_steps]
+    print(f"time          radial steps {_spread(r)} vs dense {_spread(d)} per call: "
+          f"{statistics.median(d) / statistics.median(r):.2f}x (per radial step {min(per_step):.2f}-{max(per_step):.2f}x)")
     rel = float((x_dense.float() - x_radial.float()).norm() / x_dense.float().norm())
     print(f"difference    final latents differ by {rel:.4f} (relative L2) between dense and radial")
     if backend == "reference":
@@ -172,8 +220,10 @@ def run(args) -> int:
         )
     if args.png:
         try:
-            mask.save_png(args.png, title=f"Wan radial mask, F={layout.frames} T={layout.tokens_per_frame}, density {mask.density:.3f}")
-            print(f"picture       {args.png}")
+            written = mask.save_png(
+                args.png, title=f"Wan radial mask, F={layout.frames} latent frames x T={layout.tokens_per_frame} tokens\n"
+                                f"preset {args.preset}, block {args.block_size}: density {mask.density:.3f}")
+            print(f"picture       {written}")
         except ImportError as e:
             print(f"picture       not written ({e}); install matplotlib")
     return 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+from radial_attention.cli.args import add_command, device_name, output_dir, positive_int
+
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "encode",
+    p = add_command(
+        sub, "encode",
         help="encode videos + captions into a train-lora data folder (latents + prompt embeddings)",
         description=(
             "Encode mp4 videos and their captions with the pipeline's own VAE and text encoder into a data folder "
@@ -18,19 +20,19 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--model", required=True, help="diffusers pipeline folder or Hub id (WanPipeline, WanImageToVideoPipeline or HunyuanVideoPipeline)")
-    p.add_argument("--videos", nargs="*", default=[], help="video files and/or folders of videos")
+    p.add_argument("--videos", nargs="*", default=[], help="video files and/or folders of videos (default: none, only --captions)")
     p.add_argument("--captions", default=None, help="JSONL file of {\"video\": path, \"caption\": text}")
-    p.add_argument("--output", required=True, help="data folder to write")
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--width", type=int, required=True)
-    p.add_argument("--frames", type=int, required=True, help="frames per video, 4k+1 (e.g. 81, 161, 321)")
-    p.add_argument("--frame-stride", type=int, default=1, help="take every N-th frame of the source video")
-    p.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: what the pipeline generates with: Wan 512, HunyuanVideo 256)")
+    p.add_argument("--output", required=True, type=output_dir, help="data folder to write")
+    p.add_argument("--height", type=positive_int, required=True, help="height in pixels the videos are resized to")
+    p.add_argument("--width", type=positive_int, required=True, help="width in pixels the videos are resized to")
+    p.add_argument("--frames", type=positive_int, required=True, help="frames per video, 4k+1 (e.g. 81, 161, 321)")
+    p.add_argument("--frame-stride", type=positive_int, default=1, help="take every N-th frame of the source video")
+    p.add_argument("--max-sequence-length", type=positive_int, default=None, help="prompt tokens (default: what the pipeline generates with: Wan 512, HunyuanVideo 256)")
     p.add_argument("--prompt-template", default=None,
                    help='HunyuanVideo prompt template as JSON, e.g. \'{"template": "{}", "crop_start": 0}\' (default: the pipeline\'s)')
     p.add_argument("--sample-latents", action="store_true", help="sample the VAE posterior (default: its mode)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="default: CUDA if available, else CPU")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample-latents")
+    p.add_argument("--device", type=device_name, default=None, help="default: CUDA if available, else CPU")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None, help="model dtype (default bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--store-dtype", choices=("fp32", "bf16"), default="fp32", help="dtype of the stored tensors")
     p.add_argument("--vae-tiling", action="store_true", help="tiled VAE encoding (less memory)")
@@ -39,7 +41,7 @@ def register(sub) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip videos that cannot be read or are too short (a warning names each; listed in the manifest "
                         "under \"skipped\"); default: stop at the first, keeping the clips encoded so far")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -49,7 +51,7 @@ def run(args) -> int:
     from radial_attention.train.encode import encode_videos
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device if args.device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtypes[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     template = None
     if args.prompt_template is not None:

@@ -12,62 +12,67 @@ defaults to the model's recommended one (:data:`RECOMMENDED_SCHEDULES`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from typing import Optional
 
+from radial_attention.cli.args import (
+    add_command, device_name, finite_float, nonneg_int, output_file, positive_float, positive_int, lora_source,
+)
+
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "generate",
+    p = add_command(
+        sub, "generate",
         help="generate a video with a diffusers pipeline (Wan, HunyuanVideo) using radial attention",
         description=(
             "Load a diffusers video pipeline (local folder or Hub id), apply radial attention with the "
             "given dense-step schedule, generate a video and write it as mp4; reports time and mask density."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="pipeline folder (with model_index.json) or Hugging Face Hub id")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--prompt", required=True, help="what the video shows")
+    p.add_argument("--negative-prompt", default=None, help="what it should not show (default: the pipeline's)")
     p.add_argument("--image", default=None, help="conditioning image for image-to-video pipelines")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=832)
-    p.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
-    p.add_argument("--steps", type=int, default=50, help="denoising steps")
-    p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
-    p.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the pipeline's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=int, default=16)
-    p.add_argument("--out", default="radial-attention.mp4", help="video file to write (.mp4 or .gif)")
-    p.add_argument("--lora", default=None, metavar="DIR",
+    p.add_argument("--height", type=positive_int, default=480, help="video height in pixels")
+    p.add_argument("--width", type=positive_int, default=832, help="video width in pixels")
+    p.add_argument("--frames", type=positive_int, default=81, help="video frames (4k+1)")
+    p.add_argument("--steps", type=positive_int, default=50, help="denoising steps")
+    p.add_argument("--guidance-scale", type=finite_float, default=None, help="default: the pipeline's")
+    p.add_argument("--max-sequence-length", type=positive_int, default=None, help="prompt tokens (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    p.add_argument("--fps", type=positive_int, default=16, help="frames per second of the video")
+    p.add_argument("--out", type=output_file, default="radial-attention.mp4", help="video file to write (.mp4 or .gif)")
+    p.add_argument("--lora", type=lora_source, default=None, metavar="DIR",
                    help="a LoRA folder (e.g. from train-lora) loaded with pipe.load_lora_weights")
-    p.add_argument("--lora-2", default=None, metavar="DIR",
+    p.add_argument("--lora-2", type=lora_source, default=None, metavar="DIR",
                    help="Wan2.2 A14B: a LoRA for the low-noise expert (transformer_2)")
-    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA(s)")
+    p.add_argument("--lora-scale", type=finite_float, default=1.0, help="strength of the LoRA(s)")
     g = p.add_argument_group("radial attention")
     g.add_argument("--dense", action="store_true", help="do not apply radial attention (the dense baseline)")
     g.add_argument("--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's)")
-    g.add_argument("--decay", type=float, default=None, help="mask decay (default: the preset's)")
-    g.add_argument("--dense-steps", type=int, default=None,
+    g.add_argument("--decay", type=positive_float, default=None, help="mask decay (default: the preset's)")
+    g.add_argument("--dense-steps", type=nonneg_int, default=None,
                    help="first denoising steps with dense attention (default: the model's recommended schedule)")
-    g.add_argument("--dense-last-steps", type=int, default=0, help="last denoising steps with dense attention")
-    g.add_argument("--dense-layers", type=int, default=None,
+    g.add_argument("--dense-last-steps", type=nonneg_int, default=0, help="last denoising steps with dense attention")
+    g.add_argument("--dense-layers", type=nonneg_int, default=None,
                    help="first transformer blocks with dense attention (default: the model's recommended schedule)")
-    g.add_argument("--block-size", type=int, default=128, choices=[64, 128])
-    g.add_argument("--backend", default="auto", help="auto, reference, flex, triton, flashinfer")
+    g.add_argument("--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)")
+    g.add_argument("--backend", default="auto", help="auto, gather, reference, flex, triton, flashinfer, fa4")
     d = p.add_argument_group("device")
-    d.add_argument("--device", default="auto", help="auto (cuda if present), cuda, cpu")
+    d.add_argument("--device", type=device_name, default="auto", help="auto (cuda if present), cuda, cpu")
     d.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                    help="auto: bfloat16 on cuda, float32 on cpu")
     d.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (less GPU memory)")
     # Multi-GPU: radial_attention.distributed (docs/multi-gpu.md).
-    d.add_argument("--sequence-parallel", type=int, default=None, metavar="N",
+    d.add_argument("--sequence-parallel", type=positive_int, default=None, metavar="N",
                    help="split the video tokens over N GPUs (Ulysses: diffusers context parallelism, radial mask "
                         "on the whole sequence); launch with `torchrun --standalone --nproc-per-node N -m "
-                        "radial_attention.cli.main generate ...`; default under torchrun: its number of processes")
+                        "radial_attention generate ...`; default under torchrun: its number of processes")
+    d.add_argument("--collective-timeout", type=positive_float, default=1800.0, metavar="SECONDS",
+                   help="with --sequence-parallel: a collective (token exchange) that waits longer than this fails "
+                        "the run instead of hanging")
     p.set_defaults(func=run)
 
 
@@ -239,7 +244,7 @@ def run(args) -> int:
 
     # Before any model is loaded: a bad --out or --fps must not cost a whole generation.
     check_outputs(args.out, args.fps)
-    sp = SequenceParallelRun.start(args.sequence_parallel)
+    sp = SequenceParallelRun.start(args.sequence_parallel, timeout_s=args.collective_timeout)
     if sp is None:
         return _run(args, None)
     if args.cpu_offload:

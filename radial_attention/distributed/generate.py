@@ -2,7 +2,7 @@
 
 ::
 
-    torchrun --standalone --nproc-per-node 4 -m radial_attention.cli.main generate \\
+    torchrun --standalone --nproc-per-node 4 -m radial_attention generate \\
         --model Wan-AI/Wan2.1-T2V-14B-Diffusers --prompt "..." --height 720 --width 1280 --frames 81 \\
         --sequence-parallel 4 --out video.mp4
 
@@ -32,11 +32,12 @@ class SequenceParallelRun:
         self.degree = degree
 
     @classmethod
-    def start(cls, degree: Optional[int]) -> Optional["SequenceParallelRun"]:
+    def start(cls, degree: Optional[int], timeout_s: float = 1800.0) -> Optional["SequenceParallelRun"]:
         """Join torchrun's process group when there is one.
 
         Args:
             degree: ``--sequence-parallel`` (``None``: the number of processes torchrun started).
+            timeout_s: collective timeout of the process group (``--collective-timeout``).
 
         Returns:
             ``None`` for a single process without ``--sequence-parallel`` (or with 1).
@@ -52,7 +53,7 @@ class SequenceParallelRun:
             if degree not in (None, 1):
                 raise ValueError(
                     f"--sequence-parallel {degree} needs {degree} processes, one per GPU: launch with "
-                    f"`torchrun --standalone --nproc-per-node {degree} -m radial_attention.cli.main generate ...`"
+                    f"`torchrun --standalone --nproc-per-node {degree} -m radial_attention generate ...`"
                 )
             return None
         degree = world if degree is None else degree
@@ -61,7 +62,7 @@ class SequenceParallelRun:
                 f"--sequence-parallel {degree} but torchrun started {world} processes; they must be equal "
                 "(every process holds one slice of the sequence)"
             )
-        return cls(init_distributed(), degree)
+        return cls(init_distributed(timeout_s=timeout_s), degree)
 
     @property
     def device(self):

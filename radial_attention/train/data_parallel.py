@@ -6,6 +6,7 @@ model and a different shard of each batch; DDP averages the LoRA gradients.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -29,13 +30,14 @@ class ProcessInfo:
         return self.world_size > 1
 
 
-def setup(device=None) -> ProcessInfo:
+def setup(device=None, timeout_s: float = 1800.0) -> ProcessInfo:
     """Join the process group when launched by ``torchrun`` with ``WORLD_SIZE > 1`` (else a
     single process), and pick this process's device.
 
     Args:
         device: ``None`` (``cuda:LOCAL_RANK`` if CUDA is available, else CPU) or an explicit
             device; with several processes an explicit ``"cuda"`` becomes ``cuda:LOCAL_RANK``.
+        timeout_s: collective timeout of the process group (a hung all-reduce raises after it).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -52,7 +54,7 @@ def setup(device=None) -> ProcessInfo:
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world} but {var} is not set: launch with torchrun")
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
     return ProcessInfo(rank, world, local, device)
 
 

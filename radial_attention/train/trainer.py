@@ -14,7 +14,7 @@ Python::
     # then: pipe.load_lora_weights("runs/wan-4x")
 
 Command line: ``radial-attention train-lora --model ... --data ... --output ...``; several GPUs:
-``torchrun --nproc-per-node 8 -m radial_attention.cli.main train-lora ...``.
+``torchrun --nproc-per-node 8 -m radial_attention train-lora ...``.
 """
 
 from __future__ import annotations
@@ -105,7 +105,8 @@ class TrainConfig:
     Runtime:
         precision (``auto``: ``bf16-mixed`` on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
         gradient_checkpointing, offload_checkpoints (the checkpointed blocks' inputs in CPU memory:
-        long videos on big models; ``train.memory``; one process only), deterministic (deterministic GPU kernels, process-wide: a resumed run
+        long videos on big models; ``train.memory``; one process only), collective_timeout_s (several
+        processes: a gradient all-reduce or barrier waiting longer fails the run), deterministic (deterministic GPU kernels, process-wide: a resumed run
         then repeats the uninterrupted one bit for bit on a GPU too; without it non-deterministic
         GPU kernels make runs differ in the last digits), device (``None``: CUDA if available), seed, checkpoint_every,
         keep_checkpoints (this run's newest checkpoints kept), resume (``None``, ``"latest"`` or a
@@ -155,6 +156,7 @@ class TrainConfig:
     deterministic: bool = False
     offload_checkpoints: bool = False
     overwrite: bool = False
+    collective_timeout_s: float = 1800.0
 
     def __post_init__(self):
         if self.attention not in ATTENTIONS:
@@ -174,6 +176,13 @@ class TrainConfig:
         if self.overwrite and self.resume is not None:
             raise ValueError(f"overwrite starts a new run and deletes the old one's checkpoints; it cannot be combined "
                              f"with resume (got resume={self.resume!r})")
+        # nan would pass a "> 0" test and silently turn clipping off
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise ValueError(f"max_grad_norm must be a finite number >= 0 (0: no clipping), got {self.max_grad_norm!r}")
+        if isinstance(self.eval_samples, bool) or not isinstance(self.eval_samples, int) or self.eval_samples < 1:
+            raise ValueError(f"eval_samples must be a positive integer, got {self.eval_samples!r}")
+        if not (math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
+            raise ValueError(f"collective_timeout_s must be a positive number of seconds, got {self.collective_timeout_s!r}")
         self.adam_betas = tuple(self.adam_betas)
         if self.timestep_range is not None:
             lo, hi = (float(x) for x in self.timestep_range)
@@ -223,7 +232,7 @@ class LoRATrainer:
         self.cfg = cfg = config
         if cfg.deterministic:
             _use_deterministic_kernels()
-        self.info = dp.setup(cfg.device)
+        self.info = dp.setup(cfg.device, timeout_s=cfg.collective_timeout_s)
         # torch's global RNG drives LoRA dropout: seed it so a run is reproducible (per process).
         torch.manual_seed(cfg.seed + 1_000 * self.info.rank)
         self.device = self.info.device

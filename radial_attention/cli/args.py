@@ -1,0 +1,165 @@
+"""Argument checking shared by the subcommands: argparse ``type=`` validators, the help formatter
+and :class:`UsageError`.
+
+Validators run while argparse parses, so a bad value stops the command with
+``radial-attention CMD: error: argument --x: ...`` (exit 2) before torch, a model or data is
+loaded. Checks that need several arguments together, or the machine (a CUDA device), raise
+:class:`UsageError` from the command; ``main`` reports it the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+
+class UsageError(ValueError):
+    """A user error found by the CLI (bad combination of arguments, missing device...): reported
+    as one line and exit code 2, never as a traceback."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default once, as ``(default: X)``; nothing is added where the default is
+    ``None`` or a flag's ``False``, or where the help text says its default itself ("(default:
+    the preset's)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.required or "(default" in text:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like the commands' own errors:
+    ``radial-attention mask: error: argument --heads: expected ... (see radial-attention mask --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """``sub.add_parser`` with the shared help formatter."""
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    return sub.add_parser(name, **kwargs)
+
+
+# ----------------------------------------------------------------------------- numbers
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {text!r}")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0."""
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer (>= 0), got {text!r}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    """A float that is not nan or +-inf (``float('nan')`` would parse and then silently disable
+    a comparison such as gradient clipping's)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    v = finite_float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    """A finite float >= 0."""
+    v = finite_float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """A float in [0, 1) (a dropout probability)."""
+    v = finite_float(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
+# ----------------------------------------------------------------------------- paths
+def output_dir(text: str) -> str:
+    """A folder to write into: not empty (``""`` would write into the current folder) and not an
+    existing file."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a folder, but {os.path.abspath(text)} is an existing file")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write: not empty and not an existing folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file path, got an empty string")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a file, but {os.path.abspath(text)} is a folder")
+    return text
+
+
+def lora_source(text: str) -> str:
+    """A LoRA for ``pipe.load_lora_weights``: a folder holding a ``.safetensors`` file (train-lora
+    writes ``pytorch_lora_weights.safetensors``) or such a file itself."""
+    path = os.path.expanduser(text)
+    if os.path.isfile(path):
+        if not path.endswith(".safetensors"):
+            raise argparse.ArgumentTypeError(f"expected a LoRA folder or a .safetensors file, got {os.path.abspath(path)}")
+        return text
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"LoRA folder {os.path.abspath(path)} does not exist")
+    if not any(name.endswith(".safetensors") for name in os.listdir(path)):
+        raise argparse.ArgumentTypeError(
+            f"expected a LoRA folder holding pytorch_lora_weights.safetensors (train-lora writes one), but "
+            f"{os.path.abspath(path)} has no .safetensors file"
+        )
+    return text
+
+
+# ----------------------------------------------------------------------------- devices
+def device_name(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device must exist on this machine (torch is
+    imported only to check one)."""
+    name = text.strip().lower()
+    if name in ("auto", "cpu"):
+        return name
+    kind, _, index = name.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} asked for, but CUDA is not available here (torch {torch.__version__}"
+            f"{', a CPU-only build' if torch.version.cuda is None else ', no GPU visible'}); use --device cpu"
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return name
