@@ -169,7 +169,7 @@ def _subparsers():
 
 def test_help_shows_every_default_once(capsys):
     parser, subs = _subparsers()
-    assert set(subs) == {"mask", "demo", "generate", "train-lora", "encode", "bench"}
+    assert set(subs) == {"mask", "demo", "generate", "train-lora", "encode", "bench", "tiny-pipeline"}
     for name, sub in subs.items():
         assert sub.formatter_class is HelpFormatter, name
         fmt = HelpFormatter(name)

@@ -248,8 +248,8 @@ def test_partial_weights_and_pickled_weights_are_one_clear_error(offline, tiny_w
 # ----------------------------------------------------------------------------- generate: outputs and report
 @pytest.mark.parametrize("out, fps, expected", [
     ("video.txt", "16", "--out must end in .mp4 or .gif, got"),
-    ("video.mp4", "-5", "--fps must be a positive integer, got -5"),
-    ("video.mp4", "0", "--fps must be a positive integer, got 0"),
+    ("video.mp4", "-5", "argument --fps: expected a positive integer (>= 1), got '-5'"),
+    ("video.mp4", "0", "argument --fps: expected a positive integer (>= 1), got '0'"),
     ("a-file/video.mp4", "16", "a-file is a file, not a folder"),
 ])
 def test_generate_refuses_bad_outputs_before_loading(tmp_path, capsys, monkeypatch, out, fps, expected):

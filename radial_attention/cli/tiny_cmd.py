@@ -25,6 +25,8 @@ FAMILIES = {
 
 
 def register(sub) -> None:
+    from .args import HelpFormatter, positive_int
+
     p = sub.add_parser(
         "tiny-pipeline",
         help="save a tiny diffusers pipeline (random weights, no download) to try generate / encode / train-lora",
@@ -32,10 +34,11 @@ def register(sub) -> None:
             "Write a tiny diffusers video pipeline with random weights (a few MB) with save_pretrained, so that "
             "generate, encode and train-lora can be tried without downloading a model. Its videos are noise."
         ),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("output", metavar="OUT_DIR", help="folder to write (must not exist or be empty)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="wan", help="which pipeline (default wan)")
-    p.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="wan", help="which pipeline")
+    p.add_argument("--layers", type=positive_int, default=2, help="transformer blocks")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.set_defaults(func=run)
 
