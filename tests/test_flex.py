@@ -129,3 +129,25 @@ def test_no_cpu_backward_and_other_constraints():
     q64 = torch.randn(1, 2, 200, 64, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"'flex' cannot run .*dtype must be one of .*got torch.float64"):
         block_sparse_attention(q64, q64, q64, m, backend="flex")
+
+
+@pytest.mark.slow
+def test_many_shapes_keep_the_compiled_kernel(monkeypatch):
+    """Past dynamo's recompile limit flex must not fall back to the eager, dense-score path."""
+    import warnings
+
+    import radial_attention.ops.flex as flex
+
+    if flex.unsupported_reason(torch.zeros(1, 1, 8, 16), requires_grad=False) is not None:
+        pytest.skip("compiled FlexAttention does not run on this CPU")
+    monkeypatch.setattr(flex, "FLEX_RECOMPILE_LIMIT", 12)
+    monkeypatch.setattr(flex, "_compiled", None)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="flex_attention called without torch.compile")
+        for S in range(64, 64 + 10 * 16, 16):  # 10 shapes: more than dynamo's default limit of 8
+            q, k, v = (torch.randn(1, 1, S, 16) for _ in range(3))
+            m = torch.ones(-(-S // 64), -(-S // 64), dtype=torch.bool)
+            with torch.no_grad():
+                out = block_sparse_attention(q, k, v, m, block_size=64, backend="flex")
+            torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-4, rtol=1e-4)

@@ -48,6 +48,7 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CPU_KERNEL_OK = torch.cpu._is_avx2_supported() and os.getenv("ATEN_CPU_CAPABILITY") != "default"
 
 _compiled = None  # torch.compile(flex_attention), made on first use
+FLEX_RECOMPILE_LIMIT = 64  # distinct (shape, mask structure) kernels compiled per process
 _cache = WeakIdKeyDictionary()  # mask object -> {(S, device, B, H): _Pieces}
 
 
@@ -194,7 +195,17 @@ def _flex():
     if torch.compiler.is_compiling():
         return flex_attention  # the outer torch.compile compiles it
     if _compiled is None:
-        _compiled = torch.compile(flex_attention, dynamic=False)
+        compiled = torch.compile(flex_attention, dynamic=False)
+
+        def run(*args, **kwargs):
+            # One compiled kernel per shape and mask structure. Past dynamo's default limit of 8
+            # recompiles it would silently run flex_attention eagerly, which materialises every
+            # score (measured on an H200: "tried to allocate 3246 GiB" at the 6th shape of a
+            # benchmark run). Allow more shapes, and fail loudly rather than fall back.
+            with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+                return compiled(*args, **kwargs)
+
+        _compiled = run
     return _compiled
 
 
