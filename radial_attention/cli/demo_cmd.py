@@ -166,7 +166,7 @@ def run(args) -> int:
 
     warm_t = torch.tensor([500.0], device=device)
     with torch.no_grad():  # dense warm-up (allocator, kernels), so that step 0 is timed like the others
-        _timed_call(model, latents, warm_t, text, device)
+        _, dense_first_s = _timed_call(model, latents, warm_t, text, device)
     # Radial warm-up with every block radial: builds the mask and the backend's plan (or compiles its
     # kernel) once, outside the timed steps.
     apply_radial_attention(radial_model, preset=args.preset, decay=args.decay, block_size=args.block_size,
@@ -177,7 +177,8 @@ def run(args) -> int:
     finally:
         remove_radial_attention(radial_model)
     print(f"device        {device} ({str(dtype).replace('torch.', '')}), attention backend for radial: {backend} "
-          f"(warm-up incl. mask build and the backend's plan or compilation: {warm_s:.1f} s)")
+          f"(first call: {warm_s:.2f} s incl. mask build and the backend's plan, compilation or JIT; "
+          f"dense first call {dense_first_s:.2f} s)")
     state = apply_radial_attention(
         radial_model, preset=args.preset, decay=args.decay, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
         block_size=args.block_size, backend=backend, num_steps=args.steps,
