@@ -1,4 +1,4 @@
-"""A sequence-parallel pipeline run under ``torchrun``, for ``radial-attention generate``.
+"""A sequence-parallel pipeline run under ``torchrun``, for ``radial-attention generate --sequence-parallel N``.
 
 ::
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .launch import DistributedContext, init_distributed, shutdown
+from radial_attention.distributed import DistributedContext, init_distributed, shutdown
 
 
 class SequenceParallelRun:
@@ -79,9 +79,14 @@ class SequenceParallelRun:
         backend, and (when the pipeline tells its VAE strides) a token count the degree divides.
         Other ranks' progress bars are switched off.
         """
-        from .diffusers_cp import _transformers, check_sequence_parallel, diffusers_cpu_context_parallel, enable_sequence_parallel
+        from radial_attention.integrations.diffusers.context_parallel import (
+            check_sequence_parallel,
+            diffusers_cpu_context_parallel,
+            enable_sequence_parallel,
+        )
+        from radial_attention.integrations.diffusers.families import find_transformers
 
-        seq_len = _video_tokens(pipe, _transformers(pipe)[0], height, width, frames)
+        seq_len = _video_tokens(pipe, find_transformers(pipe)[0][0], height, width, frames)
         check_sequence_parallel(pipe, self.degree, seq_len=seq_len)
         with diffusers_cpu_context_parallel():
             enable_sequence_parallel(pipe, self.degree)

@@ -3,9 +3,11 @@
 Everything here is a *real* diffusers / transformers class (``WanTransformer3DModel``,
 ``HunyuanVideoTransformer3DModel``, ``AutoencoderKLWan``, ``UMT5EncoderModel``, ...) built from a
 small built-in config: same code paths as the released checkpoints, a few thousand to a few
-million random parameters, no download. Tests, the ``demo`` command and the training tests use
-them; a tiny pipeline can be written with ``save_pretrained`` and read back with
-``from_pretrained`` from a local folder (``generate`` is tested that way).
+million random parameters, no download. The tests, the benchmarks, the ``demo`` and
+``tiny-pipeline`` commands and ``train-lora --model tiny-wan`` use them; a tiny pipeline can be
+written with ``save_pretrained`` and read back with ``from_pretrained`` from a local folder
+(``generate`` is tested that way). Its old path in the diffusers integration still imports, with
+a ``DeprecationWarning``, for one release (:data:`radial_attention._deprecated.MOVED`).
 
 Builders (all take ``seed`` and leave the global RNG as it was):
 

@@ -9,7 +9,7 @@ them after ``proj_out``; in every self-attention the processor hands its local
 ``q, k, v [B, S/N, H, D]`` to ``dispatch_attention_fn``, whose native backend runs diffusers'
 Ulysses all-to-all and then ONE ``torch.nn.functional.scaled_dot_product_attention`` call on
 ``[B, H/N, S, D]``: all tokens of ``H/N`` heads. That call is exactly the one radial attention's
-diffusers integration answers with the block-sparse op (:mod:`radial_attention.integrations.diffusers.sdpa`),
+diffusers integration answers with the block-sparse op (:mod:`.sdpa`),
 and the video layout it reads comes from the transformer's full (unsplit) latent input, so the
 GLOBAL radial mask is applied to the full sequence, as on one GPU. Radial attention therefore
 composes with diffusers' context parallelism without any code of its own in the attention path;
@@ -21,6 +21,10 @@ this module adds what the composition needs around it:
   pipeline (Wan2.2 A14B has two).
 - :func:`check_sequence_parallel`: the same checks alone, plus the sequence length of a video
   size when given.
+- :func:`check_context_parallel` and :func:`refuse_training_under_context_parallel`: the one
+  per-processor check and the one training guard, also used by
+  :func:`~.apply.apply_radial_attention` and its attention hook (radial attention may go on
+  before or after the split, and the split may come from ``enable_parallelism`` directly).
 - :func:`sequence_parallel_degree`: the Ulysses degree a model runs with (1 if none).
 - :func:`diffusers_cpu_context_parallel`: lets diffusers 0.42's ``enable_parallelism`` run on
   CPU-only gloo process groups (tests, ``--smoke``).
@@ -29,8 +33,8 @@ Limits (diffusers 0.42.1):
 - inference only: under context parallelism diffusers' backward re-runs attention through its
   own saved-tensor op outside radial attention's hook, so gradients would be dense attention's
   (measured: the weight gradients of a tiny Wan then equal the dense model's, not the radial
-  one's). :func:`enable_sequence_parallel` installs a hook that refuses a radial forward that
-  could be differentiated; train with :func:`radial_attention.distributed.ulysses_attention`,
+  one's). The radial attention hook refuses a forward that could be differentiated
+  (:func:`refuse_training_under_context_parallel`); train with :func:`radial_attention.distributed.ulysses_attention`,
   whose backward is the radial one.
 - Ulysses only (``ring_degree == 1``): ring attention would call the attention once per key chunk.
 - only the ``"native"`` attention backend: the other native variants (``_native_cudnn``, ...)
@@ -43,29 +47,11 @@ Limits (diffusers 0.42.1):
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
-# diffusers backends under which the context-parallel attention is a torch SDPA call (None = the
-# active default, "native" unless DIFFUSERS_ATTN_BACKEND says otherwise).
-CP_RADIAL_BACKENDS = (None, "native")
-
-
-def _transformers(model) -> List[torch.nn.Module]:
-    """The diffusers transformers of a pipeline (components with an ``enable_parallelism``), or ``[model]``."""
-    if hasattr(model, "components") and isinstance(getattr(model, "components"), dict):
-        # diffusers pipelines name their denoisers "transformer", "transformer_2" (Wan2.2 A14B).
-        found = [
-            m for name, m in model.components.items()
-            if name.startswith("transformer") and isinstance(m, torch.nn.Module) and hasattr(m, "enable_parallelism")
-        ]
-        if not found:
-            raise TypeError(f"{type(model).__name__} has no video transformer to split across ranks")
-        return found
-    if isinstance(model, (list, tuple)):
-        return list(model)
-    return [model]
+from .families import find_transformers
 
 
 def _attention_processors(transformer):
@@ -84,6 +70,70 @@ def _active_backend_name() -> str:
     return getattr(backend, "value", str(backend))
 
 
+def _context_parallel_config(proc):
+    """The ``ContextParallelConfig`` a processor runs under, or ``None``."""
+    return getattr(getattr(proc, "_parallel_config", None), "context_parallel_config", None)
+
+
+def check_context_parallel(where: str, proc, *, planned: bool = False) -> None:
+    """Radial attention composes with diffusers' Ulysses context parallelism on the 'native' backend only.
+
+    There diffusers does the all-to-all and then one SDPA call over all tokens of ``H/N`` heads,
+    which is the call radial attention answers. Ring attention never sees all tokens; the
+    ``_native_cudnn`` / ``_native_flash`` / ... variants call an aten kernel directly under context
+    parallelism. A processor without a backend of its own runs diffusers' active default.
+
+    Args:
+        where: the module's path, for the error.
+        proc: its attention processor.
+        planned: check as if context parallelism were about to be enabled (before
+            ``enable_parallelism``); otherwise a processor that does not run under it passes.
+
+    Raises:
+        ValueError: ring attention, or a backend other than 'native'.
+    """
+    if not planned and getattr(proc, "_parallel_config", None) is None:
+        return
+    cp = _context_parallel_config(proc)
+    ring = getattr(cp, "ring_degree", 1) if cp is not None else 1
+    if ring not in (None, 1):
+        raise ValueError(
+            f"{where} runs diffusers ring attention (ring_degree={ring}); radial attention composes with "
+            "Ulysses context parallelism only (ring_degree=1)"
+        )
+    if not hasattr(proc, "_attention_backend"):
+        return  # a processor that does not dispatch through diffusers' backends
+    backend = getattr(proc._attention_backend, "value", proc._attention_backend)
+    effective = backend if backend is not None else _active_backend_name()
+    if effective != "native":
+        raise ValueError(
+            f"{where} uses diffusers attention backend {effective!r}; radial attention under context "
+            "parallelism needs diffusers' 'native' backend (its Ulysses path makes the one torch SDPA call "
+            "that radial attention replaces): call reset_attention_backend() / set_attention_backend('native') "
+            "on the transformer"
+        )
+
+
+def refuse_training_under_context_parallel(where: str, module, args, kwargs) -> None:
+    """``RuntimeError`` when a radial attention forward under context parallelism may be differentiated.
+
+    diffusers' Ulysses backward recomputes attention with its own saved-tensor op, outside radial
+    attention's hook, so the gradients would be dense attention's: silently wrong. Called by the
+    radial attention hook of each self-attention module before its radial forward; inference
+    (``torch.no_grad``, as diffusers pipelines run, or frozen parameters and inputs) passes.
+    """
+    if getattr(getattr(module, "processor", None), "_parallel_config", None) is None or not torch.is_grad_enabled():
+        return
+    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+    if any(p.requires_grad for p in module.parameters()) or any(t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"{where}: radial attention under diffusers context parallelism is inference only (diffusers' "
+            "Ulysses backward would recompute dense attention). Run the forward under torch.no_grad() (or "
+            "freeze the parameters), or train with radial_attention.distributed.ulysses_attention, whose "
+            "backward is the radial one"
+        )
+
+
 def check_sequence_parallel(model, ulysses_degree: int, *, seq_len: Optional[int] = None, ulysses_anything: bool = False) -> None:
     """Raise a clear error if radial attention cannot run on ``model`` split over ``ulysses_degree`` ranks.
 
@@ -99,7 +149,7 @@ def check_sequence_parallel(model, ulysses_degree: int, *, seq_len: Optional[int
     """
     if isinstance(ulysses_degree, bool) or not isinstance(ulysses_degree, int) or ulysses_degree < 1:
         raise ValueError(f"ulysses_degree must be an integer >= 1, got {ulysses_degree!r}")
-    for t in _transformers(model):
+    for t in find_transformers(model)[0]:
         name = type(t).__name__
         if getattr(t, "_cp_plan", None) is None:
             raise ValueError(
@@ -115,24 +165,7 @@ def check_sequence_parallel(model, ulysses_degree: int, *, seq_len: Optional[int
                 f"each rank heads/N whole heads): use a number of GPUs that divides {heads}: one of {divisors}"
             )
         for path, proc in _attention_processors(t):
-            if not hasattr(proc, "_attention_backend"):
-                continue
-            backend = proc._attention_backend
-            backend = getattr(backend, "value", backend)
-            effective = backend if backend is not None else _active_backend_name()
-            if effective != "native":
-                raise ValueError(
-                    f"{name}.{path} uses diffusers attention backend {effective!r}; radial attention under context "
-                    "parallelism needs diffusers' 'native' backend (its Ulysses path makes the one torch SDPA call "
-                    "that radial attention replaces): call transformer.reset_attention_backend() / "
-                    "set_attention_backend('native')"
-                )
-            cp = getattr(getattr(proc, "_parallel_config", None), "context_parallel_config", None)
-            if cp is not None and cp.ring_degree > 1:
-                raise ValueError(
-                    f"{name}.{path} runs ring attention (ring_degree={cp.ring_degree}); radial attention supports "
-                    "diffusers' Ulysses context parallelism only (ring_degree=1)"
-                )
+            check_context_parallel(f"{name}.{path}", proc, planned=True)
     if seq_len is not None and not ulysses_anything and seq_len % ulysses_degree:
         raise ValueError(
             f"the video has {seq_len} tokens, which {ulysses_degree} ranks cannot split evenly; choose a size whose "
@@ -174,56 +207,16 @@ def enable_sequence_parallel(model, ulysses_degree: Optional[int] = None, *, uly
     from diffusers import ContextParallelConfig
 
     configs = []
-    for t in _transformers(model):
+    for t in find_transformers(model)[0]:
         cfg = ContextParallelConfig(ulysses_degree=n, ulysses_anything=ulysses_anything)
         t.enable_parallelism(config=cfg)
-        _install_training_guard(t)
         configs.append(cfg)
     return configs
 
 
-GUARD_HOOK = "radial_sequence_parallel_no_grad"
-
-
-def _install_training_guard(transformer) -> None:
-    """A pre-forward hook that refuses a radial forward with gradients under context parallelism.
-
-    diffusers' Ulysses backward recomputes attention with its own saved-tensor op, outside radial
-    attention's hook, so the gradients would be dense attention's: silently wrong. Inference
-    (``torch.no_grad``, as diffusers pipelines run) passes through untouched.
-    """
-    from diffusers.hooks import HookRegistry, ModelHook
-
-    from radial_attention.integrations.diffusers import get_radial_state
-
-    def has_radial(module) -> bool:
-        try:
-            return get_radial_state(module) is not None
-        except TypeError:  # a model class radial attention does not support
-            return False
-
-    class NoGradUnderContextParallel(ModelHook):
-        def pre_forward(self, module, *args, **kwargs):
-            if torch.is_grad_enabled() and has_radial(module):
-                tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-                if any(t.requires_grad for t in tensors) or any(p.requires_grad for p in module.parameters()):
-                    raise RuntimeError(
-                        f"{type(module).__name__}: radial attention under diffusers context parallelism is inference "
-                        "only: diffusers' Ulysses backward would recompute dense attention. Run the forward under "
-                        "torch.no_grad() (or freeze the parameters), or train with "
-                        "radial_attention.distributed.ulysses_attention, whose backward is the radial one"
-                    )
-            return args, kwargs
-
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(GUARD_HOOK) is None:
-        registry.register_hook(NoGradUnderContextParallel(), GUARD_HOOK)
-
-
 def sequence_parallel_degree(model) -> int:
     """The Ulysses degree a transformer (or a pipeline's first transformer) runs with; 1 without context parallelism."""
-    t = _transformers(model)[0]
-    cp = getattr(getattr(t, "_parallel_config", None), "context_parallel_config", None)
+    cp = _context_parallel_config(find_transformers(model)[0][0])
     return 1 if cp is None else int(cp.ulysses_degree) * int(cp.ring_degree)
 
 
