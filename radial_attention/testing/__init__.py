@@ -6,9 +6,8 @@
 - :mod:`.tiny`: tiny real diffusers models and pipelines with random weights (needs diffusers).
 - :mod:`.data`: :func:`~.data.write_synthetic_dataset`, a training data folder of random samples.
 
-Where it sits: beside the layers, importing the ones it builds on (ops for nothing, integrations
-for nothing, train's folder format for the data writer); the library layers do not import it,
-except the built-in ``tiny-wan`` / ``tiny-hunyuan`` model names of ``train-lora``, which are
-:mod:`.tiny` models. Submodules are imported on use: ``import radial_attention.testing`` loads
-nothing heavy.
+Where it sits: above train (the data writer uses train's folder format) and below cli; the
+library layers do not import it, with one exception: the built-in ``tiny-wan`` / ``tiny-hunyuan``
+model names of ``train-lora`` are :mod:`.tiny` models. Submodules are imported on use:
+``import radial_attention.testing`` loads nothing.
 """
