@@ -9,9 +9,8 @@ them after ``proj_out``; in every self-attention the processor hands its local
 ``q, k, v [B, S/N, H, D]`` to ``dispatch_attention_fn``, whose native backend runs diffusers'
 Ulysses all-to-all and then ONE ``torch.nn.functional.scaled_dot_product_attention`` call on
 ``[B, H/N, S, D]``: all tokens of ``H/N`` heads. That call is exactly the one radial attention's
-diffusers integration answers with the block-sparse op (:mod:`.sdpa`),
-and the video layout it reads comes from the transformer's full (unsplit) latent input, so the
-GLOBAL radial mask is applied to the full sequence, as on one GPU. Radial attention therefore
+diffusers integration answers with the block-sparse op (:mod:`.sdpa`), and the video layout it
+reads comes from the transformer's full (unsplit) latent input, so the GLOBAL radial mask is applied to the full sequence, as on one GPU. Radial attention therefore
 composes with diffusers' context parallelism without any code of its own in the attention path;
 this module adds what the composition needs around it:
 
@@ -34,8 +33,8 @@ Limits (diffusers 0.42.1):
   own saved-tensor op outside radial attention's hook, so gradients would be dense attention's
   (measured: the weight gradients of a tiny Wan then equal the dense model's, not the radial
   one's). The radial attention hook refuses a forward that could be differentiated
-  (:func:`refuse_training_under_context_parallel`); train with :func:`radial_attention.distributed.ulysses_attention`,
-  whose backward is the radial one.
+  (:func:`refuse_training_under_context_parallel`); train with
+  :func:`radial_attention.distributed.ulysses_attention`, whose backward is the radial one.
 - Ulysses only (``ring_degree == 1``): ring attention would call the attention once per key chunk.
 - only the ``"native"`` attention backend: the other native variants (``_native_cudnn``, ...)
   call an aten kernel directly under context parallelism, which radial attention does not see.
