@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 from radial_attention.mask import BlockSparseMask  # noqa: E402
 from radial_attention.ops import block_sparse_attention  # noqa: E402
+from radial_attention.testing.oracle import masked_attention_f64, token_allowed  # noqa: E402
 
 CASES = [
     # dtype, D, bs, B, H, S, mask batch/head dims, key_lengths, [B, S, H, D] layout
@@ -47,21 +48,9 @@ SMOKE_CASES = [
 FLOOR = {"float32": 1e-5, "bfloat16": 1e-2, "float16": 2e-3}
 
 
-def token_mask(m4: torch.Tensor, B, H, S, bs, kl) -> torch.Tensor:
-    """bool [B, H, S, S] on m4's device."""
-    blk = torch.arange(S, device=m4.device) // bs
-    allowed = m4.expand(B, H, *m4.shape[-2:])[:, :, blk][:, :, :, blk]
-    if kl is not None:
-        allowed = allowed & (torch.arange(S, device=m4.device)[None, :] < kl[:, None])[:, None, None, :]
-    return allowed
-
-
-def f64_attention(q, k, v, allowed, scale):
-    s = torch.einsum("bhid,bhjd->bhij", q.double(), k.double()) * scale
-    s = s.masked_fill(~allowed, float("-inf"))
-    has = allowed.any(-1, keepdim=True)
-    p = torch.softmax(s.masked_fill(~has, 0.0), dim=-1).masked_fill(~has, 0.0)
-    return torch.einsum("bhij,bhjd->bhid", p, v.double())
+def f64_attention(q, k, v, m4, bs, kl, scale):
+    """The float64 oracle (radial_attention.testing.oracle), computed on q's device."""
+    return masked_attention_f64(q, k, v, m4, bs, scale, kl, device=q.device)
 
 
 def sdpa_same_dtype(q, k, v, allowed, scale):
@@ -99,21 +88,22 @@ def run_case(case, device, backward: bool, seed: int) -> dict:
     else:
         q, k, v = (torch.randn(B, H, S, D, device=device, dtype=dtype) for _ in range(3))
     scale = D**-0.5
-    allowed = token_mask(mask.dense4d().to(device), B, H, S, bs, kl)
+    m4 = mask.dense4d()
+    allowed = token_allowed(m4, B, H, S, bs, kl, device=device)
     flex = lambda q, k, v: block_sparse_attention(q, k, v, mask, backend="flex", key_lengths=kl)  # noqa: E731
     rec = {"case": case}
     t0 = time.perf_counter()
     if not backward:
         with torch.no_grad():
             out = flex(q, k, v)
-        want = f64_attention(q, k, v, allowed, scale)
+        want = f64_attention(q, k, v, m4, bs, kl, scale)
         base = sdpa_same_dtype(q, k, v, allowed, scale)
         rec["out_err"], rec["sdpa_out_err"] = max_err(out, want), max_err(base, want)
         rec["ok"] = bool(torch.isfinite(out).all()) and rec["out_err"] <= max(2 * rec["sdpa_out_err"], FLOOR[case["dtype"]])
     else:
         g = torch.randn(B, H, S, D, device=device)
         got = grads(flex, q, k, v, g)
-        want = grads(lambda q, k, v: f64_attention(q, k, v, allowed, scale), q.double(), k.double(), v.double(), g)
+        want = grads(lambda q, k, v: f64_attention(q, k, v, m4, bs, kl, scale), q.double(), k.double(), v.double(), g)
         base = grads(lambda q, k, v: sdpa_same_dtype(q, k, v, allowed, scale), q, k, v, g)
         rec["ok"] = True
         for name, a, w, b in zip(("out", "dq", "dk", "dv"), got, want, base):
@@ -141,16 +131,16 @@ def run_compiled(device, backward: bool) -> dict:
         return block_sparse_attention(q, k, v, mask, backend="flex", key_lengths=kl) * 2.0
 
     q, k, v = (torch.randn(B, S, H, D, device=device, dtype=dtype).transpose(1, 2) for _ in range(3))
-    allowed = token_mask(mask.dense4d().to(device), B, H, S, bs, kl)
+    m4 = mask.dense4d()
     rec = {"case": "torch.compile(fullgraph=True)"}
     if backward:
         g = torch.randn(B, H, S, D, device=device)
         got = grads(lambda q, k, v: layer(q, k, v, kl), q, k, v, g)
-        want = grads(lambda q, k, v: 2.0 * f64_attention(q, k, v, allowed, D**-0.5), q.double(), k.double(), v.double(), g)
+        want = grads(lambda q, k, v: 2.0 * f64_attention(q, k, v, m4, bs, kl, D**-0.5), q.double(), k.double(), v.double(), g)
         errs = [max_err(a, w) / (1 + w.abs().max().item()) for a, w in zip(got, want)]
     else:
         with torch.no_grad():
-            errs = [max_err(layer(q, k, v, kl), 2.0 * f64_attention(q, k, v, allowed, D**-0.5)) / 2.0]
+            errs = [max_err(layer(q, k, v, kl), 2.0 * f64_attention(q, k, v, m4, bs, kl, D**-0.5)) / 2.0]
     rec["relative_errs"] = errs
     rec["ok"] = all(e < (3e-2 if dtype == torch.bfloat16 else 1e-4) for e in errs)
     return rec

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention  # noqa: E402
-from radial_attention.integrations.diffusers import tiny  # noqa: E402
+from radial_attention.testing import tiny  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
 WAN14B = dict(

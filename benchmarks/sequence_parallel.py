@@ -258,8 +258,11 @@ def build_model(b: Bench, layers: int):
 def bench_transformer(b: Bench, name, F, T, lat_h, lat_w):
     from diffusers import ContextParallelConfig
 
-    from radial_attention.distributed.diffusers_cp import check_sequence_parallel, diffusers_cpu_context_parallel
     from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention
+    from radial_attention.integrations.diffusers.context_parallel import (
+        check_sequence_parallel,
+        diffusers_cpu_context_parallel,
+    )
 
     args = b.args
     base, cfg = build_model(b, args.layers)
@@ -299,7 +302,7 @@ def bench_transformer(b: Bench, name, F, T, lat_h, lat_w):
         if b.rank < n:
             check_sequence_parallel(base, n, seq_len=S)
             model = copy.deepcopy(base)
-            # Radial first, then diffusers' context parallelism (see radial_attention.distributed.diffusers_cp);
+            # Radial first, then diffusers' context parallelism (integrations/diffusers/context_parallel.py);
             # removing radial afterwards gives the dense model under the same split.
             state = apply_radial_attention(model, **radial_kwargs) if "radial" in modes else None
             with diffusers_cpu_context_parallel():
@@ -436,8 +439,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.smoke and "WORLD_SIZE" not in os.environ:
         from radial_attention.distributed import run_workers
+        from radial_attention.distributed.launch import DEFAULT_PRELOAD
 
-        result = run_workers(_smoke_worker, args.smoke_ranks, args, timeout_s=600, threads=1)[0]
+        # diffusers imported once by the forkserver, not by every worker.
+        preload = list(DEFAULT_PRELOAD) + ["diffusers", "radial_attention.integrations.diffusers"]
+        result = run_workers(_smoke_worker, args.smoke_ranks, args, timeout_s=600, threads=1, preload=preload)[0]
         return write_and_print(result, args.out)
     from radial_attention.distributed import init_distributed, shutdown
     from radial_attention.distributed.launch import free_port

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 from radial_attention.cli.main import main as cli  # noqa: E402
-from radial_attention.train.data import write_synthetic_dataset  # noqa: E402
+from radial_attention.testing.data import write_synthetic_dataset  # noqa: E402
 from radial_attention.train.model import model_spec  # noqa: E402
 
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,

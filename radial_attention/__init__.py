@@ -4,10 +4,12 @@ Layers, each importing only the ones below it::
 
     mask                    video shape -> block mask (CPU, torch + numpy)
     ops                     block_sparse_attention(q, k, v, mask): reference | flex | triton | flashinfer
+    distributed             sequence-parallel (Ulysses) radial attention, process bootstrap (torch only)
     integrations.diffusers  apply_radial_attention / remove_radial_attention on a pipeline or transformer
     train                   length-extension LoRA fine-tuning
-    distributed             sequence-parallel (Ulysses) radial attention
     cli                     the `radial-attention` command
+
+plus ``testing`` (the float64 oracle, tiny models, synthetic data: shared by tests, benchmarks, demo).
 
 Public names are imported lazily so that ``import radial_attention`` needs only torch and numpy.
 """

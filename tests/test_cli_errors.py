@@ -245,7 +245,7 @@ def test_collective_timeout_reaches_the_process_group(monkeypatch, tmp_path):
     import torch.distributed as dist
 
     from radial_attention.distributed import launch
-    from radial_attention.distributed.generate import SequenceParallelRun
+    from radial_attention.cli.sequence_parallel import SequenceParallelRun
     from radial_attention.train import data_parallel as dp
 
     seen = []
@@ -263,7 +263,7 @@ def test_collective_timeout_reaches_the_process_group(monkeypatch, tmp_path):
 
 
 def test_cli_passes_the_collective_timeout_on(monkeypatch, tmp_path, capsys):
-    from radial_attention.distributed import generate as sp_generate
+    from radial_attention.cli import sequence_parallel as sp_generate
     from radial_attention.train import trainer
 
     got = {}

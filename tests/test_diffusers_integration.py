@@ -16,7 +16,7 @@ from radial_attention.integrations.diffusers import (  # noqa: E402
     get_radial_state,
     remove_radial_attention,
 )
-from radial_attention.integrations.diffusers import tiny  # noqa: E402
+from radial_attention.testing import tiny  # noqa: E402
 from radial_attention.mask import radial_mask_from_preset  # noqa: E402
 
 BS = 64  # block size for the tiny layouts

@@ -9,7 +9,7 @@ pytest.importorskip("diffusers")
 
 from radial_attention.cli.main import main  # noqa: E402
 from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention  # noqa: E402
-from radial_attention.integrations.diffusers import tiny  # noqa: E402
+from radial_attention.testing import tiny  # noqa: E402
 
 # 64x64 px, 17 frames: latent 5 frames x 8x8 -> 5 x 16 = 80 tokens (2 blocks of 64).
 VIDEO = dict(height=64, width=64, num_frames=17, max_sequence_length=16, output_type="pt")

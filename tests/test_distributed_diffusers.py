@@ -10,13 +10,19 @@ import pytest
 import torch
 
 from radial_attention.distributed import run_workers
+from radial_attention.distributed.launch import DEFAULT_PRELOAD
 
 TIMEOUT_S = 180
+# The forkserver imports diffusers once, so that no worker imports it again.
+PRELOAD = list(DEFAULT_PRELOAD) + [
+    "diffusers", "diffusers.models.transformers.transformer_wan", "diffusers.hooks.context_parallel",
+    "radial_attention.integrations.diffusers",
+]
 HEADS, FRAMES, SIZE = 4, 8, 16  # latent 8 frames x 16x16 -> T = 64 tokens per frame, S = 512
 
 
 def _model(heads=HEADS):
-    from radial_attention.integrations.diffusers.tiny import tiny_wan_transformer, wan_inputs
+    from radial_attention.testing.tiny import tiny_wan_transformer, wan_inputs
 
     model = tiny_wan_transformer(num_heads=heads, head_dim=16, num_layers=2, seed=3)
     return model, wan_inputs(model, FRAMES, SIZE, SIZE, seed=4)
@@ -32,7 +38,7 @@ def _run_wan(rank, world, cases):
     """Worker: the tiny Wan output of every case, or the error it raised."""
     from diffusers import ContextParallelConfig
 
-    from radial_attention.distributed.diffusers_cp import (
+    from radial_attention.integrations.diffusers.context_parallel import (
         diffusers_cpu_context_parallel,
         enable_sequence_parallel,
         sequence_parallel_degree,
@@ -90,7 +96,7 @@ def single_process():
 
 @pytest.fixture(scope="module")
 def world2():
-    return run_workers(_run_wan, 2, CASES_2, timeout_s=TIMEOUT_S)
+    return run_workers(_run_wan, 2, CASES_2, timeout_s=TIMEOUT_S, preload=PRELOAD)
 
 
 def _check(results, name, expected):
@@ -120,7 +126,7 @@ def test_two_ranks_dense_equal_single_process_dense(world2, single_process):
 
 
 def test_four_ranks_equal_single_process_radial(single_process):
-    results = run_workers(_run_wan, 4, CASES_4, timeout_s=TIMEOUT_S)
+    results = run_workers(_run_wan, 4, CASES_4, timeout_s=TIMEOUT_S, preload=PRELOAD)
     _check(results, "radial_then_enable_parallelism", single_process["radial"])
 
 
@@ -135,7 +141,7 @@ def test_non_native_backend_is_a_clear_error(world2):
 
 
 def test_check_sequence_parallel_without_a_group():
-    from radial_attention.distributed.diffusers_cp import check_sequence_parallel
+    from radial_attention.integrations.diffusers.context_parallel import check_sequence_parallel
 
     model, _ = _model()
     check_sequence_parallel(model, 2, seq_len=FRAMES * 64)
@@ -158,3 +164,59 @@ def test_radial_training_under_direct_enable_parallelism_is_refused(world2):
     # The guard lives in the radial attention hook too, not only in enable_sequence_parallel.
     msg = world2[0]["training_refused_direct"]["error"]
     assert msg.startswith("RuntimeError") and "inference only" in msg, msg
+
+
+class _Proc:
+    """A stand-in attention processor: its diffusers backend and, once split, its parallel config."""
+
+    def __init__(self, backend=None, ring=None):
+        self._attention_backend = backend
+        self._parallel_config = None
+        if ring is not None:
+            from types import SimpleNamespace
+
+            self._parallel_config = SimpleNamespace(context_parallel_config=SimpleNamespace(ring_degree=ring))
+
+
+def test_one_context_parallel_check_for_apply_and_enable():
+    """apply_radial_attention and check_sequence_parallel share check_context_parallel."""
+    from radial_attention.integrations.diffusers import apply, context_parallel as cp
+
+    assert apply.check_context_parallel is cp.check_context_parallel
+    cp.check_context_parallel("m", _Proc("_native_math"))  # not split: radial attention's own check decides
+    with pytest.raises(ValueError, match=r"m uses diffusers attention backend '_native_math'.*'native'"):
+        cp.check_context_parallel("m", _Proc("_native_math"), planned=True)
+    with pytest.raises(ValueError, match=r"ring attention \(ring_degree=2\).*Ulysses"):
+        cp.check_context_parallel("m", _Proc("native", ring=2))
+    cp.check_context_parallel("m", _Proc("native", ring=1))
+
+
+def test_one_training_guard():
+    from radial_attention.integrations.diffusers import context_parallel as cp
+
+    module = torch.nn.Linear(2, 2)
+    module.processor = _Proc("native", ring=1)
+    x = torch.zeros(1, 2)
+    with pytest.raises(RuntimeError, match="inference only.*ulysses_attention"):
+        cp.refuse_training_under_context_parallel("m", module, (x,), {})
+    with torch.no_grad():
+        cp.refuse_training_under_context_parallel("m", module, (x,), {})
+    module.requires_grad_(False)
+    cp.refuse_training_under_context_parallel("m", module, (x,), {})  # frozen, input needs no grad
+    with pytest.raises(RuntimeError, match="inference only"):
+        cp.refuse_training_under_context_parallel("m", module, (x.requires_grad_(),), {})
+    module.processor._parallel_config = None  # not split: no guard
+    cp.refuse_training_under_context_parallel("m", module, (x,), {})
+
+
+def test_context_parallel_finds_transformers_like_apply():
+    """One helper finds a pipeline's transformers: an unsupported model is the same TypeError, and a
+    transformer given twice is checked (and would be split) once."""
+    from radial_attention.integrations.diffusers.context_parallel import check_sequence_parallel
+    from radial_attention.integrations.diffusers.families import find_transformers
+
+    with pytest.raises(TypeError, match="radial attention supports the diffusers transformers"):
+        check_sequence_parallel(torch.nn.Linear(2, 2), 2)
+    model, _ = _model()
+    assert find_transformers([model, model])[0] == [model]
+    check_sequence_parallel([model, model], 2)

@@ -24,7 +24,7 @@ ARGS = [
 def test_generate_on_two_processes_equals_one_process(tmp_path, capsys):
     import numpy as np
 
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
 
     folder = tmp_path / "tiny-wan"
     tiny.tiny_wan_pipeline("t2v", num_layers=2).save_pretrained(folder)
@@ -58,9 +58,9 @@ def test_sequence_parallel_without_torchrun_is_a_clear_error(tmp_path, capsys):
 
 
 def test_token_count_check_of_a_pipeline():
-    from radial_attention.distributed.diffusers_cp import check_sequence_parallel
-    from radial_attention.distributed.generate import _video_tokens
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.integrations.diffusers.context_parallel import check_sequence_parallel
+    from radial_attention.cli.sequence_parallel import _video_tokens
+    from radial_attention.testing import tiny
 
     pipe = tiny.tiny_wan_pipeline("t2v", num_layers=1)
     # 48x48 px, 9 frames: 3 latent frames x (48/8/2)^2 = 3 x 9 = 27 tokens.

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from attention_oracle import masked_attention_f64, random_block_mask
+from radial_attention.testing.oracle import masked_attention_f64, random_block_mask
 from fake_fa4 import FakeFA4
 from radial_attention.mask import BlockSparseMask
 from radial_attention.ops import api
@@ -227,7 +227,7 @@ def _route_dense_to_fake(monkeypatch):
 def test_dense_steps_run_on_fa4_dense_where_it_runs(fake, monkeypatch, family):
     pytest.importorskip("diffusers")
     from radial_attention import apply_radial_attention, remove_radial_attention
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
 
     if family == "wan":
         model = tiny.tiny_wan_transformer("t2v", num_layers=2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from attention_oracle import masked_attention_f64, random_block_mask
+from radial_attention.testing.oracle import masked_attention_f64, random_block_mask
 from radial_attention.mask import BlockSparseMask
 from radial_attention.ops import block_sparse_attention, resolve_backend
 from radial_attention.ops import flex

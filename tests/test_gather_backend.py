@@ -1,4 +1,4 @@
-"""The gather backend (plain torch over the kept blocks) against the float64 oracle (tests/attention_oracle.py)."""
+"""The gather backend (plain torch over the kept blocks) against the float64 oracle (radial_attention/testing/oracle.py)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from attention_oracle import attention_problems, check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask, token_allowed
+from radial_attention.testing.oracle import attention_problems, check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask, token_allowed
 from radial_attention.mask import BlockSparseMask, radial_mask_from_preset
 from radial_attention.ops import block_sparse_attention, gather, resolve_backend
 

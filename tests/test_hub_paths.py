@@ -209,7 +209,7 @@ def test_train_lora_mistyped_model_name(tmp_path, capsys):
 
 def test_train_lora_a14b_expert_boundary_from_the_cached_snapshot(offline, tmp_path):
     """expert_timestep_range and load_transformer read a Hub id's cached model_index.json."""
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
     from radial_attention.train.model import expert_timestep_range, load_transformer
 
     folder = tmp_path / "a14b"
@@ -269,7 +269,7 @@ def test_generate_refuses_bad_outputs_before_loading(tmp_path, capsys, monkeypat
 def test_generate_reports_schedule_steps_lora_and_frames(tiny_wan_folder, tmp_path, capsys, monkeypatch):
     import radial_attention.cli.generate_cmd as gen_cmd
     from radial_attention.train.lora import add_lora, save_lora
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
 
     t = tiny.tiny_wan_transformer("t2v", num_layers=3)
     add_lora(t, "wan", rank=2, init_seed=1)
@@ -302,7 +302,7 @@ def test_generate_reports_schedule_steps_lora_and_frames(tiny_wan_folder, tmp_pa
 
 def test_recommended_schedule_per_family():
     from radial_attention.cli.generate_cmd import recommended_schedule
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
 
     assert recommended_schedule(tiny.tiny_wan_pipeline("t2v", num_layers=1), None) == ("wan", 12, 1)
     assert recommended_schedule(tiny.tiny_wan_pipeline("a14b", num_layers=1), None) == ("wan2.2", 11, 1)

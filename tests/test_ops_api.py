@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from attention_oracle import check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask
+from radial_attention.testing.oracle import check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask
 from radial_attention.mask import BlockSparseMask, radial_block_mask, radial_mask_from_preset
 from radial_attention.ops import BACKENDS, available_backends, block_sparse_attention, radial_attention, resolve_backend
 
@@ -176,7 +176,7 @@ def test_raw_tensor_mask_and_auto_inside_torch_compile_fullgraph():
 _TRITON_COMPILE_SCRIPT = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-from attention_oracle import masked_attention_f64
+from radial_attention.testing.oracle import masked_attention_f64
 from radial_attention.mask import BlockSparseMask
 from radial_attention.ops import block_sparse_attention
 m = torch.tensor([[True, False], [True, True]])

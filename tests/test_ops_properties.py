@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attention_oracle import attention_problems, masked_attention_f64, token_allowed
+from radial_attention.testing.oracle import attention_problems, masked_attention_f64, token_allowed
 from radial_attention.ops import block_sparse_attention
 from radial_attention.ops import flex
 

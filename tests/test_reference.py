@@ -1,9 +1,9 @@
-"""The reference backend against an independent float64 masked softmax (tests/attention_oracle.py)."""
+"""The reference backend against an independent float64 masked softmax (radial_attention/testing/oracle.py)."""
 
 import pytest
 import torch
 
-from attention_oracle import masked_attention_f64, random_block_mask
+from radial_attention.testing.oracle import masked_attention_f64, random_block_mask
 from radial_attention.mask import BlockSparseMask
 from radial_attention.ops import block_sparse_attention
 from radial_attention.ops import reference

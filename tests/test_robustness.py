@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from attention_oracle import check_nan_follows_mask, masked_attention_f64, nan_case
+from radial_attention.testing.oracle import check_nan_follows_mask, masked_attention_f64, nan_case
 from radial_attention.mask import BlockSparseMask, radial_block_mask
 from radial_attention.mask import sparse as sparse_mod
 from radial_attention.ops import api, block_sparse_attention, radial_attention
@@ -33,7 +33,7 @@ def test_nan_propagates_exactly_where_the_mask_lets_it(backend, use_key_lengths)
 
 def test_nan_case_really_has_rows_that_must_stay_finite():
     # The case above is only a test if some rows see a NaN and others, near them, must not.
-    from attention_oracle import expected_nan
+    from radial_attention.testing.oracle import expected_nan
 
     q, k, v, mask, kl = nan_case()
     want = expected_nan(q, k, v, mask, 64, kl)
@@ -186,7 +186,7 @@ def _model_snapshot(model):
 
 def _tiny_wan():
     pytest.importorskip("diffusers")
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
 
     model = tiny.tiny_wan_transformer("t2v", num_layers=2)
     return model, tiny.wan_inputs(model, 8, 16, 16)

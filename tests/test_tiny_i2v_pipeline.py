@@ -11,7 +11,7 @@ PIL_Image = pytest.importorskip("PIL.Image")
 
 from diffusers import WanImageToVideoPipeline, WanPipeline  # noqa: E402
 
-from radial_attention.integrations.diffusers import tiny  # noqa: E402
+from radial_attention.testing import tiny  # noqa: E402
 
 HEIGHT, WIDTH, FRAMES = 64, 96, 9
 LATENT_SHAPE = (1, 16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)  # [1, 16, 3, 8, 12]

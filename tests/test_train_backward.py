@@ -21,9 +21,9 @@ SCRIPT = textwrap.dedent(
     r"""
     import json, sys, tempfile, pathlib, torch
     torch.set_num_threads(1)
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
     from radial_attention.ops import resolve_backend
-    from radial_attention.train.data import write_synthetic_dataset
+    from radial_attention.testing.data import write_synthetic_dataset
     from radial_attention.train.model import model_spec
     from radial_attention.train.trainer import LoRATrainer, TrainConfig
 

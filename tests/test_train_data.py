@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from radial_attention.testing.data import write_synthetic_dataset
 from radial_attention.train.data import (
     DataError,
     LatentDataset,
@@ -14,7 +15,6 @@ from radial_attention.train.data import (
     validate_dataset,
     write_manifest,
     write_sample,
-    write_synthetic_dataset,
 )
 from radial_attention.train.objective import FlowMatching, shift_sigmas
 

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from radial_attention.train.data import write_synthetic_dataset
+from radial_attention.testing.data import write_synthetic_dataset
 from radial_attention.train.model import load_transformer, model_spec
 from radial_attention.train.trainer import LoRATrainer, TrainConfig
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from radial_attention.cli.main import main
-from radial_attention.integrations.diffusers import tiny
+from radial_attention.testing import tiny
 from radial_attention.train.data import DataError, LatentDataset, validate_dataset
 from radial_attention.train.encode import collect_videos, encode_videos, read_video
 from radial_attention.train.model import model_spec

@@ -10,8 +10,10 @@ import json
 import pytest
 import torch
 
-from radial_attention.integrations.diffusers import apply_radial_attention, get_radial_state, tiny
-from radial_attention.train.data import DataError, write_synthetic_dataset
+from radial_attention.integrations.diffusers import apply_radial_attention, get_radial_state
+from radial_attention.testing import tiny
+from radial_attention.testing.data import write_synthetic_dataset
+from radial_attention.train.data import DataError
 from radial_attention.train.model import load_transformer, model_spec
 from radial_attention.train.trainer import LoRATrainer, TrainConfig
 

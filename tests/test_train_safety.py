@@ -16,13 +16,13 @@ from safetensors.torch import load_file, save_file
 
 import radial_attention.train.trainer as trainer_mod
 from radial_attention.train import checkpoint as ckpt
+from radial_attention.testing.data import write_synthetic_dataset
 from radial_attention.train.data import (
     DataError,
     LatentDataset,
     ModelSpec,
     read_manifest,
     validate_dataset,
-    write_synthetic_dataset,
 )
 from radial_attention.train.model import load_transformer, model_spec
 from radial_attention.train.trainer import LoRATrainer, NonFiniteLossError, TrainConfig
@@ -344,7 +344,7 @@ def _clips(folder, names, bad=()):
 
 def test_encode_keeps_finished_clips_resumes_and_skips_bad_videos(tmp_path, monkeypatch, capsys):
     import radial_attention.train.encode as encode_mod
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
 
     pipe = tiny.tiny_wan_pipeline(num_layers=1, seed=0)
     vids = tmp_path / "videos"

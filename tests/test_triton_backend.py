@@ -21,6 +21,7 @@ pytest.importorskip("triton")
 from radial_attention.mask import BlockSparseMask  # noqa: E402
 from radial_attention.ops import triton as tb  # noqa: E402
 from radial_attention.ops.triton import launch  # noqa: E402
+from radial_attention.testing.oracle import masked_attention_f64  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 CASES = HERE / "triton_interpreter_cases.py"
@@ -181,7 +182,7 @@ def test_flashinfer_wrapper_logic_on_cpu(fake_flashinfer, monkeypatch):
     q, k, v = (torch.randn(B, S, H, D, generator=g).transpose(1, 2) for _ in range(3))
     for scale, kl in ((0.125, None), (-0.1, torch.tensor([100, 128]))):
         out = fi.attention(q, k, v, mask, scale=scale, key_lengths=kl)
-        ref = _oracle64(q, k, v, dense, bs, scale, kl)
+        ref = masked_attention_f64(q, k, v, dense, bs, scale, kl)
         assert out.shape == q.shape
         assert float((out.double() - ref).norm() / ref.norm()) < 1e-5
         assert torch.count_nonzero(out[:, :, :bs]) == 0
@@ -192,17 +193,6 @@ def test_flashinfer_wrapper_logic_on_cpu(fake_flashinfer, monkeypatch):
     with pytest.raises(RuntimeError, match="forward-only"):
         fi.attention(q.detach().requires_grad_(), k, v, mask, scale=0.125)
     assert "needs CUDA tensors" in real_reason(q)
-
-
-def _oracle64(q, k, v, dense, bs, scale, key_lengths):
-    q, k, v = (t.double() for t in (q, k, v))
-    B, H, S, D = q.shape
-    allowed = dense.repeat_interleave(bs, -1).repeat_interleave(bs, -2)[..., :S, :S].expand(B, H, S, S)
-    if key_lengths is not None:
-        allowed = allowed & (torch.arange(S)[None, :] < key_lengths[:, None])[:, None, None, :]
-    s = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-    has = allowed.any(-1, keepdim=True)
-    return (torch.softmax(s.masked_fill(~has, 0.0), -1) * has) @ v
 
 
 def test_launch_order_choice():

@@ -22,6 +22,7 @@ pytest.importorskip("triton")
 from radial_attention.mask import BlockSparseMask  # noqa: E402
 from radial_attention.ops import triton as tb  # noqa: E402
 from radial_attention.ops.triton import launch  # noqa: E402
+from radial_attention.testing.oracle import masked_attention_f64  # noqa: E402
 
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
 
@@ -35,21 +36,6 @@ if not launch.interpreting():
 def interpret(monkeypatch):
     monkeypatch.setattr(launch, "CONFIG_OVERRIDES", {})
     yield
-
-
-def oracle(q, k, v, dense, bs, scale, key_lengths=None):
-    """float64 masked softmax attention: dense [Bm, Hm, nb, nb] block mask expanded to tokens."""
-    q, k, v = (t.double() for t in (q, k, v))
-    B, H, S, D = q.shape
-    d4 = dense if dense.dim() == 4 else dense[None, None]
-    allowed = d4.repeat_interleave(bs, -1).repeat_interleave(bs, -2)[..., :S, :S].expand(B, H, S, S)
-    if key_lengths is not None:
-        allowed = allowed & (torch.arange(S)[None, :] < key_lengths[:, None])[:, None, None, :]
-    s = (q @ k.transpose(-1, -2)) * scale
-    s = s.masked_fill(~allowed, float("-inf"))
-    has_key = allowed.any(-1, keepdim=True)
-    p = torch.softmax(s.masked_fill(~has_key, 0.0), -1) * has_key
-    return p @ v
 
 
 def random_mask(shape, seed):
@@ -87,7 +73,7 @@ def run_and_compare(B, H, S, D, bs, dtype, mask_shape, key_lengths, layout, scal
     assert out.stride() == q.stride()  # written in q's layout
     assert not torch.isnan(out).any()
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = oracle(q64, k64, v64, dense, bs, scale, key_lengths)
+    ref = masked_attention_f64(q64, k64, v64, dense, bs, scale, key_lengths)
     assert rel(out, ref) < TOL[dtype], f"output error {rel(out, ref):.2e}"
     # mask row 0 is empty: exactly zero output (and zero dq below)
     assert torch.count_nonzero(out[:, :, :bs].detach()) == 0
@@ -155,7 +141,7 @@ def test_through_the_public_api(interpret):
     dense = random_mask((3, 3), 7)
     q, k, v, _ = make_qkv(B, H, S, D, torch.float32, "bhsd", 8)
     out = block_sparse_attention(q, k, v, dense, block_size=bs, backend="triton")
-    assert rel(out, oracle(q, k, v, dense, bs, D ** -0.5)) < 1e-5
+    assert rel(out, masked_attention_f64(q, k, v, dense, bs, D ** -0.5)) < 1e-5
 
 
 def test_torch_compile_fullgraph(interpret):
@@ -199,7 +185,7 @@ def test_property_random_shapes(interpret):
 @pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
 def test_nan_follows_the_mask(interpret, use_tma):
     # TMA zero-fills only past S: the kernel must itself keep NaN values past key_lengths out.
-    from attention_oracle import check_nan_follows_mask, nan_case
+    from radial_attention.testing.oracle import check_nan_follows_mask, nan_case
 
     cfg = launch.KernelConfig(32, 32, 4, 2, use_tma)
     launch.CONFIG_OVERRIDES.update({"fwd": cfg})

@@ -130,7 +130,7 @@ def run(args) -> int:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention
-    from radial_attention.integrations.diffusers.tiny import tiny_wan_transformer
+    from radial_attention.testing.tiny import tiny_wan_transformer
     from radial_attention.mask import video_layout
     from radial_attention.ops import resolve_backend
 

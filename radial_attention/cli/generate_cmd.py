@@ -115,10 +115,11 @@ def recommended_schedule(pipe, preset: Optional[str]):
     """``(preset, dense_steps, dense_layers)``: the preset radial attention will use on ``pipe``
     (``preset`` or the model's default) and its recommended dense schedule."""
     # The same default apply_radial_attention picks (private helpers: one rule, not two copies).
-    from radial_attention.integrations.diffusers.apply import _default_preset, _transformers_of
+    from radial_attention.integrations.diffusers.apply import _default_preset
+    from radial_attention.integrations.diffusers.families import find_transformers
 
     if preset is None:
-        transformers, _, pipeline = _transformers_of(pipe)
+        transformers, _, pipeline = find_transformers(pipe)
         preset = _default_preset(transformers, pipeline)
     steps, layers = RECOMMENDED_SCHEDULES.get(preset, RECOMMENDED_SCHEDULES["wan"])
     return preset, steps, layers
@@ -240,7 +241,7 @@ def run(args) -> int:
     import contextlib
     import io
 
-    from radial_attention.distributed.generate import SequenceParallelRun
+    from radial_attention.cli.sequence_parallel import SequenceParallelRun
 
     # Before any model is loaded: a bad --out or --fps must not cost a whole generation.
     check_outputs(args.out, args.fps)

@@ -6,14 +6,14 @@ download) to a folder, to try ``generate``, ``encode`` and ``train-lora`` withou
         --steps 4 --max-sequence-length 16 --out cat.mp4
 
 The videos are noise: the weights are random. The builders are in
-``radial_attention.integrations.diffusers.tiny``.
+``radial_attention.testing.tiny``.
 """
 
 from __future__ import annotations
 
 import os
 
-# --family -> (builder name in integrations.diffusers.tiny, its keyword arguments, what it is).
+# --family -> (builder name in radial_attention.testing.tiny, its keyword arguments, what it is).
 FAMILIES = {
     "wan": ("tiny_wan_pipeline", {"variant": "t2v"}, "Wan2.1 text-to-video (WanPipeline)"),
     "wan-i2v": ("tiny_wan_i2v_pipeline", {"variant": "wan2.1"}, "Wan2.1 image-to-video (WanImageToVideoPipeline)"),
@@ -46,7 +46,7 @@ def register(sub) -> None:
 def save_tiny_pipeline(family: str, output: str, *, layers: int = 2, seed: int = 0) -> str:
     """Build the tiny pipeline of ``family`` (:data:`FAMILIES`) and ``save_pretrained`` it to ``output``;
     returns the folder. ``ValueError`` for an unknown family, ``layers < 1`` or a non-empty folder."""
-    from radial_attention.integrations.diffusers import tiny
+    from radial_attention.testing import tiny
 
     if family not in FAMILIES:
         raise ValueError(f"--family must be one of {sorted(FAMILIES)}, got {family!r}")

@@ -11,13 +11,12 @@
 - :mod:`.exchange`: the all-to-all between sequence-sharded and head-sharded tensors (autograd).
 - :mod:`.ulysses`: :func:`ulysses_attention` / :func:`ulysses_radial_attention`.
 - :mod:`.sharding`: :func:`shard_sequence` / :func:`gather_sequence` (tail padding).
-- :mod:`.launch`: :func:`init_distributed` (torchrun) and :func:`run_workers` (local gloo workers).
-- :mod:`.diffusers_cp`: radial attention under diffusers' own context parallelism
-  (``transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))``).
-- :mod:`.generate`: ``radial-attention generate --sequence-parallel N`` under torchrun.
+- :mod:`.launch`: :func:`init_distributed` (torchrun; the one process bootstrap, training's too)
+  and :func:`run_workers` (local gloo workers).
 
-Guide: ``docs/multi-gpu.md``. ``.diffusers_cp`` and ``.generate`` need diffusers when used; import
-them by their module path.
+torch only: this package knows no model library. Radial attention under a model library's own
+context parallelism lives with that library's integration (``radial_attention.integrations``),
+the multi-GPU ``generate`` driver in ``radial_attention.cli``. Guide: ``docs/multi-gpu.md``.
 """
 
 from .exchange import heads_to_seq, seq_to_heads

@@ -1,21 +1,22 @@
 """Starting torch.distributed: under ``torchrun`` (GPUs, NCCL) or as local CPU workers (gloo).
 
 - :func:`init_distributed` reads the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``,
-  ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), picks NCCL with one GPU per process when CUDA
-  is there and gloo otherwise, and returns where this process runs.
+  ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), picks this process's device (one GPU per
+  process when CUDA is there, else the CPU) and the backend that fits it (NCCL / gloo), and
+  returns where this process runs. The one process bootstrap of the package: sequence-parallel
+  attention, ``generate --sequence-parallel`` and data-parallel ``train-lora`` all start here.
 - :func:`run_workers` starts ``N`` local processes (forkserver) that join a gloo group on a free port
   and run one function: what the CPU tests and the benchmarks' ``--smoke`` mode use. A worker that
   fails or hangs past the timeout fails the whole run (no silent hang).
 
-NVLink multicast (NVLS) stays off in every GPU run this package starts: ``NCCL_NVLS_ENABLE=0`` and
-``TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` are set before NCCL is initialized unless the caller set
-them already.
+This module sets no NCCL or other workplace environment variables: the launch scripts and the
+docs do (``examples/*.sh``, ``docs/multi-gpu.md``: e.g. NVLink multicast off with
+``NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` where the machines need it).
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import io
 import os
 import socket
@@ -26,8 +27,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-# Environment every GPU launch gets (workplace rule: NVLink multicast stays off).
-NCCL_SAFE_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+# What every forkserver of run_workers imports once, for all its workers.
+DEFAULT_PRELOAD = ("torch", "torch.distributed", "radial_attention.distributed")
 
 
 @dataclass(frozen=True)
@@ -44,32 +45,56 @@ class DistributedContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def distributed(self) -> bool:
+        """More than one process: collectives (DDP, all-reduce, barriers) have work to do."""
+        return self.world_size > 1
 
-def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -> DistributedContext:
+
+def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0, *, device=None) -> DistributedContext:
     """Join the process group that ``torchrun`` set up (or run alone when it did not).
 
     Args:
-        backend: ``"nccl"`` / ``"gloo"``; default NCCL when CUDA is available, else gloo.
+        backend: ``"nccl"`` / ``"gloo"``; default NCCL when this process's device is a GPU, else gloo.
         timeout_s: collective timeout (a hung collective raises after it).
+        device: this process's device: ``None`` (``cuda:LOCAL_RANK`` when CUDA is available and
+            the backend is not gloo, else the CPU) or an explicit one; a bare ``"cuda"`` becomes
+            ``cuda:LOCAL_RANK`` under torchrun (the current GPU in a single process).
 
     Returns:
         the :class:`DistributedContext`. Without ``WORLD_SIZE`` in the environment (a plain
         ``python`` run) no group is created and the context says ``world_size=1``.
+
+    Raises:
+        RuntimeError: NCCL without a visible GPU; ``WORLD_SIZE`` set but ``MASTER_ADDR`` /
+            ``MASTER_PORT`` not (not a torchrun launch).
+        ValueError: an unknown backend, or NCCL with a CPU device.
     """
-    for key, value in NCCL_SAFE_ENV.items():
-        os.environ.setdefault(key, value)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torchrun = "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     cuda = torch.cuda.is_available()
-    if backend is None:
-        backend = "nccl" if cuda else "gloo"
+    if backend not in (None, "nccl", "gloo"):
+        raise ValueError(f"backend must be 'nccl', 'gloo' or None (the device's), got {backend!r}")
     if backend == "nccl" and not cuda:
         raise RuntimeError("backend 'nccl' needs CUDA GPUs; none is visible (use gloo on CPUs)")
-    device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
-    if backend == "nccl":
+    if device is None:
+        device = "cuda" if cuda and backend != "gloo" else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank if torchrun else torch.cuda.current_device())
+    if backend is None:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"backend 'nccl' runs on GPUs; this process's device is {device}")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    if "WORLD_SIZE" not in os.environ:
+    if not torchrun:
         return DistributedContext(0, 1, 0, device, None)
     if not dist.is_initialized():
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise RuntimeError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {var} is not set: launch with torchrun")
         kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
@@ -110,8 +135,9 @@ def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, 
 
     ``fn`` must be importable by name (a module-level function) and its result savable with
     ``torch.save`` (tensors, numbers, strings, lists, dicts). ``preload``: modules the forkserver
-    imports once for all workers (default: torch, this package and, when installed, diffusers);
-    only the first call in a process starts the forkserver, so only its ``preload`` counts.
+    imports once for all workers (default: torch and this package; a caller whose workers need a
+    heavy library, a model library say, adds it so that no worker imports it again); only the
+    first call in a process starts the forkserver, so only its ``preload`` counts.
     Returns the results ordered by rank. Raises ``RuntimeError`` with the worker's traceback if one
     fails, or ``TimeoutError`` (after terminating them) if they do not all finish in
     ``timeout_s`` seconds.
@@ -124,14 +150,7 @@ def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, 
     # hundred ms instead of a fresh interpreter importing torch; the server has started no threads).
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        if preload is None:
-            preload = ["torch", "torch.distributed", "radial_attention.distributed"]
-            if importlib.util.find_spec("diffusers") is not None:  # the diffusers workers skip its import
-                preload += [
-                    "diffusers", "diffusers.models.transformers.transformer_wan", "diffusers.hooks.context_parallel",
-                    "radial_attention.integrations.diffusers",
-                ]
-        ctx.set_forkserver_preload(list(preload))
+        ctx.set_forkserver_preload(list(DEFAULT_PRELOAD if preload is None else preload))
     else:
         ctx = mp.get_context("spawn")
     queue = ctx.Queue()

@@ -137,8 +137,9 @@ def ulysses_attention(
 
     Args:
         q, k, v: this rank's slice, ``[B, H, S_local, D]`` (``layout="BHSD"``) or
-            ``[B, S_local, H, D]`` (``"BSHD"``, the diffusers layout); any strides. Every rank
-            passes the same shapes; rank ``r`` holds global tokens ``r*S_local ..``.
+            ``[B, S_local, H, D]`` (``"BSHD"``, the layout of video transformers' attention
+            processors); any strides. Every rank passes the same shapes; rank ``r`` holds global
+            tokens ``r*S_local ..``.
         block_mask: the mask of the WHOLE sequence: bool ``[nb, nb]`` / ``[B|1, H|1, nb, nb]`` or a
             BlockSparseMask, ``nb = ceil(seq_len / block_size)``; the same on every rank.
         group: the sequence-parallel process group (``None``: the default group; without an

@@ -118,7 +118,7 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
     from radial_attention.hub import load_kwargs, loading_errors, resolve_model
 
     if model in TINY_MODELS:
-        from radial_attention.integrations.diffusers import tiny
+        from radial_attention.testing import tiny
 
         # 3 Wan blocks / 2+1 HunyuanVideo blocks: with the default dense_layers=2 there is still a
         # radial block to train.

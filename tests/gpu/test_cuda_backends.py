@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention_oracle import masked_attention_f64, random_block_mask, token_allowed
+from radial_attention.testing.oracle import masked_attention_f64, random_block_mask, token_allowed
 from radial_attention.mask import BlockSparseMask
 from radial_attention.ops import available_backends, block_sparse_attention, dense_attention
 from radial_attention.ops.api import _reason

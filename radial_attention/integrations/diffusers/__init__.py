@@ -11,7 +11,9 @@
 
 Modules: ``apply`` (apply / remove, the hooks), ``schedule`` (dense-step schedule, shared state),
 ``sdpa`` (the SDPA call of a processor answered by the radial op), ``families`` (which modules of
-which transformer class), ``tiny`` (tiny real models and pipelines with random weights).
+which transformer class; the one lookup of a pipeline's transformers), ``context_parallel``
+(radial attention under diffusers' Ulysses context parallelism: checks, split, training guard).
+Tiny models with random weights: :mod:`radial_attention.testing.tiny`.
 """
 
 from .apply import apply_radial_attention, attention_modules, get_radial_state, remove_radial_attention

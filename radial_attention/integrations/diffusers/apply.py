@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-import torch
-
-from .families import family_of, is_supported_transformer
+from .context_parallel import check_context_parallel, refuse_training_under_context_parallel
+from .families import family_of, find_transformers
 from .schedule import RadialAttentionConfig, RadialState
 from .sdpa import NATIVE_BACKENDS, DenseSDPA, RadialSDPA
 
@@ -76,13 +75,7 @@ def _hook_classes():
                     return forward(*args, **kwargs)  # the model's own attention, untouched
                 with DenseSDPA(self.state.config.dense_backend, self.where):  # FA4's dense kernel where it runs
                     return forward(*args, **kwargs)
-            if getattr(getattr(module, "processor", None), "_parallel_config", None) is not None and _may_need_grad(module, args, kwargs):
-                # diffusers' context-parallel backward recomputes attention outside this hook (dense).
-                raise RuntimeError(
-                    f"{self.where}: radial attention under diffusers context parallelism is inference only "
-                    "(diffusers' backward would recompute dense attention); run it under torch.no_grad(), or train "
-                    "with radial_attention.distributed.ulysses_attention"
-                )
+            refuse_training_under_context_parallel(self.where, module, args, kwargs)
             mode = RadialSDPA(self.state, self.where)
             with mode:
                 out = forward(*args, **kwargs)
@@ -101,78 +94,7 @@ def _hook_classes():
     return HookRegistry, RadialStepHook, RadialSelfAttentionHook
 
 
-def _may_need_grad(module, args, kwargs) -> bool:
-    """True when this forward may be differentiated (grad mode on and a parameter or input needs grad)."""
-    if not torch.is_grad_enabled():
-        return False
-    if any(p.requires_grad for p in module.parameters()):
-        return True
-    tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
-    return any(t.requires_grad for t in tensors)
-
-
-def _check_context_parallel(path: str, proc) -> None:
-    """Radial attention composes with diffusers' Ulysses context parallelism on the 'native' backend only.
-
-    There diffusers does the all-to-all and then one SDPA call over all tokens of H/N heads, which is
-    the call radial attention answers. Ring attention never sees all tokens; the ``_native_cudnn`` /
-    ``_native_flash`` variants call an aten kernel directly under context parallelism.
-    """
-    parallel = getattr(proc, "_parallel_config", None)
-    if parallel is None:
-        return
-    cp = getattr(parallel, "context_parallel_config", None)
-    ring = getattr(cp, "ring_degree", 1) if cp is not None else 1
-    backend = getattr(proc, "_attention_backend", None)
-    if ring not in (None, 1):
-        raise ValueError(
-            f"{path} runs diffusers ring attention (ring_degree={ring}); radial attention composes with "
-            "Ulysses context parallelism only (ring_degree=1)"
-        )
-    if backend not in (None, "native"):
-        raise ValueError(
-            f"{path} runs diffusers context parallelism on attention backend {backend!r}; radial attention "
-            "needs the 'native' backend there (call reset_attention_backend() or set_attention_backend('native'))"
-        )
-
-
-# ------------------------------------------------------------------------------ model lookup
-def _is_pipeline(obj) -> bool:
-    return hasattr(obj, "components") and isinstance(getattr(obj, "components"), dict)
-
-
-def _unique(modules) -> list:
-    """``modules`` without repeats of the same object (a pipeline whose ``transformer_2`` is its
-    ``transformer``, or ``[m, m]``): each is hooked once. By identity: modules compare by it anyway."""
-    seen, out = set(), []
-    for m in modules:
-        if id(m) not in seen:
-            seen.add(id(m))
-            out.append(m)
-    return out
-
-
-def _transformers_of(model) -> tuple:
-    """(transformers, scheduler, pipeline or None) of a pipeline, a transformer or a list of transformers.
-
-    The transformers are distinct objects, in order of first appearance.
-    """
-    if _is_pipeline(model):
-        found = [m for name, m in model.components.items() if m is not None and is_supported_transformer(m)]
-        if not found:
-            kinds = {name: type(m).__name__ for name, m in model.components.items() if m is not None}
-            raise TypeError(f"{type(model).__name__} has no supported video transformer; its components are {kinds}")
-        return _unique(found), getattr(model, "scheduler", None), model
-    if isinstance(model, (list, tuple)):
-        if not model:
-            raise ValueError("got an empty list of transformers")
-        for m in model:
-            family_of(m)
-        return _unique(model), None, None
-    family_of(model)  # raises TypeError naming the supported classes
-    return [model], None, None
-
-
+# ------------------------------------------------------------------------------ configuration
 def _default_preset(transformers, pipeline) -> str:
     families = {family_of(t).name for t in transformers}
     if len(families) != 1:
@@ -295,7 +217,7 @@ def apply_radial_attention(
     recomputes it, e.g. gradient checkpointing); called on its own it raises ``RuntimeError``.
     """
     HookRegistry, RadialStepHook, RadialSelfAttentionHook = _hook_classes()
-    transformers, scheduler, pipeline = _transformers_of(model)
+    transformers, scheduler, pipeline = find_transformers(model)
     config = _make_config(
         transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps,
         dense_backend,
@@ -314,7 +236,7 @@ def apply_radial_attention(
                     f"kernel of diffusers' native (torch SDPA) backends {[b for b in NATIVE_BACKENDS if b]}. "
                     "Call reset_attention_backend() on the transformer first"
                 )
-            _check_context_parallel(path, proc)
+            check_context_parallel(path, proc)
     state = RadialState(config, scheduler=scheduler)
     installed = []  # (module, hook name), in install order, to roll back on any failure
     try:
@@ -372,7 +294,7 @@ def remove_radial_attention(model) -> None:
     Removes every hook it added and leaves each module as it was (same forward, same processors,
     no leftover attributes). ``ValueError`` if the model has no radial attention.
     """
-    transformers, _, _ = _transformers_of(model)
+    transformers, _, _ = find_transformers(model)
     hooked = [t for t in transformers if _step_hook(t) is not None]
     if not hooked:
         raise ValueError(f"{type(model).__name__} has no radial attention to remove")
@@ -388,7 +310,7 @@ def remove_radial_attention(model) -> None:
 
 def get_radial_state(model) -> Optional[RadialState]:
     """The :class:`~.schedule.RadialState` of a model with radial attention, else ``None``."""
-    transformers, _, _ = _transformers_of(model)
+    transformers, _, _ = find_transformers(model)
     for t in transformers:
         hook = _step_hook(t)
         if hook is not None:

@@ -91,3 +91,48 @@ def is_supported_transformer(model) -> bool:
     except TypeError:
         return False
     return True
+
+
+# ------------------------------------------------------------------------------ model lookup
+def is_pipeline(obj) -> bool:
+    """A diffusers pipeline (anything with a ``components`` dict)."""
+    return hasattr(obj, "components") and isinstance(getattr(obj, "components"), dict)
+
+
+def _unique(modules) -> list:
+    """``modules`` without repeats of the same object (a pipeline whose ``transformer_2`` is its
+    ``transformer``, or ``[m, m]``): each is handled once. By identity: modules compare by it anyway."""
+    seen, out = set(), []
+    for m in modules:
+        if id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+def find_transformers(model) -> tuple:
+    """``(transformers, scheduler, pipeline or None)`` of a pipeline, a transformer or a list of transformers.
+
+    The one place that finds a pipeline's video transformers (every supported component:
+    Wan2.2 A14B's ``transformer`` and ``transformer_2``), for radial attention and context
+    parallelism alike. The transformers are distinct objects, in order of first appearance.
+
+    Raises:
+        TypeError: a pipeline without a supported transformer, or an unsupported transformer
+            (naming the supported classes).
+        ValueError: an empty list.
+    """
+    if is_pipeline(model):
+        found = [m for name, m in model.components.items() if m is not None and is_supported_transformer(m)]
+        if not found:
+            kinds = {name: type(m).__name__ for name, m in model.components.items() if m is not None}
+            raise TypeError(f"{type(model).__name__} has no supported video transformer; its components are {kinds}")
+        return _unique(found), getattr(model, "scheduler", None), model
+    if isinstance(model, (list, tuple)):
+        if not model:
+            raise ValueError("got an empty list of transformers")
+        for m in model:
+            family_of(m)
+        return _unique(model), None, None
+    family_of(model)  # raises TypeError naming the supported classes
+    return [model], None, None

@@ -1,33 +1,42 @@
-"""An independent float64 masked-softmax attention, written plainly for the op tests.
+"""THE float64 masked-softmax attention every backend is checked against (tests, ``benchmarks/``).
 
-Shares no code with ``radial_attention.ops``: the token mask is built by index arithmetic
-(``mask[b, h, i // bs, j // bs]``), and the softmax is written out with exp / sum.
+Written plainly and independently: it shares no code with :mod:`radial_attention.ops`; the token
+mask is built by index arithmetic (``mask[b, h, i // bs, j // bs]``), and the softmax is written
+out with exp / sum. A query row with no allowed key gives 0 (the library's rule). Also here:
+random block masks, a hypothesis strategy of op inputs, and the "NaN follows the mask" helpers.
+Needs torch only (hypothesis for :func:`attention_problems`).
 """
 
 import torch
 
 
-def token_allowed(block_mask: torch.Tensor, B: int, H: int, S: int, bs: int, key_lengths=None) -> torch.Tensor:
-    """bool [B, H, S, S]: query i may attend to key j."""
+def token_allowed(block_mask: torch.Tensor, B: int, H: int, S: int, bs: int, key_lengths=None, device="cpu") -> torch.Tensor:
+    """bool [B, H, S, S] on ``device``: query i may attend to key j.
+
+    ``block_mask``: bool ``[nb, nb]`` or ``[Bm, Hm, nb, nb]`` (``Bm``/``Hm`` 1 or ``B``/``H``),
+    ``nb = ceil(S / bs)``; ``key_lengths``: ``[B]`` keys that exist per batch item, or None.
+    """
     m = block_mask if block_mask.dim() == 4 else block_mask[None, None]
-    m = m.expand(B, H, *m.shape[-2:]).cpu()
-    blk = torch.arange(S) // bs
+    m = m.expand(B, H, *m.shape[-2:]).to(device)
+    blk = torch.arange(S, device=device) // bs
     allowed = m[:, :, blk][:, :, :, blk]  # [B, H, S, S]
     if key_lengths is not None:
-        kl = key_lengths.cpu().to(torch.int64)
-        allowed = allowed & (torch.arange(S)[None, :] < kl[:, None])[:, None, None, :]
+        kl = key_lengths.to(device, torch.int64)
+        allowed = allowed & (torch.arange(S, device=device)[None, :] < kl[:, None])[:, None, None, :]
     return allowed
 
 
-def masked_attention_f64(q, k, v, block_mask, bs, scale=None, key_lengths=None) -> torch.Tensor:
-    """float64 [B, H, S, D] on the CPU; a row with no allowed key is 0.
+def masked_attention_f64(q, k, v, block_mask, bs, scale=None, key_lengths=None, device="cpu") -> torch.Tensor:
+    """float64 ``[B, H, S, D]`` on ``device`` (default the CPU) for q, k, v ``[B, H, S, D]``.
 
-    Differentiable (autograd) when the inputs require grad, so it also gives reference gradients.
+    ``block_mask`` and ``key_lengths`` as in :func:`token_allowed`; ``scale`` default ``D**-0.5``.
+    A row with no allowed key is 0. Differentiable (autograd) when the inputs require grad, so it
+    also gives reference gradients (back on the inputs' device).
     """
     B, H, S, D = q.shape
     scale = D ** -0.5 if scale is None else scale
-    q64, k64, v64 = (t.cpu().to(torch.float64) for t in (q, k, v))
-    allowed = token_allowed(block_mask, B, H, S, bs, key_lengths)
+    q64, k64, v64 = (t.to(device, torch.float64) for t in (q, k, v))
+    allowed = token_allowed(block_mask, B, H, S, bs, key_lengths, device=device)
     s = torch.einsum("bhid,bhjd->bhij", q64, k64) * scale
     s = torch.where(allowed, s, torch.full_like(s, -torch.inf))
     row_max = s.amax(dim=-1, keepdim=True)

@@ -1,0 +1,519 @@
+"""Tiny diffusers video models and pipelines with random weights, built offline from small configs.
+
+Everything here is a *real* diffusers / transformers class (``WanTransformer3DModel``,
+``HunyuanVideoTransformer3DModel``, ``AutoencoderKLWan``, ``UMT5EncoderModel``, ...) built from a
+small built-in config: same code paths as the released checkpoints, a few thousand to a few
+million random parameters, no download. The tests, the benchmarks, the ``demo`` and
+``tiny-pipeline`` commands and ``train-lora --model tiny-wan`` use them; a tiny pipeline can be
+written with ``save_pretrained`` and read back with ``from_pretrained`` from a local folder
+(``generate`` is tested that way). Its old path in the diffusers integration still imports, with
+a ``DeprecationWarning``, for one release (:data:`radial_attention._deprecated.MOVED`).
+
+Builders (all take ``seed`` and leave the global RNG as it was):
+
+    tiny_wan_transformer(variant="t2v"|"i2v"|"ti2v"|"a14b", ...)  WanTransformer3DModel
+    tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
+    tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
+    tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
+    tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
+    tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
+    tiny_tokenizer(...)                                           word-level fast tokenizer
+    tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
+
+Latent shapes (``[B, C, F, H, W]``; tokens per frame ``T = (H/2) * (W/2)`` with the 2x2 patch):
+
+    Wan T2V / A14B:  C = 16    Wan I2V: C = 36 (16 noise + 4 mask + 16 image latents, in that order)
+    Wan TI2V-5B:     C = 48    HunyuanVideo: C = 16 (tiny pipeline: 4, its tiny VAE's latent width)
+
+Wan2.1 I2V (``tiny_wan_i2v_pipeline``): diffusers' ``WanAttnProcessor`` takes the *last 512*
+tokens of the cross-attention context as text and the rest as CLIP image tokens, so call the
+pipeline with ``max_sequence_length=512`` (the default of ``__call__``, but ``encode_prompt``'s
+default is 226: pass 512 there too; any other length mixes image and text tokens without an
+error). Height and width multiples of 16, frames ``4k+1``. Its ``prompt_clean`` calls
+``ftfy`` unconditionally (diffusers 0.42): ``ftfy`` is in this package's ``diffusers`` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+
+# A small English vocabulary for the word-level tokenizer: enough for demo prompts. Words outside
+# it map to <unk>, which is fine for random-weight models.
+_WORDS = (
+    "a an the of and in on with at to from by for is are was be this that it its as into over under "
+    "cat dog bird fish horse cow sheep fox bear lion tiger monkey panda rabbit duck owl whale dolphin "
+    "man woman child boy girl person people astronaut robot car train boat ship plane bike bus "
+    "red orange yellow green blue purple pink white black gray brown golden silver dark bright "
+    "big small tall short long old young happy sad fast slow calm wild soft warm cold "
+    "walking running jumping flying swimming dancing sitting standing playing reading sleeping eating "
+    "walks runs jumps flies swims dances sits stands plays reads sleeps eats drives rides looks "
+    "sky sea ocean river lake beach forest tree trees flower flowers grass field mountain mountains hill "
+    "city street road bridge house room window door garden park desert snow rain sun moon star stars "
+    "night day morning evening sunset sunrise light shadow water fire wind cloud clouds wave waves "
+    "video scene shot camera view close up wide slow motion cinematic style photo realistic detailed "
+    "high quality background foreground left right center top bottom through around across "
+)
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>", "<s>")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Build modules from ``seed`` without disturbing the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _cast(model, dtype):
+    """``model`` in ``dtype``, eval mode. A float32 build needs no cast; for a low-precision one,
+    diffusers' warning about modules it would rather keep in float32 is silenced (these are test
+    and demo models; ``from_pretrained(dtype=...)`` is the way for real checkpoints)."""
+    if dtype != torch.float32:
+        from diffusers.utils import logging as dlogging
+
+        level = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()
+        try:
+            model = model.to(dtype)
+        finally:
+            dlogging.set_verbosity(level)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------- configs
+# Small but structurally faithful: 2x2 spatial patch, the real latent channel counts, real norms.
+WAN_TINY = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=256,
+)
+
+HUNYUAN_TINY = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=1,
+    num_single_layers=1,
+    num_refiner_layers=1,
+    mlp_ratio=2.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=16,
+    pooled_projection_dim=8,
+    rope_theta=256.0,
+    rope_axes_dim=(4, 6, 6),  # sums to attention_head_dim
+)
+
+# CLIP vision tower for the tiny Wan2.1 I2V pipeline (hidden_size comes from the transformer's
+# image_dim). 32x32 crops, 8x8 patches: 16 patches + CLS = 17 image tokens (real Wan: 257 x 1280).
+CLIP_VISION_TINY = dict(
+    intermediate_size=48,
+    num_hidden_layers=2,  # the pipeline uses hidden_states[-2], the output of layer 1
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+)
+
+WAN_VARIANTS = ("t2v", "i2v", "ti2v", "a14b")
+
+
+def tiny_wan_transformer(
+    variant: str = "t2v",
+    *,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """A ``WanTransformer3DModel`` from a tiny config with random weights.
+
+    Args:
+        variant: ``"t2v"`` (Wan2.1 T2V: 16 latent channels), ``"i2v"`` (Wan2.1 I2V: 36 input
+            channels and image cross-attention keys ``add_k_proj``/``add_v_proj``; call it with
+            ``encoder_hidden_states`` of exactly 512 text tokens, which Wan's processor assumes,
+            and ``encoder_hidden_states_image`` ``[B, n_img, image_dim]``), ``"ti2v"`` (Wan2.2
+            TI2V-5B: 48 channels, per-token timesteps ``[B, S]`` in its pipeline) or ``"a14b"``
+            (one Wan2.2 A14B expert: same structure as T2V).
+        num_layers, num_heads, head_dim: size (``head_dim`` >= 6; Wan's RoPE splits it 3 ways).
+        seed: weights are drawn from this seed.
+        overrides: any other ``WanTransformer3DModel`` config value.
+    """
+    if variant not in WAN_VARIANTS:
+        raise ValueError(f"unknown Wan variant {variant!r}; expected one of {WAN_VARIANTS}")
+    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
+    if variant == "i2v":
+        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
+    elif variant == "ti2v":
+        cfg.update(in_channels=48, out_channels=48)
+    cfg.update(overrides)
+    from diffusers import WanTransformer3DModel
+
+    with _seeded(seed):
+        model = WanTransformer3DModel(**cfg)
+    # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
+    return _cast(model, dtype)
+
+
+def tiny_wan_a14b_transformers(*, seed: int = 0, **kwargs):
+    """The two experts of a Wan2.2 A14B-like model: ``(transformer, transformer_2)``, different weights."""
+    return (
+        tiny_wan_transformer("a14b", seed=seed, **kwargs),
+        tiny_wan_transformer("a14b", seed=seed + 1, **kwargs),
+    )
+
+
+def tiny_hunyuan_transformer(
+    *,
+    num_layers: int = 1,
+    num_single_layers: int = 1,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    in_channels: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """A ``HunyuanVideoTransformer3DModel`` (T2V) from a tiny config with random weights.
+
+    Call it with ``hidden_states [B, C, F, H, W]``, ``encoder_hidden_states [B, L, 16]``,
+    ``encoder_attention_mask [B, L]`` (1 = real prompt token, prompt tokens first),
+    ``pooled_projections [B, 8]`` and ``guidance [B]`` (it is guidance-distilled).
+    """
+    if head_dim % 2 or head_dim < 8:
+        raise ValueError(f"head_dim must be even and >= 8 (RoPE splits it over t, h, w), got {head_dim}")
+    hw = (head_dim * 3 // 8) // 2 * 2  # even RoPE dims for h and w; t takes the rest
+    rope = (head_dim - 2 * hw, hw, hw)
+    cfg = dict(
+        HUNYUAN_TINY,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        rope_axes_dim=rope,
+    )
+    cfg.update(overrides)
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    with _seeded(seed):
+        model = HunyuanVideoTransformer3DModel(**cfg)
+    # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
+    return _cast(model, dtype)
+
+
+# ----------------------------------------------------------------------------------- text side
+def tiny_tokenizer(model_max_length: int = 512, words: Optional[str] = None):
+    """A word-level fast tokenizer built offline with the ``tokenizers`` library.
+
+    Lower-cases, splits on whitespace and punctuation, appends ``</s>``. Vocabulary: the special
+    tokens ``<pad>=0, </s>=1, <unk>=2, <s>=3``, then a small built-in English word list (or
+    ``words``). Returned as a transformers fast tokenizer, so pipelines save and load it.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in (words or _WORDS).split():
+        vocab.setdefault(w.lower(), len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        model_max_length=model_max_length,
+    )
+
+
+def _vocab_size(tokenizer) -> int:
+    # Round up for a tidy embedding table.
+    return ((len(tokenizer) + 63) // 64) * 64
+
+
+def tiny_umt5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
+    """A 2-layer ``UMT5EncoderModel`` (Wan's text encoder class) with random weights."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = UMT5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    with _seeded(seed):
+        return UMT5EncoderModel(cfg).eval()
+
+
+# ----------------------------------------------------------------------------------- VAEs
+def tiny_wan_vae(variant: str = "t2v", seed: int = 0):
+    """A tiny ``AutoencoderKLWan``: 8x spatial / 4x temporal, 16 latent channels (``"ti2v"``: the
+    Wan2.2 residual VAE, 16x spatial, 48 latent channels)."""
+    from diffusers import AutoencoderKLWan
+
+    if variant == "ti2v":
+        cfg = dict(
+            base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
+            latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+            scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+        )
+    else:
+        cfg = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+    with _seeded(seed):
+        return AutoencoderKLWan(**cfg).eval()
+
+
+def tiny_hunyuan_vae(latent_channels: int = 4, seed: int = 0):
+    """A tiny ``AutoencoderKLHunyuanVideo``: 8x spatial / 4x temporal compression."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    with _seeded(seed):
+        return AutoencoderKLHunyuanVideo(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=latent_channels,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=1,
+            act_fn="silu",
+            norm_num_groups=4,
+            scaling_factor=0.476986,
+            spatial_compression_ratio=8,
+            temporal_compression_ratio=4,
+            mid_block_add_attention=True,
+        ).eval()
+
+
+# ----------------------------------------------------------------------------------- pipelines
+def tiny_wan_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
+    """A whole ``WanPipeline`` from tiny components (no download).
+
+    ``variant``: ``"t2v"`` (Wan2.1 T2V), ``"a14b"`` (Wan2.2 A14B: two experts and
+    ``boundary_ratio=0.875``) or ``"ti2v"`` (Wan2.2 TI2V-5B: 48-channel residual VAE,
+    ``expand_timesteps=True``). Height and width must be multiples of 16 (``"ti2v"``: 32);
+    frames ``4k+1``. Use ``max_sequence_length`` <= 512.
+    """
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+
+    if variant not in ("t2v", "a14b", "ti2v"):
+        raise ValueError(f"tiny_wan_pipeline variant must be 't2v', 'a14b' or 'ti2v', got {variant!r}")
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    kwargs = {}
+    if variant == "a14b":
+        t1, t2 = tiny_wan_a14b_transformers(num_layers=num_layers, seed=seed)
+        kwargs.update(transformer=t1, transformer_2=t2, boundary_ratio=0.875)
+    else:
+        kwargs.update(transformer=tiny_wan_transformer(variant, num_layers=num_layers, seed=seed))
+    if variant == "ti2v":
+        kwargs.update(expand_timesteps=True)
+    vae = tiny_wan_vae("ti2v" if variant == "ti2v" else "t2v", seed=seed + 20)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, **kwargs)
+
+
+def tiny_clip_vision_encoder(image_dim: int, *, seed: int = 0):
+    """A tiny ``CLIPVisionModel`` whose hidden size is ``image_dim`` (the Wan I2V transformer's
+    ``image_dim``), with random weights, and a matching ``CLIPImageProcessor``: ``(encoder, processor)``.
+
+    The processor resizes the shortest edge to 32 and center-crops 32x32, so the encoder sees
+    ``pixel_values [B, 3, 32, 32]`` and returns 17 tokens ``[B, 17, image_dim]`` per hidden state.
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    try:
+        # transformers >= 5: the PIL backend explicitly, so results do not depend on whether
+        # torchvision is installed (CLIPImageProcessor would pick the torchvision backend if it is).
+        from transformers import CLIPImageProcessorPil as ImageProcessor
+    except ImportError:  # older transformers: CLIPImageProcessor is the PIL/numpy one
+        from transformers import CLIPImageProcessor as ImageProcessor
+
+    if image_dim < 1:
+        raise ValueError(f"image_dim must be a positive int, got {image_dim!r}")
+    size = CLIP_VISION_TINY["image_size"]
+    cfg = CLIPVisionConfig(
+        hidden_size=image_dim,
+        num_attention_heads=2 if image_dim % 2 == 0 else 1,
+        projection_dim=image_dim,
+        **CLIP_VISION_TINY,
+    )
+    with _seeded(seed):
+        encoder = CLIPVisionModel(cfg).eval()
+    processor = ImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": size},
+        do_center_crop=True,
+        crop_size={"height": size, "width": size},
+        do_convert_rgb=True,
+    )
+    return encoder, processor
+
+
+def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = "wan2.1"):
+    """A whole Wan2.1 image-to-video ``WanImageToVideoPipeline`` from tiny components (no download).
+
+    Components: ``tiny_wan_transformer("i2v")`` (36 input channels = 16 noise + 4 mask + 16 image
+    latents; image cross-attention), a tiny CLIP vision encoder with hidden size = the
+    transformer's ``image_dim`` (24) and its image processor (32x32 crops, 17 image tokens), and
+    the same tokenizer, UMT5 text encoder, 16-channel VAE and UniPC flow scheduler as
+    ``tiny_wan_pipeline("t2v", seed=seed)`` (same weights: the latent layout matches T2V's).
+
+    Call it with a PIL image, ``max_sequence_length=512`` (Wan's attention processor assumes
+    exactly 512 text tokens and treats the rest of the context as image tokens; another length
+    runs without an error but mixes them up; ``pipe.encode_prompt`` defaults to 226, so pass 512
+    there too), height and width multiples of 16 and frames
+    ``4k+1``; the output latents are ``[B, 16, (frames - 1) // 4 + 1, height / 8, width / 8]``.
+    A string prompt needs ``ftfy`` (diffusers' I2V ``prompt_clean`` calls it unconditionally; it is
+    in this package's ``diffusers`` extra).
+
+    ``variant="a14b"``: Wan2.2 I2V A14B instead: two experts (``transformer`` high-noise,
+    ``transformer_2`` low-noise, ``boundary_ratio=0.9``) with 36 input channels and no image
+    encoder or image cross-attention (the image enters only through the condition channels).
+    """
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+
+    if variant not in ("wan2.1", "a14b"):
+        raise ValueError(f"tiny_wan_i2v_pipeline variant must be 'wan2.1' or 'a14b', got {variant!r}")
+    experts = {}
+    if variant == "a14b":
+        no_image = dict(image_dim=None, added_kv_proj_dim=None)
+        transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed, **no_image)
+        experts = dict(transformer_2=tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed + 1, **no_image),
+                       boundary_ratio=0.9)
+        image_encoder = image_processor = None
+    else:
+        transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed)
+        # The pipeline feeds image_encoder(...).hidden_states[-2] to the transformer's image embedder,
+        # whose input width is image_dim: the CLIP hidden size must equal it.
+        image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+    # Text side, VAE and scheduler: exactly tiny_wan_pipeline("t2v")'s (same seeds).
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return WanImageToVideoPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_wan_vae("t2v", seed=seed + 20),
+        scheduler=scheduler,
+        image_processor=image_processor,
+        image_encoder=image_encoder,
+        transformer=transformer,
+        **experts,
+    )
+
+
+def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, seed: int = 0):
+    """A whole ``HunyuanVideoPipeline`` from tiny components (no download).
+
+    Llama text encoder (hidden 16) + CLIP text encoder (hidden 8) with word-level tokenizers, a
+    tiny 4-channel HunyuanVideo VAE. Call it with ``prompt_template={"template": "{}",
+    "crop_start": 0}`` (the default template is written for the real Llama tokenizer) and a
+    small ``max_sequence_length``. Height and width multiples of 16, frames ``4k+1``.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    tokenizer = tiny_tokenizer()
+    tokenizer_2 = tiny_tokenizer(model_max_length=77)
+    vocab = _vocab_size(tokenizer)
+    llama = LlamaConfig(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=4, pad_token_id=0, bos_token_id=3, eos_token_id=1, max_position_embeddings=1024,
+    )
+    clip = CLIPTextConfig(
+        vocab_size=vocab, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=77, pad_token_id=0, bos_token_id=3, eos_token_id=1, projection_dim=8,
+    )
+    with _seeded(seed + 10):
+        text_encoder = LlamaModel(llama).eval()
+    with _seeded(seed + 11):
+        text_encoder_2 = CLIPTextModel(clip).eval()
+    transformer = tiny_hunyuan_transformer(
+        num_layers=num_layers, num_single_layers=num_single_layers, in_channels=4, seed=seed
+    )
+    return HunyuanVideoPipeline(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        vae=tiny_hunyuan_vae(4, seed=seed + 20),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+    )
+
+
+# ----------------------------------------------------------------------------------- inputs
+def wan_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 16,
+               timestep: float = 500.0, image_tokens: int = 8, seed: int = 0):
+    """Random call kwargs for a Wan transformer on a latent video ``[batch, C, frames, height, width]``.
+
+    ``height``/``width`` are latent sizes (pixels / 8, or / 16 for TI2V). I2V models get 512 text
+    tokens (their processor assumes 512) and ``image_tokens`` image embeddings.
+    """
+    cfg = transformer.config
+    g = torch.Generator().manual_seed(seed)
+    dtype = transformer.dtype
+    i2v = cfg.added_kv_proj_dim is not None
+    n_text = 512 if i2v else text_len
+    kwargs = dict(
+        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
+        timestep=torch.full((batch,), float(timestep)),
+        encoder_hidden_states=torch.randn(batch, n_text, cfg.text_dim, generator=g).to(dtype),
+        return_dict=False,
+    )
+    if i2v:
+        kwargs["encoder_hidden_states_image"] = torch.randn(batch, image_tokens, cfg.image_dim, generator=g).to(dtype)
+    return kwargs
+
+
+def hunyuan_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 16,
+                   prompt_lengths=None, timestep: float = 500.0, seed: int = 0):
+    """Random call kwargs for a HunyuanVideo transformer; ``prompt_lengths`` (one per batch item,
+    default all ``text_len``) sets the prompt padding mask ``encoder_attention_mask [B, text_len]``."""
+    cfg = transformer.config
+    g = torch.Generator().manual_seed(seed)
+    dtype = transformer.dtype
+    lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
+    if len(lengths) != batch or any(not 1 <= n <= text_len for n in lengths):
+        raise ValueError(f"prompt_lengths must be {batch} values in 1..{text_len}, got {prompt_lengths!r}")
+    mask = (torch.arange(text_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return dict(
+        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
+        timestep=torch.full((batch,), float(timestep)),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.text_embed_dim, generator=g).to(dtype),
+        encoder_attention_mask=mask,
+        pooled_projections=torch.randn(batch, cfg.pooled_projection_dim, generator=g).to(dtype),
+        guidance=torch.full((batch,), 6000.0).to(dtype),
+        return_dict=False,
+    )
