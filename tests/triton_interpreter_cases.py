@@ -216,19 +216,21 @@ def test_nan_follows_the_mask(interpret, use_tma):
 def test_index_list_offsets_are_int64(interpret):
     """Per-head index lists pass 2^31 entries at 64-token blocks and long videos: the kernels'
     offsets into them must not wrap around in int32 (here head 2 of a list with 2^30 entries per head)."""
-    import triton
-    import triton.language as tl
-
-    K = launch.kernels(True)
-
-    @triton.jit
-    def probe(OUT, stride_ib, stride_ih, stride_ir):
-        b = tl.program_id(0)
-        h = tl.program_id(1)
-        row = tl.program_id(2)
-        tl.store(OUT + h * 2 + row, K._list_offset(b, h, row, stride_ib, stride_ih, stride_ir))
-
     out = torch.zeros(6, dtype=torch.int64)
-    probe[(1, 3, 2)](out, 0, 1 << 30, 7)
+    _offset_probe[(1, 3, 2)](out, 0, 1 << 30, 7)
     want = torch.tensor([h * (1 << 30) + row * 7 for h in range(3) for row in range(2)])
     assert torch.equal(out, want), out
+
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+_KERNELS = launch.kernels(True)  # a module global: the interpreter runs kernels with their module's globals
+
+
+@triton.jit
+def _offset_probe(OUT, stride_ib, stride_ih, stride_ir):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    row = tl.program_id(2)
+    tl.store(OUT + h * 2 + row, _KERNELS._list_offset(b, h, row, stride_ib, stride_ih, stride_ir))

@@ -85,19 +85,6 @@ def _list_offset(b, h, row, stride_ib, stride_ih, stride_ir):
 
 
 @triton.jit
-def _interpreted_bounds(start, stop):
-    """Interpreter only: ``(start, stop)`` as Python ints for ``range()``. Triton 3.6's interpreter
-    cannot take a loaded value as a ``range()`` bound with numpy >= 2.4 (its scalars are
-    1-element arrays, which ``int()`` refuses). Never compiled: callers reach it under
-    ``if INTERPRET:`` only, so the GPU gets the plain ``for`` loop, which Triton software-pipelines."""
-    if not isinstance(start, int):
-        start = start.handle.data.item()
-    if not isinstance(stop, int):
-        stop = stop.handle.data.item()
-    return start, stop
-
-
-@triton.jit
 def _split_row(idx_row, count, kv_limit, BS: tl.constexpr):
     """For an ascending list of key blocks, ``(n_full, has_tail)``.
 
@@ -223,8 +210,6 @@ def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, stop, kv_li
                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                MASKED: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
                INTERPRET: tl.constexpr):
-    if INTERPRET:
-        start, stop = _interpreted_bounds(start, stop)
     for it in range(start, stop):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
                                   stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, NEG_SCALE, USE_TMA, DOT_PREC,
@@ -319,8 +304,6 @@ def _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, start, stop, k
               qk_scale,
               BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
               MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
-    if INTERPRET:
-        start, stop = _interpreted_bounds(start, stop)
     for it in range(start, stop):
         dq = _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs,
                       qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
@@ -394,8 +377,6 @@ def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, b, h, st
                 BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                 MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
                 INTERPRET: tl.constexpr):
-    if INTERPRET:
-        start, stop = _interpreted_bounds(start, stop)
     for it in range(start, stop):
         dk, dv = _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
                             stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,

@@ -64,6 +64,7 @@ def kernels(interpret: Optional[bool] = None):
                 "Triton's interpreter was switched on after triton was imported; set TRITON_INTERPRET=1 in "
                 "the environment before Python starts (or before the first `import triton`)"
             )
+        _patch_interpreter()
     name = f"radial_attention.ops.triton._kernels_{'interpreted' if interpret else 'compiled'}"
     knob = triton.knobs.runtime
     had_knob, old_knob = "interpret" in knob.__dict__, knob.__dict__.get("interpret")
@@ -85,6 +86,28 @@ def kernels(interpret: Optional[bool] = None):
             os.environ["TRITON_INTERPRET"] = old_env
     _kernel_modules[interpret] = module
     return module
+
+
+def _patch_interpreter() -> None:
+    """The interpreter workaround that lives outside kernels.py (the other is kernels.py's ``_mma``).
+
+    Triton 3.6's interpreter turns a loaded scalar (a 1-element numpy array) into a ``range()``
+    bound with ``int(array)``, which numpy >= 2.4 refuses: give its tensors an ``__index__`` that
+    uses ``.item()``, so the kernels keep the one ``for`` loop that the GPU software-pipelines.
+    Applied once, before the interpreted module is made; a Triton without the hook is left alone.
+    """
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "radial_attention_patch", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    patch_lang_tensor.radial_attention_patch = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
 
 
 # ----------------------------------------------------------------------------- configurations
@@ -259,8 +282,8 @@ def _config(kind: str, q: torch.Tensor, block_size: int) -> KernelConfig:
 
 def _interpreter_config(block_size: int) -> KernelConfig:
     """Tiles under Triton's CPU interpreter (which runs one program after another, so the biggest
-    tiles are the fastest); its other workarounds are in kernels.py (``INTERPRET``: ``_mma`` and
-    ``_interpreted_bounds``) and ``_tma_ok`` (the interpreter emulates TMA descriptors)."""
+    tiles are the fastest). Its workarounds: ``_patch_interpreter`` and kernels.py's ``_mma``;
+    ``_tma_ok`` knows that the interpreter emulates TMA descriptors."""
     return KernelConfig(block_size, block_size)
 
 
