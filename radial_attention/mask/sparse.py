@@ -110,6 +110,12 @@ class BlockSparseMask:
         self._last_use[key] = self._uses
         return value
 
+    def clear_derived(self, owner: Optional[str] = None) -> None:
+        """Drop the derived cache's entries: all of them, or those whose key's first item is ``owner``
+        (e.g. ``"gather.plan"``). The next use builds them again."""
+        for key in [k for k in self._derived if owner is None or k[0] == owner]:
+            del self._derived[key], self._last_use[key]
+
     # ------------------------------------------------------------------ basic facts
     @property
     def num_blocks(self) -> int:
@@ -191,12 +197,6 @@ class BlockSparseMask:
         indices = torch.zeros(rows, width, dtype=torch.int32)
         indices[row_of, slot] = (kept % n_cols).to(torch.int32)
         return indices.reshape(*lead, n_rows, width), counts.contiguous()
-
-    def clear_derived(self, owner: Optional[str] = None) -> None:
-        """Drop the derived cache's entries: all of them, or those whose key's first item is ``owner``
-        (e.g. ``"gather.plan"``). The next use builds them again."""
-        for key in [k for k in self._derived if owner is None or k[0] == owner]:
-            del self._derived[key], self._last_use[key]
 
     @staticmethod
     def _full_width_rows(mask4d: torch.Tensor):

@@ -3,6 +3,7 @@
 Flow::
 
     attention(q, k, v, mask, scale=, key_lengths=)           [B, H, S, D] -> [B, H, S, D]
+      mask_tensors(mask, q.device)                           index lists + launch orders, in the mask's cache
       -> torch.ops.radial_attention.triton_block_sparse_fwd  (out, lse2)   custom op, opaque to torch.compile
            backward: torch.ops.radial_attention.triton_block_sparse_bwd -> (dq, dk, dv)
              = delta kernel, then the dK/dV kernel (per key tile, walks q_indices) and the dQ kernel
