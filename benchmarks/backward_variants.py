@@ -5,8 +5,8 @@
 
 Times (CUDA events, median of --reps after a warm-up) of out.backward(dO) through
 ``block_sparse_attention(backend="triton")`` for each variant, and of the default twice (to see the
-run-to-run spread). Variants come from ``radial_attention.ops.triton.launch``'s LAUNCH_ORDER and
-CONFIG_OVERRIDES hooks. Prints one table; GPU only.
+run-to-run spread). Variants are run under ``radial_attention.ops.triton.triton_kernel_config``
+(launch order and per-kernel configs). Prints one table; GPU only.
 """
 
 from __future__ import annotations
@@ -75,17 +75,13 @@ def main():
         variants = [variants[int(i)] for i in args.variants.split(",")]
     rows = []
     for name, order, overrides in variants:
-        launch.LAUNCH_ORDER["value"] = order
-        launch.CONFIG_OVERRIDES.clear()
-        launch.CONFIG_OVERRIDES.update(overrides)
         try:
-            ms = time_fwd_bwd(q, k, v, do, mask, args.reps)
+            with launch.triton_kernel_config(launch_order=order, **overrides):
+                ms = time_fwd_bwd(q, k, v, do, mask, args.reps)
             rows.append((name, f"{ms:.1f}"))
         except Exception as e:  # a config that does not compile or fit is a result too
             rows.append((name, f"failed: {type(e).__name__}: {str(e)[:80]}"))
         print(rows[-1], flush=True)
-    launch.LAUNCH_ORDER["value"] = "auto"
-    launch.CONFIG_OVERRIDES.clear()
     print(f"\nfwd+bwd, F={args.frames} x T={args.tokens} (S={S:,}), {H} heads, density {mask.density:.4f}, "
           f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("| variant | fwd+bwd (ms) |\n| --- | --- |")

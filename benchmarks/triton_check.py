@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -91,12 +92,10 @@ def check_triton(c, device, seed=0) -> dict:
 
     mask, q, k, v, do, kl, scale = _inputs(c, device, seed)
     dtype = q.dtype
-    base = {kind: launch._config(kind, q, c["bs"]) for kind in ("fwd", "dq", "dkdv")}
-    tb.CONFIG_OVERRIDES.clear()
-    for kind, cfg in base.items():
-        tb.CONFIG_OVERRIDES[kind] = launch.KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages,
-                                                        c["tma"])
-    try:
+    # The tuned configs with the memory path this check asks for (TMA or pointers).
+    configs = {kind: dataclasses.replace(launch._config(kind, q, c["bs"]), use_tma=c["tma"])
+               for kind in ("fwd", "dq", "dkdv")}
+    with tb.triton_kernel_config(**configs):
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
         _poison(device)
         out = tb.attention(qg, kg, vg, mask, scale=scale, key_lengths=kl)
@@ -104,8 +103,6 @@ def check_triton(c, device, seed=0) -> dict:
         grads = torch.autograd.grad(out, (qg, kg, vg), do)
         _poison(device)
         grads2 = torch.autograd.grad(tb.attention(qg, kg, vg, mask, scale=scale, key_lengths=kl), (qg, kg, vg), do)
-    finally:
-        tb.CONFIG_OVERRIDES.clear()
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
     ref = reference.attention(q64, k64, v64, mask, scale=scale, key_lengths=kl)
     rgrads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
@@ -184,7 +181,7 @@ def _launch_all(mask, q, k, v, do, fwd, dkdv, dq):
     from radial_attention.ops.triton import launch
 
     t = dict(launch.mask_tensors(mask, q.device))
-    t["row_order"], t["col_order"] = launch.launch_orders(t, q)  # as LAUNCH_ORDER says
+    t["row_order"], t["col_order"] = launch.launch_orders(t, q)  # as the launch_order setting says
     bs = mask.block_size
     scale = q.shape[-1] ** -0.5
     out, lse = launch.forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs,
@@ -224,8 +221,7 @@ def sweep(name, device, budget=1.0) -> list:
     bs = mask.block_size
     scale = q.shape[-1] ** -0.5
     for order in ORDERS:
-        launch.LAUNCH_ORDER["value"] = order
-        try:
+        with launch.triton_kernel_config(launch_order=order):
             out, lse, t = _launch_all(mask, q, k, v, do, None, None, None)
             for cfg in FWD_CANDIDATES:
                 c = KernelConfig(*cfg)
@@ -248,8 +244,6 @@ def sweep(name, device, budget=1.0) -> list:
             for cfg in DQ_CANDIDATES[1:]:
                 r = bench.time_call(bwd(dkdv0, KernelConfig(*cfg)), device, budget)
                 rows.append(dict(case=name, kernel=f"bwd {order}", config="dkdv0 " + str(cfg), ms=r["ms"]))
-        finally:
-            launch.LAUNCH_ORDER["value"] = "auto"
     return rows
 
 

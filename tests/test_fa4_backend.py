@@ -37,7 +37,8 @@ def _decode(cnt, idx, n):
 def test_block_lists_equal_the_mask_and_its_transpose(shape):
     g = torch.Generator().manual_seed(1)
     m = random_block_mask(7, 0.4, shape=shape, generator=g, empty_row=2, full_row=5)
-    lists = fa4.block_lists(m, "cpu")
+    mask = BlockSparseMask(m, 128)
+    lists = fa4.block_lists(mask, "cpu")
     d4 = m if m.dim() == 4 else m[None, None]
     assert lists.fwd_idx.dtype == torch.int32 and lists.bwd_cnt.dtype == torch.int32
     assert torch.equal(_decode(lists.fwd_cnt, lists.fwd_idx, 7), d4)
@@ -48,12 +49,13 @@ def test_block_lists_equal_the_mask_and_its_transpose(shape):
         c = int(lists.fwd_cnt.reshape(-1, 7)[0, r])
         row = lists.fwd_idx.reshape(-1, 7, lists.fwd_idx.shape[-1])[0, r, :c]
         assert bool((row[1:] > row[:-1]).all())
-    assert fa4.block_lists(m, "cpu") is lists  # cached per mask tensor and device
+    assert fa4.block_lists(mask, "cpu") is lists  # cached in the mask, per device
+    assert lists.fwd_idx is mask._index("kv_indices")  # the mask's own lists, not a second copy
 
 
 def test_key_length_cut_keeps_a_prefix_of_each_row():
     m = random_block_mask(6, 0.6, generator=torch.Generator().manual_seed(2), full_row=0)
-    lists = fa4.block_lists(m, "cpu")
+    lists = fa4.block_lists(BlockSparseMask(m, 128), "cpu")
     fwd = fa4._forward_tensors(lists, slice(0, 1), 3, 128)
     assert torch.equal(_decode(fwd.full_block_cnt, fwd.full_block_idx, 6), (m & (torch.arange(6) < 3))[None, None])
     bwd = fa4._backward_tensors(lists, slice(0, 1), 3, 128)

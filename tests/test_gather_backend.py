@@ -250,11 +250,11 @@ def test_radial_mask_work_is_the_kept_blocks(monkeypatch):
     assert got < 0.6 * 4 * D * H * S * S and mask.density < 0.6
     # Without that overhead no row is padded: exactly the kept blocks.
     monkeypatch.setattr(gather, "_CHUNK_OVERHEAD", 0)
-    delattr(mask, gather._PLAN_ATTR)  # (the preset's mask object is shared: drop the plans after, too)
+    mask.clear_derived("gather.plan")  # (the preset's mask object is shared: drop the plans after, too)
     try:
         assert flops() == kept
     finally:
-        delattr(mask, gather._PLAN_ATTR)
+        mask.clear_derived("gather.plan")
 
 
 def test_auto_picks_gather_on_cpu_and_runs_it():

@@ -84,3 +84,53 @@ def test_png(tmp_path):
 def test_bad_masks(dense, bs, err, needle):
     with pytest.raises(err, match=needle):
         BlockSparseMask(dense, bs)
+
+
+def test_derived_cache_is_bounded_least_recently_used_and_clearable(monkeypatch):
+    from radial_attention.mask import sparse
+
+    monkeypatch.setattr(sparse, "MAX_DERIVED", 3)
+    mask = BlockSparseMask(torch.ones(2, 2, dtype=torch.bool), 64)
+    built = []
+
+    def get(name):
+        return mask.derived(("test", name), lambda: built.append(name) or name)
+
+    assert [get("a"), get("b"), get("c"), get("a")] == ["a", "b", "c", "a"]
+    assert built == ["a", "b", "c"]  # the second "a" was a hit
+    get("d")  # full: drops "b", the least recently used ("a" was used after it)
+    assert sorted(k[1] for k in mask._derived) == ["a", "c", "d"]
+    get("b")
+    assert built == ["a", "b", "c", "d", "b"]
+    mask.clear_derived("test")
+    assert mask._derived == {} and mask._last_use == {}
+
+
+def test_backends_keep_what_they_derive_in_the_mask_not_on_it():
+    """Every backend's structures live in the mask's one cache (no attributes added to a shared
+    radial mask, no module-level caches keyed by identity)."""
+    from radial_attention.mask import radial_block_mask
+    from radial_attention.ops import block_sparse_attention, fa4
+
+    mask = radial_block_mask(3, 64, block_size=64)  # shared through radial_block_mask's own cache
+    before = set(vars(mask))
+    q, k, v = (torch.randn(1, 2, 192, 64) for _ in range(3))
+    block_sparse_attention(q, k, v, mask, backend="gather")
+    fa4.block_lists(mask, "cpu")  # (plain torch: FA4 itself is not needed for its tables)
+    assert set(vars(mask)) == before
+    owners = {key[0] for key in mask._derived}
+    assert {"index", "gather.plan", "fa4.lists"} <= owners
+    mask.clear_derived()
+
+
+def test_ulysses_head_slices_live_in_the_mask():
+    from radial_attention.distributed.ulysses import _local_heads_mask
+
+    dense = torch.rand(1, 4, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.5
+    mask = BlockSparseMask(dense, 64)
+    local = _local_heads_mask(mask, None, 4, 2, 1)
+    assert torch.equal(local.to_dense(), dense[:, 2:4])
+    assert _local_heads_mask(mask, None, 4, 2, 1) is local  # cut once per (rank, N)
+    assert ("ulysses.heads", 1, 2) in mask._derived
+    # a raw tensor goes through the api's one wrapper cache, then the same per-mask slice
+    assert _local_heads_mask(dense, 64, 4, 2, 0) is _local_heads_mask(dense, 64, 4, 2, 0)

@@ -49,37 +49,30 @@ def no_interpreter(monkeypatch):
         pytest.skip("this process runs Triton's interpreter")
 
 
-def test_bad_inputs_are_clear_errors(no_interpreter):
+def test_capability_errors_come_from_the_api_once(no_interpreter):
+    """The backend does not re-validate: the api checks the inputs and turns the backend's
+    unsupported_reason into the error of an explicit backend="triton"."""
+    from radial_attention.ops import block_sparse_attention
+
     mask = BlockSparseMask(torch.ones(2, 2, dtype=torch.bool), 64)
     q, k, v = _small(D=32)
-    with pytest.raises(ValueError, match=r"head dim 32 is not supported \(expected one of \(64, 128\)\)"):
-        tb.attention(q, k, v, mask, scale=1.0)
+    with pytest.raises(ValueError, match=r"'triton' cannot run .*head dim 32 is not supported \(expected one of \(64, 128\)\)"):
+        block_sparse_attention(q, k, v, mask, backend="triton")
     q, k, v = _small(dtype=torch.float64)
     with pytest.raises(ValueError, match="dtype torch.float64 is not supported"):
-        tb.attention(q, k, v, mask, scale=1.0)
-    q, k, v = _small(S=300)
-    with pytest.raises(ValueError, match=r"mask has 2 blocks of 64 but S=300 needs ceil\(S/64\) = 5"):
-        tb.attention(q, k, v, mask, scale=1.0)
+        block_sparse_attention(q, k, v, mask, backend="triton")
     q, k, v = _small()
-    with pytest.raises(ValueError, match=r"key_lengths must have shape \[1\], got \(2,\)"):
-        tb.attention(q, k, v, mask, scale=1.0, key_lengths=torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="must have one shape"):
-        tb.attention(q, k[:, :, :50], v, mask, scale=1.0)
-    with pytest.raises(ValueError, match="share dtype"):
-        tb.attention(q, k.half(), v, mask, scale=1.0)
-    with pytest.raises(ValueError, match=r"does not fit B=1, H=1"):
-        tb.attention(q, k, v, BlockSparseMask(torch.ones(1, 3, 2, 2, dtype=torch.bool), 64), scale=1.0)
-    with pytest.raises(ValueError, match="must be a \\[B, H, S, D\\] tensor"):
-        tb.attention(q[0], k, v, mask, scale=1.0)
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        block_sparse_attention(q, k, v, mask, backend="triton")
+    # shape checks are the api's own, whatever the backend
+    with pytest.raises(ValueError, match=r"block mask has 2 blocks per side but S=300"):
+        block_sparse_attention(*_small(S=300), mask, backend="triton")
 
 
 def test_cpu_without_interpreter_is_a_clear_error(no_interpreter):
     q, k, v = _small()
-    mask = BlockSparseMask(torch.ones(2, 2, dtype=torch.bool), 64)
     assert "TRITON_INTERPRET=1" in tb.unsupported_reason(q)
     assert tb.unsupported_reason(q.bfloat16()) is not None
-    with pytest.raises(ValueError, match="needs CUDA tensors"):
-        tb.attention(q, k, v, mask, scale=1.0)
 
 
 def test_interpreter_switched_on_after_import_is_a_clear_error(no_interpreter, monkeypatch):
@@ -169,7 +162,6 @@ def test_flashinfer_wrapper_logic_on_cpu(fake_flashinfer, monkeypatch):
     fi = fake_flashinfer
     real_reason = fi.unsupported_reason
     monkeypatch.setattr(fi, "unsupported_reason", lambda q, requires_grad=False: None)  # CPU tensors here
-    monkeypatch.setattr(fi, "_plans", type(fi._plans)())
     monkeypatch.setattr(fi, "_workspace", lambda device: None)
 
     g = torch.Generator().manual_seed(0)
@@ -198,22 +190,74 @@ def test_flashinfer_wrapper_logic_on_cpu(fake_flashinfer, monkeypatch):
 def test_launch_order_choice():
     """'auto' keeps heavy-first off CUDA (and where a head's K/V fits L2); explicit orders are obeyed."""
     from radial_attention.mask import radial_block_mask
-    from radial_attention.ops.triton import launch
 
     mask = radial_block_mask(5, 200)
     t = launch.mask_tensors(mask, "cpu")
     q = torch.zeros(1, 2, 1000, 64)
-    old = launch.LAUNCH_ORDER["value"]
-    try:
-        launch.LAUNCH_ORDER["value"] = "auto"
-        row, col = launch.launch_orders(t, q)
-        assert row is t["row_order"] and col is t["col_order"]
-        # heavy-first: rows by kept key blocks, descending
-        counts = t["kv_counts"][0, 0][row[0, 0].long()]
-        assert bool((counts[:-1] >= counts[1:]).all())
-        launch.LAUNCH_ORDER["value"] = "sequential"
+    row, col = launch.launch_orders(t, q)
+    assert row is t["row_order"] and col is t["col_order"]
+    # heavy-first: rows by kept key blocks, descending
+    counts = t["kv_counts"][0, 0][row[0, 0].long()]
+    assert bool((counts[:-1] >= counts[1:]).all())
+    with tb.triton_kernel_config(launch_order="sequential"):
         row, col = launch.launch_orders(t, q)
         assert torch.equal(row[0, 0], torch.arange(mask.num_blocks, dtype=torch.int32))
         assert torch.equal(col[0, 0], torch.arange(mask.num_blocks, dtype=torch.int32))
+        with tb.triton_kernel_config(launch_order="heavy-first"):  # nested: the inner one wins
+            assert launch.launch_orders(t, q)[0] is t["row_order"]
+        assert launch.launch_orders(t, q)[0] is t["sequential"]  # and the outer one is back
+    assert launch.launch_orders(t, q)[0] is t["row_order"]
+
+
+def test_index_tensors_live_in_the_mask_and_on_the_device_of_q():
+    mask = BlockSparseMask(torch.tensor([[True, False], [True, True]]), 64)
+    t = launch.mask_tensors(mask, "cpu")
+    assert launch.mask_tensors(mask, "cpu") is t  # cached in the mask, not looked up by a tensor's identity
+    assert t["kv_indices"] is mask._index("kv_indices", "cpu")  # the mask's own lists, not a copy
+    assert [k for k in mask._derived if k[0] == "triton.index"] == [("triton.index", "cpu")]
+    assert torch.equal(t["row_order"][0, 0], torch.tensor([1, 0], dtype=torch.int32))  # row 1 keeps 2 blocks
+
+
+def test_kernel_config_context_manager_and_the_deprecated_globals():
+    q = torch.zeros(1, 1, 128, 64)
+    fwd = launch.KernelConfig(32, 32, 4, 2)
+    with tb.triton_kernel_config(fwd=fwd):
+        assert launch._config("fwd", q, 64) is fwd
+        assert launch._config("dq", q, 64) == launch.KernelConfig(64, 64)  # not set: the default (CPU)
+    assert launch._config("fwd", q, 64) == launch.KernelConfig(64, 64)
+    with pytest.raises(ValueError, match=r"launch_order must be one of \('auto', 'heavy-first', 'sequential'\), got 'fast'"):
+        with tb.triton_kernel_config(launch_order="fast"):
+            pass
+    with pytest.raises(TypeError, match="fwd must be a KernelConfig, got tuple"):
+        with tb.triton_kernel_config(fwd=(32, 32)):
+            pass
+    # The old globals still work for one release, with a DeprecationWarning when written.
+    try:
+        with pytest.warns(DeprecationWarning, match="CONFIG_OVERRIDES is deprecated"):
+            launch.CONFIG_OVERRIDES["fwd"] = fwd
+        assert launch._config("fwd", q, 64) is fwd
+        with pytest.warns(DeprecationWarning, match="LAUNCH_ORDER is deprecated"):
+            launch.LAUNCH_ORDER["value"] = "sequential"
+        assert launch._launch_order() == "sequential"
+        with tb.triton_kernel_config(launch_order="heavy-first"):  # the context manager wins
+            assert launch._launch_order() == "heavy-first"
     finally:
-        launch.LAUNCH_ORDER["value"] = old
+        with pytest.warns(DeprecationWarning):
+            launch.CONFIG_OVERRIDES.clear()
+        with pytest.warns(DeprecationWarning):
+            launch.LAUNCH_ORDER["value"] = "auto"
+
+
+def test_one_config_table_keyed_by_compute_capability():
+    hopper = launch._tuned_config("fwd", (9, 0), 128, 128)
+    assert hopper == launch.KernelConfig(128, 128, 8, 3, use_tma=True)
+    assert launch._tuned_config("fwd", (10, 0), 128, 128) is hopper  # newer GPUs: the highest entry below
+    ampere = launch._tuned_config("fwd", (8, 0), 128, 128)
+    assert ampere == launch.KernelConfig(128, 64, 8, 3, use_tma=False)  # the pointer path, smaller key tiles
+    for kind in ("fwd", "dq", "dkdv"):
+        for D in (64, 128):
+            for bs in (64, 128):
+                for cap in ((7, 5), (8, 0), (8, 9), (9, 0), (12, 0)):
+                    cfg = launch._tuned_config(kind, cap, D, bs)
+                    assert cfg.use_tma == (cap >= (9, 0))
+                    launch._check_config(cfg, bs, kind)

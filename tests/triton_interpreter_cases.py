@@ -34,7 +34,7 @@ if not launch.interpreting():
 
 @pytest.fixture
 def interpret(monkeypatch):
-    monkeypatch.setattr(launch, "CONFIG_OVERRIDES", {})
+    monkeypatch.setattr(launch, "_experiment", {})  # no settings left over from another case
     yield
 
 
@@ -111,8 +111,8 @@ def test_matches_float64_oracle(interpret, B, H, S, D, bs, dtype, mask_shape, kl
 def test_sub_tiles_and_tma_path(interpret, use_tma):
     # tiles smaller than the mask block (each kept block walked in sub-tiles), both memory paths
     cfg = launch.KernelConfig(32, 16, 4, 2, use_tma)
-    launch.CONFIG_OVERRIDES.update({"fwd": cfg, "dq": cfg, "dkdv": launch.KernelConfig(16, 32, 4, 2, use_tma)})
-    run_and_compare(1, 2, 100, 64, 64, torch.float32, (1, 2), torch.tensor([77]), "bshd", 0.125, seed=3)
+    with launch.triton_kernel_config(fwd=cfg, dq=cfg, dkdv=launch.KernelConfig(16, 32, 4, 2, use_tma)):
+        run_and_compare(1, 2, 100, 64, 64, torch.float32, (1, 2), torch.tensor([77]), "bshd", 0.125, seed=3)
 
 
 def test_backward_runs_the_triton_kernels(interpret, monkeypatch):
@@ -144,7 +144,7 @@ def test_through_the_public_api(interpret):
     assert rel(out, masked_attention_f64(q, k, v, dense, bs, D ** -0.5)) < 1e-5
 
 
-def test_torch_compile_fullgraph(interpret):
+def test_torch_compile_fullgraph(interpret, monkeypatch):
     B, H, S, D, bs = 1, 1, 130, 64, 64
     dense = random_mask((3, 3), 9)
     mask = BlockSparseMask(dense, bs)
@@ -156,6 +156,11 @@ def test_torch_compile_fullgraph(interpret):
     qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
     eager = f(qg, kg, vg)
     ge = torch.autograd.grad(eager, (qg, kg, vg), do)
+
+    def must_not_rebuild(*args):
+        raise AssertionError("the mask's cached index tensors were not used inside the graph")
+
+    monkeypatch.setattr(BlockSparseMask, "_full_width_rows", staticmethod(must_not_rebuild))
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     out = compiled(qg, kg, vg)
     gc = torch.autograd.grad(out, (qg, kg, vg), do)
@@ -166,9 +171,9 @@ def test_torch_compile_fullgraph(interpret):
 def test_bad_config_is_a_clear_error(interpret):
     q, k, v = (torch.randn(1, 1, 100, 64) for _ in range(3))
     mask = BlockSparseMask(torch.ones(2, 2, dtype=torch.bool), 64)
-    launch.CONFIG_OVERRIDES["fwd"] = launch.KernelConfig(48, 64)
-    with pytest.raises(ValueError, match="block_m=48 must be >= 16 and divide the mask block size 64"):
-        tb.attention(q, k, v, mask, scale=1.0)
+    with launch.triton_kernel_config(fwd=launch.KernelConfig(48, 64)):
+        with pytest.raises(ValueError, match="block_m=48 must be >= 16 and divide the mask block size 64"):
+            tb.attention(q, k, v, mask, scale=1.0)
 
 
 def test_property_random_shapes(interpret):
@@ -188,8 +193,30 @@ def test_nan_follows_the_mask(interpret, use_tma):
     from radial_attention.testing.oracle import check_nan_follows_mask, nan_case
 
     cfg = launch.KernelConfig(32, 32, 4, 2, use_tma)
-    launch.CONFIG_OVERRIDES.update({"fwd": cfg})
     q, k, v, dense, kl = nan_case(D=64)
-    with torch.no_grad():
+    with torch.no_grad(), launch.triton_kernel_config(fwd=cfg):
         out = tb.attention(q, k, v, BlockSparseMask(dense, 64), scale=0.125, key_lengths=kl)
     check_nan_follows_mask(out, q, k, v, dense, 64, kl, atol=1e-5, rtol=1e-4)
+
+
+def test_index_list_offsets_are_int64(interpret):
+    """Per-head index lists pass 2^31 entries at 64-token blocks and long videos: the kernels'
+    offsets into them must not wrap around in int32 (here head 2 of a list with 2^30 entries per head)."""
+    out = torch.zeros(6, dtype=torch.int64)
+    _offset_probe[(1, 3, 2)](out, 0, 1 << 30, 7)
+    want = torch.tensor([h * (1 << 30) + row * 7 for h in range(3) for row in range(2)])
+    assert torch.equal(out, want), out
+
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+_KERNELS = launch.kernels(True)  # a module global: the interpreter runs kernels with their module's globals
+
+
+@triton.jit
+def _offset_probe(OUT, stride_ib, stride_ih, stride_ir):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    row = tl.program_id(2)
+    tl.store(OUT + h * 2 + row, _KERNELS._list_offset(b, h, row, stride_ib, stride_ih, stride_ir))

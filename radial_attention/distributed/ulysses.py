@@ -19,7 +19,6 @@ mask is the one for ``seq_len`` tokens), and their output rows are zero.
 from __future__ import annotations
 
 import math
-import weakref
 from typing import Optional, Union
 
 import torch
@@ -27,13 +26,9 @@ import torch
 from radial_attention.mask import BlockSparseMask
 from radial_attention.mask.radial import radial_mask_with_settings
 from radial_attention.ops import block_sparse_attention
+from radial_attention.ops.api import as_block_sparse_mask
 
 from .exchange import LAYOUTS, _heads_message, group_rank, group_size, heads_to_seq, seq_to_heads
-
-# Per-head masks are cut to this rank's heads once per (mask, rank, N) and reused while the mask
-# lives, so a kernel's index lists are not rebuilt on every call.
-_head_slices: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 
 def _mask_geometry(block_mask, block_size: Optional[int]):
     """(nb, block size, shape) of a raw bool tensor or a BlockSparseMask."""
@@ -98,25 +93,23 @@ def _check_ranks_agree(q, k, v, layout, seq_len, key_lengths, group, n: int) -> 
 
 
 def _local_heads_mask(block_mask, block_size, H: int, n: int, rank: int):
-    """The mask for this rank's heads ``rank*H/N ..``: the mask itself unless it has a head dim of H."""
+    """The mask for this rank's heads ``rank*H/N ..``: the mask itself unless it has a head dim of H.
+
+    The slice is kept in the mask's derived cache per (rank, N), so a kernel's index lists are not
+    rebuilt on every call (a raw tensor is first wrapped by the api's one wrapper cache).
+    """
     shape = block_mask.shape
     if n == 1 or len(shape) != 4 or int(shape[1]) == 1:
         return block_mask
     if int(shape[1]) != H:
         raise ValueError(f"block mask of shape {tuple(shape)} has {shape[1]} heads; expected 1 or H={H}")
-    version = block_mask._version if isinstance(block_mask, torch.Tensor) else 0
-    key = (rank, n, version)
-    cached = _head_slices.get(block_mask)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    mask = as_block_sparse_mask(block_mask, block_size)
     h = H // n
-    if isinstance(block_mask, BlockSparseMask):
-        dense, bs = block_mask.to_dense(), block_mask.block_size
-    else:
-        dense, bs = block_mask, (128 if block_size is None else block_size)
-    local = BlockSparseMask(dense[:, rank * h : (rank + 1) * h].contiguous(), bs)
-    _head_slices[block_mask] = (key, local)
-    return local
+
+    def cut() -> BlockSparseMask:
+        return BlockSparseMask(mask._dense4d()[:, rank * h : (rank + 1) * h].contiguous(), mask.block_size)
+
+    return mask.derived(("ulysses.heads", rank, n), cut)
 
 
 def ulysses_attention(

@@ -18,11 +18,18 @@ The object owns its data: it copies the tensor it is given, and every public acc
 copy, so neither editing the caller's tensor afterwards nor editing a returned tensor can make the
 cached index lists disagree with the mask (a radial mask is shared through a cache). Backends read
 the cached tensors through the private ``_dense4d`` / ``_index`` without copying, and never modify them.
+
+One cache per mask: everything derived from the mask (the index lists per device, and what each
+backend builds from them: launch orders, FA4 tables, Flex pieces, gather plans, FlashInfer plans,
+head slices) is kept in the mask's own bounded cache, ``mask.derived(key, build)``, and dies with
+the mask. Keys are tuples whose first item names the owner (``("index", "cuda:0")``,
+``("triton.orders", "cuda:0")``, ...). Inside ``torch.compile`` a missing entry is built in the
+graph (``traced=``) and not stored: storing would be a side effect of tracing.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Hashable, Optional
 
 import torch
 
@@ -31,9 +38,13 @@ from .numbers import as_int
 SUPPORTED_BLOCK_SIZES = (64, 128)
 
 # Largest padded index list (``[Bm, Hm, nb, width]`` int32, one each for keys and queries) a mask
-# builds: 2^30 entries = 4 GiB. Past it the lists (and their copies on the GPU) cannot sensibly
-# fit, and the kernels' int32 offsets into them would overflow at 2^31.
+# builds: 2^30 entries = 4 GiB. Past it the lists (and their copies on the GPU) cannot sensibly fit.
+# (The Triton kernels address the lists with int64 offsets, so the bound is about memory only.)
 MAX_INDEX_ENTRIES = 1 << 30
+
+# Entries a mask's derived cache holds (index lists per device, backend structures per shape); the
+# least recently used one is dropped past it. A mask is used with a handful of devices and shapes.
+MAX_DERIVED = 32
 
 
 class BlockSparseMask:
@@ -61,7 +72,49 @@ class BlockSparseMask:
         # A private copy: a view of the caller's tensor would change under the cached index lists.
         self._dense = dense.detach().to("cpu", copy=True).contiguous()
         self.block_size = block_size
-        self._per_device: dict = {}
+        # The derived cache (see the module docstring). A plain dict, read by torch.compile while
+        # tracing; the use counts live beside it so that a hit does not reorder the dict (dynamo
+        # guards on its keys: an eager hit must not invalidate a compiled graph).
+        self._derived: dict = {}
+        self._last_use: dict = {}
+        self._uses = 0
+
+    # ------------------------------------------------------------------ derived cache
+    def derived(self, key: Hashable, build: Callable[[], object], traced: Optional[Callable[[], object]] = None):
+        """The cached value for ``key``, made by ``build()`` on first use.
+
+        Args:
+            key: a hashable tuple, first item the owner's name (e.g. ``("gather.plan", "cpu", B, H, S, D, n)``).
+            build: makes the value (eagerly: it may sync, read values, loop in Python).
+            traced: makes the value inside ``torch.compile`` when it is not cached yet, from static
+                shapes only (no host sync); default ``build``. Not stored.
+
+        The cache keeps the ``MAX_DERIVED`` most recently used entries. Values are shared by every
+        caller: they must be treated as read-only.
+        """
+        hit = self._derived.get(key)
+        compiling = torch.compiler.is_compiling()
+        if hit is not None:
+            if not compiling:
+                self._uses += 1
+                self._last_use[key] = self._uses
+            return hit
+        if compiling:
+            return (build if traced is None else traced)()
+        value = build()
+        if len(self._derived) >= MAX_DERIVED:
+            oldest = min(self._last_use, key=self._last_use.get)
+            del self._derived[oldest], self._last_use[oldest]
+        self._uses += 1
+        self._derived[key] = value
+        self._last_use[key] = self._uses
+        return value
+
+    def clear_derived(self, owner: Optional[str] = None) -> None:
+        """Drop the derived cache's entries: all of them, or those whose key's first item is ``owner``
+        (e.g. ``"gather.plan"``). The next use builds them again."""
+        for key in [k for k in self._derived if owner is None or k[0] == owner]:
+            del self._derived[key], self._last_use[key]
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -145,28 +198,44 @@ class BlockSparseMask:
         indices[row_of, slot] = (kept % n_cols).to(torch.int32)
         return indices.reshape(*lead, n_rows, width), counts.contiguous()
 
-    def _cached(self, device) -> dict:
+    @staticmethod
+    def _full_width_rows(mask4d: torch.Tensor):
+        """``_padded_rows`` from static shapes only (for a graph being traced): every row padded to
+        ``n`` entries (its kept columns first, ascending, then the others), so no value is read.
+
+        ``mask4d`` bool ``[..., n, n]`` -> (indices int32 ``[..., n, n]``, counts int32 ``[..., n]``).
+        """
+        n = mask4d.shape[-1]
+        cols = torch.arange(n, device=mask4d.device, dtype=torch.int32)
+        order = torch.argsort(torch.where(mask4d, cols, cols + n), dim=-1, stable=True).to(torch.int32)
+        return order, mask4d.sum(dim=-1, dtype=torch.int32)
+
+    def _lists(self, device) -> dict:
+        """The index lists and ``dense4d`` on ``device`` (one derived entry per device)."""
         device = torch.device(device)
-        key = str(device)
-        if key not in self._per_device:
-            if key == "cpu":
-                d4 = self._dense4d()
-                kv_idx, kv_cnt = self._padded_rows(d4, "kv_indices")
-                q_idx, q_cnt = self._padded_rows(d4.transpose(-1, -2).contiguous(), "q_indices")
-                self._per_device[key] = {
-                    "kv_indices": kv_idx, "kv_counts": kv_cnt,
-                    "q_indices": q_idx, "q_counts": q_cnt,
-                    "dense4d": d4,
-                }
-            else:
-                cpu = self._cached("cpu")
-                self._per_device[key] = {k: v.to(device) for k, v in cpu.items()}
-        return self._per_device[key]
+
+        def build() -> dict:
+            if device.type != "cpu":
+                return {k: v.to(device) for k, v in self._lists("cpu").items()}
+            d4 = self._dense4d()
+            kv_idx, kv_cnt = self._padded_rows(d4, "kv_indices")
+            q_idx, q_cnt = self._padded_rows(d4.transpose(-1, -2).contiguous(), "q_indices")
+            return {"kv_indices": kv_idx, "kv_counts": kv_cnt, "q_indices": q_idx, "q_counts": q_cnt, "dense4d": d4}
+
+        def traced() -> dict:
+            d4 = self._dense4d().to(device)
+            kv_idx, kv_cnt = self._full_width_rows(d4)
+            q_idx, q_cnt = self._full_width_rows(d4.transpose(-1, -2))
+            return {"kv_indices": kv_idx, "kv_counts": kv_cnt, "q_indices": q_idx, "q_counts": q_cnt, "dense4d": d4}
+
+        return self.derived(("index", str(device)), build, traced)
 
     def _index(self, name: str, device="cpu") -> torch.Tensor:
         """The cached tensor ``name`` (``kv_indices``, ``kv_counts``, ``q_indices``, ``q_counts``,
-        ``dense4d``) on ``device``, not copied: for backends, which only read it."""
-        return self._cached(device)[name]
+        ``dense4d``) on ``device``, not copied: for backends, which only read it. Inside
+        ``torch.compile``, for a mask whose lists were not built before, the index lists are built
+        in the graph padded to ``nb`` entries per row (same kept blocks, same counts)."""
+        return self._lists(device)[name]
 
     def kv_indices(self, device="cpu") -> torch.Tensor:
         """int32 ``[Bm, Hm, nb, max_kv]``: kept key blocks of each query block, ascending, 0-padded (a copy)."""

@@ -226,11 +226,15 @@ def _check_qkv(q, k, v) -> None:
 
 
 # Raw mask tensors -> BlockSparseMask, reused while the tensor lives and is unmodified, so the
-# index lists a kernel needs are derived once, not on every call.
+# index lists a kernel needs are derived once, not on every call. The only cache keyed by identity:
+# a raw tensor has no cache of its own; everything derived from the mask lives in the mask object.
 _wrapped = WeakIdKeyDictionary()  # keyed by tensor identity (tensor == is elementwise)
 
 
-def _as_mask(block_mask, block_size: Optional[int]) -> BlockSparseMask:
+def as_block_sparse_mask(block_mask, block_size: Optional[int] = None) -> BlockSparseMask:
+    """``block_mask`` as a :class:`BlockSparseMask`: a mask object as is (``block_size``, if given,
+    must match), a bool tensor ``[nb, nb]`` / ``[B|1, H|1, nb, nb]`` wrapped once (the same object
+    while the tensor lives unmodified; ``block_size`` default 128)."""
     if block_size is not None and not torch.compiler.is_compiling():
         block_size = as_int("block_size", block_size)
     if isinstance(block_mask, BlockSparseMask):
@@ -257,6 +261,9 @@ def _as_mask(block_mask, block_size: Optional[int]) -> BlockSparseMask:
     mask = BlockSparseMask(block_mask, bs)
     _wrapped[block_mask] = (block_mask._version, mask)
     return mask
+
+
+_as_mask = as_block_sparse_mask  # the name the api's callers used
 
 
 def _layout_hint(q: torch.Tensor, fits) -> str:
@@ -347,7 +354,7 @@ def block_sparse_attention(
     """
     _check_qkv(q, k, v)
     B, H, S, D = q.shape
-    mask = _as_mask(block_mask, block_size)
+    mask = as_block_sparse_mask(block_mask, block_size)
     _check_mask(mask, q)
     if scale is None:
         scale = 1.0 / math.sqrt(D)

@@ -26,8 +26,9 @@ How the contract maps onto FA4 (``flash_attn.cute.interface``):
 
 Both directions are ``torch.library`` custom ops with a fake implementation and autograd, so
 ``torch.compile(fullgraph=True)`` and diffusers' ``compile_repeated_blocks`` keep the op in the
-graph (dynamo cannot trace ``flash_attn_func`` itself). The ops take the CPU block mask tensor and
-look its device lists up here, so no data-dependent list building enters a graph.
+graph (dynamo cannot trace ``flash_attn_func`` itself). The ops take the block lists on q's device
+(kept in the mask's derived cache, or built in the graph for a mask first seen inside
+``torch.compile``), so no data-dependent list building enters a graph.
 
 FA4 JIT-compiles each kernel configuration on first use (3-4 s). Its on-disk kernel cache is turned
 on here, in ``$XDG_CACHE_HOME/radial-attention/flash-attn-4`` (``~/.cache/...``), unless the user
@@ -46,7 +47,6 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from radial_attention.mask import BlockSparseMask
 
@@ -154,27 +154,19 @@ class BlockLists(NamedTuple):
     none_idx: torch.Tensor
 
 
-_lists = WeakIdKeyDictionary()  # a mask's own CPU tensor (BlockSparseMask._dense) -> {device string: BlockLists}
-
-
-def block_lists(mask_dense: torch.Tensor, device) -> BlockLists:
-    """FA4's lists for a CPU bool block mask ``[nb, nb]`` / ``[Bm, Hm, nb, nb]`` on ``device`` (cached)."""
+def block_lists(mask: BlockSparseMask, device) -> BlockLists:
+    """FA4's lists for ``mask`` on ``device``: the mask's own index lists plus FA4's empty
+    mask-block lists (cached in the mask's derived cache)."""
     device = torch.device(device)
-    per_mask = _lists.get(mask_dense)
-    if per_mask is None:
-        per_mask = _lists[mask_dense] = {}
-    key = str(device)
-    hit = per_mask.get(key)
-    if hit is not None:
-        return hit
-    d4 = mask_dense if mask_dense.dim() == 4 else mask_dense[None, None]
-    fwd_idx, fwd_cnt = BlockSparseMask._padded_rows(d4, "kv_indices")
-    bwd_idx, bwd_cnt = BlockSparseMask._padded_rows(d4.transpose(-1, -2).contiguous(), "q_indices")
-    none_cnt = torch.zeros_like(fwd_cnt)
-    none_idx = torch.zeros(*fwd_cnt.shape, 1, dtype=torch.int32)
-    lists = BlockLists(*(t.to(device) for t in (fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx)))
-    per_mask[key] = lists
-    return lists
+
+    def build() -> BlockLists:
+        fwd_cnt, fwd_idx = mask._index("kv_counts", device), mask._index("kv_indices", device)
+        none_cnt = torch.zeros_like(fwd_cnt)
+        none_idx = torch.zeros(*fwd_cnt.shape, 1, dtype=torch.int32, device=device)
+        return BlockLists(fwd_cnt, fwd_idx, mask._index("q_counts", device), mask._index("q_indices", device),
+                          none_cnt, none_idx)
+
+    return mask.derived(("fa4.lists", str(device)), build)
 
 
 def _forward_tensors(lists: BlockLists, bm: slice, key_blocks: Optional[int], block_size: int):
@@ -223,21 +215,25 @@ def _require_fa4():
     return _fa4
 
 
-def _mask_slice(mask_dense: Optional[torch.Tensor], batch: slice) -> slice:
-    if mask_dense is None or mask_dense.dim() == 2 or mask_dense.shape[0] == 1:
+def _mask_slice(lists: Optional[BlockLists], batch: slice) -> slice:
+    if lists is None or lists.fwd_cnt.shape[0] == 1:
         return slice(0, 1)
     return batch
 
 
-def _forward(q, k, v, mask_dense, key_lengths, scale: float, block_size: int, need_lse: bool = True):
+def _as_lists(tables) -> Optional[BlockLists]:
+    """The op's list arguments (all tensors, or all None for dense attention) as ``BlockLists``."""
+    return None if tables[0] is None else BlockLists(*tables)
+
+
+def _forward(q, k, v, lists: Optional[BlockLists], key_lengths, scale: float, block_size: int, need_lse: bool = True):
     """q, k, v ``[B, S, H, D]`` -> (out ``[B, S, H, D]`` contiguous, lse ``[B, H, S]`` float32, or an
-    empty tensor when ``need_lse`` is False: inference skips writing it)."""
+    empty tensor when ``need_lse`` is False: inference skips writing it). ``lists``: None for dense."""
     fa4 = _require_fa4()
     B, S, H, D = q.shape
     out = q.new_empty((B, S, H, D))
     lse = q.new_empty((B, H, S) if need_lse else (0,), dtype=torch.float32)
-    lists = None if mask_dense is None else block_lists(mask_dense, q.device)
-    per_batch = mask_dense is not None and mask_dense.dim() == 4 and mask_dense.shape[0] > 1
+    per_batch = lists is not None and lists.fwd_cnt.shape[0] > 1
     for batch, length in _groups(B, key_lengths, S, per_batch):
         if length == 0:  # no key at all: the rows are empty
             out[batch] = 0
@@ -245,7 +241,7 @@ def _forward(q, k, v, mask_dense, key_lengths, scale: float, block_size: int, ne
                 lse[batch] = float("-inf")
             continue
         key_blocks = None if length == S else -(-length // block_size)
-        sparse = None if lists is None else _forward_tensors(lists, _mask_slice(mask_dense, batch), key_blocks, block_size)
+        sparse = None if lists is None else _forward_tensors(lists, _mask_slice(lists, batch), key_blocks, block_size)
         fa4._flash_attn_fwd(
             q[batch], k[batch, :length], v[batch, :length], softmax_scale=scale, causal=False,
             block_sparse_tensors=sparse, return_lse=need_lse, out=out[batch], lse=lse[batch] if need_lse else None,
@@ -253,21 +249,20 @@ def _forward(q, k, v, mask_dense, key_lengths, scale: float, block_size: int, ne
     return out, lse
 
 
-def _backward(dout, q, k, v, out, lse, mask_dense, key_lengths, scale: float, block_size: int):
+def _backward(dout, q, k, v, out, lse, lists: Optional[BlockLists], key_lengths, scale: float, block_size: int):
     """Gradients ``(dq, dk, dv)``, each ``[B, S, H, D]`` contiguous; ``dk``/``dv`` past a key length are 0."""
     fa4 = _require_fa4()
     B, S, H, D = q.shape
     dq = q.new_empty((B, S, H, D))
     dk = k.new_zeros((B, S, H, D)) if key_lengths is not None else k.new_empty((B, S, H, D))
     dv = v.new_zeros((B, S, H, D)) if key_lengths is not None else v.new_empty((B, S, H, D))
-    lists = None if mask_dense is None else block_lists(mask_dense, q.device)
-    per_batch = mask_dense is not None and mask_dense.dim() == 4 and mask_dense.shape[0] > 1
+    per_batch = lists is not None and lists.fwd_cnt.shape[0] > 1
     for batch, length in _groups(B, key_lengths, S, per_batch):
         if length == 0:
             dq[batch] = 0
             continue
         key_blocks = None if length == S else -(-length // block_size)
-        sparse = None if lists is None else _backward_tensors(lists, _mask_slice(mask_dense, batch), key_blocks, block_size)
+        sparse = None if lists is None else _backward_tensors(lists, _mask_slice(lists, batch), key_blocks, block_size)
         fa4._flash_attn_bwd(
             q[batch], k[batch, :length], v[batch, :length], out[batch], dout[batch], lse[batch],
             softmax_scale=scale, causal=False, block_sparse_tensors=sparse,
@@ -276,48 +271,60 @@ def _backward(dout, q, k, v, out, lse, mask_dense, key_lengths, scale: float, bl
     return dq, dk, dv
 
 
+# The ops take FA4's six list tensors (BlockLists order) on q's device, or six Nones for dense attention.
 @torch.library.custom_op("radial_attention::fa4_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_dense: Optional[torch.Tensor],
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fwd_cnt: Optional[torch.Tensor],
+            fwd_idx: Optional[torch.Tensor], bwd_cnt: Optional[torch.Tensor], bwd_idx: Optional[torch.Tensor],
+            none_cnt: Optional[torch.Tensor], none_idx: Optional[torch.Tensor],
             key_lengths: Optional[torch.Tensor], scale: float, block_size: int,
             need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _forward(q, k, v, mask_dense, key_lengths, scale, block_size, need_lse)
+    lists = _as_lists((fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx))
+    return _forward(q, k, v, lists, key_lengths, scale, block_size, need_lse)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, mask_dense, key_lengths, scale, block_size, need_lse):
+def _(q, k, v, fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx, key_lengths, scale, block_size, need_lse):
     B, S, H, D = q.shape
     return q.new_empty((B, S, H, D)), q.new_empty((B, H, S) if need_lse else (0,), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_attention::fa4_bwd", mutates_args=())
 def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-            lse: torch.Tensor, mask_dense: Optional[torch.Tensor], key_lengths: Optional[torch.Tensor],
+            lse: torch.Tensor, fwd_cnt: Optional[torch.Tensor], fwd_idx: Optional[torch.Tensor],
+            bwd_cnt: Optional[torch.Tensor], bwd_idx: Optional[torch.Tensor], none_cnt: Optional[torch.Tensor],
+            none_idx: Optional[torch.Tensor], key_lengths: Optional[torch.Tensor],
             scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(dout, q, k, v, out, lse, mask_dense, key_lengths, scale, block_size)
+    lists = _as_lists((fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx))
+    return _backward(dout, q, k, v, out, lse, lists, key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, mask_dense, key_lengths, scale, block_size):
+def _(dout, q, k, v, out, lse, fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx, key_lengths, scale,
+      block_size):
     shape = tuple(q.shape)
     return q.new_empty(shape), k.new_empty(shape), v.new_empty(shape)
 
 
+_N_LISTS = len(BlockLists._fields)
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask_dense, key_lengths, scale, block_size, need_lse = inputs
+    q, k, v = inputs[:3]
+    lists = inputs[3:3 + _N_LISTS]  # on q's device, read-only (shared with the mask's cache)
+    key_lengths, scale, block_size, need_lse = inputs[3 + _N_LISTS:]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.mask_dense = mask_dense  # CPU bool tensor owned by the mask object, never modified
+    ctx.save_for_backward(q, k, v, out, lse, *lists)
     ctx.key_lengths = key_lengths
     ctx.scale = scale
     ctx.block_size = block_size
 
 
 def _autograd_backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
+    q, k, v, out, lse, *lists = ctx.saved_tensors
     if lse.numel() == 0:
         raise RuntimeError("fa4 backend: the forward ran without gradients (no log-sum-exp kept), so it has no backward")
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, ctx.mask_dense, ctx.key_lengths, ctx.scale, ctx.block_size)
-    return dq, dk, dv, None, None, None, None, None
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, *lists, ctx.key_lengths, ctx.scale, ctx.block_size)
+    return (dq, dk, dv) + (None,) * (_N_LISTS + 4)
 
 
 _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
@@ -343,8 +350,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     Returns:
         ``[B, H, S, D]`` (the transposed view of a contiguous ``[B, S, H, D]`` tensor).
     """
-    # The mask's own CPU tensor (stable while the mask lives, never modified): the list cache key.
-    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask._dense,
+    lists = block_lists(mask, q.device)
+    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), *lists,
                      key_lengths, float(scale), int(mask.block_size), _needs_grad(q, k, v))
     return out.transpose(1, 2)
 
@@ -352,6 +359,6 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                     key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Dense attention through FA4's dense kernel; same arguments and layout as :func:`attention`."""
-    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None,
+    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), *(None,) * _N_LISTS,
                      key_lengths, float(scale), 128, _needs_grad(q, k, v))
     return out.transpose(1, 2)

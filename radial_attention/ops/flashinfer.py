@@ -7,7 +7,8 @@ How the contract maps onto ``flashinfer.BlockSparseAttentionWrapper`` (one block
 ``R x C = bs x bs`` blocks shared by all heads of a sequence, ``N`` keys a multiple of ``bs``):
 
 - the plan (CSR of kept blocks, tile scheduling) is made once per mask, sequence length, key limit,
-  head count, head dim, dtype, scale and FlashInfer backend, cached, and reused across calls;
+  head count, head dim, dtype, scale and FlashInfer backend, kept in the mask's derived cache (at
+  most ``MAX_CACHED_PLANS`` per mask and device, least recently used dropped), and reused;
 - FlashInfer computes the key blocks that are wholly valid (``j < kv_limit = min(S, key_lengths[b])``);
   the one partly valid key block (S not a multiple of the block, or a key length inside a block) is
   computed here in torch and merged through the two log-sum-exps;
@@ -37,10 +38,9 @@ except ImportError as exc:  # the api reports this as "backend not available"
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 WORKSPACE_BYTES = 128 * 1024 * 1024
-MAX_CACHED_PLANS = 8  # each fa3 wrapper holds ~0.5 GB of index buffers
+MAX_CACHED_PLANS = 8  # per mask and device: each fa3 wrapper holds ~0.5 GB of index buffers
 
 _workspaces: dict = {}  # device -> float workspace shared by the wrappers
-_plans: "collections.OrderedDict" = collections.OrderedDict()  # key -> (wrapper, mask ref)
 
 
 def unsupported_reason(q: torch.Tensor, *, requires_grad: bool = False) -> Optional[str]:
@@ -79,11 +79,13 @@ def _plan(mask, bm, hm, S, kv_limit, H, D, dtype, scale, fi_backend, device) -> 
     Returns ``{"wrapper": BlockSparseAttentionWrapper or None (no full key block), "tail_rows": rows
     whose mask row keeps the partial key block (or None), "empty_rows": rows with no allowed key}``.
     """
-    key = (id(mask), bm, hm, S, kv_limit, H, D, dtype, float(scale), fi_backend, str(device))
-    hit = _plans.get(key)
-    if hit is not None and hit[1] is mask:
-        _plans.move_to_end(key)
-        return hit[0]
+    # One derived entry per device holds this mask's plans, least recently used first.
+    plans = mask.derived(("flashinfer.plans", str(device)), collections.OrderedDict)
+    key = (bm, hm, S, kv_limit, H, D, dtype, float(scale), fi_backend)
+    hit = plans.get(key)
+    if hit is not None:
+        plans.move_to_end(key)
+        return hit
     bs = mask.block_size
     n_full, tail = divmod(kv_limit, bs)
     dense = mask._dense4d()[bm, hm]  # [nb, nb] CPU
@@ -108,9 +110,9 @@ def _plan(mask, bm, hm, S, kv_limit, H, D, dtype, scale, fi_backend, device) -> 
         plan["tail_rows"] = rows.to(device)
     keep_cols = dense[:, : n_full + (1 if tail else 0)]
     plan["empty_rows"] = (~keep_cols.any(dim=1))[block_of_row].nonzero(as_tuple=True)[0].to(device)
-    _plans[key] = (plan, mask)  # the mask is kept so its id is not reused while cached
-    while len(_plans) > MAX_CACHED_PLANS:
-        _plans.popitem(last=False)
+    plans[key] = plan
+    while len(plans) > MAX_CACHED_PLANS:
+        plans.popitem(last=False)
     return plan
 
 
@@ -154,17 +156,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     Returns:
         ``[B, H, S, D]`` in q's dtype.
     """
-    requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    why = unsupported_reason(q, requires_grad=requires_grad)
-    if why is not None:
-        raise (RuntimeError if requires_grad else ValueError)(
-            f"flashinfer backend cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}, device {q.device}: {why}")
+    # The inputs were validated by the api (and accepted by unsupported_reason). One guard stays: a
+    # direct call under autograd would return an output whose gradients silently miss FlashInfer's part.
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError(f"flashinfer backend: {unsupported_reason(q, requires_grad=True)}")
     if fi_backend not in ("auto", "fa2", "fa3"):
         raise ValueError(f"fi_backend must be 'auto', 'fa2' or 'fa3', got {fi_backend!r}")
     B, H, S, D = q.shape
-    bs, nb = mask.block_size, mask.num_blocks
-    if nb != -(-S // bs):
-        raise ValueError(f"flashinfer backend: mask has {nb} blocks of {bs} but S={S} needs {-(-S // bs)}")
+    bs = mask.block_size
     Bm, Hm = mask._dense4d().shape[:2]
     limits = [S] * B
     if key_lengths is not None:

@@ -15,7 +15,7 @@ q // bs, kv // bs]`` and ``kv < key_lengths[b]``); because it agrees with the bl
 BlockMask is self-consistent (uncompiled ``flex_attention`` ignores the tables and applies only
 ``mask_mod``: still right, just slow).
 
-The tables are cached per (mask, S, device, B, H) (with ``key_lengths`` the per-call part is a few
+The tables are cached in the mask's derived cache per (S, device, B, H) (with ``key_lengths`` the per-call part is a few
 small tensor ops, no host sync) and ``flex_attention`` is compiled once (``torch.compile``) and
 reused. Inside an outer ``torch.compile`` the tables are rebuilt in the graph from the mask's dense
 blocks and the outer compiler handles ``flex_attention`` itself.
@@ -37,7 +37,6 @@ import os
 from typing import Optional
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from radial_attention.mask import BlockSparseMask
 
@@ -49,7 +48,6 @@ _CPU_KERNEL_OK = torch.cpu._is_avx2_supported() and os.getenv("ATEN_CPU_CAPABILI
 
 _compiled = None  # torch.compile(flex_attention), made on first use
 FLEX_RECOMPILE_LIMIT = 64  # distinct (shape, mask structure) kernels compiled per process
-_cache = WeakIdKeyDictionary()  # mask object -> {(S, device, B, H): _Pieces}
 
 
 def unsupported_reason(q: torch.Tensor, *, requires_grad: bool) -> Optional[str]:
@@ -116,16 +114,10 @@ class _Pieces:
 
 
 def _pieces(mask: BlockSparseMask, S: int, device: torch.device, B: int, H: int) -> _Pieces:
+    # Inside torch.compile the pieces are built in the graph (the mask's cache stores nothing then).
     if torch.compiler.is_compiling():
-        return _Pieces(mask, S, device)  # in-graph; caching would be a side effect of tracing
-    per_mask = _cache.get(mask)
-    if per_mask is None:
-        per_mask = _cache[mask] = {}
-    key = (S, str(device), B, H)
-    p = per_mask.get(key)
-    if p is None:
-        p = per_mask[key] = _Pieces(mask, S, device)
-    return p
+        return _Pieces(mask, S, device)  # always in-graph: a traced BlockMask must not be cached
+    return mask.derived(("flex.pieces", S, str(device), B, H), lambda: _Pieces(mask, S, device))
 
 
 def _block_mask(p: _Pieces, S: int, B: int, H: int, key_lengths: Optional[torch.Tensor]):

@@ -72,8 +72,6 @@ _CHUNK_OVERHEAD = 1 << 16
 LEAN_BACKWARD_BYTES = 1 << 28
 _MAX_MERGE = 64  # distinct counts considered for one group (bounds the plan's O(K^2) search)
 
-_PLAN_ATTR = "_gather_plans"  # mask attribute: {(device, B, H, S, D, chunk elements): _Plan}
-
 
 class _Chunk:
     """One batch of units padded to the same width.
@@ -213,19 +211,13 @@ def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S:
 
 
 def _plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S: int, D: int, budget: int) -> _Plan:
-    # Cached on the mask object itself (an attribute, not a weak-keyed dict): torch.compile can
-    # read an attribute and a plain dict while tracing, so a mask that ran eagerly keeps its plan.
-    key = (str(device), B, H, S, D, budget)
-    per_mask = mask.__dict__.get(_PLAN_ATTR)
-    if per_mask is not None and key in per_mask:
-        return per_mask[key]
-    if torch.compiler.is_compiling():
-        return _traced_plan(mask, device, B, H, S, D, budget)
-    if per_mask is None:
-        per_mask = {}
-        setattr(mask, _PLAN_ATTR, per_mask)
-    plan = per_mask[key] = _build_plan(mask, device, B, H, S, D, budget)
-    return plan
+    # Kept in the mask's derived cache, which torch.compile reads while tracing: a mask that ran
+    # eagerly keeps its sparse plan inside a compiled graph; one first seen there gets a traced plan.
+    return mask.derived(
+        ("gather.plan", str(device), B, H, S, D, budget),
+        lambda: _build_plan(mask, device, B, H, S, D, budget),
+        traced=lambda: _traced_plan(mask, device, B, H, S, D, budget),
+    )
 
 
 def _chunk_mask(c: _Chunk, kl: Optional[torch.Tensor], S: int, H: int, nb: int, bs: int):

@@ -78,6 +78,13 @@ def _slice_src(T, b, h, stride_b, stride_h, USE_TMA: tl.constexpr):
 
 
 @triton.jit
+def _list_offset(b, h, row, stride_ib, stride_ih, stride_ir):
+    """Offset of mask row (column) ``row``'s index list in ``[Bm, Hm, nb, W]``, in int64: per-head
+    lists at 64-token blocks and long videos pass 2^31 entries."""
+    return b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + row.to(tl.int64) * stride_ir
+
+
+@triton.jit
 def _split_row(idx_row, count, kv_limit, BS: tl.constexpr):
     """For an ascending list of key blocks, ``(n_full, has_tail)``.
 
@@ -139,7 +146,7 @@ def _q_tile_prologue(KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN, H, S, stride_ib, stride
     row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
     m0 = row * BS + (pid % SUB_M) * BLOCK_M
     count = tl.load(KV_CNT + cnt_off + row)
-    idx_row = KV_IDX + b * stride_ib + h * stride_ih + row * stride_ir
+    idx_row = KV_IDX + _list_offset(b, h, row, stride_ib, stride_ih, stride_ir)
     kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
     n_full, has_tail = _split_row(idx_row, count, kv_limit, BS)
     return bh, b, h, m0, idx_row, kv_limit, n_full, has_tail
@@ -203,21 +210,10 @@ def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, stop, kv_li
                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                MASKED: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
                INTERPRET: tl.constexpr):
-    if INTERPRET:
-        # Triton 3.6's interpreter cannot take a loaded value as a range() bound with numpy >= 2.4
-        # (its scalars are 1-element arrays); a while loop works there. The GPU gets the for
-        # loop, which Triton software-pipelines.
-        it = start
-        while it < stop:
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
-                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, NEG_SCALE, USE_TMA, DOT_PREC,
-                                      INTERPRET)
-            it += 1
-    else:
-        for it in range(start, stop):
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
-                                      stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, NEG_SCALE, USE_TMA, DOT_PREC,
-                                      INTERPRET)
+    for it in range(start, stop):
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
+                                  stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, NEG_SCALE, USE_TMA, DOT_PREC,
+                                  INTERPRET)
     return acc, l_i, m_i
 
 
@@ -308,16 +304,9 @@ def _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, start, stop, k
               qk_scale,
               BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
               MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
-    if INTERPRET:  # see _fwd_inner
-        it = start
-        while it < stop:
-            dq = _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs,
-                          qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
-            it += 1
-    else:
-        for it in range(start, stop):
-            dq = _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs,
-                          qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+    for it in range(start, stop):
+        dq = _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs,
+                      qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
     return dq
 
 
@@ -388,18 +377,10 @@ def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, b, h, st
                 BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
                 MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
                 INTERPRET: tl.constexpr):
-    if INTERPRET:  # see _fwd_inner
-        it = start
-        while it < stop:
-            dk, dv = _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
-                                stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
-                                DOT_PREC, INTERPRET)
-            it += 1
-    else:
-        for it in range(start, stop):
-            dk, dv = _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
-                                stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
-                                DOT_PREC, INTERPRET)
+    for it in range(start, stop):
+        dk, dv = _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
+                            stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
+                            DOT_PREC, INTERPRET)
     return dk, dv
 
 
@@ -430,7 +411,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, Q_IDX, Q_CNT, COL_ORDER, K
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     if n0 < kv_limit:  # keys wholly past the limit get zero gradients
         count = tl.load(Q_CNT + cnt_off + col)
-        idx_row = Q_IDX + b * stride_ib + h * stride_ih + col * stride_ir
+        idx_row = Q_IDX + _list_offset(b, h, col, stride_ib, stride_ih, stride_ir)
         # Only the last query block (NB - 1) has rows past S; it is last in the ascending list.
         last = tl.load(idx_row + tl.maximum(count - 1, 0))
         q_tail = (count > 0) & (last == NB - 1) & (S % BS != 0)

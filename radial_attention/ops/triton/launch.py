@@ -3,6 +3,7 @@
 Flow::
 
     attention(q, k, v, mask, scale=, key_lengths=)           [B, H, S, D] -> [B, H, S, D]
+      mask_tensors(mask, q.device)                           index lists + launch orders, in the mask's cache
       -> torch.ops.radial_attention.triton_block_sparse_fwd  (out, lse2)   custom op, opaque to torch.compile
            backward: torch.ops.radial_attention.triton_block_sparse_bwd -> (dq, dk, dv)
              = delta kernel, then the dK/dV kernel (per key tile, walks q_indices) and the dQ kernel
@@ -16,17 +17,18 @@ library functions are interpreted only then); otherwise asking for it is a clear
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
 import pathlib
 import sys
+import warnings
 from typing import Optional
 
 import torch
 
 import triton
-from torch.utils.weak import WeakIdKeyDictionary
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -63,6 +65,7 @@ def kernels(interpret: Optional[bool] = None):
                 "Triton's interpreter was switched on after triton was imported; set TRITON_INTERPRET=1 in "
                 "the environment before Python starts (or before the first `import triton`)"
             )
+        _patch_interpreter()
     name = f"radial_attention.ops.triton._kernels_{'interpreted' if interpret else 'compiled'}"
     knob = triton.knobs.runtime
     had_knob, old_knob = "interpret" in knob.__dict__, knob.__dict__.get("interpret")
@@ -86,6 +89,28 @@ def kernels(interpret: Optional[bool] = None):
     return module
 
 
+def _patch_interpreter() -> None:
+    """The interpreter workaround that lives outside kernels.py (the other is kernels.py's ``_mma``).
+
+    Triton 3.6's interpreter turns a loaded scalar (a 1-element numpy array) into a ``range()``
+    bound with ``int(array)``, which numpy >= 2.4 refuses: give its tensors an ``__index__`` that
+    uses ``.item()``, so the kernels keep the one ``for`` loop that the GPU software-pipelines.
+    Applied once, before the interpreted module is made; a Triton without the hook is left alone.
+    """
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "radial_attention_patch", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    patch_lang_tensor.radial_attention_patch = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
 # ----------------------------------------------------------------------------- configurations
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
@@ -98,52 +123,134 @@ class KernelConfig:
     use_tma: bool = False  # Hopper tensor descriptors (sm_90+); otherwise pointer tiles
 
 
-# Settings chosen on an H200 (benchmarks/NOTES.md says how); keys (kernel, head_dim, block_size).
-# fp16/bf16 only: float32 runs exact ("ieee") dots with smaller tiles, see _config(). On Hopper the
-# tiles are moved by TMA; the pointer path (other GPUs) uses smaller key tiles, because its address
-# tensors cost registers.
-_TMA_CONFIGS = {
-    ("fwd", 128, 128): KernelConfig(128, 128, 8, 3, True),
-    ("fwd", 64, 128): KernelConfig(128, 128, 8, 3, True),
-    ("fwd", 128, 64): KernelConfig(64, 64, 4, 3, True),
-    ("fwd", 64, 64): KernelConfig(64, 64, 4, 3, True),
-    ("dq", 128, 128): KernelConfig(128, 128, 8, 2, True),
-    ("dq", 64, 128): KernelConfig(128, 64, 8, 3, True),
-    ("dq", 128, 64): KernelConfig(64, 64, 4, 2, True),
-    ("dq", 64, 64): KernelConfig(64, 64, 4, 3, True),
-    ("dkdv", 128, 128): KernelConfig(64, 128, 8, 2, True),
-    ("dkdv", 64, 128): KernelConfig(64, 128, 8, 2, True),
-    ("dkdv", 128, 64): KernelConfig(32, 64, 4, 3, True),
-    ("dkdv", 64, 64): KernelConfig(64, 64, 4, 3, True),
+# Settings chosen on an H200 (benchmarks/NOTES.md says how). Keys (kernel, compute capability,
+# head_dim, block_size): a GPU takes the entries of the highest capability listed that is not above
+# its own, so (9, 0) covers Hopper and newer (tiles moved by TMA) and (0, 0) every older GPU (the
+# pointer path, with smaller key tiles because its address tensors cost registers). fp16/bf16
+# only: float32 runs exact ("ieee") dots with smaller tiles, see _config().
+_ANY_GPU = (0, 0)
+_CONFIGS = {
+    ("fwd", (9, 0), 128, 128): KernelConfig(128, 128, 8, 3, use_tma=True),
+    ("fwd", (9, 0), 64, 128): KernelConfig(128, 128, 8, 3, use_tma=True),
+    ("fwd", (9, 0), 128, 64): KernelConfig(64, 64, 4, 3, use_tma=True),
+    ("fwd", (9, 0), 64, 64): KernelConfig(64, 64, 4, 3, use_tma=True),
+    ("dq", (9, 0), 128, 128): KernelConfig(128, 128, 8, 2, use_tma=True),
+    ("dq", (9, 0), 64, 128): KernelConfig(128, 64, 8, 3, use_tma=True),
+    ("dq", (9, 0), 128, 64): KernelConfig(64, 64, 4, 2, use_tma=True),
+    ("dq", (9, 0), 64, 64): KernelConfig(64, 64, 4, 3, use_tma=True),
+    ("dkdv", (9, 0), 128, 128): KernelConfig(64, 128, 8, 2, use_tma=True),
+    ("dkdv", (9, 0), 64, 128): KernelConfig(64, 128, 8, 2, use_tma=True),
+    ("dkdv", (9, 0), 128, 64): KernelConfig(32, 64, 4, 3, use_tma=True),
+    ("dkdv", (9, 0), 64, 64): KernelConfig(64, 64, 4, 3, use_tma=True),
+    ("fwd", _ANY_GPU, 128, 128): KernelConfig(128, 64, 8, 3, use_tma=False),
+    ("fwd", _ANY_GPU, 64, 128): KernelConfig(128, 64, 8, 3, use_tma=False),
+    ("fwd", _ANY_GPU, 128, 64): KernelConfig(64, 64, 4, 3, use_tma=False),
+    ("fwd", _ANY_GPU, 64, 64): KernelConfig(64, 64, 4, 3, use_tma=False),
+    ("dq", _ANY_GPU, 128, 128): KernelConfig(128, 64, 8, 2, use_tma=False),
+    ("dq", _ANY_GPU, 64, 128): KernelConfig(128, 64, 8, 3, use_tma=False),
+    ("dq", _ANY_GPU, 128, 64): KernelConfig(64, 64, 4, 2, use_tma=False),
+    ("dq", _ANY_GPU, 64, 64): KernelConfig(64, 64, 4, 3, use_tma=False),
+    ("dkdv", _ANY_GPU, 128, 128): KernelConfig(64, 128, 8, 2, use_tma=False),
+    ("dkdv", _ANY_GPU, 64, 128): KernelConfig(64, 128, 8, 2, use_tma=False),
+    ("dkdv", _ANY_GPU, 128, 64): KernelConfig(32, 64, 4, 3, use_tma=False),
+    ("dkdv", _ANY_GPU, 64, 64): KernelConfig(64, 64, 4, 3, use_tma=False),
 }
-_POINTER_CONFIGS = {
-    ("fwd", 128, 128): KernelConfig(128, 64, 8, 3),
-    ("fwd", 64, 128): KernelConfig(128, 64, 8, 3),
-    ("fwd", 128, 64): KernelConfig(64, 64, 4, 3),
-    ("fwd", 64, 64): KernelConfig(64, 64, 4, 3),
-    ("dq", 128, 128): KernelConfig(128, 64, 8, 2),
-    ("dq", 64, 128): KernelConfig(128, 64, 8, 3),
-    ("dq", 128, 64): KernelConfig(64, 64, 4, 2),
-    ("dq", 64, 64): KernelConfig(64, 64, 4, 3),
-    ("dkdv", 128, 128): KernelConfig(64, 128, 8, 2),
-    ("dkdv", 64, 128): KernelConfig(64, 128, 8, 2),
-    ("dkdv", 128, 64): KernelConfig(32, 64, 4, 3),
-    ("dkdv", 64, 64): KernelConfig(64, 64, 4, 3),
-}
+_CAPABILITIES = sorted({key[1] for key in _CONFIGS}, reverse=True)  # highest first
 
-# Set by benchmarks / tests to try other settings: {"fwd" | "dq" | "dkdv": KernelConfig}.
-CONFIG_OVERRIDES: dict = {}
 # Order in which query (key) tiles are launched: "heavy-first" (most kept blocks first),
 # "sequential" (block order: neighbouring tiles, which share most key blocks, run together), or
 # "auto": heavy-first while one head's K and V fit in L2 (the tail wave is then what matters:
 # heavy-first was 9% faster at Wan 1.3B 480p and equal at Wan 14B 720p, H200), sequential when they
 # do not (L2 reuse between neighbours matters more: 4% faster fwd+bwd at HunyuanVideo 4x length,
 # 236 MB of K/V per head; benchmarks/NOTES.md, v4).
-LAUNCH_ORDER = {"value": "auto"}
+LAUNCH_ORDERS = ("auto", "heavy-first", "sequential")
+
+# What ``triton_kernel_config`` set: {"fwd" | "dq" | "dkdv": KernelConfig, "launch_order": str}.
+# Process-wide on purpose (not thread-local): autograd runs the backward kernels on its own thread.
+_experiment: dict = {}
+
+
+class _DeprecatedKnob(dict):
+    """The old experiment globals: still read, but writing to them warns (one release)."""
+
+    def __init__(self, name: str, initial: dict):
+        super().__init__(initial)
+        self._name = name
+
+    def _warn(self):
+        warnings.warn(
+            f"radial_attention.ops.triton.launch.{self._name} is deprecated and will be removed in the next "
+            "release; use `with triton_kernel_config(fwd=..., dq=..., dkdv=..., launch_order=...):` instead",
+            DeprecationWarning, stacklevel=3)
+
+    def __setitem__(self, key, value):
+        self._warn()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._warn()
+        super().__delitem__(key)
+
+    def update(self, *args, **kwargs):
+        self._warn()
+        super().update(*args, **kwargs)
+
+    def clear(self):
+        self._warn()
+        super().clear()
+
+    def pop(self, *args):
+        self._warn()
+        return super().pop(*args)
+
+    def setdefault(self, *args):
+        self._warn()
+        return super().setdefault(*args)
+
+
+# Deprecated (use triton_kernel_config): {"fwd" | "dq" | "dkdv": KernelConfig} and {"value": order}.
+CONFIG_OVERRIDES: dict = _DeprecatedKnob("CONFIG_OVERRIDES", {})
+LAUNCH_ORDER: dict = _DeprecatedKnob("LAUNCH_ORDER", {"value": "auto"})
+
+
+@contextlib.contextmanager
+def triton_kernel_config(*, fwd: Optional[KernelConfig] = None, dq: Optional[KernelConfig] = None,
+                         dkdv: Optional[KernelConfig] = None, launch_order: Optional[str] = None):
+    """Run the Triton kernels with other settings inside the block (for benchmarks and tests).
+
+    ``fwd`` / ``dq`` / ``dkdv``: the :class:`KernelConfig` of that kernel instead of the tuned table's;
+    ``launch_order``: ``"auto"``, ``"heavy-first"`` or ``"sequential"`` (see ``LAUNCH_ORDERS``).
+    Arguments left ``None`` keep the enclosing setting. Nested blocks restore the outer settings on
+    exit. The setting is process-wide (autograd's backward thread sees it too), read when a kernel
+    is launched, so it also applies to a ``torch.compile``'d call.
+    """
+    new = {}
+    for kind, cfg in (("fwd", fwd), ("dq", dq), ("dkdv", dkdv)):
+        if cfg is not None:
+            if not isinstance(cfg, KernelConfig):
+                raise TypeError(f"{kind} must be a KernelConfig, got {type(cfg).__name__}")
+            new[kind] = cfg
+    if launch_order is not None:
+        if launch_order not in LAUNCH_ORDERS:
+            raise ValueError(f"launch_order must be one of {LAUNCH_ORDERS}, got {launch_order!r}")
+        new["launch_order"] = launch_order
+    global _experiment
+    outer = _experiment
+    _experiment = {**outer, **new}
+    try:
+        yield
+    finally:
+        _experiment = outer
+
+
+def _launch_order() -> str:
+    if "launch_order" in _experiment:
+        return _experiment["launch_order"]
+    return LAUNCH_ORDER.get("value", "auto")
 
 
 def _sequential_order(q: torch.Tensor) -> bool:
-    order = LAUNCH_ORDER["value"]
+    order = _launch_order()
     if order != "auto":
         return order == "sequential"
     if q.device.type != "cuda":
@@ -153,17 +260,32 @@ def _sequential_order(q: torch.Tensor) -> bool:
     return l2_bytes > 0 and head_kv_bytes > l2_bytes
 
 
+def _tuned_config(kind: str, capability: tuple, head_dim: int, block_size: int) -> KernelConfig:
+    """The table's entry for a GPU of ``capability`` (the highest listed capability not above it)."""
+    for cap in _CAPABILITIES:
+        if cap <= tuple(capability):
+            return _CONFIGS[(kind, cap, head_dim, block_size)]
+    raise KeyError(f"no Triton kernel config for compute capability {capability}")  # unreachable: (0, 0) is listed
+
+
 def _config(kind: str, q: torch.Tensor, block_size: int) -> KernelConfig:
+    if kind in _experiment:
+        return _experiment[kind]
     if kind in CONFIG_OVERRIDES:
         return CONFIG_OVERRIDES[kind]
-    D = q.shape[-1]
     if q.device.type != "cuda" or interpreting():
-        # The interpreter runs one program after another: the biggest tiles are the fastest.
-        return KernelConfig(block_size, block_size)
-    hopper = torch.cuda.get_device_capability(q.device)[0] >= 9
+        return _interpreter_config(block_size)
+    cfg = _tuned_config(kind, torch.cuda.get_device_capability(q.device), q.shape[-1], block_size)
     if q.dtype == torch.float32:
-        return KernelConfig(64, 64, 4, 2, hopper)
-    return (_TMA_CONFIGS if hopper else _POINTER_CONFIGS)[(kind, D, block_size)]
+        return dataclasses.replace(cfg, block_m=64, block_n=64, num_warps=4, num_stages=2)
+    return cfg
+
+
+def _interpreter_config(block_size: int) -> KernelConfig:
+    """Tiles under Triton's CPU interpreter (which runs one program after another, so the biggest
+    tiles are the fastest). Its workarounds: ``_patch_interpreter`` and kernels.py's ``_mma``;
+    ``_tma_ok`` knows that the interpreter emulates TMA descriptors."""
+    return KernelConfig(block_size, block_size)
 
 
 def _tma_ok(*tensors) -> bool:
@@ -210,57 +332,41 @@ def _check_config(cfg: KernelConfig, block_size: int, kind: str) -> None:
 
 
 # ----------------------------------------------------------------------------- mask tensors
-# dense bool mask tensor (CPU: a BlockSparseMask's own ``_dense``, stable while it lives) -> {device: index tensors}
-_mask_tensors_cache = WeakIdKeyDictionary()  # tensors compare elementwise: key them by identity
+def mask_tensors(mask, device) -> dict:
+    """The index tensors the kernels read for a ``BlockSparseMask``, on ``device``.
 
-
-def index_tensors(dense: torch.Tensor, block_size: int, device) -> dict:
-    """The index lists of a dense block mask on ``device`` plus heavy-first launch orders (cached).
-
-    ``dense``: bool ``[nb, nb]`` or ``[Bm, Hm, nb, nb]`` (CPU). Returns ``kv_indices``/``kv_counts``,
-    ``q_indices``/``q_counts`` (see ``BlockSparseMask``) and ``row_order [Bm, Hm, nb]``: mask rows
-    sorted by kept key blocks, descending (forward, dQ); ``col_order``: mask columns sorted by the
-    query blocks that see them (dK/dV).
+    Returns ``kv_indices``/``kv_counts``, ``q_indices``/``q_counts`` (the mask's own lists, see
+    ``BlockSparseMask``) and three launch orders ``[Bm, Hm, nb]`` int32: ``row_order``, mask rows
+    sorted by kept key blocks, descending (forward, dQ); ``col_order``, mask columns sorted by the
+    query blocks that see them (dK/dV); ``sequential``, block order. Cached in the mask's derived
+    cache (per device); inside ``torch.compile`` a mask seen for the first time gets them built in
+    the graph (no host sync).
     """
-    from radial_attention.mask import BlockSparseMask
-
     device = torch.device(device)
-    entry = _mask_tensors_cache.get(dense)
-    if entry is None or entry[0] != dense._version:
-        entry = (dense._version, BlockSparseMask(dense, block_size), {})
-        _mask_tensors_cache[dense] = entry
-    _, mask, per_device = entry
-    key = str(device)
-    hit = per_device.get(key)
-    if hit is None:
-        kv_cnt = mask._index("kv_counts", "cpu")
-        q_cnt = mask._index("q_counts", "cpu")
-        row_order = torch.argsort(kv_cnt, dim=-1, descending=True, stable=True).to(torch.int32)
-        col_order = torch.argsort(q_cnt, dim=-1, descending=True, stable=True).to(torch.int32)
-        seq = torch.arange(kv_cnt.shape[-1], dtype=torch.int32).expand(kv_cnt.shape).contiguous().to(device)
-        hit = {
-            "sequential": seq,
-            "kv_indices": mask._index("kv_indices", device),
-            "kv_counts": mask._index("kv_counts", device),
-            "row_order": row_order.contiguous().to(device),
-            "q_indices": mask._index("q_indices", device),
-            "q_counts": mask._index("q_counts", device),
-            "col_order": col_order.contiguous().to(device),
-        }
-        per_device[key] = hit
-    return hit
+
+    def orders(kv_cnt, q_cnt) -> dict:
+        row = torch.argsort(kv_cnt, dim=-1, descending=True, stable=True).to(torch.int32).contiguous()
+        col = torch.argsort(q_cnt, dim=-1, descending=True, stable=True).to(torch.int32).contiguous()
+        seq = torch.arange(kv_cnt.shape[-1], dtype=torch.int32, device=kv_cnt.device).expand(kv_cnt.shape).contiguous()
+        return {"row_order": row, "col_order": col, "sequential": seq}
+
+    def build() -> dict:
+        cpu = orders(mask._index("kv_counts", "cpu"), mask._index("q_counts", "cpu"))
+        lists = {name: mask._index(name, device) for name in ("kv_indices", "kv_counts", "q_indices", "q_counts")}
+        return {**lists, **{name: t.to(device) for name, t in cpu.items()}}
+
+    def traced() -> dict:
+        lists = {name: mask._index(name, device) for name in ("kv_indices", "kv_counts", "q_indices", "q_counts")}
+        return {**lists, **orders(lists["kv_counts"], lists["q_counts"])}
+
+    return mask.derived(("triton.index", str(device)), build, traced)
 
 
 def launch_orders(t: dict, q: torch.Tensor) -> tuple:
-    """(row_order, col_order) of the index tensors ``t`` for inputs like ``q`` (see LAUNCH_ORDER)."""
+    """(row_order, col_order) of the index tensors ``t`` for inputs like ``q`` (see LAUNCH_ORDERS)."""
     if _sequential_order(q):
         return t["sequential"], t["sequential"]
     return t["row_order"], t["col_order"]
-
-
-def mask_tensors(mask, device) -> dict:
-    """``index_tensors`` of a ``BlockSparseMask``."""
-    return index_tensors(mask._dense, mask.block_size, device)
 
 
 def _index_strides(indices: torch.Tensor, counts: torch.Tensor):
@@ -277,6 +383,17 @@ def _index_strides(indices: torch.Tensor, counts: torch.Tensor):
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
     # The kernels read rows of D contiguous elements; any other layout is copied once.
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _strides(prefix: str, t: torch.Tensor) -> dict:
+    """``{stride_<prefix>b, stride_<prefix>h, stride_<prefix>s}`` of a ``[B, H, S, D]`` tensor (unit last stride)."""
+    return dict(zip((f"stride_{prefix}b", f"stride_{prefix}h", f"stride_{prefix}s"), t.stride()[:3]))
+
+
+def _index_args(indices: torch.Tensor, counts: torch.Tensor) -> dict:
+    """Strides of a padded index list and its counts/orders, as the kernels name them."""
+    sib, sih, sir, scb, sch = _index_strides(indices, counts)
+    return dict(stride_ib=sib, stride_ih=sih, stride_ir=sir, stride_cb=scb, stride_ch=sch)
 
 
 def forward(q, k, v, kv_indices, kv_counts, row_order, key_lengths, scale: float, block_size: int,
@@ -296,16 +413,15 @@ def forward(q, k, v, kv_indices, kv_counts, row_order, key_lengths, scale: float
     if out.numel() == 0:
         return out, lse
     use_tma = cfg.use_tma and _tma_ok(q, k, v, out)
-    sib, sih, sir, scb, sch = _index_strides(kv_indices, kv_counts)
     kl = key_lengths if key_lengths is not None else kv_counts  # dummy pointer when absent
     grid = (nb * (block_size // cfg.block_m), B * H)
     kernels()._fwd_kernel[grid](
-        _tiles(q, cfg, cfg.block_m, use_tma), _tiles(k, cfg, cfg.block_n, use_tma),
-        _tiles(v, cfg, cfg.block_n, use_tma), _tiles(out, cfg, cfg.block_m, use_tma), lse,
-        kv_indices, kv_counts, row_order, kl,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        sib, sih, sir, scb, sch,
-        H, S, s_pad, scale * _LOG2E,
+        Q=_tiles(q, cfg, cfg.block_m, use_tma), K=_tiles(k, cfg, cfg.block_n, use_tma),
+        V=_tiles(v, cfg, cfg.block_n, use_tma), O=_tiles(out, cfg, cfg.block_m, use_tma), LSE=lse,
+        KV_IDX=kv_indices, KV_CNT=kv_counts, ROW_ORDER=row_order, KEY_LEN=kl,
+        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", out),
+        **_index_args(kv_indices, kv_counts),
+        H=H, S=S, S_PAD=s_pad, qk_scale=scale * _LOG2E,
         BS=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D=D,
         HAS_KEY_LEN=key_lengths is not None, NEG_SCALE=scale < 0, USE_TMA=use_tma,
         DOT_PREC=_dot_prec(q), OUT_DTYPE=_out_dtype(q), INTERPRET=interpreting(),
@@ -329,25 +445,27 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
     delta = torch.empty((B, H, s_pad), device=q.device, dtype=torch.float32)
     delta_block = 128 if block_size % 128 == 0 else 64
     K._bwd_delta_kernel[(s_pad // delta_block, B * H)](
-        out, do, delta, *out.stride()[:3], *do.stride()[:3], H, S, s_pad, BLOCK=delta_block, D=D, num_warps=4,
+        O=out, DO=do, DELTA=delta,
+        stride_ob=out.stride(0), stride_oh=out.stride(1), stride_os=out.stride(2),
+        stride_db=do.stride(0), stride_dh=do.stride(1), stride_ds=do.stride(2),
+        H=H, S=S, S_PAD=s_pad, BLOCK=delta_block, D=D, num_warps=4,
     )
     kl = key_lengths if key_lengths is not None else kv_counts
-    common = dict(HAS_KEY_LEN=key_lengths is not None, DOT_PREC=_dot_prec(q),
+    common = dict(H=H, S=S, S_PAD=s_pad, qk_scale=scale * _LOG2E, ds_scale=scale,
+                  HAS_KEY_LEN=key_lengths is not None, DOT_PREC=_dot_prec(q),
                   OUT_DTYPE=_out_dtype(q), BS=block_size, D=D, INTERPRET=interpreting())
-    qk_scale = scale * _LOG2E
 
     cfg = dkdv_config or _config("dkdv", q, block_size)
     _check_config(cfg, block_size, "dkdv")
     use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dk, dv)
-    sib, sih, sir, scb, sch = _index_strides(q_indices, q_counts)
     K._bwd_dkdv_kernel[(nb * (block_size // cfg.block_n), B * H)](
-        _tiles(q, cfg, cfg.block_m, use_tma), _tiles(k, cfg, cfg.block_n, use_tma),
-        _tiles(v, cfg, cfg.block_n, use_tma), _tiles(do, cfg, cfg.block_m, use_tma),
-        _tiles(dk, cfg, cfg.block_n, use_tma), _tiles(dv, cfg, cfg.block_n, use_tma),
-        lse, delta, q_indices, q_counts, col_order, kl,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
-        sib, sih, sir, scb, sch,
-        H, S, s_pad, nb, qk_scale, scale,
+        Q=_tiles(q, cfg, cfg.block_m, use_tma), K=_tiles(k, cfg, cfg.block_n, use_tma),
+        V=_tiles(v, cfg, cfg.block_n, use_tma), DO=_tiles(do, cfg, cfg.block_m, use_tma),
+        DK=_tiles(dk, cfg, cfg.block_n, use_tma), DV=_tiles(dv, cfg, cfg.block_n, use_tma),
+        LSE=lse, DELTA=delta, Q_IDX=q_indices, Q_CNT=q_counts, COL_ORDER=col_order, KEY_LEN=kl,
+        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", do),
+        **_strides("dk", dk), **_strides("dv", dv),
+        **_index_args(q_indices, q_counts), NB=nb,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=use_tma, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -355,15 +473,13 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
     cfg = dq_config or _config("dq", q, block_size)
     _check_config(cfg, block_size, "dq")
     use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dq)
-    sib, sih, sir, scb, sch = _index_strides(kv_indices, kv_counts)
     K._bwd_dq_kernel[(nb * (block_size // cfg.block_m), B * H)](
-        _tiles(q, cfg, cfg.block_m, use_tma), _tiles(k, cfg, cfg.block_n, use_tma),
-        _tiles(v, cfg, cfg.block_n, use_tma), _tiles(do, cfg, cfg.block_m, use_tma),
-        _tiles(dq, cfg, cfg.block_m, use_tma),
-        lse, delta, kv_indices, kv_counts, row_order, kl,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        sib, sih, sir, scb, sch,
-        H, S, s_pad, qk_scale, scale,
+        Q=_tiles(q, cfg, cfg.block_m, use_tma), K=_tiles(k, cfg, cfg.block_n, use_tma),
+        V=_tiles(v, cfg, cfg.block_n, use_tma), DO=_tiles(do, cfg, cfg.block_m, use_tma),
+        DQ=_tiles(dq, cfg, cfg.block_m, use_tma),
+        LSE=lse, DELTA=delta, KV_IDX=kv_indices, KV_CNT=kv_counts, ROW_ORDER=row_order, KEY_LEN=kl,
+        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", do), **_strides("dq", dq),
+        **_index_args(kv_indices, kv_counts),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=use_tma, **common,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -371,52 +487,61 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
 
 
 # ----------------------------------------------------------------------------- custom ops + autograd
-# The ops take the dense CPU block mask (a plain tensor torch.compile can pass through) and look
-# its index lists up in the cache above, so no data-dependent index building enters a graph.
+# The ops take the mask's index tensors on q's device (from the mask's derived cache, or built in
+# the graph inside torch.compile), so no data-dependent index building enters a graph and nothing
+# is looked up by identity. Which launch order runs is decided inside the op, when it runs.
 @torch.library.custom_op("radial_attention::triton_block_sparse_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_dense: torch.Tensor,
-            key_lengths: Optional[torch.Tensor], scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = index_tensors(mask_dense, block_size, q.device)
-    row_order, _ = launch_orders(t, q)
-    return forward(q, k, v, t["kv_indices"], t["kv_counts"], row_order, key_lengths, scale, block_size)
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, kv_counts: torch.Tensor,
+            q_indices: torch.Tensor, q_counts: torch.Tensor, row_order: torch.Tensor, col_order: torch.Tensor,
+            sequential: torch.Tensor, key_lengths: Optional[torch.Tensor], scale: float,
+            block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, _ = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
+    return forward(q, k, v, kv_indices, kv_counts, rows, key_lengths, scale, block_size)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, mask_dense, key_lengths, scale, block_size):
+def _(q, k, v, kv_indices, kv_counts, q_indices, q_counts, row_order, col_order, sequential, key_lengths, scale,
+      block_size):
     B, H = q.shape[:2]
-    nb = mask_dense.shape[-1]
+    nb = kv_counts.shape[-1]
     return torch.empty_like(q), q.new_empty((B, H, nb * block_size), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_attention::triton_block_sparse_bwd", mutates_args=())
 def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-            lse: torch.Tensor, mask_dense: torch.Tensor, key_lengths: Optional[torch.Tensor], scale: float,
+            lse: torch.Tensor, kv_indices: torch.Tensor, kv_counts: torch.Tensor, q_indices: torch.Tensor,
+            q_counts: torch.Tensor, row_order: torch.Tensor, col_order: torch.Tensor, sequential: torch.Tensor,
+            key_lengths: Optional[torch.Tensor], scale: float,
             block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    t = index_tensors(mask_dense, block_size, q.device)
-    row_order, col_order = launch_orders(t, q)
-    return backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], col_order, t["kv_indices"],
-                    t["kv_counts"], row_order, key_lengths, scale, block_size)
+    rows, cols = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
+    return backward(do, q, k, v, out, lse, q_indices, q_counts, cols, kv_indices, kv_counts, rows,
+                    key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
-def _(do, q, k, v, out, lse, mask_dense, key_lengths, scale, block_size):
+def _(do, q, k, v, out, lse, kv_indices, kv_counts, q_indices, q_counts, row_order, col_order, sequential,
+      key_lengths, scale, block_size):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+_N_INDEX = 7  # kv_indices, kv_counts, q_indices, q_counts, row_order, col_order, sequential
+
+
 def _setup_context(ctx, inputs, output):
-    q, k, v, mask_dense, key_lengths, scale, block_size = inputs
+    q, k, v = inputs[:3]
+    index = inputs[3:3 + _N_INDEX]
+    key_lengths, scale, block_size = inputs[3 + _N_INDEX:]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
-    ctx.mask_dense = mask_dense  # CPU bool, never modified
+    ctx.save_for_backward(q, k, v, out, lse, *index)
     ctx.key_lengths = key_lengths
     ctx.scale = scale
     ctx.block_size = block_size
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, ctx.mask_dense, ctx.key_lengths, ctx.scale, ctx.block_size)
-    return dq, dk, dv, None, None, None, None
+    q, k, v, out, lse, *index = ctx.saved_tensors
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, *index, ctx.key_lengths, ctx.scale, ctx.block_size)
+    return (dq, dk, dv) + (None,) * (_N_INDEX + 3)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -440,6 +565,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
               key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Block-sparse attention with the Triton kernels (forward and backward).
 
+    The inputs are the api's, already validated there (``radial_attention.ops.api``; this backend
+    checks nothing again) and accepted by :func:`unsupported_reason`:
+
     Args:
         q, k, v: ``[B, H, S, D]``, float16/bfloat16/float32, ``D`` in (64, 128), on a CUDA device
             (or the CPU under ``TRITON_INTERPRET=1``). Any strides whose last one is 1 are read in
@@ -447,33 +575,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
         mask: a ``BlockSparseMask`` with ``nb == ceil(S / mask.block_size)`` and shape ``[nb, nb]``
             or ``[Bm, Hm, nb, nb]`` (``Bm`` in ``(1, B)``, ``Hm`` in ``(1, H)``).
         scale: multiplier of ``q . k``.
-        key_lengths: optional integer ``[B]``: keys ``j >= key_lengths[b]`` are excluded.
+        key_lengths: optional integer ``[B]`` on q's device: keys ``j >= key_lengths[b]`` are excluded.
 
     Returns:
         ``[B, H, S, D]`` in q's dtype, laid out like q when q is dense; rows with no allowed key are 0.
     """
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"triton backend: {name} must be a [B, H, S, D] tensor, got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"triton backend: q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    if k.dtype != q.dtype or v.dtype != q.dtype or k.device != q.device or v.device != q.device:
-        raise ValueError(f"triton backend: q, k, v must share dtype and device, got {q.dtype}/{k.dtype}/{v.dtype} "
-                         f"on {q.device}/{k.device}/{v.device}")
-    B, H, S, D = q.shape
-    bs, nb = mask.block_size, mask.num_blocks
-    if nb != -(-S // bs):
-        raise ValueError(f"triton backend: mask has {nb} blocks of {bs} but S={S} needs ceil(S/{bs}) = {-(-S // bs)}")
-    if len(mask.shape) == 4 and (mask.shape[0] not in (1, B) or mask.shape[1] not in (1, H)):
-        raise ValueError(f"triton backend: mask of shape {tuple(mask.shape)} does not fit B={B}, H={H}")
     if key_lengths is not None:
-        if tuple(key_lengths.shape) != (B,):
-            raise ValueError(f"triton backend: key_lengths must have shape [{B}], got {tuple(key_lengths.shape)}")
-        key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)
-    why = unsupported_reason(q)
-    if why is not None:
-        raise ValueError(f"triton backend cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}: {why}")
-    out, _ = _fwd_op(q, k, v, mask._dense, key_lengths, float(scale), int(bs))
+        key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)  # what the kernels load
+    t = mask_tensors(mask, q.device)
+    out, _ = _fwd_op(q, k, v, t["kv_indices"], t["kv_counts"], t["q_indices"], t["q_counts"], t["row_order"],
+                     t["col_order"], t["sequential"], key_lengths, float(scale), int(mask.block_size))
     return out
