@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 
 class UsageError(ValueError):
@@ -43,6 +44,27 @@ def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
     """``sub.add_parser`` with the shared help formatter."""
     kwargs.setdefault("formatter_class", HelpFormatter)
     return sub.add_parser(name, **kwargs)
+
+
+def add_deprecated_alias(parser, old: str, new_action: argparse.Action) -> None:
+    """Accept option ``old`` as a hidden alias of ``new_action`` (same value type and destination)
+    for one release; using it prints a one-line deprecation notice to stderr and goes on.
+
+    A separate (hidden) option rather than a second name of the new one, so that ``--help`` shows
+    only the new name and an error names the option the user typed (``argument --rank: ...``).
+    """
+    new = new_action.option_strings[0]
+
+    class _Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            # DeprecationWarning is hidden outside __main__ by default: tell a command-line user directly.
+            print(f"{parser.prog}: warning: {option_string} is deprecated and goes in radial-attention 0.2; use {new}",
+                  file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    # default None: the namespace keeps the new option's default (argparse sets the first one it meets).
+    parser.add_argument(old, action=_Deprecated, dest=new_action.dest, type=new_action.type,
+                        choices=new_action.choices, metavar=new_action.metavar, default=None, help=argparse.SUPPRESS)
 
 
 # ----------------------------------------------------------------------------- numbers

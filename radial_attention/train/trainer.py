@@ -362,15 +362,15 @@ class LoRATrainer:
         """Block density of the radial mask on the first sample's layout (None when dense)."""
         if self.cfg.attention != "radial":
             return None
-        from radial_attention.mask.radial import radial_mask_from_preset
+        from radial_attention.mask.radial import radial_block_mask
 
         preset = self.cfg.preset or {"wan": "wan", "hunyuan": "hunyuan"}[self.family]
         lay = latent_layout(self.spec, self.dataset.samples[0].latent_shape)
-        text = 0
+        extra = 0  # HunyuanVideo appends its text tokens to the video's in the self-attention
         if self.family == "hunyuan":
-            text = self.dataset.samples[0].shapes["prompt_embeds"][0]
-        m = radial_mask_from_preset(preset, lay["frames"], lay["tokens_per_frame"], text_tokens=text,
-                                    block_size=self.cfg.block_size, decay=self.cfg.decay)
+            extra = self.dataset.samples[0].shapes["prompt_embeds"][0]
+        m = radial_block_mask(lay["frames"], lay["tokens_per_frame"], preset=preset, decay=self.cfg.decay,
+                              block_size=self.cfg.block_size, extra_tokens=extra)
         return m.density
 
     # ------------------------------------------------------------------ data order

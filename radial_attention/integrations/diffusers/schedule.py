@@ -165,11 +165,11 @@ class RadialState:
         key = (frames, tokens_per_frame, extra_tokens)
         mask = self.masks.get(key)
         if mask is None:
-            from radial_attention.mask import radial_mask_from_preset
+            from radial_attention.mask import radial_block_mask
 
             c = self.config
-            mask = radial_mask_from_preset(
-                c.preset, frames, tokens_per_frame, text_tokens=extra_tokens, block_size=c.block_size, decay=c.decay
+            mask = radial_block_mask(
+                frames, tokens_per_frame, preset=c.preset, decay=c.decay, block_size=c.block_size, extra_tokens=extra_tokens
             )
             self.masks[key] = mask
         return mask
