@@ -75,6 +75,11 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def integer(text: str) -> int:
+    """Any integer."""
+    return _int(text)
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     v = _int(text)
@@ -125,6 +130,26 @@ def fraction(text: str) -> float:
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return v
+
+
+def float_pair(what: str, lo: float = -math.inf, hi: float = math.inf):
+    """An argparse type for ``A,B`` of finite numbers in ``[lo, hi)``; ``what`` shows an example in the error."""
+
+    def parse(text: str):
+        try:
+            a, b = (float(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected two comma-separated {what}, got {text!r}") from None
+        if not all(math.isfinite(x) and lo <= x < hi for x in (a, b)):
+            where = "" if (lo, hi) == (-math.inf, math.inf) else f" in [{lo:g}, {hi:g})"
+            raise argparse.ArgumentTypeError(f"expected two finite comma-separated {what}{where}, got {text!r}")
+        return (a, b)
+
+    return parse
+
+
+beta_pair = float_pair("numbers like 0.9,0.999", 0.0, 1.0)  # AdamW's betas
+timestep_pair = float_pair("timesteps like 875,1000")
 
 
 # ----------------------------------------------------------------------------- paths

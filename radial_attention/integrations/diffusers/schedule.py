@@ -33,10 +33,18 @@ import torch
 
 @dataclass(frozen=True)
 class RadialAttentionConfig:
-    """Settings of ``apply_radial_attention`` (see its docstring)."""
+    """Settings of ``apply_radial_attention`` (each is described in its docstring).
 
-    preset: str
-    decay: Optional[float]
+    ``preset=None`` and ``decay=None`` mean the model's preset and the preset's decay; the
+    config a :class:`RadialState` holds has the preset resolved. Build one once and reuse it::
+
+        config = RadialAttentionConfig(dense_steps=12, dense_layers=1)
+        apply_radial_attention(pipe, config)
+        apply_radial_attention(other_pipe, config, dense_steps=10)  # keywords override the config
+    """
+
+    preset: Optional[str] = None
+    decay: Optional[float] = None
     dense_steps: int = 0
     dense_last_steps: int = 0
     dense_layers: int = 0
