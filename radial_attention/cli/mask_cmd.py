@@ -34,9 +34,10 @@ def register(sub) -> None:
     p.add_argument("--frames", type=positive_int, default=None, help=f"video frames, pixel frames (default: {DEFAULT_SIZE[2]})")
     p.add_argument("--latent-frames", type=positive_int, default=None, help="latent frames F (instead of a video size)")
     p.add_argument("--tokens-per-frame", type=positive_int, default=None, help="tokens per latent frame T (with --latent-frames)")
-    extra = p.add_argument("--extra-tokens", type=nonneg_int, default=None,
-                           help="tokens appended after the video (default: the family's: HunyuanVideo's 256 text tokens; else 0)")
-    add_deprecated_alias(p, "--text-tokens", extra)
+    extra_option = p.add_argument(
+        "--extra-tokens", type=nonneg_int, default=None,
+        help="tokens appended after the video (default: the family's: HunyuanVideo's 256 text tokens; else 0)")
+    add_deprecated_alias(p, "--text-tokens", extra_option)
     p.add_argument("--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's; wan without a model)")
     p.add_argument("--decay", type=positive_float, default=None, help="decay factor d (default: the preset's)")
     p.add_argument("--sink", choices=["on", "off"], default=None, help="attention sink on frame 0 (default: the preset's)")

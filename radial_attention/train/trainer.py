@@ -246,11 +246,11 @@ class LoRATrainer:
 
         preset = self.cfg.preset or {"wan": "wan", "hunyuan": "hunyuan"}[self.family]
         lay = latent_layout(self.spec, self.dataset.samples[0].latent_shape)
-        extra = 0  # HunyuanVideo appends its text tokens to the video's in the self-attention
+        extra_tokens = 0  # HunyuanVideo appends its text tokens to the video's in the self-attention
         if self.family == "hunyuan":
-            extra = self.dataset.samples[0].shapes["prompt_embeds"][0]
+            extra_tokens = self.dataset.samples[0].shapes["prompt_embeds"][0]
         m = radial_block_mask(lay["frames"], lay["tokens_per_frame"], preset=preset, decay=self.cfg.decay,
-                              block_size=self.cfg.block_size, extra_tokens=extra)
+                              block_size=self.cfg.block_size, extra_tokens=extra_tokens)
         return m.density
 
     # ------------------------------------------------------------------ data order
