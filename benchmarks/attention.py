@@ -100,9 +100,9 @@ SMOKE_CASES = {
 
 
 def build_mask(case: Case):
-    from radial_attention.mask import radial_mask_from_preset
+    from radial_attention.mask import radial_block_mask
 
-    return radial_mask_from_preset(case.preset, case.frames, case.tokens_per_frame, text_tokens=case.text_tokens,
+    return radial_block_mask(case.frames, case.tokens_per_frame, preset=case.preset, extra_tokens=case.text_tokens,
                                    block_size=case.block_size, decay=case.decay)
 
 

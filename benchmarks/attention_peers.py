@@ -1,6 +1,6 @@
 """Block-sparse attention side by side on one GPU: our backends, FA4, cuDNN, in one process per run.
 
-For each case (real model sizes, the radial mask from ``radial_mask_from_preset``), in the same run:
+For each case (real model sizes, the radial mask from ``radial_block_mask``), in the same run:
 
     cudnn-dense     torch SDPA, cuDNN kernel (what a diffusers user runs)
     fa4-dense       FlashAttention-4's dense kernel (``flash_attn.cute.flash_attn_func``), the fastest dense
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from radial_attention.mask import radial_mask_from_preset  # noqa: E402
+from radial_attention.mask import radial_block_mask  # noqa: E402
 from radial_attention.ops import block_sparse_attention  # noqa: E402
 
 # name: (preset, frames, tokens per frame, text tokens, heads, decay)
@@ -159,7 +159,7 @@ def sampled_error(out_bshd, q, k, v, mask, rows):
 
 def run_case(name, args, device):
     preset, frames, tpf, text, heads, decay = CASES[name]
-    mask = radial_mask_from_preset(preset, frames, tpf, text_tokens=text, decay=decay)
+    mask = radial_block_mask(frames, tpf, preset=preset, extra_tokens=text, decay=decay)
     S = frames * tpf + text
     D = 128
     print(f"\n== {name}: S={S:,} x H={heads}, density {mask.density:.4f}", flush=True)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from radial_attention.mask import radial_mask_from_preset  # noqa: E402
+from radial_attention.mask import radial_block_mask  # noqa: E402
 from radial_attention.ops import block_sparse_attention  # noqa: E402
 from radial_attention.ops.triton import launch  # noqa: E402
 
@@ -55,7 +55,7 @@ def main():
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--variants", default=None, help="comma-separated indices into the variant list (default: all)")
     args = p.parse_args()
-    mask = radial_mask_from_preset("hunyuan", args.frames, args.tokens, decay=args.decay)
+    mask = radial_block_mask(args.frames, args.tokens, preset="hunyuan", decay=args.decay)
     S, H, D = args.frames * args.tokens, args.heads, 128
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2) for _ in range(4))

@@ -27,11 +27,11 @@ CASES = [
 
 CHILD = r"""
 import os, sys, time, json
-from radial_attention.mask import radial_mask_from_preset
+from radial_attention.mask import radial_block_mask
 F, T, X, preset = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 decay = 1.0 if F >= 128 else None
 t = time.perf_counter()
-m = radial_mask_from_preset(preset, F, T, text_tokens=X, decay=decay)
+m = radial_block_mask(F, T, preset=preset, extra_tokens=X, decay=decay)
 dt = time.perf_counter() - t
 print(json.dumps({"ms": dt * 1e3, "blocks": m.num_blocks, "density": m.density}))
 """

@@ -260,7 +260,7 @@ def pick_radial_backend(device, dtype, head_dim, forced):
 
 
 def run_case(name, case, args, device, dtype):
-    from radial_attention.mask import radial_mask_from_preset
+    from radial_attention.mask import radial_block_mask
 
     res = dict(case=name, family=case["family"], status="ok")
     model, full_depth = build_model(case, device, dtype)
@@ -269,7 +269,7 @@ def run_case(name, case, args, device, dtype):
     tpf = (kwargs["hidden_states"].shape[3] // 2) * (kwargs["hidden_states"].shape[4] // 2)
     extra = case["text"] if case["family"] == "hunyuan" else 0
     block_size = case.get("block_size", 128)
-    mask = radial_mask_from_preset(case["preset"], f, tpf, text_tokens=extra, block_size=block_size, decay=case["decay"])
+    mask = radial_block_mask(f, tpf, preset=case["preset"], extra_tokens=extra, block_size=block_size, decay=case["decay"])
     res.update(frames=f, tokens_per_frame=tpf, video_tokens=f * tpf, text_tokens=extra, preset=case["preset"],
                decay=mask.decay, block_size=block_size, density=round(mask.density, 4),
                built_blocks=dict(zip([a for a, _ in BLOCK_GROUPS[case["family"]]], case["build"])), full_depth=full_depth)

@@ -388,7 +388,7 @@ def environment(b: Bench, backend: str) -> dict:
 
 def main_rank(rank: int, world: int, args) -> dict:
     """The benchmark on one rank of an initialized process group; returns the records on rank 0."""
-    from radial_attention.mask import radial_mask_from_preset
+    from radial_attention.mask import radial_block_mask
     from radial_attention.ops import resolve_backend
 
     if args.smoke:
@@ -402,7 +402,7 @@ def main_rank(rank: int, world: int, args) -> dict:
     probe = torch.empty(1, 1, 1, 16 if args.smoke else 128, device=device, dtype=b.dtype)
     backend = resolve_backend(args.backend, probe, requires_grad=False)
     for name, F, T, lat_h, lat_w in cases(args):
-        mask = radial_mask_from_preset(args.preset, F, T, block_size=args.block_size)
+        mask = radial_block_mask(F, T, preset=args.preset, block_size=args.block_size)
         if "attention" in what:
             bench_attention(b, name, F, T, mask)
         if "transformer" in what:

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     common = ["train-lora", "--model", str(out / "transformer"), "--data", str(out / "data"), "--lr", "1e-4",
               "--max-steps", str(args.steps), "--no-progress", "--seed", "0"]
     if args.smoke:
-        common += ["--block-size", "64", "--rank", "4", "--lr", "1e-2"]
+        common += ["--block-size", "64", "--lora-rank", "4", "--lr", "1e-2"]
     report = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "layers": args.layers, "latent": latent,
               "steps": args.steps, "runs": {}}

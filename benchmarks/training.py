@@ -139,13 +139,13 @@ def make_batch(case: ModelCase, latent_frames: int, device, seed: int = 0) -> di
 
 
 def density_of(case: ModelCase, latent_frames: int, block_size: int) -> float:
-    from radial_attention.mask.radial import radial_mask_from_preset
+    from radial_attention.mask.radial import radial_block_mask
 
     _, _, h, w = case.latent_1x
     tpf = (h // 2) * (w // 2)
     text = case.real_prompt_tokens if case.family == "hunyuan" else 0
     preset = "wan" if case.family == "wan" else "hunyuan"
-    return radial_mask_from_preset(preset, latent_frames, tpf, text_tokens=text, block_size=block_size).density
+    return radial_block_mask(latent_frames, tpf, preset=preset, extra_tokens=text, block_size=block_size).density
 
 
 # ----------------------------------------------------------------------------- timing

@@ -24,7 +24,6 @@ _LAZY = {
     "RadialBlockMask": "radial_attention.mask",
     "PRESETS": "radial_attention.mask",
     "radial_block_mask": "radial_attention.mask",
-    "radial_mask_from_preset": "radial_attention.mask",
     "video_layout": "radial_attention.mask",
     "VideoLayout": "radial_attention.mask",
     # ops
@@ -36,9 +35,16 @@ _LAZY = {
     # integrations
     "apply_radial_attention": "radial_attention.integrations.diffusers",
     "remove_radial_attention": "radial_attention.integrations.diffusers",
+    "get_radial_state": "radial_attention.integrations.diffusers",
+    "RadialAttentionConfig": "radial_attention.integrations.diffusers",
+    "RadialState": "radial_attention.integrations.diffusers",
+}
+# Still importable for one release (they warn when called), but not part of the public surface.
+_DEPRECATED = {
+    "radial_mask_from_preset": "radial_attention.mask",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
-__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals(), hidden=_DEPRECATED)

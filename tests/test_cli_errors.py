@@ -67,7 +67,8 @@ def _bad_cases(tmp):
         (train + ["--lr", "0"], "argument --lr: expected a number > 0"),
         (train + ["--lora-dropout", "1"], "argument --lora-dropout: expected a number in [0, 1)"),
         (train + ["--adam-betas", "0.9,1.5"], "argument --adam-betas: expected two finite comma-separated"),
-        (train + ["--rank", "0"], "argument --rank"),
+        (train + ["--lora-rank", "0"], "argument --lora-rank: expected a positive integer"),
+        (train + ["--rank", "0"], "argument --rank: expected a positive integer"),  # the deprecated name
         (train + ["--collective-timeout", "-1"], "argument --collective-timeout"),
         # encode
         (enc + ["--max-sequence-length", "0"], "argument --max-sequence-length: expected a positive integer"),

@@ -18,7 +18,7 @@ def test_mask_report_default(capsys, tmp_path):
     assert f"picture       {png}" in out
     assert png.read_bytes()[:4] == b"\x89PNG"
     r = _report()
-    assert (r["frames"], r["tokens_per_frame"], r["text_tokens"]) == (21, 3600, 0)  # Wan 720p, 81 frames
+    assert (r["frames"], r["tokens_per_frame"], r["extra_tokens"]) == (21, 3600, 0)  # Wan 720p, 81 frames
     assert r["mask"].density == pytest.approx(0.2443, abs=5e-5)  # `wan` preset (docs/performance.md: 0.244)
     assert r["heads"] == 40 and r["preset"] == "wan"
     assert r["flops"]["dense"] == pytest.approx(4 * 40 * 128 * 75_600**2)
@@ -37,12 +37,12 @@ def test_mask_report_direct_layout():
 
 
 def test_mask_family_is_honoured_with_a_direct_layout():
-    """--model with --latent-frames/--tokens-per-frame sets preset, text tokens and heads (it used to be ignored)."""
+    """--model with --latent-frames/--tokens-per-frame sets preset, extra tokens and heads (it used to be ignored)."""
     r = _report("--model", "hunyuan", "--latent-frames", "3", "--tokens-per-frame", "100")
-    assert (r["preset"], r["text_tokens"], r["heads"], r["seq_len"]) == ("hunyuan", 256, 24, 556)
+    assert (r["preset"], r["extra_tokens"], r["heads"], r["seq_len"]) == ("hunyuan", 256, 24, 556)
     assert r["desc"].startswith("hunyuan")
     plain = _report("--latent-frames", "3", "--tokens-per-frame", "100")
-    assert (plain["preset"], plain["text_tokens"], plain["heads"]) == ("wan", 0, 40)
+    assert (plain["preset"], plain["extra_tokens"], plain["heads"]) == ("wan", 0, 40)
 
 
 def test_mask_size_zero_is_an_error_not_the_default(capsys):

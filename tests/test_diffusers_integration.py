@@ -17,7 +17,7 @@ from radial_attention.integrations.diffusers import (  # noqa: E402
     remove_radial_attention,
 )
 from radial_attention.testing import tiny  # noqa: E402
-from radial_attention.mask import radial_mask_from_preset  # noqa: E402
+from radial_attention.mask import radial_block_mask  # noqa: E402
 
 BS = 64  # block size for the tiny layouts
 
@@ -86,7 +86,7 @@ def test_radial_equals_unpatched_model_with_the_mask_as_token_mask(name):
         kwargs["timestep"] = ts
     text = kwargs["encoder_hidden_states"].shape[1] if name.startswith("hunyuan") else 0
     S = F * 42 + text
-    mask = radial_mask_from_preset(preset, F, 42, text_tokens=text, block_size=BS)
+    mask = radial_block_mask(F, 42, preset=preset, extra_tokens=text, block_size=BS)
     assert mask.density <= 0.6
 
     dense = run(model, kwargs)
@@ -117,7 +117,7 @@ def test_hunyuan_prompt_padding_matters():
     full = run(model, kwargs_full)
     remove_radial_attention(model)
     assert _rel(padded, full) > 1e-3
-    mask = radial_mask_from_preset("hunyuan", 8, 64, text_tokens=16, block_size=BS)
+    mask = radial_block_mask(8, 64, preset="hunyuan", extra_tokens=16, block_size=BS)
     assert _rel(padded, oracle(model, kwargs, mask, 8 * 64 + 16)) < 1e-5
 
 
@@ -140,7 +140,7 @@ def test_dense_layers_match_oracle_with_mask_only_in_later_blocks():
     apply_radial_attention(model, dense_layers=1, block_size=BS)
     radial = run(model, kwargs)
     remove_radial_attention(model)
-    mask = radial_mask_from_preset("wan", 12, 64, block_size=BS)
+    mask = radial_block_mask(12, 64, preset="wan", block_size=BS)
     assert _rel(radial, oracle(model, kwargs, mask, 12 * 64, layers={1, 2})) < 1e-5
     assert _rel(radial, oracle(model, kwargs, mask, 12 * 64)) > 1e-3
 
@@ -275,7 +275,7 @@ def test_lora_loaded_through_diffusers_keeps_working(tmp_path):
     pipe = tiny.tiny_wan_pipeline("t2v")
     model = pipe.transformer
     kwargs = tiny.wan_inputs(model, 12, 16, 16)
-    mask = radial_mask_from_preset("wan", 12, 64, block_size=BS)
+    mask = radial_block_mask(12, 64, preset="wan", block_size=BS)
     _random_lora_dir(model, tmp_path)
 
     apply_radial_attention(pipe, block_size=BS)
@@ -299,7 +299,7 @@ def test_gradients_with_gradient_checkpointing_match_the_oracle():
     model = tiny.tiny_wan_transformer("t2v", num_layers=2).train()
     model.enable_gradient_checkpointing()
     kwargs = tiny.wan_inputs(model, 12, 16, 16)
-    mask = radial_mask_from_preset("wan", 12, 64, block_size=BS)
+    mask = radial_block_mask(12, 64, preset="wan", block_size=BS)
     weight = model.blocks[1].attn1.to_q.weight
 
     apply_radial_attention(model, block_size=BS)
@@ -323,7 +323,7 @@ def test_hunyuan_under_bf16_autocast_runs_in_the_autocast_dtype():
     # in bf16, so the radial call must too (it used to raise "v must have q's dtype").
     model = tiny.tiny_hunyuan_transformer()
     kwargs = tiny.hunyuan_inputs(model, 8, 16, 16, batch=1, prompt_lengths=[3])
-    mask = radial_mask_from_preset("hunyuan", 8, 64, text_tokens=16, block_size=BS)
+    mask = radial_block_mask(8, 64, preset="hunyuan", extra_tokens=16, block_size=BS)
     expected = oracle(model, kwargs, mask, 8 * 64 + 16)
     apply_radial_attention(model, block_size=BS)
     try:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from radial_attention.distributed import local_length, run_workers
-from radial_attention.mask import BlockSparseMask, radial_mask_from_preset
+from radial_attention.mask import BlockSparseMask, radial_block_mask
 from radial_attention.ops import block_sparse_attention
 
 TIMEOUT_S = 150
@@ -54,7 +54,7 @@ def make_case(spec):
     nb = math.ceil(S / bs)
     kind = spec["mask"]
     if kind == "radial":
-        mask = radial_mask_from_preset(spec["preset"], spec["F"], spec["T"], block_size=bs)
+        mask = radial_block_mask(spec["F"], spec["T"], preset=spec["preset"], block_size=bs)
         assert mask.seq_len == S
     elif kind == "full":
         mask = torch.ones(nb, nb, dtype=torch.bool)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from radial_attention.testing.oracle import attention_problems, check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask, token_allowed
-from radial_attention.mask import BlockSparseMask, radial_mask_from_preset
+from radial_attention.mask import BlockSparseMask, radial_block_mask
 from radial_attention.ops import block_sparse_attention, gather, resolve_backend
 
 # (B, H, S, D, block_size, mask batch/head dims)
@@ -230,7 +230,7 @@ class _AttentionFlops(TorchFunctionMode):
 def test_radial_mask_work_is_the_kept_blocks(monkeypatch):
     """The matmul FLOPs gather runs are the mask's kept blocks (plus bounded padding), not dense S^2."""
     F, T, H, D = 21, 60, 2, 32  # 1,260 tokens, 64-blocks: 20 x 20 blocks
-    mask = radial_mask_from_preset("wan", F, T, block_size=64)
+    mask = radial_block_mask(F, T, preset="wan", block_size=64)
     S = F * T
     q, k, v = _qkv(1, H, S, D)
     counts = mask.kv_counts().reshape(-1)

@@ -182,7 +182,7 @@ def test_encode_and_train_lora_by_hub_id(offline, tiny_wan_folder, tmp_path, cap
     encode = ["encode", "--model", REPO, "--videos", str(vids), "--output", str(data), "--height", "64", "--width", "64",
               "--frames", "9", "--max-sequence-length", "16", "--no-progress", "--device", "cpu"]
     train = ["train-lora", "--model", REPO, "--data", str(data), "--output", str(tmp_path / "run"), "--block-size", "64",
-             "--rank", "4", "--max-steps", "1", "--checkpoint-every", "0", "--no-progress", "--device", "cpu"]
+             "--lora-rank", "4", "--max-steps", "1", "--checkpoint-every", "0", "--no-progress", "--device", "cpu"]
     for args in (encode, train):  # nothing cached: one message each, no traceback
         assert main(args) == 2
         err = capsys.readouterr().err

@@ -19,7 +19,7 @@ from radial_attention.mask import video_layout
 )
 def test_layouts_of_the_spec_table(model, h, w, f, F, T, X):
     lay = video_layout(model, h, w, f)
-    assert (lay.frames, lay.tokens_per_frame, lay.text_tokens) == (F, T, X)
+    assert (lay.frames, lay.tokens_per_frame, lay.extra_tokens) == (F, T, X)
     assert lay.seq_len == F * T + X
 
 
@@ -27,7 +27,7 @@ def test_presets_per_family():
     assert video_layout("wan2.1", 480, 832, 81).preset == "wan"
     assert video_layout("wan2.2", 480, 832, 81).preset == "wan2.2"
     assert video_layout("hunyuan", 480, 832, 81).preset == "hunyuan"
-    assert video_layout("hunyuan", 480, 832, 81, text_tokens=0).text_tokens == 0
+    assert video_layout("hunyuan", 480, 832, 81, extra_tokens=0).extra_tokens == 0
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ from radial_attention.mask import (
     BlockSparseMask,
     RadialBlockMask,
     radial_block_mask,
-    radial_mask_from_preset,
 )
 
 
@@ -36,7 +35,7 @@ def test_golden_vectors_bit_for_bit(data_dir):
             decay=case["decay"],
             sink=case["sink"],
             adjacent=case["adjacent"],
-            text_tokens=case["text_tokens"],
+            extra_tokens=case["text_tokens"],  # the reference's name for them
         )
         got = mask.to_dense().numpy()
         assert got.shape == expected.shape, case["name"]
@@ -51,9 +50,13 @@ def test_golden_vectors_through_presets(data_dir):
     for case, expected in _golden_cases(data_dir):
         preset = PRESETS[case["preset"]]
         assert (preset.sink, preset.adjacent) == (case["sink"], case["adjacent"])
-        mask = radial_mask_from_preset(
-            case["preset"], case["frames"], case["tokens_per_frame"], text_tokens=case["text_tokens"],
-            block_size=case["block_size"], decay=case["decay"],
+        mask = radial_block_mask(
+            case["frames"],
+            case["tokens_per_frame"],
+            preset=case["preset"],
+            extra_tokens=case["text_tokens"],
+            block_size=case["block_size"],
+            decay=case["decay"],
         )
         assert np.array_equal(mask.to_dense().numpy(), expected), case["name"]
 
@@ -128,7 +131,7 @@ SMALL_SHAPES = [
     [(1.0, False, "full", 0), (0.2, True, "half", 0), (0.95, False, "full", 37), (0.5, True, "full", 0), (3.0, False, "half", 128)],
 )
 def test_matches_brute_force(F, T, B, d, sink, adjacent, X):
-    fast = radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, text_tokens=X).to_dense().numpy()
+    fast = radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, extra_tokens=X).to_dense().numpy()
     slow = brute_force_mask(F, T, B, d, sink, adjacent, X)
     assert fast.shape == slow.shape
     assert np.array_equal(fast, slow), f"{int((fast != slow).sum())} blocks differ"
@@ -143,7 +146,7 @@ def test_random_shapes_match_brute_force():
         d = float(rng.choice([0.1, 0.3, 0.8, 1.0, 1.7]))
         sink, adjacent = bool(rng.integers(2)), str(rng.choice(["full", "half"]))
         X = int(rng.choice([0, 0, 5, 256]))
-        fast = radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, text_tokens=X).to_dense().numpy()
+        fast = radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, extra_tokens=X).to_dense().numpy()
         slow = brute_force_mask(F, T, B, d, sink, adjacent, X)
         assert np.array_equal(fast, slow), (F, T, B, d, sink, adjacent, X)
 
@@ -177,7 +180,7 @@ def test_density_never_rises_as_decay_falls(F, T, B, sink, adjacent):
 
 @pytest.mark.parametrize("F,T,X,B", [(5, 200, 0, 128), (7, 100, 77, 64), (4, 128, 256, 128), (3, 1000, 1, 128)])
 def test_tail_rows_and_columns_are_dense(F, T, X, B):
-    mask = radial_block_mask(F, T, block_size=B, decay=0.1, sink=False, adjacent="half", text_tokens=X).to_dense()
+    mask = radial_block_mask(F, T, block_size=B, decay=0.1, sink=False, adjacent="half", extra_tokens=X).to_dense()
     E = (F * T) // B
     assert mask.shape[0] == math.ceil((F * T + X) / B)
     assert bool(mask[E:, :].all()) and bool(mask[:, E:].all())
@@ -205,7 +208,7 @@ def test_asymmetric_and_cached():
         ((-3, 100), {}, "frames"),
         ((4, 0), {}, "tokens_per_frame"),
         ((4, -1), {}, "tokens_per_frame"),
-        ((4, 100), {"text_tokens": -1}, "text_tokens"),
+        ((4, 100), {"extra_tokens": -1}, "extra_tokens"),
         ((4, 100), {"adjacent": "quarter"}, "adjacent"),
         ((4, 100), {"block_size": 32}, "block_size"),
         ((4, 100), {"block_size": 256}, "block_size"),
@@ -220,6 +223,20 @@ def test_bad_input_raises_value_error_naming_the_argument(args, kwargs, needle):
         radial_block_mask(*args, **kwargs)
 
 
+def test_explicit_settings_override_the_preset():
+    """Each of decay / sink / adjacent given explicitly replaces the preset's; the rest stay the preset's."""
+    wan = PRESETS["wan"]  # decay 0.2, sink, half
+    m = radial_block_mask(12, 64, preset="wan", block_size=64, adjacent="full")
+    assert (m.decay, m.sink, m.adjacent) == (wan.decay, wan.sink, "full")
+    m = radial_block_mask(12, 64, preset="wan", block_size=64, sink=False, decay=0.5)
+    assert (m.decay, m.sink, m.adjacent) == (0.5, False, wan.adjacent)
+    # The same settings spelled out give the same (cached) mask; no preset means 1.0 / no sink / full.
+    assert radial_block_mask(12, 64, preset="wan", block_size=64) is radial_block_mask(
+        12, 64, block_size=64, decay=0.2, sink=True, adjacent="half")
+    plain = radial_block_mask(12, 64, block_size=64)
+    assert (plain.decay, plain.sink, plain.adjacent) == (1.0, False, "full")
+
+
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown radial preset 'wan3'"):
-        radial_mask_from_preset("wan3", 4, 100)
+        radial_block_mask(4, 100, preset="wan3")

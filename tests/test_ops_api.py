@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from radial_attention.testing.oracle import check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask
-from radial_attention.mask import BlockSparseMask, radial_block_mask, radial_mask_from_preset
+from radial_attention.mask import BlockSparseMask, radial_block_mask
 from radial_attention.ops import BACKENDS, available_backends, block_sparse_attention, radial_attention, resolve_backend
 
 
@@ -125,8 +125,8 @@ def test_scale_validation_and_effect():
 def test_radial_convenience_matches_block_sparse_with_radial_mask(preset):
     F, T, X = 5, 40, 9  # 209 tokens, 4 blocks of 64
     q, k, v = _qkv(B=2, H=2, S=F * T + X)
-    out = radial_attention(q, k, v, frames=F, tokens_per_frame=T, text_tokens=X, preset=preset, block_size=64)
-    mask = radial_mask_from_preset(preset, F, T, text_tokens=X, block_size=64)
+    out = radial_attention(q, k, v, frames=F, tokens_per_frame=T, extra_tokens=X, preset=preset, block_size=64)
+    mask = radial_block_mask(F, T, preset=preset, extra_tokens=X, block_size=64)
     torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask), atol=0, rtol=0)  # same backend (auto)
     torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, mask.to_dense(), 64), atol=2e-6, rtol=1e-5)
 
@@ -137,7 +137,7 @@ def test_radial_convenience_overrides_and_errors():
     out = radial_attention(q, k, v, frames=F, tokens_per_frame=T, preset="wan", decay=0.5, sink=False, block_size=64)
     mask = radial_block_mask(F, T, block_size=64, decay=0.5, sink=False, adjacent="half")
     torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask), atol=0, rtol=0)  # same backend (auto)
-    with pytest.raises(ValueError, match=r"q has S=300 tokens but frames \* tokens_per_frame \+ text_tokens = 6 \* 40 \+ 0 = 240"):
+    with pytest.raises(ValueError, match=r"q has S=300 tokens but frames \* tokens_per_frame \+ extra_tokens = 6 \* 40 \+ 0 = 240"):
         radial_attention(q, k, v, frames=F, tokens_per_frame=40)
     with pytest.raises(ValueError, match=r"unknown radial preset 'nope'"):
         radial_attention(q, k, v, frames=F, tokens_per_frame=T, preset="nope")

@@ -112,7 +112,7 @@ def test_radial_op_checks_the_length_before_building_the_mask(monkeypatch):
     def no_mask(*a, **k):
         raise AssertionError("the mask was built before the length check")
 
-    monkeypatch.setattr(api, "radial_mask_with_settings", no_mask)
+    monkeypatch.setattr(api, "radial_block_mask", no_mask)
     q = torch.randn(1, 1, 100, 16)
     with pytest.raises(ValueError, match=r"q has S=100 tokens but .* = 100000 \* 100000 \+ 0 = 10000000000"):
         radial_attention(q, q, q, frames=100_000, tokens_per_frame=100_000)
@@ -147,8 +147,8 @@ def test_flex_on_cpu_with_gradients_suggests_gather_and_no_grad_really_works():
 
 # ------------------------------------------------------------------ item 15: numbers
 def test_numpy_scalars_and_0d_tensors_are_numbers_bools_are_not():
-    want = radial_block_mask(5, 40, block_size=64, decay=0.5, text_tokens=9)
-    got = radial_block_mask(np.int64(5), torch.tensor(40), block_size=np.int32(64), decay=np.float32(0.5), text_tokens=torch.tensor(9))
+    want = radial_block_mask(5, 40, block_size=64, decay=0.5, extra_tokens=9)
+    got = radial_block_mask(np.int64(5), torch.tensor(40), block_size=np.int32(64), decay=np.float32(0.5), extra_tokens=torch.tensor(9))
     assert got is want
     for kwargs, needle in (
         (dict(frames=True), "frames must be a number, got the bool True"),

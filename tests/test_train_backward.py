@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
     write_synthetic_dataset(tmp / "data", model_spec(make()), num_samples=2, latent_shape=(16, 4, 16, 24), seed=1)
 
     def grads(**kw):
-        cfg = TrainConfig(model="tiny", data=str(tmp / "data"), output_dir=str(tmp / "out"), block_size=64, rank=4,
+        cfg = TrainConfig(model="tiny", data=str(tmp / "data"), output_dir=str(tmp / "out"), block_size=64, lora_rank=4,
                           dense_layers=1, progress=False, **kw)
         trainer = LoRATrainer(cfg, transformer=make())
         g = torch.Generator().manual_seed(1)

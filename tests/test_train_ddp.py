@@ -38,7 +38,7 @@ def test_two_process_gloo_ddp_equals_single_process(tmp_path):
     data = tmp_path / "data"
     write_synthetic_dataset(data, model_spec(load_transformer("tiny-wan")), num_samples=4,
                             latent_shape=(16, 8, 16, 24), text_len=16, seed=3)
-    args = ["--model", "tiny-wan", "--data", str(data), "--block-size", "64", "--rank", "8", "--lr", "1e-2",
+    args = ["--model", "tiny-wan", "--data", str(data), "--block-size", "64", "--lora-rank", "8", "--lr", "1e-2",
             "--max-steps", "3", "--checkpoint-every", "2", "--no-progress", "--seed", "0"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -53,7 +53,7 @@ def test_two_process_gloo_ddp_equals_single_process(tmp_path):
     assert sorted(p.name for p in ckpt.glob("rng-rank*.pt")) == ["rng-rank0.pt", "rng-rank1.pt"]
 
     single = LoRATrainer(TrainConfig(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "one"), block_size=64,
-                                     rank=8, lr=1e-2, max_steps=3, checkpoint_every=0, progress=False, seed=0,
+                                     lora_rank=8, lr=1e-2, max_steps=3, checkpoint_every=0, progress=False, seed=0,
                                      batch_size=2)).train()
     torch.testing.assert_close(torch.tensor([r["loss"] for r in ddp_log]), torch.tensor(single.losses), atol=1e-5, rtol=1e-5)
     from safetensors.torch import load_file

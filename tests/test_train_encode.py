@@ -108,7 +108,7 @@ def test_encode_cli_wan_then_train(tmp_path, capsys):
 
     # train-lora reads the folder (and the pipeline's flow shift from its scheduler config).
     assert main(["train-lora", "--model", str(tmp_path / "pipe"), "--data", str(out), "--output", str(tmp_path / "run"),
-                 "--block-size", "64", "--rank", "4", "--max-steps", "2", "--checkpoint-every", "0", "--no-progress"]) == 0
+                 "--block-size", "64", "--lora-rank", "4", "--max-steps", "2", "--checkpoint-every", "0", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "train-lora: wan transformer, 2 samples" in printed and "2 steps" in printed
     cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
@@ -150,7 +150,7 @@ def test_encode_and_train_wan22_ti2v(tmp_path, capsys):
                  "--height", "64", "--width", "96", "--max-sequence-length", "16", "--frames", "9", "--no-progress"]) == 0
     assert "encode: 1 samples (wan, latents [48, 3, 4, 6])" in capsys.readouterr().out
     assert main(["train-lora", "--model", str(tmp_path / "pipe"), "--data", str(tmp_path / "data"), "--output",
-                 str(tmp_path / "run"), "--block-size", "64", "--rank", "4", "--max-steps", "1", "--checkpoint-every", "0",
+                 str(tmp_path / "run"), "--block-size", "64", "--lora-rank", "4", "--max-steps", "1", "--checkpoint-every", "0",
                  "--no-progress"]) == 0
     fresh = tiny.tiny_wan_pipeline("ti2v", num_layers=3, seed=0)
     fresh.load_lora_weights(str(tmp_path / "run"))
@@ -193,7 +193,7 @@ def test_encode_and_train_wan_i2v(tmp_path, capsys):
     from radial_attention.train.trainer import LoRATrainer, TrainConfig
 
     trainer = LoRATrainer(TrainConfig(model=str(tmp_path / "pipe"), data=str(out), output_dir=str(tmp_path / "run"),
-                                      block_size=64, rank=4, lr=1e-2, max_steps=2, checkpoint_every=0, progress=False))
+                                      block_size=64, lora_rank=4, lr=1e-2, max_steps=2, checkpoint_every=0, progress=False))
     trainer.train()
     trained = trainer.transformer.eval()
     fresh = tiny.tiny_wan_i2v_pipeline(num_layers=3, seed=0)
@@ -232,7 +232,7 @@ def test_encode_and_train_wan22_i2v_a14b_expert(tmp_path, capsys):
     assert set(stored) == {"latents", "prompt_embeds", "condition"} and stored["condition"].shape == (20, 3, 8, 12)
 
     trainer = LoRATrainer(TrainConfig(model=str(tmp_path / "pipe"), data=str(out), output_dir=str(tmp_path / "run"),
-                                      transformer_subfolder="transformer_2", block_size=64, rank=4, lr=1e-2, max_steps=2,
+                                      transformer_subfolder="transformer_2", block_size=64, lora_rank=4, lr=1e-2, max_steps=2,
                                       checkpoint_every=0, progress=False))
     assert trainer.timestep_range == (0.0, 900.0)
     trainer.train()

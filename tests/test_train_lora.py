@@ -5,6 +5,7 @@ the Wan mask keeps 33% of the blocks, HunyuanVideo's (16 text tokens appended) 3
 """
 
 import contextlib
+import argparse
 import json
 
 import pytest
@@ -36,7 +37,7 @@ def _data(tmp_path, family="tiny-wan", n=4, shape=LATENT, name="data"):
 
 
 def _cfg(tmp_path, data, **kw):
-    base = dict(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "out"), block_size=64, rank=8,
+    base = dict(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "out"), block_size=64, lora_rank=8,
                 lr=1e-2, max_steps=4, checkpoint_every=0, progress=False)
     base.update(kw)
     return TrainConfig(**base)
@@ -171,7 +172,7 @@ def test_wan22_a14b_low_noise_expert(tmp_path, capsys):
 
     capsys.readouterr()
     args = ["train-lora", "--model", str(folder), "--data", str(data), "--output", str(tmp_path / "cli"), "--block-size", "64",
-            "--rank", "4", "--max-steps", "1", "--checkpoint-every", "0", "--no-progress", "--transformer-subfolder", "transformer_2"]
+            "--lora-rank", "4", "--max-steps", "1", "--checkpoint-every", "0", "--no-progress", "--transformer-subfolder", "transformer_2"]
     assert main(args + ["--timestep-range", "100,400"]) == 0
     printed = capsys.readouterr().out
     assert "timesteps 100-400" in printed and "load_into_transformer_2=True" in printed
@@ -269,9 +270,30 @@ def test_resume_refuses_changed_settings(tmp_path):
     data = _data(tmp_path, n=2)
     LoRATrainer(_cfg(tmp_path, data, max_steps=1, checkpoint_every=1)).train()
     with pytest.raises(ValueError, match=r"settings differ.*rank: saved 8, given 4"):
-        LoRATrainer(_cfg(tmp_path, data, max_steps=2, rank=4, resume="latest"))
+        LoRATrainer(_cfg(tmp_path, data, max_steps=2, lora_rank=4, resume="latest"))
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         LoRATrainer(_cfg(tmp_path, data, resume=str(tmp_path)))
+
+
+def test_checkpoint_that_says_rank_still_resumes(tmp_path):
+    """Checkpoints written before `rank` became `lora_rank` store "rank" in their settings: they
+    resume, and a different rank is still refused."""
+    from radial_attention.train import checkpoint as ckpt
+
+    data = _data(tmp_path, n=2)
+    LoRATrainer(_cfg(tmp_path, data, max_steps=1, checkpoint_every=1)).train()
+    (saved,) = ckpt.list_checkpoints(tmp_path / "out")
+    state_file = saved / ckpt.STATE
+    state = json.loads(state_file.read_text())
+    state["settings"]["rank"] = state["settings"].pop("lora_rank")  # as an older version wrote it
+    state_file.write_text(json.dumps(state))
+    listing = json.loads((saved / ckpt.FILES).read_text())  # keep the checkpoint's own hashes right
+    listing["files"][ckpt.STATE] = {"size": state_file.stat().st_size, "sha256": ckpt._sha256(state_file)}
+    (saved / ckpt.FILES).write_text(json.dumps(listing))
+    with pytest.raises(ValueError, match=r"settings differ.*lora_rank: saved 8, given 4"):
+        LoRATrainer(_cfg(tmp_path, data, max_steps=2, lora_rank=4, resume="latest"))
+    trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=2, resume="latest"))
+    assert trainer.step_count == 1
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -322,10 +344,12 @@ def test_bf16_weights_train_with_float32_lora(tmp_path, family, precision):
 
 
 def test_precision_names():
-    from radial_attention.cli.train_cmd import PRECISION_CHOICES
+    from radial_attention.cli.main import build_parser
     from radial_attention.train.model import PRECISIONS, resolve_precision
 
-    assert PRECISION_CHOICES == PRECISIONS
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    precision = next(a for a in sub.choices["train-lora"]._actions if a.dest == "precision")
+    assert tuple(precision.choices) == PRECISIONS
     cuda = resolve_precision("auto", torch.device("cuda"))
     assert (cuda.weights, cuda.autocast) == (torch.bfloat16, torch.bfloat16)
     assert resolve_precision("bf16", torch.device("cpu")).autocast is None

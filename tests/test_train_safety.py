@@ -54,7 +54,7 @@ def _data(tmp_path, n=4, name="data", seed=3, family="tiny-wan"):
 
 
 def _cfg(tmp_path, data, **kw):
-    base = dict(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "out"), block_size=64, rank=4,
+    base = dict(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "out"), block_size=64, lora_rank=4,
                 lr=1e-2, max_steps=2, checkpoint_every=1, progress=False, dense_layers=1)
     base.update(kw)
     return TrainConfig(**base)
@@ -241,7 +241,7 @@ def test_train_lora_cli_overwrite_flag(tmp_path, capsys):
 
     data = _data(tmp_path, n=2)
     args = ["train-lora", "--model", "tiny-wan", "--data", str(data), "--output", str(tmp_path / "run"), "--block-size", "64",
-            "--rank", "4", "--dense-layers", "1", "--max-steps", "1", "--checkpoint-every", "1", "--no-progress"]
+            "--lora-rank", "4", "--dense-layers", "1", "--max-steps", "1", "--checkpoint-every", "1", "--no-progress"]
     assert main(args) == 0
     assert main(args) == 2
     assert "already holds a training run" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 
 class UsageError(ValueError):
@@ -45,12 +46,38 @@ def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
     return sub.add_parser(name, **kwargs)
 
 
+def add_deprecated_alias(parser, old: str, new_action: argparse.Action) -> None:
+    """Accept option ``old`` as a hidden alias of ``new_action`` (same value type and destination)
+    for one release; using it prints a one-line deprecation notice to stderr and goes on.
+
+    A separate (hidden) option rather than a second name of the new one, so that ``--help`` shows
+    only the new name and an error names the option the user typed (``argument --rank: ...``).
+    """
+    new = new_action.option_strings[0]
+
+    class _Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            # DeprecationWarning is hidden outside __main__ by default: tell a command-line user directly.
+            print(f"{parser.prog}: warning: {option_string} is deprecated and goes in radial-attention 0.2; use {new}",
+                  file=sys.stderr)
+            setattr(namespace, self.dest, values)
+
+    # default None: the namespace keeps the new option's default (argparse sets the first one it meets).
+    parser.add_argument(old, action=_Deprecated, dest=new_action.dest, type=new_action.type,
+                        choices=new_action.choices, metavar=new_action.metavar, default=None, help=argparse.SUPPRESS)
+
+
 # ----------------------------------------------------------------------------- numbers
 def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def integer(text: str) -> int:
+    """Any integer."""
+    return _int(text)
 
 
 def positive_int(text: str) -> int:
@@ -103,6 +130,26 @@ def fraction(text: str) -> float:
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return v
+
+
+def float_pair(what: str, lo: float = -math.inf, hi: float = math.inf):
+    """An argparse type for ``A,B`` of finite numbers in ``[lo, hi)``; ``what`` shows an example in the error."""
+
+    def parse(text: str):
+        try:
+            a, b = (float(x) for x in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected two comma-separated {what}, got {text!r}") from None
+        if not all(math.isfinite(x) and lo <= x < hi for x in (a, b)):
+            where = "" if (lo, hi) == (-math.inf, math.inf) else f" in [{lo:g}, {hi:g})"
+            raise argparse.ArgumentTypeError(f"expected two finite comma-separated {what}{where}, got {text!r}")
+        return (a, b)
+
+    return parse
+
+
+beta_pair = float_pair("numbers like 0.9,0.999", 0.0, 1.0)  # AdamW's betas
+timestep_pair = float_pair("timesteps like 875,1000")
 
 
 # ----------------------------------------------------------------------------- paths

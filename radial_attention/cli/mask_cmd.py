@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from radial_attention.cli.args import UsageError, add_command, nonneg_int, positive_float, positive_int
+from radial_attention.cli.args import UsageError, add_command, add_deprecated_alias, nonneg_int, positive_float, positive_int
 
 DEFAULT_MODEL = "wan2.1"
 DEFAULT_SIZE = (720, 1280, 81)  # height, width, frames: Wan2.1-14B's 720p default
@@ -28,14 +28,16 @@ def register(sub) -> None:
     )
     p.add_argument("--model", default=None,
                    help=f"model family: wan2.1, wan2.2-a14b, wan2.2-ti2v-5b, hunyuan, mochi (default: {DEFAULT_MODEL}); "
-                        "with --latent-frames it sets the preset, text tokens and heads only")
+                        "with --latent-frames it sets the preset, extra tokens and heads only")
     p.add_argument("--height", type=positive_int, default=None, help=f"video height in pixels (default: {DEFAULT_SIZE[0]})")
     p.add_argument("--width", type=positive_int, default=None, help=f"video width in pixels (default: {DEFAULT_SIZE[1]})")
     p.add_argument("--frames", type=positive_int, default=None, help=f"video frames, pixel frames (default: {DEFAULT_SIZE[2]})")
     p.add_argument("--latent-frames", type=positive_int, default=None, help="latent frames F (instead of a video size)")
     p.add_argument("--tokens-per-frame", type=positive_int, default=None, help="tokens per latent frame T (with --latent-frames)")
-    p.add_argument("--text-tokens", type=nonneg_int, default=None,
-                   help="tokens appended after the video (default: the family's, HunyuanVideo 256; else 0)")
+    extra_option = p.add_argument(
+        "--extra-tokens", type=nonneg_int, default=None,
+        help="tokens appended after the video (default: the family's: HunyuanVideo's 256 text tokens; else 0)")
+    add_deprecated_alias(p, "--text-tokens", extra_option)
     p.add_argument("--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's; wan without a model)")
     p.add_argument("--decay", type=positive_float, default=None, help="decay factor d (default: the preset's)")
     p.add_argument("--sink", choices=["on", "off"], default=None, help="attention sink on frame 0 (default: the preset's)")
@@ -50,7 +52,7 @@ def register(sub) -> None:
 
 
 def resolve_layout(args):
-    """(frames, tokens_per_frame, text_tokens, preset name, family name, description) from the arguments."""
+    """(frames, tokens_per_frame, extra_tokens, preset name, family name, description) from the arguments."""
     from radial_attention.mask import get_model_family, video_layout
 
     direct = args.latent_frames is not None or args.tokens_per_frame is not None
@@ -60,10 +62,10 @@ def resolve_layout(args):
             raise UsageError("--latent-frames and --tokens-per-frame go together")
         if sized:
             raise UsageError("give either --latent-frames/--tokens-per-frame or --height/--width/--frames, not both")
-        # A family given here still means something: its preset, text tokens and heads (said in the layout line).
+        # A family given here still means something: its preset, extra tokens and heads (said in the layout line).
         fam = get_model_family(args.model) if args.model else None
         preset = args.preset or (fam.preset if fam else "wan")
-        x = args.text_tokens if args.text_tokens is not None else (fam.default_text_tokens if fam else 0)
+        x = args.extra_tokens if args.extra_tokens is not None else (fam.default_extra_tokens if fam else 0)
         desc = (f"{fam.name + ' with the given F and T: ' if fam else ''}"
                 f"F={args.latent_frames} latent frames x T={args.tokens_per_frame} tokens")
         return args.latent_frames, args.tokens_per_frame, x, preset, (fam.name if fam else DEFAULT_MODEL), desc
@@ -72,12 +74,12 @@ def resolve_layout(args):
     h = dh if args.height is None else args.height
     w = dw if args.width is None else args.width
     f = df if args.frames is None else args.frames
-    layout = video_layout(model, h, w, f, text_tokens=args.text_tokens)
+    layout = video_layout(model, h, w, f, extra_tokens=args.extra_tokens)
     desc = (
         f"{layout.family} {w}x{h}, {f} frames -> F={layout.frames} latent frames x "
         f"T={layout.height_tokens}x{layout.width_tokens}={layout.tokens_per_frame} tokens"
     )
-    return layout.frames, layout.tokens_per_frame, layout.text_tokens, args.preset or layout.preset, layout.family, desc
+    return layout.frames, layout.tokens_per_frame, layout.extra_tokens, args.preset or layout.preset, layout.family, desc
 
 
 def flop_unit(flops: float):
@@ -102,19 +104,19 @@ def format_flop_pair(part: float, whole: float) -> str:
 def build_report(args) -> dict:
     """Build the mask the arguments describe; returns what ``run`` prints, as values::
 
-        {"mask", "desc", "frames", "tokens_per_frame", "text_tokens", "seq_len", "preset", "decay",
+        {"mask", "desc", "frames", "tokens_per_frame", "extra_tokens", "seq_len", "preset", "decay",
          "sink", "adjacent", "heads", "flops" (RadialBlockMask.attention_flops), "build_ms"}
     """
     from radial_attention.mask import get_preset, radial_block_mask
     from radial_attention.mask.radial import _cached_mask
 
-    frames, tpf, text, preset_name, family, desc = resolve_layout(args)
+    frames, tpf, extra, preset_name, family, desc = resolve_layout(args)
     preset = get_preset(preset_name)
     decay = preset.decay if args.decay is None else args.decay
     sink = preset.sink if args.sink is None else args.sink == "on"
     adjacent = preset.adjacent if args.adjacent is None else args.adjacent
     heads = FAMILY_HEADS[family] if args.heads is None else args.heads
-    seq = frames * tpf + text
+    seq = frames * tpf + extra
     blocks = -(-seq // args.block_size)
     if blocks > MAX_BLOCKS:
         raise UsageError(
@@ -124,9 +126,9 @@ def build_report(args) -> dict:
 
     _cached_mask.cache_clear()  # time a real build, not a cache hit
     t0 = time.perf_counter()
-    mask = radial_block_mask(frames, tpf, block_size=args.block_size, decay=decay, sink=sink, adjacent=adjacent, text_tokens=text)
+    mask = radial_block_mask(frames, tpf, block_size=args.block_size, decay=decay, sink=sink, adjacent=adjacent, extra_tokens=extra)
     build_ms = (time.perf_counter() - t0) * 1e3
-    return dict(mask=mask, desc=desc, frames=frames, tokens_per_frame=tpf, text_tokens=text, seq_len=seq,
+    return dict(mask=mask, desc=desc, frames=frames, tokens_per_frame=tpf, extra_tokens=extra, seq_len=seq,
                 preset=preset_name, decay=decay, sink=sink, adjacent=adjacent, heads=heads,
                 flops=mask.attention_flops(seq, args.head_dim, heads), build_ms=build_ms)
 
@@ -136,11 +138,11 @@ def run(args) -> int:
 
     png = png_path(args.png) if args.png else None  # a bad picture name fails before the work
     r = build_report(args)
-    mask, text, flops = r["mask"], r["text_tokens"], r["flops"]
+    mask, extra, flops = r["mask"], r["extra_tokens"], r["flops"]
     video = r["frames"] * r["tokens_per_frame"]
-    print(f"layout        {r['desc']}" + (f" + {text} text tokens" if text else ""))
+    print(f"layout        {r['desc']}" + (f" + {extra} extra tokens" if extra else ""))
     print(f"settings      preset={r['preset']} decay={r['decay']} sink={r['sink']} adjacent={r['adjacent']} block={args.block_size}")
-    print(f"tokens        {r['seq_len']:,} ({video:,} video + {text} text)")
+    print(f"tokens        {r['seq_len']:,} ({video:,} video + {extra} extra)")
     print(f"blocks        {mask.num_blocks} x {mask.num_blocks} = {mask.num_blocks ** 2:,}, kept {int(mask.to_dense().sum()):,}")
     print(f"density       {mask.density:.4f}  (ideal speed-up 1/density = {1 / mask.density:.2f}x)")
     print(
@@ -149,7 +151,7 @@ def run(args) -> int:
     )
     print(f"build time    {r['build_ms']:.1f} ms")
     if png:
-        title = (f"{r['desc']}" + (f" + {text} text tokens" if text else "")
+        title = (f"{r['desc']}" + (f" + {extra} extra tokens" if extra else "")
                  + f"\npreset {r['preset']}, decay {r['decay']}, block {mask.block_size}: density {mask.density:.3f}")
         print(f"picture       {mask.save_png(png, title=title)}")
     return 0

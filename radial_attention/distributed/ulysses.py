@@ -24,7 +24,8 @@ from typing import Optional, Union
 import torch
 
 from radial_attention.mask import BlockSparseMask
-from radial_attention.mask.radial import radial_mask_with_settings
+from radial_attention._deprecation import renamed_keyword
+from radial_attention.mask.radial import radial_block_mask
 from radial_attention.ops import block_sparse_attention
 from radial_attention.ops.api import as_block_sparse_mask
 
@@ -207,7 +208,7 @@ def ulysses_radial_attention(
     *,
     frames: int,
     tokens_per_frame: int,
-    text_tokens: int = 0,
+    extra_tokens: int = 0,
     preset: Optional[str] = None,
     decay: Optional[float] = None,
     sink: Optional[bool] = None,
@@ -218,17 +219,21 @@ def ulysses_radial_attention(
     scale: Optional[float] = None,
     backend: str = "auto",
     key_lengths: Optional[torch.Tensor] = None,
+    text_tokens: Optional[int] = None,
 ) -> torch.Tensor:
     """:func:`radial_attention.ops.radial_attention` with the sequence split across ``group``.
 
-    The global length is ``frames * tokens_per_frame + text_tokens``; the local slices may be
+    The global length is ``frames * tokens_per_frame + extra_tokens``; the local slices may be
     tail-padded up to ``N * S_local`` (see :func:`ulysses_attention`). Preset handling is the op's:
     ``preset`` gives decay/sink/adjacent, explicit values override it, and without a preset the
-    defaults are ``decay=1.0, sink=False, adjacent="full"``.
+    defaults are ``decay=1.0, sink=False, adjacent="full"``. ``text_tokens`` is the deprecated
+    name of ``extra_tokens``.
     """
-    mask = radial_mask_with_settings(
+    extra_tokens = renamed_keyword("ulysses_radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens,
+                                   default=0)
+    mask = radial_block_mask(
         frames, tokens_per_frame, preset=preset, decay=decay, sink=sink, adjacent=adjacent,
-        block_size=block_size, text_tokens=text_tokens,
+        block_size=block_size, extra_tokens=extra_tokens,
     )
     return ulysses_attention(
         q, k, v, mask, group=group, layout=layout, seq_len=mask.seq_len, scale=scale, backend=backend,

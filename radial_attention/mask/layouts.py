@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from radial_attention._deprecation import renamed_keyword, warn_deprecated
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -19,8 +21,14 @@ class ModelFamily:
     temporal_compression: int  # VAE time stride (times temporal patch, which is 1 for all here)
     spatial_stride: int  # VAE space stride x spatial patch: pixels per token side
     preset: str
-    default_text_tokens: int  # tokens appended after the video in the joint self-attention
+    default_extra_tokens: int  # tokens (text) appended after the video in the joint self-attention
     description: str
+
+    @property
+    def default_text_tokens(self) -> int:
+        """Deprecated name of :attr:`default_extra_tokens`."""
+        warn_deprecated("ModelFamily.default_text_tokens", "default_extra_tokens")
+        return self.default_extra_tokens
 
 
 MODEL_FAMILIES = {
@@ -55,14 +63,20 @@ def get_model_family(name: str) -> ModelFamily:
 
 @dataclass(frozen=True)
 class VideoLayout:
-    """The token layout of one video: ``frames x (height_tokens x width_tokens)`` plus text tokens."""
+    """The token layout of one video: ``frames x (height_tokens x width_tokens)`` plus extra tokens."""
 
     family: str
     preset: str
     frames: int  # latent frames F
     height_tokens: int
     width_tokens: int
-    text_tokens: int = 0
+    extra_tokens: int = 0  # tokens appended after the video (HunyuanVideo's text tokens)
+
+    @property
+    def text_tokens(self) -> int:
+        """Deprecated name of :attr:`extra_tokens`."""
+        warn_deprecated("VideoLayout.text_tokens", "extra_tokens")
+        return self.extra_tokens
 
     @property
     def tokens_per_frame(self) -> int:
@@ -77,21 +91,26 @@ class VideoLayout:
     @property
     def seq_len(self) -> int:
         """N + X, all tokens in the self-attention."""
-        return self.video_tokens + self.text_tokens
+        return self.video_tokens + self.extra_tokens
 
 
-def video_layout(model: str, height: int, width: int, num_frames: int, *, text_tokens: Optional[int] = None) -> VideoLayout:
+def video_layout(
+    model: str, height: int, width: int, num_frames: int, *, extra_tokens: Optional[int] = None, text_tokens: Optional[int] = None
+) -> VideoLayout:
     """Frames and tokens per frame of a ``num_frames``-frame ``height x width`` video for ``model``.
 
     Args:
         model: a family name of :data:`MODEL_FAMILIES` (or an alias such as ``"wan"``).
         height, width: pixels; must be divisible by the family's pixels-per-token.
         num_frames: video frames; must be ``k * temporal_compression + 1``.
-        text_tokens: tokens appended after the video; default the family's (256 for HunyuanVideo).
+        extra_tokens: tokens appended after the video; default the family's (256 text tokens for
+            HunyuanVideo, else 0).
+        text_tokens: deprecated name of ``extra_tokens``.
 
     Raises:
         ValueError: naming the size the model cannot take and the nearest sizes it can.
     """
+    extra_tokens = renamed_keyword("video_layout", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=None)
     fam = get_model_family(model)
     for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -111,14 +130,14 @@ def video_layout(model: str, height: int, width: int, num_frames: int, *, text_t
             f"{fam.description}: num_frames must be {t}k+1 (the VAE compresses time by {t}), got {num_frames}; "
             f"nearest valid: {lo} or {lo + t}"
         )
-    x = fam.default_text_tokens if text_tokens is None else text_tokens
+    x = fam.default_extra_tokens if extra_tokens is None else extra_tokens
     if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-        raise ValueError(f"text_tokens must be a non-negative integer, got {text_tokens!r}")
+        raise ValueError(f"extra_tokens must be a non-negative integer, got {extra_tokens!r}")
     return VideoLayout(
         family=fam.name,
         preset=fam.preset,
         frames=(num_frames - 1) // t + 1,
         height_tokens=height // s,
         width_tokens=width // s,
-        text_tokens=x,
+        extra_tokens=x,
     )

@@ -35,6 +35,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from radial_attention._deprecation import renamed_keyword, warn_deprecated
+
 from .numbers import as_float, as_int
 from .sparse import SUPPORTED_BLOCK_SIZES, BlockSparseMask
 
@@ -72,36 +74,42 @@ def get_preset(name: str) -> RadialSettings:
 class RadialBlockMask(BlockSparseMask):
     """A :class:`BlockSparseMask` that also remembers the video layout and settings it came from."""
 
-    def __init__(self, dense, block_size, *, frames, tokens_per_frame, text_tokens, decay, sink, adjacent):
+    def __init__(self, dense, block_size, *, frames, tokens_per_frame, extra_tokens, decay, sink, adjacent):
         super().__init__(dense, block_size)
         self.frames = frames
         self.tokens_per_frame = tokens_per_frame
-        self.text_tokens = text_tokens
+        self.extra_tokens = extra_tokens
         self.decay = decay
         self.sink = sink
         self.adjacent = adjacent
 
     @property
+    def text_tokens(self) -> int:
+        """Deprecated name of :attr:`extra_tokens`."""
+        warn_deprecated("RadialBlockMask.text_tokens", "extra_tokens")
+        return self.extra_tokens
+
+    @property
     def seq_len(self) -> int:
-        """Tokens the mask covers: video tokens plus appended text tokens (``N + X``)."""
-        return self.frames * self.tokens_per_frame + self.text_tokens
+        """Tokens the mask covers: video tokens plus the extra tokens appended after them (``N + X``)."""
+        return self.frames * self.tokens_per_frame + self.extra_tokens
 
     def __repr__(self) -> str:
         return (
             f"RadialBlockMask(frames={self.frames}, tokens_per_frame={self.tokens_per_frame}, "
-            f"text_tokens={self.text_tokens}, block_size={self.block_size}, decay={self.decay}, "
+            f"extra_tokens={self.extra_tokens}, block_size={self.block_size}, decay={self.decay}, "
             f"sink={self.sink}, adjacent={self.adjacent!r}, blocks={self.num_blocks}, density={self.density:.4f})"
         )
 
 
-def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens) -> tuple:
+def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, extra_tokens) -> tuple:
     """The arguments as plain Python values ``(F, T, block_size, decay, X)``; ValueError naming a bad one.
 
     Numbers may be Python numbers, numpy scalars or 0-d tensors; bools are refused.
     """
     F = as_int("frames", frames, 1)
     T = as_int("tokens_per_frame", tokens_per_frame, 1)
-    X = as_int("text_tokens", text_tokens, 0)
+    X = as_int("extra_tokens", extra_tokens, 0)
     bs = as_int("block_size", block_size)
     if bs not in SUPPORTED_BLOCK_SIZES:
         raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
@@ -227,41 +235,59 @@ def _build_dense(F: int, T: int, X: int, B: int, decay: float, sink: bool, adjac
 def _cached_mask(F, T, X, B, decay, sink, adjacent) -> RadialBlockMask:
     dense = torch.from_numpy(_build_dense(F, T, X, B, decay, sink, adjacent))
     return RadialBlockMask(
-        dense, B, frames=F, tokens_per_frame=T, text_tokens=X, decay=decay, sink=sink, adjacent=adjacent
+        dense, B, frames=F, tokens_per_frame=T, extra_tokens=X, decay=decay, sink=sink, adjacent=adjacent
     )
+
+
+# Settings without a preset (the authors' defaults).
+_DEFAULT_SETTINGS = RadialSettings(decay=1.0, sink=False, adjacent="full")
 
 
 def radial_block_mask(
     frames: int,
     tokens_per_frame: int,
     *,
+    preset: Optional[str] = None,
+    decay: Optional[float] = None,
+    sink: Optional[bool] = None,
+    adjacent: Optional[str] = None,
     block_size: int = 128,
-    decay: float = 1.0,
-    sink: bool = False,
-    adjacent: str = "full",
-    text_tokens: int = 0,
+    extra_tokens: int = 0,
+    text_tokens: Optional[int] = None,
 ) -> RadialBlockMask:
     """The radial block mask of a video of ``frames`` latent frames of ``tokens_per_frame`` tokens.
+
+    ``preset`` gives decay, sink and adjacent; each of them given explicitly overrides the
+    preset's. Without a preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
 
     Args:
         frames: ``F``, latent frames (after the VAE and temporal patching), >= 1.
         tokens_per_frame: ``T``, tokens per latent frame (after spatial patching), >= 1.
-        block_size: ``B``, 64 or 128.
+        preset: ``"wan"``, ``"wan-full"``, ``"hunyuan"`` or ``"wan2.2"`` (:data:`PRESETS`), or ``None``.
         decay: ``d`` > 0, scales the spatial window of frames at distance >= 2.
         sink: every frame attends fully to frame 0.
         adjacent: ``"full"`` or ``"half"``, the band between neighbouring frames.
-        text_tokens: ``X`` extra tokens appended after the video, dense rows and columns.
+        block_size: ``B``, 64 or 128.
+        extra_tokens: ``X`` tokens appended after the video (HunyuanVideo's text tokens), dense
+            rows and columns.
+        text_tokens: deprecated name of ``extra_tokens``.
 
     Returns:
         A :class:`RadialBlockMask`; ``.to_dense()`` is (a copy of) the ``torch.bool`` ``[nb, nb]``
-        block mask with ``nb = ceil((F*T + X) / B)``. Cached in memory by arguments: the same object
-        is returned for the same arguments (its accessors hand out copies, so it cannot be corrupted).
+        block mask with ``nb = ceil((F*T + X) / B)``. Cached in memory by the resolved settings: the
+        same object is returned for the same mask (its accessors hand out copies, so it cannot be
+        corrupted).
 
     Raises:
-        ValueError: for non-positive sizes, an unknown ``adjacent``, a block size other than 64/128,
-            or a non-positive decay.
+        ValueError: for non-positive sizes, an unknown preset or ``adjacent``, a block size other
+            than 64/128, or a non-positive decay.
     """
-    F, T, bs, d, X = _check_args(frames, tokens_per_frame, block_size, decay, adjacent, text_tokens)
+    extra_tokens = renamed_keyword("radial_block_mask", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0)
+    base = _DEFAULT_SETTINGS if preset is None else get_preset(preset)
+    decay = base.decay if decay is None else decay
+    sink = base.sink if sink is None else sink
+    adjacent = base.adjacent if adjacent is None else adjacent
+    F, T, bs, d, X = _check_args(frames, tokens_per_frame, block_size, decay, adjacent, extra_tokens)
     if isinstance(sink, torch.Tensor) and sink.dim() == 0 and sink.dtype == torch.bool:
         sink = bool(sink)
     if not isinstance(sink, (bool, np.bool_)):
@@ -272,17 +298,11 @@ def radial_block_mask(
 def radial_mask_from_preset(
     preset: str, frames: int, tokens_per_frame: int, *, text_tokens: int = 0, block_size: int = 128, decay: Optional[float] = None
 ) -> RadialBlockMask:
-    """``radial_block_mask`` with a preset's settings (``decay`` overrides the preset's)."""
-    s = get_preset(preset)
-    return radial_block_mask(
-        frames,
-        tokens_per_frame,
-        block_size=block_size,
-        decay=s.decay if decay is None else decay,
-        sink=s.sink,
-        adjacent=s.adjacent,
-        text_tokens=text_tokens,
-    )
+    """Deprecated: ``radial_block_mask(frames, tokens_per_frame, preset=preset, extra_tokens=...)``."""
+    warn_deprecated("radial_mask_from_preset(preset, F, T, text_tokens=X)",
+                    "radial_block_mask(F, T, preset=preset, extra_tokens=X)")
+    return radial_block_mask(frames, tokens_per_frame, preset=preset, decay=decay, block_size=block_size,
+                             extra_tokens=text_tokens)
 
 
 def radial_mask_with_settings(
@@ -296,21 +316,7 @@ def radial_mask_with_settings(
     block_size: int = 128,
     text_tokens: int = 0,
 ) -> RadialBlockMask:
-    """``radial_block_mask`` where ``preset`` gives decay/sink/adjacent and explicit values override it.
-
-    Without a preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
-    """
-    if preset is not None:
-        settings = get_preset(preset)
-        decay = settings.decay if decay is None else decay
-        sink = settings.sink if sink is None else sink
-        adjacent = settings.adjacent if adjacent is None else adjacent
-    return radial_block_mask(
-        frames,
-        tokens_per_frame,
-        block_size=block_size,
-        decay=1.0 if decay is None else decay,
-        sink=False if sink is None else sink,
-        adjacent="full" if adjacent is None else adjacent,
-        text_tokens=text_tokens,
-    )
+    """Deprecated: ``radial_block_mask`` takes the same arguments (``extra_tokens`` for ``text_tokens``)."""
+    warn_deprecated("radial_mask_with_settings(...)", "radial_block_mask(...) (the same arguments; extra_tokens=)")
+    return radial_block_mask(frames, tokens_per_frame, preset=preset, decay=decay, sink=sink, adjacent=adjacent,
+                             block_size=block_size, extra_tokens=text_tokens)

@@ -8,7 +8,7 @@ from typing import Optional
 KEPT_COLOR = "#1b2a49"  # computed blocks: dark
 SKIPPED_COLOR = "#ffffff"  # skipped blocks: white
 FRAME_COLOR = "#e8710a"  # latent-frame boundaries
-TEXT_COLOR = "#2ca02c"  # where the appended text tokens start
+EXTRA_COLOR = "#2ca02c"  # where the extra (text) tokens appended after the video start
 
 
 def png_path(path) -> str:
@@ -34,15 +34,15 @@ def default_title(mask) -> str:
     if frames is None:
         return grid
     layout = f"F={frames} latent frames x T={mask.tokens_per_frame} tokens"
-    if mask.text_tokens:
-        layout += f" + {mask.text_tokens} text tokens"
+    if mask.extra_tokens:
+        layout += f" + {mask.extra_tokens} extra tokens"
     return f"{layout}\ndecay {mask.decay}, sink {'on' if mask.sink else 'off'}, adjacent {mask.adjacent}: {grid}"
 
 
 def render_mask_png(mask, path, title: Optional[str] = None, max_pixels: int = 2048) -> str:
     """Draw ``mask`` (a BlockSparseMask) into a PNG: rows = query blocks, columns = key blocks,
     kept (computed) blocks dark, skipped blocks white; for a radial mask also the latent-frame
-    boundaries (every k-th beyond 32 frames) and where text tokens start, with a legend below.
+    boundaries (every k-th beyond 32 frames) and where the extra (text) tokens start, with a legend below.
 
     A 4-D mask is drawn for batch 0, head 0. The mask area has about one pixel per block (at
     least 480, at most ``max_pixels`` a side); beyond that blocks are averaged (grey = partly
@@ -91,12 +91,12 @@ def render_mask_png(mask, path, title: Optional[str] = None, max_pixels: int = 2
             ax.axhline(b, color=FRAME_COLOR, linewidth=0.8, alpha=0.7)
         which = "latent-frame boundary" if every == 1 else f"every {every}th latent-frame boundary"
         handles.append(Line2D([], [], color=FRAME_COLOR, linewidth=1.5, label=f"{which} ({frames} frames)"))
-        if mask.text_tokens:
+        if mask.extra_tokens:
             start = frames * T / bs
-            ax.axvline(start, color=TEXT_COLOR, linewidth=1.2, linestyle="--")
-            ax.axhline(start, color=TEXT_COLOR, linewidth=1.2, linestyle="--")
-            handles.append(Line2D([], [], color=TEXT_COLOR, linewidth=1.5, linestyle="--",
-                                  label=f"text tokens start ({mask.text_tokens})"))
+            ax.axvline(start, color=EXTRA_COLOR, linewidth=1.2, linestyle="--")
+            ax.axhline(start, color=EXTRA_COLOR, linewidth=1.2, linestyle="--")
+            handles.append(Line2D([], [], color=EXTRA_COLOR, linewidth=1.5, linestyle="--",
+                                  label=f"extra tokens start ({mask.extra_tokens})"))
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=9, frameon=False)
     ax.set_title(default_title(mask) if title is None else title, fontsize=10)
     fig.savefig(path, bbox_inches="tight", pad_inches=0.15)  # tight: title and legend are never cut off

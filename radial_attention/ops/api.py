@@ -37,7 +37,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from radial_attention.mask import SUPPORTED_BLOCK_SIZES, BlockSparseMask
 from radial_attention.mask.numbers import as_float, as_int
-from radial_attention.mask.radial import radial_mask_with_settings
+from radial_attention._deprecation import renamed_keyword
+from radial_attention.mask.radial import radial_block_mask
 
 # Backend name -> module, imported on first use (so optional packages stay optional).
 BACKEND_MODULES = {
@@ -377,7 +378,7 @@ def radial_attention(
     *,
     frames: int,
     tokens_per_frame: int,
-    text_tokens: int = 0,
+    extra_tokens: int = 0,
     preset: Optional[str] = None,
     decay: Optional[float] = None,
     sink: Optional[bool] = None,
@@ -386,31 +387,34 @@ def radial_attention(
     scale: Optional[float] = None,
     backend: str = "auto",
     key_lengths: Optional[torch.Tensor] = None,
+    text_tokens: Optional[int] = None,
 ) -> torch.Tensor:
-    """Radial attention over a video of ``frames x tokens_per_frame`` tokens (+ ``text_tokens``).
+    """Radial attention over a video of ``frames x tokens_per_frame`` tokens (+ ``extra_tokens``).
 
     Builds (once: ``radial_block_mask`` caches by arguments) the radial block mask and calls
-    :func:`block_sparse_attention`. ``S`` must equal ``frames * tokens_per_frame + text_tokens``
-    (video tokens first, then the text tokens, which are dense rows and columns).
+    :func:`block_sparse_attention`. ``S`` must equal ``frames * tokens_per_frame + extra_tokens``
+    (video tokens first, then the extra tokens, e.g. HunyuanVideo's text, which are dense rows
+    and columns). ``text_tokens`` is the deprecated name of ``extra_tokens``.
 
     Settings: ``preset`` (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``) gives decay,
     sink and adjacent; ``decay`` / ``sink`` / ``adjacent`` given explicitly override it. Without a
     preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
     """
+    extra_tokens = renamed_keyword("radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0)
     # Check the sizes against q before building the mask: a wrong layout could ask for a huge one.
     F = as_int("frames", frames, 1)
     T = as_int("tokens_per_frame", tokens_per_frame, 1)
-    X = as_int("text_tokens", text_tokens, 0)
+    X = as_int("extra_tokens", extra_tokens, 0)
     _check_qkv(q, k, v)
     seq_len = F * T + X
     if q.shape[2] != seq_len:
         hint = _layout_hint(q, lambda n: n == seq_len)
         raise ValueError(
-            f"q has S={q.shape[2]} tokens but frames * tokens_per_frame + text_tokens = "
+            f"q has S={q.shape[2]} tokens but frames * tokens_per_frame + extra_tokens = "
             f"{F} * {T} + {X} = {seq_len}{hint}"
         )
-    mask = radial_mask_with_settings(
-        F, T, preset=preset, decay=decay, sink=sink, adjacent=adjacent, block_size=block_size, text_tokens=X,
+    mask = radial_block_mask(
+        F, T, preset=preset, decay=decay, sink=sink, adjacent=adjacent, block_size=block_size, extra_tokens=X,
     )
     return block_sparse_attention(
         q, k, v, mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths

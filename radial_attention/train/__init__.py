@@ -4,7 +4,7 @@ the training data folder (``radial-attention encode``).
     from radial_attention.train import TrainConfig, train_lora
     train_lora(TrainConfig(model=..., data=..., output_dir=...))
 
-Modules: ``data`` (folder format, validation, dataset), ``objective`` (flow matching), ``model``
+Modules: ``config`` (``TrainConfig``: the settings, and their command-line options), ``data`` (folder format, validation, dataset), ``objective`` (flow matching), ``model``
 (which transformer, LoRA targets, call arguments), ``lora`` (adapter + diffusers LoRA file),
 ``checkpoint``, ``data_parallel`` (torchrun / DDP), ``trainer``, ``encode`` (videos -> folder).
 Imports are lazy: ``import radial_attention.train`` needs only torch.
@@ -13,7 +13,7 @@ Imports are lazy: ``import radial_attention.train`` needs only torch.
 from radial_attention._lazy import lazy_attributes
 
 _LAZY = {
-    "TrainConfig": "radial_attention.train.trainer",
+    "TrainConfig": "radial_attention.train.config",
     "TrainResult": "radial_attention.train.trainer",
     "LoRATrainer": "radial_attention.train.trainer",
     "train_lora": "radial_attention.train.trainer",

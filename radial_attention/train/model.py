@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .config import PRECISIONS  # defined there: the CLI reads it without importing torch
 from .data import CONDITION, IMAGE_EMBEDS, POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
 from .objective import NUM_TRAIN_TIMESTEPS
 
@@ -246,9 +247,6 @@ class Precision:
     @property
     def compute(self) -> torch.dtype:
         return self.autocast or self.weights
-
-
-PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16", "bf16-autocast")
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:

@@ -37,6 +37,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import data_parallel as dp
+from .config import ATTENTIONS, LR_SCHEDULES, TrainConfig, upgrade_saved_settings  # noqa: F401 (re-exported)
 from .data import PROMPT_EMBEDS, LatentDataset, collate
 from .lora import LORA_WEIGHTS_NAME, add_lora, load_lora_into, lora_parameters, save_lora
 from .model import (
@@ -57,12 +58,10 @@ from .memory import enable_checkpointing, offload_context, prepare_offload_input
 from .objective import FlowMatching
 from .plot import plot_loss
 
-ATTENTIONS = ("radial", "dense")
-LR_SCHEDULES = ("constant", "cosine")
 # Settings that must not change between a run and its resumption (they change the data order,
 # the random draws, the adapter's shape, the model being trained or the data). data_fingerprint
 # identifies the data folder's samples, not its path (a moved folder still resumes).
-_RESUME_MUST_MATCH = ("rank", "alpha", "train_ff", "attention", "batch_size", "grad_accum", "seed", "world_size",
+_RESUME_MUST_MATCH = ("lora_rank", "alpha", "train_ff", "attention", "batch_size", "grad_accum", "seed", "world_size",
                       "timestep_sampling", "transformer_subfolder", "timestep_range", "data_fingerprint")
 _SETTING_DEFAULTS = {"transformer_subfolder": "transformer", "timestep_range": None}
 # Checked only when the checkpoint records them (older checkpoints do not).
@@ -74,125 +73,6 @@ _RUN_FILES = ("loss.jsonl", "loss.png", "train_config.json", LORA_WEIGHTS_NAME)
 class NonFiniteLossError(ValueError):
     """The loss, the gradients or the LoRA weights became NaN/inf: the run stops before saving
     anything of that step (the message names the step and the samples)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs. Defaults follow the paper's LoRA recipe where it has one.
-
-    Model and data:
-        model: pipeline folder, transformer folder, Hub id, or ``tiny-wan`` / ``tiny-hunyuan``.
-        transformer_subfolder: the pipeline component to train (``transformer``; ``transformer_2``:
-            Wan2.2 A14B's low-noise expert).
-        data: folder in the format of ``docs/training-data.md`` (``radial-attention encode``).
-        output_dir: where the LoRA, checkpoints and ``loss.jsonl`` go.
-    LoRA:
-        rank (128), alpha (default = rank), lora_dropout, train_ff (also the feed-forward layers).
-    Attention:
-        attention: ``"radial"`` or ``"dense"`` (plain SDPA everywhere, the baseline).
-        preset / decay: radial mask settings (``None``: the model's own preset and its decay).
-        dense_layers: the first this many blocks stay dense (2).
-        block_size (128; 64 for small videos), backend: the op backend (``"auto"``).
-    Optimisation:
-        max_steps: optimizer steps; batch_size per process; grad_accum micro-batches per step;
-        lr, weight_decay, adam_betas, adam_eps (AdamW); warmup_steps, lr_schedule
-        (``constant``/``cosine``); max_grad_norm (0 disables clipping).
-    Objective:
-        shift (``None``: the model's scheduler config, else Wan 3.0 / HunyuanVideo 7.0),
-        timestep_sampling (``uniform``/``logit_normal``), guidance (HunyuanVideo's embedded guidance),
-        timestep_range (``(lo, hi)`` in 0-1000: only noise levels in it; ``None``: for one expert
-        of a Wan2.2 A14B pipeline the expert's own range from ``boundary_ratio``, else all).
-    Runtime:
-        precision (``auto``: ``bf16-mixed`` on CUDA, fp32 on CPU; see ``train.model.resolve_precision``),
-        gradient_checkpointing, offload_checkpoints (the checkpointed blocks' inputs in CPU memory:
-        long videos on big models; ``train.memory``; one process only), collective_timeout_s (several
-        processes: a gradient all-reduce or barrier waiting longer fails the run), deterministic (deterministic GPU kernels, process-wide: a resumed run
-        then repeats the uninterrupted one bit for bit on a GPU too; without it non-deterministic
-        GPU kernels make runs differ in the last digits), device (``None``: CUDA if available), seed, checkpoint_every,
-        keep_checkpoints (this run's newest checkpoints kept), resume (``None``, ``"latest"`` or a
-        checkpoint folder), overwrite (start a new run in an output folder that holds another one,
-        deleting that run's checkpoints and logs; without it such a folder is refused), eval_every
-        (a fixed-noise loss on the first ``eval_samples`` samples; 0 disables), progress (bar).
-    """
-
-    model: str
-    data: str
-    output_dir: str
-    rank: int = 128
-    alpha: Optional[float] = None
-    lora_dropout: float = 0.0
-    train_ff: bool = False
-    attention: str = "radial"
-    preset: Optional[str] = None
-    decay: Optional[float] = None
-    dense_layers: int = 2
-    block_size: int = 128
-    backend: str = "auto"
-    max_steps: int = 1000
-    batch_size: int = 1
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    adam_betas: Tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    max_grad_norm: float = 1.0
-    shift: Optional[float] = None
-    timestep_sampling: str = "uniform"
-    guidance: float = 1.0
-    timestep_range: Optional[Tuple[float, float]] = None
-    transformer_subfolder: str = "transformer"
-    precision: str = "auto"
-    gradient_checkpointing: bool = True
-    device: Optional[str] = None
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    resume: Optional[str] = None
-    eval_every: int = 0
-    eval_samples: int = 4
-    progress: bool = True
-    deterministic: bool = False
-    offload_checkpoints: bool = False
-    overwrite: bool = False
-    collective_timeout_s: float = 1800.0
-
-    def __post_init__(self):
-        if self.attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("dense_layers", "warmup_steps", "checkpoint_every", "eval_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if self.overwrite and self.resume is not None:
-            raise ValueError(f"overwrite starts a new run and deletes the old one's checkpoints; it cannot be combined "
-                             f"with resume (got resume={self.resume!r})")
-        # nan would pass a "> 0" test and silently turn clipping off
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
-            raise ValueError(f"max_grad_norm must be a finite number >= 0 (0: no clipping), got {self.max_grad_norm!r}")
-        if isinstance(self.eval_samples, bool) or not isinstance(self.eval_samples, int) or self.eval_samples < 1:
-            raise ValueError(f"eval_samples must be a positive integer, got {self.eval_samples!r}")
-        if not (math.isfinite(self.collective_timeout_s) and self.collective_timeout_s > 0):
-            raise ValueError(f"collective_timeout_s must be a positive number of seconds, got {self.collective_timeout_s!r}")
-        self.adam_betas = tuple(self.adam_betas)
-        if self.timestep_range is not None:
-            lo, hi = (float(x) for x in self.timestep_range)
-            if not (0.0 <= lo < hi <= 1000.0):
-                raise ValueError(f"timestep_range must be (lo, hi) with 0 <= lo < hi <= 1000, got {self.timestep_range!r}")
-            self.timestep_range = (lo, hi)
-        if self.offload_checkpoints and not self.gradient_checkpointing:
-            raise ValueError("offload_checkpoints needs gradient_checkpointing (it offloads the checkpointed blocks' inputs)")
-        if self.transformer_subfolder not in ("transformer", "transformer_2"):
-            raise ValueError(f"transformer_subfolder must be 'transformer' or 'transformer_2', got {self.transformer_subfolder!r}")
 
 
 @dataclass
@@ -258,7 +138,7 @@ class LoRATrainer:
         self.objective = FlowMatching(shift=self.shift, sampling=cfg.timestep_sampling, sigma_range=sigma_range)
 
         self.lora_config = add_lora(
-            transformer, self.family, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+            transformer, self.family, rank=cfg.lora_rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
             train_ff=cfg.train_ff, init_seed=cfg.seed,
         )
         transformer.to(self.device)
@@ -354,7 +234,7 @@ class LoRATrainer:
         d = dataclasses.asdict(self.cfg)
         d.update(world_size=self.info.world_size, family=self.family, shift=self.shift,
                  timestep_range=None if self.timestep_range is None else list(self.timestep_range),
-                 alpha=float(self.cfg.rank if self.cfg.alpha is None else self.cfg.alpha),  # the effective alpha
+                 alpha=float(self.cfg.lora_rank if self.cfg.alpha is None else self.cfg.alpha),  # the effective alpha
                  data_fingerprint=self.dataset.fingerprint)
         return d
 
@@ -362,15 +242,15 @@ class LoRATrainer:
         """Block density of the radial mask on the first sample's layout (None when dense)."""
         if self.cfg.attention != "radial":
             return None
-        from radial_attention.mask.radial import radial_mask_from_preset
+        from radial_attention.mask.radial import radial_block_mask
 
         preset = self.cfg.preset or {"wan": "wan", "hunyuan": "hunyuan"}[self.family]
         lay = latent_layout(self.spec, self.dataset.samples[0].latent_shape)
-        text = 0
+        extra_tokens = 0  # HunyuanVideo appends its text tokens to the video's in the self-attention
         if self.family == "hunyuan":
-            text = self.dataset.samples[0].shapes["prompt_embeds"][0]
-        m = radial_mask_from_preset(preset, lay["frames"], lay["tokens_per_frame"], text_tokens=text,
-                                    block_size=self.cfg.block_size, decay=self.cfg.decay)
+            extra_tokens = self.dataset.samples[0].shapes["prompt_embeds"][0]
+        m = radial_block_mask(lay["frames"], lay["tokens_per_frame"], preset=preset, decay=self.cfg.decay,
+                              block_size=self.cfg.block_size, extra_tokens=extra_tokens)
         return m.density
 
     # ------------------------------------------------------------------ data order
@@ -683,9 +563,9 @@ class LoRATrainer:
 
 def _resume_differences(saved: dict, now: dict) -> List[str]:
     """``"name: saved X, given Y"`` for each setting in ``_RESUME_MUST_MATCH`` that differs."""
-    saved = {**_SETTING_DEFAULTS, **saved}
-    if saved.get("alpha") is None and "rank" in saved:  # older checkpoints stored alpha=None for "= rank"
-        saved["alpha"] = float(saved["rank"])
+    saved = {**_SETTING_DEFAULTS, **upgrade_saved_settings(saved)}  # older checkpoints say "rank"
+    if saved.get("alpha") is None and "lora_rank" in saved:  # older checkpoints stored alpha=None for "= rank"
+        saved["alpha"] = float(saved["lora_rank"])
     out = []
     for key in _RESUME_MUST_MATCH:
         if key in _CHECKED_IF_SAVED and key not in saved:

@@ -18,6 +18,7 @@ hooks gives back the exact original model.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional
 
 from .context_parallel import check_context_parallel, refuse_training_under_context_parallel
@@ -117,10 +118,30 @@ def _check_int(name, value, minimum=0) -> int:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
 
 
-def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps,
-                 dense_backend="auto"):
+def _settings(config: Optional[RadialAttentionConfig], overrides: dict) -> RadialAttentionConfig:
+    """``config`` (default: all defaults) with the keyword ``overrides`` replacing its fields (unchecked)."""
+    if config is None:
+        config = RadialAttentionConfig()
+    elif not isinstance(config, RadialAttentionConfig):
+        raise TypeError(
+            f"apply_radial_attention: config must be a RadialAttentionConfig or None, got {type(config).__name__} "
+            f"{config!r}; pass settings by keyword (e.g. preset='wan') or as RadialAttentionConfig(...)"
+        )
+    names = [f.name for f in dataclasses.fields(RadialAttentionConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise TypeError(f"apply_radial_attention() got unexpected keyword argument(s) {unknown}; the settings are {names}")
+    return dataclasses.replace(config, **overrides)
+
+
+def _make_config(transformers, pipeline, settings: RadialAttentionConfig) -> RadialAttentionConfig:
+    """``settings`` checked, numbers made plain Python values, and the preset resolved for the model."""
     from radial_attention.mask import PRESETS, SUPPORTED_BLOCK_SIZES
     from radial_attention.ops import BACKENDS, DENSE_BACKENDS
+
+    s = settings
+    preset, decay, backend, dense_backend, num_steps = s.preset, s.decay, s.backend, s.dense_backend, s.num_steps
+    dense_steps, dense_last_steps, dense_layers, block_size = s.dense_steps, s.dense_last_steps, s.dense_layers, s.block_size
 
     dense_steps = _check_int("dense_steps", dense_steps)
     dense_last_steps = _check_int("dense_last_steps", dense_last_steps)
@@ -163,20 +184,14 @@ def _make_config(transformers, pipeline, preset, decay, dense_steps, dense_last_
 
 
 # ------------------------------------------------------------------------------ apply / remove
-def apply_radial_attention(
-    model,
-    *,
-    preset: Optional[str] = None,
-    decay: Optional[float] = None,
-    dense_steps: int = 0,
-    dense_last_steps: int = 0,
-    dense_layers: int = 0,
-    block_size: int = 128,
-    backend: str = "auto",
-    num_steps: Optional[int] = None,
-    dense_backend: str = "auto",
-) -> RadialState:
+def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None, **overrides) -> RadialState:
     """Make the video self-attention of a diffusers video model radial (block-sparse).
+
+    The settings are a :class:`~.schedule.RadialAttentionConfig` (``config``; default: all its
+    defaults), with any of its fields given as keywords replacing the config's::
+
+        apply_radial_attention(pipe, dense_steps=12, dense_layers=1)
+        apply_radial_attention(pipe, RadialAttentionConfig(dense_steps=12, dense_layers=1), backend="flex")
 
     Args:
         model: a diffusers pipeline (``WanPipeline``, ``WanImageToVideoPipeline``,
@@ -184,6 +199,9 @@ def apply_radial_attention(
             ``HunyuanVideoTransformer3DModel`` component, e.g. Wan2.2 A14B's ``transformer`` and
             ``transformer_2``, which then share one step count), a bare transformer, or a list of
             transformers that share one step count.
+        config: a :class:`~.schedule.RadialAttentionConfig`, or ``None``.
+
+    Settings (fields of the config, or keywords):
         preset: mask preset (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``); default the
             model's: ``wan`` for Wan2.1 and Wan2.2 TI2V-5B, ``wan2.2`` for Wan2.2 A14B (a pipeline
             with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo.
@@ -202,8 +220,9 @@ def apply_radial_attention(
             model's own attention, untouched), ``"fa4"`` (required), or ``"sdpa"`` (always the model's own).
 
     Returns:
-        The :class:`~.schedule.RadialState` shared by the hooks (``.calls``, ``.masks``,
-        ``.summary()``; ``.reset()`` restarts the step count of a bare transformer).
+        The :class:`~.schedule.RadialState` shared by the hooks (``.config``: the settings with
+        the preset resolved; ``.calls``, ``.masks``, ``.summary()``; ``.reset()`` restarts the step
+        count of a bare transformer). :func:`get_radial_state` finds it again from the model.
 
     The latent layout (frames, tokens per frame) is read from every call, so any resolution and
     frame count works; masks are cached per layout. Raises ``TypeError`` for unsupported models,
@@ -216,12 +235,10 @@ def apply_radial_attention(
     A hooked attention module runs only inside its transformer's forward (or a backward pass that
     recomputes it, e.g. gradient checkpointing); called on its own it raises ``RuntimeError``.
     """
+    settings = _settings(config, overrides)  # a wrong keyword fails before diffusers is even imported
     HookRegistry, RadialStepHook, RadialSelfAttentionHook = _hook_classes()
     transformers, scheduler, pipeline = find_transformers(model)
-    config = _make_config(
-        transformers, pipeline, preset, decay, dense_steps, dense_last_steps, dense_layers, block_size, backend, num_steps,
-        dense_backend,
-    )
+    config = _make_config(transformers, pipeline, settings)
     # Check everything before changing anything.
     for t in transformers:
         if _step_hook(t) is not None:

@@ -29,7 +29,7 @@ class ModelFamily:
 
     name: str
     preset: str  # default radial preset (radial_attention.mask.PRESETS)
-    extra_tokens: bool  # tokens (text) may follow the video tokens in the self-attention
+    has_extra_tokens: bool  # extra tokens (text) may follow the video tokens in the self-attention
     patch: Callable[[object], Tuple[int, int, int]]  # config -> (p_t, p_h, p_w)
     attention_paths: Callable[[torch.nn.Module], List[str]]  # model -> qualified module names, run order
 
@@ -56,14 +56,14 @@ def _hunyuan_paths(model) -> List[str]:
 WAN = ModelFamily(
     name="wan",
     preset="wan",
-    extra_tokens=False,
+    has_extra_tokens=False,
     patch=lambda cfg: tuple(int(p) for p in cfg.patch_size),
     attention_paths=_wan_paths,
 )
 HUNYUAN = ModelFamily(
     name="hunyuan",
     preset="hunyuan",
-    extra_tokens=True,
+    has_extra_tokens=True,
     patch=lambda cfg: (int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)),
     attention_paths=_hunyuan_paths,
 )

@@ -33,10 +33,18 @@ import torch
 
 @dataclass(frozen=True)
 class RadialAttentionConfig:
-    """Settings of ``apply_radial_attention`` (see its docstring)."""
+    """Settings of ``apply_radial_attention`` (each is described in its docstring).
 
-    preset: str
-    decay: Optional[float]
+    ``preset=None`` and ``decay=None`` mean the model's preset and the preset's decay; the
+    config a :class:`RadialState` holds has the preset resolved. Build one once and reuse it::
+
+        config = RadialAttentionConfig(dense_steps=12, dense_layers=1)
+        apply_radial_attention(pipe, config)
+        apply_radial_attention(other_pipe, config, dense_steps=10)  # keywords override the config
+    """
+
+    preset: Optional[str] = None
+    decay: Optional[float] = None
     dense_steps: int = 0
     dense_last_steps: int = 0
     dense_layers: int = 0
@@ -165,11 +173,11 @@ class RadialState:
         key = (frames, tokens_per_frame, extra_tokens)
         mask = self.masks.get(key)
         if mask is None:
-            from radial_attention.mask import radial_mask_from_preset
+            from radial_attention.mask import radial_block_mask
 
             c = self.config
-            mask = radial_mask_from_preset(
-                c.preset, frames, tokens_per_frame, text_tokens=extra_tokens, block_size=c.block_size, decay=c.decay
+            mask = radial_block_mask(
+                frames, tokens_per_frame, preset=c.preset, decay=c.decay, block_size=c.block_size, extra_tokens=extra_tokens
             )
             self.masks[key] = mask
         return mask

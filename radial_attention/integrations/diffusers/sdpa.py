@@ -109,12 +109,12 @@ class RadialSDPA(TorchFunctionMode):
             )
         B, H, S, D = query.shape
         frames, tpf = self.state.layout
-        extra = S - frames * tpf
-        if extra < 0 or (extra > 0 and not self.state.family.extra_tokens):
+        extra_tokens = S - frames * tpf  # tokens after the video (HunyuanVideo's text)
+        if extra_tokens < 0 or (extra_tokens > 0 and not self.state.family.has_extra_tokens):
             raise ValueError(
                 f"{where}: the self-attention has S={S} tokens but the latent layout of this call is "
                 f"F={frames} frames x T={tpf} tokens = {frames * tpf} video tokens"
-                + ("" if extra < 0 else " and this model family appends no tokens after the video")
+                + ("" if extra_tokens < 0 else " and this model family appends no tokens after the video")
             )
         # SDPA is on autocast's lower-precision list: under autocast it runs in the autocast dtype
         # whatever its inputs are (HunyuanVideo's q/k come out of float32 norms, v does not).
@@ -125,7 +125,7 @@ class RadialSDPA(TorchFunctionMode):
         key_lengths = None
         if attn_mask is not None:
             key_lengths = self._key_lengths(attn_mask, B, S)
-        mask = self.state.mask_for(frames, tpf, extra)
+        mask = self.state.mask_for(frames, tpf, extra_tokens)
         return block_sparse_attention(
             query, key, value, mask, scale=scale, backend=self.state.config.backend, key_lengths=key_lengths
         )
