@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "radial_attention"
 
 # Lower imports nothing above it. Equal ranks may import each other.
 RANK = {
-    "_lazy": 0, "_deprecated": 0, "mask": 1, "ops": 2, "distributed": 3, "hub": 4, "integrations": 4,
+    "_lazy": 0, "_deprecation": 0, "mask": 1, "ops": 2, "distributed": 3, "hub": 4, "integrations": 4,
     "train": 5, "testing": 6, "cli": 7, "__main__": 8, "": 8,
 }
 # Upward imports on purpose, each with its reason.

@@ -7,7 +7,7 @@ million random parameters, no download. The tests, the benchmarks, the ``demo`` 
 ``tiny-pipeline`` commands and ``train-lora --model tiny-wan`` use them; a tiny pipeline can be
 written with ``save_pretrained`` and read back with ``from_pretrained`` from a local folder
 (``generate`` is tested that way). Its old path in the diffusers integration still imports, with
-a ``DeprecationWarning``, for one release (:data:`radial_attention._deprecated.MOVED`).
+a ``DeprecationWarning``, for one release (:data:`radial_attention._deprecation.MOVED`).
 
 Builders (all take ``seed`` and leave the global RNG as it was):
 
