@@ -52,7 +52,9 @@ def _bench_args(*argv):
 
 @pytest.fixture
 def bench():
-    return bench_cmd._bench_module()
+    from radial_attention.bench import attention
+
+    return attention
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults")
