@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from radial_attention.cli import bench_cmd, demo_cmd
+from radial_attention.cli import demo_cmd
 
 
 class _FakeTransformer:

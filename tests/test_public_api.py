@@ -12,4 +12,4 @@ def test_public_names_resolve(name):
 
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        radial_attention.nope
+        radial_attention.nope  # noqa: B018 (the lazy __getattr__ raises)

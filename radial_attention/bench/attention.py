@@ -23,8 +23,6 @@ measurement takes about ``--budget`` seconds. Writes ``attention.json`` and ``at
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime
 import json
 import os
