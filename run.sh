@@ -2,7 +2,8 @@
 # One entry point for a fresh machine: makes .venv (CPU torch, pinned Triton), installs the
 # project, then runs what you ask.
 #   bash run.sh demo      the main job on an embedded default model (no download)
-#   bash run.sh test      the test suite (the same command CI runs)
+#   bash run.sh test      the test suite (CI's first job; .ci/run adds lint, wheel and min-versions)
+#   bash run.sh lint      ruff check (CI's second job)
 #   bash run.sh <args>    any `radial-attention` subcommand, e.g. `bash run.sh mask --model wan2.1 --height 720 --width 1280 --frames 81`
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,13 +18,15 @@ if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed-v1 ] || [ pyproject.toml
   # Triton 3.6.0 is the version on the GPU machine too (the interpreter tests need it here).
   step "[2/3] installing torch 2.13.0 (CPU) and triton 3.6.0 (the largest download)"
   .venv/bin/python -m pip install --disable-pip-version-check torch==2.13.0 triton==3.6.0
-  step "[3/3] installing radial-attention and its extras (diffusers, train, plot, test)"
-  .venv/bin/python -m pip install --disable-pip-version-check -e ".[test,diffusers,train,plot]"
+  # dev = test (pytest, hypothesis) + ruff, the linter CI runs.
+  step "[3/3] installing radial-attention and its extras (diffusers, train, plot, dev)"
+  .venv/bin/python -m pip install --disable-pip-version-check -e ".[dev,diffusers,train,plot]"
   touch .venv/.installed-v1
   step "environment ready in .venv"
 fi
 cmd=${1:-demo}
 case "$cmd" in
   test) shift; exec .venv/bin/python -m pytest -q "$@" ;;
+  lint) shift; exec .venv/bin/ruff check "${@:-.}" ;;
   *) exec .venv/bin/radial-attention "$@" ;;
 esac

@@ -289,7 +289,7 @@ def bench_transformer(b: Bench, name, F, T, lat_h, lat_w):
         for mode in modes:
             state = apply_radial_attention(base, **radial_kwargs) if mode == "radial" else None
             with torch.no_grad():
-                ms, out = b.timed(lambda: forward(base, mode), 1)
+                ms, out = b.timed(lambda: forward(base, mode), 1)  # noqa: F821 (`del base` frees it later)
             refs[mode] = out
             dens = max(m.density for m in state.masks.values()) if state else None
             b.record(what="transformer", case=name, mode=mode, gpus=1, ms=ms, density=dens, **extra)

@@ -164,7 +164,7 @@ SWEEP_CASES = ["wan1.3b-480p-81f", "wan14b-720p-81f"]
 
 
 def _case_tensors(name, device):
-    import attention as bench
+    from radial_attention.bench import attention as bench
 
     case = bench.CASES[name]
     mask = bench.build_mask(case)
@@ -207,7 +207,7 @@ def warm(name, device, fwd=None, dkdv=None, dq=None):
 
 
 def sweep(name, device, budget=1.0) -> list:
-    import attention as bench
+    from radial_attention.bench import attention as bench
     from radial_attention.ops.triton import KernelConfig, launch
 
     case, mask, q, k, v, do = _case_tensors(name, device)

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from radial_attention.cli import bench_cmd, demo_cmd
+from radial_attention.cli import demo_cmd
 
 
 class _FakeTransformer:
@@ -52,7 +52,9 @@ def _bench_args(*argv):
 
 @pytest.fixture
 def bench():
-    return bench_cmd._bench_module()
+    from radial_attention.bench import attention
+
+    return attention
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults")
@@ -80,6 +82,7 @@ def test_bench_units_never_round_to_zero(bench):
     assert bench.error_tolerance(1e-7, "float32") == 1e-5 and bench.error_tolerance(2e-3, "bfloat16") == 4e-3
 
 
+@pytest.mark.slow  # a benchmark smoke run (CI runs it; -m "not slow" skips it)
 def test_bench_smoke_report_has_no_empty_table(bench, tmp_path, capsys):
     args = _bench_args("--smoke", "--device", "cpu", "--cases", "smoke-wan", "--impls", "gather", "--modes", "fwd",
                        "--check-rows", "16", "--budget", "0.01", "--out", str(tmp_path))

@@ -11,6 +11,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a benchmark smoke run (CI runs it; -m "not slow" skips it)
+
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "sequence_parallel.py"
 
 

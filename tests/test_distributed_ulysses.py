@@ -146,9 +146,7 @@ def world4():
 
 
 def check_against_single_process(results, spec):
-    world = len(results)
     expected = single_process(spec)
-    S = spec["S"]
     for key in ("out", "dq", "dk", "dv"):
         parts = []
         for rank, res in enumerate(results):

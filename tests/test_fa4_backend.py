@@ -209,7 +209,7 @@ def test_disk_cache_is_not_forced_over_the_users_choice(monkeypatch, tmp_path):
     fa4._enable_disk_cache()
     assert cache_utils.CUTE_DSL_CACHE_ENABLED is True
     assert cache_utils.CUTE_DSL_CACHE_DIR == str(tmp_path / "radial-attention" / "flash-attn-4")
-    cache_utils.CUTE_DSL_CACHE_ENABLED = False
+    monkeypatch.setattr(cache_utils, "CUTE_DSL_CACHE_ENABLED", False)
     monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "0")
     fa4._enable_disk_cache()
     assert cache_utils.CUTE_DSL_CACHE_ENABLED is False

@@ -192,18 +192,15 @@ def test_chunked_equals_one_chunk_and_plan_covers_every_kept_block_once():
             assert [j % 5 for j in kv[:cnt]] == torch.nonzero(m.reshape(6, 5, 5)[bh, i]).flatten().tolist()
 
 
-def test_groups_cost_model():
+def test_groups_cost_model(monkeypatch):
     # Equal counts share chunks; a lone wide row is not padded into narrow ones (nor they into it).
     groups = gather._groups([3] * 10 + [4] * 10 + [40], 128 * 128, 1 << 22)
     assert [g for g in groups if g[2] == 40] == [(20, 21, 40)]
     assert sum(b - a for a, b, _ in groups) == 21 and all(w >= 3 for _, _, w in groups)
     # Without a chunk overhead nothing is ever padded: one width per distinct count.
-    old = gather._CHUNK_OVERHEAD
-    try:
-        gather._CHUNK_OVERHEAD = 0
-        assert {w for _, _, w in gather._groups([3] * 10 + [4] * 10, 128 * 128, 1 << 22)} == {3, 4}
-    finally:
-        gather._CHUNK_OVERHEAD = old
+    monkeypatch.setattr(gather, "_CHUNK_OVERHEAD", 0)
+    assert {w for _, _, w in gather._groups([3] * 10 + [4] * 10, 128 * 128, 1 << 22)} == {3, 4}
+    monkeypatch.undo()
     # A budget of 2 units of width 4 cuts 10 units into 5 equal chunks.
     assert gather._groups([4] * 10, 128 * 128, 2 * 4 * 128 * 128) == [(0, 2, 4), (2, 4, 4), (4, 6, 4), (6, 8, 4), (8, 10, 4)]
 

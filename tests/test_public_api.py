@@ -40,7 +40,7 @@ def test_public_names_resolve(name):
 
 def test_unknown_name_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        radial_attention.nope
+        radial_attention.nope  # noqa: B018 (the lazy __getattr__ raises)
 
 
 def test_integration_names_are_the_integrations_own():
@@ -54,7 +54,7 @@ def test_integration_names_are_the_integrations_own():
 # ------------------------------------------------------------------ apply_radial_attention(model, config, **overrides)
 @pytest.fixture(scope="module")
 def tiny_wan():
-    from radial_attention.integrations.diffusers.tiny import tiny_wan_transformer
+    from radial_attention.testing.tiny import tiny_wan_transformer
 
     return tiny_wan_transformer("t2v", num_layers=2)
 

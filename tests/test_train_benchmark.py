@@ -5,15 +5,17 @@ import json
 import pathlib
 import sys
 
+import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_training_benchmark_smoke(tmp_path, capsys):
+@pytest.mark.slow  # a benchmark smoke run (CI runs it; -m "not slow" skips it)
+def test_training_benchmark_smoke(tmp_path, capsys, monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_training", ROOT / "benchmarks" / "training.py")
     bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -41,10 +43,10 @@ def test_training_benchmark_smoke(tmp_path, capsys):
     assert capsys.readouterr().out.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
 
 
-def _load_bench():
+def _load_bench(monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_training_summary", ROOT / "benchmarks" / "training.py")
     bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     return bench
 
@@ -55,8 +57,8 @@ def _records(layers, full, dense_in_radial, overhead, dense, radial):
     return [dict(common, variant=v, median_s=t) for v, t in (("overhead", overhead), ("dense", dense), ("radial", radial))]
 
 
-def test_full_depth_estimate():
-    bench = _load_bench()
+def test_full_depth_estimate(monkeypatch):
+    bench = _load_bench(monkeypatch)
     # 2 all-radial blocks of a 40-block model: dense block 10 s, radial block 2 s, 1 s outside the blocks.
     (row,) = bench.summarize(_records(2, 40, 0, 1.0, 21.0, 5.0))
     assert row["full_dense_s"] == 1 + 40 * 10 and row["full_radial_s"] == 1 + 2 * 10 + 38 * 2

@@ -249,7 +249,6 @@ def test_resume_continues_the_same_run_exactly(tmp_path):
     crashed.step = step_then_crash
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashed.train()
-    del crashed
 
     resumed_trainer = LoRATrainer(_cfg(tmp_path, data, output_dir=str(tmp_path / "b"), resume="latest", **common))
     assert resumed_trainer.step_count == 3

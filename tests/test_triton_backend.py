@@ -142,17 +142,13 @@ def fake_flashinfer(monkeypatch):
     fake.BlockSparseAttentionWrapper = _FakeBSR
     monkeypatch.setitem(sys.modules, "flashinfer", fake)
     name = "radial_attention.ops.flashinfer"
-    saved_module = sys.modules.pop(name, None)
-    saved_attr = ops_pkg.__dict__.pop("flashinfer", None)
-    try:
-        yield importlib.import_module(name)
-    finally:
-        sys.modules.pop(name, None)
-        ops_pkg.__dict__.pop("flashinfer", None)
-        if saved_module is not None:
-            sys.modules[name] = saved_module
-        if saved_attr is not None:
-            ops_pkg.flashinfer = saved_attr
+    # Set, then delete: monkeypatch then puts back exactly what was there before (the real module,
+    # or nothing), and the module imported below against the stand-in is forgotten.
+    monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(ops_pkg, "flashinfer", None, raising=False)
+    monkeypatch.delattr(ops_pkg, "flashinfer")
+    yield importlib.import_module(name)
 
 
 def test_flashinfer_wrapper_logic_on_cpu(fake_flashinfer, monkeypatch):

@@ -1,42 +1,22 @@
 """``radial-attention bench``: time block-sparse attention (Triton, FlexAttention, FlashInfer) against
 dense SDPA at real video-model sizes, and check bf16 correctness at those sizes.
 
-The benchmark itself is ``benchmarks/attention.py`` in the repository (it needs a GPU for real
-figures; on a CPU it runs small cases of its own in float32, and ``--smoke`` runs tiny cases, on
-the CPU under ``TRITON_INTERPRET=1`` for the Triton kernels)."""
+The benchmark itself is :mod:`radial_attention.bench.attention` (it needs a GPU for real figures; on
+a CPU it runs small cases of its own in float32, and ``--smoke`` runs tiny cases, on the CPU under
+``TRITON_INTERPRET=1`` for the Triton kernels). ``benchmarks/attention.py`` in a source checkout is
+the same benchmark as a script."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import pathlib
-import sys
 
+from radial_attention.bench.cases import CASES, CPU_CASES, SMOKE_CASES
 from radial_attention.cli.args import add_command, device_name, nonneg_int, output_dir, positive_float, positive_int
 
-
-def _bench_module():
-    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "attention.py"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"benchmarks/attention.py not found next to the package ({path}); the bench command runs from a "
-            f"source checkout of radial-attention"
-        )
-    name = "radial_attention_benchmarks_attention"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-# The case tables of benchmarks/attention.py, spelled out so that building the parser does not load it
-# (tests/test_cli_errors.py keeps them equal).
-CASE_NAMES = ["wan14b-720p-81f", "hunyuan-768p-117f", "wan1.3b-480p-81f", "wan1.3b-480p-161f", "hunyuan-720p-4x"]
-CPU_CASE_NAMES = ["cpu-wan1.3b-480p-17f", "cpu-hunyuan-320p-33f"]
-SMOKE_CASE_NAMES = ["smoke-wan", "smoke-hunyuan"]
+# The case names, from the torch-free case tables (building the parser does not load torch).
+CASE_NAMES = list(CASES)
+CPU_CASE_NAMES = list(CPU_CASES)
+SMOKE_CASE_NAMES = list(SMOKE_CASES)
 IMPLS = ["gather", "triton", "flex", "flex-direct", "flashinfer-fa2", "flashinfer-fa3"]
 DENSE_BACKENDS = ["flash", "cudnn", "efficient", "math"]
 
@@ -92,4 +72,6 @@ DESCRIPTION = (
 
 
 def run(args) -> int:
-    return _bench_module().main(args)
+    from radial_attention.bench import attention
+
+    return attention.main(args)
