@@ -3,7 +3,7 @@
 # project, then runs what you ask.
 #   bash run.sh demo      the main job on an embedded default model (no download)
 #   bash run.sh test      the test suite (CI's first job; .ci/run adds lint, wheel and min-versions)
-#   bash run.sh lint      ruff check (CI's second job)
+#   bash run.sh lint      ruff check and ruff format --check (CI's second job)
 #   bash run.sh <args>    any `radial-attention` subcommand, e.g. `bash run.sh mask --model wan2.1 --height 720 --width 1280 --frames 81`
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,6 +27,6 @@ fi
 cmd=${1:-demo}
 case "$cmd" in
   test) shift; exec .venv/bin/python -m pytest -q "$@" ;;
-  lint) shift; exec .venv/bin/ruff check "${@:-.}" ;;
+  lint) shift; .venv/bin/ruff check "${@:-.}" && exec .venv/bin/ruff format --check "${@:-.}" ;;
   *) exec .venv/bin/radial-attention "$@" ;;
 esac

@@ -54,6 +54,7 @@ CONTESTANTS = ("cudnn-dense", "fa4-dense", "ours-fa4", "fa4-direct", "ours-trito
 
 def _timed(fn, warmup, reps):
     """(first call s, median s, all s) with CUDA events."""
+
     def once():
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -83,8 +84,13 @@ def _fa4_tables(mask, device):
     z = torch.zeros_like(kc)
     zi = torch.zeros(*kc.shape, 1, dtype=torch.int32, device=device)
     fwd = BlockSparseTensorsTorch(z, zi, kc, ki, block_size=(mask.block_size, mask.block_size))
-    bwd = BlockSparseTensorsTorch(torch.zeros_like(qc), torch.zeros(*qc.shape, 1, dtype=torch.int32, device=device),
-                                  qc, qi, block_size=(mask.block_size, mask.block_size))
+    bwd = BlockSparseTensorsTorch(
+        torch.zeros_like(qc),
+        torch.zeros(*qc.shape, 1, dtype=torch.int32, device=device),
+        qc,
+        qi,
+        block_size=(mask.block_size, mask.block_size),
+    )
     return fwd, bwd
 
 
@@ -108,36 +114,65 @@ def contestant(name, mask, q, k, v, grad):
 
         def run():
             with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                return finish(F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                                             v.transpose(1, 2)).transpose(1, 2))
+                return finish(
+                    F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(
+                        1, 2
+                    )
+                )
+
         return run
     if name == "fa4-dense":
         from flash_attn.cute import flash_attn_func
+
         return lambda: finish(flash_attn_func(q, k, v)[0])
     if name == "fa4-direct":
         from flash_attn.cute import flash_attn_func
+
         fwd, bwd = _fa4_tables(mask, q.device)
         return lambda: finish(flash_attn_func(q, k, v, block_sparse_tensors=fwd, block_sparse_tensors_bwd=bwd)[0])
     if name.startswith("ours-"):
-        backend = name[len("ours-"):]
-        return lambda: finish(block_sparse_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask,
-                                                     backend=backend).transpose(1, 2))
+        backend = name[len("ours-") :]
+        return lambda: finish(
+            block_sparse_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, backend=backend
+            ).transpose(1, 2)
+        )
     if name == "cudnn-bsa":
         from cudnn.block_sparse_attention import block_sparse_attention_backward, block_sparse_attention_forward
 
         idx = mask.kv_indices(q.device).expand(B, H, *mask.kv_indices(q.device).shape[2:]).contiguous()
         cnt = mask.kv_counts(q.device).expand(B, H, mask.num_blocks).contiguous()
-        scale = D ** -0.5
+        scale = D**-0.5
 
         def run():
-            r = block_sparse_attention_forward(q.detach(), k.detach(), v.detach(), idx, q2k_block_nums=cnt,
-                                               sparse_block_size=mask.block_size, allow_empty_block_nums=True,
-                                               softmax_scale=scale, layout="bshd")
+            r = block_sparse_attention_forward(
+                q.detach(),
+                k.detach(),
+                v.detach(),
+                idx,
+                q2k_block_nums=cnt,
+                sparse_block_size=mask.block_size,
+                allow_empty_block_nums=True,
+                softmax_scale=scale,
+                layout="bshd",
+            )
             o, lse = r["o_tensor"], r["lse_tensor"]
             if grad:
-                block_sparse_attention_backward(g, q.detach(), k.detach(), v.detach(), o, lse, idx, q2k_block_nums=cnt,
-                                                softmax_scale=scale, sparse_block_size=mask.block_size, layout="bshd")
+                block_sparse_attention_backward(
+                    g,
+                    q.detach(),
+                    k.detach(),
+                    v.detach(),
+                    o,
+                    lse,
+                    idx,
+                    q2k_block_nums=cnt,
+                    softmax_scale=scale,
+                    sparse_block_size=mask.block_size,
+                    layout="bshd",
+                )
             return o
+
         return run
     raise ValueError(name)
 
@@ -179,14 +214,19 @@ def run_case(name, args, device):
             try:
                 fn = contestant(c, mask, q, k, v, grad)
                 first, med, times = _timed(fn, args.warmup, args.reps)
-                entry = dict(ms=round(med * 1e3, 3), first_call_s=round(first, 2), times_ms=[round(t * 1e3, 3) for t in times])
+                entry = dict(
+                    ms=round(med * 1e3, 3), first_call_s=round(first, 2), times_ms=[round(t * 1e3, 3) for t in times]
+                )
                 if not grad:
                     with torch.no_grad():
                         out = fn()
                     entry["rel_err"] = round(sampled_error(out, q, k, v, mask, rows), 6)  # out: [B, S, H, D]
                 row[c] = entry
-                print(f"  {mode:<8} {c:<12} {med * 1e3:10.2f} ms  (first call {first:.2f} s"
-                      f"{', err %.2e' % entry['rel_err'] if 'rel_err' in entry else ''})", flush=True)
+                print(
+                    f"  {mode:<8} {c:<12} {med * 1e3:10.2f} ms  (first call {first:.2f} s"
+                    f"{', err %.2e' % entry['rel_err'] if 'rel_err' in entry else ''})",
+                    flush=True,
+                )
             except Exception as e:  # a peer that cannot run here is recorded, the others go on
                 row[c] = dict(error=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
                 print(f"  {mode:<8} {c:<12} failed: {row[c]['error']}", flush=True)
@@ -200,9 +240,16 @@ def run_case(name, args, device):
 
 
 def markdown(results, env):
-    lines = [f"Attention side by side ({env['date']}, {env['device']}, torch {env['torch']}, triton {env['triton']}, "
-             f"flash-attn-4 {env['fa4']}, cudnn-frontend {env['cudnn_fe']}; bf16, head dim 128, batch 1)", ""]
-    head = "| case | mode | density | " + " | ".join(CONTESTANTS) + " | ours-fa4 x/density vs cuDNN | vs FA4 dense | ours-fa4 / fa4-direct |"
+    lines = [
+        f"Attention side by side ({env['date']}, {env['device']}, torch {env['torch']}, triton {env['triton']}, "
+        f"flash-attn-4 {env['fa4']}, cudnn-frontend {env['cudnn_fe']}; bf16, head dim 128, batch 1)",
+        "",
+    ]
+    head = (
+        "| case | mode | density | "
+        + " | ".join(CONTESTANTS)
+        + " | ours-fa4 x/density vs cuDNN | vs FA4 dense | ours-fa4 / fa4-direct |"
+    )
     lines += [head, "|" + " --- |" * (len(CONTESTANTS) + 6)]
     for r in results:
         for mode, row in r.get("rows", {}).items():
@@ -216,17 +263,26 @@ def markdown(results, env):
                 if "ms" in a and "ms" in b:
                     return f"{b['ms'] / a['ms'] * r['density']:.3f}"
                 return ""
+
             a, d = row.get("ours-fa4", {}), row.get("fa4-direct", {})
             wrap = f"{a['ms'] / d['ms']:.3f}" if "ms" in a and "ms" in d else ""
-            lines.append(f"| {r['case']} | {mode} | {r['density']:.3f} | " + " | ".join(cells)
-                         + f" | {ratio('cudnn-dense')} | {ratio('fa4-dense')} | {wrap} |")
-    lines += ["", "Times in ms (median). x/density: (dense time / sparse time) x density; 1.0 = the kept blocks run at "
-              "the dense kernel's rate. ours-fa4 / fa4-direct: 1.00 = the wrapper costs nothing."]
+            lines.append(
+                f"| {r['case']} | {mode} | {r['density']:.3f} | "
+                + " | ".join(cells)
+                + f" | {ratio('cudnn-dense')} | {ratio('fa4-dense')} | {wrap} |"
+            )
+    lines += [
+        "",
+        "Times in ms (median). x/density: (dense time / sparse time) x density; 1.0 = the kept blocks run at "
+        "the dense kernel's rate. ours-fa4 / fa4-direct: 1.00 = the wrapper costs nothing.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     p.add_argument("--modes", default="fwd,fwd+bwd", help="fwd and/or fwd+bwd")
     p.add_argument("--contestants", default=",".join(CONTESTANTS))
@@ -248,14 +304,21 @@ def main(argv=None) -> int:
     def version(mod):
         try:
             import importlib.metadata as md
+
             return md.version(mod)
         except Exception:
             return "not installed"
 
     import triton
-    env = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-               fa4=version("flash-attn-4"), cudnn_fe=version("nvidia-cudnn-frontend"))
+
+    env = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        fa4=version("flash-attn-4"),
+        cudnn_fe=version("nvidia-cudnn-frontend"),
+    )
     print(env, flush=True)
     results = []
     out = pathlib.Path(args.out)

@@ -58,7 +58,9 @@ def main():
     mask = radial_block_mask(args.frames, args.tokens, preset="hunyuan", decay=args.decay)
     S, H, D = args.frames * args.tokens, args.heads, 128
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, do = (torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2) for _ in range(4))
+    q, k, v, do = (
+        torch.randn(1, S, H, D, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2) for _ in range(4)
+    )
     for t in (q, k, v):
         t.requires_grad_(True)
     KC = launch.KernelConfig
@@ -82,8 +84,10 @@ def main():
         except Exception as e:  # a config that does not compile or fit is a result too
             rows.append((name, f"failed: {type(e).__name__}: {str(e)[:80]}"))
         print(rows[-1], flush=True)
-    print(f"\nfwd+bwd, F={args.frames} x T={args.tokens} (S={S:,}), {H} heads, density {mask.density:.4f}, "
-          f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
+    print(
+        f"\nfwd+bwd, F={args.frames} x T={args.tokens} (S={S:,}), {H} heads, density {mask.density:.4f}, "
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    )
     print("| variant | fwd+bwd (ms) |\n| --- | --- |")
     for name, ms in rows:
         print(f"| {name} | {ms} |")

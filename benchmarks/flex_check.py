@@ -99,7 +99,9 @@ def run_case(case, device, backward: bool, seed: int) -> dict:
         want = f64_attention(q, k, v, m4, bs, kl, scale)
         base = sdpa_same_dtype(q, k, v, allowed, scale)
         rec["out_err"], rec["sdpa_out_err"] = max_err(out, want), max_err(base, want)
-        rec["ok"] = bool(torch.isfinite(out).all()) and rec["out_err"] <= max(2 * rec["sdpa_out_err"], FLOOR[case["dtype"]])
+        rec["ok"] = bool(torch.isfinite(out).all()) and rec["out_err"] <= max(
+            2 * rec["sdpa_out_err"], FLOOR[case["dtype"]]
+        )
     else:
         g = torch.randn(B, H, S, D, device=device)
         got = grads(flex, q, k, v, g)
@@ -109,8 +111,12 @@ def run_case(case, device, backward: bool, seed: int) -> dict:
         for name, a, w, b in zip(("out", "dq", "dk", "dv"), got, want, base):
             e, eb = max_err(a, w), max_err(b, w)
             rec[f"{name}_err"], rec[f"sdpa_{name}_err"] = e, eb
-            rec["ok"] &= bool(torch.isfinite(a).all()) and e <= max(2 * eb, FLOOR[case["dtype"]] * (1 + w.abs().max().item()))
-    rec["empty_rows_zero"] = bool(torch.all(got[0][:, :, :bs] == 0)) if backward else bool(torch.all(out[:, :, :bs] == 0))
+            rec["ok"] &= bool(torch.isfinite(a).all()) and e <= max(
+                2 * eb, FLOOR[case["dtype"]] * (1 + w.abs().max().item())
+            )
+    rec["empty_rows_zero"] = (
+        bool(torch.all(got[0][:, :, :bs] == 0)) if backward else bool(torch.all(out[:, :, :bs] == 0))
+    )
     rec["ok"] &= rec["empty_rows_zero"]
     rec["seconds"] = round(time.perf_counter() - t0, 2)
     return rec
@@ -136,7 +142,9 @@ def run_compiled(device, backward: bool) -> dict:
     if backward:
         g = torch.randn(B, H, S, D, device=device)
         got = grads(lambda q, k, v: layer(q, k, v, kl), q, k, v, g)
-        want = grads(lambda q, k, v: 2.0 * f64_attention(q, k, v, m4, bs, kl, D**-0.5), q.double(), k.double(), v.double(), g)
+        want = grads(
+            lambda q, k, v: 2.0 * f64_attention(q, k, v, m4, bs, kl, D**-0.5), q.double(), k.double(), v.double(), g
+        )
         errs = [max_err(a, w) / (1 + w.abs().max().item()) for a, w in zip(got, want)]
     else:
         with torch.no_grad():
@@ -159,18 +167,30 @@ def main(argv=None) -> int:
         try:
             rec = run_case(case, device, backward, seed=i)
         except Exception as exc:  # keep going: report every case
-            rec = {"case": case, "ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+            rec = {
+                "case": case,
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc()[-2000:],
+            }
         records.append(rec)
         print(json.dumps({k: v for k, v in rec.items() if k != "trace"}), flush=True)
     try:
         rec = run_compiled(device, backward)
     except Exception as exc:
-        rec = {"case": "torch.compile(fullgraph=True)", "ok": False, "error": f"{type(exc).__name__}: {exc}",
-               "trace": traceback.format_exc()[-2000:]}
+        rec = {
+            "case": "torch.compile(fullgraph=True)",
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "trace": traceback.format_exc()[-2000:],
+        }
     records.append(rec)
     print(json.dumps({k: v for k, v in rec.items() if k != "trace"}), flush=True)
-    env = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-           "backward": backward}
+    env = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "backward": backward,
+    }
     failed = [r for r in records if not r["ok"]]
     print(f"flex_check on {env['device']} (torch {env['torch']}): {len(records) - len(failed)}/{len(records)} ok")
     if args.out:

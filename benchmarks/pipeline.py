@@ -49,14 +49,37 @@ from radial_attention.testing import tiny  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
 WAN14B = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
 )
 HUNYUAN = dict(
-    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-    num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
-    guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=24,
+    attention_head_dim=128,
+    num_layers=20,
+    num_single_layers=40,
+    num_refiner_layers=2,
+    mlp_ratio=4.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=4096,
+    pooled_projection_dim=768,
+    rope_theta=256.0,
+    rope_axes_dim=(16, 56, 56),
 )
 # Block lists of each family: (module list attribute, config key of its full depth).
 BLOCK_GROUPS = {
@@ -68,16 +91,43 @@ BLOCK_GROUPS = {
 # (label, steps, dense_steps, dense_layers), the target speed-ups of the issue (forward, schedule).
 CASES = {
     "wan14b-720p-81f": dict(
-        family="wan", config=WAN14B, height=720, width=1280, frames=81, text=512, preset="wan", decay=None,
-        build=(4,), schedules=[("paper: first 12 of 50 steps + first block dense", 50, 12, 1)], target=(2.1, 1.7),
+        family="wan",
+        config=WAN14B,
+        height=720,
+        width=1280,
+        frames=81,
+        text=512,
+        preset="wan",
+        decay=None,
+        build=(4,),
+        schedules=[("paper: first 12 of 50 steps + first block dense", 50, 12, 1)],
+        target=(2.1, 1.7),
     ),
     "hunyuan-768p-117f": dict(
-        family="hunyuan", config=HUNYUAN, height=768, width=1280, frames=117, text=256, preset="hunyuan", decay=None,
-        build=(1, 1), schedules=[("first 12 of 50 steps dense", 50, 12, 0)], target=(None, None),
+        family="hunyuan",
+        config=HUNYUAN,
+        height=768,
+        width=1280,
+        frames=117,
+        text=256,
+        preset="hunyuan",
+        decay=None,
+        build=(1, 1),
+        schedules=[("first 12 of 50 steps dense", 50, 12, 0)],
+        target=(None, None),
     ),
     "hunyuan-720p-509f": dict(
-        family="hunyuan", config=HUNYUAN, height=720, width=1280, frames=509, text=256, preset="hunyuan", decay=1.0,
-        build=(1, 1), schedules=[("4x LoRA: first 2 of 50 steps + first 2 blocks dense", 50, 2, 2)], target=(6.0, None),
+        family="hunyuan",
+        config=HUNYUAN,
+        height=720,
+        width=1280,
+        frames=509,
+        text=256,
+        preset="hunyuan",
+        decay=1.0,
+        build=(1, 1),
+        schedules=[("4x LoRA: first 2 of 50 steps + first 2 blocks dense", 50, 2, 2)],
+        target=(6.0, None),
         # cuDNN is the fastest dense kernel at every size measured (docs/performance.md); flash as a
         # fallback; the efficient kernel (3x slower) would cost a minute of GPU time here.
         dense_backends=("cudnn", "flash"),
@@ -86,16 +136,39 @@ CASES = {
 
 SMOKE_CASES = {
     "smoke-wan": dict(
-        family="wan", config=dict(tiny.WAN_TINY, num_attention_heads=2, attention_head_dim=64, num_layers=40),
-        height=128, width=192, frames=33, text=16, preset="wan", decay=None, build=(2,),
-        schedules=[("first 12 of 50 steps + first block dense", 50, 12, 1)], target=(None, None), block_size=64,
+        family="wan",
+        config=dict(tiny.WAN_TINY, num_attention_heads=2, attention_head_dim=64, num_layers=40),
+        height=128,
+        width=192,
+        frames=33,
+        text=16,
+        preset="wan",
+        decay=None,
+        build=(2,),
+        schedules=[("first 12 of 50 steps + first block dense", 50, 12, 1)],
+        target=(None, None),
+        block_size=64,
     ),
     "smoke-hunyuan": dict(
         family="hunyuan",
-        config=dict(tiny.HUNYUAN_TINY, num_attention_heads=2, attention_head_dim=64, rope_axes_dim=(16, 24, 24),
-                    num_layers=20, num_single_layers=40),
-        height=128, width=128, frames=33, text=16, preset="hunyuan", decay=1.0, build=(1, 1),
-        schedules=[("first 2 of 50 steps + first 2 blocks dense", 50, 2, 2)], target=(None, None), block_size=64,
+        config=dict(
+            tiny.HUNYUAN_TINY,
+            num_attention_heads=2,
+            attention_head_dim=64,
+            rope_axes_dim=(16, 24, 24),
+            num_layers=20,
+            num_single_layers=40,
+        ),
+        height=128,
+        width=128,
+        frames=33,
+        text=16,
+        preset="hunyuan",
+        decay=1.0,
+        build=(1, 1),
+        schedules=[("first 2 of 50 steps + first 2 blocks dense", 50, 2, 2)],
+        target=(None, None),
+        block_size=64,
     ),
 }
 
@@ -138,10 +211,13 @@ def make_inputs(case, model, device, dtype):
         return dict(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
     text = torch.randn(1, case["text"], cfg.text_embed_dim, generator=g).to(device, dtype)
     return dict(
-        hidden_states=x, timestep=t, encoder_hidden_states=text,
+        hidden_states=x,
+        timestep=t,
+        encoder_hidden_states=text,
         encoder_attention_mask=torch.ones(1, case["text"], dtype=torch.long, device=device),
         pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g).to(device, dtype),
-        guidance=torch.tensor([6000.0], device=device, dtype=dtype), return_dict=False,
+        guidance=torch.tensor([6000.0], device=device, dtype=dtype),
+        return_dict=False,
     )
 
 
@@ -269,10 +345,21 @@ def run_case(name, case, args, device, dtype):
     tpf = (kwargs["hidden_states"].shape[3] // 2) * (kwargs["hidden_states"].shape[4] // 2)
     extra = case["text"] if case["family"] == "hunyuan" else 0
     block_size = case.get("block_size", 128)
-    mask = radial_block_mask(f, tpf, preset=case["preset"], extra_tokens=extra, block_size=block_size, decay=case["decay"])
-    res.update(frames=f, tokens_per_frame=tpf, video_tokens=f * tpf, text_tokens=extra, preset=case["preset"],
-               decay=mask.decay, block_size=block_size, density=round(mask.density, 4),
-               built_blocks=dict(zip([a for a, _ in BLOCK_GROUPS[case["family"]]], case["build"])), full_depth=full_depth)
+    mask = radial_block_mask(
+        f, tpf, preset=case["preset"], extra_tokens=extra, block_size=block_size, decay=case["decay"]
+    )
+    res.update(
+        frames=f,
+        tokens_per_frame=tpf,
+        video_tokens=f * tpf,
+        text_tokens=extra,
+        preset=case["preset"],
+        decay=mask.decay,
+        block_size=block_size,
+        density=round(mask.density, 4),
+        built_blocks=dict(zip([a for a, _ in BLOCK_GROUPS[case["family"]]], case["build"])),
+        full_depth=full_depth,
+    )
     print(f"\n== {name}: F={f} x T={tpf} = {f * tpf:,} video tokens + {extra} text, density {mask.density:.4f}")
     timer = BlockTimer(model, case["family"], device)
     fn = lambda: model(**kwargs)  # noqa: F821 (`del model, kwargs` at the end frees the GPU memory)
@@ -292,7 +379,9 @@ def run_case(name, case, args, device, dtype):
                 if be == "fa4":
                     from radial_attention.ops import resolve_dense_backend
 
-                    resolve_dense_backend("fa4", torch.empty(1, 1, 128, model.config.attention_head_dim, device=device, dtype=dtype))
+                    resolve_dense_backend(
+                        "fa4", torch.empty(1, 1, 128, model.config.attention_head_dim, device=device, dtype=dtype)
+                    )
                     kernel = DenseSDPA("fa4", "benchmark")
                 else:
                     kernel = sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[be])])
@@ -322,16 +411,19 @@ def run_case(name, case, args, device, dtype):
     # Radial.
     backend = pick_radial_backend(device, dtype, model.config.attention_head_dim, args.radial_backend)
     res["radial_backend"] = backend
-    state = apply_radial_attention(model, preset=case["preset"], decay=case["decay"], block_size=block_size, backend=backend,
-                                   dense_backend="auto")
+    state = apply_radial_attention(
+        model, preset=case["preset"], decay=case["decay"], block_size=block_size, backend=backend, dense_backend="auto"
+    )
     try:
         with torch.no_grad():
             r_total, r_blocks = measure(timer, fn, args.warmup, args.reps)
     finally:
         remove_radial_attention(model)
         timer.remove()
-    print(f"  radial {backend:<8} {r_total * 1e3:10.1f} ms for {sum(case['build'])} blocks "
-          f"({state.summary()['radial_calls']} radial attention calls)")
+    print(
+        f"  radial {backend:<8} {r_total * 1e3:10.1f} ms for {sum(case['build'])} blocks "
+        f"({state.summary()['radial_calls']} radial attention calls)"
+    )
     res["radial_ms_built"] = round(r_total * 1e3, 2)
 
     fam = case["family"]
@@ -344,7 +436,8 @@ def run_case(name, case, args, device, dtype):
     best_full = full_forward(ok[best][0], ok[best][1], full_depth, fam)
     res["dense_in_schedule_backend"] = lib
     res["forward_ms_full_depth_per_dense_backend"] = {
-        k: round(full_forward(v[0], v[1], full_depth, fam) * 1e3, 1) for k, v in ok.items()}
+        k: round(full_forward(v[0], v[1], full_depth, fam) * 1e3, 1) for k, v in ok.items()
+    }
     res["forward_speedup_vs_fastest_dense"] = round(best_full / radial_full, 3)
     res["block_ms"] = {
         "dense": {f"{g}[{i}]": round(v * 1e3, 2) for (g, i), v in d_blocks.items()},
@@ -357,9 +450,17 @@ def run_case(name, case, args, device, dtype):
         radial_dl = full_forward(r_total, r_blocks, full_depth, fam, dense_blocks=lib_blocks, dense_layers=dense_layers)
         t_dense = steps * dense_full
         t_sched = dense_steps * lib_full + (steps - dense_steps) * radial_dl
-        res["schedules"].append(dict(label=label, steps=steps, dense_steps=dense_steps, dense_layers=dense_layers,
-                                     dense_s=round(t_dense, 2), radial_s=round(t_sched, 2),
-                                     speedup=round(t_dense / t_sched, 3)))
+        res["schedules"].append(
+            dict(
+                label=label,
+                steps=steps,
+                dense_steps=dense_steps,
+                dense_layers=dense_layers,
+                dense_s=round(t_dense, 2),
+                radial_s=round(t_sched, 2),
+                speedup=round(t_dense / t_sched, 3),
+            )
+        )
     res["target_forward_speedup"], res["target_schedule_speedup"] = case["target"]
     del model, kwargs
     if device.type == "cuda":
@@ -383,30 +484,44 @@ def markdown(results, env) -> str:
         tf, ts = r["target_forward_speedup"], r["target_schedule_speedup"]
         for j, s in enumerate(r["schedules"]):
             head = (
-                f"| {r['case']} | {r['video_tokens']:,} + {r['text_tokens']} | {r['density']:.4f} | "
-                f"{fwd['dense']:.0f} ms ({r.get('dense_baseline_backend', r['dense_best_backend'])}) | "
-                f"{r['forward_ms_full_depth_per_dense_backend'][r['dense_best_backend']]:.0f} ms ({r['dense_best_backend']}) | "
-                f"{fwd['radial']:.0f} ms ({r['radial_backend']}) | "
-                f"{r['forward_speedup']:.3f}x{f' ({tf}x)' if tf else ''} | {r['forward_speedup_vs_fastest_dense']:.3f}x "
-            ) if j == 0 else "| | | | | | | | "
+                (
+                    f"| {r['case']} | {r['video_tokens']:,} + {r['text_tokens']} | {r['density']:.4f} | "
+                    f"{fwd['dense']:.0f} ms ({r.get('dense_baseline_backend', r['dense_best_backend'])}) | "
+                    f"{r['forward_ms_full_depth_per_dense_backend'][r['dense_best_backend']]:.0f} ms ({r['dense_best_backend']}) | "
+                    f"{fwd['radial']:.0f} ms ({r['radial_backend']}) | "
+                    f"{r['forward_speedup']:.3f}x{f' ({tf}x)' if tf else ''} | {r['forward_speedup_vs_fastest_dense']:.3f}x "
+                )
+                if j == 0
+                else "| | | | | | | | "
+            )
             lines.append(
-                head + f"| {s['label']} ({r['dense_in_schedule_backend']}) | {s['dense_s']:.1f} s / {s['radial_s']:.1f} s | "
+                head
+                + f"| {s['label']} ({r['dense_in_schedule_backend']}) | {s['dense_s']:.1f} s / {s['radial_s']:.1f} s | "
                 f"{s['speedup']:.3f}x{f' ({ts}x)' if ts else ''} |"
             )
-    lines += ["", "Full-depth times are computed from the measured per-block times of a model built with "
-              "fewer blocks (see `built_blocks`, `block_ms` in pipeline.json) plus the measured time outside "
-              "the blocks; schedules over the denoising loop (transformer calls only, one call per step; CFG "
-              "doubles both sides) from those forwards."]
+    lines += [
+        "",
+        "Full-depth times are computed from the measured per-block times of a model built with "
+        "fewer blocks (see `built_blocks`, `block_ms` in pipeline.json) plus the measured time outside "
+        "the blocks; schedules over the denoising loop (transformer calls only, one call per step; CFG "
+        "doubles both sides) from those forwards.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     p.add_argument("--smoke", action="store_true", help="tiny configs on the CPU: checks the script, measures nothing")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
-    p.add_argument("--dense-backends", default=None, help="SDPA backends for dense (default: cudnn,flash,efficient; smoke: math)")
-    p.add_argument("--radial-backend", default=None, help="force a radial backend (default: triton if usable, else flex)")
+    p.add_argument(
+        "--dense-backends", default=None, help="SDPA backends for dense (default: cudnn,flash,efficient; smoke: math)"
+    )
+    p.add_argument(
+        "--radial-backend", default=None, help="force a radial backend (default: triton if usable, else flex)"
+    )
     p.add_argument("--blocks", type=int, default=None, help="blocks built per block group (default: the case's)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--reps", type=int, default=None)
@@ -428,7 +543,9 @@ def main(argv=None) -> int:
         raise SystemExit("no CUDA device here: run on a GPU, or pass --smoke for the CPU check")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     args.dense_backends_given = args.dense_backends is not None
-    args.dense_backends = (args.dense_backends or ("math" if device.type == "cpu" else "cudnn,flash,efficient")).split(",")
+    args.dense_backends = (args.dense_backends or ("math" if device.type == "cpu" else "cudnn,flash,efficient")).split(
+        ","
+    )
     for be in args.dense_backends:
         if be not in SDPA_BACKENDS or (be == "fa4" and device.type != "cuda"):
             raise SystemExit(f"unknown SDPA backend {be!r}; expected some of {list(SDPA_BACKENDS)}")
@@ -445,8 +562,13 @@ def main(argv=None) -> int:
         triton_version = "none"
     env = dict(
         date=datetime.datetime.now().isoformat(timespec="seconds"),
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
-        torch=torch.__version__, triton=triton_version, diffusers=diffusers.__version__, smoke=args.smoke,
+        device=torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()})",
+        torch=torch.__version__,
+        triton=triton_version,
+        diffusers=diffusers.__version__,
+        smoke=args.smoke,
     )
     results = []
     for name, case in cases.items():
@@ -457,7 +579,9 @@ def main(argv=None) -> int:
             res = dict(case=name, status=f"out of memory: {str(e).splitlines()[0][:160]}")
         except Exception as e:  # keep going: one broken case must not hide the others
             traceback.print_exc()
-            res = dict(case=name, status=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+            res = dict(
+                case=name, status=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            )
         res["wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(res)
         if device.type == "cuda":

@@ -54,25 +54,51 @@ import torch.distributed as dist  # noqa: E402
 
 # Wan2.1-14B (diffusers WanTransformer3DModel config of Wan-AI/Wan2.1-T2V-14B-Diffusers).
 WAN14B = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+    patch_size=(1, 2, 2),
+    num_attention_heads=40,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=13824,
+    num_layers=40,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
 )
 # --smoke: the same model class, tiny.
 WAN_TINY = dict(
-    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=16, in_channels=16, out_channels=16,
-    text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=256,
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=256,
 )
 TEXT_TOKENS = 512
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--frames", default="81,161", help="video frames (pixels, 4k+1), comma-separated")
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--gpus", default=None, help="GPU counts to measure, e.g. 1,2,4,8 (default: 1 and powers of 2 up to the world size, and the world size)")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        help="GPU counts to measure, e.g. 1,2,4,8 (default: 1 and powers of 2 up to the world size, and the world size)",
+    )
     p.add_argument("--what", default="attention,transformer", help="attention, transformer or both")
     p.add_argument("--modes", default="dense,radial")
     p.add_argument("--layers", type=int, default=4, help="transformer blocks of the Wan2.1-14B model (40 = all)")
@@ -81,16 +107,31 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="auto", help="radial op backend (auto, triton, flex, flashinfer, reference)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--tol", type=float, default=None, help="largest rel_err counted as a match (default 2e-2 in bf16, 1e-4 in --smoke)")
-    p.add_argument("--out", default=None, help="output path prefix (.json and .md); default benchmarks/results/sequence_parallel, "
-                   "or <tmp>/radial_sp_smoke with --smoke")
-    p.add_argument("--smoke", action="store_true", help="CPU + gloo, tiny model and sizes (2 processes unless run by torchrun)")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="largest rel_err counted as a match (default 2e-2 in bf16, 1e-4 in --smoke)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output path prefix (.json and .md); default benchmarks/results/sequence_parallel, "
+        "or <tmp>/radial_sp_smoke with --smoke",
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="CPU + gloo, tiny model and sizes (2 processes unless run by torchrun)"
+    )
     p.add_argument("--smoke-ranks", type=int, default=2, help="CPU processes of a --smoke run outside torchrun")
     args = p.parse_args(argv)
     if args.out is None:
         import tempfile
 
-        args.out = os.path.join(tempfile.gettempdir(), "radial_sp_smoke") if args.smoke else "benchmarks/results/sequence_parallel"
+        args.out = (
+            os.path.join(tempfile.gettempdir(), "radial_sp_smoke")
+            if args.smoke
+            else "benchmarks/results/sequence_parallel"
+        )
     return args
 
 
@@ -106,7 +147,7 @@ class Bench:
         if args.gpus:
             sizes = sorted({int(x) for x in args.gpus.split(",")})
         else:
-            sizes = sorted({1, world} | {2 ** i for i in range(1, int(math.log2(world)) + 1)})
+            sizes = sorted({1, world} | {2**i for i in range(1, int(math.log2(world)) + 1)})
         bad = [n for n in sizes if n < 1 or n > world]
         if bad:
             raise SystemExit(f"--gpus {args.gpus}: counts must be in 1..{world} (the world size), got {bad}")
@@ -151,10 +192,12 @@ class Bench:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION], set_priority=True)
+        return sdpa_kernel(
+            [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION], set_priority=True
+        )
 
     def compare(self, got: torch.Tensor, ref: torch.Tensor) -> dict:
-        diff = (got.float() - ref.float())
+        diff = got.float() - ref.float()
         rel = float(diff.norm() / ref.float().norm().clamp_min(1e-30))
         tol = self.args.tol if self.args.tol is not None else (1e-4 if self.args.smoke else 2e-2)
         return {"max_abs_err": float(diff.abs().max()), "rel_err": rel, "match": rel <= tol, "tol": tol}
@@ -163,7 +206,10 @@ class Bench:
         if self.rank == 0:
             self.records.append(kw)
             flag = "" if kw.get("match", True) else "  MISMATCH"
-            print(f"[sp] {kw['what']:<11} {kw['case']:<22} {kw['mode']:<6} {kw['gpus']} GPU(s): {kw['ms']:10.2f} ms{flag}", flush=True)
+            print(
+                f"[sp] {kw['what']:<11} {kw['case']:<22} {kw['mode']:<6} {kw['gpus']} GPU(s): {kw['ms']:10.2f} ms{flag}",
+                flush=True,
+            )
 
     def barrier(self):
         dist.barrier()
@@ -179,13 +225,27 @@ def cases(args):
     out = []
     for f in (int(x) for x in args.frames.split(",")):
         lay = video_layout("wan2.1", args.height, args.width, f)
-        out.append((f"{args.width}x{args.height} {f}f", lay.frames, lay.tokens_per_frame, lay.height_tokens * 2, lay.width_tokens * 2))
+        out.append(
+            (
+                f"{args.width}x{args.height} {f}f",
+                lay.frames,
+                lay.tokens_per_frame,
+                lay.height_tokens * 2,
+                lay.width_tokens * 2,
+            )
+        )
     return out
 
 
 # ---------------------------------------------------------------------------------- attention alone
 def bench_attention(b: Bench, name, F, T, mask):
-    from radial_attention.distributed import gather_sequence, heads_to_seq, seq_to_heads, shard_sequence, ulysses_attention
+    from radial_attention.distributed import (
+        gather_sequence,
+        heads_to_seq,
+        seq_to_heads,
+        shard_sequence,
+        ulysses_attention,
+    )
     from radial_attention.ops import block_sparse_attention, resolve_backend
 
     args = b.args
@@ -209,8 +269,17 @@ def bench_attention(b: Bench, name, F, T, mask):
             with torch.no_grad():
                 ms, out = b.timed(lambda: single(mode), 1)
             refs[mode] = out
-            b.record(what="attention", case=name, mode=mode, gpus=1, ms=ms, tokens=S, heads=H,
-                     backend=backend if mode == "radial" else "sdpa", density=mask.density)
+            b.record(
+                what="attention",
+                case=name,
+                mode=mode,
+                gpus=1,
+                ms=ms,
+                tokens=S,
+                heads=H,
+                backend=backend if mode == "radial" else "sdpa",
+                density=mask.density,
+            )
         b.barrier()
     for n in b.sizes:
         if n == 1:
@@ -219,9 +288,12 @@ def bench_attention(b: Bench, name, F, T, mask):
         if b.rank < n:
             ql, kl, vl = (shard_sequence(t, dim=1, group=group) for t in (q, k, v))  # [B, S/n, H, D]
             for mode in args.modes.split(","):
+
                 def parallel():
                     if mode == "radial":
-                        return ulysses_attention(ql, kl, vl, mask, group=group, layout="BSHD", seq_len=S, backend=backend)
+                        return ulysses_attention(
+                            ql, kl, vl, mask, group=group, layout="BSHD", seq_len=S, backend=backend
+                        )
                     qh, kh, vh = seq_to_heads([ql, kl, vl], group=group, layout="BSHD", seq_len=S)  # [B, H/n, S, D]
                     with b.dense_sdpa():
                         oh = F_sdpa(qh, kh, vh)
@@ -231,8 +303,18 @@ def bench_attention(b: Bench, name, F, T, mask):
                     ms, out = b.timed(parallel, n)
                     full = gather_sequence(out, dim=1, group=group, seq_len=S)
                 check = b.compare(full, refs[mode]) if b.rank == 0 else {}
-                b.record(what="attention", case=name, mode=mode, gpus=n, ms=ms, tokens=S, heads=H,
-                         backend=backend if mode == "radial" else "sdpa", density=mask.density, **check)
+                b.record(
+                    what="attention",
+                    case=name,
+                    mode=mode,
+                    gpus=n,
+                    ms=ms,
+                    tokens=S,
+                    heads=H,
+                    backend=backend if mode == "radial" else "sdpa",
+                    density=mask.density,
+                    **check,
+                )
                 del full, out
         b.barrier()
 
@@ -270,7 +352,9 @@ def bench_transformer(b: Bench, name, F, T, lat_h, lat_w):
     inputs = dict(
         hidden_states=torch.randn(1, cfg["in_channels"], F, lat_h, lat_w, generator=g, device=b.device, dtype=b.dtype),
         timestep=torch.full((1,), 500.0, device=b.device),
-        encoder_hidden_states=torch.randn(1, 16 if args.smoke else TEXT_TOKENS, cfg["text_dim"], generator=g, device=b.device, dtype=b.dtype),
+        encoder_hidden_states=torch.randn(
+            1, 16 if args.smoke else TEXT_TOKENS, cfg["text_dim"], generator=g, device=b.device, dtype=b.dtype
+        ),
         return_dict=False,
     )
     radial_kwargs = dict(block_size=args.block_size, backend=args.backend, preset=args.preset)
@@ -346,7 +430,8 @@ def markdown(records, env) -> str:
     lines = [
         f"Sequence-parallel (Ulysses) scaling, {env['date']}: {env['device']} x {env['world_size']}, torch {env['torch']}, "
         f"radial backend `{env['radial_backend']}`, preset `{env['preset']}`, block {env['block_size']}"
-        + (", **smoke run on CPU (gloo): times mean nothing**" if env["smoke"] else "") + ".",
+        + (", **smoke run on CPU (gloo): times mean nothing**" if env["smoke"] else "")
+        + ".",
         "",
         "| what | case | tokens | mode | GPUs | ms | speed-up vs 1 GPU | efficiency | radial vs dense | matches 1 GPU (rel err) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -427,8 +512,13 @@ def write_and_print(result, out_prefix: str) -> int:
         f.write(md)
     multi = [r for r in records if r["gpus"] > 1]
     bad = [r for r in multi if not r["match"]]
-    verdict = ("; 1 GPU only: no multi-GPU output to check" if not multi
-               else f"; {len(bad)} MISMATCH(ES) with 1 GPU" if bad else "; every multi-GPU output matches 1 GPU")
+    verdict = (
+        "; 1 GPU only: no multi-GPU output to check"
+        if not multi
+        else f"; {len(bad)} MISMATCH(ES) with 1 GPU"
+        if bad
+        else "; every multi-GPU output matches 1 GPU"
+    )
     print(f"\nwrote {out_prefix}.json and {out_prefix}.md" + verdict)
     print()
     print(md)
@@ -459,6 +549,7 @@ def main(argv=None) -> int:
         return write_and_print(result, args.out) if dist.get_rank() == 0 else 0
     finally:
         shutdown()
+
 
 if __name__ == "__main__":
     sys.exit(main())

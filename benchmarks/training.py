@@ -77,31 +77,114 @@ class ModelCase:
     shift: float
 
 
-WAN_BASE = dict(patch_size=(1, 2, 2), attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
-                freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-HY_BASE = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_refiner_layers=2,
-               mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
-               text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+WAN_BASE = dict(
+    patch_size=(1, 2, 2),
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+HY_BASE = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=24,
+    attention_head_dim=128,
+    num_refiner_layers=2,
+    mlp_ratio=4.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=4096,
+    pooled_projection_dim=768,
+    rope_theta=256.0,
+    rope_axes_dim=(16, 56, 56),
+)
 WAN_FRAMES = {1: (81, 21), 2: (161, 41), 4: (321, 81)}
 HY_FRAMES = {1: (125, 32), 2: (253, 64), 4: (509, 128)}
 
 MODELS = {
-    "wan1.3b": ModelCase("Wan2.1-T2V-1.3B", "wan", dict(WAN_BASE, num_attention_heads=12, ffn_dim=8960), 30,
-                         (16, 21, 60, 104), WAN_FRAMES, "832x480", 512, 512, 4, 3.0),
-    "wan14b": ModelCase("Wan2.1-T2V-14B", "wan", dict(WAN_BASE, num_attention_heads=40, ffn_dim=13824), 40,
-                        (16, 21, 90, 160), WAN_FRAMES, "1280x720", 512, 512, 2, 5.0),
-    "hunyuan": ModelCase("HunyuanVideo-T2V", "hunyuan", HY_BASE, 60, (16, 32, 90, 160), HY_FRAMES, "1280x720", 256, 64, 1, 7.0),
+    "wan1.3b": ModelCase(
+        "Wan2.1-T2V-1.3B",
+        "wan",
+        dict(WAN_BASE, num_attention_heads=12, ffn_dim=8960),
+        30,
+        (16, 21, 60, 104),
+        WAN_FRAMES,
+        "832x480",
+        512,
+        512,
+        4,
+        3.0,
+    ),
+    "wan14b": ModelCase(
+        "Wan2.1-T2V-14B",
+        "wan",
+        dict(WAN_BASE, num_attention_heads=40, ffn_dim=13824),
+        40,
+        (16, 21, 90, 160),
+        WAN_FRAMES,
+        "1280x720",
+        512,
+        512,
+        2,
+        5.0,
+    ),
+    "hunyuan": ModelCase(
+        "HunyuanVideo-T2V", "hunyuan", HY_BASE, 60, (16, 32, 90, 160), HY_FRAMES, "1280x720", 256, 64, 1, 7.0
+    ),
 }
 
 # --smoke: the same code on tiny configs (CPU, fp32, seconds).
 SMOKE_MODELS = {
-    "wan1.3b": ModelCase("tiny Wan (smoke)", "wan", dict(WAN_BASE, num_attention_heads=2, attention_head_dim=16, ffn_dim=64,
-                                                           text_dim=32, freq_dim=32, rope_max_seq_len=256), 30,
-                         (16, 2, 16, 24), {1: (5, 2), 2: (13, 4), 4: (29, 8)}, "tiny", 16, 16, 2, 3.0),
-    "hunyuan": ModelCase("tiny HunyuanVideo (smoke)", "hunyuan", dict(HY_BASE, num_attention_heads=2, attention_head_dim=16,
-                                                                       num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=16,
-                                                                       pooled_projection_dim=8, rope_axes_dim=(4, 6, 6)), 60,
-                         (16, 2, 16, 24), {1: (5, 2), 2: (13, 4), 4: (29, 8)}, "tiny", 16, 8, 1, 7.0),
+    "wan1.3b": ModelCase(
+        "tiny Wan (smoke)",
+        "wan",
+        dict(
+            WAN_BASE,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            ffn_dim=64,
+            text_dim=32,
+            freq_dim=32,
+            rope_max_seq_len=256,
+        ),
+        30,
+        (16, 2, 16, 24),
+        {1: (5, 2), 2: (13, 4), 4: (29, 8)},
+        "tiny",
+        16,
+        16,
+        2,
+        3.0,
+    ),
+    "hunyuan": ModelCase(
+        "tiny HunyuanVideo (smoke)",
+        "hunyuan",
+        dict(
+            HY_BASE,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_refiner_layers=1,
+            mlp_ratio=2.0,
+            text_embed_dim=16,
+            pooled_projection_dim=8,
+            rope_axes_dim=(4, 6, 6),
+        ),
+        60,
+        (16, 2, 16, 24),
+        {1: (5, 2), 2: (13, 4), 4: (29, 8)},
+        "tiny",
+        16,
+        8,
+        1,
+        7.0,
+    ),
 }
 
 
@@ -155,8 +238,12 @@ def sdpa_context(names: str, device):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    table = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    table = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     backends = [table[n] for n in names.split(",")]
     try:
         return sdpa_kernel(backends, set_priority=True)
@@ -173,8 +260,16 @@ class Stepper:
     """One training step of a LoRA on ``model``: forward (autocast), flow-matching loss, backward, AdamW:
     the step of ``radial_attention.train.LoRATrainer`` at the same precision."""
 
-    def __init__(self, model, case: ModelCase, device, precision: Precision, lora: bool = True, rank: int = 128,
-                 offload: bool = False):
+    def __init__(
+        self,
+        model,
+        case: ModelCase,
+        device,
+        precision: Precision,
+        lora: bool = True,
+        rank: int = 128,
+        offload: bool = False,
+    ):
         self.model, self.case, self.batch, self.device = model, case, None, torch.device(device)
         self.precision, self.offload = precision, offload
         self.objective = FlowMatching(shift=case.shift)
@@ -246,7 +341,9 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
     try:
         model = build_transformer(case, layers, device, dtype)
         family_of(model)
-        stepper = Stepper(model, case, device, precision, rank=args.rank, offload=args.offload_checkpoints)  # LoRA + AdamW, once per model
+        stepper = Stepper(
+            model, case, device, precision, rank=args.rank, offload=args.offload_checkpoints
+        )  # LoRA + AdamW, once per model
     except Exception as exc:  # noqa: BLE001 - recorded per case
         results.append({"model": key, "variant": "build", "error": f"{type(exc).__name__}: {exc}", "oom": is_oom(exc)})
         save()
@@ -255,11 +352,21 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
         frames, latent_frames = case.frames_by_length[length]
         _, _, h, w = case.latent_1x
         tokens = latent_frames * (h // 2) * (w // 2)
-        common = {"model": key, "model_name": case.name, "length": length, "video_frames": frames, "video": case.video,
-                  "latent_frames": latent_frames, "video_tokens": tokens, "text_tokens": case.text_tokens,
-                  "layers": layers, "blocks_measured": blocks_of(case, layers), "blocks_full": case.full_blocks,
-                  "radial_dense_layers": min(args.radial_dense_layers, blocks_of(case, layers)),
-                  "density": density_of(case, latent_frames, args.block_size)}
+        common = {
+            "model": key,
+            "model_name": case.name,
+            "length": length,
+            "video_frames": frames,
+            "video": case.video,
+            "latent_frames": latent_frames,
+            "video_tokens": tokens,
+            "text_tokens": case.text_tokens,
+            "layers": layers,
+            "blocks_measured": blocks_of(case, layers),
+            "blocks_full": case.full_blocks,
+            "radial_dense_layers": min(args.radial_dense_layers, blocks_of(case, layers)),
+            "density": density_of(case, latent_frames, args.block_size),
+        }
         batch = make_batch(case, latent_frames, device)
         for variant in args.variants:
             rec = dict(common, variant=variant)
@@ -278,8 +385,12 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
                 else:
                     stepper.batch = batch
                     if variant == "radial":
-                        state = apply_radial_attention(model, dense_layers=args.radial_dense_layers, block_size=args.block_size,
-                                                       backend=args.backend)
+                        state = apply_radial_attention(
+                            model,
+                            dense_layers=args.radial_dense_layers,
+                            block_size=args.block_size,
+                            backend=args.backend,
+                        )
                     try:
                         with sdpa_context(args.dense_sdpa, device):
                             rec.update(time_steps(stepper, args.warmup, args.repeats, args.case_budget_s, device))
@@ -316,8 +427,15 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
 def _backend_used(backend: str, device, dtype) -> str:
     from radial_attention.ops import resolve_backend
 
-    q = torch.empty(1, 1, 128, 128, device=device, dtype=torch.bfloat16 if torch.device(device).type == "cuda" else dtype,
-                    requires_grad=True)
+    q = torch.empty(
+        1,
+        1,
+        128,
+        128,
+        device=device,
+        dtype=torch.bfloat16 if torch.device(device).type == "cuda" else dtype,
+        requires_grad=True,
+    )
     try:
         return resolve_backend(backend, q, requires_grad=True)
     except ValueError as e:
@@ -335,8 +453,21 @@ def summarize(results: list) -> list:
     for k in keys:
         by = {r["variant"]: r for r in results if (r.get("model"), r.get("length")) == k}
         any_r = next(iter(by.values()))
-        row = {f: any_r[f] for f in ("model", "model_name", "length", "video_frames", "video", "video_tokens", "layers",
-                                     "blocks_measured", "blocks_full", "density")}
+        row = {
+            f: any_r[f]
+            for f in (
+                "model",
+                "model_name",
+                "length",
+                "video_frames",
+                "video",
+                "video_tokens",
+                "layers",
+                "blocks_measured",
+                "blocks_full",
+                "density",
+            )
+        }
         row["radial_dense_layers"] = any_r.get("radial_dense_layers", 0)
 
         def t(v):
@@ -389,8 +520,15 @@ def markdown(rows: list, meta: dict) -> str:
         f"Full-depth estimate: overhead (0-block model) + per-block times, with the first 2 blocks dense in the radial "
         f"recipe.",
         "",
-        *(["**Smoke run** (tiny configs on the CPU, where the radial backend is the dense-cost reference): "
-           "the times only show that the script works.", ""] if meta.get("smoke") else []),
+        *(
+            [
+                "**Smoke run** (tiny configs on the CPU, where the radial backend is the dense-cost reference): "
+                "the times only show that the script works.",
+                "",
+            ]
+            if meta.get("smoke")
+            else []
+        ),
         "| model | length | video | tokens | density | blocks measured | dense step (ms) | radial step (ms) | "
         "speed-up (measured) | per-block speed-up | full depth: dense (s) | full depth: radial, 2 dense blocks (s) | "
         "full-depth speed-up |",
@@ -408,17 +546,28 @@ def markdown(rows: list, meta: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", required=True, help="folder for training.json and training.md")
     ap.add_argument("--smoke", action="store_true", help="tiny configs on the CPU (checks the script, not speed)")
     ap.add_argument("--models", default=None, help=f"comma-separated subset of {list(MODELS)}")
     ap.add_argument("--lengths", default="1,2,4", help="video length factors (of 1, 2, 4)")
-    ap.add_argument("--layers", type=int, default=None, help="blocks per model (default: wan1.3b 4, wan14b 2, hunyuan 1+1)")
-    ap.add_argument("--radial-dense-layers", type=int, default=0,
-                    help="blocks kept dense in the radial variant (0: all measured blocks radial; the recipe has 2)")
+    ap.add_argument(
+        "--layers", type=int, default=None, help="blocks per model (default: wan1.3b 4, wan14b 2, hunyuan 1+1)"
+    )
+    ap.add_argument(
+        "--radial-dense-layers",
+        type=int,
+        default=0,
+        help="blocks kept dense in the radial variant (0: all measured blocks radial; the recipe has 2)",
+    )
     ap.add_argument("--rank", type=int, default=128)
-    ap.add_argument("--offload-checkpoints", action="store_true",
-                    help="as train-lora's: the checkpointed blocks' inputs in CPU memory")
+    ap.add_argument(
+        "--offload-checkpoints",
+        action="store_true",
+        help="as train-lora's: the checkpointed blocks' inputs in CPU memory",
+    )
     ap.add_argument("--variants", default="overhead,dense,radial", help="which of overhead, dense, radial to time")
     ap.add_argument("--block-size", type=int, default=128, choices=(64, 128))
     ap.add_argument("--backend", default="auto", help="radial attention backend")
@@ -427,10 +576,17 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--case-budget-s", type=float, default=40.0, help="cap on timed seconds per case (fewer repeats)")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
-                    help="as train-lora's --precision (auto: bf16-mixed on CUDA, fp32 on the CPU)")
-    ap.add_argument("--append", action="store_true",
-                    help="keep the cases of an existing training.json in --out (a rerun of a case replaces it)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="as train-lora's --precision (auto: bf16-mixed on CUDA, fp32 on the CPU)",
+    )
+    ap.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the cases of an existing training.json in --out (a rerun of a case replaces it)",
+    )
     args = ap.parse_args(argv)
 
     table = SMOKE_MODELS if args.smoke else MODELS
@@ -460,7 +616,9 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "dtype": str(precision.weights).replace("torch.", ""),
         "offload_checkpoints": args.offload_checkpoints,
-        "precision": args.precision if args.precision != "auto" else ("bf16-mixed" if device.type == "cuda" else "fp32"),
+        "precision": args.precision
+        if args.precision != "auto"
+        else ("bf16-mixed" if device.type == "cuda" else "fp32"),
         "smoke": args.smoke,
         "rank": args.rank,
         "block_size": args.block_size,
@@ -480,13 +638,18 @@ def main(argv=None) -> int:
     if args.append and (out / "training.json").is_file():
         old = json.loads((out / "training.json").read_text())
         rerun = {(k, n) for k in keys for n in args.lengths}
-        results = [r for r in old.get("results", []) if (r.get("model"), r.get("length")) not in rerun
-                   and not (r.get("variant") == "build" and r.get("model") in keys)]
+        results = [
+            r
+            for r in old.get("results", [])
+            if (r.get("model"), r.get("length")) not in rerun
+            and not (r.get("variant") == "build" and r.get("model") in keys)
+        ]
         meta["earlier_runs"] = old.get("meta", {}).get("earlier_runs", []) + [old.get("meta", {})]
 
     def save():
-        (out / "training.json").write_text(json.dumps({"meta": meta, "results": results, "summary": summarize(results)},
-                                                      indent=1, default=str))
+        (out / "training.json").write_text(
+            json.dumps({"meta": meta, "results": results, "summary": summarize(results)}, indent=1, default=str)
+        )
 
     for k in keys:
         print(f"{table[k].name}:", flush=True)

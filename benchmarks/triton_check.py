@@ -38,14 +38,11 @@ CHECKS = [
     dict(dtype="bfloat16", D=128, bs=128, tma=False, kl=True, layout="bshd", B=2, H=3, S=1000, per_head=True),
     dict(dtype="bfloat16", D=128, bs=128, tma=True, kl=False, layout="bhsd", B=1, H=2, S=1024, per_head=False),
     dict(dtype="float16", D=64, bs=64, tma=True, kl=True, layout="bhsd", B=2, H=2, S=700, per_head=True),
-    dict(dtype="float16", D=64, bs=128, tma=True, kl=False, layout="bshd", B=1, H=3, S=900, per_head=False,
-         neg=True),
+    dict(dtype="float16", D=64, bs=128, tma=True, kl=False, layout="bshd", B=1, H=3, S=900, per_head=False, neg=True),
     dict(dtype="bfloat16", D=128, bs=64, tma=True, kl=False, layout="bshd", B=2, H=2, S=650, per_head=True),
     dict(dtype="float32", D=64, bs=128, tma=True, kl=True, layout="bhsd", B=2, H=2, S=333, per_head=True),
-    dict(dtype="float16", D=128, bs=128, tma=False, kl=False, layout="bhsd", B=1, H=2, S=777, per_head=True,
-         neg=True),
-    dict(dtype="bfloat16", D=128, bs=128, tma=True, kl=True, layout="bshd", B=2, H=2, S=1100, per_head=False,
-         neg=True),
+    dict(dtype="float16", D=128, bs=128, tma=False, kl=False, layout="bhsd", B=1, H=2, S=777, per_head=True, neg=True),
+    dict(dtype="bfloat16", D=128, bs=128, tma=True, kl=True, layout="bshd", B=2, H=2, S=1100, per_head=False, neg=True),
 ]
 TOL = {"bfloat16": 2.5e-2, "float16": 4e-3, "float32": 2e-5}
 
@@ -71,7 +68,7 @@ def _inputs(c, device, seed):
 
     q, k, v, do = make(), make(), make(), make()
     kl = torch.tensor([S - 37, min(S, 200)][:B], device=device) if c.get("kl") else None
-    scale = -(D ** -0.5) if c.get("neg") else D ** -0.5
+    scale = -(D**-0.5) if c.get("neg") else D**-0.5
     return mask, q, k, v, do, kl, scale
 
 
@@ -93,8 +90,9 @@ def check_triton(c, device, seed=0) -> dict:
     mask, q, k, v, do, kl, scale = _inputs(c, device, seed)
     dtype = q.dtype
     # The tuned configs with the memory path this check asks for (TMA or pointers).
-    configs = {kind: dataclasses.replace(launch._config(kind, q, c["bs"]), use_tma=c["tma"])
-               for kind in ("fwd", "dq", "dkdv")}
+    configs = {
+        kind: dataclasses.replace(launch._config(kind, q, c["bs"]), use_tma=c["tma"]) for kind in ("fwd", "dq", "dkdv")
+    }
     with tb.triton_kernel_config(**configs):
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
         _poison(device)
@@ -113,8 +111,15 @@ def check_triton(c, device, seed=0) -> dict:
     empty_rows_zero = bool((out[:, :, : c["bs"]] == 0).all())  # mask row 0 is empty
     layout_kept = out.stride() == q.stride()
     ok = (not nan) and det and empty_rows_zero and all(e < TOL[c["dtype"]] for e in errs.values())
-    return dict(errs=errs, nan=nan, deterministic=det, empty_rows_zero=empty_rows_zero, layout_kept=layout_kept,
-                ok=ok, dtype=str(dtype))
+    return dict(
+        errs=errs,
+        nan=nan,
+        deterministic=det,
+        empty_rows_zero=empty_rows_zero,
+        layout_kept=layout_kept,
+        ok=ok,
+        dtype=str(dtype),
+    )
 
 
 def check_flashinfer(c, device, fib, seed=0) -> dict:
@@ -184,10 +189,26 @@ def _launch_all(mask, q, k, v, do, fwd, dkdv, dq):
     t["row_order"], t["col_order"] = launch.launch_orders(t, q)  # as the launch_order setting says
     bs = mask.block_size
     scale = q.shape[-1] ** -0.5
-    out, lse = launch.forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs,
-                              config=fwd)
-    launch.backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], t["col_order"], t["kv_indices"],
-                    t["kv_counts"], t["row_order"], None, scale, bs, dq_config=dq, dkdv_config=dkdv)
+    out, lse = launch.forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs, config=fwd)
+    launch.backward(
+        do,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        t["q_indices"],
+        t["q_counts"],
+        t["col_order"],
+        t["kv_indices"],
+        t["kv_counts"],
+        t["row_order"],
+        None,
+        scale,
+        bs,
+        dq_config=dq,
+        dkdv_config=dkdv,
+    )
     return out, lse, t
 
 
@@ -201,8 +222,16 @@ def warm(name, device, fwd=None, dkdv=None, dq=None):
     dq = dq or [DQ_CANDIDATES[0]]
     n = max(len(fwd), len(dkdv), len(dq))
     for i in range(n):
-        _launch_all(mask, q, k, v, do, KernelConfig(*fwd[min(i, len(fwd) - 1)]),
-                    KernelConfig(*dkdv[min(i, len(dkdv) - 1)]), KernelConfig(*dq[min(i, len(dq) - 1)]))
+        _launch_all(
+            mask,
+            q,
+            k,
+            v,
+            do,
+            KernelConfig(*fwd[min(i, len(fwd) - 1)]),
+            KernelConfig(*dkdv[min(i, len(dkdv) - 1)]),
+            KernelConfig(*dq[min(i, len(dq) - 1)]),
+        )
     torch.cuda.synchronize()
 
 
@@ -216,8 +245,15 @@ def sweep(name, device, budget=1.0) -> list:
     fn = bench.dense_sdpa("cudnn")
     r = bench.time_call(lambda: fn(q, k, v), device, budget)
     dense_fwd = r["ms"]
-    rows.append(dict(case=name, kernel="dense-cudnn fwd", config="", ms=r["ms"],
-                     tflops=4 * case.heads * case.seq_len ** 2 * case.head_dim / r["ms"] / 1e9))
+    rows.append(
+        dict(
+            case=name,
+            kernel="dense-cudnn fwd",
+            config="",
+            ms=r["ms"],
+            tflops=4 * case.heads * case.seq_len**2 * case.head_dim / r["ms"] / 1e9,
+        )
+    )
     bs = mask.block_size
     scale = q.shape[-1] ** -0.5
     for order in ORDERS:
@@ -225,22 +261,58 @@ def sweep(name, device, budget=1.0) -> list:
             out, lse, t = _launch_all(mask, q, k, v, do, None, None, None)
             for cfg in FWD_CANDIDATES:
                 c = KernelConfig(*cfg)
-                r = bench.time_call(lambda: launch.forward(q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"],
-                                                           None, scale, bs, config=c), device, budget)
-                rows.append(dict(case=name, kernel=f"fwd {order}", config=str(cfg), ms=r["ms"],
-                                 tflops=flops / r["ms"] / 1e9, x_density=dense_fwd / r["ms"] * mask.density))
+                r = bench.time_call(
+                    lambda: launch.forward(
+                        q, k, v, t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs, config=c
+                    ),
+                    device,
+                    budget,
+                )
+                rows.append(
+                    dict(
+                        case=name,
+                        kernel=f"fwd {order}",
+                        config=str(cfg),
+                        ms=r["ms"],
+                        tflops=flops / r["ms"] / 1e9,
+                        x_density=dense_fwd / r["ms"] * mask.density,
+                    )
+                )
 
             def bwd(dkdv_c, dq_c):
-                return lambda: launch.backward(do, q, k, v, out, lse, t["q_indices"], t["q_counts"], t["col_order"],
-                                               t["kv_indices"], t["kv_counts"], t["row_order"], None, scale, bs,
-                                               dq_config=dq_c, dkdv_config=dkdv_c)
+                return lambda: launch.backward(
+                    do,
+                    q,
+                    k,
+                    v,
+                    out,
+                    lse,
+                    t["q_indices"],
+                    t["q_counts"],
+                    t["col_order"],
+                    t["kv_indices"],
+                    t["kv_counts"],
+                    t["row_order"],
+                    None,
+                    scale,
+                    bs,
+                    dq_config=dq_c,
+                    dkdv_config=dkdv_c,
+                )
 
             dq0 = KernelConfig(*DQ_CANDIDATES[0])
             dkdv0 = KernelConfig(*DKDV_CANDIDATES[0])
             for cfg in DKDV_CANDIDATES:
                 r = bench.time_call(bwd(KernelConfig(*cfg), dq0), device, budget)
-                rows.append(dict(case=name, kernel=f"bwd {order}", config=str(cfg) + " dq0", ms=r["ms"],
-                                 tflops=2.5 * flops / r["ms"] / 1e9))
+                rows.append(
+                    dict(
+                        case=name,
+                        kernel=f"bwd {order}",
+                        config=str(cfg) + " dq0",
+                        ms=r["ms"],
+                        tflops=2.5 * flops / r["ms"] / 1e9,
+                    )
+                )
             for cfg in DQ_CANDIDATES[1:]:
                 r = bench.time_call(bwd(dkdv0, KernelConfig(*cfg)), device, budget)
                 rows.append(dict(case=name, kernel=f"bwd {order}", config="dkdv0 " + str(cfg), ms=r["ms"]))
@@ -303,8 +375,15 @@ def main():
     if not args.no_sweep:
         for name in SWEEP_CASES:
             for i in range(len(FWD_CANDIDATES)):
-                tasks.append({"kind": "warm", "name": name, "fwd": [FWD_CANDIDATES[i]],
-                              "dkdv": [DKDV_CANDIDATES[i]], "dq": [DQ_CANDIDATES[i]]})
+                tasks.append(
+                    {
+                        "kind": "warm",
+                        "name": name,
+                        "fwd": [FWD_CANDIDATES[i]],
+                        "dkdv": [DKDV_CANDIDATES[i]],
+                        "dq": [DQ_CANDIDATES[i]],
+                    }
+                )
     # round-robin over workers; FlashInfer (long JIT build) gets a worker of its own
     n = max(1, args.workers)
     parts = [[] for _ in range(n)]
@@ -327,9 +406,19 @@ def main():
         tf.write_text(json.dumps(part))
         log = open(tmp / f"worker_{i}.log", "w")
         is_fi = fi_ok and i == len(parts) - 1
-        procs.append((subprocess.Popen([sys.executable, __file__, "--worker-tasks", str(tf)], stdout=log,
-                                       stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")),
-                      log, i, is_fi))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, __file__, "--worker-tasks", str(tf)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                ),
+                log,
+                i,
+                is_fi,
+            )
+        )
     results = []
 
     def collect(proc, log, i, limit):
@@ -370,13 +459,18 @@ def main():
                 print(f"warm {t['name']} FAILED: {r.get('error')}")
             continue
         c = t["case"]
-        desc = (f"{t['kind']}{'-' + t['fib'] if 'fib' in t else ''} {c['dtype']} D{c['D']} bs{c['bs']} "
-                f"{'tma' if c['tma'] else 'ptr'} {c['layout']} B{c['B']} H{c['H']} S{c['S']}"
-                f"{' kl' if c.get('kl') else ''}{' neg' if c.get('neg') else ''}")
+        desc = (
+            f"{t['kind']}{'-' + t['fib'] if 'fib' in t else ''} {c['dtype']} D{c['D']} bs{c['bs']} "
+            f"{'tma' if c['tma'] else 'ptr'} {c['layout']} B{c['B']} H{c['H']} S{c['S']}"
+            f"{' kl' if c.get('kl') else ''}{' neg' if c.get('neg') else ''}"
+        )
         if "errs" in r:
             e = " ".join(f"{k}={v:.1e}" for k, v in r["errs"].items())
-            extra = "" if t["kind"] != "check" else (f" det={r['deterministic']} zero_rows={r['empty_rows_zero']} "
-                                                     f"layout={r['layout_kept']}")
+            extra = (
+                ""
+                if t["kind"] != "check"
+                else (f" det={r['deterministic']} zero_rows={r['empty_rows_zero']} layout={r['layout_kept']}")
+            )
             print(f"{'OK ' if r['ok'] else 'BAD'} {desc}: {e}{extra} ({r['seconds']}s)")
         else:
             print(f"ERR {desc}: {r.get('error')}")

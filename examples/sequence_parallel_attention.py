@@ -37,7 +37,9 @@ def main():
         frames, tpf, heads, dim, dtype, bs, backend = 21, 3600, 40, 128, torch.bfloat16, 128, "auto"
     S = frames * tpf
     g = torch.Generator(device=ctx.device).manual_seed(0)
-    q, k, v = (torch.randn(1, S, heads, dim, generator=g, device=ctx.device, dtype=dtype) for _ in range(3))  # [B, S, H, D]
+    q, k, v = (
+        torch.randn(1, S, heads, dim, generator=g, device=ctx.device, dtype=dtype) for _ in range(3)
+    )  # [B, S, H, D]
     layout = dict(frames=frames, tokens_per_frame=tpf, preset="wan", block_size=bs, backend=backend)
 
     q_local, k_local, v_local = (shard_sequence(t, dim=1) for t in (q, k, v))  # [B, ceil(S/N), H, D]
@@ -53,8 +55,10 @@ def main():
     if ctx.is_main:
         ref = radial_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **layout).transpose(1, 2)
         err = (out.float() - ref.float()).abs().max().item()
-        print(f"{ctx.world_size} rank(s), {S:,} tokens x {heads} heads: {ms:.1f} ms (first call, includes warm-up); "
-              f"max |sequence-parallel - one device| = {err:.2e}")
+        print(
+            f"{ctx.world_size} rank(s), {S:,} tokens x {heads} heads: {ms:.1f} ms (first call, includes warm-up); "
+            f"max |sequence-parallel - one device| = {err:.2e}"
+        )
     shutdown()
 
 

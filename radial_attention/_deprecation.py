@@ -21,8 +21,11 @@ REMOVED_IN = "0.2"
 
 def warn_deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
     """Warn that ``old`` is deprecated in favour of ``new`` (``stacklevel`` 3: the caller's caller)."""
-    warnings.warn(f"{old} is deprecated and goes in radial-attention {REMOVED_IN}; use {new}",
-                  DeprecationWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"{old} is deprecated and goes in radial-attention {REMOVED_IN}; use {new}",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def renamed_keyword(where: str, old: str, old_value, new: str, new_value, *, default, stacklevel: int = 4):
@@ -34,7 +37,9 @@ def renamed_keyword(where: str, old: str, old_value, new: str, new_value, *, def
     if old_value is None:
         return new_value
     if new_value is not default and new_value != default:
-        raise TypeError(f"{where}: got both {new}={new_value!r} and its deprecated name {old}={old_value!r}; pass {new} only")
+        raise TypeError(
+            f"{where}: got both {new}={new_value!r} and its deprecated name {old}={old_value!r}; pass {new} only"
+        )
     warn_deprecated(f"{where}({old}=...)", f"{new}=", stacklevel=stacklevel)
     return old_value
 
@@ -50,7 +55,11 @@ MOVED = {
 def moved_module(old: str):
     """``(__getattr__, __dir__)`` for the alias module ``old``; warns once, when it is imported."""
     new = MOVED[old]
-    warnings.warn(f"{old} has moved to {new}; the old name goes in radial-attention {REMOVED_IN}", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"{old} has moved to {new}; the old name goes in radial-attention {REMOVED_IN}",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     target = import_module(new)
 
     def __getattr__(name):

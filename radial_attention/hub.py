@@ -81,8 +81,13 @@ def pipeline_components(index: dict) -> List[str]:
     """The component folders a ``model_index.json`` lists (``[library, class]`` entries that are
     not ``[null, null]``), e.g. ``["scheduler", "text_encoder", "tokenizer", "transformer", "vae"]``."""
     return sorted(
-        k for k, v in index.items()
-        if not k.startswith("_") and isinstance(v, (list, tuple)) and len(v) == 2 and v[0] is not None and v[1] is not None
+        k
+        for k, v in index.items()
+        if not k.startswith("_")
+        and isinstance(v, (list, tuple))
+        and len(v) == 2
+        and v[0] is not None
+        and v[1] is not None
     )
 
 
@@ -106,13 +111,16 @@ def _wanted(index: dict, components: Optional[Sequence[str]], skip: Sequence[str
     return [c for c in wanted if c not in skip]
 
 
-def _download(repo_id: str, *, cache_dir: pathlib.Path, allow_patterns: Optional[List[str]], local_files_only: bool) -> str:
+def _download(
+    repo_id: str, *, cache_dir: pathlib.Path, allow_patterns: Optional[List[str]], local_files_only: bool
+) -> str:
     """``huggingface_hub.snapshot_download`` (its tqdm bars show the download). A module-level
     name so tests can check that offline lookups never reach it with ``local_files_only=False``."""
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(repo_id, cache_dir=str(cache_dir), allow_patterns=allow_patterns,
-                             local_files_only=local_files_only)
+    return snapshot_download(
+        repo_id, cache_dir=str(cache_dir), allow_patterns=allow_patterns, local_files_only=local_files_only
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -155,7 +163,9 @@ def resolve_model(
     if path.is_dir():
         return path
     if path.exists():
-        raise ModelNotFoundError(f"--model {model!r} is a file; expected a model folder or a Hugging Face Hub id (org/name)")
+        raise ModelNotFoundError(
+            f"--model {model!r} is a file; expected a model folder or a Hugging Face Hub id (org/name)"
+        )
     if not is_hub_id(str(model)):
         others = f", nor {local_ok}" if local_ok else ""
         raise ModelNotFoundError(
@@ -165,14 +175,18 @@ def resolve_model(
     return _resolve_hub_id(str(model), components=components, skip=skip, extra_files=extra_files)
 
 
-def _resolve_hub_id(repo_id: str, *, components: Optional[Sequence[str]], skip: Sequence[str],
-                    extra_files: Sequence[str] = ()) -> pathlib.Path:
+def _resolve_hub_id(
+    repo_id: str, *, components: Optional[Sequence[str]], skip: Sequence[str], extra_files: Sequence[str] = ()
+) -> pathlib.Path:
     cache = hub_cache_dir()
     repo_dir = cache_repo_dir(repo_id, cache)
     offline = hub_offline()
     local_folder = pathlib.Path(os.path.expanduser(repo_id)).absolute()
-    get_it = (f"fetch it with `{fetch_command(repo_id)}`" + (" on a machine with network" if offline else "")
-              + " or pass a local folder written by save_pretrained")
+    get_it = (
+        f"fetch it with `{fetch_command(repo_id)}`"
+        + (" on a machine with network" if offline else "")
+        + " or pass a local folder written by save_pretrained"
+    )
 
     # 1. The cache, never the network.
     cached_problem = None
@@ -182,7 +196,9 @@ def _resolve_hub_id(repo_id: str, *, components: Optional[Sequence[str]], skip: 
             raise FileNotFoundError(f"{snap / _INDEX_FILE} is missing")
         wanted = _wanted(_read_index(snap), components, skip)
         # The library checks the snapshot against its cached file listing when it has one.
-        snap = pathlib.Path(_download(repo_id, cache_dir=cache, allow_patterns=_patterns(wanted), local_files_only=True))
+        snap = pathlib.Path(
+            _download(repo_id, cache_dir=cache, allow_patterns=_patterns(wanted), local_files_only=True)
+        )
         missing = _missing(snap, wanted)
         if not missing:
             return snap
@@ -190,8 +206,11 @@ def _resolve_hub_id(repo_id: str, *, components: Optional[Sequence[str]], skip: 
     except ModelNotFoundError:
         raise
     except Exception as e:  # LocalEntryNotFoundError, IncompleteSnapshotError, unreadable files
-        cached_problem = f"no complete copy in the Hugging Face cache at {repo_dir} ({_first_line(e)})" \
-            if repo_dir.exists() else f"the Hugging Face cache has no copy at {repo_dir}"
+        cached_problem = (
+            f"no complete copy in the Hugging Face cache at {repo_dir} ({_first_line(e)})"
+            if repo_dir.exists()
+            else f"the Hugging Face cache has no copy at {repo_dir}"
+        )
 
     if offline:
         raise ModelNotFoundError(
@@ -203,8 +222,11 @@ def _resolve_hub_id(repo_id: str, *, components: Optional[Sequence[str]], skip: 
     try:
         snap = pathlib.Path(_download(repo_id, cache_dir=cache, allow_patterns=[_INDEX_FILE], local_files_only=False))
         wanted = _wanted(_read_index(snap), components, skip)
-        snap = pathlib.Path(_download(repo_id, cache_dir=cache, allow_patterns=_patterns(wanted) + list(extra_files),
-                                      local_files_only=False))
+        snap = pathlib.Path(
+            _download(
+                repo_id, cache_dir=cache, allow_patterns=_patterns(wanted) + list(extra_files), local_files_only=False
+            )
+        )
     except ModelNotFoundError:
         raise
     except Exception as e:  # no network, unknown or gated repo, disk full ...
@@ -240,7 +262,9 @@ def find_cached(model: str) -> Optional[pathlib.Path]:
     if not is_hub_id(str(model)):
         return None
     try:
-        return pathlib.Path(_download(str(model), cache_dir=hub_cache_dir(), allow_patterns=[_INDEX_FILE], local_files_only=True))
+        return pathlib.Path(
+            _download(str(model), cache_dir=hub_cache_dir(), allow_patterns=[_INDEX_FILE], local_files_only=True)
+        )
     except Exception:
         return None
 
@@ -278,7 +302,11 @@ class loading_errors:
     def __exit__(self, kind, err, tb):
         if err is None or not isinstance(err, OSError) or isinstance(err, ModelNotFoundError):
             return False
-        fix = (f"complete the download with `{fetch_command(self.model)}`" if is_hub_id(self.model)
-               and not pathlib.Path(os.path.expanduser(self.model)).is_dir()
-               else "write the folder with save_pretrained (safetensors weights)")
-        raise ModelNotFoundError(f"could not load {self.model!r} from {self.folder} ({_first_line(err)}): {fix}") from None
+        fix = (
+            f"complete the download with `{fetch_command(self.model)}`"
+            if is_hub_id(self.model) and not pathlib.Path(os.path.expanduser(self.model)).is_dir()
+            else "write the folder with save_pretrained (safetensors weights)"
+        )
+        raise ModelNotFoundError(
+            f"could not load {self.model!r} from {self.folder} ({_first_line(err)}): {fix}"
+        ) from None

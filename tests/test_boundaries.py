@@ -13,8 +13,18 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "radial_attention"
 
 # Lower imports nothing above it. Equal ranks may import each other.
 RANK = {
-    "_lazy": 0, "_deprecation": 0, "mask": 1, "ops": 2, "distributed": 3, "hub": 4, "integrations": 4,
-    "train": 5, "testing": 6, "cli": 7, "__main__": 8, "": 8,
+    "_lazy": 0,
+    "_deprecation": 0,
+    "mask": 1,
+    "ops": 2,
+    "distributed": 3,
+    "hub": 4,
+    "integrations": 4,
+    "train": 5,
+    "testing": 6,
+    "cli": 7,
+    "__main__": 8,
+    "": 8,
 }
 # Upward imports on purpose, each with its reason.
 ALLOWED_UP = {
@@ -68,7 +78,8 @@ def test_imports_go_down_the_layers():
 def test_torch_layers_import_no_model_library(layer):
     wrong = [
         f"{path.relative_to(PACKAGE)}:{line} imports {module}"
-        for path in _files() if path.relative_to(PACKAGE).parts[0] == layer
+        for path in _files()
+        if path.relative_to(PACKAGE).parts[0] == layer
         for line, module in _imports(path)
         if module.split(".")[0] in MODEL_LIBRARIES or module.startswith("radial_attention.integrations")
     ]
@@ -123,8 +134,11 @@ def test_init_distributed_is_the_training_bootstrap_too(monkeypatch):
     "old, new, name",
     [
         ("radial_attention.integrations.diffusers.tiny", "radial_attention.testing.tiny", "tiny_wan_transformer"),
-        ("radial_attention.distributed.diffusers_cp", "radial_attention.integrations.diffusers.context_parallel",
-         "enable_sequence_parallel"),
+        (
+            "radial_attention.distributed.diffusers_cp",
+            "radial_attention.integrations.diffusers.context_parallel",
+            "enable_sequence_parallel",
+        ),
         ("radial_attention.distributed.generate", "radial_attention.cli.sequence_parallel", "SequenceParallelRun"),
     ],
 )

@@ -29,8 +29,16 @@ def test_demo_interleaves_dense_and_radial_calls_and_uses_the_first_output():
     log = []
     dense, radial = _FakeTransformer("dense", log), _FakeTransformer("radial", log)
     latents = torch.zeros(1, 2, 3)
-    runs = demo_cmd._denoise_both(dense, radial, latents, None, FlowMatchEulerDiscreteScheduler(shift=5.0),
-                                  steps=2, repeats=3, device=torch.device("cpu"))
+    runs = demo_cmd._denoise_both(
+        dense,
+        radial,
+        latents,
+        None,
+        FlowMatchEulerDiscreteScheduler(shift=5.0),
+        steps=2,
+        repeats=3,
+        device=torch.device("cpu"),
+    )
     # per step: dense first, then radial first, then dense first again
     assert log == ["dense", "radial", "radial", "dense", "dense", "radial"] * 2
     for name in ("dense", "radial"):
@@ -84,8 +92,23 @@ def test_bench_units_never_round_to_zero(bench):
 
 @pytest.mark.slow  # a benchmark smoke run (CI runs it; -m "not slow" skips it)
 def test_bench_smoke_report_has_no_empty_table(bench, tmp_path, capsys):
-    args = _bench_args("--smoke", "--device", "cpu", "--cases", "smoke-wan", "--impls", "gather", "--modes", "fwd",
-                       "--check-rows", "16", "--budget", "0.01", "--out", str(tmp_path))
+    args = _bench_args(
+        "--smoke",
+        "--device",
+        "cpu",
+        "--cases",
+        "smoke-wan",
+        "--impls",
+        "gather",
+        "--modes",
+        "fwd",
+        "--check-rows",
+        "16",
+        "--budget",
+        "0.01",
+        "--out",
+        str(tmp_path),
+    )
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert "[1/1] smoke-wan" in out  # progress line per case

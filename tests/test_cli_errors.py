@@ -28,8 +28,19 @@ def _bad_cases(tmp):
     (no_weights / "README.md").write_text("no weights here")
     gen = ["generate", "--model", str(tmp / "pipe"), "--prompt", "p"]
     train = ["train-lora", "--model", "tiny-wan", "--data", str(tmp / "data"), "--output", str(tmp / "run")]
-    enc = ["encode", "--model", str(tmp / "pipe"), "--output", str(tmp / "enc"), "--height", "64", "--width", "64",
-           "--frames", "9"]
+    enc = [
+        "encode",
+        "--model",
+        str(tmp / "pipe"),
+        "--output",
+        str(tmp / "enc"),
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--frames",
+        "9",
+    ]
     cases = [
         # mask
         (["mask", "--heads", "0"], "argument --heads: expected a positive integer"),
@@ -108,26 +119,43 @@ def test_every_subcommand_reports_bad_arguments_in_one_line(tmp_path, capsys):
 
 def test_usage_errors_come_before_heavy_imports(tmp_path):
     """A bad argument stops argparse before diffusers is imported (the checks run first)."""
-    code = ("import sys; from radial_attention.cli.main import main; "
-            "rc = main(['train-lora', '--model', 'tiny-wan', '--data', 'd', '--output', 'o', '--eval-samples', '0']); "
-            "print(rc, 'diffusers' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = (
+        "import sys; from radial_attention.cli.main import main; "
+        "rc = main(['train-lora', '--model', 'tiny-wan', '--data', 'd', '--output', 'o', '--eval-samples', '0']); "
+        "print(rc, 'diffusers' in sys.modules)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert r.stdout.split() == ["2", "False"], r.stdout + r.stderr
 
 
 def test_real_exit_code_through_python_m(tmp_path):
     """`python -m radial_attention` (the package's __main__) exits 2 with one line for a user error."""
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    r = subprocess.run([sys.executable, "-m", "radial_attention", "mask", "--heads", "0"],
-                       capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "radial_attention", "mask", "--heads", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "radial-attention mask: error: argument --heads: expected a positive integer (>= 1), got '0' "
         "(see radial-attention mask --help)"
     ]
-    r = subprocess.run([sys.executable, "-m", "radial_attention", "mask", "--latent-frames", "2",
-                        "--tokens-per-frame", "10"], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "radial_attention", "mask", "--latent-frames", "2", "--tokens-per-frame", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 0 and "density       1.0000" in r.stdout
 
 
@@ -215,11 +243,16 @@ def test_library_notices_are_silenced_one_message_at_a_time(monkeypatch):
             seen.append(record.getMessage())
 
     def noisy(args):
-        logger.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
-                       "`CLIPImageProcessorPil` for backward compatibility.")
+        logger.warning(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+            "`CLIPImageProcessorPil` for backward compatibility."
+        )
         logger.warning("another transformers notice")
-        warnings.warn("`torch.distributed._functional_collectives.all_gather_tensor` is deprecated. Please use "
-                      "`torch.distributed._functional_collectives.all_gather_single` instead.", FutureWarning)
+        warnings.warn(
+            "`torch.distributed._functional_collectives.all_gather_tensor` is deprecated. Please use "
+            "`torch.distributed._functional_collectives.all_gather_single` instead.",
+            FutureWarning,
+        )
         warnings.warn("some other future change", FutureWarning)
         return 0
 
@@ -257,8 +290,15 @@ def test_collective_timeout_reaches_the_process_group(monkeypatch, tmp_path):
     monkeypatch.setattr(dist, "init_process_group", lambda *a, **kw: seen.append(kw["timeout"]))
     monkeypatch.setattr(dist, "get_rank", lambda: 0)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    for key, value in {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": "1"}.items():
+    for key, value in {
+        "NCCL_NVLS_ENABLE": "0",
+        "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "1",
+    }.items():
         monkeypatch.setenv(key, value)
     dp.setup("cpu", timeout_s=42.0)
     monkeypatch.setattr(launch.torch.cuda, "is_available", lambda: False)
@@ -285,8 +325,22 @@ def test_cli_passes_the_collective_timeout_on(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(trainer, "LoRATrainer", fake_trainer)
     monkeypatch.setattr(sp_generate.SequenceParallelRun, "start", staticmethod(fake_start))
-    assert main(["train-lora", "--model", "tiny-wan", "--data", str(tmp_path), "--output", str(tmp_path / "o"),
-                 "--collective-timeout", "42"]) == 2
+    assert (
+        main(
+            [
+                "train-lora",
+                "--model",
+                "tiny-wan",
+                "--data",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "o"),
+                "--collective-timeout",
+                "42",
+            ]
+        )
+        == 2
+    )
     assert main(["generate", "--model", str(tmp_path), "--prompt", "p", "--collective-timeout", "7.5"]) == 2
     assert got == {"train": 42.0, "generate": 7.5}
     assert capsys.readouterr().err.count("stopped after the config") == 2

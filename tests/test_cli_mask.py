@@ -28,7 +28,10 @@ def test_mask_heads_default_from_the_family():
     assert _report("--model", "hunyuan", "--frames", "33", "--height", "320", "--width", "512")["heads"] == 24
     assert _report("--model", "wan2.2-ti2v-5b", "--height", "704", "--width", "1280", "--frames", "121")["heads"] == 24
     assert _report("--model", "wan2.1")["heads"] == 40
-    assert _report("--model", "hunyuan", "--heads", "7", "--frames", "33", "--height", "320", "--width", "512")["heads"] == 7
+    assert (
+        _report("--model", "hunyuan", "--heads", "7", "--frames", "33", "--height", "320", "--width", "512")["heads"]
+        == 7
+    )
 
 
 def test_mask_report_direct_layout():

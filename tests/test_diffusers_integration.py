@@ -29,14 +29,24 @@ class TokenMaskProcessor:
         self.original = original
         self.token_mask = token_mask  # [1, 1, S, S] bool
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, image_rotary_emb=None):
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        rotary_emb=None,
+        image_rotary_emb=None,
+    ):
         mask = self.token_mask if attention_mask is None else attention_mask.bool() & self.token_mask
         kwargs = {}
         if rotary_emb is not None:
             kwargs["rotary_emb"] = rotary_emb
         if image_rotary_emb is not None:
             kwargs["image_rotary_emb"] = image_rotary_emb
-        return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=mask, **kwargs)
+        return self.original(
+            attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=mask, **kwargs
+        )
 
 
 def oracle(model, kwargs, mask, seq_len, layers=None):
@@ -70,7 +80,12 @@ CASES = {
     "wan2.1-i2v": (lambda: tiny.tiny_wan_transformer("i2v"), tiny.wan_inputs, dict(batch=1), "wan"),
     "wan2.2-ti2v-5b": (lambda: tiny.tiny_wan_transformer("ti2v"), tiny.wan_inputs, dict(batch=1), "wan"),
     "wan2.2-a14b-expert": (lambda: tiny.tiny_wan_transformer("a14b"), tiny.wan_inputs, dict(batch=1), "wan2.2"),
-    "hunyuan-t2v": (tiny.tiny_hunyuan_transformer, tiny.hunyuan_inputs, dict(batch=2, prompt_lengths=[5, 16]), "hunyuan"),
+    "hunyuan-t2v": (
+        tiny.tiny_hunyuan_transformer,
+        tiny.hunyuan_inputs,
+        dict(batch=2, prompt_lengths=[5, 16]),
+        "hunyuan",
+    ),
 }
 
 
@@ -173,7 +188,9 @@ def test_schedule_counts_steps_with_cfg_as_two_calls():
     steps, layers = 6, 3
     model = tiny.tiny_wan_transformer("t2v", num_layers=layers)
     kwargs = tiny.wan_inputs(model, 4, 8, 8)
-    state = apply_radial_attention(model, dense_steps=2, dense_last_steps=1, dense_layers=1, num_steps=steps, block_size=BS)
+    state = apply_radial_attention(
+        model, dense_steps=2, dense_last_steps=1, dense_layers=1, num_steps=steps, block_size=BS
+    )
     timesteps = torch.linspace(999, 100, steps)
     for generation in range(2):  # the count starts over for a second generation
         for t in timesteps:
@@ -261,7 +278,9 @@ def _random_lora_dir(transformer, path, seed=0):
     from peft import LoraConfig, get_peft_model_state_dict
 
     donor = tiny.tiny_wan_transformer("t2v", num_layers=len(transformer.blocks))
-    donor.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False))
+    donor.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in donor.named_parameters():

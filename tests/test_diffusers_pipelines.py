@@ -50,8 +50,10 @@ def test_wan22_a14b_pipeline_two_experts_share_the_step_count():
     state = apply_radial_attention(pipe, dense_steps=1, dense_last_steps=1, block_size=64)
     assert state.config.preset == "wan2.2"
     seen = []  # which expert ran each step
-    hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: seen.append(n)) for n, m in
-             (("high", pipe.transformer), ("low", pipe.transformer_2))]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, a, n=n: seen.append(n))
+        for n, m in (("high", pipe.transformer), ("low", pipe.transformer_2))
+    ]
     pipe("a boat", num_inference_steps=6, guidance_scale=1.0, generator=torch.Generator().manual_seed(0), **VIDEO)
     for h in hooks:
         h.remove()
@@ -63,8 +65,12 @@ def test_wan22_a14b_pipeline_two_experts_share_the_step_count():
 def test_wan22_ti2v_pipeline_runs_radial():
     pipe = tiny.tiny_wan_pipeline("ti2v", num_layers=1)
     state = apply_radial_attention(pipe, block_size=64)
-    out = pipe("a bird", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-               **dict(VIDEO, height=128, width=128)).frames
+    out = pipe(
+        "a bird",
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        **dict(VIDEO, height=128, width=128),
+    ).frames
     assert out.shape == (1, 17, 3, 128, 128) and torch.isfinite(out).all()
     assert state.config.preset == "wan" and list(state.masks) == [(5, 16, 0)]
     assert state.summary()["radial_calls"] == 2 * 2  # 2 steps x CFG
@@ -76,7 +82,9 @@ def test_wan21_i2v_pipeline_end_to_end():
     from PIL import Image
 
     pipe = tiny.tiny_wan_i2v_pipeline(num_layers=2)
-    image = Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy())
+    image = Image.fromarray(
+        (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy()
+    )
     call = dict(VIDEO, image=image, num_inference_steps=3, max_sequence_length=512)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     dense = pipe(prompt="a red fox running", negative_prompt="blurry", generator=gen(), **call).frames
@@ -86,13 +94,20 @@ def test_wan21_i2v_pipeline_end_to_end():
     assert dict(state.calls) == _expected_calls(3, 2, 1, 0, 1, calls_per_step=2)
     assert not torch.equal(radial, dense)  # 80 tokens in 2 blocks: the mask drops some
     remove_radial_attention(pipe)
-    assert torch.equal(pipe(prompt="a red fox running", negative_prompt="blurry", generator=gen(), **call).frames, dense)
+    assert torch.equal(
+        pipe(prompt="a red fox running", negative_prompt="blurry", generator=gen(), **call).frames, dense
+    )
 
 
 def test_hunyuan_pipeline_end_to_end():
     pipe = tiny.tiny_hunyuan_pipeline()
-    kwargs = dict(VIDEO, prompt="a dog on the beach", prompt_template={"template": "{}", "crop_start": 0},
-                  num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(
+        VIDEO,
+        prompt="a dog on the beach",
+        prompt_template={"template": "{}", "crop_start": 0},
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     state = apply_radial_attention(pipe, dense_steps=1, block_size=64)
     out = pipe(**kwargs).frames
     assert out.shape == (1, 17, 3, 64, 64) and torch.isfinite(out).all()
@@ -107,11 +122,35 @@ def test_generate_on_a_saved_pipeline(tmp_path, capsys):
     folder = tmp_path / "tiny-wan"
     tiny.tiny_wan_pipeline("t2v", num_layers=2).save_pretrained(folder)
     out = tmp_path / "video.mp4"
-    rc = main([
-        "generate", "--model", str(folder), "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64",
-        "--frames", "9", "--steps", "3", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64",
-        "--max-sequence-length", "16", "--out", str(out), "--device", "cpu",
-    ])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            str(folder),
+            "--prompt",
+            "a cat walking in the snow",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--frames",
+            "9",
+            "--steps",
+            "3",
+            "--dense-steps",
+            "1",
+            "--dense-layers",
+            "0",
+            "--block-size",
+            "64",
+            "--max-sequence-length",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "radial and" in text and "density" in text
@@ -147,9 +186,35 @@ def test_generate_with_trained_loras_on_both_a14b_experts(tmp_path, capsys, monk
         open(path, "wb").write(b"mp4")
 
     monkeypatch.setattr(gen_cmd, "write_mp4", capture)
-    common = ["generate", "--model", str(folder), "--prompt", "a cat", "--height", "64", "--width", "64", "--frames", "9",
-              "--steps", "2", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64", "--guidance-scale", "1",
-              "--max-sequence-length", "16", "--out", str(tmp_path / "v.mp4"), "--device", "cpu"]
+    common = [
+        "generate",
+        "--model",
+        str(folder),
+        "--prompt",
+        "a cat",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--frames",
+        "9",
+        "--steps",
+        "2",
+        "--dense-steps",
+        "1",
+        "--dense-layers",
+        "0",
+        "--block-size",
+        "64",
+        "--guidance-scale",
+        "1",
+        "--max-sequence-length",
+        "16",
+        "--out",
+        str(tmp_path / "v.mp4"),
+        "--device",
+        "cpu",
+    ]
     assert main(common + ["--lora", loras[0], "--lora-2", loras[1], "--lora-scale", "0.8"]) == 0
     assert main(common) == 0
     assert main(common + ["--lora", loras[0], "--lora-2", loras[1], "--lora-scale", "0"]) == 0
@@ -161,8 +226,17 @@ def test_generate_with_trained_loras_on_both_a14b_experts(tmp_path, capsys, monk
     pipe.load_lora_weights(loras[1], adapter_name="b", load_into_transformer_2=True)
     pipe.set_adapters(["a", "b"], adapter_weights=[0.8, 0.8])
     apply_radial_attention(pipe, dense_steps=1, dense_layers=0, block_size=64)
-    frames = pipe(prompt="a cat", height=64, width=64, num_frames=9, num_inference_steps=2, guidance_scale=1.0,
-                  max_sequence_length=16, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    frames = pipe(
+        prompt="a cat",
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        max_sequence_length=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).frames
     np.testing.assert_array_equal(gen_cmd._frames_to_uint8(frames), with_lora)
 
     assert main(common + ["--lora", str(tmp_path / "nope")]) == 2
@@ -188,8 +262,29 @@ def test_generate_without_weights_says_where_it_looked(tmp_path, capsys):
 
 def test_demo_runs_small(tmp_path, capsys):
     png = tmp_path / "mask.png"
-    rc = main(["demo", "--frames", "33", "--height", "64", "--width", "96", "--steps", "2", "--layers", "1",
-               "--block-size", "64", "--png", str(png), "--device", "cpu", "--backend", "reference"])
+    rc = main(
+        [
+            "demo",
+            "--frames",
+            "33",
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--steps",
+            "2",
+            "--layers",
+            "1",
+            "--block-size",
+            "64",
+            "--png",
+            str(png),
+            "--device",
+            "cpu",
+            "--backend",
+            "reference",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "density" in out and "dense (schedule)" in out and "radial" in out

@@ -22,7 +22,9 @@ def test_smoke_run_matches_one_process_and_writes_reports(tmp_path):
     out = tmp_path / "sp"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--smoke-ranks", "4", "--frames", "81", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out.with_suffix(".json")).read_text())

@@ -15,7 +15,9 @@ from radial_attention.distributed.launch import DEFAULT_PRELOAD
 TIMEOUT_S = 180
 # The forkserver imports diffusers once, so that no worker imports it again.
 PRELOAD = list(DEFAULT_PRELOAD) + [
-    "diffusers", "diffusers.models.transformers.transformer_wan", "diffusers.hooks.context_parallel",
+    "diffusers",
+    "diffusers.models.transformers.transformer_wan",
+    "diffusers.hooks.context_parallel",
     "radial_attention.integrations.diffusers",
 ]
 HEADS, FRAMES, SIZE = 4, 8, 16  # latent 8 frames x 16x16 -> T = 64 tokens per frame, S = 512

@@ -15,9 +15,29 @@ from radial_attention.cli.main import main  # noqa: E402
 
 # 64x64 px, 33 frames: latent 9 frames x 4x4 = 144 tokens (3 blocks of 64), 72 per process.
 ARGS = [
-    "generate", "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64", "--frames", "33",
-    "--steps", "3", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64", "--max-sequence-length", "16",
-    "--device", "cpu", "--backend", "reference",
+    "generate",
+    "--prompt",
+    "a cat walking in the snow",
+    "--height",
+    "64",
+    "--width",
+    "64",
+    "--frames",
+    "33",
+    "--steps",
+    "3",
+    "--dense-steps",
+    "1",
+    "--dense-layers",
+    "0",
+    "--block-size",
+    "64",
+    "--max-sequence-length",
+    "16",
+    "--device",
+    "cpu",
+    "--backend",
+    "reference",
 ]
 
 
@@ -33,9 +53,21 @@ def test_generate_on_two_processes_equals_one_process(tmp_path, capsys):
     assert "8 radial and 4 dense self-attention calls" in capsys.readouterr().out
 
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "radial_attention"] + ARGS + ["--model", str(folder), "--out", str(two), "--sequence-parallel", "2"],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "radial_attention",
+        ]
+        + ARGS
+        + ["--model", str(folder), "--out", str(two), "--sequence-parallel", "2"],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all_gather_tensor" not in proc.stderr  # diffusers' deprecated torch call: silenced (cli/quiet.py)

@@ -25,20 +25,62 @@ TIMEOUT_S = 150
 CASES_2 = [
     dict(name="random_bshd", B=2, H=4, S=300, D=16, bs=64, layout="BSHD", mask="random", density=0.45),
     dict(name="radial_bhsd", B=1, H=2, S=512, D=8, bs=64, layout="BHSD", mask="radial", preset="wan", F=8, T=64),
-    dict(name="per_head_uneven", B=2, H=4, S=301, D=8, bs=64, layout="BSHD", mask="per_head", density=0.5,
-         key_lengths=[301, 190], garbage_pad=True),
-    dict(name="bs128_batch_mask_uneven", B=2, H=2, S=259, D=8, bs=128, layout="BHSD", mask="per_batch",
-         density=0.5, garbage_pad=True),
+    dict(
+        name="per_head_uneven",
+        B=2,
+        H=4,
+        S=301,
+        D=8,
+        bs=64,
+        layout="BSHD",
+        mask="per_head",
+        density=0.5,
+        key_lengths=[301, 190],
+        garbage_pad=True,
+    ),
+    dict(
+        name="bs128_batch_mask_uneven",
+        B=2,
+        H=2,
+        S=259,
+        D=8,
+        bs=128,
+        layout="BHSD",
+        mask="per_batch",
+        density=0.5,
+        garbage_pad=True,
+    ),
     dict(name="heads_error", B=1, H=3, S=64, D=8, bs=64, layout="BSHD", mask="random", density=0.5),
-    dict(name="local_mask_error", B=1, H=2, S=256, D=8, bs=64, layout="BSHD", mask="random", density=0.5,
-         local_mask=True),
+    dict(
+        name="local_mask_error", B=1, H=2, S=256, D=8, bs=64, layout="BSHD", mask="random", density=0.5, local_mask=True
+    ),
     # The last rank passes one token less: a clear error on every rank, not a gloo abort.
-    dict(name="rank_shapes_error", B=1, H=2, S=256, D=8, bs=64, layout="BSHD", mask="random", density=0.5,
-         last_rank_short=True),
+    dict(
+        name="rank_shapes_error",
+        B=1,
+        H=2,
+        S=256,
+        D=8,
+        bs=64,
+        layout="BSHD",
+        mask="random",
+        density=0.5,
+        last_rank_short=True,
+    ),
 ]
 CASES_4 = [
-    dict(name="uneven4_per_head", B=1, H=4, S=301, D=8, bs=64, layout="BSHD", mask="per_head", density=0.5,
-         garbage_pad=True),
+    dict(
+        name="uneven4_per_head",
+        B=1,
+        H=4,
+        S=301,
+        D=8,
+        bs=64,
+        layout="BSHD",
+        mask="per_head",
+        density=0.5,
+        garbage_pad=True,
+    ),
     dict(name="radial4_bhsd", B=1, H=8, S=768, D=8, bs=64, layout="BHSD", mask="radial", preset="hunyuan", F=12, T=64),
     dict(name="empty_last_rank", B=1, H=4, S=9, D=8, bs=64, layout="BSHD", mask="full", garbage_pad=True),
     dict(name="heads_error", B=1, H=6, S=64, D=8, bs=64, layout="BSHD", mask="random", density=0.5),
@@ -100,13 +142,26 @@ def _run_cases(rank, world, specs):
         ql, kl, vl = (t.detach().requires_grad_() for t in locals_[:3])
         try:
             out = ulysses_attention(
-                ql, kl, vl, mask, layout=spec["layout"], seq_len=S, block_size=spec["bs"],
-                key_lengths=key_lengths, backend="reference",
+                ql,
+                kl,
+                vl,
+                mask,
+                layout=spec["layout"],
+                seq_len=S,
+                block_size=spec["bs"],
+                key_lengths=key_lengths,
+                backend="reference",
             )
             (out * locals_[3]).sum().backward()
             results[spec["name"]] = dict(
-                out=out.detach(), dq=ql.grad, dk=kl.grad, dv=vl.grad, pad_rows=pad_rows, s_local=s_local,
-                layout_out=tuple(out.shape), contiguous=out.is_contiguous(),
+                out=out.detach(),
+                dq=ql.grad,
+                dk=kl.grad,
+                dv=vl.grad,
+                pad_rows=pad_rows,
+                s_local=s_local,
+                layout_out=tuple(out.shape),
+                contiguous=out.is_contiguous(),
             )
         except Exception as e:  # the error cases report their message
             results[spec["name"]] = dict(error=f"{type(e).__name__}: {e}")
@@ -132,7 +187,10 @@ def single_process(spec):
     qh, kh, vh = (t.transpose(1, 2).detach().requires_grad_() for t in (q, k, v))
     out = block_sparse_attention(qh, kh, vh, mask, block_size=spec["bs"], key_lengths=key_lengths, backend="reference")
     (out * dout.transpose(1, 2)).sum().backward()
-    return {name: t.transpose(1, 2) for name, t in (("out", out.detach()), ("dq", qh.grad), ("dk", kh.grad), ("dv", vh.grad))}
+    return {
+        name: t.transpose(1, 2)
+        for name, t in (("out", out.detach()), ("dq", qh.grad), ("dk", kh.grad), ("dv", vh.grad))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +288,13 @@ def test_single_process_without_a_group_is_the_op():
     expected = block_sparse_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, block_size=64)
     pad = torch.zeros(2, 5, 4, 16, dtype=torch.float64)
     got = ulysses_attention(
-        torch.cat([q, pad], 1), torch.cat([k, pad], 1), torch.cat([v, pad], 1), mask, layout="BSHD",
-        seq_len=300, block_size=64,
+        torch.cat([q, pad], 1),
+        torch.cat([k, pad], 1),
+        torch.cat([v, pad], 1),
+        mask,
+        layout="BSHD",
+        seq_len=300,
+        block_size=64,
     )
     torch.testing.assert_close(got[:, :300], expected.transpose(1, 2), rtol=0, atol=0)
     assert torch.count_nonzero(got[:, 300:]) == 0
@@ -270,16 +333,19 @@ def _run_triton(rank, world):
 
 
 def triton_child(path):
-    results = run_workers(_run_triton, 2, timeout_s=TIMEOUT_S,
-                          preload=["torch", "torch.distributed", "radial_attention.distributed"])
+    results = run_workers(
+        _run_triton, 2, timeout_s=TIMEOUT_S, preload=["torch", "torch.distributed", "radial_attention.distributed"]
+    )
     torch.save(results, path)
 
 
 def test_triton_backend_reads_the_exchanged_views(tmp_path):
     pytest.importorskip("triton")
     path = tmp_path / "triton.pt"
-    code = (f"import sys; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
-            f"import test_distributed_ulysses as t; t.triton_child({str(path)!r})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r}); "
+        f"import test_distributed_ulysses as t; t.triton_child({str(path)!r})"
+    )
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -117,7 +117,7 @@ def test_dense_attention_through_fa4_and_sdpa(fake, monkeypatch):
     kl = torch.tensor([200, 77])
     full = torch.ones(2, 2, dtype=torch.bool)
     want = masked_attention_f64(q, k, v, full, 128, key_lengths=kl)
-    got = fa4.dense_attention(q, k, v, scale=64 ** -0.5, key_lengths=kl)
+    got = fa4.dense_attention(q, k, v, scale=64**-0.5, key_lengths=kl)
     assert fake.calls[0][4] is None  # FA4's dense kernel: no block tables
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     sdpa = api.dense_attention(q, k, v, key_lengths=kl, backend="sdpa")
@@ -135,15 +135,17 @@ def test_compile_fullgraph_keeps_the_op(fake):
     def f(q, k, v):
         return fa4.attention(q, k, v, mask, scale=0.125) * 2
 
-    torch.testing.assert_close(f(q, k, v).double(), 2 * masked_attention_f64(q, k, v, m, 128, scale=0.125),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        f(q, k, v).double(), 2 * masked_attention_f64(q, k, v, m, 128, scale=0.125), atol=1e-5, rtol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------- where it runs
 def _cuda_like(dtype=torch.bfloat16, D=128):
     """An object with what unsupported_reason reads of a CUDA tensor (no GPU here)."""
-    return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype, shape=(1, 2, 256, D), dim=lambda: 4,
-                                 requires_grad=False)
+    return types.SimpleNamespace(
+        device=torch.device("cuda", 0), dtype=dtype, shape=(1, 2, 256, D), dim=lambda: 4, requires_grad=False
+    )
 
 
 def test_unsupported_reasons(monkeypatch):
@@ -199,6 +201,7 @@ def test_auto_warns_when_cuda_lands_on_the_reference(monkeypatch):
 def test_disk_cache_is_not_forced_over_the_users_choice(monkeypatch, tmp_path):
     cache_utils = types.SimpleNamespace(CUTE_DSL_CACHE_ENABLED=False, CUTE_DSL_CACHE_DIR=None)
     import sys
+
     monkeypatch.setitem(sys.modules, "flash_attn.cute.cache_utils", cache_utils)
     monkeypatch.setitem(sys.modules, "flash_attn.cute", types.SimpleNamespace(cache_utils=cache_utils))
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace())

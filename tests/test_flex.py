@@ -16,8 +16,10 @@ from radial_attention.mask import BlockSparseMask
 from radial_attention.ops import block_sparse_attention, resolve_backend
 from radial_attention.ops import flex
 
-pytestmark = pytest.mark.skipif(flex.unsupported_reason(torch.empty(1, 1, 1, 64), requires_grad=False) is not None,
-                                reason="FlexAttention's CPU kernel needs AVX2")
+pytestmark = pytest.mark.skipif(
+    flex.unsupported_reason(torch.empty(1, 1, 1, 64), requires_grad=False) is not None,
+    reason="FlexAttention's CPU kernel needs AVX2",
+)
 
 
 def _transposed_qkv(B, H, S, D, dtype=torch.float32):
@@ -63,7 +65,9 @@ def test_config_a_key_lengths():
         if graphs is None:
             graphs = counters["stats"]["unique_graphs"]
     assert counters["stats"]["unique_graphs"] == graphs  # new key_lengths values: no recompile
-    assert len([key for key in mask._derived if key[0] == "flex.pieces"]) == 1  # one set of tables for (S, device, B, H)
+    assert (
+        len([key for key in mask._derived if key[0] == "flex.pieces"]) == 1
+    )  # one set of tables for (S, device, B, H)
 
 
 def test_config_a_key_lengths_emptying_rows_give_zeros():
@@ -119,12 +123,17 @@ def test_compiled_fullgraph_per_head_mask_fp16_key_lengths():
 def test_no_cpu_backward_and_other_constraints():
     m = torch.ones(2, 2, dtype=torch.bool)
     q, k, v = [torch.randn(1, 2, 200, 64, requires_grad=True) for _ in range(3)]
-    with pytest.raises(ValueError, match=r"'flex' cannot run .* with gradients: torch's FlexAttention has no backward on the CPU"):
+    with pytest.raises(
+        ValueError, match=r"'flex' cannot run .* with gradients: torch's FlexAttention has no backward on the CPU"
+    ):
         block_sparse_attention(q, k, v, m, backend="flex")
     with torch.no_grad():  # without grad mode the same tensors are fine for flex
         assert resolve_backend("flex", q, requires_grad=False) == "flex"
     q80 = torch.randn(1, 2, 200, 80)
-    with pytest.raises(ValueError, match=r"'flex' cannot run q of shape \(1, 2, 200, 80\).*head dim must be one of \(16, 32, 64, 128, 256\), got 80"):
+    with pytest.raises(
+        ValueError,
+        match=r"'flex' cannot run q of shape \(1, 2, 200, 80\).*head dim must be one of \(16, 32, 64, 128, 256\), got 80",
+    ):
         block_sparse_attention(q80, q80, q80, m, backend="flex")
     q64 = torch.randn(1, 2, 200, 64, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"'flex' cannot run .*dtype must be one of .*got torch.float64"):
@@ -150,4 +159,6 @@ def test_many_shapes_keep_the_compiled_kernel(monkeypatch):
             m = torch.ones(-(-S // 64), -(-S // 64), dtype=torch.bool)
             with torch.no_grad():
                 out = block_sparse_attention(q, k, v, m, block_size=64, backend="flex")
-            torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-4, rtol=1e-4
+            )

@@ -7,7 +7,13 @@ from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from radial_attention.testing.oracle import attention_problems, check_compiled_layer_against_oracle, masked_attention_f64, random_block_mask, token_allowed
+from radial_attention.testing.oracle import (
+    attention_problems,
+    check_compiled_layer_against_oracle,
+    masked_attention_f64,
+    random_block_mask,
+    token_allowed,
+)
 from radial_attention.mask import BlockSparseMask, radial_block_mask
 from radial_attention.ops import block_sparse_attention, gather, resolve_backend
 
@@ -69,7 +75,9 @@ def test_key_length_zero_empties_a_batch_item():
     q, k, v = _qkv(3, 2, 200, 64)
     kl = torch.tensor([200, 0, 129])  # full, no key at all, one key into block 1
     out = block_sparse_attention(q, k, v, m, backend="gather", key_lengths=kl)
-    torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, m, 128, key_lengths=kl), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        out.double(), masked_attention_f64(q, k, v, m, 128, key_lengths=kl), atol=2e-6, rtol=1e-5
+    )
     assert torch.all(out[1] == 0)
 
 
@@ -107,8 +115,16 @@ def test_gradients_match_float64_oracle(B, H, S, D, bs, mshape, lean):
     if lean is None:
         out = block_sparse_attention(q, k, v, m, block_size=bs, backend="gather", key_lengths=kl)
     else:  # small chunks, so that a block's gradient gathers contributions from several chunks
-        out = gather.attention(q, k, v, BlockSparseMask(m, bs), scale=D ** -0.5, key_lengths=kl,
-                               chunk_elements=bs * bs * 4, lean_backward=lean)
+        out = gather.attention(
+            q,
+            k,
+            v,
+            BlockSparseMask(m, bs),
+            scale=D**-0.5,
+            key_lengths=kl,
+            chunk_elements=bs * bs * 4,
+            lean_backward=lean,
+        )
     grad_out = torch.randn_like(out)
     got = torch.autograd.grad(out, (q, k, v), grad_out)
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
@@ -159,8 +175,9 @@ def test_gradcheck_float64():
     for lean in (False, True):  # plain autograd and the lean backward
 
         def fn(q, k, v):
-            return gather.attention(q, k, v, mask, scale=0.7, key_lengths=kl, chunk_elements=2 * 64 * 64,
-                                    lean_backward=lean)
+            return gather.attention(
+                q, k, v, mask, scale=0.7, key_lengths=kl, chunk_elements=2 * 64 * 64, lean_backward=lean
+            )
 
         assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5, fast_mode=True)
 
@@ -174,7 +191,9 @@ def test_chunked_equals_one_chunk_and_plan_covers_every_kept_block_once():
     small = 3 * 64 * 64
     chunked = gather.attention(q, k, v, mask, scale=0.2, key_lengths=kl, chunk_elements=small)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(whole.double(), masked_attention_f64(q, k, v, m, 64, scale=0.2, key_lengths=kl), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        whole.double(), masked_attention_f64(q, k, v, m, 64, scale=0.2, key_lengths=kl), atol=2e-6, rtol=1e-5
+    )
 
     plan = gather._plan(mask, q.device, 2, 3, 300, 32, small)
     assert len(plan.chunks) > 2
@@ -202,7 +221,13 @@ def test_groups_cost_model(monkeypatch):
     assert {w for _, _, w in gather._groups([3] * 10 + [4] * 10, 128 * 128, 1 << 22)} == {3, 4}
     monkeypatch.undo()
     # A budget of 2 units of width 4 cuts 10 units into 5 equal chunks.
-    assert gather._groups([4] * 10, 128 * 128, 2 * 4 * 128 * 128) == [(0, 2, 4), (2, 4, 4), (4, 6, 4), (6, 8, 4), (8, 10, 4)]
+    assert gather._groups([4] * 10, 128 * 128, 2 * 4 * 128 * 128) == [
+        (0, 2, 4),
+        (2, 4, 4),
+        (4, 6, 4),
+        (6, 8, 4),
+        (8, 10, 4),
+    ]
 
 
 class _AttentionFlops(TorchFunctionMode):
@@ -236,8 +261,10 @@ def test_radial_mask_work_is_the_kept_blocks(monkeypatch):
 
     def flops():
         with _AttentionFlops() as counter:
-            out = gather.attention(q, k, v, mask, scale=D ** -0.5, chunk_elements=1 << 22)
-        torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, mask.to_dense(), 64), atol=2e-6, rtol=1e-5)
+            out = gather.attention(q, k, v, mask, scale=D**-0.5, chunk_elements=1 << 22)
+        torch.testing.assert_close(
+            out.double(), masked_attention_f64(q, k, v, mask.to_dense(), 64), atol=2e-6, rtol=1e-5
+        )
         return counter.flops
 
     # The default plan pads a chunk only where that is cheaper than one more chunk of fixed cost:
@@ -304,7 +331,7 @@ def test_property_matches_oracle(problem, chunk):
     B, H, S, D, bs, m, kl, transposed, seed = problem
     q, k, v = _qkv(B, H, S, D, transposed=transposed, generator=torch.Generator().manual_seed(seed))
     mask = BlockSparseMask(m, bs)
-    out = gather.attention(q, k, v, mask, scale=D ** -0.5, key_lengths=kl, chunk_elements=chunk)
+    out = gather.attention(q, k, v, mask, scale=D**-0.5, key_lengths=kl, chunk_elements=chunk)
     assert out.shape == (B, H, S, D) and torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, m, bs, key_lengths=kl), atol=3e-6, rtol=1e-5)
     empty_rows = ~token_allowed(m, B, H, S, bs, kl).any(dim=-1)  # [B, H, S]

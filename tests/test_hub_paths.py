@@ -80,7 +80,18 @@ def _write_clip(path, frames=9, size=64):
 def test_hub_id_rule_is_huggingface_hubs():
     for good in (REPO, "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "hunyuanvideo-community/HunyuanVideo", "a/b"):
         assert hub.is_hub_id(good), good
-    for bad in ("tiny-wna", "a/b/c", "./Wan2.1", "/abs/path", "~/models/x", "org/name.git", "org/na--me", "org/.x", "", "org/"):
+    for bad in (
+        "tiny-wna",
+        "a/b/c",
+        "./Wan2.1",
+        "/abs/path",
+        "~/models/x",
+        "org/name.git",
+        "org/na--me",
+        "org/.x",
+        "",
+        "org/",
+    ):
         assert not hub.is_hub_id(bad), bad
 
 
@@ -155,13 +166,28 @@ def test_online_download_fetches_only_the_needed_components(tmp_path, monkeypatc
         hub.resolve_model("Wan-AI/Wan2.2-T2V-A14B-Diffusers")
     msg = str(e.value)
     assert "\n" not in msg and "downloading it from the Hugging Face Hub failed (ConnectionError" in msg
-    assert "models--Wan-AI--Wan2.2-T2V-A14B-Diffusers" in msg and "`hf download Wan-AI/Wan2.2-T2V-A14B-Diffusers`" in msg
+    assert (
+        "models--Wan-AI--Wan2.2-T2V-A14B-Diffusers" in msg and "`hf download Wan-AI/Wan2.2-T2V-A14B-Diffusers`" in msg
+    )
 
 
 # ----------------------------------------------------------------------------- the commands, by Hub id
 def test_generate_by_hub_id(offline, tiny_wan_folder, tmp_path, capsys):
     out = tmp_path / "v.mp4"
-    args = ["generate", "--model", REPO, "--prompt", "a cat", *SMALL, "--steps", "2", "--block-size", "64", "--out", str(out)]
+    args = [
+        "generate",
+        "--model",
+        REPO,
+        "--prompt",
+        "a cat",
+        *SMALL,
+        "--steps",
+        "2",
+        "--block-size",
+        "64",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and f"hf download {REPO}" in err
@@ -179,10 +205,46 @@ def test_encode_and_train_lora_by_hub_id(offline, tiny_wan_folder, tmp_path, cap
     _write_clip(vids / "clip.mp4")
     (vids / "clip.txt").write_text("a red cat walks on the beach")
     data = tmp_path / "data"
-    encode = ["encode", "--model", REPO, "--videos", str(vids), "--output", str(data), "--height", "64", "--width", "64",
-              "--frames", "9", "--max-sequence-length", "16", "--no-progress", "--device", "cpu"]
-    train = ["train-lora", "--model", REPO, "--data", str(data), "--output", str(tmp_path / "run"), "--block-size", "64",
-             "--lora-rank", "4", "--max-steps", "1", "--checkpoint-every", "0", "--no-progress", "--device", "cpu"]
+    encode = [
+        "encode",
+        "--model",
+        REPO,
+        "--videos",
+        str(vids),
+        "--output",
+        str(data),
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--frames",
+        "9",
+        "--max-sequence-length",
+        "16",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    train = [
+        "train-lora",
+        "--model",
+        REPO,
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "run"),
+        "--block-size",
+        "64",
+        "--lora-rank",
+        "4",
+        "--max-steps",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     for args in (encode, train):  # nothing cached: one message each, no traceback
         assert main(args) == 2
         err = capsys.readouterr().err
@@ -204,7 +266,10 @@ def test_train_lora_mistyped_model_name(tmp_path, capsys):
     rc = main(["train-lora", "--model", "tiny-wna", "--data", str(tmp_path), "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
-    assert "'tiny-wna' is not a Hugging Face Hub id of the form org/name, nor a built-in tiny model (tiny-wan, tiny-hunyuan)" in err
+    assert (
+        "'tiny-wna' is not a Hugging Face Hub id of the form org/name, nor a built-in tiny model (tiny-wan, tiny-hunyuan)"
+        in err
+    )
 
 
 def test_train_lora_a14b_expert_boundary_from_the_cached_snapshot(offline, tmp_path):
@@ -246,12 +311,15 @@ def test_partial_weights_and_pickled_weights_are_one_clear_error(offline, tiny_w
 
 
 # ----------------------------------------------------------------------------- generate: outputs and report
-@pytest.mark.parametrize("out, fps, expected", [
-    ("video.txt", "16", "--out must end in .mp4 or .gif, got"),
-    ("video.mp4", "-5", "argument --fps: expected a positive integer (>= 1), got '-5'"),
-    ("video.mp4", "0", "argument --fps: expected a positive integer (>= 1), got '0'"),
-    ("a-file/video.mp4", "16", "a-file is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "out, fps, expected",
+    [
+        ("video.txt", "16", "--out must end in .mp4 or .gif, got"),
+        ("video.mp4", "-5", "argument --fps: expected a positive integer (>= 1), got '-5'"),
+        ("video.mp4", "0", "argument --fps: expected a positive integer (>= 1), got '0'"),
+        ("a-file/video.mp4", "16", "a-file is a file, not a folder"),
+    ],
+)
 def test_generate_refuses_bad_outputs_before_loading(tmp_path, capsys, monkeypatch, out, fps, expected):
     import radial_attention.cli.generate_cmd as gen_cmd
 
@@ -275,8 +343,21 @@ def test_generate_reports_schedule_steps_lora_and_frames(tiny_wan_folder, tmp_pa
     add_lora(t, "wan", rank=2, init_seed=1)
     save_lora(t, "wan", tmp_path / "lora")
     gif = tmp_path / "out" / "v.gif"
-    common = ["generate", "--model", str(tiny_wan_folder), "--prompt", "a cat", *SMALL[:4], "--frames", "10",
-              *SMALL[6:], "--steps", "3", "--block-size", "64"]
+    common = [
+        "generate",
+        "--model",
+        str(tiny_wan_folder),
+        "--prompt",
+        "a cat",
+        *SMALL[:4],
+        "--frames",
+        "10",
+        *SMALL[6:],
+        "--steps",
+        "3",
+        "--block-size",
+        "64",
+    ]
     assert main(common + ["--lora", str(tmp_path / "lora"), "--lora-scale", "0.5", "--out", str(gif)]) == 0
     text = capsys.readouterr().out
     assert f"lora          {tmp_path / 'lora'} into transformer, scale 0.5" in text
@@ -314,7 +395,12 @@ def test_recommended_schedule_per_family():
 def test_tiny_pipeline_command(tiny_wan_folder, tmp_path, capsys):
     index = json.loads((tiny_wan_folder / "model_index.json").read_text())
     assert index["_class_name"] == "WanPipeline" and hub.pipeline_components(index) == [
-        "scheduler", "text_encoder", "tokenizer", "transformer", "vae"]
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "transformer",
+        "vae",
+    ]
     assert main(["tiny-pipeline", str(tiny_wan_folder)]) == 2  # not an empty folder: refused
     assert "already exists" in capsys.readouterr().err
     assert main(["tiny-pipeline", "--family", "hunyuan", str(tmp_path / "h")]) == 0

@@ -119,19 +119,40 @@ def brute_force_mask(F, T, B, d, sink, adjacent, X=0, ties=None):
 
 SMALL_SHAPES = [
     # (F, T, B): T < B, T not a multiple of B, T a multiple of B, frames starting mid-block
-    (1, 5, 64), (3, 100, 128), (4, 30, 64), (2, 128, 128), (5, 200, 128), (6, 130, 64),
-    (7, 96, 64), (9, 240, 128), (4, 257, 128), (11, 50, 64), (3, 300, 64), (8, 64, 64),
-    (13, 40, 64), (5, 1000, 128), (17, 70, 128), (3, 129, 128),
+    (1, 5, 64),
+    (3, 100, 128),
+    (4, 30, 64),
+    (2, 128, 128),
+    (5, 200, 128),
+    (6, 130, 64),
+    (7, 96, 64),
+    (9, 240, 128),
+    (4, 257, 128),
+    (11, 50, 64),
+    (3, 300, 64),
+    (8, 64, 64),
+    (13, 40, 64),
+    (5, 1000, 128),
+    (17, 70, 128),
+    (3, 129, 128),
 ]
 
 
 @pytest.mark.parametrize("F,T,B", SMALL_SHAPES)
 @pytest.mark.parametrize(
     "d,sink,adjacent,X",
-    [(1.0, False, "full", 0), (0.2, True, "half", 0), (0.95, False, "full", 37), (0.5, True, "full", 0), (3.0, False, "half", 128)],
+    [
+        (1.0, False, "full", 0),
+        (0.2, True, "half", 0),
+        (0.95, False, "full", 37),
+        (0.5, True, "full", 0),
+        (3.0, False, "half", 128),
+    ],
 )
 def test_matches_brute_force(F, T, B, d, sink, adjacent, X):
-    fast = radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, extra_tokens=X).to_dense().numpy()
+    fast = (
+        radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, extra_tokens=X).to_dense().numpy()
+    )
     slow = brute_force_mask(F, T, B, d, sink, adjacent, X)
     assert fast.shape == slow.shape
     assert np.array_equal(fast, slow), f"{int((fast != slow).sum())} blocks differ"
@@ -146,7 +167,11 @@ def test_random_shapes_match_brute_force():
         d = float(rng.choice([0.1, 0.3, 0.8, 1.0, 1.7]))
         sink, adjacent = bool(rng.integers(2)), str(rng.choice(["full", "half"]))
         X = int(rng.choice([0, 0, 5, 256]))
-        fast = radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, extra_tokens=X).to_dense().numpy()
+        fast = (
+            radial_block_mask(F, T, block_size=B, decay=d, sink=sink, adjacent=adjacent, extra_tokens=X)
+            .to_dense()
+            .numpy()
+        )
         slow = brute_force_mask(F, T, B, d, sink, adjacent, X)
         assert np.array_equal(fast, slow), (F, T, B, d, sink, adjacent, X)
 
@@ -232,7 +257,8 @@ def test_explicit_settings_override_the_preset():
     assert (m.decay, m.sink, m.adjacent) == (0.5, False, wan.adjacent)
     # The same settings spelled out give the same (cached) mask; no preset means 1.0 / no sink / full.
     assert radial_block_mask(12, 64, preset="wan", block_size=64) is radial_block_mask(
-        12, 64, block_size=64, decay=0.2, sink=True, adjacent="half")
+        12, 64, block_size=64, decay=0.2, sink=True, adjacent="half"
+    )
     plain = radial_block_mask(12, 64, block_size=64)
     assert (plain.decay, plain.sink, plain.adjacent) == (1.0, False, "full")
 

@@ -53,10 +53,18 @@ def test_raw_tensor_and_mask_object_agree_and_raw_masks_are_wrapped_once():
     "change,exc,pattern",
     [
         (lambda q, k, v: (q[0], k, v), ValueError, r"q must be \[B, H, S, D\] \(4 dims\), got shape \(2, 200, 64\)"),
-        (lambda q, k, v: (q, k[:, :1], v), ValueError, r"k must have q's shape .* = \(1, 2, 200, 64\), got \(1, 1, 200, 64\)"),
+        (
+            lambda q, k, v: (q, k[:, :1], v),
+            ValueError,
+            r"k must have q's shape .* = \(1, 2, 200, 64\), got \(1, 1, 200, 64\)",
+        ),
         (lambda q, k, v: (q, k, v[..., :32]), ValueError, r"v must have q's shape"),
         (lambda q, k, v: (q, k.half(), v), TypeError, r"k must have q's dtype torch.float32, got torch.float16"),
-        (lambda q, k, v: (q.long(), k.long(), v.long()), TypeError, r"q must be float16, bfloat16 or float32.*got torch.int64"),
+        (
+            lambda q, k, v: (q.long(), k.long(), v.long()),
+            TypeError,
+            r"q must be float16, bfloat16 or float32.*got torch.int64",
+        ),
         (lambda q, k, v: (q.numpy(), k, v), TypeError, r"q must be a torch.Tensor"),
         (lambda q, k, v: (q, k.to("meta"), v), ValueError, r"k must be on q's device cpu, got meta"),
     ],
@@ -69,7 +77,10 @@ def test_bad_qkv(change, exc, pattern):
 
 def test_mask_block_count_must_fit_s():
     q, k, v = _qkv(S=200)
-    with pytest.raises(ValueError, match=r"block mask has 3 blocks per side but S=200 tokens with block_size=128 need ceil\(200/128\) = 2"):
+    with pytest.raises(
+        ValueError,
+        match=r"block mask has 3 blocks per side but S=200 tokens with block_size=128 need ceil\(200/128\) = 2",
+    ):
         block_sparse_attention(q, k, v, torch.ones(3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"need ceil\(200/64\) = 4"):
         block_sparse_attention(q, k, v, torch.ones(2, 2, dtype=torch.bool), block_size=64)
@@ -137,7 +148,9 @@ def test_radial_convenience_overrides_and_errors():
     out = radial_attention(q, k, v, frames=F, tokens_per_frame=T, preset="wan", decay=0.5, sink=False, block_size=64)
     mask = radial_block_mask(F, T, block_size=64, decay=0.5, sink=False, adjacent="half")
     torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask), atol=0, rtol=0)  # same backend (auto)
-    with pytest.raises(ValueError, match=r"q has S=300 tokens but frames \* tokens_per_frame \+ extra_tokens = 6 \* 40 \+ 0 = 240"):
+    with pytest.raises(
+        ValueError, match=r"q has S=300 tokens but frames \* tokens_per_frame \+ extra_tokens = 6 \* 40 \+ 0 = 240"
+    ):
         radial_attention(q, k, v, frames=F, tokens_per_frame=40)
     with pytest.raises(ValueError, match=r"unknown radial preset 'nope'"):
         radial_attention(q, k, v, frames=F, tokens_per_frame=T, preset="nope")
@@ -209,7 +222,8 @@ def test_triton_inside_torch_compile_fullgraph_under_interpreter():
         pytest.skip(f"triton backend not importable: {api._import_errors.get('triton')}")
     env = dict(os.environ, TRITON_INTERPRET="1")
     tests_dir = str(pathlib.Path(__file__).parent)
-    proc = subprocess.run([sys.executable, "-c", _TRITON_COMPILE_SCRIPT, tests_dir], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRITON_COMPILE_SCRIPT, tests_dir], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "max error" in proc.stdout

@@ -32,8 +32,10 @@ def test_reference_matches_oracle(problem):
     assert torch.all(out[empty_rows] == 0)
 
 
-@pytest.mark.skipif(flex.unsupported_reason(torch.empty(1, 1, 1, 64), requires_grad=False) is not None,
-                    reason="FlexAttention's CPU kernel needs AVX2")
+@pytest.mark.skipif(
+    flex.unsupported_reason(torch.empty(1, 1, 1, 64), requires_grad=False) is not None,
+    reason="FlexAttention's CPU kernel needs AVX2",
+)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     bits=st.lists(st.booleans(), min_size=4, max_size=4),
@@ -47,4 +49,6 @@ def test_flex_matches_oracle_on_random_masks(bits, kl, seed):
     q, k, v = _inputs(2, 2, 200, 64, True, seed)
     out = block_sparse_attention(q, k, v, m, backend="flex", key_lengths=kl)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, m, 128, key_lengths=kl), atol=3e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        out.double(), masked_attention_f64(q, k, v, m, 128, key_lengths=kl), atol=3e-6, rtol=1e-5
+    )

@@ -43,8 +43,10 @@ def test_license_and_typing_marker_ship():
 
 def test_extras_hold_what_their_commands_import():
     project = _pyproject()["project"]
-    names = {extra: {r.split(">")[0].split("=")[0].split("[")[0] for r in reqs}
-             for extra, reqs in project["optional-dependencies"].items()}
+    names = {
+        extra: {r.split(">")[0].split("=")[0].split("[")[0] for r in reqs}
+        for extra, reqs in project["optional-dependencies"].items()
+    }
     core = {r.split(">")[0] for r in project["dependencies"]}
     assert core == {"torch", "numpy"}  # `import radial_attention` and `mask` need only these
     assert {"tqdm", "imageio", "imageio-ffmpeg", "peft", "safetensors"} <= names["train"]  # train-lora, encode
@@ -67,7 +69,8 @@ def test_min_versions_refuses_two_floors_of_one_package(monkeypatch, tmp_path):
     mv = _min_versions(monkeypatch)
     (tmp_path / "pyproject.toml").write_text(
         '[project]\ndependencies = ["numpy"]\n[project.optional-dependencies]\n'
-        'a = ["diffusers>=0.41"]\nb = ["diffusers>=0.40"]\n')
+        'a = ["diffusers>=0.41"]\nb = ["diffusers>=0.40"]\n'
+    )
     monkeypatch.setattr(mv, "ROOT", tmp_path)
     assert mv.floors(["a"]) == {"diffusers": "0.41"}
     with pytest.raises(SystemExit, match="diffusers has two floors"):

@@ -18,13 +18,24 @@ from radial_attention.cli.main import build_parser, main
 
 PUBLIC = {
     # mask
-    "BlockSparseMask", "RadialBlockMask", "PRESETS", "radial_block_mask", "video_layout", "VideoLayout",
+    "BlockSparseMask",
+    "RadialBlockMask",
+    "PRESETS",
+    "radial_block_mask",
+    "video_layout",
+    "VideoLayout",
     # ops
-    "block_sparse_attention", "radial_attention",
+    "block_sparse_attention",
+    "radial_attention",
     # distributed
-    "ulysses_attention", "ulysses_radial_attention",
+    "ulysses_attention",
+    "ulysses_radial_attention",
     # integrations
-    "apply_radial_attention", "remove_radial_attention", "get_radial_state", "RadialAttentionConfig", "RadialState",
+    "apply_radial_attention",
+    "remove_radial_attention",
+    "get_radial_state",
+    "RadialAttentionConfig",
+    "RadialState",
 }
 
 
@@ -60,7 +71,12 @@ def tiny_wan():
 
 
 def test_apply_takes_a_config_and_keyword_overrides(tiny_wan):
-    from radial_attention import RadialAttentionConfig, apply_radial_attention, get_radial_state, remove_radial_attention
+    from radial_attention import (
+        RadialAttentionConfig,
+        apply_radial_attention,
+        get_radial_state,
+        remove_radial_attention,
+    )
 
     config = RadialAttentionConfig(dense_steps=3, dense_layers=1, block_size=64, num_steps=10)
     state = apply_radial_attention(tiny_wan, config, dense_steps=5)
@@ -81,9 +97,13 @@ def test_apply_takes_a_config_and_keyword_overrides(tiny_wan):
 def test_apply_refuses_a_wrong_config_or_keyword_before_touching_the_model(tiny_wan):
     from radial_attention import apply_radial_attention, get_radial_state
 
-    with pytest.raises(TypeError, match=r"config must be a RadialAttentionConfig or None, got str 'wan'; pass settings by keyword"):
+    with pytest.raises(
+        TypeError, match=r"config must be a RadialAttentionConfig or None, got str 'wan'; pass settings by keyword"
+    ):
         apply_radial_attention(tiny_wan, "wan")
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['dense_step'\]; the settings are \['preset'"):
+    with pytest.raises(
+        TypeError, match=r"unexpected keyword argument\(s\) \['dense_step'\]; the settings are \['preset'"
+    ):
         apply_radial_attention(tiny_wan, dense_step=3)
     with pytest.raises(ValueError, match="dense_steps must be an integer >= 0, got -1"):
         apply_radial_attention(tiny_wan, radial_attention.RadialAttentionConfig(dense_steps=-1))
@@ -100,7 +120,9 @@ def test_radial_mask_from_preset_and_with_settings_are_radial_block_mask():
     with pytest.warns(DeprecationWarning, match=r"radial_mask_with_settings.* is deprecated"):
         assert radial_mask_with_settings(6, 50, preset="hunyuan", decay=0.5, block_size=64, text_tokens=9) is want
     with pytest.warns(DeprecationWarning, match="radial_mask_from_preset"):
-        assert radial_attention.radial_mask_from_preset("hunyuan", 6, 50, text_tokens=9, block_size=64, decay=0.5) is want
+        assert (
+            radial_attention.radial_mask_from_preset("hunyuan", 6, 50, text_tokens=9, block_size=64, decay=0.5) is want
+        )
     assert "radial_mask_from_preset" not in dir(radial_attention)  # importable, not advertised
 
 
@@ -109,7 +131,9 @@ def test_text_tokens_is_a_deprecated_name_of_extra_tokens():
 
     want = radial_block_mask(5, 40, block_size=64, extra_tokens=9)
     assert want.extra_tokens == 9 and want.seq_len == 209
-    with pytest.warns(DeprecationWarning, match=r"radial_block_mask\(text_tokens=...\) is deprecated .*use extra_tokens="):
+    with pytest.warns(
+        DeprecationWarning, match=r"radial_block_mask\(text_tokens=...\) is deprecated .*use extra_tokens="
+    ):
         assert radial_block_mask(5, 40, block_size=64, text_tokens=9) is want
     with pytest.warns(DeprecationWarning, match="RadialBlockMask.text_tokens"):
         assert want.text_tokens == 9
@@ -122,7 +146,9 @@ def test_text_tokens_is_a_deprecated_name_of_extra_tokens():
     with pytest.warns(DeprecationWarning, match="VideoLayout.text_tokens"):
         assert layout.text_tokens == 7
     with pytest.warns(DeprecationWarning, match="ModelFamily.default_text_tokens"):
-        assert get_model_family("hunyuan").default_text_tokens == 256 == get_model_family("hunyuan").default_extra_tokens
+        assert (
+            get_model_family("hunyuan").default_text_tokens == 256 == get_model_family("hunyuan").default_extra_tokens
+        )
 
 
 def test_radial_attention_op_takes_text_tokens_with_a_warning():
@@ -148,9 +174,15 @@ def test_ulysses_radial_attention_takes_text_tokens_with_a_warning(monkeypatch):
 
 
 def test_mask_cli_text_tokens_is_a_deprecated_alias(capsys):
-    assert main(["mask", "--latent-frames", "4", "--tokens-per-frame", "64", "--block-size", "64", "--extra-tokens", "32"]) == 0
+    assert (
+        main(["mask", "--latent-frames", "4", "--tokens-per-frame", "64", "--block-size", "64", "--extra-tokens", "32"])
+        == 0
+    )
     new = capsys.readouterr()
-    assert main(["mask", "--latent-frames", "4", "--tokens-per-frame", "64", "--block-size", "64", "--text-tokens", "32"]) == 0
+    assert (
+        main(["mask", "--latent-frames", "4", "--tokens-per-frame", "64", "--block-size", "64", "--text-tokens", "32"])
+        == 0
+    )
     old = capsys.readouterr()
     assert "--text-tokens is deprecated" in old.err and "use --extra-tokens" in old.err and not new.err
     drop_time = lambda out: [line for line in out.splitlines() if not line.startswith("build time")]  # noqa: E731
@@ -205,8 +237,25 @@ def test_train_parser_is_generated_from_train_config():
     assert len(options) == len(fields)
     cfg = train_cmd.config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
     assert cfg == TrainConfig(model="m", data="d", output_dir="o")
-    flags = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--no-progress", "--no-gradient-checkpointing",
-                               "--train-ff", "--adam-betas", "0.8,0.9", "--device", "auto", "--adam-eps", "1e-6"])
+    flags = parser.parse_args(
+        [
+            "--model",
+            "m",
+            "--data",
+            "d",
+            "--output",
+            "o",
+            "--no-progress",
+            "--no-gradient-checkpointing",
+            "--train-ff",
+            "--adam-betas",
+            "0.8,0.9",
+            "--device",
+            "auto",
+            "--adam-eps",
+            "1e-6",
+        ]
+    )
     cfg = train_cmd.config_from_args(flags)
     assert (cfg.progress, cfg.gradient_checkpointing, cfg.train_ff) == (False, False, True)
     assert (cfg.adam_betas, cfg.device, cfg.adam_eps) == ((0.8, 0.9), None, 1e-6)

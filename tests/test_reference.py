@@ -57,7 +57,9 @@ def test_gradcheck_float64():
     m = torch.tensor([[True, False], [True, True]])
     kl = torch.tensor([70, 40])
     q, k, v = (torch.randn(2, 1, 66, 2, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    fn = lambda q, k, v: block_sparse_attention(q, k, v, m, block_size=64, backend="reference", key_lengths=kl.clamp(max=66))
+    fn = lambda q, k, v: block_sparse_attention(
+        q, k, v, m, block_size=64, backend="reference", key_lengths=kl.clamp(max=66)
+    )
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
@@ -75,7 +77,9 @@ def test_key_lengths_including_an_empty_batch_item():
     q, k, v = _qkv(3, 2, 200, 64)
     kl = torch.tensor([200, 0, 129])  # full, no key at all, one key into block 1
     out = block_sparse_attention(q, k, v, m, backend="reference", key_lengths=kl)
-    torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, m, 128, key_lengths=kl), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        out.double(), masked_attention_f64(q, k, v, m, 128, key_lengths=kl), atol=2e-6, rtol=1e-5
+    )
     assert torch.all(out[1] == 0)
 
 
@@ -96,4 +100,6 @@ def test_chunked_rows_equal_one_tile():
     whole = reference.attention(q, k, v, mask, scale=0.2, key_lengths=kl, rows_per_chunk=250)
     chunked = reference.attention(q, k, v, mask, scale=0.2, key_lengths=kl, rows_per_chunk=7)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(whole.double(), masked_attention_f64(q, k, v, m, 64, scale=0.2, key_lengths=kl), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        whole.double(), masked_attention_f64(q, k, v, m, 64, scale=0.2, key_lengths=kl), atol=2e-6, rtol=1e-5
+    )

@@ -51,7 +51,9 @@ def test_gather_with_gradients_follows_the_mask_too():
     for lean in (False, True):
         from radial_attention.ops import gather
 
-        out = gather.attention(qg, kg, vg, BlockSparseMask(mask, 64), scale=16 ** -0.5, key_lengths=kl, lean_backward=lean)
+        out = gather.attention(
+            qg, kg, vg, BlockSparseMask(mask, 64), scale=16**-0.5, key_lengths=kl, lean_backward=lean
+        )
         check_nan_follows_mask(out, q, k, v, mask, 64, kl)
 
 
@@ -104,7 +106,9 @@ def test_index_lists_match_a_sort_per_row():
 def test_index_lists_too_large_are_refused_with_their_size(monkeypatch):
     monkeypatch.setattr(sparse_mod, "MAX_INDEX_ENTRIES", 1000)
     m = BlockSparseMask(torch.ones(1, 2, 40, 40, dtype=torch.bool), 64)  # 80 rows x 40 = 3200 entries
-    with pytest.raises(ValueError, match=r"too large for its kv_indices index list: 80 rows x 40 kept blocks .* = 3,200 int32 entries"):
+    with pytest.raises(
+        ValueError, match=r"too large for its kv_indices index list: 80 rows x 40 kept blocks .* = 3,200 int32 entries"
+    ):
         m.kv_indices()
 
 
@@ -124,7 +128,9 @@ def test_bshd_tensor_passed_as_bhsd_names_the_fix():
     x = torch.randn(1, S, H, 16)  # diffusers [B, S, H, D], not transposed
     with pytest.raises(ValueError, match=r"looks like \[B, S, H, D\] with S=200: pass q.transpose\(1, 2\)"):
         block_sparse_attention(x, x, x, torch.ones(4, 4, dtype=torch.bool), block_size=64)
-    with pytest.raises(ValueError, match=r"q has S=3 tokens .* looks like \[B, S, H, D\] with S=200: pass q.transpose\(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"q has S=3 tokens .* looks like \[B, S, H, D\] with S=200: pass q.transpose\(1, 2\)"
+    ):
         radial_attention(x, x, x, frames=4, tokens_per_frame=50, block_size=64)
     # a plain mismatch gets no such hint
     y = torch.randn(1, 3, 300, 16)
@@ -142,13 +148,17 @@ def test_flex_on_cpu_with_gradients_suggests_gather_and_no_grad_really_works():
         block_sparse_attention(q, k, v, mask, block_size=64, backend="flex")
     with torch.no_grad():  # what the message offers must work: FlexAttention itself refuses requires_grad inputs
         out = block_sparse_attention(q, k, v, mask, block_size=64, backend="flex")
-    torch.testing.assert_close(out.double(), masked_attention_f64(q.detach(), k.detach(), v.detach(), mask, 64), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        out.double(), masked_attention_f64(q.detach(), k.detach(), v.detach(), mask, 64), atol=2e-5, rtol=1e-4
+    )
 
 
 # ------------------------------------------------------------------ item 15: numbers
 def test_numpy_scalars_and_0d_tensors_are_numbers_bools_are_not():
     want = radial_block_mask(5, 40, block_size=64, decay=0.5, extra_tokens=9)
-    got = radial_block_mask(np.int64(5), torch.tensor(40), block_size=np.int32(64), decay=np.float32(0.5), extra_tokens=torch.tensor(9))
+    got = radial_block_mask(
+        np.int64(5), torch.tensor(40), block_size=np.int32(64), decay=np.float32(0.5), extra_tokens=torch.tensor(9)
+    )
     assert got is want
     for kwargs, needle in (
         (dict(frames=True), "frames must be a number, got the bool True"),
@@ -179,9 +189,7 @@ def test_numpy_scalars_and_0d_tensors_are_numbers_bools_are_not():
 # ------------------------------------------------------------------ items 11, 13: the diffusers hooks
 def _model_snapshot(model):
     """What hooking may change: each module's attributes, forward and processor."""
-    return {
-        name: (set(vars(m)), m.forward, getattr(m, "processor", None)) for name, m in model.named_modules()
-    }
+    return {name: (set(vars(m)), m.forward, getattr(m, "processor", None)) for name, m in model.named_modules()}
 
 
 def _tiny_wan():
@@ -198,7 +206,11 @@ def _run(model, kwargs):
 
 
 def test_the_same_transformer_twice_is_hooked_once():
-    from radial_attention.integrations.diffusers import apply_radial_attention, get_radial_state, remove_radial_attention
+    from radial_attention.integrations.diffusers import (
+        apply_radial_attention,
+        get_radial_state,
+        remove_radial_attention,
+    )
 
     model, kwargs = _tiny_wan()
     once, _ = _tiny_wan()

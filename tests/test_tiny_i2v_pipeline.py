@@ -120,8 +120,13 @@ def test_prompt_embeds_without_ftfy_match_the_prompt(pipe):
     """The ftfy-free route: WanPipeline.encode_prompt (it skips ftfy when missing) on the same
     tokenizer and text encoder gives the I2V pipeline's own prompt embeddings, bit for bit, so
     they can be passed as ``prompt_embeds``."""
-    t2v_view = WanPipeline(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae,
-                           scheduler=pipe.scheduler, transformer=None)
+    t2v_view = WanPipeline(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        scheduler=pipe.scheduler,
+        transformer=None,
+    )
     cpu = torch.device("cpu")
     ours, _ = t2v_view.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=512, device=cpu)
     theirs, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=512, device=cpu)
@@ -150,7 +155,14 @@ def test_prepare_latents_and_encode_image(pipe, image):
     pixels = pipe.video_processor.preprocess(image, height=HEIGHT, width=WIDTH).to(device, torch.float32)
     assert tuple(pixels.shape) == (1, 3, HEIGHT, WIDTH)
     latents, condition = pipe.prepare_latents(
-        pixels, 1, pipe.vae.config.z_dim, HEIGHT, WIDTH, FRAMES, torch.float32, device,
+        pixels,
+        1,
+        pipe.vae.config.z_dim,
+        HEIGHT,
+        WIDTH,
+        FRAMES,
+        torch.float32,
+        device,
         torch.Generator().manual_seed(0),
     )
     assert tuple(latents.shape) == LATENT_SHAPE

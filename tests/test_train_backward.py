@@ -69,7 +69,7 @@ def test_triton_backward_matches_reference_lora_gradients():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
-    res = json.loads(line[len("RESULT"):])
+    res = json.loads(line[len("RESULT") :])
     assert res["density"] <= 0.6
     assert res["auto_cpu"] == "gather"  # what CPU training runs; the GPU runs triton
     params = res["params"]

@@ -26,8 +26,12 @@ def test_training_benchmark_smoke(tmp_path, capsys, monkeypatch):
         torch.set_num_threads(n)
     doc = json.loads((tmp_path / "training.json").read_text())
     done = {(r["model"], r["length"], r["variant"]) for r in doc["results"] if "median_s" in r}
-    assert done == {(m, n, v) for m, lengths in (("wan1.3b", (1, 4)), ("hunyuan", (1, 2, 4)))
-                    for n in lengths for v in ("overhead", "dense", "radial")}
+    assert done == {
+        (m, n, v)
+        for m, lengths in (("wan1.3b", (1, 4)), ("hunyuan", (1, 2, 4)))
+        for n in lengths
+        for v in ("overhead", "dense", "radial")
+    }
     assert not [r for r in doc["results"] if "error" in r]
     rows = doc["summary"]
     assert len(rows) == 5 and all(r["full_speedup"] > 0 for r in rows)
@@ -52,9 +56,22 @@ def _load_bench(monkeypatch):
 
 
 def _records(layers, full, dense_in_radial, overhead, dense, radial):
-    common = dict(model="m", model_name="M", length=4, video_frames=321, video="v", video_tokens=10, layers=layers,
-                  blocks_measured=layers, blocks_full=full, density=0.1, radial_dense_layers=dense_in_radial)
-    return [dict(common, variant=v, median_s=t) for v, t in (("overhead", overhead), ("dense", dense), ("radial", radial))]
+    common = dict(
+        model="m",
+        model_name="M",
+        length=4,
+        video_frames=321,
+        video="v",
+        video_tokens=10,
+        layers=layers,
+        blocks_measured=layers,
+        blocks_full=full,
+        density=0.1,
+        radial_dense_layers=dense_in_radial,
+    )
+    return [
+        dict(common, variant=v, median_s=t) for v, t in (("overhead", overhead), ("dense", dense), ("radial", radial))
+    ]
 
 
 def test_full_depth_estimate(monkeypatch):
@@ -67,6 +84,17 @@ def test_full_depth_estimate(monkeypatch):
     (row,) = bench.summarize(_records(30, 30, 2, 1.0, 301.0, 1.0 + 2 * 10 + 28 * 2))
     assert row["full_dense_s"] == 301.0 and row["full_radial_s"] == 1 + 2 * 10 + 28 * 2
     assert row["block_speedup"] == 5.0
-    assert "30 of 30 (2 dense in radial)" in bench.markdown([row], dict(device_name="d", dtype="bf16", torch="t", rank=8,
-                                                                          dense_sdpa="x", block_size=128, backend="b",
-                                                                          repeats=1, warmup=1))
+    assert "30 of 30 (2 dense in radial)" in bench.markdown(
+        [row],
+        dict(
+            device_name="d",
+            dtype="bf16",
+            torch="t",
+            rank=8,
+            dense_sdpa="x",
+            block_size=128,
+            backend="b",
+            repeats=1,
+            warmup=1,
+        ),
+    )

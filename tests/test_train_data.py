@@ -161,7 +161,9 @@ def test_mixed_shapes_need_batch_size_one(tmp_path):
 
 def test_too_few_samples(tmp_path):
     root = _folder(tmp_path, n=3)
-    with pytest.raises(DataError, match=r"3 samples are fewer than one batch per process \(batch_size 2 x 2 processes\)"):
+    with pytest.raises(
+        DataError, match=r"3 samples are fewer than one batch per process \(batch_size 2 x 2 processes\)"
+    ):
         validate_dataset(root, WAN, batch_size=2, world_size=2)
 
 

@@ -36,14 +36,48 @@ def _one_thread():
 
 def test_two_process_gloo_ddp_equals_single_process(tmp_path):
     data = tmp_path / "data"
-    write_synthetic_dataset(data, model_spec(load_transformer("tiny-wan")), num_samples=4,
-                            latent_shape=(16, 8, 16, 24), text_len=16, seed=3)
-    args = ["--model", "tiny-wan", "--data", str(data), "--block-size", "64", "--lora-rank", "8", "--lr", "1e-2",
-            "--max-steps", "3", "--checkpoint-every", "2", "--no-progress", "--seed", "0"]
+    write_synthetic_dataset(
+        data, model_spec(load_transformer("tiny-wan")), num_samples=4, latent_shape=(16, 8, 16, 24), text_len=16, seed=3
+    )
+    args = [
+        "--model",
+        "tiny-wan",
+        "--data",
+        str(data),
+        "--block-size",
+        "64",
+        "--lora-rank",
+        "8",
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--no-progress",
+        "--seed",
+        "0",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "radial_attention", "train-lora",
-           "--output", str(tmp_path / "ddp"), "--batch-size", "1", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "radial_attention",
+        "train-lora",
+        "--output",
+        str(tmp_path / "ddp"),
+        "--batch-size",
+        "1",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in proc.stdout
@@ -52,10 +86,24 @@ def test_two_process_gloo_ddp_equals_single_process(tmp_path):
     ckpt = tmp_path / "ddp" / "checkpoints" / "step-000002"
     assert sorted(p.name for p in ckpt.glob("rng-rank*.pt")) == ["rng-rank0.pt", "rng-rank1.pt"]
 
-    single = LoRATrainer(TrainConfig(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "one"), block_size=64,
-                                     lora_rank=8, lr=1e-2, max_steps=3, checkpoint_every=0, progress=False, seed=0,
-                                     batch_size=2)).train()
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in ddp_log]), torch.tensor(single.losses), atol=1e-5, rtol=1e-5)
+    single = LoRATrainer(
+        TrainConfig(
+            model="tiny-wan",
+            data=str(data),
+            output_dir=str(tmp_path / "one"),
+            block_size=64,
+            lora_rank=8,
+            lr=1e-2,
+            max_steps=3,
+            checkpoint_every=0,
+            progress=False,
+            seed=0,
+            batch_size=2,
+        )
+    ).train()
+    torch.testing.assert_close(
+        torch.tensor([r["loss"] for r in ddp_log]), torch.tensor(single.losses), atol=1e-5, rtol=1e-5
+    )
     from safetensors.torch import load_file
 
     a = load_file(str(tmp_path / "ddp" / "pytorch_lora_weights.safetensors"))

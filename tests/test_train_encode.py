@@ -27,7 +27,7 @@ def _write_video(path, frames=13, height=64, width=96, seed=0):
     """Frame i: a smooth random picture plus a brightness ramp over time (easy on the codec)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
-    base = (np.sin(xx / 7.0 + rng.uniform(0, 6))[..., None] * 40 + np.cos(yy / 5.0)[..., None] * 30 + 100)
+    base = np.sin(xx / 7.0 + rng.uniform(0, 6))[..., None] * 40 + np.cos(yy / 5.0)[..., None] * 30 + 100
     out = []
     for i in range(frames):
         img = np.clip(base + np.array([10 * i, 5 * i, -3 * i]), 0, 255).astype(np.uint8)
@@ -61,7 +61,7 @@ def test_collect_videos_errors(tmp_path):
     assert [(i.video.name, i.caption) for i in items] == [("a.mp4", "a red cat"), ("b.mp4", "a dog")]
     with pytest.raises(DataError, match="does not exist"):
         collect_videos([str(tmp_path / "missing.mp4")])
-    (tmp_path / "bad.jsonl").write_text("{\"video\": \"b.mp4\"}\n")
+    (tmp_path / "bad.jsonl").write_text('{"video": "b.mp4"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:1: expected a JSON object with \"video\" and \"caption\""):
         collect_videos([str(tmp_path)], str(tmp_path / "bad.jsonl"))
 
@@ -74,10 +74,28 @@ def test_encode_cli_wan_then_train(tmp_path, capsys):
     _write_video(vids / "clip0.mp4", seed=0)
     _write_video(vids / "clip1.mp4", seed=1)
     (vids / "clip0.txt").write_text("a red cat walks on the beach")
-    (tmp_path / "caps.jsonl").write_text(json.dumps({"video": "videos/clip1.mp4", "caption": "a dog swims in the sea"}) + "\n")
+    (tmp_path / "caps.jsonl").write_text(
+        json.dumps({"video": "videos/clip1.mp4", "caption": "a dog swims in the sea"}) + "\n"
+    )
     out = tmp_path / "data"
-    common = ["encode", "--model", str(tmp_path / "pipe"), "--videos", str(vids), "--captions", str(tmp_path / "caps.jsonl"),
-              "--output", str(out), "--height", "64", "--width", "96", "--max-sequence-length", "16", "--no-progress"]
+    common = [
+        "encode",
+        "--model",
+        str(tmp_path / "pipe"),
+        "--videos",
+        str(vids),
+        "--captions",
+        str(tmp_path / "caps.jsonl"),
+        "--output",
+        str(out),
+        "--height",
+        "64",
+        "--width",
+        "96",
+        "--max-sequence-length",
+        "16",
+        "--no-progress",
+    ]
     assert main(common + ["--frames", "9"]) == 0
     assert "encode: 2 samples (wan, latents [16, 3, 8, 12])" in capsys.readouterr().out
 
@@ -92,7 +110,9 @@ def test_encode_cli_wan_then_train(tmp_path, capsys):
         z = pipe.vae.encode(video[None]).latent_dist.mode()
         mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
         std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
-        emb, _ = pipe.encode_prompt("a red cat walks on the beach", do_classifier_free_guidance=False, max_sequence_length=16)
+        emb, _ = pipe.encode_prompt(
+            "a red cat walks on the beach", do_classifier_free_guidance=False, max_sequence_length=16
+        )
     torch.testing.assert_close(stored["latents"], ((z - mean) / std)[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(stored["prompt_embeds"], emb[0], atol=1e-6, rtol=1e-6)
     # The stored latents decode back through the pipeline's inverse normalisation.
@@ -107,8 +127,29 @@ def test_encode_cli_wan_then_train(tmp_path, capsys):
     assert "has 13 frames, needs 17" in capsys.readouterr().err
 
     # train-lora reads the folder (and the pipeline's flow shift from its scheduler config).
-    assert main(["train-lora", "--model", str(tmp_path / "pipe"), "--data", str(out), "--output", str(tmp_path / "run"),
-                 "--block-size", "64", "--lora-rank", "4", "--max-steps", "2", "--checkpoint-every", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train-lora",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--data",
+                str(out),
+                "--output",
+                str(tmp_path / "run"),
+                "--block-size",
+                "64",
+                "--lora-rank",
+                "4",
+                "--max-steps",
+                "2",
+                "--checkpoint-every",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "train-lora: wan transformer, 2 samples" in printed and "2 steps" in printed
     cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
@@ -123,14 +164,26 @@ def test_encode_hunyuan(tmp_path):
     _write_video(tmp_path / "v.mp4")
     (tmp_path / "v.txt").write_text("a bird flies over the mountains")
     template = {"template": "{}", "crop_start": 0}
-    manifest = encode_videos("", [str(tmp_path / "v.mp4")], tmp_path / "data", height=64, width=96, num_frames=9,
-                             max_sequence_length=16, prompt_template=template, progress=False, pipe=pipe)
+    manifest = encode_videos(
+        "",
+        [str(tmp_path / "v.mp4")],
+        tmp_path / "data",
+        height=64,
+        width=96,
+        num_frames=9,
+        max_sequence_length=16,
+        prompt_template=template,
+        progress=False,
+        pipe=pipe,
+    )
     doc, samples = validate_dataset(manifest.parent, model_spec(pipe.transformer))
     assert doc["model_family"] == "hunyuan" and doc["source"]["normalisation"] == "z * scaling_factor"
     item = LatentDataset(manifest.parent, model_spec(pipe.transformer))[0]
     assert item["latents"].shape == (4, 3, 8, 12)
     with torch.no_grad():
-        emb, pooled, mask = pipe.encode_prompt("a bird flies over the mountains", prompt_template=template, max_sequence_length=16)
+        emb, pooled, mask = pipe.encode_prompt(
+            "a bird flies over the mountains", prompt_template=template, max_sequence_length=16
+        )
         z = pipe.vae.encode(read_video(tmp_path / "v.mp4", 9, 64, 96)[None]).latent_dist.mode()
     torch.testing.assert_close(item["prompt_embeds"], emb[0])
     torch.testing.assert_close(item["pooled_prompt_embeds"], pooled[0])
@@ -146,12 +199,53 @@ def test_encode_and_train_wan22_ti2v(tmp_path, capsys):
     vids.mkdir()
     _write_video(vids / "clip0.mp4", seed=0)
     (vids / "clip0.txt").write_text("a red cat walks on the beach")
-    assert main(["encode", "--model", str(tmp_path / "pipe"), "--videos", str(vids), "--output", str(tmp_path / "data"),
-                 "--height", "64", "--width", "96", "--max-sequence-length", "16", "--frames", "9", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--videos",
+                str(vids),
+                "--output",
+                str(tmp_path / "data"),
+                "--height",
+                "64",
+                "--width",
+                "96",
+                "--max-sequence-length",
+                "16",
+                "--frames",
+                "9",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "encode: 1 samples (wan, latents [48, 3, 4, 6])" in capsys.readouterr().out
-    assert main(["train-lora", "--model", str(tmp_path / "pipe"), "--data", str(tmp_path / "data"), "--output",
-                 str(tmp_path / "run"), "--block-size", "64", "--lora-rank", "4", "--max-steps", "1", "--checkpoint-every", "0",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train-lora",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--data",
+                str(tmp_path / "data"),
+                "--output",
+                str(tmp_path / "run"),
+                "--block-size",
+                "64",
+                "--lora-rank",
+                "4",
+                "--max-steps",
+                "1",
+                "--checkpoint-every",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     fresh = tiny.tiny_wan_pipeline("ti2v", num_layers=3, seed=0)
     fresh.load_lora_weights(str(tmp_path / "run"))
     assert any("lora_A" in n for n, _ in fresh.transformer.named_parameters())
@@ -173,8 +267,27 @@ def test_encode_and_train_wan_i2v(tmp_path, capsys):
     _write_video(vids / "clip0.mp4", seed=0)
     (vids / "clip0.txt").write_text("a red cat walks on the beach")
     out = tmp_path / "data"
-    assert main(["encode", "--model", str(tmp_path / "pipe"), "--videos", str(vids), "--output", str(out),
-                 "--height", "64", "--width", "96", "--frames", "9", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--videos",
+                str(vids),
+                "--output",
+                str(out),
+                "--height",
+                "64",
+                "--width",
+                "96",
+                "--frames",
+                "9",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "encode: 1 samples (wan, latents [16, 3, 8, 12])" in capsys.readouterr().out
     stored = LatentDataset(out, model_spec(pipe.transformer))[0]
     assert stored["prompt_embeds"].shape == (512, 32)  # the pipelines generate with 512 tokens
@@ -183,8 +296,9 @@ def test_encode_and_train_wan_i2v(tmp_path, capsys):
     first = Image.fromarray(((video[:, 0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy())
     with torch.no_grad():
         pixels = pipe.video_processor.preprocess(first, height=64, width=96)
-        _, condition = pipe.prepare_latents(pixels, 1, 16, 64, 96, 9, torch.float32, torch.device("cpu"), None,
-                                            torch.zeros(1, 16, 3, 8, 12))
+        _, condition = pipe.prepare_latents(
+            pixels, 1, 16, 64, 96, 9, torch.float32, torch.device("cpu"), None, torch.zeros(1, 16, 3, 8, 12)
+        )
         image_embeds = pipe.encode_image(first, torch.device("cpu"))
     torch.testing.assert_close(stored["condition"], condition[0], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(stored["image_embeds"], image_embeds[0], atol=1e-6, rtol=1e-6)
@@ -192,8 +306,19 @@ def test_encode_and_train_wan_i2v(tmp_path, capsys):
 
     from radial_attention.train.trainer import LoRATrainer, TrainConfig
 
-    trainer = LoRATrainer(TrainConfig(model=str(tmp_path / "pipe"), data=str(out), output_dir=str(tmp_path / "run"),
-                                      block_size=64, lora_rank=4, lr=1e-2, max_steps=2, checkpoint_every=0, progress=False))
+    trainer = LoRATrainer(
+        TrainConfig(
+            model=str(tmp_path / "pipe"),
+            data=str(out),
+            output_dir=str(tmp_path / "run"),
+            block_size=64,
+            lora_rank=4,
+            lr=1e-2,
+            max_steps=2,
+            checkpoint_every=0,
+            progress=False,
+        )
+    )
     trainer.train()
     trained = trainer.transformer.eval()
     fresh = tiny.tiny_wan_i2v_pipeline(num_layers=3, seed=0)
@@ -224,16 +349,46 @@ def test_encode_and_train_wan22_i2v_a14b_expert(tmp_path, capsys):
     _write_video(vids / "clip0.mp4", seed=0)
     (vids / "clip0.txt").write_text("a red cat walks on the beach")
     out = tmp_path / "data"
-    assert main(["encode", "--model", str(tmp_path / "pipe"), "--videos", str(vids), "--output", str(out),
-                 "--height", "64", "--width", "96", "--frames", "9", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--videos",
+                str(vids),
+                "--output",
+                str(out),
+                "--height",
+                "64",
+                "--width",
+                "96",
+                "--frames",
+                "9",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     fresh = tiny.tiny_wan_i2v_pipeline(num_layers=3, seed=0, variant="a14b")
     stored = LatentDataset(out, model_spec(fresh.transformer_2))[0]
     assert set(stored) == {"latents", "prompt_embeds", "condition"} and stored["condition"].shape == (20, 3, 8, 12)
 
-    trainer = LoRATrainer(TrainConfig(model=str(tmp_path / "pipe"), data=str(out), output_dir=str(tmp_path / "run"),
-                                      transformer_subfolder="transformer_2", block_size=64, lora_rank=4, lr=1e-2, max_steps=2,
-                                      checkpoint_every=0, progress=False))
+    trainer = LoRATrainer(
+        TrainConfig(
+            model=str(tmp_path / "pipe"),
+            data=str(out),
+            output_dir=str(tmp_path / "run"),
+            transformer_subfolder="transformer_2",
+            block_size=64,
+            lora_rank=4,
+            lr=1e-2,
+            max_steps=2,
+            checkpoint_every=0,
+            progress=False,
+        )
+    )
     assert trainer.timestep_range == (0.0, 900.0)
     trainer.train()
     trained = trainer.transformer.eval()
@@ -242,7 +397,18 @@ def test_encode_and_train_wan22_i2v_a14b_expert(tmp_path, capsys):
     kwargs = tiny.wan_inputs(trained, 3, 8, 12, text_len=512, timestep=400.0, seed=5)
     with torch.no_grad():
         torch.testing.assert_close(fresh.transformer_2(**kwargs)[0], trained(**kwargs)[0], atol=1e-5, rtol=1e-5)
-        image = Image.fromarray((torch.rand(64, 96, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy())
-        video = fresh(image=image, prompt="a cat", height=64, width=96, num_frames=9, num_inference_steps=3,
-                      guidance_scale=1.0, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+        image = Image.fromarray(
+            (torch.rand(64, 96, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8).numpy()
+        )
+        video = fresh(
+            image=image,
+            prompt="a cat",
+            height=64,
+            width=96,
+            num_frames=9,
+            num_inference_steps=3,
+            guidance_scale=1.0,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).frames
     assert video.shape == (1, 16, 3, 8, 12) and torch.isfinite(video).all()

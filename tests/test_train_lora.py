@@ -37,8 +37,17 @@ def _data(tmp_path, family="tiny-wan", n=4, shape=LATENT, name="data"):
 
 
 def _cfg(tmp_path, data, **kw):
-    base = dict(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "out"), block_size=64, lora_rank=8,
-                lr=1e-2, max_steps=4, checkpoint_every=0, progress=False)
+    base = dict(
+        model="tiny-wan",
+        data=str(data),
+        output_dir=str(tmp_path / "out"),
+        block_size=64,
+        lora_rank=8,
+        lr=1e-2,
+        max_steps=4,
+        checkpoint_every=0,
+        progress=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -116,8 +125,16 @@ def test_saved_lora_loads_into_fresh_pipeline_and_reproduces_output(tmp_path):
     # Whole denoising loop: the pipeline with the loaded LoRA gives the trained model's latents.
     pipe_ref = tiny.tiny_wan_pipeline(num_layers=3, seed=0)
     pipe_ref.transformer = trained
-    call = dict(prompt="a red cat", height=128, width=192, num_frames=29, num_inference_steps=2,
-                guidance_scale=1.0, output_type="latent", max_sequence_length=16)
+    call = dict(
+        prompt="a red cat",
+        height=128,
+        width=192,
+        num_frames=29,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        output_type="latent",
+        max_sequence_length=16,
+    )
     with torch.no_grad():
         a = pipe(**call, generator=torch.Generator().manual_seed(0)).frames
         b = pipe_ref(**call, generator=torch.Generator().manual_seed(0)).frames
@@ -143,7 +160,9 @@ def test_wan22_a14b_low_noise_expert(tmp_path, capsys):
     trainer = LoRATrainer(_cfg(tmp_path, data, model=str(folder), transformer_subfolder="transformer_2", max_steps=3))
     assert trainer.timestep_range == (0.0, 875.0) and trainer.objective.sigma_range == (0.0, 0.875)
     seen = []
-    hook = trainer.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["timestep"].clone()), with_kwargs=True)
+    hook = trainer.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["timestep"].clone()), with_kwargs=True
+    )
     result = trainer.train()
     hook.remove()
     assert seen and all(float(t.max()) <= 875.0 for t in seen)
@@ -162,7 +181,9 @@ def test_wan22_a14b_low_noise_expert(tmp_path, capsys):
     assert (ours - base).abs().max() > 1e-3
     assert not any("lora" in n for n, _ in pipe.transformer.named_parameters())  # the high-noise expert is untouched
 
-    with pytest.raises(ValueError, match="timestep_range must be \\(lo, hi\\) with 0 <= lo < hi <= 1000, got \\(900, 100\\)"):
+    with pytest.raises(
+        ValueError, match="timestep_range must be \\(lo, hi\\) with 0 <= lo < hi <= 1000, got \\(900, 100\\)"
+    ):
         _cfg(tmp_path, data, timestep_range=(900, 100))
     with pytest.raises(FileNotFoundError, match="has no 'transformer_2' component"):
         LoRATrainer(_cfg(tmp_path, data, model=str(t2v), transformer_subfolder="transformer_2"))
@@ -171,8 +192,26 @@ def test_wan22_a14b_low_noise_expert(tmp_path, capsys):
     from radial_attention.cli.main import main
 
     capsys.readouterr()
-    args = ["train-lora", "--model", str(folder), "--data", str(data), "--output", str(tmp_path / "cli"), "--block-size", "64",
-            "--lora-rank", "4", "--max-steps", "1", "--checkpoint-every", "0", "--no-progress", "--transformer-subfolder", "transformer_2"]
+    args = [
+        "train-lora",
+        "--model",
+        str(folder),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "cli"),
+        "--block-size",
+        "64",
+        "--lora-rank",
+        "4",
+        "--max-steps",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--no-progress",
+        "--transformer-subfolder",
+        "transformer_2",
+    ]
     assert main(args + ["--timestep-range", "100,400"]) == 0
     printed = capsys.readouterr().out
     assert "timesteps 100-400" in printed and "load_into_transformer_2=True" in printed
@@ -193,7 +232,9 @@ def test_wan22_ti2v_5b_trains_text_to_video(tmp_path):
     torch.testing.assert_close(scalar, per_token, atol=1e-5, rtol=1e-5)
 
     data = tmp_path / "data"
-    write_synthetic_dataset(data, model_spec(transformer), num_samples=2, latent_shape=(48, 8, 16, 24), text_len=16, seed=3)
+    write_synthetic_dataset(
+        data, model_spec(transformer), num_samples=2, latent_shape=(48, 8, 16, 24), text_len=16, seed=3
+    )
     trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=8), transformer=transformer)
     assert trainer.radial_density() <= 0.6
     before = trainer.evaluate()
@@ -227,7 +268,10 @@ def test_wan_i2v_trains_with_condition_and_image_embeds(tmp_path):
     t2v_data = _data(tmp_path, n=2, name="t2v-data")  # no condition, 16 prompt tokens
     with pytest.raises(DataError, match="prompt_embeds must have exactly 512 tokens for this model"):
         LoRATrainer(_cfg(tmp_path, t2v_data), transformer=tiny.tiny_wan_transformer("i2v", num_layers=3))
-    with pytest.raises(DataError, match=r"has a condition tensor \(20, 8, 16, 24\) \(image-to-video data\) but the model is text-to-video"):
+    with pytest.raises(
+        DataError,
+        match=r"has a condition tensor \(20, 8, 16, 24\) \(image-to-video data\) but the model is text-to-video",
+    ):
         LoRATrainer(_cfg(tmp_path, data))
 
 
@@ -323,11 +367,15 @@ def test_bad_settings():
 
     with pytest.raises(TypeError, match="HunyuanVideo image-to-video transformers are not supported"):
         family_of(tiny.tiny_hunyuan_transformer(image_condition_type="latent_concat"))
-    with pytest.raises(TypeError, match="supports diffusers WanTransformer3DModel and HunyuanVideoTransformer3DModel, got Linear"):
+    with pytest.raises(
+        TypeError, match="supports diffusers WanTransformer3DModel and HunyuanVideoTransformer3DModel, got Linear"
+    ):
         family_of(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.parametrize("family,precision", [("tiny-wan", "bf16-mixed"), ("tiny-hunyuan", "bf16-mixed"), ("tiny-wan", "bf16")])
+@pytest.mark.parametrize(
+    "family,precision", [("tiny-wan", "bf16-mixed"), ("tiny-hunyuan", "bf16-mixed"), ("tiny-wan", "bf16")]
+)
 def test_bf16_weights_train_with_float32_lora(tmp_path, family, precision):
     """The GPU default (precision "auto" on CUDA = "bf16-mixed") and "bf16", run on the CPU: bf16
     frozen weights (diffusers' float32 modules kept), float32 LoRA and optimizer state, finite losses."""
@@ -409,10 +457,14 @@ def test_wan_prompt_length_other_than_512_warns(tmp_path):
     import warnings
 
     short = _data(tmp_path, n=2)  # 16 tokens
-    with pytest.warns(UserWarning, match=r"have \[16\] tokens; Wan pipelines generate with 512 .* max_sequence_length=16"):
+    with pytest.warns(
+        UserWarning, match=r"have \[16\] tokens; Wan pipelines generate with 512 .* max_sequence_length=16"
+    ):
         LoRATrainer(_cfg(tmp_path, short))
     full = tmp_path / "full"
-    write_synthetic_dataset(full, model_spec(load_transformer("tiny-wan")), num_samples=2, latent_shape=LATENT, text_len=512)
+    write_synthetic_dataset(
+        full, model_spec(load_transformer("tiny-wan")), num_samples=2, latent_shape=LATENT, text_len=512
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LoRATrainer(_cfg(tmp_path, full, output_dir=str(tmp_path / "o2")))
@@ -457,7 +509,9 @@ def test_offloaded_checkpoints_give_the_same_gradients(tmp_path, monkeypatch):
     import radial_attention.train.trainer as trainer_mod
 
     monkeypatch.setattr(trainer_mod, "offload_context", spy)
-    offloaded = LoRATrainer(_cfg(tmp_path, data, dense_layers=1, offload_checkpoints=True, output_dir=str(tmp_path / "o")))
+    offloaded = LoRATrainer(
+        _cfg(tmp_path, data, dense_layers=1, offload_checkpoints=True, output_dir=str(tmp_path / "o"))
+    )
     loss_b, grads_b = offloaded.gradients([0, 1])
     assert loss_a == loss_b
     for name in grads_a:

@@ -54,8 +54,18 @@ def _data(tmp_path, n=4, name="data", seed=3, family="tiny-wan"):
 
 
 def _cfg(tmp_path, data, **kw):
-    base = dict(model="tiny-wan", data=str(data), output_dir=str(tmp_path / "out"), block_size=64, lora_rank=4,
-                lr=1e-2, max_steps=2, checkpoint_every=1, progress=False, dense_layers=1)
+    base = dict(
+        model="tiny-wan",
+        data=str(data),
+        output_dir=str(tmp_path / "out"),
+        block_size=64,
+        lora_rank=4,
+        lr=1e-2,
+        max_steps=2,
+        checkpoint_every=1,
+        progress=False,
+        dense_layers=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -68,8 +78,11 @@ def _reseal(folder):
     """Rewrite a checkpoint's files.json for its current files, as an attacker who edits a
     checkpoint would (so that only the loading itself stands between the file and the process)."""
     folder = pathlib.Path(folder)
-    files = {f.name: {"size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
-             for f in sorted(folder.iterdir()) if f.is_file() and f.name != ckpt.FILES}
+    files = {
+        f.name: {"size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.name != ckpt.FILES
+    }
     (folder / ckpt.FILES).write_text(json.dumps({"files": files}))
 
 
@@ -114,15 +127,18 @@ def test_no_unpickling_loads_in_the_package():
     assert "weights_only=True" in (root / "train" / "checkpoint.py").read_text()
 
 
-@pytest.mark.parametrize("entry", ["/etc/passwd", "../outside.safetensors", "samples/../../outside.safetensors",
-                                   "C:\\data\\x.safetensors"])
+@pytest.mark.parametrize(
+    "entry", ["/etc/passwd", "../outside.safetensors", "samples/../../outside.safetensors", "C:\\data\\x.safetensors"]
+)
 def test_manifest_paths_must_stay_inside_the_data_folder(tmp_path, entry):
     data = _data(tmp_path, n=2)
     shutil.copy(data / "samples" / "000000.safetensors", tmp_path / "outside.safetensors")  # would exist
     doc = json.loads((data / "manifest.json").read_text())
     doc["samples"][1]["file"] = entry
     (data / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(DataError, match=r"sample #1 file .* leaves the data folder \(an absolute path or '\.\.'\)") as info:
+    with pytest.raises(
+        DataError, match=r"sample #1 file .* leaves the data folder \(an absolute path or '\.\.'\)"
+    ) as info:
         read_manifest(data)
     assert f"sample #1 file {entry!r} leaves" in str(info.value)
 
@@ -204,7 +220,9 @@ def test_weights_that_blow_up_in_the_optimizer_step_stop_the_run(tmp_path):
             trainer.params[0].data.fill_(float("inf"))
 
     trainer.optimizer.register_step_post_hook(overflow)
-    with pytest.raises(NonFiniteLossError, match=r"step 3: the LoRA weights became NaN/inf in the optimizer step \(lr 0.01"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"step 3: the LoRA weights became NaN/inf in the optimizer step \(lr 0.01"
+    ):
         trainer.train()
     assert _steps(tmp_path / "out") == [2]
     with pytest.raises(NonFiniteLossError, match="step 3: the LoRA weights are not finite; no checkpoint written"):
@@ -218,9 +236,12 @@ def test_a_new_run_in_a_used_output_folder_is_refused_or_overwritten(tmp_path):
     LoRATrainer(_cfg(tmp_path, data, max_steps=2)).train()
     out = tmp_path / "out"
     old_log = (out / "loss.jsonl").read_text()
-    with pytest.raises(ValueError, match=r"already holds a training run \(checkpoints step-000001, step-000002; "
-                                         r"loss.jsonl; train_config.json; pytorch_lora_weights.safetensors\): "
-                                         r"continue it with --resume latest.*--overwrite"):
+    with pytest.raises(
+        ValueError,
+        match=r"already holds a training run \(checkpoints step-000001, step-000002; "
+        r"loss.jsonl; train_config.json; pytorch_lora_weights.safetensors\): "
+        r"continue it with --resume latest.*--overwrite",
+    ):
         LoRATrainer(_cfg(tmp_path, data, max_steps=3, seed=1))
     assert (out / "loss.jsonl").read_text() == old_log and _steps(out) == [1, 2]
     with pytest.raises(ValueError, match="overwrite starts a new run .* cannot be combined with resume"):
@@ -240,8 +261,26 @@ def test_train_lora_cli_overwrite_flag(tmp_path, capsys):
     from radial_attention.cli.main import main
 
     data = _data(tmp_path, n=2)
-    args = ["train-lora", "--model", "tiny-wan", "--data", str(data), "--output", str(tmp_path / "run"), "--block-size", "64",
-            "--lora-rank", "4", "--dense-layers", "1", "--max-steps", "1", "--checkpoint-every", "1", "--no-progress"]
+    args = [
+        "train-lora",
+        "--model",
+        "tiny-wan",
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "run"),
+        "--block-size",
+        "64",
+        "--lora-rank",
+        "4",
+        "--dense-layers",
+        "1",
+        "--max-steps",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert main(args) == 2
     assert "already holds a training run" in capsys.readouterr().err
@@ -282,12 +321,17 @@ def test_a_truncated_checkpoint_file_is_caught_and_latest_falls_back(tmp_path):
     out = tmp_path / "out"
     LoRATrainer(_cfg(tmp_path, data, max_steps=3, keep_checkpoints=3)).train()
     listing = json.loads((ckpt.checkpoint_dir(out, 3) / ckpt.FILES).read_text())["files"]
-    assert {"optimizer.pt", "scheduler.pt", "rng-rank0.pt", "state.json", "pytorch_lora_weights.safetensors"} <= set(listing)
+    assert {"optimizer.pt", "scheduler.pt", "rng-rank0.pt", "state.json", "pytorch_lora_weights.safetensors"} <= set(
+        listing
+    )
     victim = ckpt.checkpoint_dir(out, 3) / "optimizer.pt"
     victim.write_bytes(victim.read_bytes()[:100])
 
-    with pytest.warns(UserWarning, match=r"skipping broken checkpoint step-000003: checkpoint file .*step-000003/optimizer.pt "
-                                         r"has 100 bytes, expected \d+ \(truncated"):
+    with pytest.warns(
+        UserWarning,
+        match=r"skipping broken checkpoint step-000003: checkpoint file .*step-000003/optimizer.pt "
+        r"has 100 bytes, expected \d+ \(truncated",
+    ):
         trainer = LoRATrainer(_cfg(tmp_path, data, max_steps=3, keep_checkpoints=3, resume="latest"))
     assert trainer.step_count == 2
     with pytest.raises(ckpt.CheckpointError, match=r"step-000003/optimizer.pt has 100 bytes"):
@@ -306,7 +350,9 @@ def test_a_truncated_checkpoint_file_is_caught_and_latest_falls_back(tmp_path):
         raw[-1] ^= 0xFF
         f.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match="skipping broken checkpoint"):
-        with pytest.raises(ckpt.CheckpointError, match=r"every checkpoint in .* is broken: .*does not match its sha256"):
+        with pytest.raises(
+            ckpt.CheckpointError, match=r"every checkpoint in .* is broken: .*does not match its sha256"
+        ):
             LoRATrainer(_cfg(tmp_path, data, max_steps=3, resume="latest"))
 
 
@@ -353,9 +399,15 @@ def test_encode_keeps_finished_clips_resumes_and_skips_bad_videos(tmp_path, monk
     kw = dict(height=32, width=32, num_frames=5, max_sequence_length=8, progress=False, pipe=pipe)
     encoded = []
     real = encode_mod.encode_latents
-    monkeypatch.setattr(encode_mod, "encode_latents", lambda pipe, family, video, **k: encoded.append(1) or real(pipe, family, video, **k))
+    monkeypatch.setattr(
+        encode_mod,
+        "encode_latents",
+        lambda pipe, family, video, **k: encoded.append(1) or real(pipe, family, video, **k),
+    )
 
-    with pytest.raises(DataError, match=r"cannot read video .*b.mp4.*The 1 clip\(s\) encoded so far are kept .*--skip-bad"):
+    with pytest.raises(
+        DataError, match=r"cannot read video .*b.mp4.*The 1 clip\(s\) encoded so far are kept .*--skip-bad"
+    ):
         encode_mod.encode_videos("", [str(vids)], out, **kw)
     doc = json.loads((out / "manifest.json").read_text())
     assert doc["partial"] is True and [s["video"] for s in doc["samples"]] == [str(vids / "a.mp4")]
@@ -370,7 +422,11 @@ def test_encode_keeps_finished_clips_resumes_and_skips_bad_videos(tmp_path, monk
     manifest = encode_mod.encode_videos("", [str(vids)], out, **kw)
     assert len(encoded) == 2
     doc, samples = read_manifest(out)
-    assert "partial" not in doc and [pathlib.Path(s["video"]).name for s in doc["samples"]] == ["a.mp4", "b.mp4", "c.mp4"]
+    assert "partial" not in doc and [pathlib.Path(s["video"]).name for s in doc["samples"]] == [
+        "a.mp4",
+        "b.mp4",
+        "c.mp4",
+    ]
     assert (out / "samples" / "000000.safetensors").read_bytes() == first
     assert manifest == out / "manifest.json"
 
@@ -386,9 +442,30 @@ def test_encode_keeps_finished_clips_resumes_and_skips_bad_videos(tmp_path, monk
     pipe.save_pretrained(str(tmp_path / "pipe"))
     capsys.readouterr()
     with pytest.warns(UserWarning, match="encode: skipping"):
-        assert main(["encode", "--model", str(tmp_path / "pipe"), "--videos", str(vids), "--output", str(tmp_path / "cli"),
-                     "--height", "32", "--width", "32", "--frames", "5", "--max-sequence-length", "8", "--no-progress",
-                     "--skip-bad"]) == 0
+        assert (
+            main(
+                [
+                    "encode",
+                    "--model",
+                    str(tmp_path / "pipe"),
+                    "--videos",
+                    str(vids),
+                    "--output",
+                    str(tmp_path / "cli"),
+                    "--height",
+                    "32",
+                    "--width",
+                    "32",
+                    "--frames",
+                    "5",
+                    "--max-sequence-length",
+                    "8",
+                    "--no-progress",
+                    "--skip-bad",
+                ]
+            )
+            == 0
+        )
     printed = capsys.readouterr().out
     assert "encode: 2 samples" in printed and f"skipped 1 unreadable video(s): {vids / 'b.mp4'}" in printed
 

@@ -31,7 +31,11 @@ def test_interpreter_cases_in_a_subprocess():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning", str(CASES)],
-        cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=900,
+        cwd=HERE.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"interpreter cases failed:\n{out[-8000:]}"
@@ -56,7 +60,9 @@ def test_capability_errors_come_from_the_api_once(no_interpreter):
 
     mask = BlockSparseMask(torch.ones(2, 2, dtype=torch.bool), 64)
     q, k, v = _small(D=32)
-    with pytest.raises(ValueError, match=r"'triton' cannot run .*head dim 32 is not supported \(expected one of \(64, 128\)\)"):
+    with pytest.raises(
+        ValueError, match=r"'triton' cannot run .*head dim 32 is not supported \(expected one of \(64, 128\)\)"
+    ):
         block_sparse_attention(q, k, v, mask, backend="triton")
     q, k, v = _small(dtype=torch.float64)
     with pytest.raises(ValueError, match="dtype torch.float64 is not supported"):
@@ -114,8 +120,8 @@ class _FakeBSR:
         assert N % C == 0, "FlashInfer needs N to be a multiple of C"
         self.allowed = torch.zeros(M, N, dtype=torch.bool)
         for r in range(len(indptr) - 1):
-            for c in indices[indptr[r]:indptr[r + 1]].tolist():
-                self.allowed[r * R:(r + 1) * R, c * C:(c + 1) * C] = True
+            for c in indices[indptr[r] : indptr[r + 1]].tolist():
+                self.allowed[r * R : (r + 1) * R, c * C : (c + 1) * C] = True
         self.scale = sm_scale
 
     def run(self, q, k, v, out=None, return_lse=False):
@@ -221,7 +227,9 @@ def test_kernel_config_context_manager_and_the_deprecated_globals():
         assert launch._config("fwd", q, 64) is fwd
         assert launch._config("dq", q, 64) == launch.KernelConfig(64, 64)  # not set: the default (CPU)
     assert launch._config("fwd", q, 64) == launch.KernelConfig(64, 64)
-    with pytest.raises(ValueError, match=r"launch_order must be one of \('auto', 'heavy-first', 'sequential'\), got 'fast'"):
+    with pytest.raises(
+        ValueError, match=r"launch_order must be one of \('auto', 'heavy-first', 'sequential'\), got 'fast'"
+    ):
         with tb.triton_kernel_config(launch_order="fast"):
             pass
     with pytest.raises(TypeError, match="fwd must be a KernelConfig, got tuple"):

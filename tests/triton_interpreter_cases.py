@@ -28,8 +28,10 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
 
 
 if not launch.interpreting():
-    pytest.skip("needs TRITON_INTERPRET=1 set before Python starts (tests/test_triton_backend.py runs this file "
-                "that way)", allow_module_level=True)
+    pytest.skip(
+        "needs TRITON_INTERPRET=1 set before Python starts (tests/test_triton_backend.py runs this file that way)",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture
@@ -87,8 +89,7 @@ def run_and_compare(B, H, S, D, bs, dtype, mask_shape, key_lengths, layout, scal
         assert rel(g, r) < TOL[dtype], f"{name} error {rel(g, r):.2e}"
     assert torch.count_nonzero(grads[0][:, :, :bs]) == 0
     # deterministic backward (no atomics): the same bits on a second run
-    grads2 = torch.autograd.grad(tb.attention(qg, kg, vg, mask, scale=scale, key_lengths=key_lengths),
-                                 (qg, kg, vg), do)
+    grads2 = torch.autograd.grad(tb.attention(qg, kg, vg, mask, scale=scale, key_lengths=key_lengths), (qg, kg, vg), do)
     assert all(torch.equal(a, b) for a, b in zip(grads, grads2))
 
 
@@ -104,7 +105,7 @@ CASES = [
 @pytest.mark.parametrize("B,H,S,D,bs,dtype,mask_shape,kl,layout,scale", CASES)
 def test_matches_float64_oracle(interpret, B, H, S, D, bs, dtype, mask_shape, kl, layout, scale):
     key_lengths = None if kl is None else torch.tensor(kl)
-    run_and_compare(B, H, S, D, bs, dtype, mask_shape, key_lengths, layout, scale if scale else D ** -0.5)
+    run_and_compare(B, H, S, D, bs, dtype, mask_shape, key_lengths, layout, scale if scale else D**-0.5)
 
 
 @pytest.mark.parametrize("use_tma", [False, True], ids=["pointers", "tma"])
@@ -141,7 +142,7 @@ def test_through_the_public_api(interpret):
     dense = random_mask((3, 3), 7)
     q, k, v, _ = make_qkv(B, H, S, D, torch.float32, "bhsd", 8)
     out = block_sparse_attention(q, k, v, dense, block_size=bs, backend="triton")
-    assert rel(out, masked_attention_f64(q, k, v, dense, bs, D ** -0.5)) < 1e-5
+    assert rel(out, masked_attention_f64(q, k, v, dense, bs, D**-0.5)) < 1e-5
 
 
 def test_torch_compile_fullgraph(interpret, monkeypatch):

@@ -44,8 +44,14 @@ from radial_attention.bench.cases import CASES, CPU_CASES, CPU_MAX_TOKENS, SMOKE
 def build_mask(case: Case):
     from radial_attention.mask import radial_block_mask
 
-    return radial_block_mask(case.frames, case.tokens_per_frame, preset=case.preset, extra_tokens=case.text_tokens,
-                             block_size=case.block_size, decay=case.decay)
+    return radial_block_mask(
+        case.frames,
+        case.tokens_per_frame,
+        preset=case.preset,
+        extra_tokens=case.text_tokens,
+        block_size=case.block_size,
+        decay=case.decay,
+    )
 
 
 # ----------------------------------------------------------------------------- timing
@@ -83,8 +89,12 @@ def dense_sdpa(backend_name: Optional[str]):
     """Dense SDPA restricted to one backend (None: torch's own choice)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
 
     def run(q, k, v):
         if backend_name is None:
@@ -169,7 +179,7 @@ def check_rows(case: Case, mask, q, k, v, impls: dict, n_rows: int) -> dict:
     half = max(1, n_rows // 2)
     mid = S // 2
     rows = torch.cat([torch.arange(mid, min(S, mid + half)), torch.arange(max(0, S - half), S)]).unique().to(q.device)
-    scale = D ** -0.5
+    scale = D**-0.5
     qr = q[:, :, rows].float()
     block_rows = mask.dense4d().to(q.device)[:, :, rows // bs]  # [Bm, Hm, r, nb]
     allowed = block_rows.repeat_interleave(bs, dim=-1)[..., :S]  # [Bm, Hm, r, S]
@@ -247,11 +257,25 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
     density = mask.density
     flops_dense = 4.0 * B * H * S * S * D
     flops_sparse = mask.attention_flops(S, D, H, B)["sparse"]
-    rec = {"case": case.name, "description": case.description, "S": S, "heads": H, "head_dim": D, "batch": B,
-           "block_size": case.block_size, "density": density, "dtype": args.dtype, "fwd": {}, "fwdbwd": {},
-           "errors": {}}
-    print(f"\n== {position}{case.name}: {case.description}\n   S={S:,} H={H} D={D} block={case.block_size} "
-          f"density={density:.4f} (1/density={1 / density:.2f}) {args.dtype}", flush=True)
+    rec = {
+        "case": case.name,
+        "description": case.description,
+        "S": S,
+        "heads": H,
+        "head_dim": D,
+        "batch": B,
+        "block_size": case.block_size,
+        "density": density,
+        "dtype": args.dtype,
+        "fwd": {},
+        "fwdbwd": {},
+        "errors": {},
+    }
+    print(
+        f"\n== {position}{case.name}: {case.description}\n   S={S:,} H={H} D={D} block={case.block_size} "
+        f"density={density:.4f} (1/density={1 / density:.2f}) {args.dtype}",
+        flush=True,
+    )
 
     # [B, S, H, D] storage viewed as [B, H, S, D], as a diffusers model hands it over
     def make():
@@ -298,9 +322,14 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
         rec["check"] = check_rows(case, mask, q, k, v, impls_sparse, args.check_rows)
         c = rec["check"]
         parts = [f"dense_sdpa {c['dense_sdpa']:.2e}"] + [
-            f"{n} {c[n]:.2e}" if c.get(n) is not None else f"{n} ERROR" for n in impls_sparse]
-        print(f"   {args.dtype} rel. error on {c['rows']} rows vs float32: " + ", ".join(parts)
-              + f"  ({time.perf_counter() - t0:.1f}s)", flush=True)
+            f"{n} {c[n]:.2e}" if c.get(n) is not None else f"{n} ERROR" for n in impls_sparse
+        ]
+        print(
+            f"   {args.dtype} rel. error on {c['rows']} rows vs float32: "
+            + ", ".join(parts)
+            + f"  ({time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
 
     def fwdbwd(fn):
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
@@ -318,12 +347,18 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
                 continue
             try:
                 with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-                    r = time_call((lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn), device, args.budget,
-                                  min_reps=args.min_reps)
+                    r = time_call(
+                        (lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn),
+                        device,
+                        args.budget,
+                        min_reps=args.min_reps,
+                    )
                 r["tflops"] = flops_dense * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
                 rec[mode][f"dense-{name}"] = r
-                print(f"   {mode:6s} dense-{name:10s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13}  (x{r['reps']})",
-                      flush=True)
+                print(
+                    f"   {mode:6s} dense-{name:10s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13}  (x{r['reps']})",
+                    flush=True,
+                )
             except Exception as exc:
                 rec["errors"][f"{mode}-dense-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
                 print(f"   {mode:6s} dense-{name:10s} failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
@@ -338,12 +373,18 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
                 continue  # FlexAttention has no CPU backward
             try:
                 with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-                    r = time_call((lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn), device, args.budget,
-                                  min_reps=args.min_reps)
+                    r = time_call(
+                        (lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn),
+                        device,
+                        args.budget,
+                        min_reps=args.min_reps,
+                    )
                 r["tflops"] = flops_sparse * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
                 rec[mode][name] = r
-                print(f"   {mode:6s} {name:16s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13} useful  (x{r['reps']})",
-                      flush=True)
+                print(
+                    f"   {mode:6s} {name:16s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13} useful  (x{r['reps']})",
+                    flush=True,
+                )
             except Exception as exc:
                 rec["errors"][f"{mode}-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
                 print(f"   {mode:6s} {name:16s} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
@@ -375,11 +416,15 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
 def markdown(records: list, meta: dict) -> str:
     """The report: per mode a table of times and speed-ups, then the error check; a table only
     where it has rows."""
-    lines = ["# Block-sparse attention benchmark", "",
-             f"{meta['date']}, {meta['device']}, torch {meta['torch']}, Triton {meta['triton']}, "
-             f"FlashInfer {meta.get('flashinfer') or 'not installed'}, dtype {meta['dtype']}, batch 1, "
-             f"median of timed calls after a warm-up. Useful FLOP/s = 4*H*S^2*D*density/t (dense: density 1), "
-             f"forward+backward counted as 2.5x the forward (a convention; the work done is ~3.5x).", ""]
+    lines = [
+        "# Block-sparse attention benchmark",
+        "",
+        f"{meta['date']}, {meta['device']}, torch {meta['torch']}, Triton {meta['triton']}, "
+        f"FlashInfer {meta.get('flashinfer') or 'not installed'}, dtype {meta['dtype']}, batch 1, "
+        f"median of timed calls after a warm-up. Useful FLOP/s = 4*H*S^2*D*density/t (dense: density 1), "
+        f"forward+backward counted as 2.5x the forward (a convention; the work done is ~3.5x).",
+        "",
+    ]
     for mode, title in (("fwd", "Forward"), ("fwdbwd", "Forward + backward")):
         rows = [r for r in records if r[mode]]
         if not rows:
@@ -389,9 +434,12 @@ def markdown(records: list, meta: dict) -> str:
             for n in r[mode]:
                 if n != "best_dense" and n not in impls:
                     impls.append(n)
-        lines += [f"## {title} (ms; useful FLOP/s; speed-up vs the best dense)", "",
-                  "| case | S x H | density | " + " | ".join(impls) + " |",
-                  "| --- | --- | --- | " + " | ".join("---" for _ in impls) + " |"]
+        lines += [
+            f"## {title} (ms; useful FLOP/s; speed-up vs the best dense)",
+            "",
+            "| case | S x H | density | " + " | ".join(impls) + " |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in impls) + " |",
+        ]
         for r in rows:
             cells = []
             for n in impls:
@@ -403,7 +451,9 @@ def markdown(records: list, meta: dict) -> str:
                 if "speedup_vs_best_dense" in x:
                     s += f" **{x['speedup_vs_best_dense']:.2f}x**"
                 cells.append(s)
-            lines.append(f"| {r['case']} | {r['S']:,} x {r['heads']} | {r['density']:.3f} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {r['case']} | {r['S']:,} x {r['heads']} | {r['density']:.3f} | " + " | ".join(cells) + " |"
+            )
         lines.append("")
         speedups = []  # (case record, impl name, its result) for every block-sparse result with a dense baseline
         for r in rows:
@@ -411,12 +461,16 @@ def markdown(records: list, meta: dict) -> str:
                 if isinstance(x, dict) and not n.startswith("dense-") and "speedup_vs_best_dense" in x:
                     speedups.append((r, n, x))
         if speedups:
-            lines += ["| case | implementation | 1/density | 0.9/density | speed-up | speed-up x density | triton vs best flex |",
-                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            lines += [
+                "| case | implementation | 1/density | 0.9/density | speed-up | speed-up x density | triton vs best flex |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
             for r, n, x in speedups:
                 vf = f"{x['speedup_vs_flex']:.2f}x" if "speedup_vs_flex" in x else "-"
-                lines.append(f"| {r['case']} | {n} | {1 / r['density']:.2f} | {0.9 / r['density']:.2f} | "
-                             f"{x['speedup_vs_best_dense']:.2f}x | {x['speedup_x_density']:.2f} | {vf} |")
+                lines.append(
+                    f"| {r['case']} | {n} | {1 / r['density']:.2f} | {0.9 / r['density']:.2f} | "
+                    f"{x['speedup_vs_best_dense']:.2f}x | {x['speedup_x_density']:.2f} | {vf} |"
+                )
             lines.append("")
     checks = [r for r in records if "check" in r]
     if checks:
@@ -427,16 +481,22 @@ def markdown(records: list, meta: dict) -> str:
                     names.append(n)
         floor = ABS_ERROR_FLOOR.get(meta["dtype"])
         criterion = "<= 2x dense" + (f" or {floor:g}" if floor else "")
-        lines += [f"## {meta['dtype']} error vs a float32 reference on a slice of query rows (relative L2)", "",
-                  "| case | rows | dense SDPA vs its fp32 | " + " | ".join(names) + f" | all {criterion} |",
-                  "| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
+        lines += [
+            f"## {meta['dtype']} error vs a float32 reference on a slice of query rows (relative L2)",
+            "",
+            "| case | rows | dense SDPA vs its fp32 | " + " | ".join(names) + f" | all {criterion} |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- |",
+        ]
         for r in checks:
             c = r["check"]
             vals = [c.get(n) for n in names]
             tol = error_tolerance(c["dense_sdpa"], meta["dtype"])
             ok = all(x is not None and x <= tol for x in vals)
-            lines.append(f"| {r['case']} | {c['rows']} | {c['dense_sdpa']:.2e} | "
-                         + " | ".join("-" if x is None else f"{x:.2e}" for x in vals) + f" | {'yes' if ok else 'NO'} |")
+            lines.append(
+                f"| {r['case']} | {c['rows']} | {c['dense_sdpa']:.2e} | "
+                + " | ".join("-" if x is None else f"{x:.2e}" for x in vals)
+                + f" | {'yes' if ok else 'NO'} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -444,9 +504,14 @@ def markdown(records: list, meta: dict) -> str:
 def metadata(device, dtype) -> dict:
     import triton
 
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-            "dtype": dtype, "interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1"}
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "dtype": dtype,
+        "interpreter": os.environ.get("TRITON_INTERPRET", "0") == "1",
+    }
     meta["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})"
     try:
         import flashinfer
@@ -472,8 +537,11 @@ def plan(args) -> tuple:
 
     Sets ``args.dtype`` (``auto``: bfloat16 on CUDA, float32 on a CPU) and ``args.impls``.
     Raises ``ValueError`` for a GPU-size case on a CPU (a dense call there takes minutes)."""
-    device = torch.device("cuda" if args.device in (None, "auto") and torch.cuda.is_available() else
-                          ("cpu" if args.device in (None, "auto") else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device in (None, "auto") and torch.cuda.is_available()
+        else ("cpu" if args.device in (None, "auto") else args.device)
+    )
     if args.dtype == "auto":
         args.dtype = "bfloat16" if device.type == "cuda" else "float32"
     if args.impls is None:
@@ -496,7 +564,9 @@ def plan(args) -> tuple:
         large = [c for c in cases if c.seq_len > CPU_MAX_TOKENS]
         if large:
             raise ValueError(
-                "on a CPU, " + ", ".join(f"{c.name} ({c.seq_len:,} tokens)" for c in large) + " would take many minutes "
+                "on a CPU, "
+                + ", ".join(f"{c.name} ({c.seq_len:,} tokens)" for c in large)
+                + " would take many minutes "
                 f"per dense call (at most {CPU_MAX_TOKENS:,} tokens here): run it on a GPU, or use the CPU cases "
                 f"({', '.join(CPU_CASES)}, the default on a CPU) or --smoke"
             )
@@ -510,8 +580,11 @@ def plan(args) -> tuple:
 def main(args) -> int:
     device, cases = plan(args)
     meta = metadata(device, args.dtype)
-    print(f"{meta['date']}  {meta['device']}  torch {meta['torch']}  triton {meta['triton']}  "
-          f"flashinfer {meta['flashinfer']}  dtype {args.dtype}  implementations {' '.join(args.impls)}", flush=True)
+    print(
+        f"{meta['date']}  {meta['device']}  torch {meta['torch']}  triton {meta['triton']}  "
+        f"flashinfer {meta['flashinfer']}  dtype {args.dtype}  implementations {' '.join(args.impls)}",
+        flush=True,
+    )
     records = []
     for i, case in enumerate(cases):
         records.append(run_case(case, args, device, position=f"[{i + 1}/{len(cases)}] "))

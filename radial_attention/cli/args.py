@@ -58,13 +58,23 @@ def add_deprecated_alias(parser, old: str, new_action: argparse.Action) -> None:
     class _Deprecated(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
             # DeprecationWarning is hidden outside __main__ by default: tell a command-line user directly.
-            print(f"{parser.prog}: warning: {option_string} is deprecated and goes in radial-attention 0.2; use {new}",
-                  file=sys.stderr)
+            print(
+                f"{parser.prog}: warning: {option_string} is deprecated and goes in radial-attention 0.2; use {new}",
+                file=sys.stderr,
+            )
             setattr(namespace, self.dest, values)
 
     # default None: the namespace keeps the new option's default (argparse sets the first one it meets).
-    parser.add_argument(old, action=_Deprecated, dest=new_action.dest, type=new_action.type,
-                        choices=new_action.choices, metavar=new_action.metavar, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        old,
+        action=_Deprecated,
+        dest=new_action.dest,
+        type=new_action.type,
+        choices=new_action.choices,
+        metavar=new_action.metavar,
+        default=None,
+        help=argparse.SUPPRESS,
+    )
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -178,7 +188,9 @@ def lora_source(text: str) -> str:
     path = os.path.expanduser(text)
     if os.path.isfile(path):
         if not path.endswith(".safetensors"):
-            raise argparse.ArgumentTypeError(f"expected a LoRA folder or a .safetensors file, got {os.path.abspath(path)}")
+            raise argparse.ArgumentTypeError(
+                f"expected a LoRA folder or a .safetensors file, got {os.path.abspath(path)}"
+            )
         return text
     if not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"LoRA folder {os.path.abspath(path)} does not exist")
@@ -208,5 +220,7 @@ def device_name(text: str) -> str:
             f"{', a CPU-only build' if torch.version.cuda is None else ', no GPU visible'}); use --device cpu"
         )
     if index and int(index) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return name

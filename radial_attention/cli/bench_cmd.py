@@ -23,27 +23,63 @@ DENSE_BACKENDS = ["flash", "cudnn", "efficient", "math"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by ``radial-attention bench`` and ``benchmarks/attention.py``)."""
-    p.add_argument("--cases", nargs="+", default=None, choices=CASE_NAMES + CPU_CASE_NAMES + SMOKE_CASE_NAMES,
-                   metavar="CASE",
-                   help=f"cases to run (default: a GPU: {', '.join(CASE_NAMES)}; a CPU: {', '.join(CPU_CASE_NAMES)}; "
-                        f"--smoke: {', '.join(SMOKE_CASE_NAMES)}); the GPU cases are refused on a CPU")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        choices=CASE_NAMES + CPU_CASE_NAMES + SMOKE_CASE_NAMES,
+        metavar="CASE",
+        help=f"cases to run (default: a GPU: {', '.join(CASE_NAMES)}; a CPU: {', '.join(CPU_CASE_NAMES)}; "
+        f"--smoke: {', '.join(SMOKE_CASE_NAMES)}); the GPU cases are refused on a CPU",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny cases (CPU with TRITON_INTERPRET=1, or a quick GPU pass)")
     p.add_argument("--device", type=device_name, default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                   help="auto: bfloat16 on a GPU, float32 on a CPU (where bf16 attention is slow)")
-    p.add_argument("--impls", nargs="+", default=None, choices=IMPLS, metavar="IMPL",
-                   help="block-sparse implementations to time (default: a GPU: triton flex flashinfer-fa2 "
-                        "flashinfer-fa3; a CPU: gather flex, and triton under TRITON_INTERPRET=1): gather (the CPU "
-                        "default backend), triton, flex (the project's backend), flex-direct (torch flex_attention on "
-                        "BlockMask.from_kv_blocks), flashinfer-fa2, flashinfer-fa3")
-    p.add_argument("--dense", nargs="+", default=["flash", "cudnn", "efficient"], choices=DENSE_BACKENDS, metavar="BACKEND",
-                   help=f"dense SDPA backends to time on a GPU, of {', '.join(DENSE_BACKENDS)} (a CPU times torch's default)")
-    p.add_argument("--no-dense-bwd", nargs="*", default=["flash", "efficient"], choices=DENSE_BACKENDS, metavar="BACKEND",
-                   help="dense backends timed forward only (the slow ones; cuDNN is the fastest on Hopper)")
-    p.add_argument("--dense-max-tokens", type=positive_int, default=200_000,
-                   help="above this many tokens only the cuDNN dense backend is timed")
-    p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"],
-                   help="forward, and forward + backward")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: bfloat16 on a GPU, float32 on a CPU (where bf16 attention is slow)",
+    )
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        choices=IMPLS,
+        metavar="IMPL",
+        help="block-sparse implementations to time (default: a GPU: triton flex flashinfer-fa2 "
+        "flashinfer-fa3; a CPU: gather flex, and triton under TRITON_INTERPRET=1): gather (the CPU "
+        "default backend), triton, flex (the project's backend), flex-direct (torch flex_attention on "
+        "BlockMask.from_kv_blocks), flashinfer-fa2, flashinfer-fa3",
+    )
+    p.add_argument(
+        "--dense",
+        nargs="+",
+        default=["flash", "cudnn", "efficient"],
+        choices=DENSE_BACKENDS,
+        metavar="BACKEND",
+        help=f"dense SDPA backends to time on a GPU, of {', '.join(DENSE_BACKENDS)} (a CPU times torch's default)",
+    )
+    p.add_argument(
+        "--no-dense-bwd",
+        nargs="*",
+        default=["flash", "efficient"],
+        choices=DENSE_BACKENDS,
+        metavar="BACKEND",
+        help="dense backends timed forward only (the slow ones; cuDNN is the fastest on Hopper)",
+    )
+    p.add_argument(
+        "--dense-max-tokens",
+        type=positive_int,
+        default=200_000,
+        help="above this many tokens only the cuDNN dense backend is timed",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=["fwd", "fwdbwd"],
+        choices=["fwd", "fwdbwd"],
+        help="forward, and forward + backward",
+    )
     p.add_argument("--budget", type=positive_float, default=1.0, help="seconds of timed calls per measurement")
     p.add_argument("--min-reps", type=positive_int, default=3, help="timed calls per measurement at least")
     p.add_argument("--check-rows", type=nonneg_int, default=256, help="query rows in the correctness check (0: skip)")
@@ -53,7 +89,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub) -> None:
     p = add_command(
-        sub, "bench",
+        sub,
+        "bench",
         help="benchmark block-sparse attention vs dense SDPA / FlexAttention / FlashInfer (GPU; small cases on a CPU)",
         description=DESCRIPTION,
     )

@@ -27,7 +27,8 @@ DEMO_CONFIG = dict(num_layers=2, num_heads=2, head_dim=64, ffn_dim=256, text_dim
 
 def register(sub) -> None:
     p = add_command(
-        sub, "demo",
+        sub,
+        "demo",
         help="dense vs radial attention in a small real diffusers Wan transformer (no download)",
         description=(
             "Run a few denoising steps of a diffusers WanTransformer3DModel built from a small built-in "
@@ -36,21 +37,28 @@ def register(sub) -> None:
             "outputs; write the mask picture."
         ),
     )
-    p.add_argument("--frames", type=positive_int, default=81, help="video frames (4k+1); latent frames = (frames-1)/4+1")
+    p.add_argument(
+        "--frames", type=positive_int, default=81, help="video frames (4k+1); latent frames = (frames-1)/4+1"
+    )
     p.add_argument("--height", type=positive_int, default=192, help="video height in pixels (multiple of 16)")
     p.add_argument("--width", type=positive_int, default=320, help="video width in pixels (multiple of 16)")
     p.add_argument("--steps", type=positive_int, default=4, help="denoising steps")
     p.add_argument("--dense-steps", type=nonneg_int, default=1, help="first steps that stay dense in the radial run")
     p.add_argument("--dense-layers", type=nonneg_int, default=0, help="first blocks that stay dense in the radial run")
     p.add_argument("--layers", type=positive_int, default=DEMO_CONFIG["num_layers"], help="transformer blocks")
-    p.add_argument("--repeats", type=positive_int, default=3, help="timed calls per step and run (the median is reported)")
+    p.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed calls per step and run (the median is reported)"
+    )
     p.add_argument("--preset", default="wan", help="mask preset")
     p.add_argument("--decay", type=positive_float, default=None, help="mask decay (default: the preset's)")
-    p.add_argument("--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)")
     p.add_argument(
-        "--backend", default="auto",
+        "--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)"
+    )
+    p.add_argument(
+        "--backend",
+        default="auto",
         help="attention backend for the radial run: auto (CUDA: triton, else flex; CPU: gather, plain torch "
-             "over the kept blocks), gather, reference (computes every block: the oracle), flex, triton, flashinfer",
+        "over the kept blocks), gather, reference (computes every block: the oracle), flex, triton, flashinfer",
     )
     p.add_argument("--device", type=device_name, default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and the noise")
@@ -94,7 +102,7 @@ def _denoise_both(dense_model, radial_model, latents, text, scheduler, steps, re
         for t in scheduler.timesteps:
             v, calls = {}, {name: [] for name in models}
             for r in range(repeats):
-                for name in (("dense", "radial") if r % 2 == 0 else ("radial", "dense")):
+                for name in ("dense", "radial") if r % 2 == 0 else ("radial", "dense"):
                     out, seconds = _timed_call(models[name], x[name], t, text, device)
                     calls[name].append(seconds)
                     v.setdefault(name, out)
@@ -135,14 +143,23 @@ def run(args) -> int:
     from radial_attention.ops import resolve_backend
 
     layout = video_layout("wan2.1", args.height, args.width, args.frames)  # checks the size
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     t_build = time.perf_counter()
     model = tiny_wan_transformer(
-        "t2v", num_layers=args.layers, num_heads=DEMO_CONFIG["num_heads"], head_dim=DEMO_CONFIG["head_dim"],
-        ffn_dim=DEMO_CONFIG["ffn_dim"], text_dim=DEMO_CONFIG["text_dim"], seed=args.seed, dtype=dtype,
+        "t2v",
+        num_layers=args.layers,
+        num_heads=DEMO_CONFIG["num_heads"],
+        head_dim=DEMO_CONFIG["head_dim"],
+        ffn_dim=DEMO_CONFIG["ffn_dim"],
+        text_dim=DEMO_CONFIG["text_dim"],
+        seed=args.seed,
+        dtype=dtype,
     ).to(device)
     radial_model = copy.deepcopy(model)  # same weights; radial attention goes on this one only
     build_s = time.perf_counter() - t_build
@@ -169,19 +186,33 @@ def run(args) -> int:
         _, dense_first_s = _timed_call(model, latents, warm_t, text, device)
     # Radial warm-up with every block radial: builds the mask and the backend's plan (or compiles its
     # kernel) once, outside the timed steps.
-    apply_radial_attention(radial_model, preset=args.preset, decay=args.decay, block_size=args.block_size,
-                           backend=backend, num_steps=args.steps)
+    apply_radial_attention(
+        radial_model,
+        preset=args.preset,
+        decay=args.decay,
+        block_size=args.block_size,
+        backend=backend,
+        num_steps=args.steps,
+    )
     try:
         with torch.no_grad():
             _, warm_s = _timed_call(radial_model, latents, warm_t, text, device)
     finally:
         remove_radial_attention(radial_model)
-    print(f"device        {device} ({str(dtype).replace('torch.', '')}), attention backend for radial: {backend} "
-          f"(first call: {warm_s:.2f} s incl. mask build and the backend's plan, compilation or JIT; "
-          f"dense first call {dense_first_s:.2f} s)")
+    print(
+        f"device        {device} ({str(dtype).replace('torch.', '')}), attention backend for radial: {backend} "
+        f"(first call: {warm_s:.2f} s incl. mask build and the backend's plan, compilation or JIT; "
+        f"dense first call {dense_first_s:.2f} s)"
+    )
     state = apply_radial_attention(
-        radial_model, preset=args.preset, decay=args.decay, dense_steps=args.dense_steps, dense_layers=args.dense_layers,
-        block_size=args.block_size, backend=backend, num_steps=args.steps,
+        radial_model,
+        preset=args.preset,
+        decay=args.decay,
+        dense_steps=args.dense_steps,
+        dense_layers=args.dense_layers,
+        block_size=args.block_size,
+        backend=backend,
+        num_steps=args.steps,
     )
     try:
         runs = _denoise_both(model, radial_model, latents, text, scheduler, args.steps, args.repeats, device)
@@ -192,25 +223,33 @@ def run(args) -> int:
 
     print()
     print(f"per step: median (min-max) of {args.repeats} call(s) per run, dense and radial interleaved")
-    print(f"{'step':>4}  {'timestep':>8}  {'radial run':<22} {'dense':>22}  {'radial':>22}  {'rel. diff of latents':>20}")
+    print(
+        f"{'step':>4}  {'timestep':>8}  {'radial run':<22} {'dense':>22}  {'radial':>22}  {'rel. diff of latents':>20}"
+    )
     for i, t in enumerate(scheduler.timesteps.tolist()):
         kinds = {kind for (step, _, kind), n in state.calls.items() if step == i and n}
-        mode = "dense (schedule)" if kinds == {"dense"} else ("radial" if kinds == {"radial"} else "radial, dense blocks")
+        mode = (
+            "dense (schedule)" if kinds == {"dense"} else ("radial" if kinds == {"radial"} else "radial, dense blocks")
+        )
         a, b = trail_dense[i], trail_radial[i]
         rel = float((a - b).norm() / a.norm())
         print(f"{i:>4}  {t:>8.1f}  {mode:<22} {_spread(t_dense[i]):>22}  {_spread(t_radial[i]):>22}  {rel:>20.4f}")
     mask = next(iter(state.masks.values()))
     flops = mask.attention_flops(S, head_dim, heads)
     print()
-    print(f"mask          preset {args.preset}, block {args.block_size}: {mask.num_blocks}x{mask.num_blocks} blocks, "
-          f"density {mask.density:.3f} (ideal attention speed-up {1 / mask.density:.2f}x, "
-          f"{100 * flops['saved_fraction']:.0f}% of attention FLOPs saved)")
+    print(
+        f"mask          preset {args.preset}, block {args.block_size}: {mask.num_blocks}x{mask.num_blocks} blocks, "
+        f"density {mask.density:.3f} (ideal attention speed-up {1 / mask.density:.2f}x, "
+        f"{100 * flops['saved_fraction']:.0f}% of attention FLOPs saved)"
+    )
     sparse_steps = range(args.dense_steps, args.steps)  # check_arguments: not empty
     d = [s for i in sparse_steps for s in t_dense[i]]
     r = [s for i in sparse_steps for s in t_radial[i]]
     per_step = [statistics.median(t_dense[i]) / statistics.median(t_radial[i]) for i in sparse_steps]
-    print(f"time          radial steps {_spread(r)} vs dense {_spread(d)} per call: "
-          f"{statistics.median(d) / statistics.median(r):.2f}x (per radial step {min(per_step):.2f}-{max(per_step):.2f}x)")
+    print(
+        f"time          radial steps {_spread(r)} vs dense {_spread(d)} per call: "
+        f"{statistics.median(d) / statistics.median(r):.2f}x (per radial step {min(per_step):.2f}-{max(per_step):.2f}x)"
+    )
     rel = float((x_dense.float() - x_radial.float()).norm() / x_dense.float().norm())
     print(f"difference    final latents differ by {rel:.4f} (relative L2) between dense and radial")
     if backend == "reference":
@@ -222,8 +261,10 @@ def run(args) -> int:
     if args.png:
         try:
             written = mask.save_png(
-                args.png, title=f"Wan radial mask, F={layout.frames} latent frames x T={layout.tokens_per_frame} tokens\n"
-                                f"preset {args.preset}, block {args.block_size}: density {mask.density:.3f}")
+                args.png,
+                title=f"Wan radial mask, F={layout.frames} latent frames x T={layout.tokens_per_frame} tokens\n"
+                f"preset {args.preset}, block {args.block_size}: density {mask.density:.3f}",
+            )
             print(f"picture       {written}")
         except ImportError as e:
             print(f"picture       not written ({e}); install matplotlib")

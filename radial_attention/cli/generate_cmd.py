@@ -18,13 +18,21 @@ import time
 from typing import Optional
 
 from radial_attention.cli.args import (
-    add_command, device_name, finite_float, nonneg_int, output_file, positive_float, positive_int, lora_source,
+    add_command,
+    device_name,
+    finite_float,
+    nonneg_int,
+    output_file,
+    positive_float,
+    positive_int,
+    lora_source,
 )
 
 
 def register(sub) -> None:
     p = add_command(
-        sub, "generate",
+        sub,
+        "generate",
         help="generate a video with a diffusers pipeline (Wan, HunyuanVideo) using radial attention",
         description=(
             "Load a diffusers video pipeline (local folder or Hub id), apply radial attention with the "
@@ -40,39 +48,75 @@ def register(sub) -> None:
     p.add_argument("--frames", type=positive_int, default=81, help="video frames (4k+1)")
     p.add_argument("--steps", type=positive_int, default=50, help="denoising steps")
     p.add_argument("--guidance-scale", type=finite_float, default=None, help="default: the pipeline's")
-    p.add_argument("--max-sequence-length", type=positive_int, default=None, help="prompt tokens (default: the pipeline's)")
+    p.add_argument(
+        "--max-sequence-length", type=positive_int, default=None, help="prompt tokens (default: the pipeline's)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--fps", type=positive_int, default=16, help="frames per second of the video")
     p.add_argument("--out", type=output_file, default="radial-attention.mp4", help="video file to write (.mp4 or .gif)")
-    p.add_argument("--lora", type=lora_source, default=None, metavar="DIR",
-                   help="a LoRA folder (e.g. from train-lora) loaded with pipe.load_lora_weights")
-    p.add_argument("--lora-2", type=lora_source, default=None, metavar="DIR",
-                   help="Wan2.2 A14B: a LoRA for the low-noise expert (transformer_2)")
+    p.add_argument(
+        "--lora",
+        type=lora_source,
+        default=None,
+        metavar="DIR",
+        help="a LoRA folder (e.g. from train-lora) loaded with pipe.load_lora_weights",
+    )
+    p.add_argument(
+        "--lora-2",
+        type=lora_source,
+        default=None,
+        metavar="DIR",
+        help="Wan2.2 A14B: a LoRA for the low-noise expert (transformer_2)",
+    )
     p.add_argument("--lora-scale", type=finite_float, default=1.0, help="strength of the LoRA(s)")
     g = p.add_argument_group("radial attention")
     g.add_argument("--dense", action="store_true", help="do not apply radial attention (the dense baseline)")
     g.add_argument("--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's)")
     g.add_argument("--decay", type=positive_float, default=None, help="mask decay (default: the preset's)")
-    g.add_argument("--dense-steps", type=nonneg_int, default=None,
-                   help="first denoising steps with dense attention (default: the model's recommended schedule)")
+    g.add_argument(
+        "--dense-steps",
+        type=nonneg_int,
+        default=None,
+        help="first denoising steps with dense attention (default: the model's recommended schedule)",
+    )
     g.add_argument("--dense-last-steps", type=nonneg_int, default=0, help="last denoising steps with dense attention")
-    g.add_argument("--dense-layers", type=nonneg_int, default=None,
-                   help="first transformer blocks with dense attention (default: the model's recommended schedule)")
-    g.add_argument("--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)")
+    g.add_argument(
+        "--dense-layers",
+        type=nonneg_int,
+        default=None,
+        help="first transformer blocks with dense attention (default: the model's recommended schedule)",
+    )
+    g.add_argument(
+        "--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)"
+    )
     g.add_argument("--backend", default="auto", help="auto, gather, reference, flex, triton, flashinfer, fa4")
     d = p.add_argument_group("device")
     d.add_argument("--device", type=device_name, default="auto", help="auto (cuda if present), cuda, cpu")
-    d.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
-                   help="auto: bfloat16 on cuda, float32 on cpu")
+    d.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float16", "float32"],
+        help="auto: bfloat16 on cuda, float32 on cpu",
+    )
     d.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload (less GPU memory)")
     # Multi-GPU: radial_attention.distributed (docs/multi-gpu.md).
-    d.add_argument("--sequence-parallel", type=positive_int, default=None, metavar="N",
-                   help="split the video tokens over N GPUs (Ulysses: diffusers context parallelism, radial mask "
-                        "on the whole sequence); launch with `torchrun --standalone --nproc-per-node N -m "
-                        "radial_attention generate ...`; default under torchrun: its number of processes")
-    d.add_argument("--collective-timeout", type=positive_float, default=1800.0, metavar="SECONDS",
-                   help="with --sequence-parallel: a collective (token exchange) that waits longer than this fails "
-                        "the run instead of hanging")
+    d.add_argument(
+        "--sequence-parallel",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="split the video tokens over N GPUs (Ulysses: diffusers context parallelism, radial mask "
+        "on the whole sequence); launch with `torchrun --standalone --nproc-per-node N -m "
+        "radial_attention generate ...`; default under torchrun: its number of processes",
+    )
+    d.add_argument(
+        "--collective-timeout",
+        type=positive_float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="with --sequence-parallel: a collective (token exchange) that waits longer than this fails "
+        "the run instead of hanging",
+    )
     p.set_defaults(func=run)
 
 
@@ -155,7 +199,8 @@ class StepTimer:
         self._sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         self._hooks = [
             m.register_forward_pre_hook(self._step_started)
-            for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None
+            for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None))
+            if m is not None
         ]
 
     def _step_started(self, module, args):
@@ -189,11 +234,14 @@ def load_loras(pipe, lora: Optional[str], lora_2: Optional[str], scale: float = 
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"LoRA folder {os.path.abspath(folder)} does not exist")
         if into_2 and getattr(pipe, "transformer_2", None) is None:
-            raise ValueError(f"--lora-2 needs a pipeline with a transformer_2 (Wan2.2 A14B); {type(pipe).__name__} has none")
+            raise ValueError(
+                f"--lora-2 needs a pipeline with a transformer_2 (Wan2.2 A14B); {type(pipe).__name__} has none"
+            )
         name = "radial-lora-2" if into_2 else "radial-lora"
         # safetensors only: a LoRA folder must not be able to run code when loaded (no pickled .bin).
-        pipe.load_lora_weights(folder, adapter_name=name, use_safetensors=True,
-                               **({"load_into_transformer_2": True} if into_2 else {}))
+        pipe.load_lora_weights(
+            folder, adapter_name=name, use_safetensors=True, **({"load_into_transformer_2": True} if into_2 else {})
+        )
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[scale] * len(names))
 
@@ -273,8 +321,11 @@ def _run(args, sp) -> int:
 
     from radial_attention.integrations.diffusers import apply_radial_attention
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     if sp is not None:  # one GPU per torchrun process
         if args.device not in ("auto", sp.device.type):
             raise ValueError(f"--device {args.device} but this torchrun process runs on {sp.device}")
@@ -300,18 +351,29 @@ def _run(args, sp) -> int:
         dense_layers = rec_layers if args.dense_layers is None else args.dense_layers
         if args.dense_steps is None or args.dense_layers is None:
             schedule_source = f"{preset} preset's recommended schedule" + (
-                "" if args.dense_steps is None and args.dense_layers is None else ", with the flags given")
+                "" if args.dense_steps is None and args.dense_layers is None else ", with the flags given"
+            )
         state = apply_radial_attention(
-            pipe, preset=args.preset, decay=args.decay, dense_steps=dense_steps,
-            dense_last_steps=args.dense_last_steps, dense_layers=dense_layers,
-            block_size=args.block_size, backend=args.backend,
+            pipe,
+            preset=args.preset,
+            decay=args.decay,
+            dense_steps=dense_steps,
+            dense_last_steps=args.dense_last_steps,
+            dense_layers=dense_layers,
+            block_size=args.block_size,
+            backend=args.backend,
         )
     if sp is not None:  # after radial attention: split the video tokens across the GPUs
         sp.split(pipe, height=args.height, width=args.width, frames=frames)
     params = inspect.signature(pipe.__call__).parameters
     kwargs = dict(
-        prompt=args.prompt, height=args.height, width=args.width, num_frames=frames,
-        num_inference_steps=args.steps, generator=torch.Generator(device="cpu").manual_seed(args.seed), output_type="np",
+        prompt=args.prompt,
+        height=args.height,
+        width=args.width,
+        num_frames=frames,
+        num_inference_steps=args.steps,
+        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+        output_type="np",
     )
     if args.negative_prompt is not None:
         kwargs["negative_prompt"] = args.negative_prompt
@@ -328,13 +390,17 @@ def _run(args, sp) -> int:
     elif args.image is not None:
         raise ValueError(f"{type(pipe).__name__} takes no conditioning image; drop --image")
 
-    print(f"pipeline      {type(pipe).__name__} from {args.model} on {device} ({str(dtype).replace('torch.', '')}), loaded in {load_s:.1f} s")
+    print(
+        f"pipeline      {type(pipe).__name__} from {args.model} on {device} ({str(dtype).replace('torch.', '')}), loaded in {load_s:.1f} s"
+    )
     for folder, into in ((args.lora, "transformer"), (args.lora_2, "transformer_2")):
         if folder is not None:
             print(f"lora          {os.path.abspath(folder)} into {into}, scale {args.lora_scale:g}")
     if frames != args.frames:
-        print(f"frames        {args.frames} rounded down to {frames}: this model takes "
-              f"{pipe.vae_scale_factor_temporal}k+1 frames")
+        print(
+            f"frames        {args.frames} rounded down to {frames}: this model takes "
+            f"{pipe.vae_scale_factor_temporal}k+1 frames"
+        )
     if state is not None:
         c = state.config
         print(
@@ -343,12 +409,16 @@ def _run(args, sp) -> int:
             f"({schedule_source}), block {c.block_size}, backend {c.backend}"
         )
         if c.dense_steps + c.dense_last_steps >= args.steps:
-            print(f"note          dense steps ({c.dense_steps} first + {c.dense_last_steps} last) cover all {args.steps} "
-                  "steps: nothing runs radial (few-step LoRAs: lower --dense-steps)")
+            print(
+                f"note          dense steps ({c.dense_steps} first + {c.dense_last_steps} last) cover all {args.steps} "
+                "steps: nothing runs radial (few-step LoRAs: lower --dense-steps)"
+            )
     else:
         print("radial        off (--dense)")
     if sp is not None:
-        print(f"parallel      video tokens split over {sp.degree} processes ({sp.ctx.backend}, Ulysses sequence parallelism)")
+        print(
+            f"parallel      video tokens split over {sp.degree} processes ({sp.ctx.backend}, Ulysses sequence parallelism)"
+        )
 
     timer = StepTimer(pipe, device) if "callback_on_step_end" in params else None
     if timer is not None:
@@ -374,10 +444,14 @@ def _run(args, sp) -> int:
     if state is not None:
         s = state.summary()
         masks = ", ".join(f"{k}: density {v}" for k, v in s["masks"].items()) or "none built"
-        print(f"attention     {s['radial_calls']} radial and {s['dense_calls']} dense self-attention calls; masks {masks}")
+        print(
+            f"attention     {s['radial_calls']} radial and {s['dense_calls']} dense self-attention calls; masks {masks}"
+        )
     if sp is None or sp.is_main:
-        print(f"video         {args.out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]} at {args.fps} fps "
-              f"({os.path.getsize(args.out) / 1e6:.2f} MB)")
+        print(
+            f"video         {args.out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]} at {args.fps} fps "
+            f"({os.path.getsize(args.out) / 1e6:.2f} MB)"
+        )
     return 0
 
 
@@ -390,5 +464,7 @@ def _step_times(times, state) -> str:
     c = state.config
     dense = [t for i, t in enumerate(times) if i < c.dense_steps or i >= n - c.dense_last_steps]
     radial = [t for i, t in enumerate(times) if not (i < c.dense_steps or i >= n - c.dense_last_steps)]
-    parts = [f"{len(d)} {name} steps {sum(d) / len(d):.3f} s each" for name, d in (("dense", dense), ("radial", radial)) if d]
+    parts = [
+        f"{len(d)} {name} steps {sum(d) / len(d):.3f} s each" for name, d in (("dense", dense), ("radial", radial)) if d
+    ]
     return text + ": " + ", ".join(parts)

@@ -33,8 +33,15 @@ SUBCOMMAND_MODULES = [
 ]
 
 # Exceptions that mean "the user asked for something that cannot be done", not "the code is wrong".
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-               PermissionError, ModuleNotFoundError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ModuleNotFoundError,
+)
 DEBUG_ENV = "RADIAL_ATTENTION_DEBUG"
 
 
@@ -47,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from radial_attention import __version__
 
     parser.add_argument("--version", action="version", version=f"radial-attention {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of user errors too (or set {DEBUG_ENV}=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help=f"show the traceback of user errors too (or set {DEBUG_ENV}=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         import_module(name).register(sub)
@@ -58,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(e: BaseException) -> str:
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     if isinstance(e, ModuleNotFoundError) and e.name:
-        text += f" (an optional dependency: pip install 'radial-attention[diffusers,train,plot]' or the package {e.name!r})"
+        text += (
+            f" (an optional dependency: pip install 'radial-attention[diffusers,train,plot]' or the package {e.name!r})"
+        )
     return text or type(e).__name__
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
-from radial_attention.cli.args import UsageError, add_command, add_deprecated_alias, nonneg_int, positive_float, positive_int
+from radial_attention.cli.args import (
+    UsageError,
+    add_command,
+    add_deprecated_alias,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 
 DEFAULT_MODEL = "wan2.1"
 DEFAULT_SIZE = (720, 1280, 81)  # height, width, frames: Wan2.1-14B's 720p default
@@ -18,7 +25,8 @@ MAX_BLOCKS = 8192
 
 def register(sub) -> None:
     p = add_command(
-        sub, "mask",
+        sub,
+        "mask",
         help="build a radial block mask and print its layout, density and the compute it saves",
         description=(
             "Build the radial block mask for a model family and video size (or latent frames and tokens per "
@@ -26,28 +34,59 @@ def register(sub) -> None:
             "time, and optionally draw it. Default: Wan2.1 at 1280x720, 81 frames."
         ),
     )
-    p.add_argument("--model", default=None,
-                   help=f"model family: wan2.1, wan2.2-a14b, wan2.2-ti2v-5b, hunyuan, mochi (default: {DEFAULT_MODEL}); "
-                        "with --latent-frames it sets the preset, extra tokens and heads only")
-    p.add_argument("--height", type=positive_int, default=None, help=f"video height in pixels (default: {DEFAULT_SIZE[0]})")
-    p.add_argument("--width", type=positive_int, default=None, help=f"video width in pixels (default: {DEFAULT_SIZE[1]})")
-    p.add_argument("--frames", type=positive_int, default=None, help=f"video frames, pixel frames (default: {DEFAULT_SIZE[2]})")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"model family: wan2.1, wan2.2-a14b, wan2.2-ti2v-5b, hunyuan, mochi (default: {DEFAULT_MODEL}); "
+        "with --latent-frames it sets the preset, extra tokens and heads only",
+    )
+    p.add_argument(
+        "--height", type=positive_int, default=None, help=f"video height in pixels (default: {DEFAULT_SIZE[0]})"
+    )
+    p.add_argument(
+        "--width", type=positive_int, default=None, help=f"video width in pixels (default: {DEFAULT_SIZE[1]})"
+    )
+    p.add_argument(
+        "--frames", type=positive_int, default=None, help=f"video frames, pixel frames (default: {DEFAULT_SIZE[2]})"
+    )
     p.add_argument("--latent-frames", type=positive_int, default=None, help="latent frames F (instead of a video size)")
-    p.add_argument("--tokens-per-frame", type=positive_int, default=None, help="tokens per latent frame T (with --latent-frames)")
+    p.add_argument(
+        "--tokens-per-frame", type=positive_int, default=None, help="tokens per latent frame T (with --latent-frames)"
+    )
     extra_option = p.add_argument(
-        "--extra-tokens", type=nonneg_int, default=None,
-        help="tokens appended after the video (default: the family's: HunyuanVideo's 256 text tokens; else 0)")
+        "--extra-tokens",
+        type=nonneg_int,
+        default=None,
+        help="tokens appended after the video (default: the family's: HunyuanVideo's 256 text tokens; else 0)",
+    )
     add_deprecated_alias(p, "--text-tokens", extra_option)
-    p.add_argument("--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's; wan without a model)")
+    p.add_argument(
+        "--preset", default=None, help="wan, wan-full, hunyuan, wan2.2 (default: the model's; wan without a model)"
+    )
     p.add_argument("--decay", type=positive_float, default=None, help="decay factor d (default: the preset's)")
-    p.add_argument("--sink", choices=["on", "off"], default=None, help="attention sink on frame 0 (default: the preset's)")
-    p.add_argument("--adjacent", choices=["full", "half"], default=None, help="window to neighbouring frames (default: the preset's)")
-    p.add_argument("--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)")
-    p.add_argument("--heads", type=positive_int, default=None,
-                   help="attention heads, for the FLOP count (default: the family's: Wan 14B 40, Wan2.2 5B / "
-                        "HunyuanVideo / Mochi 24)")
+    p.add_argument(
+        "--sink", choices=["on", "off"], default=None, help="attention sink on frame 0 (default: the preset's)"
+    )
+    p.add_argument(
+        "--adjacent",
+        choices=["full", "half"],
+        default=None,
+        help="window to neighbouring frames (default: the preset's)",
+    )
+    p.add_argument(
+        "--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)"
+    )
+    p.add_argument(
+        "--heads",
+        type=positive_int,
+        default=None,
+        help="attention heads, for the FLOP count (default: the family's: Wan 14B 40, Wan2.2 5B / "
+        "HunyuanVideo / Mochi 24)",
+    )
     p.add_argument("--head-dim", type=positive_int, default=128, help="head dimension, for the FLOP count")
-    p.add_argument("--png", default=None, metavar="FILE", help="write a picture of the mask (.png is added to a name without it)")
+    p.add_argument(
+        "--png", default=None, metavar="FILE", help="write a picture of the mask (.png is added to a name without it)"
+    )
     p.set_defaults(func=run)
 
 
@@ -66,8 +105,10 @@ def resolve_layout(args):
         fam = get_model_family(args.model) if args.model else None
         preset = args.preset or (fam.preset if fam else "wan")
         x = args.extra_tokens if args.extra_tokens is not None else (fam.default_extra_tokens if fam else 0)
-        desc = (f"{fam.name + ' with the given F and T: ' if fam else ''}"
-                f"F={args.latent_frames} latent frames x T={args.tokens_per_frame} tokens")
+        desc = (
+            f"{fam.name + ' with the given F and T: ' if fam else ''}"
+            f"F={args.latent_frames} latent frames x T={args.tokens_per_frame} tokens"
+        )
         return args.latent_frames, args.tokens_per_frame, x, preset, (fam.name if fam else DEFAULT_MODEL), desc
     model = args.model or DEFAULT_MODEL
     dh, dw, df = DEFAULT_SIZE
@@ -79,7 +120,14 @@ def resolve_layout(args):
         f"{layout.family} {w}x{h}, {f} frames -> F={layout.frames} latent frames x "
         f"T={layout.height_tokens}x{layout.width_tokens}={layout.tokens_per_frame} tokens"
     )
-    return layout.frames, layout.tokens_per_frame, layout.extra_tokens, args.preset or layout.preset, layout.family, desc
+    return (
+        layout.frames,
+        layout.tokens_per_frame,
+        layout.extra_tokens,
+        args.preset or layout.preset,
+        layout.family,
+        desc,
+    )
 
 
 def flop_unit(flops: float):
@@ -104,8 +152,8 @@ def format_flop_pair(part: float, whole: float) -> str:
 def build_report(args) -> dict:
     """Build the mask the arguments describe; returns what ``run`` prints, as values::
 
-        {"mask", "desc", "frames", "tokens_per_frame", "extra_tokens", "seq_len", "preset", "decay",
-         "sink", "adjacent", "heads", "flops" (RadialBlockMask.attention_flops), "build_ms"}
+    {"mask", "desc", "frames", "tokens_per_frame", "extra_tokens", "seq_len", "preset", "decay",
+     "sink", "adjacent", "heads", "flops" (RadialBlockMask.attention_flops), "build_ms"}
     """
     from radial_attention.mask import get_preset, radial_block_mask
     from radial_attention.mask.radial import _cached_mask
@@ -126,11 +174,25 @@ def build_report(args) -> dict:
 
     _cached_mask.cache_clear()  # time a real build, not a cache hit
     t0 = time.perf_counter()
-    mask = radial_block_mask(frames, tpf, block_size=args.block_size, decay=decay, sink=sink, adjacent=adjacent, extra_tokens=extra)
+    mask = radial_block_mask(
+        frames, tpf, block_size=args.block_size, decay=decay, sink=sink, adjacent=adjacent, extra_tokens=extra
+    )
     build_ms = (time.perf_counter() - t0) * 1e3
-    return dict(mask=mask, desc=desc, frames=frames, tokens_per_frame=tpf, extra_tokens=extra, seq_len=seq,
-                preset=preset_name, decay=decay, sink=sink, adjacent=adjacent, heads=heads,
-                flops=mask.attention_flops(seq, args.head_dim, heads), build_ms=build_ms)
+    return dict(
+        mask=mask,
+        desc=desc,
+        frames=frames,
+        tokens_per_frame=tpf,
+        extra_tokens=extra,
+        seq_len=seq,
+        preset=preset_name,
+        decay=decay,
+        sink=sink,
+        adjacent=adjacent,
+        heads=heads,
+        flops=mask.attention_flops(seq, args.head_dim, heads),
+        build_ms=build_ms,
+    )
 
 
 def run(args) -> int:
@@ -141,9 +203,13 @@ def run(args) -> int:
     mask, extra, flops = r["mask"], r["extra_tokens"], r["flops"]
     video = r["frames"] * r["tokens_per_frame"]
     print(f"layout        {r['desc']}" + (f" + {extra} extra tokens" if extra else ""))
-    print(f"settings      preset={r['preset']} decay={r['decay']} sink={r['sink']} adjacent={r['adjacent']} block={args.block_size}")
+    print(
+        f"settings      preset={r['preset']} decay={r['decay']} sink={r['sink']} adjacent={r['adjacent']} block={args.block_size}"
+    )
     print(f"tokens        {r['seq_len']:,} ({video:,} video + {extra} extra)")
-    print(f"blocks        {mask.num_blocks} x {mask.num_blocks} = {mask.num_blocks ** 2:,}, kept {int(mask.to_dense().sum()):,}")
+    print(
+        f"blocks        {mask.num_blocks} x {mask.num_blocks} = {mask.num_blocks**2:,}, kept {int(mask.to_dense().sum()):,}"
+    )
     print(f"density       {mask.density:.4f}  (ideal speed-up 1/density = {1 / mask.density:.2f}x)")
     print(
         f"attention     {format_flop_pair(flops['sparse'], flops['dense'])} per layer kept "
@@ -151,7 +217,10 @@ def run(args) -> int:
     )
     print(f"build time    {r['build_ms']:.1f} ms")
     if png:
-        title = (f"{r['desc']}" + (f" + {extra} extra tokens" if extra else "")
-                 + f"\npreset {r['preset']}, decay {r['decay']}, block {mask.block_size}: density {mask.density:.3f}")
+        title = (
+            f"{r['desc']}"
+            + (f" + {extra} extra tokens" if extra else "")
+            + f"\npreset {r['preset']}, decay {r['decay']}, block {mask.block_size}: density {mask.density:.3f}"
+        )
         print(f"picture       {mask.save_png(png, title=title)}")
     return 0

@@ -72,7 +72,9 @@ class SequenceParallelRun:
     def is_main(self) -> bool:
         return self.ctx.rank == 0
 
-    def split(self, pipe, *, height: Optional[int] = None, width: Optional[int] = None, frames: Optional[int] = None) -> None:
+    def split(
+        self, pipe, *, height: Optional[int] = None, width: Optional[int] = None, frames: Optional[int] = None
+    ) -> None:
         """Split the pipeline's transformer(s) across the ranks (diffusers Ulysses context parallelism).
 
         Checks first, with clear errors: heads divisible by the degree, diffusers' native attention

@@ -65,11 +65,15 @@ def save_tiny_pipeline(family: str, output: str, *, layers: int = 2, seed: int =
 
 def run(args) -> int:
     out = save_tiny_pipeline(args.family, args.output, layers=args.layers, seed=args.seed)
-    hints = {"hunyuan": " --height 64 --width 64 --frames 9 --max-sequence-length 16",
-             "wan-i2v": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 512",
-             "wan2.2-i2v-a14b": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 16",
-             "wan2.2-ti2v": " --height 64 --width 64 --frames 9 --max-sequence-length 16"}
+    hints = {
+        "hunyuan": " --height 64 --width 64 --frames 9 --max-sequence-length 16",
+        "wan-i2v": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 512",
+        "wan2.2-i2v-a14b": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 16",
+        "wan2.2-ti2v": " --height 64 --width 64 --frames 9 --max-sequence-length 16",
+    }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
-    print(f"  try: radial-attention generate --model {out} --prompt \"a cat\" --steps 4 --dense-steps 1"
-          f"{hints.get(args.family, ' --height 64 --width 64 --frames 9 --max-sequence-length 16')} --out tiny.mp4")
+    print(
+        f'  try: radial-attention generate --model {out} --prompt "a cat" --steps 4 --dense-steps 1'
+        f"{hints.get(args.family, ' --height 64 --width 64 --frames 9 --max-sequence-length 16')} --out tiny.mp4"
+    )
     return 0

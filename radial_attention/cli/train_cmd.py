@@ -42,7 +42,8 @@ def _options():
 
 def register(sub) -> None:
     p = add_command(
-        sub, "train-lora",
+        sub,
+        "train-lora",
         help="length-extension LoRA fine-tuning with radial attention (Wan2.1/2.2 T2V and I2V, HunyuanVideo T2V)",
         description=(
             "Train a LoRA on the self-attention projections of a Wan (2.1/2.2, T2V or I2V) or HunyuanVideo transformer with radial "
@@ -89,8 +90,16 @@ def run(args) -> int:
                 f"train-lora: {trainer.family} transformer, {len(trainer.dataset)} samples, "
                 f"{trainer.info.world_size} process(es) on {trainer.device}, LoRA rank {cfg.lora_rank}, "
                 f"attention {cfg.attention}"
-                + (f" (mask density {dens:.3f} on the first sample's layout, first {cfg.dense_layers} blocks dense)" if dens is not None else "")
-                + (f", timesteps {trainer.timestep_range[0]:g}-{trainer.timestep_range[1]:g}" if trainer.timestep_range else "")
+                + (
+                    f" (mask density {dens:.3f} on the first sample's layout, first {cfg.dense_layers} blocks dense)"
+                    if dens is not None
+                    else ""
+                )
+                + (
+                    f", timesteps {trainer.timestep_range[0]:g}-{trainer.timestep_range[1]:g}"
+                    if trainer.timestep_range
+                    else ""
+                )
                 + (f", resuming at step {trainer.step_count}" if trainer.step_count else "")
             )
         result = trainer.train()
@@ -98,7 +107,9 @@ def run(args) -> int:
             last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
             print(f"train-lora: {result.steps} steps{last}; LoRA written to {result.lora_path}")
             if cfg.transformer_subfolder == "transformer_2":
-                print(f"train-lora: load it with pipe.load_lora_weights({str(result.output_dir)!r}, load_into_transformer_2=True)")
+                print(
+                    f"train-lora: load it with pipe.load_lora_weights({str(result.output_dir)!r}, load_into_transformer_2=True)"
+                )
     finally:
         dp.teardown(trainer.info)
     return 0

@@ -163,7 +163,9 @@ def _check_layout(layout: str) -> None:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
-def seq_to_heads(xs: Sequence[torch.Tensor], *, group=None, layout: str = "BHSD", seq_len: Optional[int] = None) -> list:
+def seq_to_heads(
+    xs: Sequence[torch.Tensor], *, group=None, layout: str = "BHSD", seq_len: Optional[int] = None
+) -> list:
     """All-to-all: this rank's sequence slice of every head -> all tokens of this rank's heads.
 
     Args:
@@ -192,9 +194,7 @@ def seq_to_heads(xs: Sequence[torch.Tensor], *, group=None, layout: str = "BHSD"
         raise ValueError(_heads_message(H, n))
     seq_len = n * s_local if seq_len is None else int(seq_len)
     if not 0 < seq_len <= n * s_local:
-        raise ValueError(
-            f"seq_len must be in 1..N*S_local = 1..{n}*{s_local} = {n * s_local}, got {seq_len}"
-        )
+        raise ValueError(f"seq_len must be in 1..N*S_local = 1..{n}*{s_local} = {n * s_local}, got {seq_len}")
     return list(_SeqToHeads.apply(group, layout, seq_len, *xs))
 
 

@@ -109,14 +109,15 @@ def free_port() -> int:
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, queue, timeout_s: float, threads: int):
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(threads)
     try:
-        dist.init_process_group(
-            "gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s)
-        )
+        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
         try:
             result = fn(rank, world_size, *args)
         finally:
@@ -129,8 +130,14 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
         queue.put((rank, "error", traceback.format_exc()))
 
 
-def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, threads: int = 1,
-                preload: Optional[Sequence[str]] = None) -> list:
+def run_workers(
+    fn: Callable,
+    world_size: int,
+    *args,
+    timeout_s: float = 120.0,
+    threads: int = 1,
+    preload: Optional[Sequence[str]] = None,
+) -> list:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` new CPU processes joined by gloo.
 
     ``fn`` must be importable by name (a module-level function) and its result savable with
@@ -176,8 +183,9 @@ def run_workers(fn: Callable, world_size: int, *args, timeout_s: float = 120.0, 
             except queue_mod.Empty:
                 dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in results]
                 if dead:
-                    raise RuntimeError(f"worker rank(s) {dead} died without a result (exit codes "
-                                       f"{[procs[r].exitcode for r in dead]})")
+                    raise RuntimeError(
+                        f"worker rank(s) {dead} died without a result (exit codes {[procs[r].exitcode for r in dead]})"
+                    )
                 continue
             if status == "error":
                 raise RuntimeError(f"worker rank {rank} failed:\n{payload}")
@@ -195,4 +203,3 @@ def shutdown() -> None:
     """Destroy the process group if there is one (end of a torchrun script)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-

@@ -31,6 +31,7 @@ from radial_attention.ops.api import as_block_sparse_mask
 
 from .exchange import LAYOUTS, _heads_message, group_rank, group_size, heads_to_seq, seq_to_heads
 
+
 def _mask_geometry(block_mask, block_size: Optional[int]):
     """(nb, block size, shape) of a raw bool tensor or a BlockSparseMask."""
     if isinstance(block_mask, BlockSparseMask):
@@ -57,12 +58,17 @@ def _describe(q, k, v, layout, seq_len, key_lengths) -> list:
 
     dtype = q.dtype if isinstance(q, torch.Tensor) else None
     seq = seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else (0 if seq_len is None else -1)
-    return dims(q) + dims(k) + dims(v) + [
-        _DTYPES.index(dtype) if dtype in _DTYPES else -1,
-        LAYOUTS.index(layout) if layout in LAYOUTS else -1,
-        seq,
-        int(key_lengths is not None),
-    ]
+    return (
+        dims(q)
+        + dims(k)
+        + dims(v)
+        + [
+            _DTYPES.index(dtype) if dtype in _DTYPES else -1,
+            LAYOUTS.index(layout) if layout in LAYOUTS else -1,
+            seq,
+            int(key_lengths is not None),
+        ]
+    )
 
 
 def _check_ranks_agree(q, k, v, layout, seq_len, key_lengths, group, n: int) -> None:
@@ -81,10 +87,12 @@ def _check_ranks_agree(q, k, v, layout, seq_len, key_lengths, group, n: int) -> 
     if any(r != rows[0] for r in rows):
 
         def show(r):
-            shapes = [tuple(x for x in r[i:i + 4] if x != -1) for i in (0, 4, 8)]
+            shapes = [tuple(x for x in r[i : i + 4] if x != -1) for i in (0, 4, 8)]
             dtype = _DTYPES[r[12]] if 0 <= r[12] < len(_DTYPES) else "?"
-            return (f"q {shapes[0]}, k {shapes[1]}, v {shapes[2]}, {dtype}, layout "
-                    f"{LAYOUTS[r[13]] if r[13] >= 0 else '?'}, seq_len {r[14] or None}, key_lengths {'yes' if r[15] else 'no'}")
+            return (
+                f"q {shapes[0]}, k {shapes[1]}, v {shapes[2]}, {dtype}, layout "
+                f"{LAYOUTS[r[13]] if r[13] >= 0 else '?'}, seq_len {r[14] or None}, key_lengths {'yes' if r[15] else 'no'}"
+            )
 
         detail = "; ".join(f"rank {i}: {show(r)}" for i, r in enumerate(rows))
         raise ValueError(
@@ -171,9 +179,7 @@ def ulysses_attention(
     total = n * s_local
     seq_len = total if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 0 < seq_len <= total:
-        raise ValueError(
-            f"seq_len must be an integer in 1..N*S_local = 1..{n}*{s_local} = {total}, got {seq_len!r}"
-        )
+        raise ValueError(f"seq_len must be an integer in 1..N*S_local = 1..{n}*{s_local} = {total}, got {seq_len!r}")
     nb, bs, shape = _mask_geometry(block_mask, block_size)
     if nb != math.ceil(seq_len / bs):
         raise ValueError(
@@ -185,8 +191,14 @@ def ulysses_attention(
     if n == 1:  # no exchange: plain attention on the (unpadded) sequence
         qh, kh, vh = (t if layout == "BHSD" else t.transpose(1, 2) for t in (q, k, v))
         out = block_sparse_attention(
-            qh[:, :, :seq_len], kh[:, :, :seq_len], vh[:, :, :seq_len], block_mask,
-            block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths,
+            qh[:, :, :seq_len],
+            kh[:, :, :seq_len],
+            vh[:, :, :seq_len],
+            block_mask,
+            block_size=block_size,
+            scale=scale,
+            backend=backend,
+            key_lengths=key_lengths,
         )
         if seq_len < s_local:
             out = torch.nn.functional.pad(out, (0, 0, 0, s_local - seq_len))
@@ -229,13 +241,28 @@ def ulysses_radial_attention(
     defaults are ``decay=1.0, sink=False, adjacent="full"``. ``text_tokens`` is the deprecated
     name of ``extra_tokens``.
     """
-    extra_tokens = renamed_keyword("ulysses_radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens,
-                                   default=0)
+    extra_tokens = renamed_keyword(
+        "ulysses_radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0
+    )
     mask = radial_block_mask(
-        frames, tokens_per_frame, preset=preset, decay=decay, sink=sink, adjacent=adjacent,
-        block_size=block_size, extra_tokens=extra_tokens,
+        frames,
+        tokens_per_frame,
+        preset=preset,
+        decay=decay,
+        sink=sink,
+        adjacent=adjacent,
+        block_size=block_size,
+        extra_tokens=extra_tokens,
     )
     return ulysses_attention(
-        q, k, v, mask, group=group, layout=layout, seq_len=mask.seq_len, scale=scale, backend=backend,
+        q,
+        k,
+        v,
+        mask,
+        group=group,
+        layout=layout,
+        seq_len=mask.seq_len,
+        scale=scale,
+        backend=backend,
         key_lengths=key_lengths,
     )

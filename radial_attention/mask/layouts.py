@@ -95,7 +95,13 @@ class VideoLayout:
 
 
 def video_layout(
-    model: str, height: int, width: int, num_frames: int, *, extra_tokens: Optional[int] = None, text_tokens: Optional[int] = None
+    model: str,
+    height: int,
+    width: int,
+    num_frames: int,
+    *,
+    extra_tokens: Optional[int] = None,
+    text_tokens: Optional[int] = None,
 ) -> VideoLayout:
     """Frames and tokens per frame of a ``num_frames``-frame ``height x width`` video for ``model``.
 
@@ -110,7 +116,9 @@ def video_layout(
     Raises:
         ValueError: naming the size the model cannot take and the nearest sizes it can.
     """
-    extra_tokens = renamed_keyword("video_layout", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=None)
+    extra_tokens = renamed_keyword(
+        "video_layout", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=None
+    )
     fam = get_model_family(model)
     for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -282,7 +282,9 @@ def radial_block_mask(
         ValueError: for non-positive sizes, an unknown preset or ``adjacent``, a block size other
             than 64/128, or a non-positive decay.
     """
-    extra_tokens = renamed_keyword("radial_block_mask", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0)
+    extra_tokens = renamed_keyword(
+        "radial_block_mask", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0
+    )
     base = _DEFAULT_SETTINGS if preset is None else get_preset(preset)
     decay = base.decay if decay is None else decay
     sink = base.sink if sink is None else sink
@@ -296,13 +298,21 @@ def radial_block_mask(
 
 
 def radial_mask_from_preset(
-    preset: str, frames: int, tokens_per_frame: int, *, text_tokens: int = 0, block_size: int = 128, decay: Optional[float] = None
+    preset: str,
+    frames: int,
+    tokens_per_frame: int,
+    *,
+    text_tokens: int = 0,
+    block_size: int = 128,
+    decay: Optional[float] = None,
 ) -> RadialBlockMask:
     """Deprecated: ``radial_block_mask(frames, tokens_per_frame, preset=preset, extra_tokens=...)``."""
-    warn_deprecated("radial_mask_from_preset(preset, F, T, text_tokens=X)",
-                    "radial_block_mask(F, T, preset=preset, extra_tokens=X)")
-    return radial_block_mask(frames, tokens_per_frame, preset=preset, decay=decay, block_size=block_size,
-                             extra_tokens=text_tokens)
+    warn_deprecated(
+        "radial_mask_from_preset(preset, F, T, text_tokens=X)", "radial_block_mask(F, T, preset=preset, extra_tokens=X)"
+    )
+    return radial_block_mask(
+        frames, tokens_per_frame, preset=preset, decay=decay, block_size=block_size, extra_tokens=text_tokens
+    )
 
 
 def radial_mask_with_settings(
@@ -318,5 +328,13 @@ def radial_mask_with_settings(
 ) -> RadialBlockMask:
     """Deprecated: ``radial_block_mask`` takes the same arguments (``extra_tokens`` for ``text_tokens``)."""
     warn_deprecated("radial_mask_with_settings(...)", "radial_block_mask(...) (the same arguments; extra_tokens=)")
-    return radial_block_mask(frames, tokens_per_frame, preset=preset, decay=decay, sink=sink, adjacent=adjacent,
-                             block_size=block_size, extra_tokens=text_tokens)
+    return radial_block_mask(
+        frames,
+        tokens_per_frame,
+        preset=preset,
+        decay=decay,
+        sink=sink,
+        adjacent=adjacent,
+        block_size=block_size,
+        extra_tokens=text_tokens,
+    )

@@ -70,8 +70,7 @@ def render_mask_png(mask, path, title: Optional[str] = None, max_pixels: int = 2
     cmap = ListedColormap([SKIPPED_COLOR, KEPT_COLOR])
     # One pixel or more per block: nearest; fewer: antialiased averaging (no moire patterns).
     interpolation = "nearest" if nb <= side_in * dpi else "antialiased"
-    ax.imshow(dense.astype("float32"), cmap=cmap, vmin=0, vmax=1, interpolation=interpolation,
-              extent=(0, nb, nb, 0))
+    ax.imshow(dense.astype("float32"), cmap=cmap, vmin=0, vmax=1, interpolation=interpolation, extent=(0, nb, nb, 0))
     ax.set_xlabel("key block")
     ax.set_ylabel("query block")
     ax.set_xlim(0, nb)
@@ -79,8 +78,10 @@ def render_mask_png(mask, path, title: Optional[str] = None, max_pixels: int = 2
     for spine in ax.spines.values():
         spine.set_edgecolor("#888888")
 
-    handles = [Patch(facecolor=KEPT_COLOR, edgecolor="#888888", label="kept (computed)"),
-               Patch(facecolor=SKIPPED_COLOR, edgecolor="#888888", label="skipped")]
+    handles = [
+        Patch(facecolor=KEPT_COLOR, edgecolor="#888888", label="kept (computed)"),
+        Patch(facecolor=SKIPPED_COLOR, edgecolor="#888888", label="skipped"),
+    ]
     frames = getattr(mask, "frames", None)
     if frames is not None and frames > 1:
         bs, T = mask.block_size, mask.tokens_per_frame
@@ -95,8 +96,16 @@ def render_mask_png(mask, path, title: Optional[str] = None, max_pixels: int = 2
             start = frames * T / bs
             ax.axvline(start, color=EXTRA_COLOR, linewidth=1.2, linestyle="--")
             ax.axhline(start, color=EXTRA_COLOR, linewidth=1.2, linestyle="--")
-            handles.append(Line2D([], [], color=EXTRA_COLOR, linewidth=1.5, linestyle="--",
-                                  label=f"extra tokens start ({mask.extra_tokens})"))
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color=EXTRA_COLOR,
+                    linewidth=1.5,
+                    linestyle="--",
+                    label=f"extra tokens start ({mask.extra_tokens})",
+                )
+            )
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, fontsize=9, frameon=False)
     ax.set_title(default_title(mask) if title is None else title, fontsize=10)
     fig.savefig(path, bbox_inches="tight", pad_inches=0.15)  # tight: title and legend are never cut off

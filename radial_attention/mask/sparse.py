@@ -192,7 +192,9 @@ class BlockSparseMask:
         flat = mask4d.reshape(rows, n_cols)
         kept = flat.reshape(-1).nonzero().squeeze(1)  # [K] int64 flat positions, row-major
         row_of = kept // n_cols
-        first = torch.cumsum(counts.reshape(-1).to(torch.int64), 0) - counts.reshape(-1)  # [rows] first entry of each row
+        first = torch.cumsum(counts.reshape(-1).to(torch.int64), 0) - counts.reshape(
+            -1
+        )  # [rows] first entry of each row
         slot = torch.arange(kept.numel(), dtype=torch.int64) - first[row_of]  # position inside its row
         indices = torch.zeros(rows, width, dtype=torch.int32)
         indices[row_of, slot] = (kept % n_cols).to(torch.int32)
@@ -270,7 +272,9 @@ class BlockSparseMask:
         tok = d4.repeat_interleave(bs, dim=-2).repeat_interleave(bs, dim=-1)
         return tok[..., :seq_len, :seq_len]
 
-    def to_flex_block_mask(self, seq_len: int, device="cpu", num_heads: Optional[int] = None, batch: Optional[int] = None):
+    def to_flex_block_mask(
+        self, seq_len: int, device="cpu", num_heads: Optional[int] = None, batch: Optional[int] = None
+    ):
         """A FlexAttention ``BlockMask`` with the same kept blocks, built from the block indices.
 
         Args:
@@ -301,7 +305,10 @@ class BlockSparseMask:
             kv_idx = torch.nn.functional.pad(kv_idx, (0, pad))
         # Copies: the BlockMask must not hold the cached tensors themselves.
         return BlockMask.from_kv_blocks(
-            kv_cnt.clone(memory_format=torch.contiguous_format), kv_idx.clone(memory_format=torch.contiguous_format), BLOCK_SIZE=bs, seq_lengths=(seq_len, seq_len)
+            kv_cnt.clone(memory_format=torch.contiguous_format),
+            kv_idx.clone(memory_format=torch.contiguous_format),
+            BLOCK_SIZE=bs,
+            seq_lengths=(seq_len, seq_len),
         )
 
     def save_png(self, path, title: Optional[str] = None) -> str:

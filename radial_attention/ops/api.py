@@ -188,7 +188,10 @@ def resolve_backend(backend: str, q: torch.Tensor, requires_grad: Optional[bool]
                         _warned_reference.add(key)
                         warnings.warn(
                             "radial attention on CUDA fell back to the reference backend, which does dense "
-                            "O(S^2) work: " + "; ".join(reasons), RuntimeWarning, stacklevel=3)
+                            "O(S^2) work: " + "; ".join(reasons),
+                            RuntimeWarning,
+                            stacklevel=3,
+                        )
                 return name
             reasons.append(f"{name}: {why}")
         raise ValueError("no attention backend can run this input; " + "; ".join(reasons))
@@ -400,7 +403,9 @@ def radial_attention(
     sink and adjacent; ``decay`` / ``sink`` / ``adjacent`` given explicitly override it. Without a
     preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
     """
-    extra_tokens = renamed_keyword("radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0)
+    extra_tokens = renamed_keyword(
+        "radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0
+    )
     # Check the sizes against q before building the mask: a wrong layout could ask for a huge one.
     F = as_int("frames", frames, 1)
     T = as_int("tokens_per_frame", tokens_per_frame, 1)
@@ -414,7 +419,14 @@ def radial_attention(
             f"{F} * {T} + {X} = {seq_len}{hint}"
         )
     mask = radial_block_mask(
-        F, T, preset=preset, decay=decay, sink=sink, adjacent=adjacent, block_size=block_size, extra_tokens=X,
+        F,
+        T,
+        preset=preset,
+        decay=decay,
+        sink=sink,
+        adjacent=adjacent,
+        block_size=block_size,
+        extra_tokens=X,
     )
     return block_sparse_attention(
         q, k, v, mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths
@@ -434,12 +446,15 @@ def resolve_dense_backend(backend: str, q: torch.Tensor, requires_grad: Optional
     if backend == "auto":
         return "fa4" if _reason("fa4", q, requires_grad) is None else "sdpa"
     if backend not in DENSE_BACKENDS:
-        raise ValueError(f"unknown dense attention backend {backend!r}; expected 'auto' or one of {list(DENSE_BACKENDS)}")
+        raise ValueError(
+            f"unknown dense attention backend {backend!r}; expected 'auto' or one of {list(DENSE_BACKENDS)}"
+        )
     if backend == "fa4":
         why = _reason("fa4", q, requires_grad)
         if why is not None:
-            raise ValueError(f"dense backend 'fa4' cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}, "
-                             f"device {q.device}: {why}")
+            raise ValueError(
+                f"dense backend 'fa4' cannot run q of shape {tuple(q.shape)}, dtype {q.dtype}, device {q.device}: {why}"
+            )
     return backend
 
 
@@ -473,5 +488,7 @@ def dense_attention(
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=float(scale))
     S = q.shape[2]
     keep = torch.arange(S, device=q.device)[None, :] < key_lengths[:, None]  # [B, S]
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :], scale=float(scale))
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=keep[:, None, None, :], scale=float(scale)
+    )
     return out.masked_fill((key_lengths == 0)[:, None, None, None], 0)  # SDPA gives NaN for such rows

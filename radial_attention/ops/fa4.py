@@ -163,8 +163,9 @@ def block_lists(mask: BlockSparseMask, device) -> BlockLists:
         fwd_cnt, fwd_idx = mask._index("kv_counts", device), mask._index("kv_indices", device)
         none_cnt = torch.zeros_like(fwd_cnt)
         none_idx = torch.zeros(*fwd_cnt.shape, 1, dtype=torch.int32, device=device)
-        return BlockLists(fwd_cnt, fwd_idx, mask._index("q_counts", device), mask._index("q_indices", device),
-                          none_cnt, none_idx)
+        return BlockLists(
+            fwd_cnt, fwd_idx, mask._index("q_counts", device), mask._index("q_indices", device), none_cnt, none_idx
+        )
 
     return mask.derived(("fa4.lists", str(device)), build)
 
@@ -179,8 +180,11 @@ def _forward_tensors(lists: BlockLists, bm: slice, key_blocks: Optional[int], bl
         cnt = ((idx < key_blocks) & valid).sum(dim=-1, dtype=torch.int32)
         idx = idx[..., :key_blocks]
     return _tensors_class()(
-        mask_block_cnt=lists.none_cnt[bm], mask_block_idx=lists.none_idx[bm],
-        full_block_cnt=cnt, full_block_idx=idx, block_size=(block_size, block_size),
+        mask_block_cnt=lists.none_cnt[bm],
+        mask_block_idx=lists.none_idx[bm],
+        full_block_cnt=cnt,
+        full_block_idx=idx,
+        block_size=(block_size, block_size),
     )
 
 
@@ -189,8 +193,10 @@ def _backward_tensors(lists: BlockLists, bm: slice, key_blocks: Optional[int], b
     nb = lists.bwd_cnt.shape[-1]
     n = nb if key_blocks is None else key_blocks
     return _tensors_class()(
-        mask_block_cnt=lists.none_cnt[bm][..., :n], mask_block_idx=lists.none_idx[bm][..., :n, :],
-        full_block_cnt=lists.bwd_cnt[bm][..., :n], full_block_idx=lists.bwd_idx[bm][..., :n, :],
+        mask_block_cnt=lists.none_cnt[bm][..., :n],
+        mask_block_idx=lists.none_idx[bm][..., :n, :],
+        full_block_cnt=lists.bwd_cnt[bm][..., :n],
+        full_block_idx=lists.bwd_idx[bm][..., :n, :],
         block_size=(block_size, block_size),
     )
 
@@ -243,8 +249,15 @@ def _forward(q, k, v, lists: Optional[BlockLists], key_lengths, scale: float, bl
         key_blocks = None if length == S else -(-length // block_size)
         sparse = None if lists is None else _forward_tensors(lists, _mask_slice(lists, batch), key_blocks, block_size)
         fa4._flash_attn_fwd(
-            q[batch], k[batch, :length], v[batch, :length], softmax_scale=scale, causal=False,
-            block_sparse_tensors=sparse, return_lse=need_lse, out=out[batch], lse=lse[batch] if need_lse else None,
+            q[batch],
+            k[batch, :length],
+            v[batch, :length],
+            softmax_scale=scale,
+            causal=False,
+            block_sparse_tensors=sparse,
+            return_lse=need_lse,
+            out=out[batch],
+            lse=lse[batch] if need_lse else None,
         )
     return out, lse
 
@@ -264,20 +277,39 @@ def _backward(dout, q, k, v, out, lse, lists: Optional[BlockLists], key_lengths,
         key_blocks = None if length == S else -(-length // block_size)
         sparse = None if lists is None else _backward_tensors(lists, _mask_slice(lists, batch), key_blocks, block_size)
         fa4._flash_attn_bwd(
-            q[batch], k[batch, :length], v[batch, :length], out[batch], dout[batch], lse[batch],
-            softmax_scale=scale, causal=False, block_sparse_tensors=sparse,
-            dq=dq[batch], dk=dk[batch, :length], dv=dv[batch, :length],
+            q[batch],
+            k[batch, :length],
+            v[batch, :length],
+            out[batch],
+            dout[batch],
+            lse[batch],
+            softmax_scale=scale,
+            causal=False,
+            block_sparse_tensors=sparse,
+            dq=dq[batch],
+            dk=dk[batch, :length],
+            dv=dv[batch, :length],
         )
     return dq, dk, dv
 
 
 # The ops take FA4's six list tensors (BlockLists order) on q's device, or six Nones for dense attention.
 @torch.library.custom_op("radial_attention::fa4_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fwd_cnt: Optional[torch.Tensor],
-            fwd_idx: Optional[torch.Tensor], bwd_cnt: Optional[torch.Tensor], bwd_idx: Optional[torch.Tensor],
-            none_cnt: Optional[torch.Tensor], none_idx: Optional[torch.Tensor],
-            key_lengths: Optional[torch.Tensor], scale: float, block_size: int,
-            need_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    fwd_cnt: Optional[torch.Tensor],
+    fwd_idx: Optional[torch.Tensor],
+    bwd_cnt: Optional[torch.Tensor],
+    bwd_idx: Optional[torch.Tensor],
+    none_cnt: Optional[torch.Tensor],
+    none_idx: Optional[torch.Tensor],
+    key_lengths: Optional[torch.Tensor],
+    scale: float,
+    block_size: int,
+    need_lse: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     lists = _as_lists((fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx))
     return _forward(q, k, v, lists, key_lengths, scale, block_size, need_lse)
 
@@ -289,18 +321,29 @@ def _(q, k, v, fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx, key_lengt
 
 
 @torch.library.custom_op("radial_attention::fa4_bwd", mutates_args=())
-def _bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-            lse: torch.Tensor, fwd_cnt: Optional[torch.Tensor], fwd_idx: Optional[torch.Tensor],
-            bwd_cnt: Optional[torch.Tensor], bwd_idx: Optional[torch.Tensor], none_cnt: Optional[torch.Tensor],
-            none_idx: Optional[torch.Tensor], key_lengths: Optional[torch.Tensor],
-            scale: float, block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    fwd_cnt: Optional[torch.Tensor],
+    fwd_idx: Optional[torch.Tensor],
+    bwd_cnt: Optional[torch.Tensor],
+    bwd_idx: Optional[torch.Tensor],
+    none_cnt: Optional[torch.Tensor],
+    none_idx: Optional[torch.Tensor],
+    key_lengths: Optional[torch.Tensor],
+    scale: float,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     lists = _as_lists((fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx))
     return _backward(dout, q, k, v, out, lse, lists, key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx, key_lengths, scale,
-      block_size):
+def _(dout, q, k, v, out, lse, fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx, key_lengths, scale, block_size):
     shape = tuple(q.shape)
     return q.new_empty(shape), k.new_empty(shape), v.new_empty(shape)
 
@@ -310,8 +353,8 @@ _N_LISTS = len(BlockLists._fields)
 
 def _setup_context(ctx, inputs, output):
     q, k, v = inputs[:3]
-    lists = inputs[3:3 + _N_LISTS]  # on q's device, read-only (shared with the mask's cache)
-    key_lengths, scale, block_size, need_lse = inputs[3 + _N_LISTS:]
+    lists = inputs[3 : 3 + _N_LISTS]  # on q's device, read-only (shared with the mask's cache)
+    key_lengths, scale, block_size, need_lse = inputs[3 + _N_LISTS :]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *lists)
     ctx.key_lengths = key_lengths
@@ -322,7 +365,9 @@ def _setup_context(ctx, inputs, output):
 def _autograd_backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, *lists = ctx.saved_tensors
     if lse.numel() == 0:
-        raise RuntimeError("fa4 backend: the forward ran without gradients (no log-sum-exp kept), so it has no backward")
+        raise RuntimeError(
+            "fa4 backend: the forward ran without gradients (no log-sum-exp kept), so it has no backward"
+        )
     dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, *lists, ctx.key_lengths, ctx.scale, ctx.block_size)
     return (dq, dk, dv) + (None,) * (_N_LISTS + 4)
 
@@ -336,8 +381,9 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float,
-              key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float, key_lengths: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Block-sparse attention through FA4 (forward and backward).
 
     Args:
@@ -351,14 +397,31 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
         ``[B, H, S, D]`` (the transposed view of a contiguous ``[B, S, H, D]`` tensor).
     """
     lists = block_lists(mask, q.device)
-    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), *lists,
-                     key_lengths, float(scale), int(mask.block_size), _needs_grad(q, k, v))
+    out, _ = _fwd_op(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        *lists,
+        key_lengths,
+        float(scale),
+        int(mask.block_size),
+        _needs_grad(q, k, v),
+    )
     return out.transpose(1, 2)
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
-                    key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+def dense_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, key_lengths: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Dense attention through FA4's dense kernel; same arguments and layout as :func:`attention`."""
-    out, _ = _fwd_op(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), *(None,) * _N_LISTS,
-                     key_lengths, float(scale), 128, _needs_grad(q, k, v))
+    out, _ = _fwd_op(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        *(None,) * _N_LISTS,
+        key_lengths,
+        float(scale),
+        128,
+        _needs_grad(q, k, v),
+    )
     return out.transpose(1, 2)

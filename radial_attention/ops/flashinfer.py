@@ -52,7 +52,9 @@ def unsupported_reason(q: torch.Tensor, *, requires_grad: bool = False) -> Optio
     if q.dtype not in SUPPORTED_DTYPES:
         return f"dtype {q.dtype} is not supported (expected float16 or bfloat16)"
     if q.dim() != 4 or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
-        return f"head dim {q.shape[-1] if q.dim() == 4 else None} is not supported (expected one of {SUPPORTED_HEAD_DIMS})"
+        return (
+            f"head dim {q.shape[-1] if q.dim() == 4 else None} is not supported (expected one of {SUPPORTED_HEAD_DIMS})"
+        )
     return None
 
 
@@ -100,10 +102,25 @@ def _plan(mask, bm, hm, S, kv_limit, H, D, dtype, scale, fi_backend, device) -> 
         buf = getattr(wrapper, "_vector_sparse_indices_buffer", None)
         if buf is not None and buf.numel() < needed:
             wrapper.reset_workspace_buffer(
-                _workspace(device), torch.empty(8 * 1024 * 1024, dtype=torch.uint8, device=device),
-                vector_sparse_indices_buffer=torch.empty(needed, dtype=torch.int32, device=device))
-        wrapper.plan(indptr, indices, S, n_full * bs, bs, bs, H, H, D, sm_scale=float(scale),
-                     q_data_type=dtype, kv_data_type=dtype, o_data_type=dtype)
+                _workspace(device),
+                torch.empty(8 * 1024 * 1024, dtype=torch.uint8, device=device),
+                vector_sparse_indices_buffer=torch.empty(needed, dtype=torch.int32, device=device),
+            )
+        wrapper.plan(
+            indptr,
+            indices,
+            S,
+            n_full * bs,
+            bs,
+            bs,
+            H,
+            H,
+            D,
+            sm_scale=float(scale),
+            q_data_type=dtype,
+            kv_data_type=dtype,
+            o_data_type=dtype,
+        )
         plan["wrapper"] = wrapper
     if tail:
         rows = dense[block_of_row, n_full].nonzero(as_tuple=True)[0]
@@ -140,8 +157,16 @@ def _merge(o1, lse1, o2, lse2):
     return o1.float() * (w1 / tot)[..., None] + o2 * (w2 / tot)[..., None]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float,
-              key_lengths: Optional[torch.Tensor] = None, fi_backend: str = "auto") -> torch.Tensor:
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask,
+    *,
+    scale: float,
+    key_lengths: Optional[torch.Tensor] = None,
+    fi_backend: str = "auto",
+) -> torch.Tensor:
     """Block-sparse attention through FlashInfer (forward only).
 
     Args:

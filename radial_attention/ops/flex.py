@@ -137,8 +137,13 @@ def _block_mask(p: _Pieces, S: int, B: int, H: int, key_lengths: Optional[torch.
         full_count, full_idx = _sorted_indices(p.all)
         part_count, part_idx = _sorted_indices(p.any & ~p.all)
         bm = BlockMask.from_kv_blocks(
-            part_count, part_idx, full_count, full_idx,
-            BLOCK_SIZE=_TILE, mask_mod=in_kept_block, seq_lengths=(S, S),
+            part_count,
+            part_idx,
+            full_count,
+            full_idx,
+            BLOCK_SIZE=_TILE,
+            mask_mod=in_kept_block,
+            seq_lengths=(S, S),
         )
         if not torch.compiler.is_compiling():
             p.block_mask = bm
@@ -158,8 +163,13 @@ def _block_mask(p: _Pieces, S: int, B: int, H: int, key_lengths: Optional[torch.
         return kept[b, h, q_idx // bs, kv_idx // bs] & (kv_idx < key_lengths[b])
 
     return BlockMask.from_kv_blocks(
-        part_count, part_idx, full_count, full_idx,
-        BLOCK_SIZE=_TILE, mask_mod=in_kept_block_below_key_length, seq_lengths=(S, S),
+        part_count,
+        part_idx,
+        full_count,
+        full_idx,
+        BLOCK_SIZE=_TILE,
+        mask_mod=in_kept_block_below_key_length,
+        seq_lengths=(S, S),
     )
 
 

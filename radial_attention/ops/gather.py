@@ -204,7 +204,7 @@ def _traced_plan(mask: BlockSparseMask, device: torch.device, B: int, H: int, S:
     n = units.shape[0]
     step = max(_min_units(), budget // (nb * _per_block(bs, D)))
     chunks = [
-        _Chunk(units[a:a + step], kv[a:a + step], counts[a:a + step], nb, True, bool(S % bs), False)
+        _Chunk(units[a : a + step], kv[a : a + step], counts[a : a + step], nb, True, bool(S % bs), False)
         for a in range(0, n, step)
     ]
     return _Plan(chunks, units, True)
@@ -301,7 +301,7 @@ class _LeanBackward(torch.autograd.Function):
                 kc = kb.index_select(0, flat).requires_grad_()
                 vc = vb.index_select(0, flat).requires_grad_()
                 o = _sdpa(qc, kc, vc, c, m, ctx.scale)
-                gq, gk, gv = torch.autograd.grad(o, (qc, kc, vc), grad[start:start + n])
+                gq, gk, gv = torch.autograd.grad(o, (qc, kc, vc), grad[start : start + n])
             dq.index_add_(0, c.units, gq)
             dk.index_add_(0, flat, gk)
             dv.index_add_(0, flat, gv)

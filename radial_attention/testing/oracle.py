@@ -10,7 +10,9 @@ Needs torch only (hypothesis for :func:`attention_problems`).
 import torch
 
 
-def token_allowed(block_mask: torch.Tensor, B: int, H: int, S: int, bs: int, key_lengths=None, device="cpu") -> torch.Tensor:
+def token_allowed(
+    block_mask: torch.Tensor, B: int, H: int, S: int, bs: int, key_lengths=None, device="cpu"
+) -> torch.Tensor:
     """bool [B, H, S, S] on ``device``: query i may attend to key j.
 
     ``block_mask``: bool ``[nb, nb]`` or ``[Bm, Hm, nb, nb]`` (``Bm``/``Hm`` 1 or ``B``/``H``),
@@ -34,7 +36,7 @@ def masked_attention_f64(q, k, v, block_mask, bs, scale=None, key_lengths=None, 
     also gives reference gradients (back on the inputs' device).
     """
     B, H, S, D = q.shape
-    scale = D ** -0.5 if scale is None else scale
+    scale = D**-0.5 if scale is None else scale
     q64, k64, v64 = (t.to(device, torch.float64) for t in (q, k, v))
     allowed = token_allowed(block_mask, B, H, S, bs, key_lengths, device=device)
     s = torch.einsum("bhid,bhjd->bhij", q64, k64) * scale

@@ -238,7 +238,9 @@ def tiny_tokenizer(model_max_length: int = 512, words: Optional[str] = None):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -283,12 +285,24 @@ def tiny_wan_vae(variant: str = "t2v", seed: int = 0):
 
     if variant == "ti2v":
         cfg = dict(
-            base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True, patch_size=2,
-            latents_mean=[0.0] * 48, latents_std=[1.0] * 48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-            scale_factor_spatial=16, scale_factor_temporal=4, temperal_downsample=[False, True, True],
+            base_dim=3,
+            z_dim=48,
+            in_channels=12,
+            out_channels=12,
+            is_residual=True,
+            patch_size=2,
+            latents_mean=[0.0] * 48,
+            latents_std=[1.0] * 48,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            scale_factor_spatial=16,
+            scale_factor_temporal=4,
+            temperal_downsample=[False, True, True],
         )
     else:
-        cfg = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+        cfg = dict(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
     with _seeded(seed):
         return AutoencoderKLWan(**cfg).eval()
 
@@ -409,8 +423,10 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = 
     if variant == "a14b":
         no_image = dict(image_dim=None, added_kv_proj_dim=None)
         transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed, **no_image)
-        experts = dict(transformer_2=tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed + 1, **no_image),
-                       boundary_ratio=0.9)
+        experts = dict(
+            transformer_2=tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed + 1, **no_image),
+            boundary_ratio=0.9,
+        )
         image_encoder = image_processor = None
     else:
         transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed)
@@ -448,12 +464,28 @@ def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, se
     tokenizer_2 = tiny_tokenizer(model_max_length=77)
     vocab = _vocab_size(tokenizer)
     llama = LlamaConfig(
-        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=4, pad_token_id=0, bos_token_id=3, eos_token_id=1, max_position_embeddings=1024,
+        vocab_size=vocab,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=0,
+        bos_token_id=3,
+        eos_token_id=1,
+        max_position_embeddings=1024,
     )
     clip = CLIPTextConfig(
-        vocab_size=vocab, hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=77, pad_token_id=0, bos_token_id=3, eos_token_id=1, projection_dim=8,
+        vocab_size=vocab,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        pad_token_id=0,
+        bos_token_id=3,
+        eos_token_id=1,
+        projection_dim=8,
     )
     with _seeded(seed + 10):
         text_encoder = LlamaModel(llama).eval()
@@ -474,8 +506,18 @@ def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, se
 
 
 # ----------------------------------------------------------------------------------- inputs
-def wan_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 16,
-               timestep: float = 500.0, image_tokens: int = 8, seed: int = 0):
+def wan_inputs(
+    transformer,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    text_len: int = 16,
+    timestep: float = 500.0,
+    image_tokens: int = 8,
+    seed: int = 0,
+):
     """Random call kwargs for a Wan transformer on a latent video ``[batch, C, frames, height, width]``.
 
     ``height``/``width`` are latent sizes (pixels / 8, or / 16 for TI2V). I2V models get 512 text
@@ -497,8 +539,18 @@ def wan_inputs(transformer, frames: int, height: int, width: int, *, batch: int 
     return kwargs
 
 
-def hunyuan_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 16,
-                   prompt_lengths=None, timestep: float = 500.0, seed: int = 0):
+def hunyuan_inputs(
+    transformer,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    text_len: int = 16,
+    prompt_lengths=None,
+    timestep: float = 500.0,
+    seed: int = 0,
+):
     """Random call kwargs for a HunyuanVideo transformer; ``prompt_lengths`` (one per batch item,
     default all ``text_len``) sets the prompt padding mask ``encoder_attention_mask [B, text_len]``."""
     cfg = transformer.config

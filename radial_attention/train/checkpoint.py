@@ -97,8 +97,10 @@ def verify_checkpoint(path) -> pathlib.Path:
         raise CheckpointError(f"{str(path)!r} is not a training checkpoint (no {STATE})")
     listing = path / FILES
     if not listing.is_file():
-        warnings.warn(f"checkpoint {path} has no {FILES} (written by an older version): its files cannot be verified",
-                      stacklevel=2)
+        warnings.warn(
+            f"checkpoint {path} has no {FILES} (written by an older version): its files cannot be verified",
+            stacklevel=2,
+        )
         return path
     try:
         files = json.loads(listing.read_text())["files"]
@@ -141,8 +143,9 @@ def resolve_resume(resume: Optional[str], output_dir) -> Optional[pathlib.Path]:
                 problems.append(str(e))
                 warnings.warn(f"skipping broken checkpoint {cand.name}: {e}", stacklevel=2)
         if problems:
-            raise CheckpointError(f"every checkpoint in {pathlib.Path(output_dir) / 'checkpoints'} is broken: "
-                                  + "; ".join(problems))
+            raise CheckpointError(
+                f"every checkpoint in {pathlib.Path(output_dir) / 'checkpoints'} is broken: " + "; ".join(problems)
+            )
         return None
     path = pathlib.Path(resume)
     if not (path / STATE).is_file():
@@ -164,8 +167,10 @@ def load_tensors(path, *, map_location=None):
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (truncated zip), EOFError ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot load checkpoint file {path}: {first} (only tensors and plain values are "
-                              f"accepted; a file with other objects is refused)") from None
+        raise CheckpointError(
+            f"cannot load checkpoint file {path}: {first} (only tensors and plain values are "
+            f"accepted; a file with other objects is refused)"
+        ) from None
 
 
 def rng_state() -> dict:
@@ -209,10 +214,13 @@ def finish_write(tmp: pathlib.Path, state: dict, keep: int) -> pathlib.Path:
     rename the temporary folder to its final name, then drop this run's (``state["run_id"]``) older
     checkpoints beyond the newest ``keep`` (``keep <= 0`` keeps all)."""
     _write_atomic(tmp / STATE, json.dumps(state, indent=1))
-    files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
-             for f in sorted(tmp.iterdir()) if f.is_file() and f.name != FILES}
+    files = {
+        f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
+        for f in sorted(tmp.iterdir())
+        if f.is_file() and f.name != FILES
+    }
     _write_atomic(tmp / FILES, json.dumps({"files": files}, indent=1))
-    final = tmp.with_name(tmp.name[len("tmp-"):])
+    final = tmp.with_name(tmp.name[len("tmp-") :])
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -238,5 +246,7 @@ def read_state(path) -> dict:
         for key in ("step", "epoch", "position", "settings"):
             state[key]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint file {f} is not a valid checkpoint state ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"checkpoint file {f} is not a valid checkpoint state ({type(e).__name__}: {e})"
+        ) from None
     return state

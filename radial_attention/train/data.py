@@ -149,8 +149,9 @@ def write_sample(
     return {k: tuple(v.shape) for k, v in tensors.items()}
 
 
-def write_manifest(root, family: str, samples: Sequence[dict], *, extra: Optional[dict] = None,
-                   partial: bool = False) -> pathlib.Path:
+def write_manifest(
+    root, family: str, samples: Sequence[dict], *, extra: Optional[dict] = None, partial: bool = False
+) -> pathlib.Path:
     """Write ``root/manifest.json`` atomically (a temporary file, then a rename).
 
     Args:
@@ -199,7 +200,9 @@ def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
     except json.JSONDecodeError as e:
         raise DataError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise DataError(f"{mpath}: expected \"format\": {FORMAT_NAME!r}, got {doc.get('format') if isinstance(doc, dict) else doc!r}")
+        raise DataError(
+            f'{mpath}: expected "format": {FORMAT_NAME!r}, got {doc.get("format") if isinstance(doc, dict) else doc!r}'
+        )
     if doc.get("version") != FORMAT_VERSION:
         raise DataError(f"{mpath}: expected version {FORMAT_VERSION}, got {doc.get('version')!r}")
     if doc.get("model_family") not in FAMILIES:
@@ -213,12 +216,12 @@ def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
             f"unreadable videos)"
         )
     if not isinstance(entries, list) or not entries:
-        raise DataError(f"{mpath}: \"samples\" must be a non-empty list")
+        raise DataError(f'{mpath}: "samples" must be a non-empty list')
 
     samples = []
     for n, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise DataError(f"{mpath}: sample #{n} must be an object with a \"file\" string, got {entry!r}")
+            raise DataError(f'{mpath}: sample #{n} must be an object with a "file" string, got {entry!r}')
         if _leaves_folder(entry["file"]):
             raise DataError(
                 f"{mpath}: sample #{n} file {entry['file']!r} leaves the data folder (an absolute path or '..'): "
@@ -246,8 +249,14 @@ def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
 def _leaves_folder(rel: str) -> bool:
     """Whether a manifest ``file`` entry points outside its folder (absolute, a drive, or ``..``)."""
     posix, windows = pathlib.PurePosixPath(rel), pathlib.PureWindowsPath(rel)
-    return (posix.is_absolute() or windows.is_absolute() or bool(windows.drive) or rel.startswith(("/", "\\"))
-            or ".." in posix.parts or ".." in windows.parts)
+    return (
+        posix.is_absolute()
+        or windows.is_absolute()
+        or bool(windows.drive)
+        or rel.startswith(("/", "\\"))
+        or ".." in posix.parts
+        or ".." in windows.parts
+    )
 
 
 def check_values(samples: Sequence[SampleInfo]) -> None:
@@ -296,8 +305,9 @@ def fingerprint(samples: Sequence[SampleInfo], root) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
-def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: int = 1,
-                     values: bool = True) -> Tuple[dict, List[SampleInfo]]:
+def validate_dataset(
+    root, spec: ModelSpec, *, batch_size: int = 1, world_size: int = 1, values: bool = True
+) -> Tuple[dict, List[SampleInfo]]:
     """Check every sample of a data folder against the model before training starts.
 
     Checks: the manifest and every listed file exist and parse, and stay inside the folder; the
@@ -340,9 +350,7 @@ def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: 
             )
         emb = s.shapes[PROMPT_EMBEDS]
         if len(emb) != 2 or emb[1] != spec.text_dim:
-            raise DataError(
-                f"{where}: prompt_embeds must be [L, {spec.text_dim}] for this model, got shape {emb}"
-            )
+            raise DataError(f"{where}: prompt_embeds must be [L, {spec.text_dim}] for this model, got shape {emb}")
         if spec.text_len is not None and emb[0] != spec.text_len:
             raise DataError(
                 f"{where}: prompt_embeds must have exactly {spec.text_len} tokens for this model (encode with "
@@ -355,14 +363,18 @@ def validate_dataset(root, spec: ModelSpec, *, batch_size: int = 1, world_size: 
                 f"(mask + image latent, like the latents' frames and size), got {cond}"
             )
         if not spec.condition_channels and cond is not None:
-            raise DataError(f"{where}: has a condition tensor {cond} (image-to-video data) but the model is text-to-video")
+            raise DataError(
+                f"{where}: has a condition tensor {cond} (image-to-video data) but the model is text-to-video"
+            )
         img = s.shapes.get(IMAGE_EMBEDS)
         if spec.image_dim is not None and (img is None or len(img) != 2 or img[1] != spec.image_dim):
             raise DataError(f"{where}: image_embeds must be [N, {spec.image_dim}] for this model, got {img}")
         if spec.needs_mask:
             m = s.shapes.get(PROMPT_MASK)
             if m is None or m != (emb[0],):
-                raise DataError(f"{where}: prompt_attention_mask must be [{emb[0]}] (one entry per prompt token), got {m}")
+                raise DataError(
+                    f"{where}: prompt_attention_mask must be [{emb[0]}] (one entry per prompt token), got {m}"
+                )
         if spec.needs_pooled:
             p = s.shapes.get(POOLED)
             if p is None or p != (spec.pooled_dim,):

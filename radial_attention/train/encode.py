@@ -70,7 +70,9 @@ def collect_videos(videos: Sequence[str], captions: Optional[str] = None) -> Lis
                 rec = json.loads(line)
                 vid, cap = rec["video"], rec["caption"]
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{cpath}:{n}: expected a JSON object with \"video\" and \"caption\", got {line[:80]!r}") from None
+                raise DataError(
+                    f'{cpath}:{n}: expected a JSON object with "video" and "caption", got {line[:80]!r}'
+                ) from None
             vp = pathlib.Path(vid)
             if not vp.is_absolute():
                 vp = cpath.parent / vp
@@ -122,7 +124,9 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
             if i + 1 >= need:
                 break
     except Exception as e:  # a file that opens but is damaged further in (ffmpeg/imageio raise several types)
-        raise DataError(f"cannot read video {str(path)!r} (failed after {len(frames)} frames): {_one_line(e)}") from None
+        raise DataError(
+            f"cannot read video {str(path)!r} (failed after {len(frames)} frames): {_one_line(e)}"
+        ) from None
     finally:
         with contextlib.suppress(Exception):
             reader.close()
@@ -131,7 +135,9 @@ def read_video(path, num_frames: int, height: int, width: int, *, frame_stride: 
             f"video {str(path)!r} has {len(frames) if frame_stride == 1 else 'too few'} frames, "
             f"needs {need} ({num_frames} frames at stride {frame_stride})"
         )
-    video = torch.stack(frames[:num_frames]).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [F, H0, W0, 3] -> [F, 3, H0, W0]
+    video = (
+        torch.stack(frames[:num_frames]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    )  # [F, H0, W0, 3] -> [F, 3, H0, W0]
     h0, w0 = video.shape[-2:]
     scale = max(height / h0, width / w0)
     rh, rw = max(height, round(h0 * scale)), max(width, round(w0 * scale))
@@ -156,13 +162,17 @@ def pipeline_family(pipe) -> str:
         return "wan"
     if name == "WanImageToVideoPipeline":
         if getattr(pipe.config, "expand_timesteps", False):
-            raise TypeError("encode does not support Wan2.2 TI2V image-to-video (expand_timesteps); "
-                            "encode its text-to-video data with WanPipeline")
+            raise TypeError(
+                "encode does not support Wan2.2 TI2V image-to-video (expand_timesteps); "
+                "encode its text-to-video data with WanPipeline"
+            )
         return "wan"
     if name == "HunyuanVideoPipeline":
         return "hunyuan"
-    raise TypeError(f"encode supports WanPipeline, WanImageToVideoPipeline (Wan2.1 I2V, Wan2.2 I2V A14B) and "
-                    f"HunyuanVideoPipeline, got {name}")
+    raise TypeError(
+        f"encode supports WanPipeline, WanImageToVideoPipeline (Wan2.1 I2V, Wan2.2 I2V A14B) and "
+        f"HunyuanVideoPipeline, got {name}"
+    )
 
 
 def is_image_to_video(pipe) -> bool:
@@ -245,8 +255,9 @@ def encode_image_condition(pipe, video: torch.Tensor, num_frames: int) -> dict:
     f_lat = (num_frames - 1) // pipe.vae_scale_factor_temporal + 1
     shape = (1, z_dim, f_lat, height // pipe.vae_scale_factor_spatial, width // pipe.vae_scale_factor_spatial)
     # Given latents, prepare_latents draws no noise; only its condition is kept.
-    _, condition = pipe.prepare_latents(pixels, 1, z_dim, height, width, num_frames, torch.float32, device,
-                                        None, torch.zeros(shape, device=device))
+    _, condition = pipe.prepare_latents(
+        pixels, 1, z_dim, height, width, num_frames, torch.float32, device, None, torch.zeros(shape, device=device)
+    )
     out = {"condition": condition[0].float().cpu()}
     if getattr(pipe, "image_encoder", None) is not None:
         out["image_embeds"] = pipe.encode_image(image, device)[0].float().cpu()
@@ -254,7 +265,9 @@ def encode_image_condition(pipe, video: torch.Tensor, num_frames: int) -> dict:
 
 
 @torch.no_grad()
-def encode_caption(pipe, family: str, caption: str, *, max_sequence_length: Optional[int] = None, prompt_template=None) -> dict:
+def encode_caption(
+    pipe, family: str, caption: str, *, max_sequence_length: Optional[int] = None, prompt_template=None
+) -> dict:
     """The caption's embeddings as the pipeline makes them (batch dim dropped, on the CPU)."""
     device = pipe._execution_device
     if family == "wan":
@@ -331,17 +344,25 @@ def encode_videos(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise DataError(f"{name} must be a positive integer, got {v!r}")
     settings = {
-        "model": str(model), "height": height, "width": width, "num_frames": num_frames, "frame_stride": frame_stride,
-        "latents": "sampled" if sample_latents else "mode", "max_sequence_length": max_sequence_length,
-        "prompt_template": prompt_template, "store_dtype": str(store_dtype).replace("torch.", ""),
+        "model": str(model),
+        "height": height,
+        "width": width,
+        "num_frames": num_frames,
+        "frame_stride": frame_stride,
+        "latents": "sampled" if sample_latents else "mode",
+        "max_sequence_length": max_sequence_length,
+        "prompt_template": prompt_template,
+        "store_dtype": str(store_dtype).replace("torch.", ""),
         **({"seed": seed} if sample_latents else {}),
     }
     if previous is not None:  # continuing an unfinished encode: with the settings it was started with
         old_source = previous.get("source") or {}
         diff = [f"{k}: saved {old_source.get(k)!r}, given {v!r}" for k, v in settings.items() if old_source.get(k) != v]
         if diff:
-            raise DataError(f"{out_dir / MANIFEST} is an unfinished encode with other settings ({'; '.join(diff)}): "
-                            f"rerun it with the same settings to finish it, or pass --overwrite to start over")
+            raise DataError(
+                f"{out_dir / MANIFEST} is an unfinished encode with other settings ({'; '.join(diff)}): "
+                f"rerun it with the same settings to finish it, or pass --overwrite to start over"
+            )
 
     if pipe is None:
         pipe = load_pipeline(model, dtype=dtype)
@@ -365,7 +386,11 @@ def encode_videos(
         pipe.vae.enable_tiling()
     source = {
         "pipeline": type(pipe).__name__,
-        **({"image": "the clip's first frame (condition and image embeddings by the pipeline's own methods)"} if i2v else {}),
+        **(
+            {"image": "the clip's first frame (condition and image embeddings by the pipeline's own methods)"}
+            if i2v
+            else {}
+        ),
         **settings,
         "normalisation": "(z - latents_mean) / latents_std" if family == "wan" else "z * scaling_factor",
     }
@@ -373,17 +398,23 @@ def encode_videos(
     next_index = 0
     if previous is not None:
         if previous.get("model_family") != family:
-            raise DataError(f"{out_dir / MANIFEST} is an unfinished encode for model family "
-                            f"{previous.get('model_family')!r}, not {family!r}: pass --overwrite to start over")
+            raise DataError(
+                f"{out_dir / MANIFEST} is an unfinished encode for model family "
+                f"{previous.get('model_family')!r}, not {family!r}: pass --overwrite to start over"
+            )
         for e in previous.get("samples") or []:
             if isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("video"), str):
                 done[e["video"]] = e
                 next_index = max(next_index, _file_index(e["file"]) + 1)
 
     # video path -> entry, written in the order of ``items``; first the clips already encoded
-    entries = {str(it.video): done[str(it.video)] for it in items
-               if str(it.video) in done and done[str(it.video)].get("caption") == it.caption
-               and (out_dir / done[str(it.video)]["file"]).is_file()}
+    entries = {
+        str(it.video): done[str(it.video)]
+        for it in items
+        if str(it.video) in done
+        and done[str(it.video)].get("caption") == it.caption
+        and (out_dir / done[str(it.video)]["file"]).is_file()
+    }
     skipped = []
 
     def save(partial: bool) -> pathlib.Path:
@@ -417,14 +448,17 @@ def encode_videos(
                     continue
                 gen = _clip_generator(dev, seed, key) if sample_latents else None
                 lat = encode_latents(pipe, family, video, sample=sample_latents, generator=gen)
-                text = encode_caption(pipe, family, item.caption, max_sequence_length=max_sequence_length,
-                                      prompt_template=prompt_template)
+                text = encode_caption(
+                    pipe, family, item.caption, max_sequence_length=max_sequence_length, prompt_template=prompt_template
+                )
                 rel = f"samples/{next_index:06d}.safetensors"
                 next_index += 1
                 kw = {}
                 if family == "hunyuan":
-                    kw = {"prompt_attention_mask": text["prompt_attention_mask"],
-                          "pooled_prompt_embeds": text["pooled_prompt_embeds"].to(store_dtype)}
+                    kw = {
+                        "prompt_attention_mask": text["prompt_attention_mask"],
+                        "pooled_prompt_embeds": text["pooled_prompt_embeds"].to(store_dtype),
+                    }
                 if i2v:
                     kw = {k: v.to(store_dtype) for k, v in encode_image_condition(pipe, video, num_frames).items()}
                 if not marked:
@@ -433,7 +467,12 @@ def encode_videos(
                     save(partial=True)
                     marked = True
                 shapes = write_sample(out_dir / rel, lat.to(store_dtype), text["prompt_embeds"].to(store_dtype), **kw)
-                entries[key] = {"file": rel, "caption": item.caption, "video": key, "latent_shape": list(shapes["latents"])}
+                entries[key] = {
+                    "file": rel,
+                    "caption": item.caption,
+                    "video": key,
+                    "latent_shape": list(shapes["latents"]),
+                }
                 save(partial=True)  # this clip survives whatever happens next
             if bar is not None:
                 bar.update(1)
@@ -441,8 +480,10 @@ def encode_videos(
         if bar is not None:
             bar.close()
     if not entries:
-        raise DataError(f"no video could be encoded: all {len(items)} were skipped as unreadable "
-                        f"({', '.join(s['video'] for s in skipped[:5])})")
+        raise DataError(
+            f"no video could be encoded: all {len(items)} were skipped as unreadable "
+            f"({', '.join(s['video'] for s in skipped[:5])})"
+        )
     return save(partial=False)
 
 

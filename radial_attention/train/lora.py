@@ -15,7 +15,16 @@ from .model import lora_target_regex, pipeline_class
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
-def add_lora(transformer, family: str, *, rank: int = 128, alpha: Optional[float] = None, dropout: float = 0.0, train_ff: bool = False, init_seed: Optional[int] = None):
+def add_lora(
+    transformer,
+    family: str,
+    *,
+    rank: int = 128,
+    alpha: Optional[float] = None,
+    dropout: float = 0.0,
+    train_ff: bool = False,
+    init_seed: Optional[int] = None,
+):
     """Inject a LoRA adapter named ``"default"`` into the transformer's self-attention projections
     (and feed-forward layers with ``train_ff``), freeze everything else, keep LoRA weights in float32.
 
@@ -111,8 +120,12 @@ def load_lora_into(transformer, lora_dir) -> None:
     with torch.no_grad():
         for k in current:
             # peft state-dict keys drop the adapter name: "x.lora_A.weight" <- "x.lora_A.default.weight"
-            pname = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight")
+            pname = k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight"
+            )
             src = saved[prefix + k]
             if params[pname].shape != src.shape:
-                raise ValueError(f"{path}: {k} has shape {tuple(src.shape)}, the model's adapter {tuple(params[pname].shape)}")
+                raise ValueError(
+                    f"{path}: {k} has shape {tuple(src.shape)}, the model's adapter {tuple(params[pname].shape)}"
+                )
             params[pname].copy_(src)

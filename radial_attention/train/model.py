@@ -71,9 +71,15 @@ def model_spec(transformer) -> ModelSpec:
         # (its attention takes the tokens after the first 512 as the image's).
         latent, total = int(cfg.out_channels or cfg.in_channels), int(cfg.in_channels)
         image_dim = int(cfg.image_dim) if getattr(cfg, "image_dim", None) is not None else None
-        return ModelSpec("wan", latent, tuple(int(p) for p in cfg.patch_size), int(cfg.text_dim),
-                         condition_channels=total - latent, image_dim=image_dim,
-                         text_len=WAN_TEXT_TOKENS if image_dim is not None else None)
+        return ModelSpec(
+            "wan",
+            latent,
+            tuple(int(p) for p in cfg.patch_size),
+            int(cfg.text_dim),
+            condition_channels=total - latent,
+            image_dim=image_dim,
+            text_len=WAN_TEXT_TOKENS if image_dim is not None else None,
+        )
     return ModelSpec(
         "hunyuan",
         int(cfg.in_channels),
@@ -128,7 +134,9 @@ def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: in
         else:
             built = tiny.tiny_hunyuan_transformer(num_layers=2, num_single_layers=1, seed=seed)
         return cast_like_from_pretrained(built, dtype)
-    path = resolve_model(model, components=[subfolder, "scheduler"], local_ok=f"a built-in tiny model ({', '.join(TINY_MODELS)})")
+    path = resolve_model(
+        model, components=[subfolder, "scheduler"], local_ok=f"a built-in tiny model ({', '.join(TINY_MODELS)})"
+    )
     if (path / "model_index.json").is_file():
         if not (path / subfolder / "config.json").is_file():
             raise FileNotFoundError(f"{str(path)!r} has no {subfolder!r} component (no {subfolder}/config.json)")
@@ -202,7 +210,13 @@ def default_shift(model: str, family: str) -> float:
 
 
 def transformer_inputs(
-    family: str, batch: Dict[str, torch.Tensor], x_t: torch.Tensor, timestep: torch.Tensor, *, dtype: torch.dtype, guidance: float = 1.0
+    family: str,
+    batch: Dict[str, torch.Tensor],
+    x_t: torch.Tensor,
+    timestep: torch.Tensor,
+    *,
+    dtype: torch.dtype,
+    guidance: float = 1.0,
 ) -> dict:
     """Keyword arguments of one transformer call, as the family's pipeline makes them.
 

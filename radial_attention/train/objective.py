@@ -89,6 +89,7 @@ class FlowMatching:
         if self.sampling == "uniform":
             u = u_lo + (u_hi - u_lo) * r
         else:  # logit-normal: a normal truncated to the logits of the range
+
             def cdf(u: float) -> float:  # P(sigmoid(mean + std * z) <= u), z standard normal
                 if u <= 0.0 or u >= 1.0:
                     return 0.0 if u <= 0.0 else 1.0

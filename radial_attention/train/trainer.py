@@ -61,8 +61,20 @@ from .plot import plot_loss
 # Settings that must not change between a run and its resumption (they change the data order,
 # the random draws, the adapter's shape, the model being trained or the data). data_fingerprint
 # identifies the data folder's samples, not its path (a moved folder still resumes).
-_RESUME_MUST_MATCH = ("lora_rank", "alpha", "train_ff", "attention", "batch_size", "grad_accum", "seed", "world_size",
-                      "timestep_sampling", "transformer_subfolder", "timestep_range", "data_fingerprint")
+_RESUME_MUST_MATCH = (
+    "lora_rank",
+    "alpha",
+    "train_ff",
+    "attention",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "world_size",
+    "timestep_sampling",
+    "transformer_subfolder",
+    "timestep_range",
+    "data_fingerprint",
+)
 _SETTING_DEFAULTS = {"transformer_subfolder": "transformer", "timestep_range": None}
 # Checked only when the checkpoint records them (older checkpoints do not).
 _CHECKED_IF_SAVED = ("data_fingerprint", "attention")
@@ -119,8 +131,9 @@ class LoRATrainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         loaded_from_model = transformer is None  # else cfg.model may name nothing loadable (tests, notebooks)
         if transformer is None:
-            transformer = load_transformer(cfg.model, dtype=self.precision.weights, seed=cfg.seed,
-                                           subfolder=cfg.transformer_subfolder)
+            transformer = load_transformer(
+                cfg.model, dtype=self.precision.weights, seed=cfg.seed, subfolder=cfg.transformer_subfolder
+            )
         elif transformer.dtype != self.precision.weights:
             transformer = cast_like_from_pretrained(transformer, self.precision.weights)
         self.family = family_of(transformer)
@@ -138,16 +151,25 @@ class LoRATrainer:
         self.objective = FlowMatching(shift=self.shift, sampling=cfg.timestep_sampling, sigma_range=sigma_range)
 
         self.lora_config = add_lora(
-            transformer, self.family, rank=cfg.lora_rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
-            train_ff=cfg.train_ff, init_seed=cfg.seed,
+            transformer,
+            self.family,
+            rank=cfg.lora_rank,
+            alpha=cfg.alpha,
+            dropout=cfg.lora_dropout,
+            train_ff=cfg.train_ff,
+            init_seed=cfg.seed,
         )
         transformer.to(self.device)
         if cfg.attention == "radial":
             from radial_attention.integrations.diffusers import apply_radial_attention
 
             apply_radial_attention(
-                transformer, preset=cfg.preset, decay=cfg.decay, dense_layers=cfg.dense_layers,
-                block_size=cfg.block_size, backend=cfg.backend,
+                transformer,
+                preset=cfg.preset,
+                decay=cfg.decay,
+                dense_layers=cfg.dense_layers,
+                block_size=cfg.block_size,
+                backend=cfg.backend,
             )
         if cfg.gradient_checkpointing:
             enable_checkpointing(transformer, offload=cfg.offload_checkpoints)
@@ -155,8 +177,9 @@ class LoRATrainer:
         self.transformer = transformer
         if cfg.offload_checkpoints and self.info.distributed:
             # Reentrant checkpointing under DDP needs a static graph; not set up or tested here.
-            raise ValueError("offload_checkpoints is single-process only for now; got "
-                             f"{self.info.world_size} processes")
+            raise ValueError(
+                f"offload_checkpoints is single-process only for now; got {self.info.world_size} processes"
+            )
         self.model = dp.wrap(transformer, self.info)
         self.params = lora_parameters(transformer)
         self.optimizer = torch.optim.AdamW(
@@ -193,10 +216,18 @@ class LoRATrainer:
             if self.info.is_main:
                 self._clear_previous_run(checkpoints)
             return
-        files = [name for name in _RUN_FILES if name != "loss.png" and (out / name).is_file()
-                 and not (name == "loss.jsonl" and (out / name).stat().st_size == 0)]
-        hint = ("continue it with --resume latest (resume='latest'), " if checkpoints else "it has no checkpoint to continue; ") + \
-            "write to another --output, or pass --overwrite to delete its checkpoints and logs"
+        files = [
+            name
+            for name in _RUN_FILES
+            if name != "loss.png"
+            and (out / name).is_file()
+            and not (name == "loss.jsonl" and (out / name).stat().st_size == 0)
+        ]
+        hint = (
+            "continue it with --resume latest (resume='latest'), "
+            if checkpoints
+            else "it has no checkpoint to continue; "
+        ) + "write to another --output, or pass --overwrite to delete its checkpoints and logs"
         if resume_from is None:
             if checkpoints or (self.cfg.resume is None and files) or LORA_WEIGHTS_NAME in files:
                 what = ([f"checkpoints {', '.join(p.name for p in checkpoints)}"] if checkpoints else []) + files
@@ -205,8 +236,10 @@ class LoRATrainer:
         mine = ckpt.run_id_of(resume_from)
         others = [p.name for p in checkpoints if mine is not None and ckpt.run_id_of(p) not in (None, mine)]
         if others:
-            raise ValueError(f"output folder {str(out)!r} holds checkpoints of another run ({', '.join(others)}) than "
-                             f"the one resumed from {resume_from}: resume into another --output")
+            raise ValueError(
+                f"output folder {str(out)!r} holds checkpoints of another run ({', '.join(others)}) than "
+                f"the one resumed from {resume_from}: resume into another --output"
+            )
 
     def _clear_previous_run(self, checkpoints) -> None:
         """``overwrite``: delete the previous run's checkpoints (only folders named like ours) and files."""
@@ -222,7 +255,9 @@ class LoRATrainer:
                 (self.output_dir / name).unlink()
                 removed.append(name)
         if removed:
-            warnings.warn(f"overwrite: deleted the previous run in {self.output_dir}: {', '.join(removed)}", stacklevel=3)
+            warnings.warn(
+                f"overwrite: deleted the previous run in {self.output_dir}: {', '.join(removed)}", stacklevel=3
+            )
 
     # ------------------------------------------------------------------ facts
     @property
@@ -232,10 +267,14 @@ class LoRATrainer:
 
     def settings(self) -> dict:
         d = dataclasses.asdict(self.cfg)
-        d.update(world_size=self.info.world_size, family=self.family, shift=self.shift,
-                 timestep_range=None if self.timestep_range is None else list(self.timestep_range),
-                 alpha=float(self.cfg.lora_rank if self.cfg.alpha is None else self.cfg.alpha),  # the effective alpha
-                 data_fingerprint=self.dataset.fingerprint)
+        d.update(
+            world_size=self.info.world_size,
+            family=self.family,
+            shift=self.shift,
+            timestep_range=None if self.timestep_range is None else list(self.timestep_range),
+            alpha=float(self.cfg.lora_rank if self.cfg.alpha is None else self.cfg.alpha),  # the effective alpha
+            data_fingerprint=self.dataset.fingerprint,
+        )
         return d
 
     def radial_density(self) -> Optional[float]:
@@ -249,8 +288,14 @@ class LoRATrainer:
         extra_tokens = 0  # HunyuanVideo appends its text tokens to the video's in the self-attention
         if self.family == "hunyuan":
             extra_tokens = self.dataset.samples[0].shapes["prompt_embeds"][0]
-        m = radial_block_mask(lay["frames"], lay["tokens_per_frame"], preset=preset, decay=self.cfg.decay,
-                              block_size=self.cfg.block_size, extra_tokens=extra_tokens)
+        m = radial_block_mask(
+            lay["frames"],
+            lay["tokens_per_frame"],
+            preset=preset,
+            decay=self.cfg.decay,
+            block_size=self.cfg.block_size,
+            extra_tokens=extra_tokens,
+        )
         return m.density
 
     # ------------------------------------------------------------------ data order
@@ -284,11 +329,16 @@ class LoRATrainer:
         (one per item)."""
         module = self.model if module is None else module
         x_t, timestep, target, _ = self.objective.sample(batch["latents"], generators)
-        kw = transformer_inputs(self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance)
+        kw = transformer_inputs(
+            self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance
+        )
         offload = self.cfg.offload_checkpoints and torch.is_grad_enabled()
         kw["hidden_states"] = prepare_offload_input(kw["hidden_states"], offload)
-        with autocast_context(self.precision, self.device.type), lora_input_cast_off(self.transformer, self.precision), \
-                offload_context(self.device, offload):
+        with (
+            autocast_context(self.precision, self.device.type),
+            lora_input_cast_off(self.transformer, self.precision),
+            offload_context(self.device, offload),
+        ):
             pred = module(**kw)[0]
         return self.objective.loss(pred, target)
 
@@ -349,7 +399,9 @@ class LoRATrainer:
 
     def _sample_name(self, index: int) -> str:
         s = self.dataset.samples[index]
-        return f"#{index} {s.file.relative_to(self.dataset.root) if s.file.is_relative_to(self.dataset.root) else s.file}"
+        return (
+            f"#{index} {s.file.relative_to(self.dataset.root) if s.file.is_relative_to(self.dataset.root) else s.file}"
+        )
 
     @torch.no_grad()
     def _describe_step_samples(self, local_loss: Optional[float] = None) -> str:
@@ -383,10 +435,14 @@ class LoRATrainer:
         self.optimizer.zero_grad(set_to_none=True)
         batch = {k: v.to(self.device) for k, v in collate([self.dataset[i] for i in indices]).items()}
         with lora_input_cast_off(self.transformer, self.precision):
-            loss = self._forward_loss(batch, [_sample_generator(self.cfg.seed, epoch, i) for i in indices], module=self.transformer)
+            loss = self._forward_loss(
+                batch, [_sample_generator(self.cfg.seed, epoch, i) for i in indices], module=self.transformer
+            )
             loss.backward()
         loss = loss.detach()
-        grads = {n: p.grad.detach().float().cpu().clone() for n, p in self.transformer.named_parameters() if p.requires_grad}
+        grads = {
+            n: p.grad.detach().float().cpu().clone() for n, p in self.transformer.named_parameters() if p.requires_grad
+        }
         self.optimizer.zero_grad(set_to_none=True)
         return loss.item(), grads
 
@@ -406,8 +462,10 @@ class LoRATrainer:
         self.transformer.train(was_training)
         bad = [self._sample_name(i) for i, v in enumerate(losses) if not math.isfinite(v)]
         if bad:
-            raise NonFiniteLossError(f"step {self.step_count}: the fixed-noise eval loss is not finite on {', '.join(bad)}. "
-                                     f"{self._last_good()}")
+            raise NonFiniteLossError(
+                f"step {self.step_count}: the fixed-noise eval loss is not finite on {', '.join(bad)}. "
+                f"{self._last_good()}"
+            )
         return sum(losses) / len(losses)
 
     # ------------------------------------------------------------------ checkpoints
@@ -415,8 +473,9 @@ class LoRATrainer:
         """Write a checkpoint of the current step (all processes must call it). Rotation then
         drops this run's older checkpoints beyond ``keep_checkpoints``."""
         if not _all_finite(self.params):  # never let a broken state push a good checkpoint out
-            raise NonFiniteLossError(f"step {self.step_count}: the LoRA weights are not finite; no checkpoint written. "
-                                     f"{self._last_good()}")
+            raise NonFiniteLossError(
+                f"step {self.step_count}: the LoRA weights are not finite; no checkpoint written. {self._last_good()}"
+            )
         final = ckpt.checkpoint_dir(self.output_dir, self.step_count)
         tmp = final.with_name(f"tmp-{final.name}")
         if self.info.is_main:
@@ -428,8 +487,13 @@ class LoRATrainer:
             save_lora(self.transformer, self.family, tmp)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            state = {"step": self.step_count, "epoch": self.epoch, "position": self.position, "run_id": self.run_id,
-                     "settings": self.settings()}
+            state = {
+                "step": self.step_count,
+                "epoch": self.epoch,
+                "position": self.position,
+                "run_id": self.run_id,
+                "settings": self.settings(),
+            }
             ckpt.finish_write(tmp, state, self.cfg.keep_checkpoints)
         dp.barrier(self.info)
         self._saved_path = final
@@ -455,7 +519,9 @@ class LoRATrainer:
             raise ckpt.CheckpointError(f"{scheduler_file}: not a learning-rate schedule state ({e})") from None
         ckpt.set_rng_state(ckpt.load_tensors(rng_file), source=str(rng_file))
         self.step_count, self.epoch, self.position = int(state["step"]), int(state["epoch"]), int(state["position"])
-        self.run_id = state.get("run_id") or self.run_id  # older checkpoints have none: a new id (their siblings are kept)
+        self.run_id = (
+            state.get("run_id") or self.run_id
+        )  # older checkpoints have none: a new id (their siblings are kept)
         self._saved_path = path
         self._order = None
 
@@ -467,8 +533,11 @@ class LoRATrainer:
         """A log or plot could not be written (disk full...): the run goes on; said once per file."""
         if what not in self._io_warned:
             self._io_warned.add(what)
-            warnings.warn(f"could not write {self.output_dir / what} ({type(err).__name__}: {err}); training goes on "
-                          f"(this warning is shown once)", stacklevel=3)
+            warnings.warn(
+                f"could not write {self.output_dir / what} ({type(err).__name__}: {err}); training goes on "
+                f"(this warning is shown once)",
+                stacklevel=3,
+            )
 
     def _trim_log(self) -> None:
         """On resume, drop log lines past the resumed step (they belong to the lost tail of the run)."""
@@ -515,8 +584,10 @@ class LoRATrainer:
         if main:
             self._trim_log()
             try:
-                _write_text_atomic(self.output_dir / "train_config.json",
-                                   json.dumps({**self.settings(), "run_id": self.run_id}, indent=1, default=str))
+                _write_text_atomic(
+                    self.output_dir / "train_config.json",
+                    json.dumps({**self.settings(), "run_id": self.run_id}, indent=1, default=str),
+                )
             except OSError as e:
                 self._io_failed("train_config.json", e)
         bar = None
@@ -537,7 +608,11 @@ class LoRATrainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", step_s=f"{rec['step_time_s']:.2f}")
-                if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.step_count < cfg.max_steps:
+                if (
+                    cfg.checkpoint_every
+                    and self.step_count % cfg.checkpoint_every == 0
+                    and self.step_count < cfg.max_steps
+                ):
                     self.save_checkpoint()
                     if main:  # a curve to look at while a long run goes on
                         self._draw_plot()
@@ -548,13 +623,18 @@ class LoRATrainer:
                 self._log = None
             if bar is not None:
                 bar.close()
-        if cfg.checkpoint_every and (self._saved_path is None or self._saved_path.name != ckpt.checkpoint_dir(self.output_dir, self.step_count).name):
+        if cfg.checkpoint_every and (
+            self._saved_path is None
+            or self._saved_path.name != ckpt.checkpoint_dir(self.output_dir, self.step_count).name
+        ):
             self.save_checkpoint()
         lora_path = self.output_dir / LORA_WEIGHTS_NAME
         if main:
             if not _all_finite(self.params):
-                raise NonFiniteLossError(f"step {self.step_count}: the LoRA weights are not finite; the final LoRA was "
-                                         f"not written. {self._last_good()}")
+                raise NonFiniteLossError(
+                    f"step {self.step_count}: the LoRA weights are not finite; the final LoRA was "
+                    f"not written. {self._last_good()}"
+                )
             lora_path = save_lora(self.transformer, self.family, self.output_dir)
             self._draw_plot()
         dp.barrier(self.info)
@@ -572,8 +652,10 @@ def _resume_differences(saved: dict, now: dict) -> List[str]:
             continue
         if saved.get(key) != now[key]:
             if key == "data_fingerprint":
-                out.append(f"data folder: saved {saved.get('data')!r}, given {now['data']!r} (their manifests list "
-                           f"different samples)")
+                out.append(
+                    f"data folder: saved {saved.get('data')!r}, given {now['data']!r} (their manifests list "
+                    f"different samples)"
+                )
             else:
                 out.append(f"{key}: saved {saved.get(key)!r}, given {now[key]!r}")
     return out

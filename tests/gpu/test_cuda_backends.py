@@ -76,7 +76,9 @@ def test_backend_matches_float64_within_twice_sdpa(name, B, H, S, D, mshape, len
     want = masked_attention_f64(q64, k64, v64, m, bs, key_lengths=kl)
     live = token_allowed(m, B, H, S, bs, kl).any(dim=-1).to(dev)  # [B, H, S]: rows with a key
     grad_out = torch.randn(B, H, S, D, generator=g).to(dev, dtype)
-    want_grads = torch.autograd.grad(want, (q64, k64, v64), grad_out.double().cpu().masked_fill(~live.cpu()[..., None], 0))
+    want_grads = torch.autograd.grad(
+        want, (q64, k64, v64), grad_out.double().cpu().masked_fill(~live.cpu()[..., None], 0)
+    )
     sdpa_err, sdpa_gerr = _sdpa_errors(q, k, v, m, bs, kl, grad_out, want.detach(), want_grads, live)
 
     qa, ka, va = (t.detach().clone().requires_grad_(grad) for t in (q, k, v))

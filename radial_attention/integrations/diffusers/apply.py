@@ -130,7 +130,9 @@ def _settings(config: Optional[RadialAttentionConfig], overrides: dict) -> Radia
     names = [f.name for f in dataclasses.fields(RadialAttentionConfig)]
     unknown = sorted(set(overrides) - set(names))
     if unknown:
-        raise TypeError(f"apply_radial_attention() got unexpected keyword argument(s) {unknown}; the settings are {names}")
+        raise TypeError(
+            f"apply_radial_attention() got unexpected keyword argument(s) {unknown}; the settings are {names}"
+        )
     return dataclasses.replace(config, **overrides)
 
 
@@ -141,7 +143,12 @@ def _make_config(transformers, pipeline, settings: RadialAttentionConfig) -> Rad
 
     s = settings
     preset, decay, backend, dense_backend, num_steps = s.preset, s.decay, s.backend, s.dense_backend, s.num_steps
-    dense_steps, dense_last_steps, dense_layers, block_size = s.dense_steps, s.dense_last_steps, s.dense_layers, s.block_size
+    dense_steps, dense_last_steps, dense_layers, block_size = (
+        s.dense_steps,
+        s.dense_last_steps,
+        s.dense_layers,
+        s.block_size,
+    )
 
     dense_steps = _check_int("dense_steps", dense_steps)
     dense_last_steps = _check_int("dense_last_steps", dense_last_steps)

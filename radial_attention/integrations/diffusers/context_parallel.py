@@ -133,7 +133,9 @@ def refuse_training_under_context_parallel(where: str, module, args, kwargs) -> 
         )
 
 
-def check_sequence_parallel(model, ulysses_degree: int, *, seq_len: Optional[int] = None, ulysses_anything: bool = False) -> None:
+def check_sequence_parallel(
+    model, ulysses_degree: int, *, seq_len: Optional[int] = None, ulysses_anything: bool = False
+) -> None:
     """Raise a clear error if radial attention cannot run on ``model`` split over ``ulysses_degree`` ranks.
 
     Args:

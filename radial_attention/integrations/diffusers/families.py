@@ -36,7 +36,9 @@ class ModelFamily:
     def layout(self, model: torch.nn.Module, hidden_states: torch.Tensor) -> Tuple[int, int]:
         """``(F, T)``: latent frames and tokens per frame of a call's ``hidden_states [B, C, F, H, W]``."""
         if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 5:
-            got = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
+            got = (
+                tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
+            )
             raise ValueError(f"{self.name} transformer: expected hidden_states [B, C, F, H, W], got {got}")
         p_t, p_h, p_w = self.patch(model.config)
         _, _, f, h, w = hidden_states.shape

@@ -177,7 +177,12 @@ class RadialState:
 
             c = self.config
             mask = radial_block_mask(
-                frames, tokens_per_frame, preset=c.preset, decay=c.decay, block_size=c.block_size, extra_tokens=extra_tokens
+                frames,
+                tokens_per_frame,
+                preset=c.preset,
+                decay=c.decay,
+                block_size=c.block_size,
+                extra_tokens=extra_tokens,
             )
             self.masks[key] = mask
         return mask

@@ -165,8 +165,16 @@ class DenseSDPA(TorchFunctionMode):
             return func(*args, **kwargs)
         call = _bind(args, kwargs)
         q, k, v = call["query"], call["key"], call["value"]
-        if (call["dropout_p"] or call["is_causal"] or call["enable_gqa"] or q.dim() != 4
-                or q.shape != k.shape or k.shape != v.shape or q.dtype != k.dtype or k.dtype != v.dtype):
+        if (
+            call["dropout_p"]
+            or call["is_causal"]
+            or call["enable_gqa"]
+            or q.dim() != 4
+            or q.shape != k.shape
+            or k.shape != v.shape
+            or q.dtype != k.dtype
+            or k.dtype != v.dtype
+        ):
             return func(*args, **kwargs)
         from radial_attention.ops import dense_attention, resolve_dense_backend
 

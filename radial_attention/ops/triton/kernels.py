@@ -38,8 +38,9 @@ import triton.language as tl
 
 # ----------------------------------------------------------------------------- tile helpers
 @triton.jit
-def _load_tile(src, b, h, row0, stride_s, limit,
-               BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr):
+def _load_tile(
+    src, b, h, row0, stride_s, limit, BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr
+):
     """Rows ``row0 .. row0 + BLOCK`` of one (b, h) slice -> ``[BLOCK, D]``.
 
     ``src``: a TMA descriptor over ``[B, H, S, D]`` (USE_TMA) or a pointer already offset to the
@@ -57,8 +58,7 @@ def _load_tile(src, b, h, row0, stride_s, limit,
 
 
 @triton.jit
-def _store_tile(dst, b, h, row0, stride_s, limit, value,
-                BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr):
+def _store_tile(dst, b, h, row0, stride_s, limit, value, BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr):
     """Store ``value [BLOCK, D]`` into rows ``row0 ..`` of one (b, h) slice; rows ``>= limit`` untouched."""
     if USE_TMA:
         dst.store([b, h, row0, 0], value.reshape(1, 1, BLOCK, D))
@@ -129,8 +129,22 @@ def _sub_tile_start(idx_row, it, BS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _q_tile_prologue(KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN, H, S, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
-                     BS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_KEY_LEN: tl.constexpr):
+def _q_tile_prologue(
+    KV_IDX,
+    KV_CNT,
+    ROW_ORDER,
+    KEY_LEN,
+    H,
+    S,
+    stride_ib,
+    stride_ih,
+    stride_ir,
+    stride_cb,
+    stride_ch,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    HAS_KEY_LEN: tl.constexpr,
+):
     """Where a query-tile program (forward, dQ) stands: ``(bh, b, h, m0, idx_row, kv_limit, n_full, has_tail)``.
 
     ``m0``: the tile's first query row; ``idx_row``: its mask row's key-block list; ``n_full``,
@@ -171,10 +185,31 @@ def _mma(a, b, acc, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
 
 # ----------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs, qk_scale,
-              BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-              MASKED: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
-              INTERPRET: tl.constexpr):
+def _fwd_step(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_src,
+    v_src,
+    idx_row,
+    it,
+    b,
+    h,
+    kv_limit,
+    stride_ks,
+    stride_vs,
+    qk_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    MASKED: tl.constexpr,
+    NEG_SCALE: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list."""
     n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
     k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
@@ -205,32 +240,121 @@ def _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, strid
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, start, stop, kv_limit, stride_ks, stride_vs,
-               qk_scale,
-               BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-               MASKED: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
-               INTERPRET: tl.constexpr):
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_src,
+    v_src,
+    idx_row,
+    b,
+    h,
+    start,
+    stop,
+    kv_limit,
+    stride_ks,
+    stride_vs,
+    qk_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    MASKED: tl.constexpr,
+    NEG_SCALE: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     for it in range(start, stop):
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks,
-                                  stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, NEG_SCALE, USE_TMA, DOT_PREC,
-                                  INTERPRET)
+        acc, l_i, m_i = _fwd_step(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_src,
+            v_src,
+            idx_row,
+            it,
+            b,
+            h,
+            kv_limit,
+            stride_ks,
+            stride_vs,
+            qk_scale,
+            BS,
+            BLOCK_M,
+            BLOCK_N,
+            D,
+            MASKED,
+            NEG_SCALE,
+            USE_TMA,
+            DOT_PREC,
+            INTERPRET,
+        )
     return acc, l_i, m_i
 
 
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
-def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
-                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-                stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
-                H, S, S_PAD, qk_scale,
-                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                HAS_KEY_LEN: tl.constexpr, NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr,
-                DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                INTERPRET: tl.constexpr):
+def _fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    KV_IDX,
+    KV_CNT,
+    ROW_ORDER,
+    KEY_LEN,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_ib,
+    stride_ih,
+    stride_ir,
+    stride_cb,
+    stride_ch,
+    H,
+    S,
+    S_PAD,
+    qk_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    HAS_KEY_LEN: tl.constexpr,
+    NEG_SCALE: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    OUT_DTYPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """One program: query rows ``m0 .. m0 + BLOCK_M`` of head ``(b, h)``. Writes O and LSE (base 2)."""
     bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
-        KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN, H, S, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
-        BS, BLOCK_M, HAS_KEY_LEN)
+        KV_IDX,
+        KV_CNT,
+        ROW_ORDER,
+        KEY_LEN,
+        H,
+        S,
+        stride_ib,
+        stride_ih,
+        stride_ir,
+        stride_cb,
+        stride_ch,
+        BS,
+        BLOCK_M,
+        HAS_KEY_LEN,
+    )
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
     k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
@@ -243,13 +367,59 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
     # Key sub-tiles before the masked tail. Computed here, not in the prologue, so that the PTX stays
     # the same instruction for instruction as before the prologue was shared.
     full_stop = n_full * (BS // BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, 0, full_stop, kv_limit,
-                               stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, NEG_SCALE, USE_TMA,
-                               DOT_PREC, INTERPRET)
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_src,
+        v_src,
+        idx_row,
+        b,
+        h,
+        0,
+        full_stop,
+        kv_limit,
+        stride_ks,
+        stride_vs,
+        qk_scale,
+        BS,
+        BLOCK_M,
+        BLOCK_N,
+        D,
+        False,
+        NEG_SCALE,
+        USE_TMA,
+        DOT_PREC,
+        INTERPRET,
+    )
     if has_tail:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_src, v_src, idx_row, b, h, full_stop,
-                                   _tail_stop(full_stop, kv_limit, BS, BLOCK_N), kv_limit, stride_ks, stride_vs,
-                                   qk_scale, BS, BLOCK_M, BLOCK_N, D, True, NEG_SCALE, USE_TMA, DOT_PREC, INTERPRET)
+        acc, l_i, m_i = _fwd_inner(
+            acc,
+            l_i,
+            m_i,
+            q,
+            k_src,
+            v_src,
+            idx_row,
+            b,
+            h,
+            full_stop,
+            _tail_stop(full_stop, kv_limit, BS, BLOCK_N),
+            kv_limit,
+            stride_ks,
+            stride_vs,
+            qk_scale,
+            BS,
+            BLOCK_M,
+            BLOCK_N,
+            D,
+            True,
+            NEG_SCALE,
+            USE_TMA,
+            DOT_PREC,
+            INTERPRET,
+        )
 
     # A row that saw no key has l == 0 and acc == 0: output 0, lse +inf (so the backward's p is 0).
     has_key = l_i > 0.0
@@ -264,8 +434,22 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
-def _bwd_delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_os, stride_db, stride_dh, stride_ds,
-                      H, S, S_PAD, BLOCK: tl.constexpr, D: tl.constexpr):
+def _bwd_delta_kernel(
+    O,
+    DO,
+    DELTA,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_db,
+    stride_dh,
+    stride_ds,
+    H,
+    S,
+    S_PAD,
+    BLOCK: tl.constexpr,
+    D: tl.constexpr,
+):
     """``delta[b, h, i] = sum_d O * dO`` (float32) for ``i < S``, 0 for the padding rows up to S_PAD."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -274,18 +458,54 @@ def _bwd_delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_os, stride_db, 
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
     ok = offs[:, None] < S
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + offs[:, None].to(tl.int64) * stride_os
-                + offs_d[None, :], mask=ok, other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh + offs[:, None].to(tl.int64) * stride_ds
-                 + offs_d[None, :], mask=ok, other=0.0)
+    o = tl.load(
+        O
+        + b.to(tl.int64) * stride_ob
+        + h.to(tl.int64) * stride_oh
+        + offs[:, None].to(tl.int64) * stride_os
+        + offs_d[None, :],
+        mask=ok,
+        other=0.0,
+    )
+    do = tl.load(
+        DO
+        + b.to(tl.int64) * stride_db
+        + h.to(tl.int64) * stride_dh
+        + offs[:, None].to(tl.int64) * stride_ds
+        + offs_d[None, :],
+        mask=ok,
+        other=0.0,
+    )
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + bh.to(tl.int64) * S_PAD + offs, delta)
 
 
 @triton.jit
-def _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs, qk_scale,
-             BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-             MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+def _dq_step(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_src,
+    v_src,
+    idx_row,
+    it,
+    b,
+    h,
+    kv_limit,
+    stride_ks,
+    stride_vs,
+    qk_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    MASKED: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
     k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
     v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
@@ -300,31 +520,126 @@ def _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, s
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, start, stop, kv_limit, stride_ks, stride_vs,
-              qk_scale,
-              BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-              MASKED: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+def _dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_src,
+    v_src,
+    idx_row,
+    b,
+    h,
+    start,
+    stop,
+    kv_limit,
+    stride_ks,
+    stride_vs,
+    qk_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    MASKED: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     for it in range(start, stop):
-        dq = _dq_step(dq, q, do, lse, delta, k_src, v_src, idx_row, it, b, h, kv_limit, stride_ks, stride_vs,
-                      qk_scale, BS, BLOCK_M, BLOCK_N, D, MASKED, USE_TMA, DOT_PREC, INTERPRET)
+        dq = _dq_step(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            k_src,
+            v_src,
+            idx_row,
+            it,
+            b,
+            h,
+            kv_limit,
+            stride_ks,
+            stride_vs,
+            qk_scale,
+            BS,
+            BLOCK_M,
+            BLOCK_N,
+            D,
+            MASKED,
+            USE_TMA,
+            DOT_PREC,
+            INTERPRET,
+        )
     return dq
 
 
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
-def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN,
-                   stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                   stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
-                   stride_dqb, stride_dqh, stride_dqs,
-                   stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
-                   H, S, S_PAD, qk_scale, ds_scale,
-                   BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                   HAS_KEY_LEN: tl.constexpr, USE_TMA: tl.constexpr,
-                   DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                   INTERPRET: tl.constexpr):
+def _bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DQ,
+    LSE,
+    DELTA,
+    KV_IDX,
+    KV_CNT,
+    ROW_ORDER,
+    KEY_LEN,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_dqb,
+    stride_dqh,
+    stride_dqs,
+    stride_ib,
+    stride_ih,
+    stride_ir,
+    stride_cb,
+    stride_ch,
+    H,
+    S,
+    S_PAD,
+    qk_scale,
+    ds_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    HAS_KEY_LEN: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    OUT_DTYPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """One program: dQ of query rows ``m0 .. m0 + BLOCK_M``, walking the row's key blocks like the forward."""
     bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
-        KV_IDX, KV_CNT, ROW_ORDER, KEY_LEN, H, S, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
-        BS, BLOCK_M, HAS_KEY_LEN)
+        KV_IDX,
+        KV_CNT,
+        ROW_ORDER,
+        KEY_LEN,
+        H,
+        S,
+        stride_ib,
+        stride_ih,
+        stride_ir,
+        stride_cb,
+        stride_ch,
+        BS,
+        BLOCK_M,
+        HAS_KEY_LEN,
+    )
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
     do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
@@ -338,21 +653,93 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, KV_IDX, KV_CNT, ROW_ORDER, KEY_L
 
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     full_stop = n_full * (BS // BLOCK_N)  # key sub-tiles before the masked tail
-    dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, 0, full_stop, kv_limit,
-                   stride_ks, stride_vs, qk_scale, BS, BLOCK_M, BLOCK_N, D, False, USE_TMA, DOT_PREC, INTERPRET)
+    dq = _dq_inner(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_src,
+        v_src,
+        idx_row,
+        b,
+        h,
+        0,
+        full_stop,
+        kv_limit,
+        stride_ks,
+        stride_vs,
+        qk_scale,
+        BS,
+        BLOCK_M,
+        BLOCK_N,
+        D,
+        False,
+        USE_TMA,
+        DOT_PREC,
+        INTERPRET,
+    )
     if has_tail:
-        dq = _dq_inner(dq, q, do, lse, delta, k_src, v_src, idx_row, b, h, full_stop,
-                       _tail_stop(full_stop, kv_limit, BS, BLOCK_N), kv_limit, stride_ks, stride_vs, qk_scale,
-                       BS, BLOCK_M, BLOCK_N, D, True, USE_TMA, DOT_PREC, INTERPRET)
+        dq = _dq_inner(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            k_src,
+            v_src,
+            idx_row,
+            b,
+            h,
+            full_stop,
+            _tail_stop(full_stop, kv_limit, BS, BLOCK_N),
+            kv_limit,
+            stride_ks,
+            stride_vs,
+            qk_scale,
+            BS,
+            BLOCK_M,
+            BLOCK_N,
+            D,
+            True,
+            USE_TMA,
+            DOT_PREC,
+            INTERPRET,
+        )
     dq_dst = _slice_src(DQ, b, h, stride_dqb, stride_dqh, USE_TMA)
     _store_tile(dq_dst, b, h, m0, stride_dqs, S, (dq * ds_scale).to(OUT_DTYPE), BLOCK_M, D, USE_TMA)
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
-               stride_qs, stride_dos, qk_scale,
-               BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-               MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
+def _dkdv_step(
+    dk,
+    dv,
+    k,
+    v,
+    q_src,
+    do_src,
+    LSE_BH,
+    DELTA_BH,
+    idx_row,
+    it,
+    b,
+    h,
+    n0,
+    S,
+    kv_limit,
+    stride_qs,
+    stride_dos,
+    qk_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    MASK_Q: tl.constexpr,
+    MASK_K: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     m0 = _sub_tile_start(idx_row, it, BS, BLOCK_M)
     q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, MASK_Q)
     do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, MASK_Q)
@@ -372,29 +759,122 @@ def _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h,
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, b, h, start, stop, n0, S, kv_limit,
-                stride_qs, stride_dos, qk_scale,
-                BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                MASK_Q: tl.constexpr, MASK_K: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr,
-                INTERPRET: tl.constexpr):
+def _dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_src,
+    do_src,
+    LSE_BH,
+    DELTA_BH,
+    idx_row,
+    b,
+    h,
+    start,
+    stop,
+    n0,
+    S,
+    kv_limit,
+    stride_qs,
+    stride_dos,
+    qk_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    MASK_Q: tl.constexpr,
+    MASK_K: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     for it in range(start, stop):
-        dk, dv = _dkdv_step(dk, dv, k, v, q_src, do_src, LSE_BH, DELTA_BH, idx_row, it, b, h, n0, S, kv_limit,
-                            stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D, MASK_Q, MASK_K, USE_TMA,
-                            DOT_PREC, INTERPRET)
+        dk, dv = _dkdv_step(
+            dk,
+            dv,
+            k,
+            v,
+            q_src,
+            do_src,
+            LSE_BH,
+            DELTA_BH,
+            idx_row,
+            it,
+            b,
+            h,
+            n0,
+            S,
+            kv_limit,
+            stride_qs,
+            stride_dos,
+            qk_scale,
+            BS,
+            BLOCK_M,
+            BLOCK_N,
+            D,
+            MASK_Q,
+            MASK_K,
+            USE_TMA,
+            DOT_PREC,
+            INTERPRET,
+        )
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
-def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, Q_IDX, Q_CNT, COL_ORDER, KEY_LEN,
-                     stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-                     stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
-                     stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
-                     stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
-                     H, S, S_PAD, NB, qk_scale, ds_scale,
-                     BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                     HAS_KEY_LEN: tl.constexpr, USE_TMA: tl.constexpr,
-                     DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
-                     INTERPRET: tl.constexpr):
+def _bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    DK,
+    DV,
+    LSE,
+    DELTA,
+    Q_IDX,
+    Q_CNT,
+    COL_ORDER,
+    KEY_LEN,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_dkb,
+    stride_dkh,
+    stride_dks,
+    stride_dvb,
+    stride_dvh,
+    stride_dvs,
+    stride_ib,
+    stride_ih,
+    stride_ir,
+    stride_cb,
+    stride_ch,
+    H,
+    S,
+    S_PAD,
+    NB,
+    qk_scale,
+    ds_scale,
+    BS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    D: tl.constexpr,
+    HAS_KEY_LEN: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    OUT_DTYPE: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
     """One program: dK, dV of key rows ``n0 .. n0 + BLOCK_N``, walking the query blocks that see them."""
     SUB_M: tl.constexpr = BS // BLOCK_M
     SUB_N: tl.constexpr = BS // BLOCK_N
@@ -428,21 +908,129 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, Q_IDX, Q_CNT, COL_ORDER, K
         delta_bh = DELTA + bh.to(tl.int64) * S_PAD
         start = n_full * SUB_M
         if n0 + BLOCK_N > kv_limit:  # the key tile crosses the limit: mask its keys
-            dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
-                                 kv_limit, stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D,
-                                 False, True, USE_TMA, DOT_PREC, INTERPRET)
+            dk, dv = _dkdv_inner(
+                dk,
+                dv,
+                k,
+                v,
+                q_src,
+                do_src,
+                lse_bh,
+                delta_bh,
+                idx_row,
+                b,
+                h,
+                0,
+                start,
+                n0,
+                S,
+                kv_limit,
+                stride_qs,
+                stride_dos,
+                qk_scale,
+                BS,
+                BLOCK_M,
+                BLOCK_N,
+                D,
+                False,
+                True,
+                USE_TMA,
+                DOT_PREC,
+                INTERPRET,
+            )
             if q_tail:
-                dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
-                                     start + n_tail_sub, n0, S, kv_limit, stride_qs, stride_dos, qk_scale,
-                                     BS, BLOCK_M, BLOCK_N, D, True, True, USE_TMA, DOT_PREC, INTERPRET)
+                dk, dv = _dkdv_inner(
+                    dk,
+                    dv,
+                    k,
+                    v,
+                    q_src,
+                    do_src,
+                    lse_bh,
+                    delta_bh,
+                    idx_row,
+                    b,
+                    h,
+                    start,
+                    start + n_tail_sub,
+                    n0,
+                    S,
+                    kv_limit,
+                    stride_qs,
+                    stride_dos,
+                    qk_scale,
+                    BS,
+                    BLOCK_M,
+                    BLOCK_N,
+                    D,
+                    True,
+                    True,
+                    USE_TMA,
+                    DOT_PREC,
+                    INTERPRET,
+                )
         else:
-            dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, 0, start, n0, S,
-                                 kv_limit, stride_qs, stride_dos, qk_scale, BS, BLOCK_M, BLOCK_N, D,
-                                 False, False, USE_TMA, DOT_PREC, INTERPRET)
+            dk, dv = _dkdv_inner(
+                dk,
+                dv,
+                k,
+                v,
+                q_src,
+                do_src,
+                lse_bh,
+                delta_bh,
+                idx_row,
+                b,
+                h,
+                0,
+                start,
+                n0,
+                S,
+                kv_limit,
+                stride_qs,
+                stride_dos,
+                qk_scale,
+                BS,
+                BLOCK_M,
+                BLOCK_N,
+                D,
+                False,
+                False,
+                USE_TMA,
+                DOT_PREC,
+                INTERPRET,
+            )
             if q_tail:
-                dk, dv = _dkdv_inner(dk, dv, k, v, q_src, do_src, lse_bh, delta_bh, idx_row, b, h, start,
-                                     start + n_tail_sub, n0, S, kv_limit, stride_qs, stride_dos, qk_scale,
-                                     BS, BLOCK_M, BLOCK_N, D, True, False, USE_TMA, DOT_PREC, INTERPRET)
+                dk, dv = _dkdv_inner(
+                    dk,
+                    dv,
+                    k,
+                    v,
+                    q_src,
+                    do_src,
+                    lse_bh,
+                    delta_bh,
+                    idx_row,
+                    b,
+                    h,
+                    start,
+                    start + n_tail_sub,
+                    n0,
+                    S,
+                    kv_limit,
+                    stride_qs,
+                    stride_dos,
+                    qk_scale,
+                    BS,
+                    BLOCK_M,
+                    BLOCK_N,
+                    D,
+                    True,
+                    False,
+                    USE_TMA,
+                    DOT_PREC,
+                    INTERPRET,
+                )
     dk_dst = _slice_src(DK, b, h, stride_dkb, stride_dkh, USE_TMA)
     dv_dst = _slice_src(DV, b, h, stride_dvb, stride_dvh, USE_TMA)
     _store_tile(dk_dst, b, h, n0, stride_dks, S, (dk * ds_scale).to(OUT_DTYPE), BLOCK_N, D, USE_TMA)

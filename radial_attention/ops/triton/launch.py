@@ -181,7 +181,9 @@ class _DeprecatedKnob(dict):
         warnings.warn(
             f"radial_attention.ops.triton.launch.{self._name} is deprecated and will be removed in the next "
             "release; use `with triton_kernel_config(fwd=..., dq=..., dkdv=..., launch_order=...):` instead",
-            DeprecationWarning, stacklevel=3)
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
     def __setitem__(self, key, value):
         self._warn()
@@ -214,8 +216,13 @@ LAUNCH_ORDER: dict = _DeprecatedKnob("LAUNCH_ORDER", {"value": "auto"})
 
 
 @contextlib.contextmanager
-def triton_kernel_config(*, fwd: Optional[KernelConfig] = None, dq: Optional[KernelConfig] = None,
-                         dkdv: Optional[KernelConfig] = None, launch_order: Optional[str] = None):
+def triton_kernel_config(
+    *,
+    fwd: Optional[KernelConfig] = None,
+    dq: Optional[KernelConfig] = None,
+    dkdv: Optional[KernelConfig] = None,
+    launch_order: Optional[str] = None,
+):
     """Run the Triton kernels with other settings inside the block (for benchmarks and tests).
 
     ``fwd`` / ``dq`` / ``dkdv``: the :class:`KernelConfig` of that kernel instead of the tuned table's;
@@ -396,8 +403,18 @@ def _index_args(indices: torch.Tensor, counts: torch.Tensor) -> dict:
     return dict(stride_ib=sib, stride_ih=sih, stride_ir=sir, stride_cb=scb, stride_ch=sch)
 
 
-def forward(q, k, v, kv_indices, kv_counts, row_order, key_lengths, scale: float, block_size: int,
-            config: Optional[KernelConfig] = None):
+def forward(
+    q,
+    k,
+    v,
+    kv_indices,
+    kv_counts,
+    row_order,
+    key_lengths,
+    scale: float,
+    block_size: int,
+    config: Optional[KernelConfig] = None,
+):
     """Launch the forward kernel. ``q, k, v [B, H, S, D]`` -> ``(out [B, H, S, D], lse2 [B, H, nb * bs] fp32)``.
 
     ``lse2`` is the base-2 log-sum-exp of the scaled scores (``+inf`` for a row with no key).
@@ -416,23 +433,59 @@ def forward(q, k, v, kv_indices, kv_counts, row_order, key_lengths, scale: float
     kl = key_lengths if key_lengths is not None else kv_counts  # dummy pointer when absent
     grid = (nb * (block_size // cfg.block_m), B * H)
     kernels()._fwd_kernel[grid](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma), K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma), O=_tiles(out, cfg, cfg.block_m, use_tma), LSE=lse,
-        KV_IDX=kv_indices, KV_CNT=kv_counts, ROW_ORDER=row_order, KEY_LEN=kl,
-        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", out),
+        Q=_tiles(q, cfg, cfg.block_m, use_tma),
+        K=_tiles(k, cfg, cfg.block_n, use_tma),
+        V=_tiles(v, cfg, cfg.block_n, use_tma),
+        O=_tiles(out, cfg, cfg.block_m, use_tma),
+        LSE=lse,
+        KV_IDX=kv_indices,
+        KV_CNT=kv_counts,
+        ROW_ORDER=row_order,
+        KEY_LEN=kl,
+        **_strides("q", q),
+        **_strides("k", k),
+        **_strides("v", v),
+        **_strides("o", out),
         **_index_args(kv_indices, kv_counts),
-        H=H, S=S, S_PAD=s_pad, qk_scale=scale * _LOG2E,
-        BS=block_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, D=D,
-        HAS_KEY_LEN=key_lengths is not None, NEG_SCALE=scale < 0, USE_TMA=use_tma,
-        DOT_PREC=_dot_prec(q), OUT_DTYPE=_out_dtype(q), INTERPRET=interpreting(),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        H=H,
+        S=S,
+        S_PAD=s_pad,
+        qk_scale=scale * _LOG2E,
+        BS=block_size,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        D=D,
+        HAS_KEY_LEN=key_lengths is not None,
+        NEG_SCALE=scale < 0,
+        USE_TMA=use_tma,
+        DOT_PREC=_dot_prec(q),
+        OUT_DTYPE=_out_dtype(q),
+        INTERPRET=interpreting(),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out, lse
 
 
-def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, kv_counts, row_order,
-             key_lengths, scale: float, block_size: int,
-             dq_config: Optional[KernelConfig] = None, dkdv_config: Optional[KernelConfig] = None):
+def backward(
+    do,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    q_indices,
+    q_counts,
+    col_order,
+    kv_indices,
+    kv_counts,
+    row_order,
+    key_lengths,
+    scale: float,
+    block_size: int,
+    dq_config: Optional[KernelConfig] = None,
+    dkdv_config: Optional[KernelConfig] = None,
+):
     """Launch the backward kernels -> ``(dq, dk, dv)``, each ``[B, H, S, D]`` in its input's layout."""
     q, k, v, out, do = (_unit_last(t) for t in (q, k, v, out, do))
     B, H, S, D = q.shape
@@ -445,43 +498,96 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
     delta = torch.empty((B, H, s_pad), device=q.device, dtype=torch.float32)
     delta_block = 128 if block_size % 128 == 0 else 64
     K._bwd_delta_kernel[(s_pad // delta_block, B * H)](
-        O=out, DO=do, DELTA=delta,
-        stride_ob=out.stride(0), stride_oh=out.stride(1), stride_os=out.stride(2),
-        stride_db=do.stride(0), stride_dh=do.stride(1), stride_ds=do.stride(2),
-        H=H, S=S, S_PAD=s_pad, BLOCK=delta_block, D=D, num_warps=4,
+        O=out,
+        DO=do,
+        DELTA=delta,
+        stride_ob=out.stride(0),
+        stride_oh=out.stride(1),
+        stride_os=out.stride(2),
+        stride_db=do.stride(0),
+        stride_dh=do.stride(1),
+        stride_ds=do.stride(2),
+        H=H,
+        S=S,
+        S_PAD=s_pad,
+        BLOCK=delta_block,
+        D=D,
+        num_warps=4,
     )
     kl = key_lengths if key_lengths is not None else kv_counts
-    common = dict(H=H, S=S, S_PAD=s_pad, qk_scale=scale * _LOG2E, ds_scale=scale,
-                  HAS_KEY_LEN=key_lengths is not None, DOT_PREC=_dot_prec(q),
-                  OUT_DTYPE=_out_dtype(q), BS=block_size, D=D, INTERPRET=interpreting())
+    common = dict(
+        H=H,
+        S=S,
+        S_PAD=s_pad,
+        qk_scale=scale * _LOG2E,
+        ds_scale=scale,
+        HAS_KEY_LEN=key_lengths is not None,
+        DOT_PREC=_dot_prec(q),
+        OUT_DTYPE=_out_dtype(q),
+        BS=block_size,
+        D=D,
+        INTERPRET=interpreting(),
+    )
 
     cfg = dkdv_config or _config("dkdv", q, block_size)
     _check_config(cfg, block_size, "dkdv")
     use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dk, dv)
     K._bwd_dkdv_kernel[(nb * (block_size // cfg.block_n), B * H)](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma), K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma), DO=_tiles(do, cfg, cfg.block_m, use_tma),
-        DK=_tiles(dk, cfg, cfg.block_n, use_tma), DV=_tiles(dv, cfg, cfg.block_n, use_tma),
-        LSE=lse, DELTA=delta, Q_IDX=q_indices, Q_CNT=q_counts, COL_ORDER=col_order, KEY_LEN=kl,
-        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", do),
-        **_strides("dk", dk), **_strides("dv", dv),
-        **_index_args(q_indices, q_counts), NB=nb,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=use_tma, **common,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        Q=_tiles(q, cfg, cfg.block_m, use_tma),
+        K=_tiles(k, cfg, cfg.block_n, use_tma),
+        V=_tiles(v, cfg, cfg.block_n, use_tma),
+        DO=_tiles(do, cfg, cfg.block_m, use_tma),
+        DK=_tiles(dk, cfg, cfg.block_n, use_tma),
+        DV=_tiles(dv, cfg, cfg.block_n, use_tma),
+        LSE=lse,
+        DELTA=delta,
+        Q_IDX=q_indices,
+        Q_CNT=q_counts,
+        COL_ORDER=col_order,
+        KEY_LEN=kl,
+        **_strides("q", q),
+        **_strides("k", k),
+        **_strides("v", v),
+        **_strides("do", do),
+        **_strides("dk", dk),
+        **_strides("dv", dv),
+        **_index_args(q_indices, q_counts),
+        NB=nb,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        USE_TMA=use_tma,
+        **common,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
 
     cfg = dq_config or _config("dq", q, block_size)
     _check_config(cfg, block_size, "dq")
     use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dq)
     K._bwd_dq_kernel[(nb * (block_size // cfg.block_m), B * H)](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma), K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma), DO=_tiles(do, cfg, cfg.block_m, use_tma),
+        Q=_tiles(q, cfg, cfg.block_m, use_tma),
+        K=_tiles(k, cfg, cfg.block_n, use_tma),
+        V=_tiles(v, cfg, cfg.block_n, use_tma),
+        DO=_tiles(do, cfg, cfg.block_m, use_tma),
         DQ=_tiles(dq, cfg, cfg.block_m, use_tma),
-        LSE=lse, DELTA=delta, KV_IDX=kv_indices, KV_CNT=kv_counts, ROW_ORDER=row_order, KEY_LEN=kl,
-        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", do), **_strides("dq", dq),
+        LSE=lse,
+        DELTA=delta,
+        KV_IDX=kv_indices,
+        KV_CNT=kv_counts,
+        ROW_ORDER=row_order,
+        KEY_LEN=kl,
+        **_strides("q", q),
+        **_strides("k", k),
+        **_strides("v", v),
+        **_strides("do", do),
+        **_strides("dq", dq),
         **_index_args(kv_indices, kv_counts),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=use_tma, **common,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        USE_TMA=use_tma,
+        **common,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return dq, dk, dv
 
@@ -491,36 +597,90 @@ def backward(do, q, k, v, out, lse, q_indices, q_counts, col_order, kv_indices, 
 # the graph inside torch.compile), so no data-dependent index building enters a graph and nothing
 # is looked up by identity. Which launch order runs is decided inside the op, when it runs.
 @torch.library.custom_op("radial_attention::triton_block_sparse_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_indices: torch.Tensor, kv_counts: torch.Tensor,
-            q_indices: torch.Tensor, q_counts: torch.Tensor, row_order: torch.Tensor, col_order: torch.Tensor,
-            sequential: torch.Tensor, key_lengths: Optional[torch.Tensor], scale: float,
-            block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_counts: torch.Tensor,
+    q_indices: torch.Tensor,
+    q_counts: torch.Tensor,
+    row_order: torch.Tensor,
+    col_order: torch.Tensor,
+    sequential: torch.Tensor,
+    key_lengths: Optional[torch.Tensor],
+    scale: float,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     rows, _ = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
     return forward(q, k, v, kv_indices, kv_counts, rows, key_lengths, scale, block_size)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, kv_indices, kv_counts, q_indices, q_counts, row_order, col_order, sequential, key_lengths, scale,
-      block_size):
+def _(
+    q,
+    k,
+    v,
+    kv_indices,
+    kv_counts,
+    q_indices,
+    q_counts,
+    row_order,
+    col_order,
+    sequential,
+    key_lengths,
+    scale,
+    block_size,
+):
     B, H = q.shape[:2]
     nb = kv_counts.shape[-1]
     return torch.empty_like(q), q.new_empty((B, H, nb * block_size), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_attention::triton_block_sparse_bwd", mutates_args=())
-def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-            lse: torch.Tensor, kv_indices: torch.Tensor, kv_counts: torch.Tensor, q_indices: torch.Tensor,
-            q_counts: torch.Tensor, row_order: torch.Tensor, col_order: torch.Tensor, sequential: torch.Tensor,
-            key_lengths: Optional[torch.Tensor], scale: float,
-            block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    kv_indices: torch.Tensor,
+    kv_counts: torch.Tensor,
+    q_indices: torch.Tensor,
+    q_counts: torch.Tensor,
+    row_order: torch.Tensor,
+    col_order: torch.Tensor,
+    sequential: torch.Tensor,
+    key_lengths: Optional[torch.Tensor],
+    scale: float,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, cols = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
-    return backward(do, q, k, v, out, lse, q_indices, q_counts, cols, kv_indices, kv_counts, rows,
-                    key_lengths, scale, block_size)
+    return backward(
+        do, q, k, v, out, lse, q_indices, q_counts, cols, kv_indices, kv_counts, rows, key_lengths, scale, block_size
+    )
 
 
 @_bwd_op.register_fake
-def _(do, q, k, v, out, lse, kv_indices, kv_counts, q_indices, q_counts, row_order, col_order, sequential,
-      key_lengths, scale, block_size):
+def _(
+    do,
+    q,
+    k,
+    v,
+    out,
+    lse,
+    kv_indices,
+    kv_counts,
+    q_indices,
+    q_counts,
+    row_order,
+    col_order,
+    sequential,
+    key_lengths,
+    scale,
+    block_size,
+):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -529,8 +689,8 @@ _N_INDEX = 7  # kv_indices, kv_counts, q_indices, q_counts, row_order, col_order
 
 def _setup_context(ctx, inputs, output):
     q, k, v = inputs[:3]
-    index = inputs[3:3 + _N_INDEX]
-    key_lengths, scale, block_size = inputs[3 + _N_INDEX:]
+    index = inputs[3 : 3 + _N_INDEX]
+    key_lengths, scale, block_size = inputs[3 + _N_INDEX :]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *index)
     ctx.key_lengths = key_lengths
@@ -556,13 +716,16 @@ def unsupported_reason(q: torch.Tensor, *, requires_grad: bool = False) -> Optio
     if D not in SUPPORTED_HEAD_DIMS:
         return f"head dim {D} is not supported (expected one of {SUPPORTED_HEAD_DIMS})"
     if q.device.type != "cuda" and not interpreting():
-        return (f"it needs CUDA tensors (got device {q.device}); on the CPU it runs only under Triton's "
-                f"interpreter, with TRITON_INTERPRET=1 set")
+        return (
+            f"it needs CUDA tensors (got device {q.device}); on the CPU it runs only under Triton's "
+            f"interpreter, with TRITON_INTERPRET=1 set"
+        )
     return None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float,
-              key_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale: float, key_lengths: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Block-sparse attention with the Triton kernels (forward and backward).
 
     The inputs are the api's, already validated there (``radial_attention.ops.api``; this backend
@@ -583,6 +746,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, *, scale:
     if key_lengths is not None:
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)  # what the kernels load
     t = mask_tensors(mask, q.device)
-    out, _ = _fwd_op(q, k, v, t["kv_indices"], t["kv_counts"], t["q_indices"], t["q_counts"], t["row_order"],
-                     t["col_order"], t["sequential"], key_lengths, float(scale), int(mask.block_size))
+    out, _ = _fwd_op(
+        q,
+        k,
+        v,
+        t["kv_indices"],
+        t["kv_counts"],
+        t["q_indices"],
+        t["q_counts"],
+        t["row_order"],
+        t["col_order"],
+        t["sequential"],
+        key_lengths,
+        float(scale),
+        int(mask.block_size),
+    )
     return out
