@@ -22,6 +22,7 @@ RANK = {
     "integrations": 4,
     "train": 5,
     "testing": 6,
+    "bench": 6,
     "cli": 7,
     "__main__": 8,
     "": 8,
