@@ -62,9 +62,13 @@ def _sync(device):
 
 def time_call(fn: Callable, device, budget_s: float, min_reps: int = 3, max_reps: int = 25) -> dict:
     """Median time (ms) of ``fn()`` after one warm-up call; as many calls as fit ``budget_s``
-    (at least ``min_reps``, the first timed call included)."""
+    (at least ``min_reps``, the first timed call included). ``first_s``: the warm-up call, which
+    pays compilation, autotuning, plans or FA4's JIT (wall clock)."""
+    _sync(device)
+    t0 = time.perf_counter()
     fn()  # warm-up: compilation, autotuning, plans
     _sync(device)
+    first_s = time.perf_counter() - t0
 
     def timed():
         if device.type == "cuda":
@@ -81,13 +85,25 @@ def time_call(fn: Callable, device, budget_s: float, min_reps: int = 3, max_reps
     times = [timed()]
     reps = int(max(min_reps, min(max_reps, budget_s * 1e3 / max(times[0], 1e-3))))
     times += [timed() for _ in range(reps - 1)]
-    return {"ms": statistics.median(times), "reps": len(times), "min_ms": min(times), "max_ms": max(times)}
+    return {
+        "ms": statistics.median(times),
+        "reps": len(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "first_s": first_s,
+    }
 
 
 # ----------------------------------------------------------------------------- implementations
 def dense_sdpa(backend_name: Optional[str]):
-    """Dense SDPA restricted to one backend (None: torch's own choice)."""
+    """Dense SDPA restricted to one backend (None: torch's own choice; ``"fa4"``: FlashAttention-4's
+    dense kernel through ``radial_attention.ops.dense_attention``)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if backend_name == "fa4":
+        from radial_attention.ops import dense_attention
+
+        return lambda q, k, v: dense_attention(q, k, v, backend="fa4")
 
     backends = {
         "flash": SDPBackend.FLASH_ATTENTION,
@@ -145,6 +161,15 @@ def gather_impl(mask):
 
     def run(q, k, v):
         return gather_backend.attention(q, k, v, mask, scale=q.shape[-1] ** -0.5, key_lengths=None)
+
+    return run
+
+
+def fa4_impl(mask):
+    from radial_attention.ops import block_sparse_attention
+
+    def run(q, k, v):
+        return block_sparse_attention(q, k, v, mask, backend="fa4")
 
     return run
 
@@ -285,6 +310,8 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
     do = torch.randn_like(q)
 
     impls_sparse = {}
+    if "fa4" in args.impls:
+        impls_sparse["fa4"] = fa4_impl(mask)
     if "gather" in args.impls:
         impls_sparse["gather"] = gather_impl(mask)
     if "triton" in args.impls:
@@ -312,7 +339,7 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
                     rec["errors"][f"flashinfer-{fib}"] = f"not installed: {exc}"
     dense_names = list(args.dense)
     if S > args.dense_max_tokens:  # the slower dense kernels take many seconds a call there
-        dense_names = [n for n in dense_names if n == "cudnn"] or dense_names[:1]
+        dense_names = [n for n in dense_names if n in ("cudnn", "fa4")] or dense_names[:1]
     if device.type != "cuda":
         dense_names = ["default"]
 
@@ -356,7 +383,8 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
                 r["tflops"] = flops_dense * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
                 rec[mode][f"dense-{name}"] = r
                 print(
-                    f"   {mode:6s} dense-{name:10s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13}  (x{r['reps']})",
+                    f"   {mode:6s} dense-{name:10s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13}  "
+                    f"(x{r['reps']}; first call {r['first_s']:.2f} s)",
                     flush=True,
                 )
             except Exception as exc:
@@ -382,7 +410,8 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
                 r["tflops"] = flops_sparse * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
                 rec[mode][name] = r
                 print(
-                    f"   {mode:6s} {name:16s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13} useful  (x{r['reps']})",
+                    f"   {mode:6s} {name:16s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13} useful  "
+                    f"(x{r['reps']}; first call {r['first_s']:.2f} s)",
                     flush=True,
                 )
             except Exception as exc:
@@ -525,7 +554,7 @@ def metadata(device, dtype) -> dict:
 def default_impls(device, smoke: bool) -> list:
     """Block-sparse implementations timed when --impls is not given."""
     if device.type == "cuda":
-        return ["triton", "flex", "flashinfer-fa2", "flashinfer-fa3"]
+        return ["fa4", "triton", "flex", "flashinfer-fa2", "flashinfer-fa3"]
     impls = ["gather", "flex"]  # gather: what backend="auto" runs on a CPU
     if smoke and os.environ.get("TRITON_INTERPRET", "0") == "1":
         impls.append("triton")

@@ -17,8 +17,8 @@ from radial_attention.cli.args import add_command, device_name, nonneg_int, outp
 CASE_NAMES = list(CASES)
 CPU_CASE_NAMES = list(CPU_CASES)
 SMOKE_CASE_NAMES = list(SMOKE_CASES)
-IMPLS = ["gather", "triton", "flex", "flex-direct", "flashinfer-fa2", "flashinfer-fa3"]
-DENSE_BACKENDS = ["flash", "cudnn", "efficient", "math"]
+IMPLS = ["fa4", "gather", "triton", "flex", "flex-direct", "flashinfer-fa2", "flashinfer-fa3"]
+DENSE_BACKENDS = ["fa4", "flash", "cudnn", "efficient", "math"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,18 +46,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         choices=IMPLS,
         metavar="IMPL",
-        help="block-sparse implementations to time (default: a GPU: triton flex flashinfer-fa2 "
-        "flashinfer-fa3; a CPU: gather flex, and triton under TRITON_INTERPRET=1): gather (the CPU "
-        "default backend), triton, flex (the project's backend), flex-direct (torch flex_attention on "
-        "BlockMask.from_kv_blocks), flashinfer-fa2, flashinfer-fa3",
+        help="block-sparse implementations to time (default: a GPU: fa4 triton flex flashinfer-fa2 "
+        "flashinfer-fa3; a CPU: gather flex, and triton under TRITON_INTERPRET=1): fa4 (FlashAttention-4 "
+        "through the project's backend), gather (the CPU default backend), triton, flex (the project's "
+        "backend), flex-direct (torch flex_attention on BlockMask.from_kv_blocks), flashinfer-fa2, flashinfer-fa3",
     )
     p.add_argument(
         "--dense",
         nargs="+",
-        default=["flash", "cudnn", "efficient"],
+        default=["fa4", "flash", "cudnn", "efficient"],
         choices=DENSE_BACKENDS,
         metavar="BACKEND",
-        help=f"dense SDPA backends to time on a GPU, of {', '.join(DENSE_BACKENDS)} (a CPU times torch's default)",
+        help=f"dense kernels to time on a GPU, of {', '.join(DENSE_BACKENDS)} (fa4: FlashAttention-4's dense "
+        "kernel, where it runs; the others: torch SDPA's; a CPU times torch's default)",
     )
     p.add_argument(
         "--no-dense-bwd",
@@ -71,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--dense-max-tokens",
         type=positive_int,
         default=200_000,
-        help="above this many tokens only the cuDNN dense backend is timed",
+        help="above this many tokens only the cuDNN and FA4 dense kernels are timed",
     )
     p.add_argument(
         "--modes",
