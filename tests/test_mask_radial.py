@@ -259,6 +259,8 @@ def test_a_prefix_off_the_block_grid_changes_the_video_part():
     assert bool(m[:head, :].all()) and bool(m[:, :head].all())
     assert not bool(m[head, head:].all())  # the first video-only block row is sparse
     assert not np.array_equal(m[head:, head:].numpy(), after.to_dense()[:-head, :-head].numpy())
+    # the figures docs/radial-mask.md quotes
+    assert (before.density, after.density) == (pytest.approx(0.5646, abs=5e-5), pytest.approx(0.5580, abs=5e-5))
 
 
 @pytest.mark.parametrize("F,T,Y,X,B", [(5, 200, 100, 0, 128), (7, 100, 77, 77, 64), (4, 128, 256, 1, 128)])
