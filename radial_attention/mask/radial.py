@@ -27,7 +27,7 @@ scattered to every pair that has it.
 Token layout: ``Y`` extra tokens before the video (CogVideoX's text), then the ``F*T`` video tokens,
 then ``X`` extra tokens after it (HunyuanVideo's text). Every block that holds an extra token, or the
 end of the video, is a dense row and column; frame ``i`` starts at token ``Y + i*T``, so a prefix
-that is not a multiple of ``B`` only moves each frame's offset inside its first block.
+that is not a multiple of ``B`` moves every frame inside its blocks (the video part is re-blocked).
 """
 
 from __future__ import annotations
@@ -99,13 +99,14 @@ class RadialBlockMask(BlockSparseMask):
 
     @property
     def seq_len(self) -> int:
-        """Tokens the mask covers: the extra tokens before the video, the video, the extra tokens after (``Y + N + X``)."""
+        """Tokens the mask covers: extra tokens before the video, the video, extra tokens after (``Y + N + X``)."""
         return self.prefix_tokens + self.frames * self.tokens_per_frame + self.extra_tokens
 
     def __repr__(self) -> str:
         return (
             f"RadialBlockMask(frames={self.frames}, tokens_per_frame={self.tokens_per_frame}, "
-            f"prefix_tokens={self.prefix_tokens}, extra_tokens={self.extra_tokens}, block_size={self.block_size}, decay={self.decay}, "
+            f"prefix_tokens={self.prefix_tokens}, extra_tokens={self.extra_tokens}, "
+            f"block_size={self.block_size}, decay={self.decay}, "
             f"sink={self.sink}, adjacent={self.adjacent!r}, blocks={self.num_blocks}, density={self.density:.4f})"
         )
 
