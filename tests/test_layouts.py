@@ -45,3 +45,13 @@ def test_presets_per_family():
 def test_sizes_the_model_cannot_take(model, h, w, f, needle):
     with pytest.raises(ValueError, match=needle):
         video_layout(model, h, w, f)
+
+
+def test_layout_seq_len_counts_tokens_before_the_video():
+    """VideoLayout.prefix_tokens (default 0): tokens before the video, part of the self-attention."""
+    lay = video_layout("wan2.1", 480, 832, 81)
+    assert lay.prefix_tokens == 0 and lay.seq_len == lay.video_tokens
+    cog = type(lay)(
+        family="cogvideox", preset="hunyuan", frames=13, height_tokens=30, width_tokens=45, prefix_tokens=226
+    )
+    assert (cog.seq_len, cog.extra_tokens) == (226 + 13 * 1350, 0)

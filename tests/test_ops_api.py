@@ -156,6 +156,29 @@ def test_radial_convenience_overrides_and_errors():
         radial_attention(q, k, v, frames=F, tokens_per_frame=T, preset="nope")
 
 
+@pytest.mark.parametrize("Y,X", [(37, 0), (70, 9), (64, 0)])
+def test_radial_convenience_with_extra_tokens_before_the_video(Y, X):
+    """``prefix_tokens`` tokens before the video (CogVideoX's layout): S = Y + F*T + X, and the op
+    runs exactly the mask ``radial_block_mask(..., prefix_tokens=Y)`` builds."""
+    F, T = 5, 40
+    q, k, v = _qkv(B=2, H=2, S=Y + F * T + X)
+    out = radial_attention(
+        q, k, v, frames=F, tokens_per_frame=T, prefix_tokens=Y, extra_tokens=X, preset="wan", block_size=64
+    )
+    mask = radial_block_mask(F, T, preset="wan", prefix_tokens=Y, extra_tokens=X, block_size=64)
+    assert mask.seq_len == q.shape[2]
+    torch.testing.assert_close(out, block_sparse_attention(q, k, v, mask), atol=0, rtol=0)  # same backend (auto)
+    torch.testing.assert_close(out.double(), masked_attention_f64(q, k, v, mask.to_dense(), 64), atol=2e-6, rtol=1e-5)
+    with pytest.raises(
+        ValueError,
+        match=rf"q has S={q.shape[2]} tokens but prefix_tokens \+ frames \* tokens_per_frame \+ extra_tokens = "
+        rf"{Y + 1} \+ 5 \* 40 \+ {X} = {Y + 1 + F * T + X}",
+    ):
+        radial_attention(q, k, v, frames=F, tokens_per_frame=T, prefix_tokens=Y + 1, extra_tokens=X, block_size=64)
+    with pytest.raises(ValueError, match=r"prefix_tokens must be >= 0, got -1"):
+        radial_attention(q, k, v, frames=F, tokens_per_frame=T, prefix_tokens=-1, block_size=64)
+
+
 def _compile_case():
     m = random_block_mask(4, 0.5, (2, 1), empty_row=1, full_row=3)
     kl = torch.tensor([250, 100])

@@ -71,6 +71,7 @@ class VideoLayout:
     height_tokens: int
     width_tokens: int
     extra_tokens: int = 0  # tokens appended after the video (HunyuanVideo's text tokens)
+    prefix_tokens: int = 0  # tokens placed before the video (CogVideoX's text tokens)
 
     @property
     def text_tokens(self) -> int:
@@ -90,8 +91,8 @@ class VideoLayout:
 
     @property
     def seq_len(self) -> int:
-        """N + X, all tokens in the self-attention."""
-        return self.video_tokens + self.extra_tokens
+        """P + N + X, all tokens in the self-attention."""
+        return self.prefix_tokens + self.video_tokens + self.extra_tokens
 
 
 def video_layout(

@@ -23,6 +23,11 @@ intervals. So a block's "touched" and "dense" column counts are themselves inter
 computed in closed form for all blocks at once. Frame pairs that share (row offset, column offset,
 band width) share their local result, so each distinct combination is evaluated once and then
 scattered to every pair that has it.
+
+Token layout: ``Y`` extra tokens before the video (CogVideoX's text), then the ``F*T`` video tokens,
+then ``X`` extra tokens after it (HunyuanVideo's text). Every block that holds an extra token, or the
+end of the video, is a dense row and column; frame ``i`` starts at token ``Y + i*T``, so a prefix
+that is not a multiple of ``B`` moves every frame inside its blocks (the video part is re-blocked).
 """
 
 from __future__ import annotations
@@ -74,11 +79,14 @@ def get_preset(name: str) -> RadialSettings:
 class RadialBlockMask(BlockSparseMask):
     """A :class:`BlockSparseMask` that also remembers the video layout and settings it came from."""
 
-    def __init__(self, dense, block_size, *, frames, tokens_per_frame, extra_tokens, decay, sink, adjacent):
+    def __init__(
+        self, dense, block_size, *, frames, tokens_per_frame, extra_tokens, decay, sink, adjacent, prefix_tokens=0
+    ):
         super().__init__(dense, block_size)
         self.frames = frames
         self.tokens_per_frame = tokens_per_frame
-        self.extra_tokens = extra_tokens
+        self.prefix_tokens = prefix_tokens  # Y, before the video
+        self.extra_tokens = extra_tokens  # X, after the video
         self.decay = decay
         self.sink = sink
         self.adjacent = adjacent
@@ -91,25 +99,27 @@ class RadialBlockMask(BlockSparseMask):
 
     @property
     def seq_len(self) -> int:
-        """Tokens the mask covers: video tokens plus the extra tokens appended after them (``N + X``)."""
-        return self.frames * self.tokens_per_frame + self.extra_tokens
+        """Tokens the mask covers: extra tokens before the video, the video, extra tokens after (``Y + N + X``)."""
+        return self.prefix_tokens + self.frames * self.tokens_per_frame + self.extra_tokens
 
     def __repr__(self) -> str:
         return (
             f"RadialBlockMask(frames={self.frames}, tokens_per_frame={self.tokens_per_frame}, "
-            f"extra_tokens={self.extra_tokens}, block_size={self.block_size}, decay={self.decay}, "
+            f"prefix_tokens={self.prefix_tokens}, extra_tokens={self.extra_tokens}, "
+            f"block_size={self.block_size}, decay={self.decay}, "
             f"sink={self.sink}, adjacent={self.adjacent!r}, blocks={self.num_blocks}, density={self.density:.4f})"
         )
 
 
-def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, extra_tokens) -> tuple:
-    """The arguments as plain Python values ``(F, T, block_size, decay, X)``; ValueError naming a bad one.
+def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, extra_tokens, prefix_tokens=0) -> tuple:
+    """The arguments as plain Python values ``(F, T, block_size, decay, X, Y)``; ValueError naming a bad one.
 
     Numbers may be Python numbers, numpy scalars or 0-d tensors; bools are refused.
     """
     F = as_int("frames", frames, 1)
     T = as_int("tokens_per_frame", tokens_per_frame, 1)
     X = as_int("extra_tokens", extra_tokens, 0)
+    Y = as_int("prefix_tokens", prefix_tokens, 0)
     bs = as_int("block_size", block_size)
     if bs not in SUPPORTED_BLOCK_SIZES:
         raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
@@ -119,7 +129,7 @@ def _check_args(frames, tokens_per_frame, block_size, decay, adjacent, extra_tok
         d = as_float("decay", decay, positive=True)
     except ValueError:
         raise ValueError(f"decay must be a positive finite number, got {decay!r}") from None
-    return F, T, bs, d, X
+    return F, T, bs, d, X, Y
 
 
 def _band_halfwidth(distance: int, T: int, B: int, decay: float, adjacent: str, sink_pair: bool) -> Optional[int]:
@@ -178,17 +188,22 @@ def _local_blocks(ro: np.ndarray, co: np.ndarray, W: np.ndarray, T: int, B: int)
     return 5 * dense > 3 * touched
 
 
-def _build_dense(F: int, T: int, X: int, B: int, decay: float, sink: bool, adjacent: str) -> np.ndarray:
+def _build_dense(F: int, T: int, Y: int, X: int, B: int, decay: float, sink: bool, adjacent: str) -> np.ndarray:
+    """The ``[nb, nb]`` bool block mask of ``Y`` prefix tokens, ``F x T`` video tokens, ``X`` suffix tokens."""
     N = F * T
-    nb = -(-(N + X) // B)
-    E = N // B
+    nb = -(-(Y + N + X) // B)
+    head = -(-Y // B)  # blocks holding a prefix token (the video's first block too, if Y % B != 0)
+    E = (Y + N) // B  # the first block holding the end of the video or a suffix token
     M = np.zeros((nb, nb), dtype=bool)
-    # Step 0: the tail (the block holding the end of the video, and the extra tokens) is dense.
+    # Step 0: the head and the tail are dense (every block holding an extra token, or the end of the video).
+    M[:head, :] = True
+    M[:, :head] = True
     M[E:, :] = True
     M[:, E:] = True
 
-    frame_block = (np.arange(F, dtype=np.int64) * T) // B  # first block of each frame
-    frame_offset = (np.arange(F, dtype=np.int64) * T) % B  # token offset inside that block
+    frame_start = Y + np.arange(F, dtype=np.int64) * T  # frame i's first token: the prefix shifts every frame
+    frame_block = frame_start // B  # first block of each frame
+    frame_offset = frame_start % B  # token offset inside that block
 
     # Group frame pairs by (row offset, column offset, half-width): one local evaluation each.
     i_idx, j_idx = np.meshgrid(np.arange(F), np.arange(F), indexing="ij")
@@ -232,10 +247,18 @@ def _build_dense(F: int, T: int, X: int, B: int, decay: float, sink: bool, adjac
 
 
 @functools.lru_cache(maxsize=64)
-def _cached_mask(F, T, X, B, decay, sink, adjacent) -> RadialBlockMask:
-    dense = torch.from_numpy(_build_dense(F, T, X, B, decay, sink, adjacent))
+def _cached_mask(F, T, X, B, decay, sink, adjacent, Y=0) -> RadialBlockMask:
+    dense = torch.from_numpy(_build_dense(F, T, Y, X, B, decay, sink, adjacent))
     return RadialBlockMask(
-        dense, B, frames=F, tokens_per_frame=T, extra_tokens=X, decay=decay, sink=sink, adjacent=adjacent
+        dense,
+        B,
+        frames=F,
+        tokens_per_frame=T,
+        prefix_tokens=Y,
+        extra_tokens=X,
+        decay=decay,
+        sink=sink,
+        adjacent=adjacent,
     )
 
 
@@ -254,8 +277,13 @@ def radial_block_mask(
     block_size: int = 128,
     extra_tokens: int = 0,
     text_tokens: Optional[int] = None,
+    prefix_tokens: int = 0,
 ) -> RadialBlockMask:
     """The radial block mask of a video of ``frames`` latent frames of ``tokens_per_frame`` tokens.
+
+    Token layout: ``prefix_tokens`` extra tokens, then the video (frame-major), then
+    ``extra_tokens`` extra tokens; the extra tokens are dense rows and columns
+    (``docs/radial-mask.md``, step 0). ``prefix_tokens=0`` is the reference's layout, bit for bit.
 
     ``preset`` gives decay, sink and adjacent; each of them given explicitly overrides the
     preset's. Without a preset the defaults are ``decay=1.0, sink=False, adjacent="full"``.
@@ -271,16 +299,18 @@ def radial_block_mask(
         extra_tokens: ``X`` tokens appended after the video (HunyuanVideo's text tokens), dense
             rows and columns.
         text_tokens: deprecated name of ``extra_tokens``.
+        prefix_tokens: ``Y`` tokens placed before the video (CogVideoX's text tokens, LTX's
+            condition tokens), dense rows and columns; frame ``i`` then starts at token ``Y + i*T``.
 
     Returns:
         A :class:`RadialBlockMask`; ``.to_dense()`` is (a copy of) the ``torch.bool`` ``[nb, nb]``
-        block mask with ``nb = ceil((F*T + X) / B)``. Cached in memory by the resolved settings: the
+        block mask with ``nb = ceil((Y + F*T + X) / B)``. Cached in memory by the resolved settings: the
         same object is returned for the same mask (its accessors hand out copies, so it cannot be
         corrupted).
 
     Raises:
-        ValueError: for non-positive sizes, an unknown preset or ``adjacent``, a block size other
-            than 64/128, or a non-positive decay.
+        ValueError: for non-positive sizes, negative extra token counts, an unknown preset or
+            ``adjacent``, a block size other than 64/128, or a non-positive decay.
     """
     extra_tokens = renamed_keyword(
         "radial_block_mask", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0
@@ -289,12 +319,12 @@ def radial_block_mask(
     decay = base.decay if decay is None else decay
     sink = base.sink if sink is None else sink
     adjacent = base.adjacent if adjacent is None else adjacent
-    F, T, bs, d, X = _check_args(frames, tokens_per_frame, block_size, decay, adjacent, extra_tokens)
+    F, T, bs, d, X, Y = _check_args(frames, tokens_per_frame, block_size, decay, adjacent, extra_tokens, prefix_tokens)
     if isinstance(sink, torch.Tensor) and sink.dim() == 0 and sink.dtype == torch.bool:
         sink = bool(sink)
     if not isinstance(sink, (bool, np.bool_)):
         raise ValueError(f"sink must be a bool, got {sink!r}")
-    return _cached_mask(F, T, X, bs, d, bool(sink), adjacent)
+    return _cached_mask(F, T, X, bs, d, bool(sink), adjacent, Y)
 
 
 def radial_mask_from_preset(

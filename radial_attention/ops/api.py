@@ -391,13 +391,16 @@ def radial_attention(
     backend: str = "auto",
     key_lengths: Optional[torch.Tensor] = None,
     text_tokens: Optional[int] = None,
+    prefix_tokens: int = 0,
 ) -> torch.Tensor:
-    """Radial attention over a video of ``frames x tokens_per_frame`` tokens (+ ``extra_tokens``).
+    """Radial attention over a video of ``frames x tokens_per_frame`` tokens (+ extra tokens).
 
     Builds (once: ``radial_block_mask`` caches by arguments) the radial block mask and calls
-    :func:`block_sparse_attention`. ``S`` must equal ``frames * tokens_per_frame + extra_tokens``
-    (video tokens first, then the extra tokens, e.g. HunyuanVideo's text, which are dense rows
-    and columns). ``text_tokens`` is the deprecated name of ``extra_tokens``.
+    :func:`block_sparse_attention`. ``S`` must equal
+    ``prefix_tokens + frames * tokens_per_frame + extra_tokens``: ``prefix_tokens`` extra tokens
+    first (e.g. CogVideoX's text), then the video tokens, then ``extra_tokens`` (e.g.
+    HunyuanVideo's text); extra tokens are dense rows and columns. ``text_tokens`` is the
+    deprecated name of ``extra_tokens``.
 
     Settings: ``preset`` (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``) gives decay,
     sink and adjacent; ``decay`` / ``sink`` / ``adjacent`` given explicitly override it. Without a
@@ -410,13 +413,16 @@ def radial_attention(
     F = as_int("frames", frames, 1)
     T = as_int("tokens_per_frame", tokens_per_frame, 1)
     X = as_int("extra_tokens", extra_tokens, 0)
+    Y = as_int("prefix_tokens", prefix_tokens, 0)
     _check_qkv(q, k, v)
-    seq_len = F * T + X
+    seq_len = Y + F * T + X
     if q.shape[2] != seq_len:
         hint = _layout_hint(q, lambda n: n == seq_len)
+        # The prefix term is named only when one is given (the message of a video-then-text layout stays as it was).
+        names, values = ("prefix_tokens + ", f"{Y} + ") if Y else ("", "")
         raise ValueError(
-            f"q has S={q.shape[2]} tokens but frames * tokens_per_frame + extra_tokens = "
-            f"{F} * {T} + {X} = {seq_len}{hint}"
+            f"q has S={q.shape[2]} tokens but {names}frames * tokens_per_frame + extra_tokens = "
+            f"{values}{F} * {T} + {X} = {seq_len}{hint}"
         )
     mask = radial_block_mask(
         F,
@@ -427,6 +433,7 @@ def radial_attention(
         adjacent=adjacent,
         block_size=block_size,
         extra_tokens=X,
+        prefix_tokens=Y,
     )
     return block_sparse_attention(
         q, k, v, mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths
