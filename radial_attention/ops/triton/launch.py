@@ -103,9 +103,18 @@ def _patch_interpreter() -> None:
     if original is None or getattr(original, "radial_attention_patch", False):
         return
 
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+    def index(self):
+        return int(self.handle.data.item())
+
+    def patch_lang_tensor(tensor, *args, **kwargs):
+        # Triton 3.6 passes a patching scope (it restores the attributes afterwards); 3.4/3.5 patch
+        # the class directly and take the tensor class alone.
+        original(tensor, *args, **kwargs)
+        scope = args[0] if args else kwargs.get("scope")
+        if scope is not None:
+            scope.set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
 
     patch_lang_tensor.radial_attention_patch = True
     interpreter._patch_lang_tensor = patch_lang_tensor
