@@ -377,3 +377,12 @@ def test_number_validators_accept_the_boundary_and_name_the_range(validator, goo
     with pytest.raises(argparse.ArgumentTypeError) as err:
         validator(bad)
     assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_resolve_device_picks_cuda_for_auto_only_when_there_is_one(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for auto in ("auto", None):
+        assert args_mod.resolve_device(auto) == torch.device("cuda" if cuda else "cpu")
+    assert args_mod.resolve_device("cpu") == torch.device("cpu")
+    assert args_mod.resolve_device("cuda:1") == torch.device("cuda", 1)  # explicit names are kept as given

@@ -219,3 +219,13 @@ def device_name(text: str) -> str:
             f"{text!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible"
         )
     return name
+
+
+def resolve_device(name):
+    """The ``torch.device`` for a :func:`device_name` value: ``auto`` (or None) is CUDA when one is
+    available, else the CPU."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -19,7 +19,15 @@ import copy
 import statistics
 import time
 
-from radial_attention.cli.args import UsageError, add_command, device_name, nonneg_int, positive_float, positive_int
+from radial_attention.cli.args import (
+    UsageError,
+    add_command,
+    device_name,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 
 # head_dim 64: the Triton kernels take 64 or 128, so the demo runs them on a GPU.
 DEMO_CONFIG = dict(num_layers=2, num_heads=2, head_dim=64, ffn_dim=256, text_dim=64)
@@ -143,11 +151,7 @@ def run(args) -> int:
     from radial_attention.ops import resolve_backend
 
     layout = video_layout("wan2.1", args.height, args.width, args.frames)  # checks the size
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
     t_build = time.perf_counter()
