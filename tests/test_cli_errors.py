@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from radial_attention.cli import args as args_mod
 from radial_attention.cli import main as cli_main
 from radial_attention.cli.args import HelpFormatter, UsageError
 from radial_attention.cli.main import build_parser, main
@@ -356,3 +357,32 @@ def test_train_config_rejects_nan_clipping_and_zero_eval_samples():
     with pytest.raises(ValueError, match="collective_timeout_s"):
         TrainConfig(model="m", data="d", output_dir="o", collective_timeout_s=0.0)
     assert TrainConfig(model="m", data="d", output_dir="o", max_grad_norm=0.0).max_grad_norm == 0.0
+
+
+@pytest.mark.parametrize(
+    "validator, good, bad, expected",
+    [
+        (args_mod.positive_int, ("1", 1), "0", "expected a positive integer (>= 1), got '0'"),
+        (args_mod.nonneg_int, ("0", 0), "-1", "expected a non-negative integer (>= 0), got '-1'"),
+        (args_mod.finite_float, ("-2.5", -2.5), "inf", "expected a finite number, got 'inf'"),
+        (args_mod.positive_float, ("0.5", 0.5), "0", "expected a number > 0, got '0'"),
+        (args_mod.nonneg_float, ("0", 0.0), "-0.1", "expected a number >= 0, got '-0.1'"),
+        (args_mod.fraction, ("0", 0.0), "1", "expected a number in [0, 1), got '1'"),
+        (args_mod.fraction, ("0.99", 0.99), "nan", "expected a finite number, got 'nan'"),
+    ],
+)
+def test_number_validators_accept_the_boundary_and_name_the_range(validator, good, bad, expected):
+    text, value = good
+    assert validator(text) == value
+    with pytest.raises(argparse.ArgumentTypeError) as err:
+        validator(bad)
+    assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_resolve_device_picks_cuda_for_auto_only_when_there_is_one(monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for auto in ("auto", None):
+        assert args_mod.resolve_device(auto) == torch.device("cuda" if cuda else "cpu")
+    assert args_mod.resolve_device("cpu") == torch.device("cpu")
+    assert args_mod.resolve_device("cuda:1") == torch.device("cuda", 1)  # explicit names are kept as given

@@ -44,6 +44,22 @@ def test_density_and_flops():
         m.attention_flops(1200, head_dim=64)
 
 
+@pytest.mark.parametrize("seq_len", [448, 1025])
+def test_every_seq_len_check_names_the_range_the_mask_covers(seq_len):
+    m = radial_block_mask(5, 200)  # 8 blocks of 128: 897..1024 tokens
+    expected = f"seq_len {seq_len} does not fit a mask of 8 blocks of 128: expected 897..1024 tokens"
+    for call in (
+        lambda: m.attention_flops(seq_len, head_dim=64),
+        lambda: m.to_token_mask(seq_len),
+        lambda: m.to_flex_block_mask(seq_len),
+    ):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == expected
+    m.attention_flops(897, head_dim=64)  # the boundaries are accepted
+    assert m.to_token_mask(1024).shape[-1] == 1024
+
+
 def test_token_mask_expansion():
     dense = _random_mask((3, 3))
     m = BlockSparseMask(dense, 64)

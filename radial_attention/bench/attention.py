@@ -367,31 +367,37 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
 
         return run
 
+    def measure(mode: str, label: str, fn, flops: float, rate_note: str = "") -> None:
+        """Time ``fn`` in ``mode`` into ``rec[mode][label]``; a failure is recorded and printed, not raised."""
+        try:
+            with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+                r = time_call(
+                    (lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn),
+                    device,
+                    args.budget,
+                    min_reps=args.min_reps,
+                )
+            r["tflops"] = flops * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
+            rec[mode][label] = r
+            print(
+                f"   {mode:6s} {label:16s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13}{rate_note}  "
+                f"(x{r['reps']}; first call {r['first_s']:.2f} s)",
+                flush=True,
+            )
+        except Exception as exc:
+            rec["errors"][f"{mode}-{label}"] = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"   {mode:6s} {label:16s} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            if args.verbose:
+                traceback.print_exc()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
     for name in dense_names:
         fn = dense_sdpa(None if name == "default" else name)
         for mode in args.modes:
             if mode == "fwdbwd" and name in args.no_dense_bwd:
                 continue
-            try:
-                with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-                    r = time_call(
-                        (lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn),
-                        device,
-                        args.budget,
-                        min_reps=args.min_reps,
-                    )
-                r["tflops"] = flops_dense * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
-                rec[mode][f"dense-{name}"] = r
-                print(
-                    f"   {mode:6s} dense-{name:10s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13}  "
-                    f"(x{r['reps']}; first call {r['first_s']:.2f} s)",
-                    flush=True,
-                )
-            except Exception as exc:
-                rec["errors"][f"{mode}-dense-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
-                print(f"   {mode:6s} dense-{name:10s} failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            measure(mode, f"dense-{name}", fn, flops_dense)
 
     for name, fn in impls_sparse.items():
         for mode in args.modes:
@@ -399,28 +405,7 @@ def run_case(case: Case, args, device, position: str = "") -> dict:
                 continue  # forward only
             if mode == "fwdbwd" and name.startswith("flex") and device.type != "cuda":
                 continue  # FlexAttention has no CPU backward
-            try:
-                with torch.no_grad() if mode == "fwd" else torch.enable_grad():
-                    r = time_call(
-                        (lambda: fn(q, k, v)) if mode == "fwd" else fwdbwd(fn),
-                        device,
-                        args.budget,
-                        min_reps=args.min_reps,
-                    )
-                r["tflops"] = flops_sparse * (1 if mode == "fwd" else 2.5) / (r["ms"] * 1e-3) / 1e12
-                rec[mode][name] = r
-                print(
-                    f"   {mode:6s} {name:16s} {fmt_ms(r['ms']):>9} ms  {fmt_rate(r['tflops']):>13} useful  "
-                    f"(x{r['reps']}; first call {r['first_s']:.2f} s)",
-                    flush=True,
-                )
-            except Exception as exc:
-                rec["errors"][f"{mode}-{name}"] = f"{type(exc).__name__}: {exc}"[:300]
-                print(f"   {mode:6s} {name:16s} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-                if args.verbose:
-                    traceback.print_exc()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            measure(mode, name, fn, flops_sparse, rate_note=" useful")
 
     # speed-ups against the fastest dense backend of this run
     for mode in args.modes:

@@ -85,6 +85,13 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _expect(value, ok: bool, expected: str, text: str):
+    """``value`` if ``ok``, else the argparse error ``expected EXPECTED, got 'TEXT'``."""
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
 def integer(text: str) -> int:
     """Any integer."""
     return _int(text)
@@ -93,17 +100,13 @@ def integer(text: str) -> int:
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     v = _int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {text!r}")
-    return v
+    return _expect(v, v >= 1, "a positive integer (>= 1)", text)
 
 
 def nonneg_int(text: str) -> int:
     """An integer >= 0."""
     v = _int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer (>= 0), got {text!r}")
-    return v
+    return _expect(v, v >= 0, "a non-negative integer (>= 0)", text)
 
 
 def finite_float(text: str) -> float:
@@ -113,33 +116,25 @@ def finite_float(text: str) -> float:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
+    return _expect(v, math.isfinite(v), "a finite number", text)
 
 
 def positive_float(text: str) -> float:
     """A finite float > 0."""
     v = finite_float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
+    return _expect(v, v > 0, "a number > 0", text)
 
 
 def nonneg_float(text: str) -> float:
     """A finite float >= 0."""
     v = finite_float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
+    return _expect(v, v >= 0, "a number >= 0", text)
 
 
 def fraction(text: str) -> float:
     """A float in [0, 1) (a dropout probability)."""
     v = finite_float(text)
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
-    return v
+    return _expect(v, 0.0 <= v < 1.0, "a number in [0, 1)", text)
 
 
 def float_pair(what: str, lo: float = -math.inf, hi: float = math.inf):
@@ -224,3 +219,13 @@ def device_name(text: str) -> str:
             f"{text!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible"
         )
     return name
+
+
+def resolve_device(name):
+    """The ``torch.device`` for a :func:`device_name` value: ``auto`` (or None) is CUDA when one is
+    available, else the CPU."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from radial_attention.cli.args import add_command, device_name, output_dir, positive_int
+from radial_attention.cli.args import add_command, device_name, output_dir, positive_int, resolve_device
 
 
 def register(sub) -> None:
@@ -78,7 +78,7 @@ def run(args) -> int:
     from radial_attention.train.encode import encode_videos
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    device = args.device if args.device not in (None, "auto") else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     dtype = dtypes[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     template = None
     if args.prompt_template is not None:

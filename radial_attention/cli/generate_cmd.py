@@ -26,6 +26,7 @@ from radial_attention.cli.args import (
     positive_float,
     positive_int,
     lora_source,
+    resolve_device,
 )
 
 
@@ -321,11 +322,7 @@ def _run(args, sp) -> int:
 
     from radial_attention.integrations.diffusers import apply_radial_attention
 
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
     if sp is not None:  # one GPU per torchrun process
         if args.device not in ("auto", sp.device.type):
             raise ValueError(f"--device {args.device} but this torchrun process runs on {sp.device}")

@@ -29,7 +29,7 @@ from radial_attention.mask.radial import radial_block_mask
 from radial_attention.ops import block_sparse_attention
 from radial_attention.ops.api import as_block_sparse_mask
 
-from .exchange import LAYOUTS, _heads_message, group_rank, group_size, heads_to_seq, seq_to_heads
+from .exchange import LAYOUTS, _check_layout, _heads_message, group_rank, group_size, heads_to_seq, seq_to_heads
 
 
 def _mask_geometry(block_mask, block_size: Optional[int]):
@@ -163,8 +163,7 @@ def ulysses_attention(
     if n > 1 and not torch.compiler.is_compiling():
         # First, before any check that could raise on some ranks only (the others would hang).
         _check_ranks_agree(q, k, v, layout, seq_len, key_lengths, group, n)
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    _check_layout(layout)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(

@@ -144,6 +144,15 @@ class BlockSparseMask:
         """Fraction of kept blocks (over all batch/head entries)."""
         return int(torch.count_nonzero(self._dense)) / max(1, self._dense.numel())
 
+    def _check_seq_len(self, seq_len: int) -> None:
+        """Refuse a ``seq_len`` outside ``bs * (nb - 1) + 1 .. bs * nb``: the last block holds 1 to ``bs`` tokens."""
+        nb, bs = self.num_blocks, self.block_size
+        if not (bs * (nb - 1) < seq_len <= bs * nb):
+            raise ValueError(
+                f"seq_len {seq_len} does not fit a mask of {nb} blocks of {bs}: expected "
+                f"{bs * (nb - 1) + 1}..{bs * nb} tokens"
+            )
+
     def attention_flops(self, seq_len: int, head_dim: int, num_heads: int = 1, batch: int = 1) -> dict:
         """Forward attention FLOPs (QK^T and PV, 4*S^2*D per head) kept by the mask versus dense.
 
@@ -153,10 +162,9 @@ class BlockSparseMask:
         seq_len, head_dim = as_int("seq_len", seq_len), as_int("head_dim", head_dim)
         num_heads, batch = as_int("num_heads", num_heads, 1), as_int("batch", batch, 1)
         nb, bs = self.num_blocks, self.block_size
+        self._check_seq_len(seq_len)
         tokens = torch.full((nb,), bs, dtype=torch.float64)
         tokens[-1] = seq_len - bs * (nb - 1)
-        if tokens[-1] <= 0 or tokens[-1] > bs:
-            raise ValueError(f"seq_len {seq_len} does not fit {nb} blocks of {bs} tokens")
         # Kept query x key token pairs: sum over kept blocks (r, c) of tokens[r] * tokens[c], as
         # row sums weighted by the key tokens, then by the query tokens (no [nb, nb] float tensor).
         d4 = self._dense4d()
@@ -262,12 +270,8 @@ class BlockSparseMask:
     # ------------------------------------------------------------------ conversions
     def to_token_mask(self, seq_len: int, device="cpu") -> torch.Tensor:
         """Expand to a token-level bool mask ``[Bm, Hm, seq_len, seq_len]`` (for references and tests)."""
-        nb, bs = self.num_blocks, self.block_size
-        if not (bs * (nb - 1) < seq_len <= bs * nb):
-            raise ValueError(
-                f"seq_len {seq_len} does not fit a mask of {nb} blocks of {bs}: expected "
-                f"{bs * (nb - 1) + 1}..{bs * nb} tokens"
-            )
+        self._check_seq_len(seq_len)
+        bs = self.block_size
         d4 = self._index("dense4d", device)
         tok = d4.repeat_interleave(bs, dim=-2).repeat_interleave(bs, dim=-1)
         return tok[..., :seq_len, :seq_len]
@@ -287,11 +291,7 @@ class BlockSparseMask:
         from torch.nn.attention.flex_attention import BlockMask
 
         nb, bs = self.num_blocks, self.block_size
-        if not (bs * (nb - 1) < seq_len <= bs * nb):
-            raise ValueError(
-                f"seq_len {seq_len} does not fit a mask of {nb} blocks of {bs}: expected "
-                f"{bs * (nb - 1) + 1}..{bs * nb} tokens"
-            )
+        self._check_seq_len(seq_len)
         kv_idx = self._index("kv_indices", device)
         kv_cnt = self._index("kv_counts", device)
         if batch is not None or num_heads is not None:

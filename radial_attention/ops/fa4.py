@@ -232,6 +232,20 @@ def _as_lists(tables) -> Optional[BlockLists]:
     return None if tables[0] is None else BlockLists(*tables)
 
 
+def _calls(B: int, S: int, key_lengths, lists: Optional[BlockLists], block_size: int, tensors):
+    """The FA4 calls of one direction: ``(batch slice, key length, block_sparse_tensors)`` per group
+    of :func:`_groups`. ``tensors`` is :func:`_forward_tensors` or :func:`_backward_tensors`; the
+    tensors are None for dense attention and for a group with key length 0 (no call: the caller
+    writes the empty rows itself)."""
+    per_batch = lists is not None and lists.fwd_cnt.shape[0] > 1
+    for batch, length in _groups(B, key_lengths, S, per_batch):
+        if length == 0 or lists is None:
+            yield batch, length, None
+            continue
+        key_blocks = None if length == S else -(-length // block_size)
+        yield batch, length, tensors(lists, _mask_slice(lists, batch), key_blocks, block_size)
+
+
 def _forward(q, k, v, lists: Optional[BlockLists], key_lengths, scale: float, block_size: int, need_lse: bool = True):
     """q, k, v ``[B, S, H, D]`` -> (out ``[B, S, H, D]`` contiguous, lse ``[B, H, S]`` float32, or an
     empty tensor when ``need_lse`` is False: inference skips writing it). ``lists``: None for dense."""
@@ -239,15 +253,12 @@ def _forward(q, k, v, lists: Optional[BlockLists], key_lengths, scale: float, bl
     B, S, H, D = q.shape
     out = q.new_empty((B, S, H, D))
     lse = q.new_empty((B, H, S) if need_lse else (0,), dtype=torch.float32)
-    per_batch = lists is not None and lists.fwd_cnt.shape[0] > 1
-    for batch, length in _groups(B, key_lengths, S, per_batch):
+    for batch, length, sparse in _calls(B, S, key_lengths, lists, block_size, _forward_tensors):
         if length == 0:  # no key at all: the rows are empty
             out[batch] = 0
             if need_lse:
                 lse[batch] = float("-inf")
             continue
-        key_blocks = None if length == S else -(-length // block_size)
-        sparse = None if lists is None else _forward_tensors(lists, _mask_slice(lists, batch), key_blocks, block_size)
         fa4._flash_attn_fwd(
             q[batch],
             k[batch, :length],
@@ -269,13 +280,10 @@ def _backward(dout, q, k, v, out, lse, lists: Optional[BlockLists], key_lengths,
     dq = q.new_empty((B, S, H, D))
     dk = k.new_zeros((B, S, H, D)) if key_lengths is not None else k.new_empty((B, S, H, D))
     dv = v.new_zeros((B, S, H, D)) if key_lengths is not None else v.new_empty((B, S, H, D))
-    per_batch = lists is not None and lists.fwd_cnt.shape[0] > 1
-    for batch, length in _groups(B, key_lengths, S, per_batch):
+    for batch, length, sparse in _calls(B, S, key_lengths, lists, block_size, _backward_tensors):
         if length == 0:
             dq[batch] = 0
             continue
-        key_blocks = None if length == S else -(-length // block_size)
-        sparse = None if lists is None else _backward_tensors(lists, _mask_slice(lists, batch), key_blocks, block_size)
         fa4._flash_attn_bwd(
             q[batch],
             k[batch, :length],

@@ -84,6 +84,14 @@ def _cast(model, dtype):
     return model.eval()
 
 
+def _seeded_build(model_cls, cfg: dict, seed: int, dtype):
+    """``model_cls(**cfg)`` with weights drawn from ``seed``, in ``dtype``, eval mode."""
+    with _seeded(seed):
+        model = model_cls(**cfg)
+    # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
+    return _cast(model, dtype)
+
+
 # ----------------------------------------------------------------------------------- configs
 # Small but structurally faithful: 2x2 spatial patch, the real latent channel counts, real norms.
 WAN_TINY = dict(
@@ -167,10 +175,7 @@ def tiny_wan_transformer(
     cfg.update(overrides)
     from diffusers import WanTransformer3DModel
 
-    with _seeded(seed):
-        model = WanTransformer3DModel(**cfg)
-    # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
-    return _cast(model, dtype)
+    return _seeded_build(WanTransformer3DModel, cfg, seed, dtype)
 
 
 def tiny_wan_a14b_transformers(*, seed: int = 0, **kwargs):
@@ -215,10 +220,7 @@ def tiny_hunyuan_transformer(
     cfg.update(overrides)
     from diffusers import HunyuanVideoTransformer3DModel
 
-    with _seeded(seed):
-        model = HunyuanVideoTransformer3DModel(**cfg)
-    # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
-    return _cast(model, dtype)
+    return _seeded_build(HunyuanVideoTransformer3DModel, cfg, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------- text side
@@ -330,6 +332,17 @@ def tiny_hunyuan_vae(latent_channels: int = 4, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------- pipelines
+def _wan_text_side_and_scheduler(seed: int):
+    """``(tokenizer, UMT5 text encoder, UniPC flow scheduler)`` shared by the tiny Wan pipelines
+    (text encoder seeded ``seed + 10``), so T2V and I2V pipelines of one seed encode prompts alike."""
+    from diffusers import UniPCMultistepScheduler
+
+    tokenizer = tiny_tokenizer()
+    text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return tokenizer, text_encoder, scheduler
+
+
 def tiny_wan_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
     """A whole ``WanPipeline`` from tiny components (no download).
 
@@ -338,13 +351,11 @@ def tiny_wan_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 
     ``expand_timesteps=True``). Height and width must be multiples of 16 (``"ti2v"``: 32);
     frames ``4k+1``. Use ``max_sequence_length`` <= 512.
     """
-    from diffusers import UniPCMultistepScheduler, WanPipeline
+    from diffusers import WanPipeline
 
     if variant not in ("t2v", "a14b", "ti2v"):
         raise ValueError(f"tiny_wan_pipeline variant must be 't2v', 'a14b' or 'ti2v', got {variant!r}")
-    tokenizer = tiny_tokenizer()
-    text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
     kwargs = {}
     if variant == "a14b":
         t1, t2 = tiny_wan_a14b_transformers(num_layers=num_layers, seed=seed)
@@ -415,7 +426,7 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = 
     ``transformer_2`` low-noise, ``boundary_ratio=0.9``) with 36 input channels and no image
     encoder or image cross-attention (the image enters only through the condition channels).
     """
-    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+    from diffusers import WanImageToVideoPipeline
 
     if variant not in ("wan2.1", "a14b"):
         raise ValueError(f"tiny_wan_i2v_pipeline variant must be 'wan2.1' or 'a14b', got {variant!r}")
@@ -434,9 +445,7 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = 
         # whose input width is image_dim: the CLIP hidden size must equal it.
         image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
     # Text side, VAE and scheduler: exactly tiny_wan_pipeline("t2v")'s (same seeds).
-    tokenizer = tiny_tokenizer()
-    text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
     return WanImageToVideoPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
