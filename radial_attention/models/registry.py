@@ -86,11 +86,11 @@ class VideoModelFamily:
     # Config values (set and not False) that train-lora refuses, with the reason.
     train_refuses: Tuple[Tuple[str, str], ...] = ()
     # encode: the pipelines it takes, which of them are image-to-video, pipeline config values it
-    # refuses, how latents are normalised ("mean_std": (z - latents_mean) / latents_std, or
+    # refuses ((pipeline class, config key, reason): refused when set and not False), how latents are normalised ("mean_std": (z - latents_mean) / latents_std, or
     # "scaling_factor": z * scaling_factor), and what encode_prompt returns (None: dropped).
     pipeline_classes: Tuple[str, ...] = ()
     image_to_video_pipelines: Tuple[str, ...] = ()
-    encode_refuses: Tuple[Tuple[str, str], ...] = ()
+    encode_refuses: Tuple[Tuple[str, str, str], ...] = ()
     latent_normalisation: str = "scaling_factor"
     prompt_outputs: Tuple[Optional[str], ...] = ("prompt_embeds",)
     prompt_kwargs: Tuple[Tuple[str, object], ...] = ()  # fixed encode_prompt keywords
@@ -161,6 +161,7 @@ WAN = VideoModelFamily(
     image_to_video_pipelines=("WanImageToVideoPipeline",),
     encode_refuses=(
         (
+            "WanImageToVideoPipeline",
             "expand_timesteps",
             "encode does not support Wan2.2 TI2V image-to-video (expand_timesteps); "
             "encode its text-to-video data with WanPipeline",

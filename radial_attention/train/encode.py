@@ -168,8 +168,8 @@ def pipeline_family(pipe) -> str:
     if fam is None:
         known = [c for f in FAMILIES.values() for c in f.pipeline_classes]
         raise TypeError(f"encode supports {', '.join(known[:-1])} and {known[-1]}, got {name}")
-    for key, reason in fam.encode_refuses:
-        if getattr(pipe.config, key, None) not in (None, False):
+    for pipeline, key, reason in fam.encode_refuses:
+        if name == pipeline and getattr(pipe.config, key, None) not in (None, False):
             raise TypeError(reason)
     return fam.name
 
