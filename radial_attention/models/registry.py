@@ -86,8 +86,9 @@ class VideoModelFamily:
     # Config values (set and not False) that train-lora refuses, with the reason.
     train_refuses: Tuple[Tuple[str, str], ...] = ()
     # encode: the pipelines it takes, which of them are image-to-video, pipeline config values it
-    # refuses ((pipeline class, config key, reason): refused when set and not False), how latents are normalised ("mean_std": (z - latents_mean) / latents_std, or
-    # "scaling_factor": z * scaling_factor), and what encode_prompt returns (None: dropped).
+    # refuses ((pipeline class, config key, reason): refused when set and not False), how latents
+    # are normalised ("mean_std": (z - latents_mean) / latents_std, or "scaling_factor":
+    # z * scaling_factor), and what encode_prompt returns, in order (None: dropped).
     pipeline_classes: Tuple[str, ...] = ()
     image_to_video_pipelines: Tuple[str, ...] = ()
     encode_refuses: Tuple[Tuple[str, str, str], ...] = ()
@@ -239,6 +240,7 @@ class ModelVariant:
     preset: str
     schedule: Optional[Schedule]  # None: none known
     aliases: Tuple[str, ...] = field(default=())
+    heads: int = 24  # attention heads of the checkpoint (head dim 128): the mask command's FLOP count
 
     @property
     def model_family(self) -> VideoModelFamily:
@@ -271,8 +273,8 @@ class ModelVariant:
 _WAN_SCHEDULE = Schedule(dense_steps=12, dense_layers=1)
 
 
-def _variant(name, family, description, *, vae, patch=(1, 2, 2), preset, schedule, aliases=()) -> ModelVariant:
-    return ModelVariant(name, family, description, vae, patch, preset, schedule, aliases)
+def _variant(name, family, description, *, vae, patch=(1, 2, 2), preset, schedule, aliases=(), heads) -> ModelVariant:
+    return ModelVariant(name, family, description, vae, patch, preset, schedule, aliases, heads)
 
 
 VARIANTS: Dict[str, ModelVariant] = {
@@ -280,25 +282,26 @@ VARIANTS: Dict[str, ModelVariant] = {
     for v in (
         _variant(
             "wan2.1", "wan", "Wan2.1 T2V/I2V 1.3B and 14B",
-            vae=(4, 8), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan", "wan2.1-t2v", "wan2.1-i2v"),
+            vae=(4, 8), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan", "wan2.1-t2v", "wan2.1-i2v"), heads=40,
         ),
         _variant(
             "wan2.2-a14b", "wan", "Wan2.2 T2V/I2V A14B (two experts)",
-            vae=(4, 8), preset="wan2.2", schedule=Schedule(dense_steps=11, dense_layers=1), aliases=("wan2.2",),
+            vae=(4, 8), preset="wan2.2", schedule=Schedule(dense_steps=11, dense_layers=1),
+            aliases=("wan2.2",), heads=40,
         ),
         # The reference gives TI2V-5B no schedule of its own: Wan2.1's.
         _variant(
             "wan2.2-ti2v-5b", "wan", "Wan2.2 TI2V-5B (16x VAE)",
-            vae=(4, 16), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan2.2-5b",),
+            vae=(4, 16), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan2.2-5b",), heads=24,
         ),
         _variant(
             "hunyuan", "hunyuan", "HunyuanVideo T2V (text tokens after the video)",
             vae=(4, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
-            aliases=("hunyuanvideo", "hunyuan-video"),
+            aliases=("hunyuanvideo", "hunyuan-video"), heads=24,
         ),
         _variant(
             "mochi", "mochi", "Mochi 1 (no preset of its own; HunyuanVideo's settings)",
-            vae=(6, 8), preset="hunyuan", schedule=None, aliases=("mochi-1",),
+            vae=(6, 8), preset="hunyuan", schedule=None, aliases=("mochi-1",), heads=24,
         ),
     )
 }  # fmt: skip
