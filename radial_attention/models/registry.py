@@ -12,14 +12,17 @@ layer can read VAE strides and presets from it). Two kinds of entry:
   Wan2.2 TI2V-5B ...): VAE strides, patch, preset, recommended dense schedule. ``video_layout``
   and the ``mask`` command take these names.
 
-Who reads what: ``mask.video_layout`` (variants: strides, patch, preset, extra tokens);
-``integrations.diffusers.families`` (``family_of``: transformer class -> family; the attention
-modules and the layout of a call, from :attr:`VideoModelFamily.self_attention` and
-:attr:`~VideoModelFamily.hidden_states`); ``apply_radial_attention`` (default preset, extra
-tokens); ``generate`` (recommended schedule); sequence parallelism (:func:`video_token_grid`);
-``encode`` (pipeline class -> family, latent normalisation, caption outputs, patch from the
-folder's config); ``train-lora`` (LoRA targets, flow shift, model inputs, LoRA pipeline class);
-the demo (strides). Nothing else in the package names a model.
+Who reads what: ``mask.video_layout`` and the ``mask`` command (variants: strides, patch,
+preset, extra tokens, heads); ``integrations.diffusers.families`` (``family_of``: transformer
+class -> family; the attention modules and the layout of a call, from
+:attr:`VideoModelFamily.self_attention` and :attr:`~VideoModelFamily.hidden_states`);
+``apply_radial_attention`` (default preset, whether extra tokens may follow the video);
+``generate`` (recommended schedule); sequence parallelism (:func:`video_token_grid`); ``encode``
+(pipeline class -> family, latent normalisation, what ``encode_prompt`` returns, patch from the
+folder's config); ``train-lora`` (LoRA targets, flow shift, model inputs, LoRA pipeline class, the
+families a latent folder can be for); the demo (strides). Nothing else in the package names a
+model, except the tiny test models of ``radial_attention.testing`` (and the built-in
+``--model tiny-wan`` / ``tiny-hunyuan`` that train-lora builds from them).
 
 Adding a model is one entry plus its tests:
 
@@ -106,11 +109,6 @@ class VideoModelFamily:
     def has_extra_tokens(self) -> bool:
         """Extra (text) tokens may follow the video tokens in the self-attention."""
         return self.extra_tokens == "after"
-
-    @property
-    def preset(self) -> str:
-        """The default preset (the name the integration's family used)."""
-        return self.default_preset
 
     def patch(self, config) -> Tuple[int, int, int]:
         """``(p_t, p_h, p_w)`` of a transformer config (``model.config`` or a ``config.json`` dict)."""
