@@ -53,7 +53,7 @@ from radial_attention.train.model import (  # noqa: E402
     Precision,
     autocast_context,
     cast_like_from_pretrained,
-    family_of,
+    trainable_family,
     lora_input_cast_off,
     resolve_precision,
     transformer_inputs,
@@ -340,7 +340,7 @@ def run_model(key: str, case: ModelCase, args, device, precision: Precision, res
     dtype = precision.weights
     try:
         model = build_transformer(case, layers, device, dtype)
-        family_of(model)
+        trainable_family(model)
         stepper = Stepper(
             model, case, device, precision, rank=args.rank, offload=args.offload_checkpoints
         )  # LoRA + AdamW, once per model

@@ -363,14 +363,14 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("fp8", torch.device("cpu"))
     assert resolve_precision("auto", torch.device("cpu")).weights == torch.float32
-    from radial_attention.train.model import family_of
+    from radial_attention.train.model import trainable_family
 
     with pytest.raises(TypeError, match="HunyuanVideo image-to-video transformers are not supported"):
-        family_of(tiny.tiny_hunyuan_transformer(image_condition_type="latent_concat"))
+        trainable_family(tiny.tiny_hunyuan_transformer(image_condition_type="latent_concat"))
     with pytest.raises(
         TypeError, match="supports diffusers WanTransformer3DModel and HunyuanVideoTransformer3DModel, got Linear"
     ):
-        family_of(torch.nn.Linear(2, 2))
+        trainable_family(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize(

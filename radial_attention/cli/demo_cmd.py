@@ -29,6 +29,8 @@ from radial_attention.cli.args import (
     resolve_device,
 )
 
+# The registry variant whose VAE strides and patch the demo's tiny Wan transformer stands for.
+DEMO_MODEL = "wan2.1"
 # head_dim 64: the Triton kernels take 64 or 128, so the demo runs them on a GPU.
 DEMO_CONFIG = dict(num_layers=2, num_heads=2, head_dim=64, ffn_dim=256, text_dim=64)
 
@@ -148,9 +150,12 @@ def run(args) -> int:
     from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention
     from radial_attention.testing.tiny import tiny_wan_transformer
     from radial_attention.mask import video_layout
+    from radial_attention.models import get_variant
     from radial_attention.ops import resolve_backend
 
-    layout = video_layout("wan2.1", args.height, args.width, args.frames)  # checks the size
+    layout = video_layout(DEMO_MODEL, args.height, args.width, args.frames)  # checks the size
+    vae_t, vae_s = get_variant(DEMO_MODEL).vae_strides
+    latent_h, latent_w = args.height // vae_s, args.width // vae_s
     device = resolve_device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 
@@ -168,7 +173,7 @@ def run(args) -> int:
     radial_model = copy.deepcopy(model)  # same weights; radial attention goes on this one only
     build_s = time.perf_counter() - t_build
     g = torch.Generator().manual_seed(args.seed)
-    latents = torch.randn(1, 16, layout.frames, args.height // 8, args.width // 8, generator=g).to(device, dtype)
+    latents = torch.randn(1, model.config.in_channels, layout.frames, latent_h, latent_w, generator=g).to(device, dtype)
     text = torch.randn(1, 32, DEMO_CONFIG["text_dim"], generator=g).to(device, dtype)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
     S = layout.video_tokens
@@ -182,7 +187,7 @@ def run(args) -> int:
     )
     print(
         f"video         {args.frames} frames of {args.width}x{args.height} px -> latent {layout.frames} x "
-        f"{args.height // 8} x {args.width // 8} -> F={layout.frames} frames x T={layout.tokens_per_frame} tokens = {S:,} tokens"
+        f"{latent_h} x {latent_w} -> F={layout.frames} frames x T={layout.tokens_per_frame} tokens = {S:,} tokens"
     )
 
     warm_t = torch.tensor([500.0], device=device)

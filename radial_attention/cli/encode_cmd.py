@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from radial_attention.cli.args import add_command, device_name, output_dir, positive_int, resolve_device
+from radial_attention.models import FAMILIES
 
 
 def register(sub) -> None:
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="diffusers pipeline folder or Hub id (WanPipeline, WanImageToVideoPipeline or HunyuanVideoPipeline)",
+        help=f"diffusers pipeline folder or Hub id ({', '.join(c for f in FAMILIES.values() for c in f.pipeline_classes)})",
     )
     p.add_argument(
         "--videos", nargs="*", default=[], help="video files and/or folders of videos (default: none, only --captions)"

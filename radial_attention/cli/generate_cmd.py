@@ -7,7 +7,7 @@
 Hugging Face Hub id (read from the local Hugging Face cache, downloaded if it is not there and the
 Hub may be used: ``radial_attention.hub``). Without weights it stops with a message saying where it
 looked. The output file, fps and the like are checked before the model is loaded; the dense schedule
-defaults to the model's recommended one (:data:`RECOMMENDED_SCHEDULES`).
+defaults to the model's recommended one (the model registry's, :mod:`radial_attention.models`).
 """
 
 from __future__ import annotations
@@ -121,15 +121,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-# The dense schedule each mask preset's models are recommended to run (the reference's settings,
-# README "Recommended schedules"): (dense_steps, dense_layers). Wan2.2 TI2V-5B uses the "wan"
-# preset and so Wan2.1's schedule (the reference gives none of its own).
-RECOMMENDED_SCHEDULES = {
-    "wan": (12, 1),  # Wan2.1 T2V / I2V
-    "wan-full": (12, 1),
-    "hunyuan": (12, 0),  # HunyuanVideo
-    "wan2.2": (11, 1),  # Wan2.2 A14B
-}
 # Output formats write_video can write.
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
@@ -166,8 +157,12 @@ def recommended_schedule(pipe, preset: Optional[str]):
     if preset is None:
         transformers, _, pipeline = find_transformers(pipe)
         preset = _default_preset(transformers, pipeline)
-    steps, layers = RECOMMENDED_SCHEDULES.get(preset, RECOMMENDED_SCHEDULES["wan"])
-    return preset, steps, layers
+    # The schedule of the model whose preset this is (README "Recommended schedules"); a preset
+    # no model names (wan-full) gets Wan2.1's.
+    from radial_attention.models import recommended_schedule as registry_schedule
+
+    schedule = registry_schedule(preset)
+    return preset, schedule.dense_steps, schedule.dense_layers
 
 
 def load_pipeline(model: str, dtype):

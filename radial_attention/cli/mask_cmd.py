@@ -15,9 +15,6 @@ from radial_attention.cli.args import (
 
 DEFAULT_MODEL = "wan2.1"
 DEFAULT_SIZE = (720, 1280, 81)  # height, width, frames: Wan2.1-14B's 720p default
-# Attention heads per family (for the FLOP count): Wan2.1/2.2 14B 40; Wan2.2 TI2V-5B, HunyuanVideo and
-# Mochi 24 (all with head dimension 128). Keys are the families of radial_attention.mask.layouts.
-FAMILY_HEADS = {"wan2.1": 40, "wan2.2-a14b": 40, "wan2.2-ti2v-5b": 24, "hunyuan": 24, "mochi": 24}
 # The mask and its FLOP count hold a few [blocks x blocks] arrays (up to 8 bytes an entry): 8,192
 # blocks a side (1M tokens at block 128) is ~1.6 GB at most; beyond that the command refuses.
 MAX_BLOCKS = 8192
@@ -155,7 +152,7 @@ def build_report(args) -> dict:
     {"mask", "desc", "frames", "tokens_per_frame", "extra_tokens", "seq_len", "preset", "decay",
      "sink", "adjacent", "heads", "flops" (RadialBlockMask.attention_flops), "build_ms"}
     """
-    from radial_attention.mask import get_preset, radial_block_mask
+    from radial_attention.mask import get_model_family, get_preset, radial_block_mask
     from radial_attention.mask.radial import _cached_mask
 
     frames, tpf, extra, preset_name, family, desc = resolve_layout(args)
@@ -163,7 +160,7 @@ def build_report(args) -> dict:
     decay = preset.decay if args.decay is None else args.decay
     sink = preset.sink if args.sink is None else args.sink == "on"
     adjacent = preset.adjacent if args.adjacent is None else args.adjacent
-    heads = FAMILY_HEADS[family] if args.heads is None else args.heads
+    heads = get_model_family(family).heads if args.heads is None else args.heads
     seq = frames * tpf + extra
     blocks = -(-seq // args.block_size)
     if blocks > MAX_BLOCKS:

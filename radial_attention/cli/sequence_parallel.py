@@ -100,12 +100,16 @@ class SequenceParallelRun:
 
 
 def _video_tokens(pipe, transformer, height, width, frames) -> Optional[int]:
-    """Tokens of the video self-attention for a pipeline call, or ``None`` if the pipeline does not say."""
+    """Tokens of the video self-attention for a pipeline call, or ``None`` if the pipeline does not
+    say its VAE strides (the arithmetic is the registry's, the patch the transformer's config)."""
+    from radial_attention.integrations.diffusers.families import family_of
+    from radial_attention.models import video_token_grid
+
     st = getattr(pipe, "vae_scale_factor_temporal", None)
     ss = getattr(pipe, "vae_scale_factor_spatial", None)
-    patch = getattr(transformer.config, "patch_size", None)
-    if None in (st, ss, patch, height, width, frames) or len(patch) != 3:
+    if None in (st, ss, height, width, frames):
         return None
-    pt, ph, pw = (int(p) for p in patch)
-    latent_frames = (frames - 1) // st + 1
-    return (latent_frames // pt) * (height // ss // ph) * (width // ss // pw)
+    f, h, w = video_token_grid(
+        height, width, frames, (int(st), int(ss)), family_of(transformer).patch(transformer.config)
+    )
+    return f * h * w

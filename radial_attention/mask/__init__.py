@@ -1,6 +1,6 @@
 """Masks: the shape of a video -> a block-sparse attention mask (pure torch/numpy, CPU)."""
 
-from .layouts import MODEL_FAMILIES, ModelFamily, VideoLayout, get_model_family, video_layout
+from .layouts import MODEL_FAMILIES, VideoLayout, get_model_family, video_layout
 from .radial import (
     PRESETS,
     RadialBlockMask,
@@ -15,7 +15,6 @@ from .sparse import SUPPORTED_BLOCK_SIZES, BlockSparseMask
 __all__ = [
     "BlockSparseMask",
     "MODEL_FAMILIES",
-    "ModelFamily",
     "PRESETS",
     "RadialBlockMask",
     "RadialSettings",
@@ -28,3 +27,11 @@ __all__ = [
     "radial_mask_with_settings",
     "video_layout",
 ]
+
+
+def __getattr__(name):
+    if name == "ModelFamily":  # deprecated: radial_attention.models.ModelVariant
+        from . import layouts
+
+        return layouts.ModelFamily
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,8 @@
 """Video sizes -> token layouts (latent frames, tokens per frame) for common video DiTs.
 
+The strides, patch sizes, presets and extra tokens come from the model registry
+(:mod:`radial_attention.models`); this module only does the arithmetic and the size checks.
+
 ``latent frames = (frames - 1) / temporal_compression + 1`` and
 ``tokens per frame = (height / (spatial_compression * patch)) * (width / (spatial_compression * patch))``
 (``shared/docs/radial-mask.md``, "Tokens of common models").
@@ -11,54 +14,22 @@ from dataclasses import dataclass
 from typing import Optional
 
 from radial_attention._deprecation import renamed_keyword, warn_deprecated
+from radial_attention.models.registry import VARIANTS, ModelVariant, get_variant, video_token_grid
+
+# The model sizes video_layout knows (name -> ModelVariant), from the one model registry.
+MODEL_FAMILIES = VARIANTS
 
 
-@dataclass(frozen=True)
-class ModelFamily:
-    """How a model family turns pixels into tokens, and its default radial preset."""
-
-    name: str
-    temporal_compression: int  # VAE time stride (times temporal patch, which is 1 for all here)
-    spatial_stride: int  # VAE space stride x spatial patch: pixels per token side
-    preset: str
-    default_extra_tokens: int  # tokens (text) appended after the video in the joint self-attention
-    description: str
-
-    @property
-    def default_text_tokens(self) -> int:
-        """Deprecated name of :attr:`default_extra_tokens`."""
-        warn_deprecated("ModelFamily.default_text_tokens", "default_extra_tokens")
-        return self.default_extra_tokens
+def get_model_family(name: str) -> ModelVariant:
+    """Look up a model (a registry variant such as ``"wan2.1"``) by name or alias (case-insensitive)."""
+    return get_variant(name)
 
 
-MODEL_FAMILIES = {
-    "wan2.1": ModelFamily("wan2.1", 4, 16, "wan", 0, "Wan2.1 T2V/I2V 1.3B and 14B"),
-    "wan2.2-a14b": ModelFamily("wan2.2-a14b", 4, 16, "wan2.2", 0, "Wan2.2 T2V/I2V A14B (two experts)"),
-    "wan2.2-ti2v-5b": ModelFamily("wan2.2-ti2v-5b", 4, 32, "wan", 0, "Wan2.2 TI2V-5B (16x VAE)"),
-    "hunyuan": ModelFamily("hunyuan", 4, 16, "hunyuan", 256, "HunyuanVideo T2V (text tokens after the video)"),
-    "mochi": ModelFamily("mochi", 6, 16, "hunyuan", 0, "Mochi 1 (no preset of its own; HunyuanVideo's settings)"),
-}
-
-_ALIASES = {
-    "wan": "wan2.1",
-    "wan2.1-t2v": "wan2.1",
-    "wan2.1-i2v": "wan2.1",
-    "wan2.2": "wan2.2-a14b",
-    "wan2.2-5b": "wan2.2-ti2v-5b",
-    "hunyuanvideo": "hunyuan",
-    "hunyuan-video": "hunyuan",
-    "mochi-1": "mochi",
-}
-
-
-def get_model_family(name: str) -> ModelFamily:
-    """Look up a model family by name or alias (case-insensitive)."""
-    key = name.lower()
-    key = _ALIASES.get(key, key)
-    if key not in MODEL_FAMILIES:
-        known = sorted(set(MODEL_FAMILIES) | set(_ALIASES))
-        raise ValueError(f"unknown model family {name!r}; expected one of {known}")
-    return MODEL_FAMILIES[key]
+def __getattr__(name):
+    if name == "ModelFamily":  # the old name of the registry's per-size entry
+        warn_deprecated("radial_attention.mask.ModelFamily", "radial_attention.models.ModelVariant")
+        return ModelVariant
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +78,7 @@ def video_layout(
     """Frames and tokens per frame of a ``num_frames``-frame ``height x width`` video for ``model``.
 
     Args:
-        model: a family name of :data:`MODEL_FAMILIES` (or an alias such as ``"wan"``).
+        model: a model name of :data:`MODEL_FAMILIES` (the registry's variants) or an alias such as ``"wan"``.
         height, width: pixels; must be divisible by the family's pixels-per-token.
         num_frames: video frames; must be ``k * temporal_compression + 1``.
         extra_tokens: tokens appended after the video; default the family's (256 text tokens for
@@ -120,7 +91,7 @@ def video_layout(
     extra_tokens = renamed_keyword(
         "video_layout", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=None
     )
-    fam = get_model_family(model)
+    fam = get_variant(model)
     for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -142,11 +113,12 @@ def video_layout(
     x = fam.default_extra_tokens if extra_tokens is None else extra_tokens
     if isinstance(x, bool) or not isinstance(x, int) or x < 0:
         raise ValueError(f"extra_tokens must be a non-negative integer, got {extra_tokens!r}")
+    frames, height_tokens, width_tokens = video_token_grid(height, width, num_frames, fam.vae_strides, fam.patch)
     return VideoLayout(
         family=fam.name,
         preset=fam.preset,
-        frames=(num_frames - 1) // t + 1,
-        height_tokens=height // s,
-        width_tokens=width // s,
+        frames=frames,
+        height_tokens=height_tokens,
+        width_tokens=width_tokens,
         extra_tokens=x,
     )

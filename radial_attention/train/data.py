@@ -27,10 +27,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from radial_attention.models import registry
+
 FORMAT_NAME = "radial-attention-latents"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-FAMILIES = ("wan", "hunyuan")
+# The model families a latent folder can be for: those encode writes (the model registry's).
+FAMILIES = tuple(f.name for f in registry.FAMILIES.values() if f.pipeline_classes)
 
 # Tensor names inside one sample file.
 LATENTS = "latents"  # [C, F, H, W]: normalised as the transformer sees them
@@ -77,7 +80,7 @@ class ModelSpec:
 
     @property
     def needs_mask(self) -> bool:
-        return self.family == "hunyuan"
+        return PROMPT_MASK in registry.FAMILIES[self.family].prompt_outputs
 
 
 @dataclass

@@ -21,8 +21,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from radial_attention.models.registry import FAMILIES, VARIANTS, family_for_pipeline, patch_from_config
+
 from .data import DataError, MANIFEST, write_manifest, write_sample
-from .model import WAN_TEXT_TOKENS
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 # The pipeline components encode does not load (nor download).
@@ -156,27 +157,26 @@ def _one_line(err: Exception) -> str:
 
 
 # --------------------------------------------------------------------------------- the pipeline side
+# How each registry latent_normalisation is written in the manifest.
+_NORMALISATION = {"mean_std": "(z - latents_mean) / latents_std", "scaling_factor": "z * scaling_factor"}
+
+
 def pipeline_family(pipe) -> str:
+    """The registry family name of a pipeline ``encode`` takes; ``TypeError`` naming those it takes."""
     name = type(pipe).__name__
-    if name == "WanPipeline":
-        return "wan"
-    if name == "WanImageToVideoPipeline":
-        if getattr(pipe.config, "expand_timesteps", False):
-            raise TypeError(
-                "encode does not support Wan2.2 TI2V image-to-video (expand_timesteps); "
-                "encode its text-to-video data with WanPipeline"
-            )
-        return "wan"
-    if name == "HunyuanVideoPipeline":
-        return "hunyuan"
-    raise TypeError(
-        f"encode supports WanPipeline, WanImageToVideoPipeline (Wan2.1 I2V, Wan2.2 I2V A14B) and "
-        f"HunyuanVideoPipeline, got {name}"
-    )
+    fam = family_for_pipeline(name)
+    if fam is None:
+        known = [c for f in FAMILIES.values() for c in f.pipeline_classes]
+        raise TypeError(f"encode supports {', '.join(known[:-1])} and {known[-1]}, got {name}")
+    for pipeline, key, reason in fam.encode_refuses:
+        if name == pipeline and getattr(pipe.config, key, None) not in (None, False):
+            raise TypeError(reason)
+    return fam.name
 
 
 def is_image_to_video(pipe) -> bool:
-    return type(pipe).__name__ == "WanImageToVideoPipeline"
+    fam = family_for_pipeline(type(pipe).__name__)
+    return fam is not None and type(pipe).__name__ in fam.image_to_video_pipelines
 
 
 def load_pipeline(model: str, *, dtype: torch.dtype = torch.float32):
@@ -209,17 +209,18 @@ def _model_folder(model: str) -> Optional[pathlib.Path]:
     return find_cached(model) if model else None
 
 
-def _transformer_patch(model: str) -> Tuple[int, int]:
-    """(temporal, spatial) patch size from the pipeline folder's transformer config (default 1, 2)."""
+def _transformer_patch(model: str, family: str) -> Tuple[int, int]:
+    """(temporal, spatial) patch size from the pipeline folder's transformer config, else that of
+    the family's first registry variant."""
     folder = _model_folder(model)
     cfg = None if folder is None else folder / "transformer" / "config.json"
     if cfg is not None and cfg.is_file():
         c = json.loads(cfg.read_text())
-        if "patch_size_t" in c:
-            return int(c["patch_size_t"]), int(c["patch_size"])
-        if isinstance(c.get("patch_size"), list):
-            return int(c["patch_size"][0]), int(c["patch_size"][1])
-    return 1, 2
+        if c.get("patch_size") is not None:
+            pt, ph, _ = patch_from_config(c)
+            return pt, ph
+    pt, ph, _ = next(v.patch for v in VARIANTS.values() if v.family == family)
+    return pt, ph
 
 
 @torch.no_grad()
@@ -229,7 +230,7 @@ def encode_latents(pipe, family: str, video: torch.Tensor, *, sample: bool = Fal
     x = video[None].to(vae.device, vae.dtype)
     dist = vae.encode(x).latent_dist
     z = (dist.sample(generator) if sample else dist.mode()).float()
-    if family == "wan":
+    if FAMILIES[family].latent_normalisation == "mean_std":
         mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
         std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
         z = (z - mean) / std
@@ -269,20 +270,19 @@ def encode_caption(
     pipe, family: str, caption: str, *, max_sequence_length: Optional[int] = None, prompt_template=None
 ) -> dict:
     """The caption's embeddings as the pipeline makes them (batch dim dropped, on the CPU)."""
+    fam = FAMILIES[family]
     device = pipe._execution_device
-    if family == "wan":
-        # The length the pipelines generate with (see WAN_TEXT_TOKENS), not encode_prompt's default.
-        kw = {"max_sequence_length": WAN_TEXT_TOKENS if max_sequence_length is None else max_sequence_length}
-        emb, _ = pipe.encode_prompt(prompt=caption, do_classifier_free_guidance=False, device=device, **kw)
-        return {"prompt_embeds": emb[0].float().cpu()}
-    kw = {} if max_sequence_length is None else {"max_sequence_length": max_sequence_length}
-    if prompt_template is not None:
+    # A family that does not mask prompt padding encodes at the length its pipelines generate
+    # with (Wan: 512), not encode_prompt's default.
+    length = fam.unmasked_text_tokens if max_sequence_length is None else max_sequence_length
+    kw = dict(fam.prompt_kwargs, **({} if length is None else {"max_sequence_length": length}))
+    if prompt_template is not None and fam.takes_prompt_template:
         kw["prompt_template"] = prompt_template
-    emb, pooled, mask = pipe.encode_prompt(prompt=caption, device=device, **kw)
+    outputs = pipe.encode_prompt(prompt=caption, device=device, **kw)
     return {
-        "prompt_embeds": emb[0].float().cpu(),
-        "pooled_prompt_embeds": pooled[0].float().cpu(),
-        "prompt_attention_mask": mask[0].cpu(),
+        key: (out[0].float() if out[0].is_floating_point() else out[0]).cpu()
+        for key, out in zip(fam.prompt_outputs, outputs)
+        if key is not None
     }
 
 
@@ -369,7 +369,7 @@ def encode_videos(
     family = pipeline_family(pipe)
     i2v = is_image_to_video(pipe)
     t_factor, s_factor = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
-    pt, ps = _transformer_patch(model) if model else (1, 2)
+    pt, ps = _transformer_patch(model, family)
     if (num_frames - 1) % t_factor:
         raise DataError(f"num_frames must be {t_factor}k+1 for this VAE, got {num_frames}")
     if height % (s_factor * ps) or width % (s_factor * ps):
@@ -392,7 +392,7 @@ def encode_videos(
             else {}
         ),
         **settings,
-        "normalisation": "(z - latents_mean) / latents_std" if family == "wan" else "z * scaling_factor",
+        "normalisation": _NORMALISATION[FAMILIES[family].latent_normalisation],
     }
     done = {}  # video path -> manifest entry of a clip an earlier, unfinished run encoded
     next_index = 0
@@ -454,11 +454,12 @@ def encode_videos(
                 rel = f"samples/{next_index:06d}.safetensors"
                 next_index += 1
                 kw = {}
-                if family == "hunyuan":
-                    kw = {
-                        "prompt_attention_mask": text["prompt_attention_mask"],
-                        "pooled_prompt_embeds": text["pooled_prompt_embeds"].to(store_dtype),
-                    }
+                # What else the family's encode_prompt returns (HunyuanVideo: the mask and pooled embeddings).
+                kw = {
+                    k: v.to(store_dtype) if v.is_floating_point() else v
+                    for k, v in text.items()
+                    if k != "prompt_embeds"
+                }
                 if i2v:
                     kw = {k: v.to(store_dtype) for k, v in encode_image_condition(pipe, video, num_frames).items()}
                 if not marked:

@@ -1,9 +1,10 @@
 """Which transformer is being trained: loading it, what data it takes, how to call it, where the
 LoRA goes, and which pipeline class writes and reads its LoRA files.
 
-Supported: diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B and I2V, Wan2.2 TI2V-5B as
+Supported: the registry families with a LoRA pipeline class (:mod:`radial_attention.models`):
+diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B and I2V, Wan2.2 TI2V-5B as
 text-to-video, either expert of Wan2.2 A14B T2V or I2V) and ``HunyuanVideoTransformer3DModel``
-(HunyuanVideo T2V).
+(HunyuanVideo T2V). What differs between them (LoRA targets, shift, inputs) is registry data.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from radial_attention.models.registry import FAMILIES, WAN, VideoModelFamily, family_for_transformer
+
 from .config import PRECISIONS  # defined there: the CLI reads it without importing torch
-from .data import CONDITION, IMAGE_EMBEDS, POOLED, PROMPT_EMBEDS, PROMPT_MASK, ModelSpec
+from .data import CONDITION, IMAGE_EMBEDS, PROMPT_EMBEDS, ModelSpec
 from .objective import NUM_TRAIN_TIMESTEPS
 
 # The built-in tiny models (random weights, no download) that `--model` accepts by name.
@@ -24,74 +27,61 @@ TINY_MODELS = ("tiny-wan", "tiny-hunyuan")
 # The prompt length Wan pipelines generate with (their __call__ default; encode_prompt's own default
 # is 226). Wan's cross-attention does not mask the padding, so it is part of the input; Wan2.1 I2V
 # needs exactly this many (its attention takes the tokens after the first 512 as the image's).
-WAN_TEXT_TOKENS = 512
+WAN_TEXT_TOKENS = WAN.unmasked_text_tokens
 
-# LoRA targets, as regexes over module names (peft full-matches a string target_modules).
-# Only the self-attention over video tokens: Wan's attn1 (attn2 is cross-attention to text);
-# HunyuanVideo's joint attention, video side (to_q/k/v/out of the double-stream blocks; to_q/k/v
-# and the block's output projection proj_out, which carries the attention output, of the
-# single-stream blocks). The text-side projections (add_*_proj) are left alone.
-_ATTN_TARGETS = {
-    "wan": [r"blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)"],
-    "hunyuan": [
-        r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)",
-        r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)",
-        r"single_transformer_blocks\.\d+\.proj_out",
-    ],
-}
-_FF_TARGETS = {
-    "wan": [r"blocks\.\d+\.ffn\.net\.(0\.proj|2)"],
-    "hunyuan": [r"transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)", r"single_transformer_blocks\.\d+\.proj_mlp"],
-}
-# Flow shift when the model folder has no scheduler config (diffusers' published configs).
-_DEFAULT_SHIFT = {"wan": 3.0, "hunyuan": 7.0}
+
+def trainable_family(transformer) -> VideoModelFamily:
+    """The registry family of a transformer ``train-lora`` can train; ``TypeError`` for anything else
+    (a class the registry gives no LoRA pipeline, or a config value the family refuses)."""
+    name = type(transformer).__name__
+    fam = family_for_transformer(name)
+    if fam is None or fam.lora_pipeline_class is None:
+        supported = " and ".join(c for f in FAMILIES.values() if f.lora_pipeline_class for c in f.transformer_classes)
+        raise TypeError(f"train-lora supports diffusers {supported}, got {name}")
+    for key, reason in fam.train_refuses:
+        if getattr(transformer.config, key, None) not in (None, False):
+            raise TypeError(reason)
+    return fam
 
 
 def family_of(transformer) -> str:
-    """``"wan"`` or ``"hunyuan"`` for a diffusers transformer; ``TypeError`` for anything else."""
-    name = type(transformer).__name__
-    if name == "WanTransformer3DModel":
-        return "wan"  # text-to-video, image-to-video (more input channels, image embeddings) alike
-    if name == "HunyuanVideoTransformer3DModel":
-        if getattr(transformer.config, "image_condition_type", None) is not None:
-            raise TypeError("HunyuanVideo image-to-video transformers are not supported by train-lora yet")
-        return "hunyuan"
-    raise TypeError(
-        f"train-lora supports diffusers WanTransformer3DModel and HunyuanVideoTransformer3DModel, got {name}"
-    )
+    """Deprecated: ``trainable_family(transformer).name``."""
+    from radial_attention._deprecation import warn_deprecated
+
+    warn_deprecated("radial_attention.train.model.family_of", "trainable_family(transformer).name")
+    return trainable_family(transformer).name
+
+
+def _config_int(cfg, key: Optional[str]) -> Optional[int]:
+    value = None if key is None else getattr(cfg, key, None)
+    return None if value is None else int(value)
 
 
 def model_spec(transformer) -> ModelSpec:
     """What one training sample must look like for this transformer."""
-    fam = family_of(transformer)
+    fam = trainable_family(transformer)
     cfg = transformer.config
-    if fam == "wan":
-        # Image-to-video: the input is the noisy latents plus a condition (in_channels - out_channels
-        # channels); Wan2.1 I2V also takes image embeddings, and then exactly 512 prompt tokens
-        # (its attention takes the tokens after the first 512 as the image's).
-        latent, total = int(cfg.out_channels or cfg.in_channels), int(cfg.in_channels)
-        image_dim = int(cfg.image_dim) if getattr(cfg, "image_dim", None) is not None else None
-        return ModelSpec(
-            "wan",
-            latent,
-            tuple(int(p) for p in cfg.patch_size),
-            int(cfg.text_dim),
-            condition_channels=total - latent,
-            image_dim=image_dim,
-            text_len=WAN_TEXT_TOKENS if image_dim is not None else None,
-        )
+    # Image-to-video: the input is the noisy latents plus a condition (in_channels - out_channels
+    # channels); a model with image embeddings then takes exactly its unmasked prompt length
+    # (Wan2.1 I2V: its attention takes the tokens after the first 512 as the image's).
+    latent, total = int(getattr(cfg, "out_channels", None) or cfg.in_channels), int(cfg.in_channels)
+    image_dim = _config_int(cfg, fam.image_dim_key)
     return ModelSpec(
-        "hunyuan",
-        int(cfg.in_channels),
-        (int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)),
-        int(cfg.text_embed_dim),
-        int(cfg.pooled_projection_dim),
+        fam.name,
+        latent,
+        fam.patch(cfg),
+        int(getattr(cfg, fam.text_dim_key)),
+        _config_int(cfg, fam.pooled_dim_key),
+        condition_channels=total - latent,
+        image_dim=image_dim,
+        text_len=fam.unmasked_text_tokens if image_dim is not None else None,
     )
 
 
 def lora_target_regex(family: str, train_ff: bool = False) -> str:
     """One regex (for peft's ``target_modules``) matching the modules that get a LoRA."""
-    pats = list(_ATTN_TARGETS[family]) + (list(_FF_TARGETS[family]) if train_ff else [])
+    fam = FAMILIES[family]
+    pats = list(fam.lora_attention_targets) + (list(fam.lora_ff_targets) if train_ff else [])
     return "(" + "|".join(f"(?:{p})" for p in pats) + ")"
 
 
@@ -99,7 +89,7 @@ def pipeline_class(family: str):
     """The diffusers pipeline class whose ``save_lora_weights`` / ``load_lora_weights`` fit the family."""
     import diffusers
 
-    return {"wan": diffusers.WanPipeline, "hunyuan": diffusers.HunyuanVideoPipeline}[family]
+    return getattr(diffusers, FAMILIES[family].lora_pipeline_class)
 
 
 def load_transformer(model: str, *, dtype: torch.dtype = torch.float32, seed: int = 0, subfolder: str = "transformer"):
@@ -206,7 +196,7 @@ def default_shift(model: str, family: str) -> float:
         for key in ("flow_shift", "shift"):
             if isinstance(cfg.get(key), (int, float)):
                 return float(cfg[key])
-    return _DEFAULT_SHIFT[family]
+    return FAMILIES[family].flow_shift
 
 
 def transformer_inputs(
@@ -225,7 +215,8 @@ def transformer_inputs(
         x_t: noisy latents ``[B, C, F, H, W]``.
         timestep: ``[B]`` in (0, 1000].
         dtype: the transformer's compute dtype (inputs are cast to it, as the pipelines do).
-        guidance: HunyuanVideo's embedded guidance scale (the model gets ``guidance * 1000``).
+        guidance: the embedded guidance scale of a guidance-distilled family (HunyuanVideo; the
+            model gets ``guidance * 1000``).
     """
     kw = {
         "hidden_states": x_t.to(dtype),
@@ -237,9 +228,11 @@ def transformer_inputs(
         kw["hidden_states"] = torch.cat([kw["hidden_states"], batch[CONDITION].to(dtype)], dim=1)
     if IMAGE_EMBEDS in batch:
         kw["encoder_hidden_states_image"] = batch[IMAGE_EMBEDS].to(dtype)
-    if family == "hunyuan":
-        kw["encoder_attention_mask"] = batch[PROMPT_MASK]
-        kw["pooled_projections"] = batch[POOLED].to(dtype)
+    fam = FAMILIES[family]
+    for key, keyword in fam.call_inputs:  # HunyuanVideo: the prompt mask and pooled embeddings
+        value = batch[key]
+        kw[keyword] = value.to(dtype) if value.is_floating_point() else value
+    if fam.embedded_guidance:
         kw["guidance"] = torch.full((x_t.shape[0],), guidance * 1000.0, device=x_t.device, dtype=dtype)
     return kw
 

@@ -35,18 +35,19 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from radial_attention.models import FAMILIES
+
 from . import checkpoint as ckpt
 from . import data_parallel as dp
 from .config import ATTENTIONS, LR_SCHEDULES, TrainConfig, upgrade_saved_settings  # noqa: F401 (re-exported)
 from .data import PROMPT_EMBEDS, LatentDataset, collate
 from .lora import LORA_WEIGHTS_NAME, add_lora, load_lora_into, lora_parameters, save_lora
 from .model import (
-    WAN_TEXT_TOKENS,
     autocast_context,
     cast_like_from_pretrained,
     default_shift,
     expert_timestep_range,
-    family_of,
+    trainable_family,
     latent_layout,
     load_transformer,
     lora_input_cast_off,
@@ -136,7 +137,7 @@ class LoRATrainer:
             )
         elif transformer.dtype != self.precision.weights:
             transformer = cast_like_from_pretrained(transformer, self.precision.weights)
-        self.family = family_of(transformer)
+        self.family = trainable_family(transformer).name  # a registry family name (saved in settings)
         self.spec = model_spec(transformer)
 
         # Data first: bad data fails here, before anything expensive happens.
@@ -283,11 +284,12 @@ class LoRATrainer:
             return None
         from radial_attention.mask.radial import radial_block_mask
 
-        preset = self.cfg.preset or {"wan": "wan", "hunyuan": "hunyuan"}[self.family]
+        fam = FAMILIES[self.family]
+        preset = self.cfg.preset or fam.default_preset
         lay = latent_layout(self.spec, self.dataset.samples[0].latent_shape)
-        extra_tokens = 0  # HunyuanVideo appends its text tokens to the video's in the self-attention
-        if self.family == "hunyuan":
-            extra_tokens = self.dataset.samples[0].shapes["prompt_embeds"][0]
+        extra_tokens = 0  # a family with text after the video (HunyuanVideo): the prompt's tokens
+        if fam.has_extra_tokens:
+            extra_tokens = self.dataset.samples[0].shapes[PROMPT_EMBEDS][0]
         m = radial_block_mask(
             lay["frames"],
             lay["tokens_per_frame"],
@@ -682,17 +684,19 @@ def _write_text_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def _warn_on_prompt_length(dataset: LatentDataset, family: str) -> None:
-    """Wan's cross-attention does not mask prompt padding, so the prompt length is part of the
-    model's input: data encoded with another length than the pipelines generate with (512) trains
-    the LoRA on contexts it will not see at generation time."""
-    if family != "wan":
+    """A family whose cross-attention does not mask prompt padding (Wan) has the prompt length as
+    part of the model's input: data encoded with another length than the pipelines generate with
+    (the registry's ``unmasked_text_tokens``, 512) trains the LoRA on contexts it will not see at
+    generation time."""
+    want = FAMILIES[family].unmasked_text_tokens
+    if want is None:
         return
     lengths = sorted({s.shapes[PROMPT_EMBEDS][0] for s in dataset.samples})
-    if lengths != [WAN_TEXT_TOKENS]:
+    if lengths != [want]:
         warnings.warn(
             f"prompt_embeds in {dataset.root} have {lengths} tokens; Wan pipelines generate with "
-            f"{WAN_TEXT_TOKENS} (their max_sequence_length default) and do not mask the padding: generate with "
-            f"max_sequence_length={lengths[0]}, or re-encode with --max-sequence-length {WAN_TEXT_TOKENS}",
+            f"{want} (their max_sequence_length default) and do not mask the padding: generate with "
+            f"max_sequence_length={lengths[0]}, or re-encode with --max-sequence-length {want}",
             stacklevel=3,
         )
 

@@ -22,7 +22,7 @@ import dataclasses
 from typing import List, Optional
 
 from .context_parallel import check_context_parallel, refuse_training_under_context_parallel
-from .families import family_of, find_transformers
+from .families import attention_paths, call_layout, family_of, find_transformers
 from .schedule import RadialAttentionConfig, RadialState
 from .sdpa import NATIVE_BACKENDS, DenseSDPA, RadialSDPA
 
@@ -45,7 +45,7 @@ def _hook_classes():
         def pre_forward(self, module, *args, **kwargs):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else (args[0] if args else None)
             timestep = kwargs["timestep"] if "timestep" in kwargs else (args[1] if len(args) > 1 else None)
-            self.state.begin_forward(self.family, self.family.layout(module, hidden), timestep)
+            self.state.begin_forward(self.family, call_layout(module, hidden), timestep)
             return args, kwargs
 
         def new_forward(self, module, *args, **kwargs):
@@ -101,11 +101,11 @@ def _default_preset(transformers, pipeline) -> str:
     if len(families) != 1:
         raise ValueError(f"the transformers belong to different model families {sorted(families)}")
     fam = family_of(transformers[0])
-    # Wan2.2 A14B: two experts switched at a boundary timestep.
-    if fam.name == "wan" and len(transformers) == 2:
-        if pipeline is None or getattr(pipeline.config, "boundary_ratio", None) is not None:
-            return "wan2.2"
-    return fam.preset
+    # Two experts switched at a boundary timestep (Wan2.2 A14B) have a preset of their own.
+    experts = len(transformers)
+    if experts == 2 and pipeline is not None and getattr(pipeline.config, "boundary_ratio", None) is None:
+        experts = 1  # two transformers but no boundary: not an expert pair
+    return fam.preset_for(experts)
 
 
 def _check_int(name, value, minimum=0) -> int:
@@ -250,8 +250,7 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
     for t in transformers:
         if _step_hook(t) is not None:
             raise ValueError(f"{type(t).__name__} already has radial attention; call remove_radial_attention first")
-        fam = family_of(t)
-        for path in fam.attention_paths(t):
+        for path in attention_paths(t):
             proc = getattr(t.get_submodule(path), "processor", None)
             be = getattr(proc, "_attention_backend", None)
             if be not in NATIVE_BACKENDS:
@@ -268,7 +267,7 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
             fam = family_of(t)
             _install(t, STEP_HOOK, RadialStepHook(state, fam), HookRegistry)
             installed.append((t, STEP_HOOK))
-            for layer, path in enumerate(fam.attention_paths(t)):
+            for layer, path in enumerate(attention_paths(t)):
                 module = t.get_submodule(path)
                 _install(module, ATTENTION_HOOK, RadialSelfAttentionHook(state, layer, path), HookRegistry)
                 installed.append((module, ATTENTION_HOOK))
@@ -323,8 +322,7 @@ def remove_radial_attention(model) -> None:
     if not hooked:
         raise ValueError(f"{type(model).__name__} has no radial attention to remove")
     for t in hooked:
-        fam = family_of(t)
-        for path in fam.attention_paths(t):
+        for path in attention_paths(t):
             _uninstall(t.get_submodule(path), ATTENTION_HOOK)
         _uninstall(t, STEP_HOOK)
         registry = t.__dict__.get("_diffusers_hook")
@@ -344,4 +342,4 @@ def get_radial_state(model) -> Optional[RadialState]:
 
 def attention_modules(model) -> List[str]:
     """Paths of the self-attention modules radial attention replaces in a transformer, in run order."""
-    return list(family_of(model).attention_paths(model))
+    return attention_paths(model)

@@ -1,90 +1,29 @@
-"""What radial attention needs to know about each supported diffusers transformer class.
+"""The diffusers side of the model registry: which family a transformer is, which of its
+attention modules are the self-attention over video tokens, and the token layout of one call.
 
-For a model family: which attention modules are the self-attention over video tokens (in the
-order the forward runs them: that order is the block index ``dense_layers`` counts), how the
-latent input of a call becomes a token layout (latent frames ``F``, tokens per frame ``T``),
-whether extra tokens follow the video in that attention (HunyuanVideo's text), and the default
-mask preset. Nothing here touches the model's code: it reads config values and module names.
-
-    family    transformer class                  self-attention modules                         extra tokens
-    wan       WanTransformer3DModel              blocks[i].attn1                                none
-    hunyuan   HunyuanVideoTransformer3DModel     transformer_blocks[i].attn, then               the prompt, after the video
-                                                 single_transformer_blocks[i].attn
-
-Cross-attention (Wan's ``attn2`` to text and I2V image tokens) and HunyuanVideo's text token
-refiner are not listed, so they stay as they are.
+What a family *is* (class names, the self-attention modules, where extra tokens sit, presets)
+is data in :mod:`radial_attention.models.registry`; this module applies it to live modules and
+tensors. Cross-attention (Wan's ``attn2`` to text and I2V image tokens) and HunyuanVideo's text
+token refiner are not listed there, so they stay as they are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List, Tuple
+from typing import List, Tuple
 
 import torch
 
-
-@dataclass(frozen=True)
-class ModelFamily:
-    """How to find the video self-attention of one transformer class and read its layout."""
-
-    name: str
-    preset: str  # default radial preset (radial_attention.mask.PRESETS)
-    has_extra_tokens: bool  # extra tokens (text) may follow the video tokens in the self-attention
-    patch: Callable[[object], Tuple[int, int, int]]  # config -> (p_t, p_h, p_w)
-    attention_paths: Callable[[torch.nn.Module], List[str]]  # model -> qualified module names, run order
-
-    def layout(self, model: torch.nn.Module, hidden_states: torch.Tensor) -> Tuple[int, int]:
-        """``(F, T)``: latent frames and tokens per frame of a call's ``hidden_states [B, C, F, H, W]``."""
-        if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 5:
-            got = (
-                tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
-            )
-            raise ValueError(f"{self.name} transformer: expected hidden_states [B, C, F, H, W], got {got}")
-        p_t, p_h, p_w = self.patch(model.config)
-        _, _, f, h, w = hidden_states.shape
-        return f // p_t, (h // p_h) * (w // p_w)
+from radial_attention.models.registry import VideoModelFamily, family_for_transformer, patchable_transformer_classes
 
 
-def _wan_paths(model) -> List[str]:
-    return [f"blocks.{i}.attn1" for i in range(len(model.blocks))]
-
-
-def _hunyuan_paths(model) -> List[str]:
-    return [f"transformer_blocks.{i}.attn" for i in range(len(model.transformer_blocks))] + [
-        f"single_transformer_blocks.{i}.attn" for i in range(len(model.single_transformer_blocks))
-    ]
-
-
-WAN = ModelFamily(
-    name="wan",
-    preset="wan",
-    has_extra_tokens=False,
-    patch=lambda cfg: tuple(int(p) for p in cfg.patch_size),
-    attention_paths=_wan_paths,
-)
-HUNYUAN = ModelFamily(
-    name="hunyuan",
-    preset="hunyuan",
-    has_extra_tokens=True,
-    patch=lambda cfg: (int(cfg.patch_size_t), int(cfg.patch_size), int(cfg.patch_size)),
-    attention_paths=_hunyuan_paths,
-)
-
-
-def _registry():
-    """(transformer class, family) pairs; imported lazily so this module loads without diffusers."""
-    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
-
-    return ((WanTransformer3DModel, WAN), (HunyuanVideoTransformer3DModel, HUNYUAN))
-
-
-def family_of(model) -> ModelFamily:
-    """The family of a diffusers transformer; ``TypeError`` naming the supported classes otherwise."""
-    for cls, fam in _registry():
-        if type(model) is cls:  # exact class: subclasses (VACE, ...) have other blocks
-            return fam
-    supported = ", ".join(cls.__name__ for cls, _ in _registry())
-    raise TypeError(f"radial attention supports the diffusers transformers {supported}; got {type(model).__name__}")
+def family_of(model) -> VideoModelFamily:
+    """The registry family of a diffusers transformer radial attention can patch; ``TypeError``
+    naming the supported classes otherwise. By exact class name: subclasses (VACE, ...) have other blocks."""
+    fam = family_for_transformer(type(model).__name__)
+    if fam is None or not fam.patchable or not isinstance(model, torch.nn.Module):
+        supported = ", ".join(patchable_transformer_classes())
+        raise TypeError(f"radial attention supports the diffusers transformers {supported}; got {type(model).__name__}")
+    return fam
 
 
 def is_supported_transformer(model) -> bool:
@@ -93,6 +32,27 @@ def is_supported_transformer(model) -> bool:
     except TypeError:
         return False
     return True
+
+
+def attention_paths(model) -> List[str]:
+    """Qualified names of ``model``'s video self-attention modules, in the order the forward runs
+    them (that order is the layer index ``dense_layers`` counts)."""
+    fam = family_of(model)
+    return [f"{blocks}.{i}.{attn}" for blocks, attn in fam.self_attention for i in range(len(getattr(model, blocks)))]
+
+
+def call_layout(model, hidden_states) -> Tuple[int, int]:
+    """``(F, T)``: latent token frames and tokens per frame of one call's ``hidden_states``
+    (``[B, C, F, H, W]`` for every family registered today), after the transformer's patching."""
+    fam = family_of(model)
+    if fam.hidden_states != "BCFHW":
+        raise NotImplementedError(f"{fam.name}: no layout reader for hidden_states {fam.hidden_states}")
+    if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 5:
+        got = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
+        raise ValueError(f"{fam.name} transformer: expected hidden_states [B, C, F, H, W], got {got}")
+    p_t, p_h, p_w = fam.patch(model.config)
+    _, _, f, h, w = hidden_states.shape
+    return f // p_t, (h // p_h) * (w // p_w)
 
 
 # ------------------------------------------------------------------------------ model lookup

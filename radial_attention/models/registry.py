@@ -1,0 +1,362 @@
+"""The one registry of video model families: everything radial attention knows about a model.
+
+Plain data and arithmetic, no torch or diffusers import (it sits below every layer, so the mask
+layer can read VAE strides and presets from it). Two kinds of entry:
+
+- :class:`VideoModelFamily`: one diffusers transformer architecture, keyed by its transformer
+  class name(s) and the pipeline class names ``encode`` takes: patch size keys, how its
+  self-attention sequence is laid out (video tokens frame-major, then the extra tokens that are
+  not video and where they sit), which attention modules are that self-attention (in run order),
+  the default mask preset, the flow-matching shift, and what ``encode`` / ``train-lora`` need.
+- :class:`ModelVariant`: one checkpoint line of a family at its usual sizes (Wan2.1, Wan2.2 A14B,
+  Wan2.2 TI2V-5B ...): VAE strides, patch, preset, recommended dense schedule. ``video_layout``
+  and the ``mask`` command take these names.
+
+Who reads what: ``mask.video_layout`` and the ``mask`` command (variants: strides, patch,
+preset, extra tokens, heads); ``integrations.diffusers.families`` (``family_of``: transformer
+class -> family; the attention modules and the layout of a call, from
+:attr:`VideoModelFamily.self_attention` and :attr:`~VideoModelFamily.hidden_states`);
+``apply_radial_attention`` (default preset, whether extra tokens may follow the video);
+``generate`` (recommended schedule); sequence parallelism (:func:`video_token_grid`); ``encode``
+(pipeline class -> family, latent normalisation, what ``encode_prompt`` returns, patch from the
+folder's config); ``train-lora`` (LoRA targets, flow shift, model inputs, LoRA pipeline class, the
+families a latent folder can be for); the demo (strides). Nothing else in the package names a
+model, except the tiny test models of ``radial_attention.testing`` (and the built-in
+``--model tiny-wan`` / ``tiny-hunyuan`` that train-lora builds from them).
+
+Adding a model is one entry plus its tests:
+
+1. A :class:`VideoModelFamily` in :data:`FAMILIES` (its transformer class name, self-attention
+   modules, where the extra tokens sit; leave ``self_attention`` empty while the attention hook
+   cannot take it yet, ``pipeline_classes`` empty while ``encode`` cannot, ``lora_pipeline_class``
+   ``None`` while ``train-lora`` cannot), and a :class:`ModelVariant` per checkpoint line in
+   :data:`VARIANTS` (VAE strides and patch of the real checkpoints, preset, schedule if known).
+2. A tiny builder in ``radial_attention.testing.tiny`` (random weights) and a case in
+   ``tests/test_registry.py``, which checks the entry against a real forward of the tiny model
+   (patch from its config, the layout the attention sees, the attention modules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+# ------------------------------------------------------------------------------------- families
+
+
+@dataclass(frozen=True)
+class VideoModelFamily:
+    """One diffusers video transformer architecture and everything radial attention needs of it."""
+
+    name: str
+    description: str
+    # Exact diffusers class names (``type(m).__name__ ==``, never isinstance: subclasses such as
+    # VACE have other blocks).
+    transformer_classes: Tuple[str, ...]
+    # --- the self-attention over video tokens
+    # (blocks attribute, attention attribute) pairs, in the order the forward runs them: every
+    # ``getattr(model, blocks)[i].<attention>``; that order is the layer index ``dense_layers``
+    # counts. Empty: radial attention cannot patch this family yet (the layout is still known).
+    self_attention: Tuple[Tuple[str, str], ...]
+    # Dimension order of the transformer's ``hidden_states`` (the latent of one call).
+    hidden_states: str = "BCFHW"
+    # Where tokens that are not video (text) sit in that self-attention: "none" or "after" the
+    # video (the video is always frame-major: frame i holds tokens i*T .. (i+1)*T - 1).
+    extra_tokens: str = "none"
+    default_extra_tokens: int = 0  # how many, at the usual prompt length (HunyuanVideo: 256)
+    # Extra tokens *before* the video (CogVideoX's text). 0 for every family here; the mask and
+    # the hook do not read it yet (issue 12 item 2).
+    prefix_tokens: int = 0
+    # --- mask defaults
+    default_preset: str = "wan"
+    expert_preset: Optional[str] = None  # a pipeline switching two experts at a boundary (Wan2.2 A14B)
+    # --- training (train-lora) and encode
+    flow_shift: Optional[float] = None  # when the model folder has no scheduler config
+    lora_pipeline_class: Optional[str] = None  # whose save/load_lora_weights fit; None: no train-lora
+    # LoRA targets, regexes over module names (peft full-matches them): the self-attention's
+    # projections, and with train_ff the feed-forward.
+    lora_attention_targets: Tuple[str, ...] = ()
+    lora_ff_targets: Tuple[str, ...] = ()
+    text_dim_key: str = "text_dim"  # config key of prompt_embeds' last dim
+    pooled_dim_key: Optional[str] = None  # config key of pooled_prompt_embeds' size, if the model takes one
+    image_dim_key: Optional[str] = None  # config key of image_embeds' last dim (image-to-video)
+    # The prompt length the pipelines generate with when the model does not mask prompt padding
+    # (Wan: 512; then it is part of the input, and image-to-video needs exactly that many).
+    unmasked_text_tokens: Optional[int] = None
+    # Sample tensors that become forward keywords besides hidden_states / timestep / prompt_embeds.
+    call_inputs: Tuple[Tuple[str, str], ...] = ()
+    embedded_guidance: bool = False  # a guidance-distilled model: forward takes guidance * 1000
+    # Config values (set and not False) that train-lora refuses, with the reason.
+    train_refuses: Tuple[Tuple[str, str], ...] = ()
+    # encode: the pipelines it takes, which of them are image-to-video, pipeline config values it
+    # refuses ((pipeline class, config key, reason): refused when set and not False), how latents
+    # are normalised ("mean_std": (z - latents_mean) / latents_std, or "scaling_factor":
+    # z * scaling_factor), and what encode_prompt returns, in order (None: dropped).
+    pipeline_classes: Tuple[str, ...] = ()
+    image_to_video_pipelines: Tuple[str, ...] = ()
+    encode_refuses: Tuple[Tuple[str, str, str], ...] = ()
+    latent_normalisation: str = "scaling_factor"
+    prompt_outputs: Tuple[Optional[str], ...] = ("prompt_embeds",)
+    prompt_kwargs: Tuple[Tuple[str, object], ...] = ()  # fixed encode_prompt keywords
+    takes_prompt_template: bool = False  # encode_prompt accepts prompt_template
+
+    @property
+    def patchable(self) -> bool:
+        """``apply_radial_attention`` can patch this family."""
+        return bool(self.self_attention)
+
+    @property
+    def has_extra_tokens(self) -> bool:
+        """Extra (text) tokens may follow the video tokens in the self-attention."""
+        return self.extra_tokens == "after"
+
+    def patch(self, config) -> Tuple[int, int, int]:
+        """``(p_t, p_h, p_w)`` of a transformer config (``model.config`` or a ``config.json`` dict)."""
+        return patch_from_config(config)
+
+    def preset_for(self, experts: int) -> str:
+        """The default preset for a pipeline running ``experts`` transformers at a noise boundary."""
+        return self.expert_preset if experts == 2 and self.expert_preset else self.default_preset
+
+
+def _get(config, key, default=None):
+    """``config[key]`` for a dict (config.json, diffusers' FrozenDict) or ``config.key``."""
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def patch_from_config(config) -> Tuple[int, int, int]:
+    """``(p_t, p_h, p_w)`` from a diffusers transformer config.
+
+    ``patch_size`` is either the 3-tuple (Wan) or the spatial size, with ``patch_size_t`` the
+    temporal one (HunyuanVideo; absent or ``None``: 1, Mochi).
+    """
+    p = _get(config, "patch_size")
+    if isinstance(p, (list, tuple)):
+        if len(p) != 3:
+            raise ValueError(f"patch_size must be (t, h, w) or one int, got {p!r}")
+        return tuple(int(x) for x in p)
+    if p is None:
+        raise ValueError("the transformer config has no patch_size")
+    return int(_get(config, "patch_size_t") or 1), int(p), int(p)
+
+
+WAN = VideoModelFamily(
+    name="wan",
+    description="Wan2.1 / Wan2.2 (WanTransformer3DModel)",
+    transformer_classes=("WanTransformer3DModel",),
+    self_attention=(("blocks", "attn1"),),  # attn2 is cross-attention to text (and I2V image tokens)
+    default_preset="wan",
+    expert_preset="wan2.2",
+    flow_shift=3.0,
+    lora_pipeline_class="WanPipeline",
+    lora_attention_targets=(r"blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)",),
+    lora_ff_targets=(r"blocks\.\d+\.ffn\.net\.(0\.proj|2)",),
+    text_dim_key="text_dim",
+    image_dim_key="image_dim",
+    unmasked_text_tokens=512,
+    pipeline_classes=("WanPipeline", "WanImageToVideoPipeline"),
+    image_to_video_pipelines=("WanImageToVideoPipeline",),
+    encode_refuses=(
+        (
+            "WanImageToVideoPipeline",
+            "expand_timesteps",
+            "encode does not support Wan2.2 TI2V image-to-video (expand_timesteps); "
+            "encode its text-to-video data with WanPipeline",
+        ),
+    ),
+    latent_normalisation="mean_std",
+    prompt_outputs=("prompt_embeds", None),  # (prompt_embeds, negative_prompt_embeds=None)
+    prompt_kwargs=(("do_classifier_free_guidance", False),),
+)
+HUNYUAN = VideoModelFamily(
+    name="hunyuan",
+    description="HunyuanVideo T2V (HunyuanVideoTransformer3DModel)",
+    transformer_classes=("HunyuanVideoTransformer3DModel",),
+    # Joint attention: video tokens, then the prompt's. The text token refiner is not listed.
+    self_attention=(("transformer_blocks", "attn"), ("single_transformer_blocks", "attn")),
+    extra_tokens="after",
+    default_extra_tokens=256,
+    default_preset="hunyuan",
+    flow_shift=7.0,
+    lora_pipeline_class="HunyuanVideoPipeline",
+    # The video side of the joint attention: to_q/k/v/out of the double-stream blocks; to_q/k/v
+    # and proj_out (which carries the attention output) of the single-stream ones. The text-side
+    # projections (add_*_proj) stay as they are.
+    lora_attention_targets=(
+        r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)",
+        r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)",
+        r"single_transformer_blocks\.\d+\.proj_out",
+    ),
+    lora_ff_targets=(r"transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)", r"single_transformer_blocks\.\d+\.proj_mlp"),
+    text_dim_key="text_embed_dim",
+    pooled_dim_key="pooled_projection_dim",
+    call_inputs=(("prompt_attention_mask", "encoder_attention_mask"), ("pooled_prompt_embeds", "pooled_projections")),
+    embedded_guidance=True,
+    train_refuses=(
+        ("image_condition_type", "HunyuanVideo image-to-video transformers are not supported by train-lora yet"),
+    ),
+    pipeline_classes=("HunyuanVideoPipeline",),
+    latent_normalisation="scaling_factor",
+    prompt_outputs=("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"),
+    takes_prompt_template=True,
+)
+MOCHI = VideoModelFamily(
+    name="mochi",
+    description="Mochi 1 (MochiTransformer3DModel)",
+    transformer_classes=("MochiTransformer3DModel",),
+    # Not patchable yet: its processor makes one SDPA call per batch item (issue 12 item 3).
+    self_attention=(),
+    extra_tokens="after",  # each item's valid prompt tokens follow the video
+    default_preset="hunyuan",
+)
+
+FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, MOCHI)}
+
+
+# ------------------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recommended dense schedule (the reference's, for 50 steps)."""
+
+    dense_steps: int
+    dense_layers: int
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """One checkpoint line of a family at its usual sizes: how pixels become tokens, its preset."""
+
+    name: str
+    family: str  # a key of FAMILIES
+    description: str
+    vae_strides: Tuple[int, int]  # (temporal, spatial) compression of its VAE
+    patch: Tuple[int, int, int]  # (p_t, p_h, p_w) of its transformer config
+    preset: str
+    schedule: Optional[Schedule]  # None: none known
+    aliases: Tuple[str, ...] = field(default=())
+    heads: int = 24  # attention heads of the checkpoint (head dim 128): the mask command's FLOP count
+
+    @property
+    def model_family(self) -> VideoModelFamily:
+        return FAMILIES[self.family]
+
+    @property
+    def temporal_compression(self) -> int:
+        """Pixel frames per latent token frame (VAE stride x temporal patch)."""
+        return self.vae_strides[0] * self.patch[0]
+
+    @property
+    def spatial_stride(self) -> int:
+        """Pixels per token side (VAE stride x spatial patch)."""
+        return self.vae_strides[1] * self.patch[1]
+
+    @property
+    def default_extra_tokens(self) -> int:
+        """Extra (text) tokens after the video at the family's usual prompt length."""
+        return self.model_family.default_extra_tokens
+
+    @property
+    def default_text_tokens(self) -> int:
+        """Deprecated name of :attr:`default_extra_tokens`."""
+        from radial_attention._deprecation import warn_deprecated
+
+        warn_deprecated("ModelFamily.default_text_tokens", "default_extra_tokens")
+        return self.default_extra_tokens
+
+
+_WAN_SCHEDULE = Schedule(dense_steps=12, dense_layers=1)
+
+
+def _variant(name, family, description, *, vae, patch=(1, 2, 2), preset, schedule, aliases=(), heads) -> ModelVariant:
+    return ModelVariant(name, family, description, vae, patch, preset, schedule, aliases, heads)
+
+
+VARIANTS: Dict[str, ModelVariant] = {
+    v.name: v
+    for v in (
+        _variant(
+            "wan2.1", "wan", "Wan2.1 T2V/I2V 1.3B and 14B",
+            vae=(4, 8), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan", "wan2.1-t2v", "wan2.1-i2v"), heads=40,
+        ),
+        _variant(
+            "wan2.2-a14b", "wan", "Wan2.2 T2V/I2V A14B (two experts)",
+            vae=(4, 8), preset="wan2.2", schedule=Schedule(dense_steps=11, dense_layers=1),
+            aliases=("wan2.2",), heads=40,
+        ),
+        # The reference gives TI2V-5B no schedule of its own: Wan2.1's.
+        _variant(
+            "wan2.2-ti2v-5b", "wan", "Wan2.2 TI2V-5B (16x VAE)",
+            vae=(4, 16), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan2.2-5b",), heads=24,
+        ),
+        _variant(
+            "hunyuan", "hunyuan", "HunyuanVideo T2V (text tokens after the video)",
+            vae=(4, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
+            aliases=("hunyuanvideo", "hunyuan-video"), heads=24,
+        ),
+        _variant(
+            "mochi", "mochi", "Mochi 1 (no preset of its own; HunyuanVideo's settings)",
+            vae=(6, 8), preset="hunyuan", schedule=None, aliases=("mochi-1",), heads=24,
+        ),
+    )
+}  # fmt: skip
+DEFAULT_VARIANT = "wan2.1"  # the schedule of presets no variant names (wan-full)
+
+
+def get_variant(name: str) -> ModelVariant:
+    """A variant by name or alias (case-insensitive); ``ValueError`` naming the known ones."""
+    key = name.lower()
+    for v in VARIANTS.values():
+        if key == v.name or key in v.aliases:
+            return v
+    known = sorted({n for v in VARIANTS.values() for n in (v.name, *v.aliases)})
+    raise ValueError(f"unknown model family {name!r}; expected one of {known}")
+
+
+def recommended_schedule(preset: str) -> Schedule:
+    """The dense schedule recommended with ``preset``: that of the first variant using it, else Wan2.1's."""
+    for v in VARIANTS.values():
+        if v.preset == preset and v.schedule is not None:
+            return v.schedule
+    return VARIANTS[DEFAULT_VARIANT].schedule
+
+
+# ------------------------------------------------------------------------------------- lookups
+
+
+def family_for_transformer(class_name: str) -> Optional[VideoModelFamily]:
+    """The family whose transformer class is ``class_name`` (exact name), or ``None``."""
+    for f in FAMILIES.values():
+        if class_name in f.transformer_classes:
+            return f
+    return None
+
+
+def family_for_pipeline(class_name: str) -> Optional[VideoModelFamily]:
+    """The family whose ``encode`` pipelines include ``class_name``, or ``None``."""
+    for f in FAMILIES.values():
+        if class_name in f.pipeline_classes:
+            return f
+    return None
+
+
+def patchable_transformer_classes() -> Tuple[str, ...]:
+    """Transformer class names ``apply_radial_attention`` takes, in registry order."""
+    return tuple(c for f in FAMILIES.values() if f.patchable for c in f.transformer_classes)
+
+
+def video_token_grid(
+    height: int, width: int, num_frames: int, vae_strides: Tuple[int, int], patch: Tuple[int, int, int]
+) -> Tuple[int, int, int]:
+    """``(F, H_tokens, W_tokens)`` of a ``num_frames x height x width`` pixel video (no checks).
+
+    ``F = ((num_frames - 1) // t_vae + 1) // p_t`` latent token frames and
+    ``H_tokens = height // s_vae // p_h`` (likewise W): the self-attention's video is
+    ``F x (H_tokens * W_tokens)`` tokens, frame-major.
+    """
+    t, s = vae_strides
+    pt, ph, pw = patch
+    return ((num_frames - 1) // t + 1) // pt, height // s // ph, width // s // pw
