@@ -42,6 +42,7 @@ def test_entries_are_consistent():
         assert any(v.family == fam.name for v in VARIANTS.values()), f"{fam.name} has no variant"
         assert fam.default_preset in PRESETS and (fam.expert_preset is None or fam.expert_preset in PRESETS)
         assert fam.extra_tokens in ("none", "after")
+        assert fam.sdpa_calls in ("one", "per_batch_item")
         assert fam.hidden_states == "BCFHW"
         assert fam.prefix_tokens == 0  # not wired into the mask yet
         assert set(fam.image_to_video_pipelines) <= set(fam.pipeline_classes)
@@ -146,34 +147,6 @@ def _hunyuan():
     return tiny.tiny_hunyuan_transformer(num_layers=1, num_single_layers=1)
 
 
-def _mochi():
-    from diffusers import MochiTransformer3DModel
-
-    torch.manual_seed(0)
-    return MochiTransformer3DModel(
-        patch_size=2,
-        num_attention_heads=2,
-        attention_head_dim=8,
-        num_layers=2,
-        pooled_projection_dim=16,
-        in_channels=4,
-        text_embed_dim=16,
-        time_embed_dim=4,
-        max_sequence_length=7,
-    ).eval()
-
-
-def _mochi_inputs(model, frames, height, width, *, text_len):
-    g = torch.Generator().manual_seed(0)
-    return dict(
-        hidden_states=torch.randn(1, model.config.in_channels, frames, height, width, generator=g),
-        encoder_hidden_states=torch.randn(1, 7, 16, generator=g),
-        timestep=torch.tensor([500]),
-        encoder_attention_mask=(torch.arange(7) < text_len).long()[None],
-        return_dict=False,
-    )
-
-
 TEXT = 5  # prompt tokens of the forwards below
 # family -> cases: (variant, tiny builder, inputs(model, latent F, H, W)). Each gets TEXT prompt tokens.
 FORWARD_CASES = {
@@ -186,8 +159,8 @@ FORWARD_CASES = {
     "hunyuan": [
         ("hunyuan", _hunyuan, lambda m, f, h, w: tiny.hunyuan_inputs(m, f, h, w, text_len=TEXT)),
     ],
-    # Layout only (not patchable yet): one SDPA call per batch item, with that item's valid prompt tokens.
-    "mochi": [("mochi", _mochi, lambda m, f, h, w: _mochi_inputs(m, f, h, w, text_len=TEXT))],
+    # One SDPA call per batch item, with that item's valid prompt tokens (batch 1 here: one call).
+    "mochi": [("mochi", tiny.tiny_mochi_transformer, lambda m, f, h, w: tiny.mochi_inputs(m, f, h, w, text_len=TEXT))],
 }
 
 

@@ -58,6 +58,10 @@ class VideoModelFamily:
     # ``getattr(model, blocks)[i].<attention>``; that order is the layer index ``dense_layers``
     # counts. Empty: radial attention cannot patch this family yet (the layout is still known).
     self_attention: Tuple[Tuple[str, str], ...]
+    # How many torch SDPA calls one self-attention module call makes: "one" (the whole batch in one
+    # call), or "per_batch_item" (Mochi: one call per batch item, each with batch 1 and its own
+    # length, the video followed by that item's valid prompt tokens; each gets its own mask).
+    sdpa_calls: str = "one"
     # Dimension order of the transformer's ``hidden_states`` (the latent of one call).
     hidden_states: str = "BCFHW"
     # Where tokens that are not video (text) sit in that self-attention: "none" or "after" the
@@ -206,9 +210,15 @@ MOCHI = VideoModelFamily(
     name="mochi",
     description="Mochi 1 (MochiTransformer3DModel)",
     transformer_classes=("MochiTransformer3DModel",),
-    # Not patchable yet: its processor makes one SDPA call per batch item (issue 12 item 3).
-    self_attention=(),
+    # Joint attention: video tokens, then the prompt's. The time embedding's attention pooling
+    # (text only, outside these modules) is not listed.
+    self_attention=(("transformer_blocks", "attn1"),),
+    # MochiAttnProcessor2_0 loops over the batch: item b attends over [video, its valid prompt
+    # tokens] (no mask), so the extra tokens after the video differ per call.
+    sdpa_calls="per_batch_item",
     extra_tokens="after",  # each item's valid prompt tokens follow the video
+    # No published radial settings for Mochi: HunyuanVideo's preset by analogy (joint attention
+    # with the text after the video, no attention sink known), to be checked on real weights.
     default_preset="hunyuan",
 )
 
@@ -297,9 +307,12 @@ VARIANTS: Dict[str, ModelVariant] = {
             vae=(4, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
             aliases=("hunyuanvideo", "hunyuan-video"), heads=24,
         ),
+        # None published for Mochi: HunyuanVideo's preset and schedule by analogy (a quarter of
+        # the steps dense, the maintainers' rule of thumb: 16 of Mochi's default 64 steps).
         _variant(
             "mochi", "mochi", "Mochi 1 (no preset of its own; HunyuanVideo's settings)",
-            vae=(6, 8), preset="hunyuan", schedule=None, aliases=("mochi-1",), heads=24,
+            vae=(6, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
+            aliases=("mochi-1",), heads=24,
         ),
     )
 }  # fmt: skip

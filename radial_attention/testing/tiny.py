@@ -14,6 +14,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_transformer(variant="t2v"|"i2v"|"ti2v"|"a14b", ...)  WanTransformer3DModel
     tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
     tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
+    tiny_mochi_transformer(...)                                   MochiTransformer3DModel
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
@@ -24,6 +25,7 @@ Latent shapes (``[B, C, F, H, W]``; tokens per frame ``T = (H/2) * (W/2)`` with 
 
     Wan T2V / A14B:  C = 16    Wan I2V: C = 36 (16 noise + 4 mask + 16 image latents, in that order)
     Wan TI2V-5B:     C = 48    HunyuanVideo: C = 16 (tiny pipeline: 4, its tiny VAE's latent width)
+    Mochi:           C = 12
 
 Wan2.1 I2V (``tiny_wan_i2v_pipeline``): diffusers' ``WanAttnProcessor`` takes the *last 512*
 tokens of the cross-attention context as text and the rest as CLIP image tokens, so call the
@@ -221,6 +223,33 @@ def tiny_hunyuan_transformer(
     from diffusers import HunyuanVideoTransformer3DModel
 
     return _seeded_build(HunyuanVideoTransformer3DModel, cfg, seed, dtype)
+
+
+MOCHI_TINY = dict(
+    patch_size=2,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=2,
+    pooled_projection_dim=16,
+    in_channels=12,  # Mochi's latent channels
+    text_embed_dim=16,
+    time_embed_dim=8,
+    max_sequence_length=16,
+)
+
+
+def tiny_mochi_transformer(*, num_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A ``MochiTransformer3DModel`` from a tiny config with random weights.
+
+    Call it with ``hidden_states [B, 12, F, H, W]``, ``encoder_hidden_states [B, L, 16]`` and
+    ``encoder_attention_mask [B, L]`` (1 = real prompt token; :func:`mochi_inputs`). Its attention
+    processor runs one SDPA call per batch item, over the video and that item's valid prompt tokens.
+    """
+    cfg = dict(MOCHI_TINY, num_layers=num_layers)
+    cfg.update(overrides)
+    from diffusers import MochiTransformer3DModel
+
+    return _seeded_build(MochiTransformer3DModel, cfg, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------- text side
@@ -576,5 +605,37 @@ def hunyuan_inputs(
         encoder_attention_mask=mask,
         pooled_projections=torch.randn(batch, cfg.pooled_projection_dim, generator=g).to(dtype),
         guidance=torch.full((batch,), 6000.0).to(dtype),
+        return_dict=False,
+    )
+
+
+def mochi_inputs(
+    transformer,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    text_len: Optional[int] = None,
+    prompt_lengths=None,
+    timestep: float = 500.0,
+    seed: int = 0,
+):
+    """Random call kwargs for a Mochi transformer; ``prompt_lengths`` (one per batch item, default
+    all ``text_len``, itself default the config's ``max_sequence_length``) sets the prompt mask
+    ``encoder_attention_mask [B, text_len]``: Mochi attends over each item's valid prompt tokens only."""
+    cfg = transformer.config
+    text_len = cfg.max_sequence_length if text_len is None else text_len
+    g = torch.Generator().manual_seed(seed)
+    dtype = transformer.dtype
+    lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
+    if len(lengths) != batch or any(not 0 <= n <= text_len for n in lengths):
+        raise ValueError(f"prompt_lengths must be {batch} values in 0..{text_len}, got {prompt_lengths!r}")
+    mask = (torch.arange(text_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return dict(
+        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
+        timestep=torch.full((batch,), float(timestep)),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.text_embed_dim, generator=g).to(dtype),
+        encoder_attention_mask=mask,
         return_dict=False,
     )

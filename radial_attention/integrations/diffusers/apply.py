@@ -77,13 +77,17 @@ def _hook_classes():
                 with DenseSDPA(self.state.config.dense_backend, self.where):  # FA4's dense kernel where it runs
                     return forward(*args, **kwargs)
             refuse_training_under_context_parallel(self.where, module, args, kwargs)
-            mode = RadialSDPA(self.state, self.where)
+            per_item = self.state.family.sdpa_calls == "per_batch_item"
+            mode = RadialSDPA(self.state, self.where, per_batch_item=per_item)
             with mode:
                 out = forward(*args, **kwargs)
-            if mode.calls != 1:
+            # One SDPA call for the whole batch, or (Mochi) one per batch item of this module call.
+            expected = _module_batch(args, kwargs) if per_item else 1
+            if mode.calls != expected:
                 proc = getattr(module, "processor", None)
+                what = f"one per batch item ({expected})" if per_item else "one"
                 raise RuntimeError(
-                    f"{self.where}: radial attention expected its processor {type(proc).__name__} to make one "
+                    f"{self.where}: radial attention expected its processor {type(proc).__name__} to make {what} "
                     f"torch scaled_dot_product_attention call, it made {mode.calls}. Radial attention replaces "
                     "that call, so the module must use one of diffusers' native attention backends "
                     f"{[b for b in NATIVE_BACKENDS if b]} (or the default; under context parallelism only 'native'); "
@@ -93,6 +97,12 @@ def _hook_classes():
             return out
 
     return HookRegistry, RadialStepHook, RadialSelfAttentionHook
+
+
+def _module_batch(args, kwargs) -> int:
+    """Batch size of an attention module call: its ``hidden_states`` ``[B, S, C]``."""
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    return int(hidden.shape[0])
 
 
 # ------------------------------------------------------------------------------ configuration

@@ -52,6 +52,12 @@ def call_layout(model, hidden_states) -> Tuple[int, int]:
         raise ValueError(f"{fam.name} transformer: expected hidden_states [B, C, F, H, W], got {got}")
     p_t, p_h, p_w = fam.patch(model.config)
     _, _, f, h, w = hidden_states.shape
+    if f % p_t or h % p_h or w % p_w:
+        # The model would drop the remainder (Wan) or fail deep in its unpatchify (Mochi).
+        raise ValueError(
+            f"{fam.name} transformer: the latent frames x height x width must be multiples of the patch "
+            f"{p_t} x {p_h} x {p_w}; got {f} x {h} x {w} (hidden_states {tuple(hidden_states.shape)})"
+        )
     return f // p_t, (h // p_h) * (w // p_w)
 
 

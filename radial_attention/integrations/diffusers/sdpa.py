@@ -76,15 +76,21 @@ def key_lengths_from_mask(attn_mask: torch.Tensor, batch: int, seq_len: int) -> 
 class RadialSDPA(TorchFunctionMode):
     """Answers ``F.scaled_dot_product_attention`` calls with radial block-sparse attention.
 
+    Each call gets the mask of its own length: ``S - F*T`` extra tokens after the video, so a
+    processor making one call per batch item (Mochi, ``per_batch_item``), each with that item's
+    valid prompt tokens, gets one mask per prompt length (cached per ``(F, T, extra)``).
+
     Args:
         state: the :class:`~.schedule.RadialState` (layout of the call in progress, masks, settings).
         where: a name for error messages (the attention module's path).
+        per_batch_item: the processor makes one call per batch item: every call must have batch 1.
     """
 
-    def __init__(self, state, where: str):
+    def __init__(self, state, where: str, per_batch_item: bool = False):
         super().__init__()
         self.state = state
         self.where = where
+        self.per_batch_item = per_batch_item
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -108,8 +114,13 @@ class RadialSDPA(TorchFunctionMode):
                 f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)} (grouped or cross attention?)"
             )
         B, H, S, D = query.shape
+        if self.per_batch_item and B != 1:
+            raise ValueError(
+                f"{where}: this model's processor attends once per batch item, so radial attention expects "
+                f"q, k, v of batch 1 in each call; got {tuple(query.shape)}"
+            )
         frames, tpf = self.state.layout
-        extra_tokens = S - frames * tpf  # tokens after the video (HunyuanVideo's text)
+        extra_tokens = S - frames * tpf  # tokens after the video (HunyuanVideo's text; Mochi: this item's)
         if extra_tokens < 0 or (extra_tokens > 0 and not self.state.family.has_extra_tokens):
             raise ValueError(
                 f"{where}: the self-attention has S={S} tokens but the latent layout of this call is "
