@@ -199,3 +199,59 @@ def test_the_number_of_sdpa_calls_is_checked_per_family():
     _set_processor(wan.blocks[0].attn1, _TwiceProcessor(wan.blocks[0].attn1.processor))
     with pytest.raises(RuntimeError, match=r"to make one torch scaled_dot_product_attention call, it made 2"):
         run(wan, tiny.wan_inputs(wan, 4, 8, 8, batch=2))
+
+
+# ------------------------------------------------------------------------------ the whole pipeline
+# 64x64 px, 13 frames: latent 3 frames x 8x8 -> 3 x 16 = 48 video tokens, then each item's prompt tokens.
+VIDEO = dict(height=64, width=64, num_frames=13, max_sequence_length=16, output_type="pt")
+
+
+def test_mochi_pipeline_end_to_end_with_cfg():
+    pipe = tiny.tiny_mochi_pipeline()
+    kwargs = dict(VIDEO, prompt="a cat on a red bench", negative_prompt="blurry", num_inference_steps=3)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    dense = pipe(generator=gen(), **kwargs).frames
+    state = apply_radial_attention(pipe, dense_steps=1, block_size=BS)
+    out = pipe(generator=gen(), **kwargs).frames
+    assert out.shape == (1, 13, 3, 64, 64) and torch.isfinite(out).all()
+    # Batched CFG: one transformer call a step, two SDPA calls (prompt and negative prompt) per block.
+    assert dict(state.calls) == {
+        (0, 0, "dense"): 1,
+        (0, 1, "dense"): 1,
+        **{(s, i, "radial"): 1 for s in (1, 2) for i in (0, 1)},
+    }
+    # "a cat on a red bench" + </s> = 7 tokens, "blurry" + </s> = 2: one mask per prompt length.
+    assert sorted(state.masks) == [(3, 16, 2), (3, 16, 7)]
+    remove_radial_attention(pipe)
+    assert torch.equal(pipe(generator=gen(), **kwargs).frames, dense)
+
+
+def test_generate_writes_a_video_from_a_saved_mochi_pipeline(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    from radial_attention.cli.main import main
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("mochi", str(tmp_path / "tiny-mochi"))
+    out = tmp_path / "video.mp4"
+    args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64"]
+    args += ["--frames", "13", "--steps", "3", "--dense-steps", "1", "--block-size", "64"]
+    args += ["--max-sequence-length", "16", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "MochiPipeline" in text and "preset hunyuan" in text and "radial and" in text
+    frames = imageio.mimread(out)
+    assert len(frames) == 13 and frames[0].shape == (64, 64, 3)
+
+
+def test_tiny_pipeline_matches_the_registry_variant():
+    from radial_attention.integrations.diffusers.apply import _default_preset
+    from radial_attention.integrations.diffusers.families import find_transformers
+    from radial_attention.models import VARIANTS, patch_from_config
+
+    pipe, v = tiny.tiny_mochi_pipeline(num_layers=1), VARIANTS["mochi"]
+    # MochiPipeline names its strides vae_temporal_scale_factor / vae_spatial_scale_factor.
+    assert (pipe.vae_temporal_scale_factor, pipe.vae_spatial_scale_factor) == v.vae_strides
+    assert patch_from_config(pipe.transformer.config) == v.patch
+    transformers, _, pipeline = find_transformers(pipe)
+    assert _default_preset(transformers, pipeline) == v.preset == "hunyuan"

@@ -21,6 +21,7 @@ FAMILIES = {
     "wan2.2-i2v-a14b": ("tiny_wan_i2v_pipeline", {"variant": "a14b"}, "Wan2.2 A14B image-to-video, two experts"),
     "wan2.2-ti2v": ("tiny_wan_pipeline", {"variant": "ti2v"}, "Wan2.2 TI2V-5B (text-to-video)"),
     "hunyuan": ("tiny_hunyuan_pipeline", {}, "HunyuanVideo text-to-video (HunyuanVideoPipeline)"),
+    "mochi": ("tiny_mochi_pipeline", {}, "Mochi 1 text-to-video (MochiPipeline)"),
 }
 
 
@@ -70,6 +71,7 @@ def run(args) -> int:
         "wan-i2v": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 512",
         "wan2.2-i2v-a14b": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 16",
         "wan2.2-ti2v": " --height 64 --width 64 --frames 9 --max-sequence-length 16",
+        "mochi": " --height 64 --width 64 --frames 13 --max-sequence-length 16",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(

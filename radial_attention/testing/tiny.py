@@ -18,6 +18,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
+    tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
     tiny_tokenizer(...)                                           word-level fast tokenizer
     tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
@@ -308,6 +309,27 @@ def tiny_umt5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
         return UMT5EncoderModel(cfg).eval()
 
 
+def tiny_t5_encoder(vocab_size: int, d_model: int = 16, seed: int = 0):
+    """A 2-layer ``T5EncoderModel`` (Mochi's text encoder class) with random weights."""
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=8,
+        d_ff=32,
+        num_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    with _seeded(seed):
+        return T5EncoderModel(cfg).eval()
+
+
 # ----------------------------------------------------------------------------------- VAEs
 def tiny_wan_vae(variant: str = "t2v", seed: int = 0):
     """A tiny ``AutoencoderKLWan``: 8x spatial / 4x temporal, 16 latent channels (``"ti2v"``: the
@@ -357,6 +379,21 @@ def tiny_hunyuan_vae(latent_channels: int = 4, seed: int = 0):
             spatial_compression_ratio=8,
             temporal_compression_ratio=4,
             mid_block_add_attention=True,
+        ).eval()
+
+
+def tiny_mochi_vae(seed: int = 0):
+    """A tiny ``AutoencoderKLMochi``: 8x spatial / 6x temporal compression, 12 latent channels
+    (channel widths 32: its group norms have 32 groups)."""
+    from diffusers import AutoencoderKLMochi
+
+    with _seeded(seed):
+        return AutoencoderKLMochi(
+            latent_channels=12,
+            out_channels=3,
+            encoder_block_out_channels=(32, 32, 32, 32),
+            decoder_block_out_channels=(32, 32, 32, 32),
+            layers_per_block=(1, 1, 1, 1, 1),
         ).eval()
 
 
@@ -540,6 +577,22 @@ def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, se
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
+    )
+
+
+def tiny_mochi_pipeline(*, num_layers: int = 2, seed: int = 0):
+    """A ``MochiPipeline`` of tiny random components (T5 text encoder, Mochi VAE, flow-matching
+    scheduler). Prompts up to 16 tokens (``max_sequence_length=16``); frames ``6k+1``, height and
+    width multiples of 16."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline
+
+    tokenizer = tiny_tokenizer(model_max_length=MOCHI_TINY["max_sequence_length"])
+    return MochiPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_mochi_vae(seed=seed + 20),
+        text_encoder=tiny_t5_encoder(_vocab_size(tokenizer), d_model=MOCHI_TINY["text_embed_dim"], seed=seed + 10),
+        tokenizer=tokenizer,
+        transformer=tiny_mochi_transformer(num_layers=num_layers, seed=seed),
     )
 
 
