@@ -16,7 +16,8 @@ Who reads what: ``mask.video_layout`` and the ``mask`` command (variants: stride
 preset, extra tokens, heads); ``integrations.diffusers.families`` (``family_of``: transformer
 class -> family; the attention modules and the layout of a call, from
 :attr:`VideoModelFamily.self_attention` and :attr:`~VideoModelFamily.hidden_states`);
-``apply_radial_attention`` (default preset, whether extra tokens may follow the video);
+``apply_radial_attention`` (default preset, whether extra tokens may follow the video, how many
+SDPA calls one attention module call makes);
 ``generate`` (recommended schedule); sequence parallelism (:func:`video_token_grid`); ``encode``
 (pipeline class -> family, latent normalisation, what ``encode_prompt`` returns, patch from the
 folder's config); ``train-lora`` (LoRA targets, flow shift, model inputs, LoRA pipeline class, the

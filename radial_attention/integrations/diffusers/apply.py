@@ -8,7 +8,8 @@ no processor, model forward or class is replaced or copied):
   tokens per frame) and the step (see :mod:`.schedule`), and decides dense or radial for it;
 - one hook on each video self-attention module (``new_forward``): runs the module's own forward,
   with its own processor; in a radial block and step it does so inside :class:`.sdpa.RadialSDPA`,
-  which answers the processor's single SDPA call with the radial block-sparse op; in a dense one
+  which answers the processor's single SDPA call (Mochi: one per batch item, the family's
+  ``sdpa_calls``) with the radial block-sparse op; in a dense one
   it just calls the original forward.
 
 So projections, norms, RoPE, LoRA layers (``pipe.load_lora_weights`` before or after applying),
@@ -221,7 +222,8 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
     Settings (fields of the config, or keywords):
         preset: mask preset (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``); default the
             model's: ``wan`` for Wan2.1 and Wan2.2 TI2V-5B, ``wan2.2`` for Wan2.2 A14B (a pipeline
-            with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo.
+            with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo
+            (and for Mochi, by analogy: it has no published settings).
             A bare A14B expert cannot be told from Wan2.1: pass ``preset="wan2.2"`` there.
         decay: decay factor of the mask; default the preset's.
         dense_steps: the first this many denoising steps run dense attention.

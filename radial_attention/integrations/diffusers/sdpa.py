@@ -16,6 +16,10 @@ What the intercepted call may carry: no dropout, no causal flag, equal head coun
 ``attn_mask`` either nothing or a key-padding mask (bool, or additive 0/-inf) of shape
 ``[B|1, 1, 1, S]`` that keeps a prefix of the keys, as HunyuanVideo's prompt mask does; it
 becomes ``key_lengths``. Anything else raises: silently computing something else is worse.
+
+Mochi's processor makes one such call per batch item (batch 1, the video then that item's valid
+prompt tokens, no mask); its family declares ``sdpa_calls="per_batch_item"`` and every call gets
+the mask of its own length.
 """
 
 from __future__ import annotations
