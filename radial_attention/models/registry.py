@@ -308,8 +308,8 @@ VARIANTS: Dict[str, ModelVariant] = {
             vae=(4, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
             aliases=("hunyuanvideo", "hunyuan-video"), heads=24,
         ),
-        # None published for Mochi: HunyuanVideo's preset and schedule by analogy (a quarter of
-        # the steps dense, the maintainers' rule of thumb: 16 of Mochi's default 64 steps).
+        # None published for Mochi: HunyuanVideo's preset and schedule by analogy (12 of 50 steps
+        # dense, about a quarter as the reference's maintainers advise: 16 of Mochi's default 64).
         _variant(
             "mochi", "mochi", "Mochi 1 (no preset of its own; HunyuanVideo's settings)",
             vae=(6, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
