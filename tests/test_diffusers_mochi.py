@@ -255,3 +255,13 @@ def test_tiny_pipeline_matches_the_registry_variant():
     assert patch_from_config(pipe.transformer.config) == v.patch
     transformers, _, pipeline = find_transformers(pipe)
     assert _default_preset(transformers, pipeline) == v.preset == "hunyuan"
+
+
+def test_generate_rounds_frames_with_mochis_own_stride_name():
+    from types import SimpleNamespace
+
+    from radial_attention.cli.generate_cmd import _frames_the_model_takes
+
+    assert _frames_the_model_takes(SimpleNamespace(vae_temporal_scale_factor=6), 20) == 19  # Mochi: 6k+1
+    assert _frames_the_model_takes(SimpleNamespace(vae_scale_factor_temporal=4), 20) == 17  # Wan: 4k+1
+    assert _frames_the_model_takes(SimpleNamespace(), 20) == 20

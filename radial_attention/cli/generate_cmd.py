@@ -301,10 +301,20 @@ def run(args) -> int:
         sp.close()
 
 
+def _temporal_stride(pipe) -> int:
+    """The VAE's temporal compression as the pipeline names it (Wan/HunyuanVideo:
+    ``vae_scale_factor_temporal``, Mochi: ``vae_temporal_scale_factor``); 1 if it names none."""
+    for name in ("vae_scale_factor_temporal", "vae_temporal_scale_factor"):
+        t = getattr(pipe, name, None)
+        if t:
+            return int(t)
+    return 1
+
+
 def _frames_the_model_takes(pipe, frames: int) -> int:
     """``frames`` rounded down to what the pipeline generates: ``k * t + 1`` for the VAE's temporal
     compression ``t`` (4 for Wan and HunyuanVideo), as the pipelines themselves do."""
-    t = int(getattr(pipe, "vae_scale_factor_temporal", 1) or 1)
+    t = _temporal_stride(pipe)
     if frames < 1 or t <= 1:
         return frames
     return (frames - 1) // t * t + 1
@@ -390,8 +400,7 @@ def _run(args, sp) -> int:
             print(f"lora          {os.path.abspath(folder)} into {into}, scale {args.lora_scale:g}")
     if frames != args.frames:
         print(
-            f"frames        {args.frames} rounded down to {frames}: this model takes "
-            f"{pipe.vae_scale_factor_temporal}k+1 frames"
+            f"frames        {args.frames} rounded down to {frames}: this model takes {_temporal_stride(pipe)}k+1 frames"
         )
     if state is not None:
         c = state.config
