@@ -175,6 +175,19 @@ def _mochi_inputs(model, frames, height, width, *, text_len):
 
 
 TEXT = 5  # prompt tokens of the forwards below
+
+
+def _wan_call(m, f, h, w):
+    return tiny.wan_inputs(m, f, h, w, text_len=TEXT)
+
+
+def _skyreels_df_call(m, f, h, w):
+    # Diffusion forcing: one timestep per latent frame.
+    kwargs = dict(tiny.wan_inputs(m, f, h, w, text_len=TEXT), enable_diffusion_forcing=True)
+    kwargs["timestep"] = torch.linspace(900, 100, f)[None]
+    return kwargs
+
+
 # family -> cases: (variant, tiny builder, inputs(model, latent F, H, W)). Each gets TEXT prompt tokens.
 FORWARD_CASES = {
     "wan": [
@@ -185,6 +198,11 @@ FORWARD_CASES = {
     ],
     "hunyuan": [
         ("hunyuan", _hunyuan, lambda m, f, h, w: tiny.hunyuan_inputs(m, f, h, w, text_len=TEXT)),
+    ],
+    "skyreels-v2": [
+        ("skyreels-v2", lambda: tiny.tiny_skyreels_transformer("t2v"), _wan_call),
+        ("skyreels-v2", lambda: tiny.tiny_skyreels_transformer("i2v"), lambda m, f, h, w: tiny.wan_inputs(m, f, h, w)),
+        ("skyreels-v2", lambda: tiny.tiny_skyreels_transformer("df"), _skyreels_df_call),
     ],
     # Layout only (not patchable yet): one SDPA call per batch item, with that item's valid prompt tokens.
     "mochi": [("mochi", _mochi, lambda m, f, h, w: _mochi_inputs(m, f, h, w, text_len=TEXT))],
