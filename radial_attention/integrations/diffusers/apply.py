@@ -45,7 +45,9 @@ def _hook_classes():
         def pre_forward(self, module, *args, **kwargs):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else (args[0] if args else None)
             timestep = kwargs["timestep"] if "timestep" in kwargs else (args[1] if len(args) > 1 else None)
-            self.state.begin_forward(self.family, call_layout(module, hidden), timestep)
+            key = self.family.frame_causal_key  # a frame-block causal mask the model makes (SkyReels-V2 DF)
+            frame_block = int(getattr(module.config, key, None) or 1) if key else 1
+            self.state.begin_forward(self.family, call_layout(module, hidden), timestep, frame_block=frame_block)
             return args, kwargs
 
         def new_forward(self, module, *args, **kwargs):
@@ -260,7 +262,9 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
                     "Call reset_attention_backend() on the transformer first"
                 )
             check_context_parallel(path, proc)
-    state = RadialState(config, scheduler=scheduler)
+    fam = family_of(transformers[0])
+    step_matrix = pipeline if type(pipeline).__name__ in fam.step_matrix_pipelines else None
+    state = RadialState(config, scheduler=scheduler, step_matrix_pipeline=step_matrix)
     installed = []  # (module, hook name), in install order, to roll back on any failure
     try:
         for t in transformers:
