@@ -107,7 +107,7 @@ def _df_run(pipe, steps_seen, **call):
 def test_diffusion_forcing_pipeline_counts_its_own_iterations_as_steps():
     # Its loop steps per-frame scheduler copies, never pipe.scheduler: the step used to be 0 on every
     # call (every call dense with dense_steps > 0). Now step == the pipeline's iteration index.
-    pipe = tiny.tiny_skyreels_df_pipeline(num_layers=2)
+    pipe = tiny.tiny_skyreels_pipeline("df", num_layers=2)
     state = apply_radial_attention(pipe, dense_steps=2, dense_last_steps=1, block_size=BS)
     seen = []
     _df_run(pipe, seen, num_frames=21, ar_step=1, causal_block_size=1)  # 6 latent frames, async: 9 iterations
@@ -128,3 +128,33 @@ def test_diffusion_forcing_pipeline_counts_its_own_iterations_as_steps():
 def test_attention_modules_are_the_self_attention():
     model = tiny.tiny_skyreels_transformer("i2v", num_layers=3)
     assert attention_modules(model) == ["blocks.0.attn1", "blocks.1.attn1", "blocks.2.attn1"]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("variant", ["t2v", "df"])
+def test_generate_writes_a_video_from_a_saved_tiny_pipeline(variant, tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    from radial_attention.cli.main import main
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("skyreels-v2" if variant == "t2v" else "skyreels-v2-df", str(tmp_path / "tiny"))
+    out = tmp_path / "video.mp4"
+    args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64"]
+    args += ["--frames", "9", "--steps", "3", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64"]
+    args += ["--max-sequence-length", "16", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "radial and" in text and "density" in text
+    frames = imageio.mimread(out)
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+
+
+def test_t2v_pipeline_steps_come_from_its_scheduler():
+    pipe = tiny.tiny_skyreels_pipeline("t2v", num_layers=2)
+    state = apply_radial_attention(pipe, dense_steps=1, dense_last_steps=1, dense_layers=1, block_size=BS)
+    pipe("a cat", height=32, width=32, num_frames=9, num_inference_steps=4, guidance_scale=2.0,
+         output_type="latent", max_sequence_length=16)  # fmt: skip
+    kinds = {(s, layer): "radial" if 1 <= s < 3 and layer >= 1 else "dense" for s in range(4) for layer in range(2)}
+    assert dict(state.calls) == {(s, layer, kind): 2 for (s, layer), kind in kinds.items()}  # CFG: 2 calls a step
+    remove_radial_attention(pipe)

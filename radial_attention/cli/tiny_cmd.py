@@ -21,6 +21,12 @@ FAMILIES = {
     "wan2.2-i2v-a14b": ("tiny_wan_i2v_pipeline", {"variant": "a14b"}, "Wan2.2 A14B image-to-video, two experts"),
     "wan2.2-ti2v": ("tiny_wan_pipeline", {"variant": "ti2v"}, "Wan2.2 TI2V-5B (text-to-video)"),
     "hunyuan": ("tiny_hunyuan_pipeline", {}, "HunyuanVideo text-to-video (HunyuanVideoPipeline)"),
+    "skyreels-v2": ("tiny_skyreels_pipeline", {"variant": "t2v"}, "SkyReels-V2 text-to-video (SkyReelsV2Pipeline)"),
+    "skyreels-v2-df": (
+        "tiny_skyreels_pipeline",
+        {"variant": "df"},
+        "SkyReels-V2 diffusion forcing (SkyReelsV2DiffusionForcingPipeline)",
+    ),
 }
 
 

@@ -15,7 +15,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
     tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
     tiny_skyreels_transformer(variant="t2v"|"i2v"|"df", ...)      SkyReelsV2Transformer3DModel
-    tiny_skyreels_df_pipeline(...)                                SkyReelsV2DiffusionForcingPipeline
+    tiny_skyreels_pipeline(variant="t2v"|"df", ...)              SkyReelsV2Pipeline / ...DiffusionForcingPipeline
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
@@ -492,21 +492,28 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = 
     )
 
 
-def tiny_skyreels_df_pipeline(*, num_layers: int = 2, seed: int = 0):
-    """A whole ``SkyReelsV2DiffusionForcingPipeline`` from tiny components (no download).
+SKYREELS_PIPELINES = ("t2v", "df")
 
-    ``tiny_skyreels_transformer("df")`` with the text side, 16-channel VAE and UniPC flow scheduler
-    of ``tiny_wan_pipeline("t2v", seed=seed)``. Height and width multiples of 16, frames ``4k+1``;
-    ``ar_step`` / ``causal_block_size`` as in diffusers (``causal_block_size`` must divide the
-    latent frames ``(frames - 1) // 4 + 1``).
+
+def tiny_skyreels_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
+    """A whole SkyReels-V2 pipeline from tiny components (no download).
+
+    ``variant``: ``"t2v"`` (``SkyReelsV2Pipeline``) or ``"df"`` (``SkyReelsV2DiffusionForcingPipeline``,
+    with ``tiny_skyreels_transformer("df")``). The text side, 16-channel VAE and UniPC flow scheduler are
+    ``tiny_wan_pipeline("t2v", seed=seed)``'s. Height and width multiples of 16, frames ``4k+1``; for
+    ``"df"``, ``ar_step`` / ``causal_block_size`` as in diffusers (``causal_block_size`` must divide
+    the latent frames ``(frames - 1) // 4 + 1``).
     """
-    from diffusers import SkyReelsV2DiffusionForcingPipeline
+    from diffusers import SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Pipeline
 
+    if variant not in SKYREELS_PIPELINES:
+        raise ValueError(f"tiny_skyreels_pipeline variant must be one of {SKYREELS_PIPELINES}, got {variant!r}")
+    cls = SkyReelsV2DiffusionForcingPipeline if variant == "df" else SkyReelsV2Pipeline
     tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
-    return SkyReelsV2DiffusionForcingPipeline(
+    return cls(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
-        transformer=tiny_skyreels_transformer("df", num_layers=num_layers, seed=seed),
+        transformer=tiny_skyreels_transformer(variant, num_layers=num_layers, seed=seed),
         vae=tiny_wan_vae("t2v", seed=seed + 20),
         scheduler=scheduler,
     )
