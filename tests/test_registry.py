@@ -57,7 +57,8 @@ def test_entries_are_consistent():
 def test_class_names_exist_in_diffusers():
     diffusers = pytest.importorskip("diffusers")
     for fam in FAMILIES.values():
-        for name in (*fam.transformer_classes, *fam.pipeline_classes, *filter(None, [fam.lora_pipeline_class])):
+        pipelines = (*fam.pipeline_classes, *fam.step_matrix_pipelines, *filter(None, [fam.lora_pipeline_class]))
+        for name in (*fam.transformer_classes, *pipelines):
             assert hasattr(diffusers, name), f"{fam.name}: diffusers has no {name}"
 
 

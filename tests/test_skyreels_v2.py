@@ -86,7 +86,8 @@ def _df_run(pipe, steps_seen, **call):
 
     def on_step_end(p, i, t, kwargs):
         state = get_radial_state(p)
-        steps_seen.append((i, state.step, state.total_steps, p.num_timesteps))
+        if state is not None:  # None: an unpatched run
+            steps_seen.append((i, state.step, state.total_steps, p.num_timesteps))
         return {}
 
     args = dict(
@@ -158,3 +159,30 @@ def test_t2v_pipeline_steps_come_from_its_scheduler():
     kinds = {(s, layer): "radial" if 1 <= s < 3 and layer >= 1 else "dense" for s in range(4) for layer in range(2)}
     assert dict(state.calls) == {(s, layer, kind): 2 for (s, layer), kind in kinds.items()}  # CFG: 2 calls a step
     remove_radial_attention(pipe)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("variant", ["i2v", "df-i2v"])
+def test_image_to_video_pipelines_run_and_count_steps(variant):
+    # SkyReelsV2ImageToVideoPipeline steps its scheduler; the DF image-to-video one has the DF loop.
+    import numpy as np
+    from PIL import Image
+
+    image = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8"))
+    pipe = tiny.tiny_skyreels_pipeline(variant, num_layers=2)
+    call = dict(image=image, num_frames=9, max_sequence_length=512 if variant == "i2v" else 16)
+    if variant == "df-i2v":
+        call.update(ar_step=1, causal_block_size=1)
+
+    def latents(**extra):
+        g = torch.Generator().manual_seed(0)
+        return _df_run(pipe, [], generator=g, num_inference_steps=3, **call, **extra).frames
+
+    before = latents()
+    state = apply_radial_attention(pipe, dense_steps=1, block_size=BS)
+    seen = []
+    _df_run(pipe, seen, num_inference_steps=3, **call)
+    assert seen and [s for _, s, _, _ in seen] == [i for i, *_ in seen] == list(range(len(seen)))
+    assert state.summary()["radial_calls"] == 2 * 2 * (len(seen) - 1)  # CFG x layers x radial steps
+    remove_radial_attention(pipe)
+    assert torch.equal(latents(), before)

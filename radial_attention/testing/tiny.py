@@ -15,7 +15,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
     tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
     tiny_skyreels_transformer(variant="t2v"|"i2v"|"df", ...)      SkyReelsV2Transformer3DModel
-    tiny_skyreels_pipeline(variant="t2v"|"df", ...)              SkyReelsV2Pipeline / ...DiffusionForcingPipeline
+    tiny_skyreels_pipeline(variant="t2v"|"i2v"|"df"|"df-i2v")     SkyReelsV2Pipeline, ...ImageToVideo, ...DiffusionForcing...
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
@@ -492,30 +492,47 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = 
     )
 
 
-SKYREELS_PIPELINES = ("t2v", "df")
+SKYREELS_PIPELINES = ("t2v", "i2v", "df", "df-i2v")
 
 
 def tiny_skyreels_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
     """A whole SkyReels-V2 pipeline from tiny components (no download).
 
-    ``variant``: ``"t2v"`` (``SkyReelsV2Pipeline``) or ``"df"`` (``SkyReelsV2DiffusionForcingPipeline``,
-    with ``tiny_skyreels_transformer("df")``). The text side, 16-channel VAE and UniPC flow scheduler are
-    ``tiny_wan_pipeline("t2v", seed=seed)``'s. Height and width multiples of 16, frames ``4k+1``; for
-    ``"df"``, ``ar_step`` / ``causal_block_size`` as in diffusers (``causal_block_size`` must divide
-    the latent frames ``(frames - 1) // 4 + 1``).
+    ``variant``: ``"t2v"`` (``SkyReelsV2Pipeline``), ``"i2v"`` (``SkyReelsV2ImageToVideoPipeline``:
+    ``tiny_skyreels_transformer("i2v")`` and a tiny CLIP vision encoder, called like Wan2.1 I2V:
+    a PIL image and ``max_sequence_length=512``), ``"df"`` (``SkyReelsV2DiffusionForcingPipeline``)
+    or ``"df-i2v"`` (``SkyReelsV2DiffusionForcingImageToVideoPipeline``: the image becomes the first
+    latent frame; 16-channel transformer). The text side, 16-channel VAE and UniPC flow scheduler are
+    ``tiny_wan_pipeline("t2v", seed=seed)``'s. Height and width multiples of 16, frames ``4k+1``;
+    for the DF pipelines ``ar_step`` / ``causal_block_size`` as in diffusers (``causal_block_size``
+    must divide the latent frames ``(frames - 1) // 4 + 1``).
     """
-    from diffusers import SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Pipeline
+    import diffusers
 
-    if variant not in SKYREELS_PIPELINES:
+    classes = {
+        "t2v": "SkyReelsV2Pipeline",
+        "i2v": "SkyReelsV2ImageToVideoPipeline",
+        "df": "SkyReelsV2DiffusionForcingPipeline",
+        "df-i2v": "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+    }
+    if variant not in classes:
         raise ValueError(f"tiny_skyreels_pipeline variant must be one of {SKYREELS_PIPELINES}, got {variant!r}")
-    cls = SkyReelsV2DiffusionForcingPipeline if variant == "df" else SkyReelsV2Pipeline
     tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
-    return cls(
+    transformer = tiny_skyreels_transformer(
+        {"i2v": "i2v", "t2v": "t2v"}.get(variant, "df"), num_layers=num_layers, seed=seed
+    )
+    extra = {}
+    if variant == "i2v":
+        # The pipeline feeds the encoder's hidden_states[-2] to the image embedder (width image_dim).
+        image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+        extra = dict(image_encoder=image_encoder, image_processor=image_processor)
+    return getattr(diffusers, classes[variant])(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
-        transformer=tiny_skyreels_transformer(variant, num_layers=num_layers, seed=seed),
+        transformer=transformer,
         vae=tiny_wan_vae("t2v", seed=seed + 20),
         scheduler=scheduler,
+        **extra,
     )
 
 
