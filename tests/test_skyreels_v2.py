@@ -74,6 +74,8 @@ def test_frame_block_causal_mask_off_the_block_grid_is_refused():
     apply_radial_attention(model, block_size=BS)
     with pytest.raises(ValueError, match=r"num_frame_per_block=2 .* 84 tokens, not a multiple of block_size=64"):
         run(model, kwargs)
+    with pytest.raises(ValueError, match="num_frame_per_block=2 .* must divide the latent frames .* F=11"):
+        run(model, _df_inputs(model, 11, 14, 12))
     remove_radial_attention(model)
     model.register_to_config(num_frame_per_block=1)  # causal_block_size=1: no mask, radial runs
     apply_radial_attention(model, block_size=BS)
@@ -186,3 +188,14 @@ def test_image_to_video_pipelines_run_and_count_steps(variant):
     assert state.summary()["radial_calls"] == 2 * 2 * (len(seen) - 1)  # CFG x layers x radial steps
     remove_radial_attention(pipe)
     assert torch.equal(latents(), before)
+
+
+def test_sizes_the_model_cannot_take_are_clear_errors():
+    from radial_attention.mask import video_layout
+
+    layout = video_layout("skyreels-v2", 544, 960, 97)  # its pipelines' default size
+    assert (layout.frames, layout.tokens_per_frame) == (25, 2040)
+    with pytest.raises(ValueError, match="height must be divisible by 16 .* got 540; nearest valid: 528 or 544"):
+        video_layout("skyreels-v2", 540, 960, 97)
+    with pytest.raises(ValueError, match="num_frames must be 4k\\+1 .* got 96"):
+        video_layout("skyreels-v2", 544, 960, 96)

@@ -277,6 +277,11 @@ def check_frame_causal_layout(layout: Tuple[int, int], frame_block: int, block_s
     block boundaries (``frame_block * T`` a multiple of ``block_size``), where radial attention can
     AND it into the radial mask exactly; it has no per-token key limit for the other layouts."""
     frames, tpf = layout
+    if frames % frame_block:  # diffusers would fail on a reshape; say what it needs
+        raise ValueError(
+            f"SkyReels-V2 diffusion forcing: num_frame_per_block={frame_block} (causal_block_size) must divide the "
+            f"latent frames of the call, got F={frames} latent frames"
+        )
     if (frame_block * tpf) % block_size:
         raise ValueError(
             f"radial attention: this transformer passes a causal attention mask over blocks of "
