@@ -199,3 +199,13 @@ def test_sizes_the_model_cannot_take_are_clear_errors():
         video_layout("skyreels-v2", 540, 960, 97)
     with pytest.raises(ValueError, match="num_frames must be 4k\\+1 .* got 96"):
         video_layout("skyreels-v2", 544, 960, 96)
+
+
+def test_bare_transformer_with_async_frame_timesteps_and_a_step_schedule_is_refused():
+    model = tiny.tiny_skyreels_transformer("df", num_layers=1)
+    kwargs = _df_inputs(model, 4, 8, 8)  # timesteps 999 .. 0 across the frames
+    apply_radial_attention(model, dense_steps=1, block_size=BS)
+    with pytest.raises(ValueError, match="per-frame timesteps that differ across frames .* apply radial attention to"):
+        run(model, kwargs)
+    run(model, dict(kwargs, timestep=torch.full((2, 4), 500.0)))  # synchronous: countable
+    remove_radial_attention(model)

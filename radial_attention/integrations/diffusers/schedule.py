@@ -164,6 +164,7 @@ class RadialState:
         else:
             if timestep is None:
                 raise ValueError("radial attention: the transformer was called without a timestep to count steps by")
+            _refuse_uncountable_frame_timesteps(family, timestep, self.config)
             self.step = self._step_from_timestep(timestep)
         c = self.config
         sparse = self.step >= c.dense_steps
@@ -292,4 +293,19 @@ def check_frame_causal_layout(layout: Tuple[int, int], frame_block: int, block_s
             "ar_step may stay > 0), or a size where num_frame_per_block x tokens per frame is a multiple of the "
             "block size (the transformer's num_frame_per_block stays set after a pipeline call: "
             "pass causal_block_size=1 explicitly)"
+        )
+
+
+def _refuse_uncountable_frame_timesteps(family, timestep, config: RadialAttentionConfig) -> None:
+    """Per-frame timesteps ``[B, F]`` that differ across frames (asynchronous diffusion forcing on a bare
+    transformer): their largest value stays at the start for many calls, so the timestep rule would
+    call them all step 0. Refused where the schedule depends on the step; the pipeline's loop counts them."""
+    if not (config.dense_steps or config.dense_last_steps) or not getattr(family, "step_matrix_pipelines", ()):
+        return
+    if isinstance(timestep, torch.Tensor) and timestep.dim() == 2 and not bool((timestep == timestep[:, :1]).all()):
+        raise ValueError(
+            "radial attention: this call has per-frame timesteps that differ across frames (asynchronous diffusion "
+            "forcing), which do not tell the denoising step; with dense_steps or dense_last_steps apply radial "
+            f"attention to the pipeline ({', '.join(family.step_matrix_pipelines)}), whose loop gives the step, "
+            "or use dense_steps=0 and dense_last_steps=0 on a bare transformer"
         )
