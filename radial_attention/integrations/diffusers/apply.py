@@ -207,12 +207,15 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
             ``HunyuanVideoPipeline``, ...: every ``WanTransformer3DModel`` /
             ``HunyuanVideoTransformer3DModel`` component, e.g. Wan2.2 A14B's ``transformer`` and
             ``transformer_2``, which then share one step count), a bare transformer, or a list of
-            transformers that share one step count.
+            transformers that share one step count. SkyReels-V2 pipelines (``SkyReelsV2Transformer3DModel``)
+            too, diffusion forcing included: there the step is the pipeline loop's iteration (its loop
+            never steps ``pipe.scheduler``), and ``causal_block_size > 1`` works only where
+            ``causal_block_size`` x tokens per frame is a multiple of ``block_size`` (else ``ValueError``).
         config: a :class:`~.schedule.RadialAttentionConfig`, or ``None``.
 
     Settings (fields of the config, or keywords):
         preset: mask preset (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``); default the
-            model's: ``wan`` for Wan2.1 and Wan2.2 TI2V-5B, ``wan2.2`` for Wan2.2 A14B (a pipeline
+            model's: ``wan`` for Wan2.1, Wan2.2 TI2V-5B and SkyReels-V2 (none of its own is published), ``wan2.2`` for Wan2.2 A14B (a pipeline
             with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo.
             A bare A14B expert cannot be told from Wan2.1: pass ``preset="wan2.2"`` there.
         decay: decay factor of the mask; default the preset's.
