@@ -215,8 +215,9 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
 
     Settings (fields of the config, or keywords):
         preset: mask preset (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``); default the
-            model's: ``wan`` for Wan2.1, Wan2.2 TI2V-5B and SkyReels-V2 (none of its own is published), ``wan2.2`` for Wan2.2 A14B (a pipeline
-            with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo.
+            model's: ``wan`` for Wan2.1, Wan2.2 TI2V-5B and SkyReels-V2 (which has none published of
+            its own), ``wan2.2`` for Wan2.2 A14B (a pipeline with two experts, or a list of two Wan
+            transformers), ``hunyuan`` for HunyuanVideo.
             A bare A14B expert cannot be told from Wan2.1: pass ``preset="wan2.2"`` there.
         decay: decay factor of the mask; default the preset's.
         dense_steps: the first this many denoising steps run dense attention.

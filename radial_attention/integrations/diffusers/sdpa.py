@@ -15,7 +15,10 @@ of that module's forward) that answers its SDPA call with
 What the intercepted call may carry: no dropout, no causal flag, equal head counts, and as
 ``attn_mask`` either nothing or a key-padding mask (bool, or additive 0/-inf) of shape
 ``[B|1, 1, 1, S]`` that keeps a prefix of the keys, as HunyuanVideo's prompt mask does; it
-becomes ``key_lengths``. Anything else raises: silently computing something else is worse.
+becomes ``key_lengths``; or, where the family's config asks for one (SkyReels-V2
+``num_frame_per_block > 1``), its bool ``[1, 1, S, S]`` frame-block causal mask, which goes into the
+block mask (``RadialState.mask_for(..., frame_block=k)``). Anything else raises: silently computing
+something else is worse.
 """
 
 from __future__ import annotations
