@@ -80,6 +80,10 @@ CASES = {
     "wan2.1-i2v": (lambda: tiny.tiny_wan_transformer("i2v"), tiny.wan_inputs, dict(batch=1), "wan"),
     "wan2.2-ti2v-5b": (lambda: tiny.tiny_wan_transformer("ti2v"), tiny.wan_inputs, dict(batch=1), "wan"),
     "wan2.2-a14b-expert": (lambda: tiny.tiny_wan_transformer("a14b"), tiny.wan_inputs, dict(batch=1), "wan2.2"),
+    # SkyReels-V2: Wan's architecture, Wan2.1's preset. Batch 2 (batched CFG) for all three.
+    "skyreels-v2-t2v": (lambda: tiny.tiny_skyreels_transformer("t2v"), tiny.wan_inputs, dict(batch=2), "wan"),
+    "skyreels-v2-i2v": (lambda: tiny.tiny_skyreels_transformer("i2v"), tiny.wan_inputs, dict(batch=2), "wan"),
+    "skyreels-v2-df": (lambda: tiny.tiny_skyreels_transformer("df"), tiny.wan_inputs, dict(batch=2), "wan"),
     "hunyuan-t2v": (
         tiny.tiny_hunyuan_transformer,
         tiny.hunyuan_inputs,
@@ -99,6 +103,8 @@ def test_radial_equals_unpatched_model_with_the_mask_as_token_mask(name):
         ts = torch.full((1, F * 42), 700.0)
         ts[:, :42] = 0.0
         kwargs["timestep"] = ts
+    if name == "skyreels-v2-df":  # diffusion forcing: one timestep per latent frame [B, F]
+        kwargs.update(timestep=torch.linspace(999, 0, F).expand(2, F), enable_diffusion_forcing=True)
     text = kwargs["encoder_hidden_states"].shape[1] if name.startswith("hunyuan") else 0
     S = F * 42 + text
     mask = radial_block_mask(F, 42, preset=preset, extra_tokens=text, block_size=BS)

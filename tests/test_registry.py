@@ -58,7 +58,8 @@ def test_entries_are_consistent():
 def test_class_names_exist_in_diffusers():
     diffusers = pytest.importorskip("diffusers")
     for fam in FAMILIES.values():
-        for name in (*fam.transformer_classes, *fam.pipeline_classes, *filter(None, [fam.lora_pipeline_class])):
+        pipelines = (*fam.pipeline_classes, *fam.step_matrix_pipelines, *filter(None, [fam.lora_pipeline_class]))
+        for name in (*fam.transformer_classes, *pipelines):
             assert hasattr(diffusers, name), f"{fam.name}: diffusers has no {name}"
 
 
@@ -148,6 +149,19 @@ def _hunyuan():
 
 
 TEXT = 5  # prompt tokens of the forwards below
+
+
+def _wan_call(m, f, h, w):
+    return tiny.wan_inputs(m, f, h, w, text_len=TEXT)
+
+
+def _skyreels_df_call(m, f, h, w):
+    # Diffusion forcing: one timestep per latent frame.
+    kwargs = dict(tiny.wan_inputs(m, f, h, w, text_len=TEXT), enable_diffusion_forcing=True)
+    kwargs["timestep"] = torch.linspace(900, 100, f)[None]
+    return kwargs
+
+
 # family -> cases: (variant, tiny builder, inputs(model, latent F, H, W)). Each gets TEXT prompt tokens.
 FORWARD_CASES = {
     "wan": [
@@ -158,6 +172,11 @@ FORWARD_CASES = {
     ],
     "hunyuan": [
         ("hunyuan", _hunyuan, lambda m, f, h, w: tiny.hunyuan_inputs(m, f, h, w, text_len=TEXT)),
+    ],
+    "skyreels-v2": [
+        ("skyreels-v2", lambda: tiny.tiny_skyreels_transformer("t2v"), _wan_call),
+        ("skyreels-v2", lambda: tiny.tiny_skyreels_transformer("i2v"), lambda m, f, h, w: tiny.wan_inputs(m, f, h, w)),
+        ("skyreels-v2", lambda: tiny.tiny_skyreels_transformer("df"), _skyreels_df_call),
     ],
     # One SDPA call per batch item, with that item's valid prompt tokens (batch 1 here: one call).
     "mochi": [("mochi", tiny.tiny_mochi_transformer, lambda m, f, h, w: tiny.mochi_inputs(m, f, h, w, text_len=TEXT))],

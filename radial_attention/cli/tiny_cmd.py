@@ -22,6 +22,12 @@ FAMILIES = {
     "wan2.2-ti2v": ("tiny_wan_pipeline", {"variant": "ti2v"}, "Wan2.2 TI2V-5B (text-to-video)"),
     "hunyuan": ("tiny_hunyuan_pipeline", {}, "HunyuanVideo text-to-video (HunyuanVideoPipeline)"),
     "mochi": ("tiny_mochi_pipeline", {}, "Mochi 1 text-to-video (MochiPipeline)"),
+    "skyreels-v2": ("tiny_skyreels_pipeline", {"variant": "t2v"}, "SkyReels-V2 text-to-video (SkyReelsV2Pipeline)"),
+    "skyreels-v2-df": (
+        "tiny_skyreels_pipeline",
+        {"variant": "df"},
+        "SkyReels-V2 diffusion forcing (SkyReelsV2DiffusionForcingPipeline)",
+    ),
 }
 
 

@@ -104,6 +104,14 @@ class VideoModelFamily:
     prompt_outputs: Tuple[Optional[str], ...] = ("prompt_embeds",)
     prompt_kwargs: Tuple[Tuple[str, object], ...] = ()  # fixed encode_prompt keywords
     takes_prompt_template: bool = False  # encode_prompt accepts prompt_template
+    # --- steps and masks the model makes itself
+    # Pipelines whose denoising loop never steps ``pipe.scheduler`` (SkyReels-V2 diffusion forcing:
+    # per-frame scheduler copies over a step matrix): the step is the position of the pipeline's
+    # ``current_timestep`` row in that loop, the number of steps ``pipe.num_timesteps``.
+    step_matrix_pipelines: Tuple[str, ...] = ()
+    # Config key that, when > 1, makes the transformer pass a frame-block causal attention mask to
+    # its self-attention (SkyReels-V2 ``num_frame_per_block``); radial attention refuses those calls.
+    frame_causal_key: Optional[str] = None
 
     @property
     def patchable(self) -> bool:
@@ -207,6 +215,23 @@ HUNYUAN = VideoModelFamily(
     prompt_outputs=("prompt_embeds", "pooled_prompt_embeds", "prompt_attention_mask"),
     takes_prompt_template=True,
 )
+# SkyReels-V2: Wan's architecture (its attention processor is a copy of Wan's), a class of its own.
+# The diffusion-forcing pipelines never step pipe.scheduler (each latent frame has a scheduler copy):
+# their step count comes from the pipeline's own step-matrix row (see schedule.RadialState).
+SKYREELS_V2 = VideoModelFamily(
+    name="skyreels-v2",
+    description="SkyReels-V2 T2V / I2V / diffusion forcing (SkyReelsV2Transformer3DModel)",
+    transformer_classes=("SkyReelsV2Transformer3DModel",),
+    self_attention=(("blocks", "attn1"),),  # attn2 is cross-attention to text (and I2V image tokens)
+    default_preset="wan",
+    flow_shift=8.0,  # the pipelines' docstrings: 8.0 for T2V, 5.0 for I2V
+    step_matrix_pipelines=(
+        "SkyReelsV2DiffusionForcingPipeline",
+        "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+        "SkyReelsV2DiffusionForcingVideoToVideoPipeline",
+    ),
+    frame_causal_key="num_frame_per_block",
+)
 MOCHI = VideoModelFamily(
     name="mochi",
     description="Mochi 1 (MochiTransformer3DModel)",
@@ -223,7 +248,7 @@ MOCHI = VideoModelFamily(
     default_preset="hunyuan",
 )
 
-FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, MOCHI)}
+FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI)}
 
 
 # ------------------------------------------------------------------------------------- variants
@@ -307,6 +332,11 @@ VARIANTS: Dict[str, ModelVariant] = {
             "hunyuan", "hunyuan", "HunyuanVideo T2V (text tokens after the video)",
             vae=(4, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
             aliases=("hunyuanvideo", "hunyuan-video"), heads=24,
+        ),
+        # No published radial preset or schedule: Wan2.1's (the same architecture and VAE).
+        _variant(
+            "skyreels-v2", "skyreels-v2", "SkyReels-V2 T2V/I2V/DF 1.3B and 14B (Wan2.1's preset and schedule)",
+            vae=(4, 8), preset="wan", schedule=_WAN_SCHEDULE, aliases=("skyreels", "skyreels-v2-df"), heads=40,
         ),
         # None published for Mochi: HunyuanVideo's preset and schedule by analogy (12 of 50 steps
         # dense, about a quarter as the reference's maintainers advise: 16 of Mochi's default 64).

@@ -15,6 +15,8 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
     tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
     tiny_mochi_transformer(...)                                   MochiTransformer3DModel
+    tiny_skyreels_transformer(variant="t2v"|"i2v"|"df", ...)      SkyReelsV2Transformer3DModel
+    tiny_skyreels_pipeline(variant="t2v"|"i2v"|"df"|"df-i2v")     SkyReelsV2Pipeline, ...ImageToVideo, ...DiffusionForcing...
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
@@ -187,6 +189,38 @@ def tiny_wan_a14b_transformers(*, seed: int = 0, **kwargs):
         tiny_wan_transformer("a14b", seed=seed, **kwargs),
         tiny_wan_transformer("a14b", seed=seed + 1, **kwargs),
     )
+
+
+SKYREELS_VARIANTS = ("t2v", "i2v", "df")
+
+
+def tiny_skyreels_transformer(
+    variant: str = "t2v",
+    *,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """A ``SkyReelsV2Transformer3DModel`` from Wan's tiny config (the same architecture), random weights.
+
+    ``variant``: ``"t2v"`` (16 latent channels), ``"i2v"`` (36 input channels and image
+    cross-attention, called like Wan I2V: exactly 512 text tokens, ``encoder_hidden_states_image``)
+    or ``"df"`` (diffusion forcing: like T2V, called with per-frame ``timestep [B, F]`` and
+    ``enable_diffusion_forcing=True``; ``num_frame_per_block=k`` makes it pass a frame-block causal
+    mask). ``tiny.wan_inputs`` builds its call kwargs. ``overrides``: any other config value.
+    """
+    if variant not in SKYREELS_VARIANTS:
+        raise ValueError(f"unknown SkyReels-V2 variant {variant!r}; expected one of {SKYREELS_VARIANTS}")
+    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
+    if variant == "i2v":
+        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
+    cfg.update(overrides)
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    return _seeded_build(SkyReelsV2Transformer3DModel, cfg, seed, dtype)
 
 
 def tiny_hunyuan_transformer(
@@ -521,6 +555,50 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = 
         image_encoder=image_encoder,
         transformer=transformer,
         **experts,
+    )
+
+
+SKYREELS_PIPELINES = ("t2v", "i2v", "df", "df-i2v")
+
+
+def tiny_skyreels_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
+    """A whole SkyReels-V2 pipeline from tiny components (no download).
+
+    ``variant``: ``"t2v"`` (``SkyReelsV2Pipeline``), ``"i2v"`` (``SkyReelsV2ImageToVideoPipeline``:
+    ``tiny_skyreels_transformer("i2v")`` and a tiny CLIP vision encoder, called like Wan2.1 I2V:
+    a PIL image and ``max_sequence_length=512``), ``"df"`` (``SkyReelsV2DiffusionForcingPipeline``)
+    or ``"df-i2v"`` (``SkyReelsV2DiffusionForcingImageToVideoPipeline``: the image becomes the first
+    latent frame; 16-channel transformer). The text side, 16-channel VAE and UniPC flow scheduler are
+    ``tiny_wan_pipeline("t2v", seed=seed)``'s. Height and width multiples of 16, frames ``4k+1``;
+    for the DF pipelines ``ar_step`` / ``causal_block_size`` as in diffusers (``causal_block_size``
+    must divide the latent frames ``(frames - 1) // 4 + 1``).
+    """
+    import diffusers
+
+    classes = {
+        "t2v": "SkyReelsV2Pipeline",
+        "i2v": "SkyReelsV2ImageToVideoPipeline",
+        "df": "SkyReelsV2DiffusionForcingPipeline",
+        "df-i2v": "SkyReelsV2DiffusionForcingImageToVideoPipeline",
+    }
+    if variant not in classes:
+        raise ValueError(f"tiny_skyreels_pipeline variant must be one of {SKYREELS_PIPELINES}, got {variant!r}")
+    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
+    transformer = tiny_skyreels_transformer(
+        {"i2v": "i2v", "t2v": "t2v"}.get(variant, "df"), num_layers=num_layers, seed=seed
+    )
+    extra = {}
+    if variant == "i2v":
+        # The pipeline feeds the encoder's hidden_states[-2] to the image embedder (width image_dim).
+        image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+        extra = dict(image_encoder=image_encoder, image_processor=image_processor)
+    return getattr(diffusers, classes[variant])(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer,
+        vae=tiny_wan_vae("t2v", seed=seed + 20),
+        scheduler=scheduler,
+        **extra,
     )
 
 

@@ -46,7 +46,9 @@ def _hook_classes():
         def pre_forward(self, module, *args, **kwargs):
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else (args[0] if args else None)
             timestep = kwargs["timestep"] if "timestep" in kwargs else (args[1] if len(args) > 1 else None)
-            self.state.begin_forward(self.family, call_layout(module, hidden), timestep)
+            key = self.family.frame_causal_key  # a frame-block causal mask the model makes (SkyReels-V2 DF)
+            frame_block = int(getattr(module.config, key, None) or 1) if key else 1
+            self.state.begin_forward(self.family, call_layout(module, hidden), timestep, frame_block=frame_block)
             return args, kwargs
 
         def new_forward(self, module, *args, **kwargs):
@@ -216,14 +218,18 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
             ``HunyuanVideoPipeline``, ...: every ``WanTransformer3DModel`` /
             ``HunyuanVideoTransformer3DModel`` component, e.g. Wan2.2 A14B's ``transformer`` and
             ``transformer_2``, which then share one step count), a bare transformer, or a list of
-            transformers that share one step count.
+            transformers that share one step count. SkyReels-V2 pipelines (``SkyReelsV2Transformer3DModel``)
+            too, diffusion forcing included: there the step is the pipeline loop's iteration (its loop
+            never steps ``pipe.scheduler``), and ``causal_block_size > 1`` works only where
+            ``causal_block_size`` x tokens per frame is a multiple of ``block_size`` (else ``ValueError``).
         config: a :class:`~.schedule.RadialAttentionConfig`, or ``None``.
 
     Settings (fields of the config, or keywords):
         preset: mask preset (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``); default the
-            model's: ``wan`` for Wan2.1 and Wan2.2 TI2V-5B, ``wan2.2`` for Wan2.2 A14B (a pipeline
-            with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo
-            (and for Mochi, by analogy: it has no published settings).
+            model's: ``wan`` for Wan2.1, Wan2.2 TI2V-5B and SkyReels-V2 (which has none published of
+            its own), ``wan2.2`` for Wan2.2 A14B (a pipeline with two experts, or a list of two Wan
+            transformers), ``hunyuan`` for HunyuanVideo (and for Mochi, by analogy: it has no
+            published settings).
             A bare A14B expert cannot be told from Wan2.1: pass ``preset="wan2.2"`` there.
         decay: decay factor of the mask; default the preset's.
         dense_steps: the first this many denoising steps run dense attention.
@@ -272,7 +278,9 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
                     "Call reset_attention_backend() on the transformer first"
                 )
             check_context_parallel(path, proc)
-    state = RadialState(config, scheduler=scheduler)
+    fam = family_of(transformers[0])
+    step_matrix = pipeline if type(pipeline).__name__ in fam.step_matrix_pipelines else None
+    state = RadialState(config, scheduler=scheduler, step_matrix_pipeline=step_matrix)
     installed = []  # (module, hook name), in install order, to roll back on any failure
     try:
         for t in transformers:

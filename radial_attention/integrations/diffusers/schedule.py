@@ -16,6 +16,13 @@ Where the step index comes from:
   of steps. Both are relative to ``scheduler.begin_index`` when a pipeline starts later in the
   schedule (image-to-video strength). Exact whatever the timestep dtype, with CFG, and across
   the two A14B experts, which share the pipeline's scheduler.
+- on a diffusion-forcing pipeline (the family's ``step_matrix_pipelines``: SkyReels-V2 DF, whose
+  loop steps per-frame copies of the scheduler and never ``pipe.scheduler`` itself), from the
+  pipeline's own loop: every iteration sets ``pipe.current_timestep`` to a new row of its step
+  matrix (the CFG calls of one iteration share it), so a new row object is the next step and the
+  same object the same step; ``pipe.num_timesteps`` (the step matrix's length, read at step 0)
+  is the number of steps. A new pipeline call (``pipe.scheduler.timesteps`` is set anew) or the
+  end of a long-video window's rows starts over at step 0.
 - on a bare transformer (or a scheduler without ``step_index``), by watching the timestep of
   each call: a smaller timestep than the previous call starts the next step, an equal one is the
   same step (CFG), a larger one starts a new generation at step 0; after ``num_steps`` steps the
@@ -67,9 +74,15 @@ class RadialState:
         masks: ``{(F, T, extra_tokens): RadialBlockMask}`` built so far (one per layout).
     """
 
-    def __init__(self, config: RadialAttentionConfig, scheduler=None):
+    def __init__(self, config: RadialAttentionConfig, scheduler=None, step_matrix_pipeline=None):
         self.config = config
         self.scheduler = scheduler
+        # A diffusion-forcing pipeline whose loop position is the step (see the module docstring).
+        self.step_matrix_pipeline = step_matrix_pipeline
+        self._row = None  # its current_timestep row of the latest call (a strong reference: `is` stays exact)
+        self._call_timesteps = None  # its scheduler.timesteps then: a new object = a new pipeline call
+        # Frames per causal block of the call in progress (SkyReels-V2 num_frame_per_block); 1: no causal mask.
+        self.frame_block = 1
         self.step: Optional[int] = None
         self.total_steps: Optional[int] = config.num_steps
         self.layout: Optional[Tuple[int, int]] = None
@@ -89,6 +102,7 @@ class RadialState:
         self.step = None
         self._last_timestep = None
         self.total_steps = self.config.num_steps
+        self._row = self._call_timesteps = None
 
     def _step_from_scheduler(self) -> Optional[Tuple[int, int]]:
         s = self.scheduler
@@ -98,6 +112,22 @@ class RadialState:
         index = s.step_index
         step = (begin if index is None else int(index)) - begin
         return step, len(s.timesteps) - begin
+
+    def _step_from_step_matrix(self) -> Optional[Tuple[int, int]]:
+        p = self.step_matrix_pipeline
+        row = None if p is None else getattr(p, "current_timestep", None)
+        if row is None:  # no pipeline, or the transformer is called outside its loop
+            return None
+        if row is self._row:  # CFG: the second call of the same iteration
+            return self.step, self.total_steps
+        timesteps = getattr(p.scheduler, "timesteps", None)
+        new_call = self.step is None or timesteps is not self._call_timesteps
+        if new_call or self.step + 1 >= self.total_steps:  # a new call, or the next long-video window
+            step, total = 0, int(p.num_timesteps)
+        else:
+            step, total = self.step + 1, self.total_steps
+        self._row, self._call_timesteps = row, timesteps
+        return step, total
 
     def _step_from_timestep(self, timestep) -> int:
         # The largest value: Wan2.2 TI2V passes per-token timesteps [B, S] whose first-frame
@@ -115,17 +145,26 @@ class RadialState:
         self._last_timestep = t
         return step
 
-    def begin_forward(self, family, layout: Tuple[int, int], timestep) -> None:
-        """Called by the transformer's pre-forward hook: set layout and step, decide the step's mode."""
+    def begin_forward(self, family, layout: Tuple[int, int], timestep, frame_block: int = 1) -> None:
+        """Called by the transformer's pre-forward hook: set layout and step, decide the step's mode.
+
+        ``frame_block > 1``: the transformer passes a causal mask over blocks of that many latent
+        frames (SkyReels-V2 ``num_frame_per_block``); checked here, before any step runs, against
+        the one case the radial mask can take it in (see :meth:`mask_for`).
+        """
+        if frame_block > 1:
+            check_frame_causal_layout(layout, frame_block, self.config.block_size)
+        self.frame_block = frame_block
         self.family = family
         self.layout = layout
         self.key_mask_cache = None
-        from_scheduler = self._step_from_scheduler()
+        from_scheduler = self._step_from_step_matrix() or self._step_from_scheduler()
         if from_scheduler is not None:
             self.step, self.total_steps = from_scheduler
         else:
             if timestep is None:
                 raise ValueError("radial attention: the transformer was called without a timestep to count steps by")
+            _refuse_uncountable_frame_timesteps(family, timestep, self.config)
             self.step = self._step_from_timestep(timestep)
         c = self.config
         sparse = self.step >= c.dense_steps
@@ -168,8 +207,32 @@ class RadialState:
         self.calls[(self.step, layer, kind)] += 1
 
     # ------------------------------------------------------------------ masks
-    def mask_for(self, frames: int, tokens_per_frame: int, extra_tokens: int):
-        """The radial block mask of this layout (built once per layout, then reused)."""
+    def mask_for(self, frames: int, tokens_per_frame: int, extra_tokens: int, frame_block: int = 1):
+        """The radial block mask of this layout (built once per layout, then reused).
+
+        ``frame_block = k > 1``: that mask AND the frame-block causal mask (query frame block
+        ``i // k`` sees key frame blocks ``<= i // k``), kept under ``(F, T, X, k)``; exact at block
+        level because :func:`check_frame_causal_layout` let only layouts through where ``k * T`` is
+        a multiple of the block size (every mask block lies inside one frame block).
+        """
+        if frame_block > 1:
+            key = (frames, tokens_per_frame, extra_tokens, frame_block)
+            if key not in self.masks:
+                base = self.mask_for(frames, tokens_per_frame, extra_tokens)
+                causal = frame_causal_blocks(base.num_blocks, base.block_size, frame_block * tokens_per_frame)
+                from radial_attention.mask.radial import RadialBlockMask
+
+                self.masks[key] = RadialBlockMask(
+                    base.to_dense() & causal,
+                    base.block_size,
+                    frames=frames,
+                    tokens_per_frame=tokens_per_frame,
+                    extra_tokens=extra_tokens,
+                    decay=base.decay,
+                    sink=base.sink,
+                    adjacent=base.adjacent,
+                )
+            return self.masks[key]
         key = (frames, tokens_per_frame, extra_tokens)
         mask = self.masks.get(key)
         if mask is None:
@@ -194,5 +257,55 @@ class RadialState:
         return {
             "radial_calls": radial,
             "dense_calls": dense,
-            "masks": {f"F={f} T={t} extra={x}": round(m.density, 4) for (f, t, x), m in self.masks.items()},
+            "masks": {
+                f"F={key[0]} T={key[1]} extra={key[2]}" + (f" frame_block={key[3]}" if len(key) > 3 else ""): round(
+                    m.density, 4
+                )
+                for key, m in self.masks.items()
+            },
         }
+
+
+def frame_causal_blocks(num_blocks: int, block_size: int, causal_tokens: int) -> torch.Tensor:
+    """``[nb, nb]`` bool: mask block ``(q, k)`` is kept when key block ``k``'s causal block (``k * B //
+    causal_tokens``) is not after query block ``q``'s. Exact only when ``causal_tokens`` is a multiple of ``B``."""
+    group = torch.arange(num_blocks) * block_size // causal_tokens
+    return group[None, :] <= group[:, None]
+
+
+def check_frame_causal_layout(layout: Tuple[int, int], frame_block: int, block_size: int) -> None:
+    """``ValueError`` unless a causal mask over blocks of ``frame_block`` latent frames falls on mask
+    block boundaries (``frame_block * T`` a multiple of ``block_size``), where radial attention can
+    AND it into the radial mask exactly; it has no per-token key limit for the other layouts."""
+    frames, tpf = layout
+    if frames % frame_block:  # diffusers would fail on a reshape; say what it needs
+        raise ValueError(
+            f"SkyReels-V2 diffusion forcing: num_frame_per_block={frame_block} (causal_block_size) must divide the "
+            f"latent frames of the call, got F={frames} latent frames"
+        )
+    if (frame_block * tpf) % block_size:
+        raise ValueError(
+            f"radial attention: this transformer passes a causal attention mask over blocks of "
+            f"num_frame_per_block={frame_block} latent frames (SkyReels-V2 diffusion forcing with "
+            f"causal_block_size={frame_block}); one causal block is {frame_block} x T={tpf} = {frame_block * tpf} "
+            f"tokens, not a multiple of block_size={block_size}, so it does not fall on the mask's blocks and "
+            "radial attention cannot combine the two masks exactly. Use causal_block_size=1 (no causal mask; "
+            "ar_step may stay > 0), or a size where num_frame_per_block x tokens per frame is a multiple of the "
+            "block size (the transformer's num_frame_per_block stays set after a pipeline call: "
+            "pass causal_block_size=1 explicitly)"
+        )
+
+
+def _refuse_uncountable_frame_timesteps(family, timestep, config: RadialAttentionConfig) -> None:
+    """Per-frame timesteps ``[B, F]`` that differ across frames (asynchronous diffusion forcing on a bare
+    transformer): their largest value stays at the start for many calls, so the timestep rule would
+    call them all step 0. Refused where the schedule depends on the step; the pipeline's loop counts them."""
+    if not (config.dense_steps or config.dense_last_steps) or not getattr(family, "step_matrix_pipelines", ()):
+        return
+    if isinstance(timestep, torch.Tensor) and timestep.dim() == 2 and not bool((timestep == timestep[:, :1]).all()):
+        raise ValueError(
+            "radial attention: this call has per-frame timesteps that differ across frames (asynchronous diffusion "
+            "forcing), which do not tell the denoising step; with dense_steps or dense_last_steps apply radial "
+            f"attention to the pipeline ({', '.join(family.step_matrix_pipelines)}), whose loop gives the step, "
+            "or use dense_steps=0 and dense_last_steps=0 on a bare transformer"
+        )

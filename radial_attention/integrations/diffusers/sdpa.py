@@ -15,7 +15,10 @@ of that module's forward) that answers its SDPA call with
 What the intercepted call may carry: no dropout, no causal flag, equal head counts, and as
 ``attn_mask`` either nothing or a key-padding mask (bool, or additive 0/-inf) of shape
 ``[B|1, 1, 1, S]`` that keeps a prefix of the keys, as HunyuanVideo's prompt mask does; it
-becomes ``key_lengths``. Anything else raises: silently computing something else is worse.
+becomes ``key_lengths``; or, where the family's config asks for one (SkyReels-V2
+``num_frame_per_block > 1``), its bool ``[1, 1, S, S]`` frame-block causal mask, which goes into the
+block mask (``RadialState.mask_for(..., frame_block=k)``). Anything else raises: silently computing
+something else is worse.
 
 Mochi's processor makes one such call per batch item (batch 1, the video then that item's valid
 prompt tokens, no mask); its family declares ``sdpa_calls="per_batch_item"`` and every call gets
@@ -138,12 +141,33 @@ class RadialSDPA(TorchFunctionMode):
             dtype = torch.get_autocast_dtype(device_type)
             query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         key_lengths = None
-        if attn_mask is not None:
+        frame_block = self.state.frame_block
+        if attn_mask is not None and frame_block > 1:  # SkyReels-V2 DF's frame-block causal mask
+            self._check_frame_causal(attn_mask, S, frame_block * tpf)
+        elif attn_mask is not None:
             key_lengths = self._key_lengths(attn_mask, B, S)
-        mask = self.state.mask_for(frames, tpf, extra_tokens)
+        mask = self.state.mask_for(frames, tpf, extra_tokens, frame_block=frame_block if attn_mask is not None else 1)
         return block_sparse_attention(
             query, key, value, mask, scale=scale, backend=self.state.config.backend, key_lengths=key_lengths
         )
+
+    def _check_frame_causal(self, attn_mask, S, causal_tokens):
+        """The mask must be the frame-block causal one the config implies (its blocks are uniform, so
+        one element per mask block, ``[::B, ::B]``, tells): anything else raises."""
+        from .schedule import frame_causal_blocks
+
+        B = self.state.config.block_size
+        if attn_mask.dtype != torch.bool or tuple(attn_mask.shape) != (1, 1, S, S):
+            raise ValueError(
+                f"{self.where}: expected the model's frame-block causal mask, bool [1, 1, {S}, {S}]; got "
+                f"{attn_mask.dtype} {tuple(attn_mask.shape)}"
+            )
+        expected = frame_causal_blocks(-(-S // B), B, causal_tokens).to(attn_mask.device)
+        if not torch.equal(attn_mask[0, 0, ::B, ::B], expected):
+            raise ValueError(
+                f"{self.where}: the attention mask is not the frame-block causal mask of "
+                f"{causal_tokens} tokens per causal block that the transformer's config implies"
+            )
 
     def _key_lengths(self, attn_mask, B, S):
         # Every block of one forward gets the same mask tensor: convert (and check) it once.
