@@ -578,3 +578,77 @@ def hunyuan_inputs(
         guidance=torch.full((batch,), 6000.0).to(dtype),
         return_dict=False,
     )
+
+
+# ----------------------------------------------------------------------------------- CogVideoX
+COGVIDEOX_TEXT_TOKENS = 10  # the tiny models' max_text_seq_length: the prompt length they must get (real: 226)
+
+
+def tiny_cogvideox_transformer(
+    version: str = "1.0",
+    *,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """A ``CogVideoXTransformer3DModel`` from a tiny config with random weights.
+
+    ``version="1.0"``: spatial patch 2, no temporal patch, sincos positional embeddings (CogVideoX-2B).
+    ``"1.5"``: ``patch_size_t=2`` and RoPE (CogVideoX1.5-5B; pass ``image_rotary_emb``, see
+    :func:`cogvideox_inputs`). Call it with ``hidden_states [B, F, C, H, W]`` (frames before
+    channels), ``encoder_hidden_states [B, 10, 16]`` (exactly ``max_text_seq_length`` tokens:
+    the positional embedding covers them) and ``timestep [B]``.
+    """
+    if version not in ("1.0", "1.5"):
+        raise ValueError(f"unknown CogVideoX version {version!r}; expected '1.0' or '1.5'")
+    cfg = dict(
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=8,
+        text_embed_dim=16,
+        num_layers=num_layers,
+        sample_width=8,
+        sample_height=6,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=COGVIDEOX_TEXT_TOKENS,
+    )
+    if version == "1.5":
+        cfg.update(patch_size_t=2, use_rotary_positional_embeddings=True)
+    cfg.update(overrides)
+    from diffusers import CogVideoXTransformer3DModel
+
+    return _seeded_build(CogVideoXTransformer3DModel, cfg, seed, dtype)
+
+
+def cogvideox_inputs(model, frames: int, height: int, width: int, *, batch: int = 1, seed: int = 0) -> dict:
+    """Forward keywords for a tiny CogVideoX transformer: latent ``[B, F, C, H, W]``, the prompt, and
+    (RoPE models) the rotary embedding the pipeline would compute for this size."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    kwargs = dict(
+        hidden_states=torch.randn(batch, frames, cfg.in_channels, height, width, generator=g),
+        encoder_hidden_states=torch.randn(batch, cfg.max_text_seq_length, cfg.text_embed_dim, generator=g),
+        timestep=torch.full((batch,), 500, dtype=torch.long),
+        return_dict=False,
+    )
+    if cfg.use_rotary_positional_embeddings:
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+        p, p_t = cfg.patch_size, cfg.patch_size_t or 1
+        grid = (height // p, width // p)
+        kwargs["image_rotary_emb"] = get_3d_rotary_pos_embed(
+            embed_dim=cfg.attention_head_dim,
+            crops_coords=None,
+            grid_size=grid,
+            temporal_size=frames // p_t,
+            grid_type="slice",
+            max_size=grid,
+        )
+    return kwargs

@@ -22,7 +22,7 @@ import dataclasses
 from typing import List, Optional
 
 from .context_parallel import check_context_parallel, refuse_training_under_context_parallel
-from .families import attention_paths, call_layout, family_of, find_transformers
+from .families import attention_paths, call_argument, call_layout, call_prefix_tokens, family_of, find_transformers
 from .schedule import RadialAttentionConfig, RadialState
 from .sdpa import NATIVE_BACKENDS, DenseSDPA, RadialSDPA
 
@@ -43,9 +43,10 @@ def _hook_classes():
             self.restore = None  # filled by _install
 
         def pre_forward(self, module, *args, **kwargs):
-            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else (args[0] if args else None)
-            timestep = kwargs["timestep"] if "timestep" in kwargs else (args[1] if len(args) > 1 else None)
-            self.state.begin_forward(self.family, call_layout(module, hidden), timestep)
+            hidden = call_argument(module, "hidden_states", args, kwargs)
+            timestep = call_argument(module, "timestep", args, kwargs)
+            prefix = call_prefix_tokens(module, args, kwargs)  # CogVideoX's text tokens before the video
+            self.state.begin_forward(self.family, call_layout(module, hidden), timestep, prefix_tokens=prefix)
             return args, kwargs
 
         def new_forward(self, module, *args, **kwargs):

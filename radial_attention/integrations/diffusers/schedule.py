@@ -64,7 +64,8 @@ class RadialState:
             gradient checkpointing, which reruns blocks during backward, sees the same layout and
             step), ``None`` before the first call.
         calls: ``Counter`` of ``(step, layer, "radial" | "dense")`` -> self-attention calls.
-        masks: ``{(F, T, extra_tokens): RadialBlockMask}`` built so far (one per layout).
+        prefix_tokens: tokens before the video in the latest call (CogVideoX's text; 0 for most models).
+        masks: ``{(F, T, prefix_tokens, extra_tokens): RadialBlockMask}`` built so far (one per layout).
     """
 
     def __init__(self, config: RadialAttentionConfig, scheduler=None):
@@ -73,6 +74,7 @@ class RadialState:
         self.step: Optional[int] = None
         self.total_steps: Optional[int] = config.num_steps
         self.layout: Optional[Tuple[int, int]] = None
+        self.prefix_tokens = 0
         self.family = None
         self.calls: Counter = Counter()
         self.masks: dict = {}
@@ -115,10 +117,12 @@ class RadialState:
         self._last_timestep = t
         return step
 
-    def begin_forward(self, family, layout: Tuple[int, int], timestep) -> None:
-        """Called by the transformer's pre-forward hook: set layout and step, decide the step's mode."""
+    def begin_forward(self, family, layout: Tuple[int, int], timestep, prefix_tokens: int = 0) -> None:
+        """Called by the transformer's pre-forward hook: set layout (and the tokens before the
+        video) and step, decide the step's mode."""
         self.family = family
         self.layout = layout
+        self.prefix_tokens = prefix_tokens
         self.key_mask_cache = None
         from_scheduler = self._step_from_scheduler()
         if from_scheduler is not None:
@@ -168,9 +172,10 @@ class RadialState:
         self.calls[(self.step, layer, kind)] += 1
 
     # ------------------------------------------------------------------ masks
-    def mask_for(self, frames: int, tokens_per_frame: int, extra_tokens: int):
-        """The radial block mask of this layout (built once per layout, then reused)."""
-        key = (frames, tokens_per_frame, extra_tokens)
+    def mask_for(self, frames: int, tokens_per_frame: int, extra_tokens: int, prefix_tokens: int = 0):
+        """The radial block mask of this layout: ``prefix_tokens`` before the video, ``extra_tokens``
+        after it (built once per layout, then reused)."""
+        key = (frames, tokens_per_frame, prefix_tokens, extra_tokens)
         mask = self.masks.get(key)
         if mask is None:
             from radial_attention.mask import radial_block_mask
@@ -183,6 +188,7 @@ class RadialState:
                 decay=c.decay,
                 block_size=c.block_size,
                 extra_tokens=extra_tokens,
+                prefix_tokens=prefix_tokens,
             )
             self.masks[key] = mask
         return mask
@@ -194,5 +200,8 @@ class RadialState:
         return {
             "radial_calls": radial,
             "dense_calls": dense,
-            "masks": {f"F={f} T={t} extra={x}": round(m.density, 4) for (f, t, x), m in self.masks.items()},
+            "masks": {
+                f"F={f} T={t} extra={x}" + (f" prefix={y}" if y else ""): round(m.density, 4)
+                for (f, t, y, x), m in self.masks.items()
+            },
         }

@@ -109,11 +109,13 @@ class RadialSDPA(TorchFunctionMode):
             )
         B, H, S, D = query.shape
         frames, tpf = self.state.layout
-        extra_tokens = S - frames * tpf  # tokens after the video (HunyuanVideo's text)
+        prefix_tokens = self.state.prefix_tokens  # tokens before the video (CogVideoX's text), from the call
+        extra_tokens = S - prefix_tokens - frames * tpf  # tokens after the video (HunyuanVideo's text)
         if extra_tokens < 0 or (extra_tokens > 0 and not self.state.family.has_extra_tokens):
+            before = f"{prefix_tokens} tokens before the video + " if prefix_tokens else ""
             raise ValueError(
                 f"{where}: the self-attention has S={S} tokens but the latent layout of this call is "
-                f"F={frames} frames x T={tpf} tokens = {frames * tpf} video tokens"
+                f"{before}F={frames} frames x T={tpf} tokens = {prefix_tokens + frames * tpf} tokens"
                 + ("" if extra_tokens < 0 else " and this model family appends no tokens after the video")
             )
         # SDPA is on autocast's lower-precision list: under autocast it runs in the autocast dtype
@@ -125,7 +127,7 @@ class RadialSDPA(TorchFunctionMode):
         key_lengths = None
         if attn_mask is not None:
             key_lengths = self._key_lengths(attn_mask, B, S)
-        mask = self.state.mask_for(frames, tpf, extra_tokens)
+        mask = self.state.mask_for(frames, tpf, extra_tokens, prefix_tokens)
         return block_sparse_attention(
             query, key, value, mask, scale=scale, backend=self.state.config.backend, key_lengths=key_lengths
         )
