@@ -188,3 +188,44 @@ def test_video_layout_of_the_usual_sizes():
         video_layout("cogvideox-1.5", 768, 1360, 80)
     with pytest.raises(ValueError, match="height must be divisible by 16"):
         video_layout("cogvideox-1.5", 760, 1360, 81)
+
+
+# ------------------------------------------------------------------------------ whole pipelines
+VIDEO = dict(height=64, width=64, max_sequence_length=TEXT, output_type="pt")  # 8 x 8 latent -> T = 16
+
+
+@pytest.mark.parametrize("version,num_frames,frames", [("1.0", 17, 5), ("1.5", 17, 3)])
+def test_pipeline_end_to_end_with_cfg_and_schedule(version, num_frames, frames):
+    # 17 frames -> 5 latent frames; 1.5 pads them to 6 -> 3 token frames.
+    pipe = tiny.tiny_cogvideox_pipeline(version)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    call = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=3, num_frames=num_frames, **VIDEO)
+    dense = pipe(generator=gen(), **call).frames
+    state = apply_radial_attention(pipe, dense_steps=1, block_size=BS)
+    radial = pipe(generator=gen(), **call).frames
+    assert radial.shape == dense.shape and torch.isfinite(radial).all()
+    assert not torch.equal(radial, dense)
+    # CFG is batched (one call per step); the step comes from the scheduler; the text is the prefix.
+    assert dict(state.calls) == {(s, layer, "dense" if s == 0 else "radial"): 1 for s in range(3) for layer in (0, 1)}
+    assert list(state.masks) == [(frames, 16, TEXT, 0)]
+    assert video_layout(f"cogvideox-{version}", 64, 64, num_frames).frames == frames
+    remove_radial_attention(pipe)
+    assert torch.equal(pipe(generator=gen(), **call).frames, dense)
+
+
+def test_generate_on_a_saved_pipeline(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    from radial_attention.cli.main import main
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("cogvideox-1.5", str(tmp_path / "tiny-cogvideox"))
+    out = tmp_path / "video.mp4"
+    args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64"]
+    args += ["--width", "64", "--frames", "9", "--steps", "3", "--dense-steps", "1", "--block-size", "64"]
+    args += ["--max-sequence-length", str(TEXT), "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "hunyuan" in text and f"prefix={TEXT}" in text  # the family's preset; text before the video
+    frames = imageio.mimread(out)
+    assert len(frames) >= 9 and frames[0].shape == (64, 64, 3)

@@ -21,6 +21,8 @@ FAMILIES = {
     "wan2.2-i2v-a14b": ("tiny_wan_i2v_pipeline", {"variant": "a14b"}, "Wan2.2 A14B image-to-video, two experts"),
     "wan2.2-ti2v": ("tiny_wan_pipeline", {"variant": "ti2v"}, "Wan2.2 TI2V-5B (text-to-video)"),
     "hunyuan": ("tiny_hunyuan_pipeline", {}, "HunyuanVideo text-to-video (HunyuanVideoPipeline)"),
+    "cogvideox": ("tiny_cogvideox_pipeline", {"version": "1.0"}, "CogVideoX 1.0 text-to-video (CogVideoXPipeline)"),
+    "cogvideox-1.5": ("tiny_cogvideox_pipeline", {"version": "1.5"}, "CogVideoX 1.5 text-to-video (patch_size_t=2)"),
 }
 
 
@@ -70,6 +72,9 @@ def run(args) -> int:
         "wan-i2v": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 512",
         "wan2.2-i2v-a14b": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 16",
         "wan2.2-ti2v": " --height 64 --width 64 --frames 9 --max-sequence-length 16",
+        # The prompt length must be the tiny transformer's max_text_seq_length.
+        "cogvideox": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
+        "cogvideox-1.5": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(
