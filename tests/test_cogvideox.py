@@ -229,3 +229,13 @@ def test_generate_on_a_saved_pipeline(tmp_path, capsys):
     assert "hunyuan" in text and f"prefix={TEXT}" in text  # the family's preset; text before the video
     frames = imageio.mimread(out)
     assert len(frames) >= 9 and frames[0].shape == (64, 64, 3)
+
+
+def test_mask_command_puts_the_text_before_the_video(capsys):
+    from radial_attention.cli.main import main
+
+    assert main(["mask", "--model", "cogvideox", "--height", "480", "--width", "720", "--frames", "49"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens        17,776 (226 extra tokens before the video + 17,550 video + 0 extra)" in out
+    expected = radial_block_mask(13, 1350, preset="hunyuan", prefix_tokens=226).density
+    assert f"density       {expected:.4f}" in out and abs(expected - 0.5646) < 1e-4
