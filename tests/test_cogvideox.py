@@ -194,9 +194,10 @@ def test_video_layout_of_the_usual_sizes():
 VIDEO = dict(height=64, width=64, max_sequence_length=TEXT, output_type="pt")  # 8 x 8 latent -> T = 16
 
 
-@pytest.mark.parametrize("version,num_frames,frames", [("1.0", 17, 5), ("1.5", 17, 3)])
+# 1.5 only (1.0's pipeline runs in test_image_to_video_pipeline): 17 frames -> 5 latent frames,
+# padded to 6 -> 3 token frames.
+@pytest.mark.parametrize("version,num_frames,frames", [("1.5", 17, 3)])
 def test_pipeline_end_to_end_with_cfg_and_schedule(version, num_frames, frames):
-    # 17 frames -> 5 latent frames; 1.5 pads them to 6 -> 3 token frames.
     pipe = tiny.tiny_cogvideox_pipeline(version)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     call = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=3, num_frames=num_frames, **VIDEO)
@@ -239,3 +240,27 @@ def test_mask_command_puts_the_text_before_the_video(capsys):
     assert "tokens        17,776 (226 extra tokens before the video + 17,550 video + 0 extra)" in out
     expected = radial_block_mask(13, 1350, preset="hunyuan", prefix_tokens=226).density
     assert f"density       {expected:.4f}" in out and abs(expected - 0.5646) < 1e-4
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.5"])
+def test_image_to_video_pipeline(version):
+    # The image latents are concatenated on channels: the layout is the text-to-video one.
+    from diffusers import CogVideoXImageToVideoPipeline
+
+    base = tiny.tiny_cogvideox_pipeline(version)
+    extra = {"ofs_embed_dim": 8} if version == "1.5" else {}  # 1.5 I2V takes the ofs embedding
+    parts = {k: getattr(base, k) for k in ("tokenizer", "text_encoder", "vae", "scheduler")}
+    pipe = CogVideoXImageToVideoPipeline(
+        transformer=tiny.tiny_cogvideox_transformer(version, in_channels=8, **extra), **parts
+    )
+    call = dict(image=torch.rand(1, 3, 64, 64), prompt="a fox", num_inference_steps=2, num_frames=17, **VIDEO)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    dense = pipe(generator=gen(), **call).frames
+    state = apply_radial_attention(pipe, block_size=BS)
+    radial = pipe(generator=gen(), **call).frames
+    assert torch.isfinite(radial).all() and not torch.equal(radial, dense)
+    assert state.summary()["radial_calls"] == 2 * 2 and list(state.masks) == [
+        (5 if version == "1.0" else 3, 16, TEXT, 0)
+    ]
+    remove_radial_attention(pipe)
+    assert torch.equal(pipe(generator=gen(), **call).frames, dense)
