@@ -121,16 +121,16 @@ def test_prefix_length_is_read_from_each_call():
 
 
 def test_positional_call():
-    # CogVideoX's forward is (hidden_states, encoder_hidden_states, timestep, ...): the hook binds by signature.
+    # CogVideoX's forward is (hidden_states, encoder_hidden_states, timestep, ...): the hook binds by
+    # signature, so the timestep (not the prompt in second place) counts the steps.
     model = tiny.tiny_cogvideox_transformer("1.0", num_layers=1)
     kwargs = tiny.cogvideox_inputs(model, 12, 14, 12)
-    expected_state = apply_radial_attention(model, block_size=BS)
-    by_keyword = _run(model, kwargs)
-    expected_state.reset()
+    state = apply_radial_attention(model, dense_steps=1, block_size=BS)
     with torch.no_grad():
-        positional = model(kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["timestep"])[0]
-    assert torch.equal(positional, by_keyword)
-    assert expected_state.step == 0 and list(expected_state.masks) == [(12, 42, TEXT, 0)]
+        for t in (500, 400):  # step 0 dense, step 1 radial
+            model(kwargs["hidden_states"], kwargs["encoder_hidden_states"], torch.tensor([t]))
+    assert state.step == 1 and dict(state.calls) == {(0, 0, "dense"): 1, (1, 0, "radial"): 1}
+    assert list(state.masks) == [(12, 42, TEXT, 0)]
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.5"])
