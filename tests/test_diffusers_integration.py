@@ -114,8 +114,8 @@ def test_radial_equals_unpatched_model_with_the_mask_as_token_mask(name):
     state = apply_radial_attention(model, preset=None if name != "wan2.2-a14b-expert" else "wan2.2", block_size=BS)
     radial = run(model, kwargs)
     assert state.config.preset == preset
-    assert list(state.masks) == [(F, 42, text)]
-    assert torch.equal(state.masks[(F, 42, text)].to_dense(), mask.to_dense())
+    assert list(state.masks) == [(F, 42, 0, text)]
+    assert torch.equal(state.masks[(F, 42, 0, text)].to_dense(), mask.to_dense())
     remove_radial_attention(model)
 
     expected = oracle(model, kwargs, mask, S)
@@ -241,10 +241,10 @@ def test_new_latent_size_builds_a_new_mask():
     state = apply_radial_attention(model, block_size=BS)
     run(model, tiny.wan_inputs(model, 8, 16, 16))
     run(model, tiny.wan_inputs(model, 8, 16, 16, seed=1))
-    assert list(state.masks) == [(8, 64, 0)]
+    assert list(state.masks) == [(8, 64, 0, 0)]
     run(model, tiny.wan_inputs(model, 12, 8, 24))  # 12 frames of 4 x 12 = 48 tokens
-    assert list(state.masks) == [(8, 64, 0), (12, 48, 0)]
-    assert state.masks[(12, 48, 0)].num_blocks == -(-12 * 48 // BS)
+    assert list(state.masks) == [(8, 64, 0, 0), (12, 48, 0, 0)]
+    assert state.masks[(12, 48, 0, 0)].num_blocks == -(-12 * 48 // BS)
 
 
 def test_bad_settings_and_models_raise_clear_errors():

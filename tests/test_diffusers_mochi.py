@@ -94,7 +94,7 @@ def test_each_batch_item_gets_the_mask_of_its_own_prompt_length():
     assert state.config.preset == "hunyuan"  # the registry's default for Mochi (by analogy)
     assert sorted(state.masks) == [(F_, T, 3), (F_, T, 16)]
     for x in LENGTHS:
-        assert torch.equal(state.masks[(F_, T, x)].to_dense(), masks[x].to_dense())
+        assert torch.equal(state.masks[(F_, T, 0, x)].to_dense(), masks[x].to_dense())  # (F, T, prefix, extra)
     assert state.summary()["radial_calls"] == len(attention_modules(model)) == 2
     remove_radial_attention(model)
 

@@ -34,12 +34,12 @@ def test_wan_pipeline_end_to_end_with_cfg_and_schedule():
     assert torch.isfinite(radial).all()
     # CFG: two transformer calls per step; the step count comes from the pipeline's scheduler.
     assert dict(state.calls) == _expected_calls(4, 2, 1, 1, 1, calls_per_step=2)
-    assert list(state.masks) == [(5, 16, 0)]
+    assert list(state.masks) == [(5, 16, 0, 0)]
     # A second call with another step count and size: counted afresh, a new mask.
     state.calls.clear()
     pipe("a cat", num_inference_steps=3, generator=gen(), **dict(VIDEO, height=48, num_frames=9))
     assert dict(state.calls) == _expected_calls(3, 2, 1, 1, 1, calls_per_step=2)
-    assert list(state.masks) == [(5, 16, 0), (3, 12, 0)]
+    assert list(state.masks) == [(5, 16, 0, 0), (3, 12, 0, 0)]
     remove_radial_attention(pipe)
     again = pipe("a red fox running", negative_prompt="blurry", num_inference_steps=4, generator=gen(), **VIDEO).frames
     assert torch.equal(again, dense)
@@ -72,7 +72,7 @@ def test_wan22_ti2v_pipeline_runs_radial():
         **dict(VIDEO, height=128, width=128),
     ).frames
     assert out.shape == (1, 17, 3, 128, 128) and torch.isfinite(out).all()
-    assert state.config.preset == "wan" and list(state.masks) == [(5, 16, 0)]
+    assert state.config.preset == "wan" and list(state.masks) == [(5, 16, 0, 0)]
     assert state.summary()["radial_calls"] == 2 * 2  # 2 steps x CFG
 
 
@@ -112,7 +112,7 @@ def test_hunyuan_pipeline_end_to_end():
     out = pipe(**kwargs).frames
     assert out.shape == (1, 17, 3, 64, 64) and torch.isfinite(out).all()
     assert dict(state.calls) == _expected_calls(3, 2, 1, 0, 0, calls_per_step=1)
-    assert list(state.masks) == [(5, 16, 16)]  # 16 prompt tokens after the video
+    assert list(state.masks) == [(5, 16, 0, 16)]  # 16 prompt tokens after the video
     remove_radial_attention(pipe)
 
 

@@ -41,10 +41,11 @@ def test_entries_are_consistent():
     for fam in FAMILIES.values():
         assert any(v.family == fam.name for v in VARIANTS.values()), f"{fam.name} has no variant"
         assert fam.default_preset in PRESETS and (fam.expert_preset is None or fam.expert_preset in PRESETS)
-        assert fam.extra_tokens in ("none", "after")
+        assert fam.extra_tokens in ("none", "after", "before", "both")
         assert fam.sdpa_calls in ("one", "per_batch_item")
-        assert fam.hidden_states == "BCFHW"
-        assert fam.prefix_tokens == 0  # not wired into the mask yet
+        assert fam.hidden_states in ("BCFHW", "BFCHW")
+        # Tokens before the video: their count at the usual prompt length, and where a call says it.
+        assert (fam.prefix_tokens > 0) == fam.has_prefix_tokens == (fam.prefix_tokens_input is not None)
         assert set(fam.image_to_video_pipelines) <= set(fam.pipeline_classes)
         assert fam.latent_normalisation in ("mean_std", "scaling_factor")
         assert fam.prompt_outputs[0] == "prompt_embeds"
@@ -148,6 +149,16 @@ def _hunyuan():
     return tiny.tiny_hunyuan_transformer(num_layers=1, num_single_layers=1)
 
 
+def _cogvideox(version):
+    return lambda: tiny.tiny_cogvideox_transformer(version, num_layers=2)
+
+
+def _cogvideox_inputs(model, frames, height, width):
+    # The pipeline pads the latent frames at the front to a multiple of patch_size_t (1.5: 2).
+    p_t = model.config.patch_size_t or 1
+    return tiny.cogvideox_inputs(model, -(-frames // p_t) * p_t, height, width)
+
+
 TEXT = 5  # prompt tokens of the forwards below
 
 
@@ -180,6 +191,11 @@ FORWARD_CASES = {
     ],
     # One SDPA call per batch item, with that item's valid prompt tokens (batch 1 here: one call).
     "mochi": [("mochi", tiny.tiny_mochi_transformer, lambda m, f, h, w: tiny.mochi_inputs(m, f, h, w, text_len=TEXT))],
+    # Text first: the tiny models' max_text_seq_length (10) prompt tokens, then the video.
+    "cogvideox": [
+        ("cogvideox-1.0", _cogvideox("1.0"), _cogvideox_inputs),
+        ("cogvideox-1.5", _cogvideox("1.5"), _cogvideox_inputs),
+    ],
 }
 
 
@@ -203,7 +219,10 @@ def test_layout_of_a_real_forward_is_the_registry_prediction(family, variant, bu
     # A pixel video the variant can take: 2 token rows x 3 token columns, 3 latent frames.
     height, width, frames = 2 * v.spatial_stride, 3 * v.spatial_stride, 2 * v.temporal_compression + 1
     # The registry's prediction: the prompt's tokens follow the video where the family says so.
-    layout = video_layout(variant, height, width, frames, extra_tokens=TEXT if fam.has_extra_tokens else 0)
+    prefix = tiny.COGVIDEOX_TEXT_TOKENS if fam.has_prefix_tokens else 0  # CogVideoX: the whole prompt, first
+    layout = video_layout(
+        variant, height, width, frames, extra_tokens=TEXT if fam.has_extra_tokens else 0, prefix_tokens=prefix
+    )
     assert (layout.frames, layout.tokens_per_frame) == (3, 6)
     t_vae, s_vae = v.vae_strides
     latent = ((frames - 1) // t_vae + 1, height // s_vae, width // s_vae)

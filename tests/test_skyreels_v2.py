@@ -56,7 +56,7 @@ def test_frame_block_causal_mask_is_anded_into_the_radial_mask_when_aligned():
     remove_radial_attention(model)
 
     radial_only = radial_block_mask(F, T, preset="wan", block_size=BS)
-    combined = state.masks[(F, T, 0, 2)]
+    combined = state.masks[(F, T, 0, 0, 2)]  # (F, T, prefix, extra, frame block)
     group = torch.arange(combined.num_blocks) // 4  # 4 mask blocks per causal block
     assert torch.equal(combined.to_dense(), radial_only.to_dense() & (group[None, :] <= group[:, None]))
     assert combined.density < radial_only.density <= 0.6

@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help=f"model family: wan2.1, wan2.2-a14b, wan2.2-ti2v-5b, hunyuan, mochi (default: {DEFAULT_MODEL}); "
+        help=f"model family: wan2.1, wan2.2-a14b, wan2.2-ti2v-5b, hunyuan, mochi, cogvideox-1.0, cogvideox-1.5 (default: {DEFAULT_MODEL}); "
         "with --latent-frames it sets the preset, extra tokens and heads only",
     )
     p.add_argument(
@@ -149,7 +149,7 @@ def format_flop_pair(part: float, whole: float) -> str:
 def build_report(args) -> dict:
     """Build the mask the arguments describe; returns what ``run`` prints, as values::
 
-    {"mask", "desc", "frames", "tokens_per_frame", "extra_tokens", "seq_len", "preset", "decay",
+    {"mask", "desc", "frames", "tokens_per_frame", "extra_tokens", "prefix_tokens", "seq_len", "preset", "decay",
      "sink", "adjacent", "heads", "flops" (RadialBlockMask.attention_flops), "build_ms"}
     """
     from radial_attention.mask import get_model_family, get_preset, radial_block_mask
@@ -161,7 +161,8 @@ def build_report(args) -> dict:
     sink = preset.sink if args.sink is None else args.sink == "on"
     adjacent = preset.adjacent if args.adjacent is None else args.adjacent
     heads = get_model_family(family).heads if args.heads is None else args.heads
-    seq = frames * tpf + extra
+    prefix = get_model_family(family).default_prefix_tokens  # tokens before the video (CogVideoX's 226 text)
+    seq = prefix + frames * tpf + extra
     blocks = -(-seq // args.block_size)
     if blocks > MAX_BLOCKS:
         raise UsageError(
@@ -172,7 +173,14 @@ def build_report(args) -> dict:
     _cached_mask.cache_clear()  # time a real build, not a cache hit
     t0 = time.perf_counter()
     mask = radial_block_mask(
-        frames, tpf, block_size=args.block_size, decay=decay, sink=sink, adjacent=adjacent, extra_tokens=extra
+        frames,
+        tpf,
+        block_size=args.block_size,
+        decay=decay,
+        sink=sink,
+        adjacent=adjacent,
+        extra_tokens=extra,
+        prefix_tokens=prefix,
     )
     build_ms = (time.perf_counter() - t0) * 1e3
     return dict(
@@ -181,6 +189,7 @@ def build_report(args) -> dict:
         frames=frames,
         tokens_per_frame=tpf,
         extra_tokens=extra,
+        prefix_tokens=prefix,
         seq_len=seq,
         preset=preset_name,
         decay=decay,
@@ -199,11 +208,12 @@ def run(args) -> int:
     r = build_report(args)
     mask, extra, flops = r["mask"], r["extra_tokens"], r["flops"]
     video = r["frames"] * r["tokens_per_frame"]
-    print(f"layout        {r['desc']}" + (f" + {extra} extra tokens" if extra else ""))
+    before = f"{r['prefix_tokens']} extra tokens before the video + " if r["prefix_tokens"] else ""
+    print(f"layout        {before}{r['desc']}" + (f" + {extra} extra tokens" if extra else ""))
     print(
         f"settings      preset={r['preset']} decay={r['decay']} sink={r['sink']} adjacent={r['adjacent']} block={args.block_size}"
     )
-    print(f"tokens        {r['seq_len']:,} ({video:,} video + {extra} extra)")
+    print(f"tokens        {r['seq_len']:,} ({before}{video:,} video + {extra} extra)")
     print(
         f"blocks        {mask.num_blocks} x {mask.num_blocks} = {mask.num_blocks**2:,}, kept {int(mask.to_dense().sum()):,}"
     )

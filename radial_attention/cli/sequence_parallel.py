@@ -109,7 +109,8 @@ def _video_tokens(pipe, transformer, height, width, frames) -> Optional[int]:
     ss = getattr(pipe, "vae_scale_factor_spatial", None)
     if None in (st, ss, height, width, frames):
         return None
+    fam = family_of(transformer)
     f, h, w = video_token_grid(
-        height, width, frames, (int(st), int(ss)), family_of(transformer).patch(transformer.config)
+        height, width, frames, (int(st), int(ss)), fam.patch(transformer.config), pad_frames=fam.pads_latent_frames
     )
     return f * h * w

@@ -28,6 +28,8 @@ FAMILIES = {
         {"variant": "df"},
         "SkyReels-V2 diffusion forcing (SkyReelsV2DiffusionForcingPipeline)",
     ),
+    "cogvideox": ("tiny_cogvideox_pipeline", {"version": "1.0"}, "CogVideoX 1.0 text-to-video (CogVideoXPipeline)"),
+    "cogvideox-1.5": ("tiny_cogvideox_pipeline", {"version": "1.5"}, "CogVideoX 1.5 text-to-video (patch_size_t=2)"),
 }
 
 
@@ -78,6 +80,9 @@ def run(args) -> int:
         "wan2.2-i2v-a14b": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9 --max-sequence-length 16",
         "wan2.2-ti2v": " --height 64 --width 64 --frames 9 --max-sequence-length 16",
         "mochi": " --height 64 --width 64 --frames 13 --max-sequence-length 16",
+        # The prompt length must be the tiny transformer's max_text_seq_length.
+        "cogvideox": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
+        "cogvideox-1.5": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(

@@ -74,6 +74,7 @@ def video_layout(
     *,
     extra_tokens: Optional[int] = None,
     text_tokens: Optional[int] = None,
+    prefix_tokens: Optional[int] = None,
 ) -> VideoLayout:
     """Frames and tokens per frame of a ``num_frames``-frame ``height x width`` video for ``model``.
 
@@ -84,6 +85,8 @@ def video_layout(
         extra_tokens: tokens appended after the video; default the family's (256 text tokens for
             HunyuanVideo, else 0).
         text_tokens: deprecated name of ``extra_tokens``.
+        prefix_tokens: tokens placed before the video; default the family's (226 text tokens
+            for CogVideoX, else 0).
 
     Raises:
         ValueError: naming the size the model cannot take and the nearest sizes it can.
@@ -103,7 +106,9 @@ def video_layout(
                 f"{fam.description}: {name} must be divisible by {s} (VAE stride x patch size), got {value}; "
                 f"nearest valid: {lo if lo else hi} or {hi}"
             )
-    t = fam.temporal_compression
+    # A pipeline that pads latent frames to a multiple of p_t (CogVideoX 1.5) takes any VAE frame count.
+    pads = fam.model_family.pads_latent_frames
+    t = fam.vae_strides[0] if pads else fam.temporal_compression
     if (num_frames - 1) % t:
         lo = ((num_frames - 1) // t) * t + 1
         raise ValueError(
@@ -113,7 +118,12 @@ def video_layout(
     x = fam.default_extra_tokens if extra_tokens is None else extra_tokens
     if isinstance(x, bool) or not isinstance(x, int) or x < 0:
         raise ValueError(f"extra_tokens must be a non-negative integer, got {extra_tokens!r}")
-    frames, height_tokens, width_tokens = video_token_grid(height, width, num_frames, fam.vae_strides, fam.patch)
+    y = fam.default_prefix_tokens if prefix_tokens is None else prefix_tokens
+    if isinstance(y, bool) or not isinstance(y, int) or y < 0:
+        raise ValueError(f"prefix_tokens must be a non-negative integer, got {prefix_tokens!r}")
+    frames, height_tokens, width_tokens = video_token_grid(
+        height, width, num_frames, fam.vae_strides, fam.patch, pad_frames=pads
+    )
     return VideoLayout(
         family=fam.name,
         preset=fam.preset,
@@ -121,4 +131,5 @@ def video_layout(
         height_tokens=height_tokens,
         width_tokens=width_tokens,
         extra_tokens=x,
+        prefix_tokens=y,
     )

@@ -28,7 +28,9 @@ model, except the tiny test models of ``radial_attention.testing`` (and the buil
 Adding a model is one entry plus its tests:
 
 1. A :class:`VideoModelFamily` in :data:`FAMILIES` (its transformer class name, self-attention
-   modules, where the extra tokens sit; leave ``self_attention`` empty while the attention hook
+   modules, the ``hidden_states`` order, where the extra tokens sit: tokens *before* the video,
+   as CogVideoX's text, need ``prefix_tokens_input``, the forward argument whose length the hook
+   reads on every call; leave ``self_attention`` empty while the attention hook
    cannot take it yet, ``pipeline_classes`` empty while ``encode`` cannot, ``lora_pipeline_class``
    ``None`` while ``train-lora`` cannot), and a :class:`ModelVariant` per checkpoint line in
    :data:`VARIANTS` (VAE strides and patch of the real checkpoints, preset, schedule if known).
@@ -63,15 +65,22 @@ class VideoModelFamily:
     # call), or "per_batch_item" (Mochi: one call per batch item, each with batch 1 and its own
     # length, the video followed by that item's valid prompt tokens; each gets its own mask).
     sdpa_calls: str = "one"
-    # Dimension order of the transformer's ``hidden_states`` (the latent of one call).
+    # Dimension order of the transformer's ``hidden_states`` (the latent of one call): "BCFHW"
+    # (Wan, HunyuanVideo) or "BFCHW" (CogVideoX: frames before channels).
     hidden_states: str = "BCFHW"
-    # Where tokens that are not video (text) sit in that self-attention: "none" or "after" the
-    # video (the video is always frame-major: frame i holds tokens i*T .. (i+1)*T - 1).
+    # Where tokens that are not video (text) sit in that self-attention: "none", "after" the
+    # video, "before" it (CogVideoX) or "both" (the video is always frame-major: frame i holds
+    # tokens Y + i*T .. Y + (i+1)*T - 1, Y the tokens before it).
     extra_tokens: str = "none"
-    default_extra_tokens: int = 0  # how many, at the usual prompt length (HunyuanVideo: 256)
-    # Extra tokens *before* the video (CogVideoX's text). 0 for every family here; the mask and
-    # the hook do not read it yet (issue 12 item 2).
+    default_extra_tokens: int = 0  # how many after the video, at the usual prompt length (HunyuanVideo: 256)
+    # How many tokens sit *before* the video at the usual prompt length (CogVideoX: 226 text tokens).
     prefix_tokens: int = 0
+    # For a family with tokens before the video: the transformer forward argument whose dim 1 is
+    # their count in one call (CogVideoX: encoder_hidden_states [B, L, C], whose L tokens go first).
+    prefix_tokens_input: Optional[str] = None
+    # The pipeline pads the latent frames at the front to a multiple of p_t (CogVideoX 1.5): token
+    # frames = ceil(latent frames / p_t), and any VAE frame count works.
+    pads_latent_frames: bool = False
     # --- mask defaults
     default_preset: str = "wan"
     expert_preset: Optional[str] = None  # a pipeline switching two experts at a boundary (Wan2.2 A14B)
@@ -121,7 +130,12 @@ class VideoModelFamily:
     @property
     def has_extra_tokens(self) -> bool:
         """Extra (text) tokens may follow the video tokens in the self-attention."""
-        return self.extra_tokens == "after"
+        return self.extra_tokens in ("after", "both")
+
+    @property
+    def has_prefix_tokens(self) -> bool:
+        """Extra (text) tokens come before the video tokens in the self-attention."""
+        return self.extra_tokens in ("before", "both")
 
     def patch(self, config) -> Tuple[int, int, int]:
         """``(p_t, p_h, p_w)`` of a transformer config (``model.config`` or a ``config.json`` dict)."""
@@ -248,7 +262,25 @@ MOCHI = VideoModelFamily(
     default_preset="hunyuan",
 )
 
-FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI)}
+COGVIDEOX = VideoModelFamily(
+    name="cogvideox",
+    description="CogVideoX 1.0 / 1.5 (CogVideoXTransformer3DModel)",
+    transformer_classes=("CogVideoXTransformer3DModel",),
+    # attn1 is joint attention over [text, video]; its processor calls F.scaled_dot_product_attention
+    # directly (no dispatch_attention_fn), once per call. There is no cross-attention.
+    self_attention=(("transformer_blocks", "attn1"),),
+    hidden_states="BFCHW",
+    extra_tokens="before",  # the prompt's max_text_seq_length tokens (226) come first, unmasked
+    prefix_tokens=226,
+    prefix_tokens_input="encoder_hidden_states",
+    pads_latent_frames=True,
+    # No published radial settings: HunyuanVideo's preset by analogy (joint text tokens, no
+    # attention sink of Wan's kind). v-prediction (CogVideoX DDIM/DPM schedulers), not flow
+    # matching: no train-lora / encode.
+    default_preset="hunyuan",
+)
+
+FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX)}
 
 
 # ------------------------------------------------------------------------------------- variants
@@ -296,6 +328,11 @@ class ModelVariant:
         return self.model_family.default_extra_tokens
 
     @property
+    def default_prefix_tokens(self) -> int:
+        """Extra (text) tokens before the video at the family's usual prompt length (CogVideoX: 226)."""
+        return self.model_family.prefix_tokens
+
+    @property
     def default_text_tokens(self) -> int:
         """Deprecated name of :attr:`default_extra_tokens`."""
         from radial_attention._deprecation import warn_deprecated
@@ -332,6 +369,19 @@ VARIANTS: Dict[str, ModelVariant] = {
             "hunyuan", "hunyuan", "HunyuanVideo T2V (text tokens after the video)",
             vae=(4, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
             aliases=("hunyuanvideo", "hunyuan-video"), heads=24,
+        ),
+        # CogVideoX: no published radial settings. HunyuanVideo's preset and schedule by analogy
+        # (12 of 50 dense steps is the reference's steps // 4; no dense layer, as HunyuanVideo).
+        # heads: 5B has 48 heads of dim 64, i.e. 24 of dim 128 for the FLOP count.
+        _variant(
+            "cogvideox-1.0", "cogvideox", "CogVideoX 2B/5B (text before the video; no preset of its own)",
+            vae=(4, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
+            aliases=("cogvideox", "cogvideox-2b", "cogvideox-5b"), heads=24,
+        ),
+        _variant(
+            "cogvideox-1.5", "cogvideox", "CogVideoX1.5-5B (patch_size_t=2; no preset of its own)",
+            vae=(4, 8), patch=(2, 2, 2), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
+            aliases=("cogvideox1.5", "cogvideox-1.5-5b"), heads=24,
         ),
         # No published radial preset or schedule: Wan2.1's (the same architecture and VAE).
         _variant(
@@ -393,14 +443,23 @@ def patchable_transformer_classes() -> Tuple[str, ...]:
 
 
 def video_token_grid(
-    height: int, width: int, num_frames: int, vae_strides: Tuple[int, int], patch: Tuple[int, int, int]
+    height: int,
+    width: int,
+    num_frames: int,
+    vae_strides: Tuple[int, int],
+    patch: Tuple[int, int, int],
+    *,
+    pad_frames: bool = False,
 ) -> Tuple[int, int, int]:
     """``(F, H_tokens, W_tokens)`` of a ``num_frames x height x width`` pixel video (no checks).
 
-    ``F = ((num_frames - 1) // t_vae + 1) // p_t`` latent token frames and
-    ``H_tokens = height // s_vae // p_h`` (likewise W): the self-attention's video is
+    ``F = ((num_frames - 1) // t_vae + 1) // p_t`` latent token frames (rounded up instead with
+    ``pad_frames``: a pipeline that pads the latent frames to a multiple of ``p_t``, CogVideoX
+    1.5) and ``H_tokens = height // s_vae // p_h`` (likewise W): the self-attention's video is
     ``F x (H_tokens * W_tokens)`` tokens, frame-major.
     """
     t, s = vae_strides
     pt, ph, pw = patch
-    return ((num_frames - 1) // t + 1) // pt, height // s // ph, width // s // pw
+    latent = (num_frames - 1) // t + 1
+    frames = -(-latent // pt) if pad_frames else latent // pt
+    return frames, height // s // ph, width // s // pw

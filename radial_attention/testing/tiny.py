@@ -770,3 +770,131 @@ def mochi_inputs(
         encoder_attention_mask=mask,
         return_dict=False,
     )
+
+
+# ----------------------------------------------------------------------------------- CogVideoX
+COGVIDEOX_TEXT_TOKENS = 10  # the tiny models' max_text_seq_length: the prompt length they must get (real: 226)
+
+
+def tiny_cogvideox_transformer(
+    version: str = "1.0",
+    *,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """A ``CogVideoXTransformer3DModel`` from a tiny config with random weights.
+
+    ``version="1.0"``: spatial patch 2, no temporal patch, sincos positional embeddings (CogVideoX-2B).
+    ``"1.5"``: ``patch_size_t=2`` and RoPE (CogVideoX1.5-5B; pass ``image_rotary_emb``, see
+    :func:`cogvideox_inputs`). Call it with ``hidden_states [B, F, C, H, W]`` (frames before
+    channels), ``encoder_hidden_states [B, 10, 16]`` (exactly ``max_text_seq_length`` tokens:
+    the positional embedding covers them) and ``timestep [B]``.
+    """
+    if version not in ("1.0", "1.5"):
+        raise ValueError(f"unknown CogVideoX version {version!r}; expected '1.0' or '1.5'")
+    cfg = dict(
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=8,
+        text_embed_dim=16,
+        num_layers=num_layers,
+        sample_width=8,
+        sample_height=6,
+        sample_frames=9,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=COGVIDEOX_TEXT_TOKENS,
+    )
+    if version == "1.5":
+        # sample_height/width bound the RoPE grid the pipeline computes (latents up to 16 x 16 here).
+        cfg.update(patch_size_t=2, use_rotary_positional_embeddings=True, sample_height=16, sample_width=16)
+    cfg.update(overrides)
+    from diffusers import CogVideoXTransformer3DModel
+
+    return _seeded_build(CogVideoXTransformer3DModel, cfg, seed, dtype)
+
+
+def cogvideox_inputs(model, frames: int, height: int, width: int, *, batch: int = 1, seed: int = 0) -> dict:
+    """Forward keywords for a tiny CogVideoX transformer: latent ``[B, F, C, H, W]``, the prompt, and
+    (RoPE models) the rotary embedding the pipeline would compute for this size."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    kwargs = dict(
+        hidden_states=torch.randn(batch, frames, cfg.in_channels, height, width, generator=g),
+        encoder_hidden_states=torch.randn(batch, cfg.max_text_seq_length, cfg.text_embed_dim, generator=g),
+        timestep=torch.full((batch,), 500, dtype=torch.long),
+        return_dict=False,
+    )
+    if cfg.use_rotary_positional_embeddings:
+        from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+        # As CogVideoXPipeline computes it: the config's sample grid, sliced to this size.
+        p, p_t = cfg.patch_size, cfg.patch_size_t or 1
+        kwargs["image_rotary_emb"] = get_3d_rotary_pos_embed(
+            embed_dim=cfg.attention_head_dim,
+            crops_coords=None,
+            grid_size=(height // p, width // p),
+            temporal_size=frames // p_t,
+            grid_type="slice",
+            max_size=(cfg.sample_height // p, cfg.sample_width // p),
+        )
+    return kwargs
+
+
+def tiny_cogvideox_vae(seed: int = 0):
+    """A tiny ``AutoencoderKLCogVideoX``: 8x spatial / 4x temporal compression, 4 latent channels."""
+    from diffusers import AutoencoderKLCogVideoX
+
+    with _seeded(seed):
+        return AutoencoderKLCogVideoX(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+        ).eval()
+
+
+def tiny_cogvideox_pipeline(version: str = "1.0", *, num_layers: int = 2, seed: int = 0):
+    """A whole ``CogVideoXPipeline`` from tiny components (no download): the tiny transformer of
+    ``version`` (see :func:`tiny_cogvideox_transformer`), a T5 text encoder (CogVideoX's class), a
+    tiny CogVideoX VAE and ``CogVideoXDPMScheduler``. Call it with ``max_sequence_length=10`` (the
+    transformer's ``max_text_seq_length``), height and width multiples of 16, frames ``4k+1``."""
+    from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_tokenizer()
+    transformer = tiny_cogvideox_transformer(version, num_layers=num_layers, seed=seed)
+    cfg = T5Config(
+        vocab_size=_vocab_size(tokenizer),
+        d_model=transformer.config.text_embed_dim,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=32,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    with _seeded(seed + 10):
+        text_encoder = T5EncoderModel(cfg).eval()
+    scheduler = CogVideoXDPMScheduler(timestep_spacing="trailing", prediction_type="v_prediction")
+    return CogVideoXPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_cogvideox_vae(seed + 20),
+        transformer=transformer,
+        scheduler=scheduler,
+    )

@@ -23,7 +23,7 @@ import dataclasses
 from typing import List, Optional
 
 from .context_parallel import check_context_parallel, refuse_training_under_context_parallel
-from .families import attention_paths, call_layout, family_of, find_transformers
+from .families import attention_paths, call_argument, call_layout, call_prefix_tokens, family_of, find_transformers
 from .schedule import RadialAttentionConfig, RadialState
 from .sdpa import NATIVE_BACKENDS, DenseSDPA, RadialSDPA
 
@@ -44,11 +44,14 @@ def _hook_classes():
             self.restore = None  # filled by _install
 
         def pre_forward(self, module, *args, **kwargs):
-            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else (args[0] if args else None)
-            timestep = kwargs["timestep"] if "timestep" in kwargs else (args[1] if len(args) > 1 else None)
+            hidden = call_argument(module, "hidden_states", args, kwargs)
+            timestep = call_argument(module, "timestep", args, kwargs)
+            prefix = call_prefix_tokens(module, args, kwargs)  # CogVideoX's text tokens before the video
             key = self.family.frame_causal_key  # a frame-block causal mask the model makes (SkyReels-V2 DF)
             frame_block = int(getattr(module.config, key, None) or 1) if key else 1
-            self.state.begin_forward(self.family, call_layout(module, hidden), timestep, frame_block=frame_block)
+            self.state.begin_forward(
+                self.family, call_layout(module, hidden), timestep, prefix_tokens=prefix, frame_block=frame_block
+            )
             return args, kwargs
 
         def new_forward(self, module, *args, **kwargs):

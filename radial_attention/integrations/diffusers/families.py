@@ -9,6 +9,7 @@ token refiner are not listed there, so they stay as they are.
 
 from __future__ import annotations
 
+import inspect
 from typing import List, Tuple
 
 import torch
@@ -43,22 +44,62 @@ def attention_paths(model) -> List[str]:
 
 def call_layout(model, hidden_states) -> Tuple[int, int]:
     """``(F, T)``: latent token frames and tokens per frame of one call's ``hidden_states``
-    (``[B, C, F, H, W]`` for every family registered today), after the transformer's patching."""
+    (``[B, C, F, H, W]``, or ``[B, F, C, H, W]`` for CogVideoX: the family's ``hidden_states``),
+    after the transformer's patching.
+
+    Raises ``ValueError`` for a latent that is not 5-D, and for F, H or W that are not multiples of
+    the patch (the models would drop the remainder or fail deep in their unpatchify).
+    """
     fam = family_of(model)
-    if fam.hidden_states != "BCFHW":
+    if fam.hidden_states not in ("BCFHW", "BFCHW"):
         raise NotImplementedError(f"{fam.name}: no layout reader for hidden_states {fam.hidden_states}")
+    order = "[" + ", ".join(fam.hidden_states) + "]"
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 5:
         got = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
-        raise ValueError(f"{fam.name} transformer: expected hidden_states [B, C, F, H, W], got {got}")
+        raise ValueError(f"{fam.name} transformer: expected hidden_states {order}, got {got}")
     p_t, p_h, p_w = fam.patch(model.config)
-    _, _, f, h, w = hidden_states.shape
+    dims = dict(zip(fam.hidden_states, hidden_states.shape))
+    f, h, w = dims["F"], dims["H"], dims["W"]
     if f % p_t or h % p_h or w % p_w:
-        # The model would drop the remainder (Wan) or fail deep in its unpatchify (Mochi).
+        # The model would drop the remainder (Wan) or fail deep in its unpatchify (Mochi, CogVideoX).
         raise ValueError(
-            f"{fam.name} transformer: the latent frames x height x width must be multiples of the patch "
-            f"{p_t} x {p_h} x {p_w}; got {f} x {h} x {w} (hidden_states {tuple(hidden_states.shape)})"
+            f"{fam.name} transformer: latent frames x height x width must be multiples of its patch "
+            f"{p_t} x {p_h} x {p_w}; got hidden_states {order} = {tuple(hidden_states.shape)} "
+            f"(F={f}, H={h}, W={w})"
+            + (" (its pipeline pads the latent frames to a multiple of p_t)" if p_t > 1 else "")
         )
     return f // p_t, (h // p_h) * (w // p_w)
+
+
+def call_argument(model, name: str, args: tuple, kwargs: dict):
+    """The value of forward argument ``name`` in a call ``model(*args, **kwargs)`` (``None`` if not given).
+
+    By the forward's signature, so positional calls work whatever the argument order (Wan:
+    ``(hidden_states, timestep, ...)``; CogVideoX: ``(hidden_states, encoder_hidden_states, timestep, ...)``).
+    """
+    if name in kwargs:
+        return kwargs[name]
+    try:
+        bound = inspect.signature(type(model).forward).bind_partial(model, *args)
+    except TypeError:
+        return None
+    return bound.arguments.get(name)
+
+
+def call_prefix_tokens(model, args: tuple, kwargs: dict) -> int:
+    """Tokens before the video in this call's self-attention: dim 1 of the family's
+    ``prefix_tokens_input`` (CogVideoX: ``encoder_hidden_states [B, L, C]`` -> L); 0 for a family without."""
+    fam = family_of(model)
+    if not fam.has_prefix_tokens:
+        return 0
+    value = call_argument(model, fam.prefix_tokens_input, args, kwargs)
+    if not isinstance(value, torch.Tensor) or value.dim() < 2:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"{fam.name} transformer: radial attention reads the tokens before the video from "
+            f"{fam.prefix_tokens_input} [B, L, C]; got {got}"
+        )
+    return int(value.shape[1])
 
 
 # ------------------------------------------------------------------------------ model lookup

@@ -71,7 +71,8 @@ class RadialState:
             gradient checkpointing, which reruns blocks during backward, sees the same layout and
             step), ``None`` before the first call.
         calls: ``Counter`` of ``(step, layer, "radial" | "dense")`` -> self-attention calls.
-        masks: ``{(F, T, extra_tokens): RadialBlockMask}`` built so far (one per layout).
+        prefix_tokens: tokens before the video in the latest call (CogVideoX's text; 0 for most models).
+        masks: ``{(F, T, prefix_tokens, extra_tokens): RadialBlockMask}`` built so far (one per layout).
     """
 
     def __init__(self, config: RadialAttentionConfig, scheduler=None, step_matrix_pipeline=None):
@@ -86,6 +87,7 @@ class RadialState:
         self.step: Optional[int] = None
         self.total_steps: Optional[int] = config.num_steps
         self.layout: Optional[Tuple[int, int]] = None
+        self.prefix_tokens = 0
         self.family = None
         self.calls: Counter = Counter()
         self.masks: dict = {}
@@ -145,8 +147,11 @@ class RadialState:
         self._last_timestep = t
         return step
 
-    def begin_forward(self, family, layout: Tuple[int, int], timestep, frame_block: int = 1) -> None:
-        """Called by the transformer's pre-forward hook: set layout and step, decide the step's mode.
+    def begin_forward(
+        self, family, layout: Tuple[int, int], timestep, prefix_tokens: int = 0, frame_block: int = 1
+    ) -> None:
+        """Called by the transformer's pre-forward hook: set layout (and the tokens before the
+        video) and step, decide the step's mode.
 
         ``frame_block > 1``: the transformer passes a causal mask over blocks of that many latent
         frames (SkyReels-V2 ``num_frame_per_block``); checked here, before any step runs, against
@@ -157,6 +162,7 @@ class RadialState:
         self.frame_block = frame_block
         self.family = family
         self.layout = layout
+        self.prefix_tokens = prefix_tokens
         self.key_mask_cache = None
         from_scheduler = self._step_from_step_matrix() or self._step_from_scheduler()
         if from_scheduler is not None:
@@ -207,16 +213,22 @@ class RadialState:
         self.calls[(self.step, layer, kind)] += 1
 
     # ------------------------------------------------------------------ masks
-    def mask_for(self, frames: int, tokens_per_frame: int, extra_tokens: int, frame_block: int = 1):
-        """The radial block mask of this layout (built once per layout, then reused).
+    def mask_for(
+        self, frames: int, tokens_per_frame: int, extra_tokens: int, prefix_tokens: int = 0, frame_block: int = 1
+    ):
+        """The radial block mask of this layout: ``prefix_tokens`` before the video, ``extra_tokens``
+        after it (built once per layout, then reused), kept under ``(F, T, Y, X)``.
 
         ``frame_block = k > 1``: that mask AND the frame-block causal mask (query frame block
-        ``i // k`` sees key frame blocks ``<= i // k``), kept under ``(F, T, X, k)``; exact at block
+        ``i // k`` sees key frame blocks ``<= i // k``), kept under ``(F, T, Y, X, k)``; exact at block
         level because :func:`check_frame_causal_layout` let only layouts through where ``k * T`` is
-        a multiple of the block size (every mask block lies inside one frame block).
+        a multiple of the block size (every mask block lies inside one frame block). Only without
+        prefix tokens (SkyReels-V2 has none).
         """
         if frame_block > 1:
-            key = (frames, tokens_per_frame, extra_tokens, frame_block)
+            if prefix_tokens:
+                raise ValueError("a frame-block causal mask with tokens before the video is not supported")
+            key = (frames, tokens_per_frame, prefix_tokens, extra_tokens, frame_block)
             if key not in self.masks:
                 base = self.mask_for(frames, tokens_per_frame, extra_tokens)
                 causal = frame_causal_blocks(base.num_blocks, base.block_size, frame_block * tokens_per_frame)
@@ -233,7 +245,7 @@ class RadialState:
                     adjacent=base.adjacent,
                 )
             return self.masks[key]
-        key = (frames, tokens_per_frame, extra_tokens)
+        key = (frames, tokens_per_frame, prefix_tokens, extra_tokens)
         mask = self.masks.get(key)
         if mask is None:
             from radial_attention.mask import radial_block_mask
@@ -246,6 +258,7 @@ class RadialState:
                 decay=c.decay,
                 block_size=c.block_size,
                 extra_tokens=extra_tokens,
+                prefix_tokens=prefix_tokens,
             )
             self.masks[key] = mask
         return mask
@@ -258,9 +271,9 @@ class RadialState:
             "radial_calls": radial,
             "dense_calls": dense,
             "masks": {
-                f"F={key[0]} T={key[1]} extra={key[2]}" + (f" frame_block={key[3]}" if len(key) > 3 else ""): round(
-                    m.density, 4
-                )
+                f"F={key[0]} T={key[1]} extra={key[3]}"
+                + (f" prefix={key[2]}" if key[2] else "")
+                + (f" frame_block={key[4]}" if len(key) > 4 else ""): round(m.density, 4)
                 for key, m in self.masks.items()
             },
         }

@@ -127,11 +127,15 @@ class RadialSDPA(TorchFunctionMode):
                 f"q, k, v of batch 1 in each call; got {tuple(query.shape)}"
             )
         frames, tpf = self.state.layout
-        extra_tokens = S - frames * tpf  # tokens after the video (HunyuanVideo's text; Mochi: this item's)
+        prefix_tokens = self.state.prefix_tokens  # tokens before the video (CogVideoX's text), from the call
+        extra_tokens = (
+            S - prefix_tokens - frames * tpf
+        )  # tokens after the video (HunyuanVideo's text; Mochi: this item's)
         if extra_tokens < 0 or (extra_tokens > 0 and not self.state.family.has_extra_tokens):
+            before = f"{prefix_tokens} tokens before the video + " if prefix_tokens else ""
             raise ValueError(
                 f"{where}: the self-attention has S={S} tokens but the latent layout of this call is "
-                f"F={frames} frames x T={tpf} tokens = {frames * tpf} video tokens"
+                f"{before}F={frames} frames x T={tpf} tokens = {prefix_tokens + frames * tpf} tokens"
                 + ("" if extra_tokens < 0 else " and this model family appends no tokens after the video")
             )
         # SDPA is on autocast's lower-precision list: under autocast it runs in the autocast dtype
@@ -146,7 +150,9 @@ class RadialSDPA(TorchFunctionMode):
             self._check_frame_causal(attn_mask, S, frame_block * tpf)
         elif attn_mask is not None:
             key_lengths = self._key_lengths(attn_mask, B, S)
-        mask = self.state.mask_for(frames, tpf, extra_tokens, frame_block=frame_block if attn_mask is not None else 1)
+        mask = self.state.mask_for(
+            frames, tpf, extra_tokens, prefix_tokens, frame_block=frame_block if attn_mask is not None else 1
+        )
         return block_sparse_attention(
             query, key, value, mask, scale=scale, backend=self.state.config.backend, key_lengths=key_lengths
         )
