@@ -92,7 +92,7 @@ def test_each_batch_item_gets_the_mask_of_its_own_prompt_length():
     state = apply_radial_attention(model, block_size=BS)
     radial = run(model, kwargs)
     assert state.config.preset == "hunyuan"  # the registry's default for Mochi (by analogy)
-    assert sorted(state.masks) == [(F_, T, 3), (F_, T, 16)]
+    assert sorted(state.masks) == [(F_, T, 0, 3), (F_, T, 0, 16)]  # (F, T, prefix, extra)
     for x in LENGTHS:
         assert torch.equal(state.masks[(F_, T, 0, x)].to_dense(), masks[x].to_dense())  # (F, T, prefix, extra)
     assert state.summary()["radial_calls"] == len(attention_modules(model)) == 2
@@ -147,7 +147,7 @@ def test_all_dense_equals_unpatched_exactly_and_removal_restores_the_model():
 def test_latent_sizes_mochi_cannot_take_raise_clearly():
     model = tiny.tiny_mochi_transformer(num_layers=1)
     apply_radial_attention(model, block_size=BS)
-    with pytest.raises(ValueError, match=r"multiples of the patch 1 x 2 x 2; got 4 x 7 x 8"):
+    with pytest.raises(ValueError, match=r"multiples of its patch 1 x 2 x 2; got hidden_states .*\(F=4, H=7, W=8\)"):
         run(model, tiny.mochi_inputs(model, 4, 7, 8))
     with pytest.raises(ValueError, match=r"expected hidden_states \[B, C, F, H, W\], got \(1, 12, 8, 8\)"):
         run(model, dict(tiny.mochi_inputs(model, 4, 8, 8), hidden_states=torch.randn(1, 12, 8, 8)))
@@ -221,7 +221,7 @@ def test_mochi_pipeline_end_to_end_with_cfg():
         **{(s, i, "radial"): 1 for s in (1, 2) for i in (0, 1)},
     }
     # "a cat on a red bench" + </s> = 7 tokens, "blurry" + </s> = 2: one mask per prompt length.
-    assert sorted(state.masks) == [(3, 16, 2), (3, 16, 7)]
+    assert sorted(state.masks) == [(3, 16, 0, 2), (3, 16, 0, 7)]
     remove_radial_attention(pipe)
     assert torch.equal(pipe(generator=gen(), **kwargs).frames, dense)
 
