@@ -46,41 +46,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention  # noqa: E402
 from radial_attention.testing import tiny  # noqa: E402
+from radial_attention.testing.configs import HUNYUAN_VIDEO, WAN21_14B  # noqa: E402
 
 # ------------------------------------------------------------------------------------ models
-WAN14B = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
-HUNYUAN = dict(
-    in_channels=16,
-    out_channels=16,
-    num_attention_heads=24,
-    attention_head_dim=128,
-    num_layers=20,
-    num_single_layers=40,
-    num_refiner_layers=2,
-    mlp_ratio=4.0,
-    patch_size=2,
-    patch_size_t=1,
-    qk_norm="rms_norm",
-    guidance_embeds=True,
-    text_embed_dim=4096,
-    pooled_projection_dim=768,
-    rope_theta=256.0,
-    rope_axes_dim=(16, 56, 56),
-)
+WAN14B, HUNYUAN = WAN21_14B, HUNYUAN_VIDEO  # the real checkpoints' configs (full depth)
 # Block lists of each family: (module list attribute, config key of its full depth).
 BLOCK_GROUPS = {
     "wan": (("blocks", "num_layers"),),

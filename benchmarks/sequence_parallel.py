@@ -52,22 +52,8 @@ for _key, _value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICA
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-# Wan2.1-14B (diffusers WanTransformer3DModel config of Wan-AI/Wan2.1-T2V-14B-Diffusers).
-WAN14B = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=40,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=13824,
-    num_layers=40,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
+from radial_attention.testing.configs import WAN21_14B as WAN14B  # noqa: E402  (full depth, 40 blocks)
+
 # --smoke: the same model class, tiny.
 WAN_TINY = dict(
     patch_size=(1, 2, 2),

@@ -33,22 +33,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from
 
 from radial_attention.cli.main import main as cli  # noqa: E402
 from radial_attention.testing.data import write_synthetic_dataset  # noqa: E402
+from radial_attention.testing.configs import WAN21_1_3B, without_depth  # noqa: E402
 from radial_attention.train.model import model_spec  # noqa: E402
 
-WAN_1_3B = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=12,
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    ffn_dim=8960,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
+WAN_1_3B = without_depth(WAN21_1_3B)  # Wan2.1-1.3B at full width; --layers blocks
 SMOKE = dict(WAN_1_3B, num_attention_heads=2, attention_head_dim=16, ffn_dim=64, text_dim=32, freq_dim=32)
 
 

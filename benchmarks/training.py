@@ -46,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from radial_attention.testing.configs import HUNYUAN_VIDEO, WAN21_14B, without_depth  # noqa: E402
 from radial_attention.train.lora import add_lora, lora_parameters  # noqa: E402
 from radial_attention.train.memory import enable_checkpointing, offload_context, prepare_offload_input  # noqa: E402
 from radial_attention.train.model import (  # noqa: E402
@@ -77,34 +78,9 @@ class ModelCase:
     shift: float
 
 
-WAN_BASE = dict(
-    patch_size=(1, 2, 2),
-    attention_head_dim=128,
-    in_channels=16,
-    out_channels=16,
-    text_dim=4096,
-    freq_dim=256,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
-HY_BASE = dict(
-    in_channels=16,
-    out_channels=16,
-    num_attention_heads=24,
-    attention_head_dim=128,
-    num_refiner_layers=2,
-    mlp_ratio=4.0,
-    patch_size=2,
-    patch_size_t=1,
-    qk_norm="rms_norm",
-    guidance_embeds=True,
-    text_embed_dim=4096,
-    pooled_projection_dim=768,
-    rope_theta=256.0,
-    rope_axes_dim=(16, 56, 56),
-)
+# The real checkpoints' configs without their depth (the blocks measured are built: num_layers=...).
+WAN_BASE = {k: v for k, v in without_depth(WAN21_14B).items() if k not in ("num_attention_heads", "ffn_dim")}
+HY_BASE = without_depth(HUNYUAN_VIDEO)
 WAN_FRAMES = {1: (81, 21), 2: (161, 41), 4: (321, 81)}
 HY_FRAMES = {1: (125, 32), 2: (253, 64), 4: (509, 128)}
 

@@ -1,0 +1,50 @@
+"""The transformer configs of the real checkpoints, for full-width benchmarks with random weights.
+
+Values of the diffusers ``transformer/config.json`` of Wan-AI/Wan2.1-T2V-1.3B-Diffusers,
+Wan-AI/Wan2.1-T2V-14B-Diffusers and hunyuanvideo-community/HunyuanVideo (kwargs of
+``WanTransformer3DModel`` / ``HunyuanVideoTransformer3DModel``). One copy for every benchmark:
+they build as many blocks as they measure (``without_depth(cfg)`` plus their own ``num_layers``).
+"""
+
+from __future__ import annotations
+
+WAN21_1_3B = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=12,
+    attention_head_dim=128,
+    in_channels=16,
+    out_channels=16,
+    text_dim=4096,
+    freq_dim=256,
+    ffn_dim=8960,
+    num_layers=30,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=1024,
+)
+WAN21_14B = dict(WAN21_1_3B, num_attention_heads=40, ffn_dim=13824, num_layers=40)
+HUNYUAN_VIDEO = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=24,
+    attention_head_dim=128,
+    num_layers=20,
+    num_single_layers=40,
+    num_refiner_layers=2,
+    mlp_ratio=4.0,
+    patch_size=2,
+    patch_size_t=1,
+    qk_norm="rms_norm",
+    guidance_embeds=True,
+    text_embed_dim=4096,
+    pooled_projection_dim=768,
+    rope_theta=256.0,
+    rope_axes_dim=(16, 56, 56),
+)
+DEPTH_KEYS = ("num_layers", "num_single_layers")
+
+
+def without_depth(config: dict) -> dict:
+    """``config`` without its block counts, for a model built with a chosen number of blocks."""
+    return {k: v for k, v in config.items() if k not in DEPTH_KEYS}
