@@ -258,3 +258,25 @@ def test_dense_steps_run_on_fa4_dense_where_it_runs(fake, monkeypatch, family):
         assert torch.equal(model(**kwargs)[0], want)
     remove_radial_attention(model)
     assert fake.calls == []
+
+
+def test_dense_layers_under_autocast_reach_fa4_too(fake, monkeypatch):
+    """bf16-mixed training: HunyuanVideo's q/k come out of float32 norms and v does not; the dtypes
+    must be compared after autocast's cast, as SDPA itself sees them, or every call falls back."""
+    pytest.importorskip("diffusers")
+    from radial_attention import apply_radial_attention, remove_radial_attention
+    from radial_attention.integrations.diffusers.families import attention_paths
+    from radial_attention.testing import tiny
+
+    model = tiny.tiny_hunyuan_transformer()
+    kwargs = tiny.hunyuan_inputs(model, 5, 8, 8, batch=2, prompt_lengths=[5, 16])
+    _route_dense_to_fake(monkeypatch)
+    apply_radial_attention(model, dense_steps=1, block_size=64)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(**kwargs)[0]
+    finally:
+        remove_radial_attention(model)
+    # prompt lengths differ, so one FA4 call per batch item in every hooked module
+    assert sum(1 for c in fake.calls if c[0] == "fwd") == 2 * len(attention_paths(model))
+    assert bool(torch.isfinite(out).all())

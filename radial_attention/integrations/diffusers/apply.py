@@ -80,7 +80,9 @@ def _hook_classes():
                 self.state.record(self.layer, "dense")
                 if self.state.config.dense_backend == "sdpa":
                     return forward(*args, **kwargs)  # the model's own attention, untouched
-                with DenseSDPA(self.state.config.dense_backend, self.where):  # FA4's dense kernel where it runs
+                with DenseSDPA(
+                    self.state.config.dense_backend, self.where, self.state
+                ):  # FA4's dense kernel where it runs
                     return forward(*args, **kwargs)
             refuse_training_under_context_parallel(self.where, module, args, kwargs)
             per_item = self.state.family.sdpa_calls == "per_batch_item"

@@ -138,18 +138,13 @@ class RadialSDPA(TorchFunctionMode):
                 f"{before}F={frames} frames x T={tpf} tokens = {prefix_tokens + frames * tpf} tokens"
                 + ("" if extra_tokens < 0 else " and this model family appends no tokens after the video")
             )
-        # SDPA is on autocast's lower-precision list: under autocast it runs in the autocast dtype
-        # whatever its inputs are (HunyuanVideo's q/k come out of float32 norms, v does not).
-        device_type = query.device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+        query, key, value = _in_autocast_dtype(query, key, value)
         key_lengths = None
         frame_block = self.state.frame_block
         if attn_mask is not None and frame_block > 1:  # SkyReels-V2 DF's frame-block causal mask
             self._check_frame_causal(attn_mask, S, frame_block * tpf)
         elif attn_mask is not None:
-            key_lengths = self._key_lengths(attn_mask, B, S)
+            key_lengths = cached_key_lengths(self.state, attn_mask, B, S)
         mask = self.state.mask_for(
             frames, tpf, extra_tokens, prefix_tokens, frame_block=frame_block if attn_mask is not None else 1
         )
@@ -175,15 +170,29 @@ class RadialSDPA(TorchFunctionMode):
                 f"{causal_tokens} tokens per causal block that the transformer's config implies"
             )
 
-    def _key_lengths(self, attn_mask, B, S):
-        # Every block of one forward gets the same mask tensor: convert (and check) it once.
-        cached = self.state.key_mask_cache
-        if cached is not None and cached[0] is attn_mask and cached[1] == attn_mask._version:
-            return cached[2]
-        lengths = key_lengths_from_mask(attn_mask, B, S)
-        lengths = None if bool((lengths == S).all()) else lengths  # nothing padded: no masking work
-        self.state.key_mask_cache = (attn_mask, attn_mask._version, lengths)
-        return lengths
+
+def _in_autocast_dtype(q, k, v):
+    """q, k, v as SDPA would run them: SDPA is on autocast's lower-precision list, so under autocast
+    it runs in the autocast dtype whatever its inputs are (HunyuanVideo's q/k come out of float32
+    norms, v does not)."""
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return q.to(dtype), k.to(dtype), v.to(dtype)
+    return q, k, v
+
+
+def cached_key_lengths(state, attn_mask, B, S):
+    """``key_lengths_from_mask`` once per forward: every block of one forward gets the same mask
+    tensor, so it is converted (and checked, a device sync) once and kept in ``state``; ``None`` when
+    nothing is padded (no masking work)."""
+    cached = state.key_mask_cache
+    if cached is not None and cached[0] is attn_mask and cached[1] == attn_mask._version:
+        return cached[2]
+    lengths = key_lengths_from_mask(attn_mask, B, S)
+    lengths = None if bool((lengths == S).all()) else lengths
+    state.key_mask_cache = (attn_mask, attn_mask._version, lengths)
+    return lengths
 
 
 class DenseSDPA(TorchFunctionMode):
@@ -197,12 +206,15 @@ class DenseSDPA(TorchFunctionMode):
     Args:
         backend: ``"auto"`` or ``"fa4"`` (``"fa4"`` raises where FA4 cannot run the call).
         where: a name for error messages (the attention module's path).
+        state: the hooks' :class:`~.schedule.RadialState`, whose per-forward cache of the padding
+            mask's key lengths is shared with the radial calls (None: converted on every call).
     """
 
-    def __init__(self, backend: str, where: str):
+    def __init__(self, backend: str, where: str, state=None):
         super().__init__()
         self.backend = backend
         self.where = where
+        self.state = state
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -210,30 +222,23 @@ class DenseSDPA(TorchFunctionMode):
             return func(*args, **kwargs)
         call = _bind(args, kwargs)
         q, k, v = call["query"], call["key"], call["value"]
-        if (
-            call["dropout_p"]
-            or call["is_causal"]
-            or call["enable_gqa"]
-            or q.dim() != 4
-            or q.shape != k.shape
-            or k.shape != v.shape
-            or q.dtype != k.dtype
-            or k.dtype != v.dtype
-        ):
+        if call["dropout_p"] or call["is_causal"] or call["enable_gqa"] or q.dim() != 4:
+            return func(*args, **kwargs)
+        q, k, v = _in_autocast_dtype(q, k, v)  # before the dtype check: mixed q/k/v dtypes are fine there
+        if q.shape != k.shape or k.shape != v.shape or q.dtype != k.dtype or k.dtype != v.dtype:
             return func(*args, **kwargs)
         from radial_attention.ops import dense_attention, resolve_dense_backend
 
-        device_type = q.device.type
-        if torch.is_autocast_enabled(device_type):  # as SDPA would: run in the autocast dtype
-            dtype = torch.get_autocast_dtype(device_type)
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if resolve_dense_backend(self.backend, q) != "fa4":
             return func(*args, **kwargs)
         key_lengths = None
         if call["attn_mask"] is not None:
             B, _, S, _ = q.shape
             try:
-                key_lengths = key_lengths_from_mask(call["attn_mask"], B, S)
+                if self.state is not None:
+                    key_lengths = cached_key_lengths(self.state, call["attn_mask"], B, S)
+                else:
+                    key_lengths = key_lengths_from_mask(call["attn_mask"], B, S)
             except ValueError:  # not a key-padding prefix: SDPA computes it as given
                 return func(*args, **kwargs)
         return dense_attention(q, k, v, scale=call["scale"], key_lengths=key_lengths, backend="fa4")
