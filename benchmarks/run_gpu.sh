@@ -91,6 +91,8 @@ for section in "$@"; do
     attention-peers-4x-bwd)
       run attention_peers_4x 300 python3 benchmarks/attention_peers.py --cases hunyuan-720p-509f-4x --modes fwd+bwd \
         --out "$OUT/peers-4x" ;;
+    fa4-overhead)  # what the fa4 wrapper costs over FA4 direct: host time per call, a profile, single vs back to back
+      run fa4_overhead 180 python3 benchmarks/fa4_overhead.py --out "$OUT/fa4-overhead" ;;
     pipeline-fa4)  # Wan2.1-14B 720p forward (4 blocks) and HunyuanVideo 4x, dense FA4/cuDNN vs radial (auto: fa4)
       run pipeline_fa4 300 python3 benchmarks/pipeline.py --cases wan14b-720p-81f,hunyuan-720p-509f \
         --dense-backends fa4,cudnn --out "$OUT/pipeline-fa4" ;;

@@ -53,6 +53,8 @@ def as_float(name: str, value, *, positive: bool = False) -> float:
     Raises:
         ValueError: a bool, a non-number, NaN, infinite, or not positive when ``positive``.
     """
+    if type(value) is float and math.isfinite(value) and (value > 0 or not positive):
+        return value  # the common case (an attention scale), without the generic checks below
     v = _unwrap(name, value)
     if not isinstance(v, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")

@@ -383,6 +383,49 @@ def _autograd_backward(ctx, grad_out, grad_lse):
 _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
+class _EagerFA4(torch.autograd.Function):
+    """The same forward/backward as the custom ops, for eager calls.
+
+    torch's custom-op dispatch (autograd wrapper, redispatch, fake-tensor plumbing) costs ~25 us of
+    host time per call on the H200's host, a sixth of FA4's own; outside ``torch.compile`` nothing
+    needs the op boundary, so eager calls take this plain autograd function (measured by
+    ``benchmarks/fa4_overhead.py``). Inside a compiled graph the custom op is used.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, lists, key_lengths, scale, block_size, need_lse):
+        out, lse = _forward(q, k, v, lists, key_lengths, scale, block_size, need_lse)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.lists, ctx.key_lengths, ctx.scale, ctx.block_size = lists, key_lengths, scale, block_size
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if lse.numel() == 0:
+            raise RuntimeError(
+                "fa4 backend: the forward ran without gradients (no log-sum-exp kept), so it has no backward"
+            )
+        dq, dk, dv = _backward(
+            grad_out.contiguous(), q, k, v, out, lse, ctx.lists, ctx.key_lengths, ctx.scale, ctx.block_size
+        )
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _run(q, k, v, lists: Optional[BlockLists], key_lengths, scale: float, block_size: int):
+    """One direction-aware call (``[B, S, H, D]`` in and out): the custom op inside ``torch.compile``,
+    the plain autograd function in eager mode. ``lists`` None: dense attention."""
+    need_lse = _needs_grad(q, k, v)
+    if torch.compiler.is_compiling():
+        tables = (None,) * _N_LISTS if lists is None else tuple(lists)
+        out, _ = _fwd_op(q, k, v, *tables, key_lengths, scale, block_size, need_lse)
+        return out
+    if not need_lse:  # inference: no autograd graph to record
+        return _forward(q, k, v, lists, key_lengths, scale, block_size, False)[0]
+    return _EagerFA4.apply(q, k, v, lists, key_lengths, scale, block_size, True)[0]
+
+
 # ----------------------------------------------------------------------------- backend entry points
 def _needs_grad(*tensors) -> bool:
     """Whether autograd will differentiate this call (then FA4 also writes the log-sum-exp)."""
@@ -405,15 +448,8 @@ def attention(
         ``[B, H, S, D]`` (the transposed view of a contiguous ``[B, S, H, D]`` tensor).
     """
     lists = block_lists(mask, q.device)
-    out, _ = _fwd_op(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        *lists,
-        key_lengths,
-        float(scale),
-        int(mask.block_size),
-        _needs_grad(q, k, v),
+    out = _run(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), lists, key_lengths, float(scale), mask.block_size
     )
     return out.transpose(1, 2)
 
@@ -422,14 +458,5 @@ def dense_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, key_lengths: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """Dense attention through FA4's dense kernel; same arguments and layout as :func:`attention`."""
-    out, _ = _fwd_op(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        *(None,) * _N_LISTS,
-        key_lengths,
-        float(scale),
-        128,
-        _needs_grad(q, k, v),
-    )
+    out = _run(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, key_lengths, float(scale), 128)
     return out.transpose(1, 2)
