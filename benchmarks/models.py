@@ -1,0 +1,405 @@
+"""One transformer forward per model of the registry, dense vs radial, at the model's usual size (GPU).
+
+For each case: the diffusers transformer at **full width** (the released checkpoint's heads, head
+dim, FFN; random bf16 weights) with a few blocks, on a latent of the model's usual size and
+length; the radial mask density there; one forward with dense attention (cuDNN SDPA, what a
+diffusers user runs, and FlashAttention-4's dense kernel where it runs) and one with
+``apply_radial_attention`` (the model's default preset and block size, ``backend="auto"``: fa4 on
+Hopper). Per-block times (CUDA events on the blocks) give the full-depth estimate
+``outside + sum over block groups of mean block time x full depth``.
+
+    python benchmarks/models.py --out results/                 # every case, on the GPU
+    python benchmarks/models.py --cases wan2.1-14b-720p,mochi   # some
+    python benchmarks/models.py --smoke                        # tiny models on the CPU: checks the script
+
+Writes ``models.json`` / ``models.md``. A case that fails or runs out of memory is recorded and the
+others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention  # noqa: E402
+from radial_attention.models import registry  # noqa: E402
+from radial_attention.testing import configs, tiny  # noqa: E402
+
+# name: variant (registry), transformer class, full-width config (None: the class defaults, which
+# are the released checkpoint's), blocks built {config key: n}, full depth {block list attribute: n},
+# latent (frames, height, width) at the usual size, the input builder of radial_attention.testing.tiny
+# and its keywords, a note on the size.
+CASES = {
+    "wan2.1-1.3b-480p": dict(
+        variant="wan2.1",
+        cls="WanTransformer3DModel",
+        config=configs.without_depth(configs.WAN21_1_3B),
+        build={"num_layers": 2},
+        depth={"blocks": 30},
+        latent=(21, 60, 104),
+        inputs=("wan_inputs", dict(text_len=512)),
+        size="832x480, 81 frames",
+    ),
+    "wan2.1-14b-720p": dict(
+        variant="wan2.1",
+        cls="WanTransformer3DModel",
+        config=configs.without_depth(configs.WAN21_14B),
+        build={"num_layers": 2},
+        depth={"blocks": 40},
+        latent=(21, 90, 160),
+        inputs=("wan_inputs", dict(text_len=512)),
+        size="1280x720, 81 frames",
+    ),
+    "hunyuan-720p": dict(
+        variant="hunyuan",
+        cls="HunyuanVideoTransformer3DModel",
+        config=configs.without_depth(configs.HUNYUAN_VIDEO),
+        build={"num_layers": 1, "num_single_layers": 1},
+        depth={"transformer_blocks": 20, "single_transformer_blocks": 40},
+        latent=(33, 90, 160),
+        inputs=("hunyuan_inputs", dict(text_len=256)),
+        size="1280x720, 129 frames, 256 prompt tokens",
+    ),
+    # SkyReels-V2 14B: Wan2.1-14B's architecture (40 heads, FFN 13824).
+    "skyreels-v2-14b-720p": dict(
+        variant="skyreels-v2",
+        cls="SkyReelsV2Transformer3DModel",
+        config=configs.without_depth(configs.WAN21_14B),
+        build={"num_layers": 2},
+        depth={"blocks": 40},
+        latent=(31, 90, 160),
+        inputs=("wan_inputs", dict(text_len=512)),
+        size="1280x720, 121 frames",
+    ),
+    "mochi-480p": dict(
+        variant="mochi",
+        cls="MochiTransformer3DModel",
+        config=None,  # the class defaults are Mochi 1's (24 heads x 128, 48 blocks)
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 48},
+        latent=(28, 60, 106),
+        inputs=("mochi_inputs", dict(text_len=256)),
+        size="848x480, 163 frames, 256 prompt tokens",
+    ),
+    # CogVideoX-5B: 48 heads x 64, 42 blocks, RoPE; 1.5-5B adds patch_size_t=2 and a bigger sample grid.
+    "cogvideox-5b-480p": dict(
+        variant="cogvideox-1.0",
+        cls="CogVideoXTransformer3DModel",
+        config=dict(
+            num_attention_heads=48,
+            attention_head_dim=64,
+            use_rotary_positional_embeddings=True,
+            sample_height=60,
+            sample_width=90,
+            sample_frames=49,
+        ),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 42},
+        latent=(13, 60, 90),
+        inputs=("cogvideox_inputs", {}),
+        size="720x480, 49 frames, 226 prompt tokens",
+    ),
+    "cogvideox1.5-5b-768p": dict(
+        variant="cogvideox-1.5",
+        cls="CogVideoXTransformer3DModel",
+        config=dict(
+            num_attention_heads=48,
+            attention_head_dim=64,
+            patch_size_t=2,
+            use_rotary_positional_embeddings=True,
+            sample_height=96,
+            sample_width=170,
+            sample_frames=81,
+            patch_bias=False,
+        ),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 42},
+        latent=(22, 96, 170),
+        inputs=("cogvideox_inputs", {}),
+        size="1360x768, 81 frames (the pipeline pads 21 latent frames to 22), 226 prompt tokens",
+    ),
+}
+
+SMOKE = {
+    "smoke-wan": dict(
+        variant="wan2.1",
+        cls="WanTransformer3DModel",
+        config=configs.without_depth(dict(tiny.WAN_TINY, num_attention_heads=2, attention_head_dim=64)),
+        build={"num_layers": 2},
+        depth={"blocks": 30},
+        latent=(5, 16, 24),
+        inputs=("wan_inputs", dict(text_len=16)),
+        size="tiny",
+        block_size=64,
+    ),
+    "smoke-hunyuan": dict(
+        variant="hunyuan",
+        cls="HunyuanVideoTransformer3DModel",
+        config=configs.without_depth(
+            dict(tiny.HUNYUAN_TINY, num_attention_heads=2, attention_head_dim=64, rope_axes_dim=(16, 24, 24))
+        ),
+        build={"num_layers": 1, "num_single_layers": 1},
+        depth={"transformer_blocks": 20, "single_transformer_blocks": 40},
+        latent=(5, 16, 16),
+        inputs=("hunyuan_inputs", dict(text_len=16)),
+        size="tiny",
+        block_size=64,
+    ),
+}
+
+
+def _sdpa_kernels():
+    from torch.nn.attention import SDPBackend
+
+    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
+
+
+def _to(obj, device):
+    """Tensors (in nests of tuples/lists/dicts) moved to ``device``."""
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def build(case, device, dtype):
+    import diffusers
+
+    cls = getattr(diffusers, case["cls"])
+    cfg = dict(case["config"] or {})
+    cfg.update(case["build"])
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls(**cfg)
+    return model.to(dtype).eval()
+
+
+class BlockTimer:
+    """Total and per-block time of one forward (CUDA events on block hooks; wall clock on the CPU)."""
+
+    def __init__(self, model, groups, device):
+        self.cuda = device.type == "cuda"
+        self.handles, self.marks = [], {}
+        for attr in groups:
+            for i, block in enumerate(getattr(model, attr)):
+                key = (attr, i)
+                self.handles.append(block.register_forward_pre_hook(lambda m, a, k=key: self._mark(k, 0)))
+                self.handles.append(block.register_forward_hook(lambda m, a, o, k=key: self._mark(k, 1)))
+
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    def _mark(self, key, which):
+        self.marks.setdefault(key, [None, None])[which] = self._now()
+
+    def _secs(self, a, b):
+        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
+
+    def run(self, fn):
+        self.marks = {}
+        if self.cuda:
+            torch.cuda.synchronize()
+        a = self._now()
+        fn()
+        b = self._now()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return self._secs(a, b), {k: self._secs(x, y) for k, (x, y) in self.marks.items()}
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def measure(timer, fn, warmup, reps):
+    for _ in range(warmup):
+        timer.run(fn)
+    runs = [timer.run(fn) for _ in range(reps)]
+    total = statistics.median(r[0] for r in runs)
+    return total, {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
+
+
+def full_depth(total, blocks, depth):
+    """Full-model time: the measured time outside the blocks plus each group's mean block x its depth."""
+    t = total - sum(blocks.values())
+    for attr, n in depth.items():
+        mine = [v for (g, _), v in blocks.items() if g == attr]
+        t += n * sum(mine) / len(mine)
+    return t
+
+
+def run_case(name, case, args, device, dtype):
+    from torch.nn.attention import sdpa_kernel
+
+    from radial_attention.integrations.diffusers.sdpa import DenseSDPA
+    from radial_attention.ops import resolve_backend, resolve_dense_backend
+
+    SDPA_KERNELS = _sdpa_kernels()
+    variant = registry.get_variant(case["variant"])
+    family = variant.model_family
+    res = dict(case=name, variant=variant.name, size=case["size"], status="ok")
+    model = build(case, device, dtype)
+    F_, H_, W_ = case["latent"]
+    builder, kw = case["inputs"]
+    kwargs = _to(getattr(tiny, builder)(model, F_, H_, W_, **kw), device)
+    groups = tuple(dict.fromkeys(attr for attr, _ in family.self_attention))
+    timer = BlockTimer(model, groups, device)
+    fn = lambda: model(**kwargs)  # noqa: E731, F821 (`del model, kwargs` at the end frees the GPU memory)
+    dense = {}
+    head_dim = model.config.attention_head_dim
+    with torch.no_grad():
+        for be in args.dense:
+            try:
+                if be == "fa4":
+                    resolve_dense_backend("fa4", torch.empty(1, 1, 128, head_dim, device=device, dtype=dtype))
+                    ctx = DenseSDPA("fa4", "benchmark")
+                else:
+                    ctx = sdpa_kernel([SDPA_KERNELS[be]])
+                with ctx:
+                    dense[be] = measure(timer, fn, args.warmup, args.reps)
+                print(f"  dense {be:<6} {dense[be][0] * 1e3:9.1f} ms ({case['build']})", flush=True)
+            except (RuntimeError, ValueError) as e:
+                print(f"  dense {be:<6} not available: {str(e).splitlines()[0][:160]}", flush=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if not dense:
+            raise RuntimeError("no dense attention kernel ran")
+        overrides = {"block_size": case["block_size"]} if "block_size" in case else {}
+        state = apply_radial_attention(model, backend="auto", dense_backend="auto", **overrides)
+        try:
+            radial = measure(timer, fn, args.warmup, args.reps)
+            summary = state.summary()
+        finally:
+            remove_radial_attention(model)
+            timer.remove()
+    masks = summary["masks"]  # {layout: density} of the masks the calls used
+    cfg = state.config
+    res.update(
+        heads=model.config.num_attention_heads,
+        head_dim=head_dim,
+        latent=case["latent"],
+        built=case["build"],
+        depth=case["depth"],
+        radial_calls=summary["radial_calls"],
+        dense_calls=summary["dense_calls"],
+        preset=cfg.preset,
+        radial_backend=resolve_backend(
+            "auto", torch.empty(1, 1, 128, head_dim, device=device, dtype=dtype), False, cfg.block_size
+        ),
+        block_size=cfg.block_size,
+        density=max(masks.values()) if masks else None,
+        masks=masks,
+    )
+    print(f"  radial {radial[0] * 1e3:9.1f} ms; {summary}", flush=True)
+    res["built_ms"] = {**{k: round(v[0] * 1e3, 2) for k, v in dense.items()}, "radial": round(radial[0] * 1e3, 2)}
+    full = {k: full_depth(*v, case["depth"]) for k, v in dense.items()}
+    full["radial"] = full_depth(*radial, case["depth"])
+    res["full_depth_ms"] = {k: round(v * 1e3, 1) for k, v in full.items()}
+    res["speedup_full_depth"] = {k: round(full[k] / full["radial"], 3) for k in dense}
+    del model, kwargs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def markdown(results, env):
+    kind = (
+        "SMOKE run, tiny models on the CPU: not a measurement" if env["smoke"] else "bf16, random weights, full width"
+    )
+    lines = [
+        f"One transformer forward per model ({env['date']}, {env['device']}, torch {env['torch']}, "
+        f"diffusers {env['diffusers']}; {kind}, batch 1)",
+        "",
+        "| case | size | latent (F, H, W) | heads x dim | mask density (preset, block, backend) | built blocks, ms | full depth, ms | radial speed-up (full depth) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        if r["status"] != "ok":
+            lines.append(f"| {r['case']} | {r.get('size', '')} | | | | {r['status']} | | |")
+            continue
+        b, f, s = r["built_ms"], r["full_depth_ms"], r["speedup_full_depth"]
+        built = " / ".join(f"{k} {v:.1f}" for k, v in b.items())
+        full = " / ".join(f"{k} {v:.0f}" for k, v in f.items())
+        speed = ", ".join(f"{v:.2f}x vs {k}" for k, v in s.items())
+        lines.append(
+            f"| {r['case']} | {r['size']} | {tuple(r['latent'])} | {r['heads']} x {r['head_dim']} | "
+            f"{r['density'] if r['density'] is not None else '?'} ({r['preset']}, {r['block_size']}, {r['radial_backend']}) | "
+            f"{built} ({r['built']}) | {full} ({r['depth']}) | **{speed}** |"
+        )
+    lines += [
+        "",
+        "Dense kernels: cudnn = torch SDPA's cuDNN kernel (what diffusers runs), fa4 = FlashAttention-4's dense "
+        "kernel (every SDPA call of the model). Full depth = measured time outside the blocks + mean measured "
+        "block time x the checkpoint's block count, per block group. Density: the largest kept fraction of "
+        "blocks among the masks the calls used.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    p.add_argument("--smoke", action="store_true", help="tiny models on the CPU (checks the script, measures nothing)")
+    p.add_argument("--dense", default=None, help="dense kernels, comma-separated (default cudnn,fa4; smoke: math)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    table = SMOKE if args.smoke else CASES
+    names = list(table) if args.cases is None else args.cases.split(",")
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; expected some of {list(table)}")
+    device = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    args.dense = (args.dense or ("math" if args.smoke else "cudnn,fa4")).split(",")
+    args.warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 1)
+    args.reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
+    import diffusers
+
+    env = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        diffusers=diffusers.__version__,
+        smoke=args.smoke,
+    )
+    results = []
+    for name in names:
+        print(f"\n== {name}", flush=True)
+        try:
+            results.append(run_case(name, table[name], args, device, dtype))
+        except torch.cuda.OutOfMemoryError:
+            results.append(dict(case=name, status="out of memory"))
+            torch.cuda.empty_cache()
+        except Exception as e:  # one model that fails is recorded, the others go on
+            traceback.print_exc()
+            results.append(dict(case=name, status=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"))
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models.json").write_text(json.dumps(dict(env=env, results=results), indent=1))
+    md = markdown(results, env)
+    (out / "models.md").write_text(md)
+    print("\n" + md)
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
