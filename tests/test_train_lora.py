@@ -458,7 +458,8 @@ def test_wan_prompt_length_other_than_512_warns(tmp_path):
 
     short = _data(tmp_path, n=2)  # 16 tokens
     with pytest.warns(
-        UserWarning, match=r"have \[16\] tokens; Wan pipelines generate with 512 .* max_sequence_length=16"
+        UserWarning,
+        match=r"have \[16\] tokens; the model's pipelines \(such as WanPipeline\) generate with 512 .* max_sequence_length=16",
     ):
         LoRATrainer(_cfg(tmp_path, short))
     full = tmp_path / "full"
