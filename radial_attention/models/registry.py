@@ -21,8 +21,8 @@ SDPA calls one attention module call makes);
 ``generate`` (recommended schedule); sequence parallelism (:func:`video_token_grid`); ``encode``
 (pipeline class -> family, latent normalisation, what ``encode_prompt`` returns, patch from the
 folder's config); ``train-lora`` (LoRA targets, flow shift, model inputs, LoRA pipeline class, the
-families a latent folder can be for: its own and those of ``shares_latents_with``); the demo (strides). Nothing else in the package names a
-model, except the tiny test models of ``radial_attention.testing`` (and the built-in
+families a latent folder can be for: its own and those of ``shares_latents_with``); the demo
+(strides). Nothing else in the package names a model, except the tiny test models of ``radial_attention.testing`` (and the built-in
 ``--model tiny-wan`` / ``tiny-hunyuan`` that train-lora builds from them).
 
 Adding a model is one entry plus its tests:
