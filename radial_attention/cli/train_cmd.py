@@ -42,8 +42,8 @@ def _options():
 
 
 def register(sub) -> None:
-    # The models train-lora takes: the registry families with a LoRA pipeline class.
-    trainable = ", ".join(f.description for f in FAMILIES.values() if f.lora_pipeline_class)
+    # The transformers train-lora takes: those of the registry families with a LoRA pipeline class.
+    trainable = ", ".join(c for f in FAMILIES.values() if f.lora_pipeline_class for c in f.transformer_classes)
     p = add_command(
         sub,
         "train-lora",
