@@ -17,7 +17,7 @@ from radial_attention.models.registry import FAMILIES, shares_latents  # noqa: E
 from radial_attention.testing import tiny  # noqa: E402
 from radial_attention.testing.data import write_synthetic_dataset  # noqa: E402
 from radial_attention.train.data import DataError, LatentDataset, validate_dataset  # noqa: E402
-from radial_attention.train.encode import read_video  # noqa: E402
+from radial_attention.train.encode import pipeline_family, read_video  # noqa: E402
 from radial_attention.train.model import default_shift, model_spec, trainable_family  # noqa: E402
 from radial_attention.train.trainer import LoRATrainer, TrainConfig  # noqa: E402
 
@@ -91,6 +91,11 @@ def test_registry_entry_trains_like_wan(tmp_path):
     bare = tmp_path / "transformer"
     tiny.tiny_skyreels_transformer("t2v", num_layers=1).save_pretrained(str(bare))
     assert default_shift(str(bare), "skyreels-v2") == 8.0
+    assert default_shift(str(bare), "skyreels-v2", image_to_video=True) == 5.0  # its I2V pipelines' docstrings
+    assert default_shift(str(bare), "wan", image_to_video=True) == 3.0  # no I2V shift of its own: flow_shift
+    # encode takes the T2V and I2V pipelines; the diffusion-forcing ones are refused, naming those it takes.
+    with pytest.raises(TypeError, match="encode supports .*SkyReelsV2ImageToVideoPipeline.* got SkyReelsV2Diffusion"):
+        pipeline_family(tiny.tiny_skyreels_pipeline("df", num_layers=1))
     # Diffusion-forcing checkpoints with an fps embedding need an fps the training forward does not pass.
     with pytest.raises(TypeError, match="inject_sample_info.*train the T2V or I2V model"):
         trainable_family(tiny.tiny_skyreels_transformer("df", num_layers=1, inject_sample_info=True))
@@ -248,7 +253,11 @@ def test_encode_and_train_i2v(tmp_path, capsys):
     torch.testing.assert_close(stored["image_embeds"], image_embeds[0], atol=1e-6, rtol=1e-6)
 
     trainer = LoRATrainer(_cfg(tmp_path, tmp_path / "pipe", data, lora_rank=4, max_steps=2))
+    assert trainer.shift == 3.0  # the saved pipeline's scheduler config
     trainer.train()
+    # A bare I2V transformer folder (no scheduler config): the registry's image-to-video shift.
+    pipe.transformer.save_pretrained(str(tmp_path / "bare"))
+    assert LoRATrainer(_cfg(tmp_path, tmp_path / "bare", data, output_dir=str(tmp_path / "o2"))).shift == 5.0
     trained = trainer.transformer.eval()
     fresh = _pipeline("i2v")
     fresh.load_lora_weights(str(tmp_path / "out"))

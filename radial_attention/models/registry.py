@@ -86,6 +86,8 @@ class VideoModelFamily:
     expert_preset: Optional[str] = None  # a pipeline switching two experts at a boundary (Wan2.2 A14B)
     # --- training (train-lora) and encode
     flow_shift: Optional[float] = None  # when the model folder has no scheduler config
+    # The same for an image-to-video transformer, where it differs (SkyReels-V2: 5.0); None: flow_shift.
+    image_to_video_flow_shift: Optional[float] = None
     lora_pipeline_class: Optional[str] = None  # whose save/load_lora_weights fit; None: no train-lora
     # LoRA targets, regexes over module names (peft full-matches them): the self-attention's
     # projections, and with train_ff the feed-forward.
@@ -248,6 +250,7 @@ SKYREELS_V2 = VideoModelFamily(
     self_attention=(("blocks", "attn1"),),  # attn2 is cross-attention to text (and I2V image tokens)
     default_preset="wan",
     flow_shift=8.0,  # the pipelines' docstrings: 8.0 for T2V, 5.0 for I2V
+    image_to_video_flow_shift=5.0,
     lora_pipeline_class="SkyReelsV2Pipeline",
     lora_attention_targets=(r"blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)",),
     lora_ff_targets=(r"blocks\.\d+\.ffn\.net\.(0\.proj|2)",),

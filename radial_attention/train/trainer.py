@@ -143,7 +143,10 @@ class LoRATrainer:
         # Data first: bad data fails here, before anything expensive happens.
         self.dataset = LatentDataset(cfg.data, self.spec, batch_size=cfg.batch_size, world_size=self.info.world_size)
         _warn_on_prompt_length(self.dataset, self.family)
-        self.shift = default_shift(cfg.model, self.family) if cfg.shift is None else float(cfg.shift)
+        i2v = bool(self.spec.condition_channels)  # image-to-video: the family's I2V shift where it has one
+        self.shift = (
+            default_shift(cfg.model, self.family, image_to_video=i2v) if cfg.shift is None else float(cfg.shift)
+        )
         # One Wan2.2 A14B expert learns only the noise levels its pipeline gives it.
         self.timestep_range = cfg.timestep_range or (
             expert_timestep_range(cfg.model, cfg.transformer_subfolder) if loaded_from_model else None
