@@ -200,8 +200,11 @@ def test_lora_loads_into_the_t2v_and_diffusion_forcing_pipelines(tmp_path, t2v_f
     kwargs = tiny.wan_inputs(trained, 8, 16, 24, text_len=16, seed=5)
     with torch.no_grad():
         ours = trained(**kwargs)[0]
-    for variant in ("t2v", "df", "df-i2v"):
-        pipe = _pipeline(variant)
+    from diffusers import SkyReelsV2DiffusionForcingVideoToVideoPipeline as VideoToVideo
+
+    for variant in ("t2v", "df", "df-v2v", "df-i2v"):
+        # The video-to-video DF pipeline takes the DF pipeline's components (no tiny builder of its own).
+        pipe = VideoToVideo(**_pipeline("df").components) if variant == "df-v2v" else _pipeline(variant)
         pipe.load_lora_weights(str(tmp_path / "out"))
         apply_radial_attention(pipe, dense_layers=2, block_size=64)
         with torch.no_grad():
