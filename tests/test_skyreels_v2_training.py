@@ -96,6 +96,8 @@ def test_registry_entry_trains_like_wan(tmp_path):
     # encode takes the T2V and I2V pipelines; the diffusion-forcing ones are refused, naming those it takes.
     with pytest.raises(TypeError, match="encode supports .*SkyReelsV2ImageToVideoPipeline.* got SkyReelsV2Diffusion"):
         pipeline_family(tiny.tiny_skyreels_pipeline("df", num_layers=1))
+    with pytest.raises(TypeError, match=r"train-lora supports diffusers .*SkyReelsV2Transformer3DModel.*, got Linear"):
+        trainable_family(torch.nn.Linear(2, 2))
     # Diffusion-forcing checkpoints with an fps embedding need an fps the training forward does not pass.
     with pytest.raises(TypeError, match="inject_sample_info.*train the T2V or I2V model"):
         trainable_family(tiny.tiny_skyreels_transformer("df", num_layers=1, inject_sample_info=True))
