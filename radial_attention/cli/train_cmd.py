@@ -11,6 +11,7 @@ import dataclasses
 
 from radial_attention.cli import args as validators
 from radial_attention.cli.args import add_command, add_deprecated_alias
+from radial_attention.models import FAMILIES
 from radial_attention.train.config import TrainConfig, cli_option
 
 
@@ -41,12 +42,14 @@ def _options():
 
 
 def register(sub) -> None:
+    # The transformers train-lora takes: those of the registry families with a LoRA pipeline class.
+    trainable = ", ".join(c for f in FAMILIES.values() if f.lora_pipeline_class for c in f.transformer_classes)
     p = add_command(
         sub,
         "train-lora",
-        help="length-extension LoRA fine-tuning with radial attention (Wan2.1/2.2 T2V and I2V, HunyuanVideo T2V)",
+        help=f"length-extension LoRA fine-tuning with radial attention ({trainable})",
         description=(
-            "Train a LoRA on the self-attention projections of a Wan (2.1/2.2, T2V or I2V) or HunyuanVideo transformer with radial "
+            f"Train a LoRA on the self-attention projections of a video transformer ({trainable}) with radial "
             "attention (the first --dense-layers blocks dense) on pre-encoded latents (radial-attention encode). "
             "Writes OUTPUT/pytorch_lora_weights.safetensors (pipe.load_lora_weights(OUTPUT) reads it), "
             "OUTPUT/loss.jsonl (curve: OUTPUT/loss.png) and OUTPUT/checkpoints/. Several GPUs: torchrun --nproc-per-node N "

@@ -21,8 +21,8 @@ SDPA calls one attention module call makes);
 ``generate`` (recommended schedule); sequence parallelism (:func:`video_token_grid`); ``encode``
 (pipeline class -> family, latent normalisation, what ``encode_prompt`` returns, patch from the
 folder's config); ``train-lora`` (LoRA targets, flow shift, model inputs, LoRA pipeline class, the
-families a latent folder can be for); the demo (strides). Nothing else in the package names a
-model, except the tiny test models of ``radial_attention.testing`` (and the built-in
+families a latent folder can be for: its own and those of ``shares_latents_with``); the demo
+(strides). Nothing else in the package names a model, except the tiny test models of ``radial_attention.testing`` (and the built-in
 ``--model tiny-wan`` / ``tiny-hunyuan`` that train-lora builds from them).
 
 Adding a model is one entry plus its tests:
@@ -86,6 +86,8 @@ class VideoModelFamily:
     expert_preset: Optional[str] = None  # a pipeline switching two experts at a boundary (Wan2.2 A14B)
     # --- training (train-lora) and encode
     flow_shift: Optional[float] = None  # when the model folder has no scheduler config
+    # The same for an image-to-video transformer, where it differs (SkyReels-V2: 5.0); None: flow_shift.
+    image_to_video_flow_shift: Optional[float] = None
     lora_pipeline_class: Optional[str] = None  # whose save/load_lora_weights fit; None: no train-lora
     # LoRA targets, regexes over module names (peft full-matches them): the self-attention's
     # projections, and with train_ff the feed-forward.
@@ -113,6 +115,11 @@ class VideoModelFamily:
     prompt_outputs: Tuple[Optional[str], ...] = ("prompt_embeds",)
     prompt_kwargs: Tuple[Tuple[str, object], ...] = ()  # fixed encode_prompt keywords
     takes_prompt_template: bool = False  # encode_prompt accepts prompt_template
+    # Other families whose data folders this one trains on as they are, and the other way round:
+    # the same VAE and latent normalisation, text encoder and prompt length (SkyReels-V2 and Wan2.1
+    # share Wan2.1's VAE and UMT5). Shapes are still checked sample by sample (a 48-channel Wan2.2
+    # TI2V-5B folder is refused for its channels). See :func:`shares_latents`.
+    shares_latents_with: Tuple[str, ...] = ()
     # --- steps and masks the model makes itself
     # Pipelines whose denoising loop never steps ``pipe.scheduler`` (SkyReels-V2 diffusion forcing:
     # per-frame scheduler copies over a step matrix): the step is the position of the pipeline's
@@ -232,6 +239,10 @@ HUNYUAN = VideoModelFamily(
 # SkyReels-V2: Wan's architecture (its attention processor is a copy of Wan's), a class of its own.
 # The diffusion-forcing pipelines never step pipe.scheduler (each latent frame has a scheduler copy):
 # their step count comes from the pipeline's own step-matrix row (see schedule.RadialState).
+# Training: its T2V and I2V pipelines are copies of Wan2.1's (same VAE, UMT5 prompts of 512 tokens,
+# I2V condition and CLIP image embeddings by the same methods), so encode and train-lora treat it as
+# Wan. Every SkyReels-V2 pipeline has SkyReelsV2LoraLoaderMixin: a LoRA trained on the T2V model
+# loads into the diffusion-forcing pipelines too (same module names).
 SKYREELS_V2 = VideoModelFamily(
     name="skyreels-v2",
     description="SkyReels-V2 T2V / I2V / diffusion forcing (SkyReelsV2Transformer3DModel)",
@@ -239,6 +250,27 @@ SKYREELS_V2 = VideoModelFamily(
     self_attention=(("blocks", "attn1"),),  # attn2 is cross-attention to text (and I2V image tokens)
     default_preset="wan",
     flow_shift=8.0,  # the pipelines' docstrings: 8.0 for T2V, 5.0 for I2V
+    image_to_video_flow_shift=5.0,
+    lora_pipeline_class="SkyReelsV2Pipeline",
+    lora_attention_targets=(r"blocks\.\d+\.attn1\.(to_q|to_k|to_v|to_out\.0)",),
+    lora_ff_targets=(r"blocks\.\d+\.ffn\.net\.(0\.proj|2)",),
+    text_dim_key="text_dim",
+    image_dim_key="image_dim",
+    unmasked_text_tokens=512,  # the pipelines' max_sequence_length; the I2V attention splits text at 512
+    # The fps embedding of diffusion-forcing checkpoints needs the fps the training forward does not pass.
+    train_refuses=(
+        (
+            "inject_sample_info",
+            "train-lora does not support SkyReels-V2 transformers with an fps embedding (inject_sample_info, "
+            "diffusion forcing); train the T2V or I2V model: its LoRA loads into the diffusion-forcing pipelines",
+        ),
+    ),
+    pipeline_classes=("SkyReelsV2Pipeline", "SkyReelsV2ImageToVideoPipeline"),
+    image_to_video_pipelines=("SkyReelsV2ImageToVideoPipeline",),
+    latent_normalisation="mean_std",
+    prompt_outputs=("prompt_embeds", None),  # (prompt_embeds, negative_prompt_embeds=None)
+    prompt_kwargs=(("do_classifier_free_guidance", False),),
+    shares_latents_with=("wan",),
     step_matrix_pipelines=(
         "SkyReelsV2DiffusionForcingPipeline",
         "SkyReelsV2DiffusionForcingImageToVideoPipeline",
@@ -435,6 +467,19 @@ def family_for_pipeline(class_name: str) -> Optional[VideoModelFamily]:
         if class_name in f.pipeline_classes:
             return f
     return None
+
+
+def shares_latents(data_family: str, model_family: str) -> bool:
+    """Whether a data folder encoded for ``data_family`` trains a ``model_family`` transformer: the
+    same family, or one of the two lists the other in ``shares_latents_with``."""
+    if data_family == model_family:
+        return True
+    a, b = FAMILIES.get(data_family), FAMILIES.get(model_family)
+    return (
+        a is not None
+        and b is not None
+        and (model_family in a.shares_latents_with or data_family in b.shares_latents_with)
+    )
 
 
 def patchable_transformer_classes() -> Tuple[str, ...]:

@@ -314,7 +314,8 @@ def validate_dataset(
     """Check every sample of a data folder against the model before training starts.
 
     Checks: the manifest and every listed file exist and parse, and stay inside the folder; the
-    encode that made it finished; the model family matches;
+    encode that made it finished; the model family matches (or shares its latents, see
+    ``registry.shares_latents``);
     ``latents`` is ``[C, F, H, W]`` with ``C == spec.in_channels`` and ``F, H, W`` multiples of
     the patch size; ``prompt_embeds`` is ``[L, D]`` with ``D == spec.text_dim``; HunyuanVideo's
     ``prompt_attention_mask [L]`` and ``pooled_prompt_embeds [P]`` are present and fit; with
@@ -329,10 +330,14 @@ def validate_dataset(
         DataError: naming the file, what was expected and what was found.
     """
     doc, samples = read_manifest(root)
-    if doc["model_family"] != spec.family:
+    # Families with the same VAE, normalisation and text encoder read each other's folders (the
+    # registry's shares_latents_with: SkyReels-V2 and Wan); the shape checks below still apply.
+    if not registry.shares_latents(doc["model_family"], spec.family):
+        readable = [f for f in FAMILIES if registry.shares_latents(f, spec.family)]
         raise DataError(
             f"{pathlib.Path(root) / MANIFEST}: data was encoded for model family {doc['model_family']!r} "
-            f"but the model being trained is {spec.family!r}"
+            f"but the model being trained is {spec.family!r}, which trains on data encoded for {readable} "
+            f"(re-encode the videos with this model's pipeline)"
         )
     pt, ph, pw = spec.patch_size
     for n, s in enumerate(samples):

@@ -36,7 +36,8 @@ def trainable_family(transformer) -> VideoModelFamily:
     name = type(transformer).__name__
     fam = family_for_transformer(name)
     if fam is None or fam.lora_pipeline_class is None:
-        supported = " and ".join(c for f in FAMILIES.values() if f.lora_pipeline_class for c in f.transformer_classes)
+        names = [c for f in FAMILIES.values() if f.lora_pipeline_class for c in f.transformer_classes]
+        supported = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         raise TypeError(f"train-lora supports diffusers {supported}, got {name}")
     for key, reason in fam.train_refuses:
         if getattr(transformer.config, key, None) not in (None, False):
@@ -185,8 +186,9 @@ def cast_like_from_pretrained(model, dtype: torch.dtype):
     return model
 
 
-def default_shift(model: str, family: str) -> float:
-    """The flow shift of the model's own scheduler config when it has one, else the family default."""
+def default_shift(model: str, family: str, *, image_to_video: bool = False) -> float:
+    """The flow shift of the model's own scheduler config when it has one, else the family default
+    (with ``image_to_video``: the family's image-to-video default where it has one)."""
     from radial_attention.hub import find_cached
 
     folder = None if model in TINY_MODELS else find_cached(model)  # a Hub id: its cached snapshot
@@ -196,7 +198,10 @@ def default_shift(model: str, family: str) -> float:
         for key in ("flow_shift", "shift"):
             if isinstance(cfg.get(key), (int, float)):
                 return float(cfg[key])
-    return FAMILIES[family].flow_shift
+    fam = FAMILIES[family]
+    if image_to_video and fam.image_to_video_flow_shift is not None:
+        return fam.image_to_video_flow_shift
+    return fam.flow_shift
 
 
 def transformer_inputs(

@@ -143,7 +143,10 @@ class LoRATrainer:
         # Data first: bad data fails here, before anything expensive happens.
         self.dataset = LatentDataset(cfg.data, self.spec, batch_size=cfg.batch_size, world_size=self.info.world_size)
         _warn_on_prompt_length(self.dataset, self.family)
-        self.shift = default_shift(cfg.model, self.family) if cfg.shift is None else float(cfg.shift)
+        i2v = bool(self.spec.condition_channels)  # image-to-video: the family's I2V shift where it has one
+        self.shift = (
+            default_shift(cfg.model, self.family, image_to_video=i2v) if cfg.shift is None else float(cfg.shift)
+        )
         # One Wan2.2 A14B expert learns only the noise levels its pipeline gives it.
         self.timestep_range = cfg.timestep_range or (
             expert_timestep_range(cfg.model, cfg.transformer_subfolder) if loaded_from_model else None
@@ -688,14 +691,15 @@ def _warn_on_prompt_length(dataset: LatentDataset, family: str) -> None:
     part of the model's input: data encoded with another length than the pipelines generate with
     (the registry's ``unmasked_text_tokens``, 512) trains the LoRA on contexts it will not see at
     generation time."""
-    want = FAMILIES[family].unmasked_text_tokens
+    fam = FAMILIES[family]
+    want = fam.unmasked_text_tokens
     if want is None:
         return
     lengths = sorted({s.shapes[PROMPT_EMBEDS][0] for s in dataset.samples})
     if lengths != [want]:
         warnings.warn(
-            f"prompt_embeds in {dataset.root} have {lengths} tokens; Wan pipelines generate with "
-            f"{want} (their max_sequence_length default) and do not mask the padding: generate with "
+            f"prompt_embeds in {dataset.root} have {lengths} tokens; the model's pipelines (such as {fam.lora_pipeline_class}) "
+            f"generate with {want} (their max_sequence_length default) and do not mask the padding: generate with "
             f"max_sequence_length={lengths[0]}, or re-encode with --max-sequence-length {want}",
             stacklevel=3,
         )
