@@ -93,6 +93,11 @@ for section in "$@"; do
         --out "$OUT/peers-4x" ;;
     fa4-overhead)  # what the fa4 wrapper costs over FA4 direct: host time per call, a profile, single vs back to back
       run fa4_overhead 180 python3 benchmarks/fa4_overhead.py --out "$OUT/fa4-overhead" ;;
+    fa4-rounds-4x)  # HunyuanVideo 4x forward: FA4 dense, FA4 direct, ours interleaved in rounds (drift cancels)
+      run fa4_rounds_4x 240 python3 benchmarks/fa4_overhead.py --no-host --cases hunyuan-720p-509f-4x --rounds 3 \
+        --stream 2 --out "$OUT/fa4-rounds-4x" ;;
+    models)  # one transformer forward per registry model at its usual size: cuDNN / FA4 dense vs radial
+      run models 540 python3 benchmarks/models.py --out "$OUT/models" ;;
     pipeline-fa4)  # Wan2.1-14B 720p forward (4 blocks) and HunyuanVideo 4x, dense FA4/cuDNN vs radial (auto: fa4)
       run pipeline_fa4 300 python3 benchmarks/pipeline.py --cases wan14b-720p-81f,hunyuan-720p-509f \
         --dense-backends fa4,cudnn --out "$OUT/pipeline-fa4" ;;
