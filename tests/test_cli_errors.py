@@ -386,3 +386,14 @@ def test_resolve_device_picks_cuda_for_auto_only_when_there_is_one(monkeypatch, 
         assert args_mod.resolve_device(auto) == torch.device("cuda" if cuda else "cpu")
     assert args_mod.resolve_device("cpu") == torch.device("cpu")
     assert args_mod.resolve_device("cuda:1") == torch.device("cuda", 1)  # explicit names are kept as given
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_resolve_dtype_takes_both_spellings_and_picks_bf16_for_auto_on_cuda(cuda):
+    # One helper for the commands' --dtype (encode: fp32/bf16/fp16, generate and bench: torch's names).
+    device = torch.device("cuda" if cuda else "cpu")
+    for auto in ("auto", None):
+        assert args_mod.resolve_dtype(auto, device) == (torch.bfloat16 if cuda else torch.float32)
+        assert args_mod.resolve_dtype(auto, str(device)) == args_mod.resolve_dtype(auto, device)
+    for short, name in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")):
+        assert args_mod.resolve_dtype(short, device) == args_mod.resolve_dtype(name, device) == getattr(torch, name)

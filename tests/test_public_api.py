@@ -151,6 +151,24 @@ def test_text_tokens_is_a_deprecated_name_of_extra_tokens():
         )
 
 
+def test_renamed_attributes_warn_at_the_line_that_reads_them():
+    # One helper makes every renamed attribute (_deprecation.renamed_attribute): same message, and the
+    # warning names the reader's file, not the helper's.
+    from radial_attention.mask import radial_block_mask, video_layout
+    from radial_attention.train.config import TrainConfig
+
+    cases = [
+        (radial_block_mask(5, 40, block_size=64, extra_tokens=9), "text_tokens", "RadialBlockMask", 9),
+        (video_layout("hunyuan", 480, 832, 81, extra_tokens=7), "text_tokens", "VideoLayout", 7),
+        (TrainConfig(model="m", data="d", output_dir="o", lora_rank=3), "rank", "TrainConfig", 3),
+    ]
+    for obj, old, owner, value in cases:
+        with pytest.warns(DeprecationWarning, match=rf"^{owner}\.{old} is deprecated") as record:
+            assert getattr(obj, old) == value
+        assert record[0].filename == __file__
+        assert type(obj).__dict__[old].__doc__.startswith("Deprecated name of")
+
+
 def test_radial_attention_op_takes_text_tokens_with_a_warning():
     from radial_attention.ops import radial_attention as op
 

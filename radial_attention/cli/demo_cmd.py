@@ -27,6 +27,7 @@ from radial_attention.cli.args import (
     positive_float,
     positive_int,
     resolve_device,
+    resolve_dtype,
 )
 
 # The registry variant whose VAE strides and patch the demo's tiny Wan transformer stands for.
@@ -157,7 +158,7 @@ def run(args) -> int:
     vae_t, vae_s = get_variant(DEMO_MODEL).vae_strides
     latent_h, latent_w = args.height // vae_s, args.width // vae_s
     device = resolve_device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", device)
 
     t_build = time.perf_counter()
     model = tiny_wan_transformer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from radial_attention.cli.args import add_command, device_name, output_dir, positive_int, resolve_device
+from radial_attention.cli.args import add_command, device_name, output_dir, positive_int, resolve_device, resolve_dtype
 from radial_attention.models import FAMILIES
 
 
@@ -74,13 +74,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from radial_attention.train.encode import encode_videos
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     device = str(resolve_device(args.device))
-    dtype = dtypes[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     template = None
     if args.prompt_template is not None:
         try:
@@ -102,7 +99,7 @@ def run(args) -> int:
         seed=args.seed,
         device=device,
         dtype=dtype,
-        store_dtype=dtypes[args.store_dtype],
+        store_dtype=resolve_dtype(args.store_dtype, device),
         vae_tiling=args.vae_tiling,
         overwrite=args.overwrite,
         skip_bad=args.skip_bad,

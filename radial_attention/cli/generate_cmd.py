@@ -27,6 +27,7 @@ from radial_attention.cli.args import (
     positive_int,
     lora_source,
     resolve_device,
+    resolve_dtype,
 )
 
 
@@ -332,9 +333,7 @@ def _run(args, sp) -> int:
         if args.device not in ("auto", sp.device.type):
             raise ValueError(f"--device {args.device} but this torchrun process runs on {sp.device}")
         device = sp.device
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
-    )
+    dtype = resolve_dtype(args.dtype, device)
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, dtype)
     load_loras(pipe, args.lora, args.lora_2, args.lora_scale)
