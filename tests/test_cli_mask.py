@@ -4,18 +4,17 @@ import numpy as np
 import pytest
 
 from radial_attention.cli import mask_cmd
-from radial_attention.cli.main import build_parser, main
+from radial_attention.cli.main import build_parser, main, run_command
 
 
 def _report(*argv):
     return mask_cmd.build_report(build_parser().parse_args(["mask", *argv]))
 
 
-def test_mask_report_default(capsys, tmp_path):
+def test_mask_report_default(tmp_path):
     png = tmp_path / "m.png"
-    assert main(["mask", "--png", str(png)]) == 0
-    out = capsys.readouterr().out
-    assert str(png) in out  # the picture's path is reported
+    done = run_command(["mask", "--png", str(png)])
+    assert done.code == 0 and done.report["png"] == str(png)  # the picture's path is reported
     assert png.read_bytes()[:4] == b"\x89PNG"
     r = _report()
     assert (r["frames"], r["tokens_per_frame"], r["extra_tokens"]) == (21, 3600, 0)  # Wan 720p, 81 frames
@@ -70,10 +69,10 @@ def test_flop_units_fit_the_size():
     assert mask_cmd.format_flop_pair(0.0, 500.0) == "0.000 of 500.0 FLOP"
 
 
-def test_png_without_extension_gets_png_and_the_real_path_is_reported(tmp_path, capsys):
+def test_png_without_extension_gets_png_and_the_real_path_is_reported(tmp_path):
     stem = tmp_path / "noext"
-    assert main(["mask", "--latent-frames", "2", "--tokens-per-frame", "10", "--png", str(stem)]) == 0
-    assert f"{stem}.png\n" in capsys.readouterr().out  # the path written, suffix included
+    done = run_command(["mask", "--latent-frames", "2", "--tokens-per-frame", "10", "--png", str(stem)])
+    assert done.code == 0 and done.report["png"] == f"{stem}.png"  # the path written, suffix included
     assert (tmp_path / "noext.png").is_file() and not stem.exists()
 
 

@@ -73,7 +73,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args) -> dict:
+    """Encode; prints and returns ``{"manifest": path, "samples", "model_family", "latent_shape" (of
+    the first sample), "skipped": [video paths]}``."""
     from radial_attention.train.encode import encode_videos
 
     device = str(resolve_device(args.device))
@@ -111,4 +113,10 @@ def run(args) -> int:
     skipped = doc.get("skipped") or []
     if skipped:
         print(f"encode: skipped {len(skipped)} unreadable video(s): " + ", ".join(s["video"] for s in skipped))
-    return 0
+    return dict(
+        manifest=str(manifest),
+        samples=len(doc["samples"]),
+        model_family=doc["model_family"],
+        latent_shape=shape,
+        skipped=[s["video"] for s in skipped],
+    )

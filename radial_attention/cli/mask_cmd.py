@@ -199,7 +199,8 @@ def build_report(args) -> dict:
     )
 
 
-def run(args) -> int:
+def run(args) -> dict:
+    """Print the report; returns :func:`build_report`'s values plus ``"png"`` (the picture written, or None)."""
     from radial_attention.mask.render import png_path
 
     png = png_path(args.png) if args.png else None  # a bad picture name fails before the work
@@ -227,5 +228,6 @@ def run(args) -> int:
             + (f" + {extra} extra tokens" if extra else "")
             + f"\npreset {r['preset']}, decay {r['decay']}, block {mask.block_size}: density {mask.density:.3f}"
         )
-        print(f"picture       {mask.save_png(png, title=title)}")
-    return 0
+        png = mask.save_png(png, title=title)
+        print(f"picture       {png}")
+    return dict(r, png=None if png is None else str(png))
