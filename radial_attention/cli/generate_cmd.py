@@ -326,7 +326,7 @@ def _run(args, sp) -> dict:
 
     {"pipeline", "model", "device", "dtype", "loras": [{"folder", "into", "scale"}], "frames_asked",
      "frames", "radial": None (--dense) or {"preset", "decay", "dense_steps", "dense_last_steps",
-     "dense_layers", "block_size", "backend", "schedule"}, "sequence_parallel": None or its degree,
+     "dense_layers", "block_size", "backend", "schedule"}, "sequence_parallel": None or {"degree", "backend"},
      "seconds", "step_seconds", "dense_steps_timed", "radial_steps_timed", "radial_calls",
      "dense_calls", "masks" ({layout: density}), "video": the file written (None on the other
      processes), "video_shape" ([frames, height, width, 3]), "fps"}
@@ -490,7 +490,7 @@ def _run(args, sp) -> dict:
         frames_asked=args.frames,
         frames=frames,
         radial=radial,
-        sequence_parallel=None if sp is None else sp.degree,
+        sequence_parallel=None if sp is None else dict(degree=sp.degree, backend=sp.ctx.backend),
         seconds=gen_s,
         step_seconds=step_seconds,
         dense_steps_timed=len(dense_timed),
