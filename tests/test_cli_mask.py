@@ -107,3 +107,22 @@ def test_png_name_with_another_extension_is_refused():
     assert png_path("a/b") == "a/b.png" and png_path("a.PNG") == "a.PNG"
     with pytest.raises(ValueError, match="ending in .png"):
         png_path("mask.jpg")
+
+
+def test_mask_flags_override_the_presets_settings_one_by_one():
+    # The command resolves the preset the library's way (radial_block_mask): a flag given overrides
+    # only its own setting; the report says what the mask was built with.
+    from radial_attention.mask import get_preset, radial_block_mask
+
+    layout = ("--latent-frames", "6", "--tokens-per-frame", "128", "--block-size", "64", "--preset", "hunyuan")
+    hunyuan = get_preset("hunyuan")
+    r = _report(*layout)
+    assert (r["decay"], r["sink"], r["adjacent"]) == (hunyuan.decay, hunyuan.sink, hunyuan.adjacent)
+    sink = "off" if hunyuan.sink else "on"
+    adjacent = "half" if hunyuan.adjacent == "full" else "full"
+    r = _report(*layout, "--sink", sink, "--adjacent", adjacent)
+    assert (r["decay"], r["sink"], r["adjacent"]) == (hunyuan.decay, not hunyuan.sink, adjacent)
+    want = radial_block_mask(6, 128, block_size=64, preset="hunyuan", sink=not hunyuan.sink, adjacent=adjacent)
+    assert np.array_equal(r["mask"].to_dense().numpy(), want.to_dense().numpy())
+    assert want.density != radial_block_mask(6, 128, block_size=64, preset="hunyuan").density  # the flags mattered
+    assert _report(*layout, "--decay", "0.5")["decay"] == 0.5
