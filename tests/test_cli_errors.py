@@ -397,3 +397,16 @@ def test_resolve_dtype_takes_both_spellings_and_picks_bf16_for_auto_on_cuda(cuda
         assert args_mod.resolve_dtype(auto, str(device)) == args_mod.resolve_dtype(auto, device)
     for short, name in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")):
         assert args_mod.resolve_dtype(short, device) == args_mod.resolve_dtype(name, device) == getattr(torch, name)
+
+
+def test_run_command_hands_back_the_exit_code_and_the_report(monkeypatch, capsys):
+    from radial_attention.cli import mask_cmd
+    from radial_attention.cli.main import Outcome, run_command
+
+    done = run_command(["mask", "--latent-frames", "2", "--tokens-per-frame", "10"])
+    assert done.code == 0 and done.report["seq_len"] == 20 and done.report["png"] is None
+    assert run_command(["mask", "--heads", "0"]) == Outcome(2)  # argparse's usage error: no report
+    assert run_command(["mask", "--help"]) == Outcome(0)
+    assert run_command(["mask", "--height", "100"]) == Outcome(2)  # the command's own ValueError
+    monkeypatch.setattr(mask_cmd, "run", lambda args: 3)  # a command that returns an exit code
+    assert run_command(["mask"]) == Outcome(3) and main(["mask"]) == 3
