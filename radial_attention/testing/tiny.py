@@ -139,6 +139,18 @@ CLIP_VISION_TINY = dict(
 WAN_VARIANTS = ("t2v", "i2v", "ti2v", "a14b")
 
 
+def _wan_config(variant: str, num_layers: int, num_heads: int, head_dim: int, overrides: dict) -> dict:
+    """:data:`WAN_TINY` at this size, for Wan and SkyReels-V2 (the same architecture): ``"i2v"`` adds
+    36 input channels and image cross-attention, ``"ti2v"`` 48 channels; ``overrides`` last."""
+    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
+    if variant == "i2v":
+        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
+    elif variant == "ti2v":
+        cfg.update(in_channels=48, out_channels=48)
+    cfg.update(overrides)
+    return cfg
+
+
 def tiny_wan_transformer(
     variant: str = "t2v",
     *,
@@ -164,12 +176,7 @@ def tiny_wan_transformer(
     """
     if variant not in WAN_VARIANTS:
         raise ValueError(f"unknown Wan variant {variant!r}; expected one of {WAN_VARIANTS}")
-    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
-    if variant == "i2v":
-        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
-    elif variant == "ti2v":
-        cfg.update(in_channels=48, out_channels=48)
-    cfg.update(overrides)
+    cfg = _wan_config(variant, num_layers, num_heads, head_dim, overrides)
     from diffusers import WanTransformer3DModel
 
     return _seeded_build(WanTransformer3DModel, cfg, seed, dtype)
@@ -206,10 +213,7 @@ def tiny_skyreels_transformer(
     """
     if variant not in SKYREELS_VARIANTS:
         raise ValueError(f"unknown SkyReels-V2 variant {variant!r}; expected one of {SKYREELS_VARIANTS}")
-    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
-    if variant == "i2v":
-        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
-    cfg.update(overrides)
+    cfg = _wan_config(variant, num_layers, num_heads, head_dim, overrides)
     from diffusers import SkyReelsV2Transformer3DModel
 
     return _seeded_build(SkyReelsV2Transformer3DModel, cfg, seed, dtype)
