@@ -1,7 +1,8 @@
 """Old names kept working for one release (0.x -> 0.2) behind a ``DeprecationWarning``.
 
 Below every layer (like ``_lazy``): the mask, ops, integrations and train modules all use it.
-Renamed functions and keywords call :func:`warn_deprecated` / :func:`renamed_keyword`; a moved
+Renamed functions and keywords call :func:`warn_deprecated` / :func:`renamed_keyword`, a renamed
+attribute is a :func:`renamed_attribute`; a moved
 module leaves a two-line alias at its old path::
 
     from radial_attention._deprecation import moved_module
@@ -42,6 +43,17 @@ def renamed_keyword(where: str, old: str, old_value, new: str, new_value, *, def
         )
     warn_deprecated(f"{where}({old}=...)", f"{new}=", stacklevel=stacklevel)
     return old_value
+
+
+def renamed_attribute(owner: str, old: str, new: str) -> property:
+    """A read-only property for the old name ``old`` of attribute ``new`` of class ``owner``: reading
+    it warns and returns ``self.<new>``. In the class body: ``text_tokens = renamed_attribute(...)``."""
+
+    def get(self):
+        warn_deprecated(f"{owner}.{old}", new)  # stacklevel 3: the code that read the old name
+        return getattr(self, new)
+
+    return property(get, doc=f"Deprecated name of :attr:`{new}`.")
 
 
 # old module path -> new module path (issue 13: "a house to live in"; remove these in REMOVED_IN).

@@ -157,7 +157,7 @@ def test_real_exit_code_through_python_m(tmp_path):
         timeout=120,
         env=env,
     )
-    assert r.returncode == 0 and "density       1.0000" in r.stdout
+    assert r.returncode == 0 and r.stdout.strip() and not r.stderr  # the report on stdout, nothing on stderr
 
 
 def test_debug_shows_the_traceback_of_a_user_error(monkeypatch, capsys):
@@ -386,3 +386,27 @@ def test_resolve_device_picks_cuda_for_auto_only_when_there_is_one(monkeypatch, 
         assert args_mod.resolve_device(auto) == torch.device("cuda" if cuda else "cpu")
     assert args_mod.resolve_device("cpu") == torch.device("cpu")
     assert args_mod.resolve_device("cuda:1") == torch.device("cuda", 1)  # explicit names are kept as given
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_resolve_dtype_takes_both_spellings_and_picks_bf16_for_auto_on_cuda(cuda):
+    # One helper for the commands' --dtype (encode: fp32/bf16/fp16, generate and bench: torch's names).
+    device = torch.device("cuda" if cuda else "cpu")
+    for auto in ("auto", None):
+        assert args_mod.resolve_dtype(auto, device) == (torch.bfloat16 if cuda else torch.float32)
+        assert args_mod.resolve_dtype(auto, str(device)) == args_mod.resolve_dtype(auto, device)
+    for short, name in (("fp32", "float32"), ("bf16", "bfloat16"), ("fp16", "float16")):
+        assert args_mod.resolve_dtype(short, device) == args_mod.resolve_dtype(name, device) == getattr(torch, name)
+
+
+def test_run_command_hands_back_the_exit_code_and_the_report(monkeypatch, capsys):
+    from radial_attention.cli import mask_cmd
+    from radial_attention.cli.main import Outcome, run_command
+
+    done = run_command(["mask", "--latent-frames", "2", "--tokens-per-frame", "10"])
+    assert done.code == 0 and done.report["seq_len"] == 20 and done.report["png"] is None
+    assert run_command(["mask", "--heads", "0"]) == Outcome(2)  # argparse's usage error: no report
+    assert run_command(["mask", "--help"]) == Outcome(0)
+    assert run_command(["mask", "--height", "100"]) == Outcome(2)  # the command's own ValueError
+    monkeypatch.setattr(mask_cmd, "run", lambda args: 3)  # a command that returns an exit code
+    assert run_command(["mask"]) == Outcome(3) and main(["mask"]) == 3

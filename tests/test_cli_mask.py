@@ -4,18 +4,17 @@ import numpy as np
 import pytest
 
 from radial_attention.cli import mask_cmd
-from radial_attention.cli.main import build_parser, main
+from radial_attention.cli.main import build_parser, main, run_command
 
 
 def _report(*argv):
     return mask_cmd.build_report(build_parser().parse_args(["mask", *argv]))
 
 
-def test_mask_report_default(capsys, tmp_path):
+def test_mask_report_default(tmp_path):
     png = tmp_path / "m.png"
-    assert main(["mask", "--png", str(png)]) == 0
-    out = capsys.readouterr().out
-    assert str(png) in out  # the picture's path is reported
+    done = run_command(["mask", "--png", str(png)])
+    assert done.code == 0 and done.report["png"] == str(png)  # the picture's path is reported
     assert png.read_bytes()[:4] == b"\x89PNG"
     r = _report()
     assert (r["frames"], r["tokens_per_frame"], r["extra_tokens"]) == (21, 3600, 0)  # Wan 720p, 81 frames
@@ -70,10 +69,10 @@ def test_flop_units_fit_the_size():
     assert mask_cmd.format_flop_pair(0.0, 500.0) == "0.000 of 500.0 FLOP"
 
 
-def test_png_without_extension_gets_png_and_the_real_path_is_reported(tmp_path, capsys):
+def test_png_without_extension_gets_png_and_the_real_path_is_reported(tmp_path):
     stem = tmp_path / "noext"
-    assert main(["mask", "--latent-frames", "2", "--tokens-per-frame", "10", "--png", str(stem)]) == 0
-    assert f"{stem}.png\n" in capsys.readouterr().out  # the path written, suffix included
+    done = run_command(["mask", "--latent-frames", "2", "--tokens-per-frame", "10", "--png", str(stem)])
+    assert done.code == 0 and done.report["png"] == f"{stem}.png"  # the path written, suffix included
     assert (tmp_path / "noext.png").is_file() and not stem.exists()
 
 
@@ -108,3 +107,22 @@ def test_png_name_with_another_extension_is_refused():
     assert png_path("a/b") == "a/b.png" and png_path("a.PNG") == "a.PNG"
     with pytest.raises(ValueError, match="ending in .png"):
         png_path("mask.jpg")
+
+
+def test_mask_flags_override_the_presets_settings_one_by_one():
+    # The command resolves the preset the library's way (radial_block_mask): a flag given overrides
+    # only its own setting; the report says what the mask was built with.
+    from radial_attention.mask import get_preset, radial_block_mask
+
+    layout = ("--latent-frames", "6", "--tokens-per-frame", "128", "--block-size", "64", "--preset", "hunyuan")
+    hunyuan = get_preset("hunyuan")
+    r = _report(*layout)
+    assert (r["decay"], r["sink"], r["adjacent"]) == (hunyuan.decay, hunyuan.sink, hunyuan.adjacent)
+    sink = "off" if hunyuan.sink else "on"
+    adjacent = "half" if hunyuan.adjacent == "full" else "full"
+    r = _report(*layout, "--sink", sink, "--adjacent", adjacent)
+    assert (r["decay"], r["sink"], r["adjacent"]) == (hunyuan.decay, not hunyuan.sink, adjacent)
+    want = radial_block_mask(6, 128, block_size=64, preset="hunyuan", sink=not hunyuan.sink, adjacent=adjacent)
+    assert np.array_equal(r["mask"].to_dense().numpy(), want.to_dense().numpy())
+    assert want.density != radial_block_mask(6, 128, block_size=64, preset="hunyuan").density  # the flags mattered
+    assert _report(*layout, "--decay", "0.5")["decay"] == 0.5

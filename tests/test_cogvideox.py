@@ -214,10 +214,10 @@ def test_pipeline_end_to_end_with_cfg_and_schedule(version, num_frames, frames):
     assert torch.equal(pipe(generator=gen(), **call).frames, dense)
 
 
-def test_generate_on_a_saved_pipeline(tmp_path, capsys):
+def test_generate_on_a_saved_pipeline(tmp_path):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
-    from radial_attention.cli.main import main
+    from radial_attention.cli.main import run_command
     from radial_attention.cli.tiny_cmd import save_tiny_pipeline
 
     folder = save_tiny_pipeline("cogvideox-1.5", str(tmp_path / "tiny-cogvideox"))
@@ -225,21 +225,24 @@ def test_generate_on_a_saved_pipeline(tmp_path, capsys):
     args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64"]
     args += ["--width", "64", "--frames", "9", "--steps", "3", "--dense-steps", "1", "--block-size", "64"]
     args += ["--max-sequence-length", str(TEXT), "--out", str(out), "--device", "cpu"]
-    assert main(args) == 0
-    text = capsys.readouterr().out
-    assert "hunyuan" in text and f"prefix={TEXT}" in text  # the family's preset; text before the video
+    done = run_command(args)
+    assert done.code == 0 and done.report["radial"]["preset"] == "hunyuan"  # the family's preset
+    assert done.report["radial_calls"] > 0
+    (layout,) = done.report["masks"]
+    assert f"prefix={TEXT}" in layout  # the mask has the text before the video
     frames = imageio.mimread(out)
     assert len(frames) >= 9 and frames[0].shape == (64, 64, 3)
 
 
-def test_mask_command_puts_the_text_before_the_video(capsys):
-    from radial_attention.cli.main import main
+def test_mask_command_puts_the_text_before_the_video():
+    from radial_attention.cli.main import run_command
 
-    assert main(["mask", "--model", "cogvideox", "--height", "480", "--width", "720", "--frames", "49"]) == 0
-    out = capsys.readouterr().out
-    assert "tokens        17,776 (226 extra tokens before the video + 17,550 video + 0 extra)" in out
+    done = run_command(["mask", "--model", "cogvideox", "--height", "480", "--width", "720", "--frames", "49"])
+    r = done.report
+    assert done.code == 0 and (r["seq_len"], r["prefix_tokens"], r["extra_tokens"]) == (17_776, 226, 0)
+    assert r["frames"] * r["tokens_per_frame"] == 17_550
     expected = radial_block_mask(13, 1350, preset="hunyuan", prefix_tokens=226).density
-    assert f"density       {expected:.4f}" in out and abs(expected - 0.5646) < 1e-4
+    assert r["mask"].density == expected and abs(expected - 0.5646) < 1e-4
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.5"])

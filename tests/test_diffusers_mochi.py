@@ -226,10 +226,10 @@ def test_mochi_pipeline_end_to_end_with_cfg():
     assert torch.equal(pipe(generator=gen(), **kwargs).frames, dense)
 
 
-def test_generate_writes_a_video_from_a_saved_mochi_pipeline(tmp_path, capsys):
+def test_generate_writes_a_video_from_a_saved_mochi_pipeline(tmp_path):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
-    from radial_attention.cli.main import main
+    from radial_attention.cli.main import run_command
     from radial_attention.cli.tiny_cmd import save_tiny_pipeline
 
     folder = save_tiny_pipeline("mochi", str(tmp_path / "tiny-mochi"))
@@ -237,9 +237,9 @@ def test_generate_writes_a_video_from_a_saved_mochi_pipeline(tmp_path, capsys):
     args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64"]
     args += ["--frames", "13", "--steps", "3", "--dense-steps", "1", "--block-size", "64"]
     args += ["--max-sequence-length", "16", "--out", str(out), "--device", "cpu"]
-    assert main(args) == 0
-    text = capsys.readouterr().out
-    assert "MochiPipeline" in text and "preset hunyuan" in text and "radial and" in text
+    done = run_command(args)
+    assert done.code == 0 and done.report["pipeline"] == "MochiPipeline"
+    assert done.report["radial"]["preset"] == "hunyuan" and done.report["radial_calls"] > 0
     frames = imageio.mimread(out)
     assert len(frames) == 13 and frames[0].shape == (64, 64, 3)
 

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from radial_attention.cli.main import main  # noqa: E402
+from radial_attention.cli.main import main, run_command  # noqa: E402
 from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention  # noqa: E402
 from radial_attention.testing import tiny  # noqa: E402
 
@@ -116,13 +116,13 @@ def test_hunyuan_pipeline_end_to_end():
     remove_radial_attention(pipe)
 
 
-def test_generate_on_a_saved_pipeline(tmp_path, capsys):
+def test_generate_on_a_saved_pipeline(tmp_path):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
     folder = tmp_path / "tiny-wan"
     tiny.tiny_wan_pipeline("t2v", num_layers=2).save_pretrained(folder)
     out = tmp_path / "video.mp4"
-    rc = main(
+    done = run_command(
         [
             "generate",
             "--model",
@@ -151,9 +151,13 @@ def test_generate_on_a_saved_pipeline(tmp_path, capsys):
             "cpu",
         ]
     )
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert "radial and" in text and "density" in text
+    assert done.code == 0
+    # 3 steps x 2 blocks x 2 calls (classifier-free guidance): the first step dense, the other two radial.
+    r = done.report
+    assert (r["radial_calls"], r["dense_calls"]) == (8, 4)
+    # One mask: 3 latent frames x 4x4 tokens = 48 tokens, a single block of 64 (density 1).
+    assert r["masks"] == {"F=3 T=16 extra=0": 1.0}
+    assert r["video"] == str(out) and r["video_shape"] == [9, 64, 64, 3]
     frames = imageio.mimread(out)
     assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
 
@@ -260,9 +264,9 @@ def test_generate_without_weights_says_where_it_looked(tmp_path, capsys):
     assert not (tmp_path / "v.mp4").exists()
 
 
-def test_demo_runs_small(tmp_path, capsys):
+def test_demo_runs_small(tmp_path):
     png = tmp_path / "mask.png"
-    rc = main(
+    done = run_command(
         [
             "demo",
             "--frames",
@@ -285,7 +289,10 @@ def test_demo_runs_small(tmp_path, capsys):
             "reference",
         ]
     )
-    assert rc == 0
-    out = capsys.readouterr().out
-    assert "density" in out and "dense (schedule)" in out and "radial" in out
-    assert png.exists() and png.stat().st_size > 0
+    assert done.code == 0
+    r = done.report
+    # --dense-steps 1 (the default) of 2: the first step dense by the schedule, the second radial.
+    assert [step["mode"] for step in r["steps"]] == ["dense (schedule)", "radial"]
+    assert r["steps"][0]["relative_difference"] == 0.0 < r["steps"][1]["relative_difference"]
+    assert 0 < r["density"] < 1 and r["backend"] == "reference"
+    assert r["png"] == str(png) and png.stat().st_size > 0

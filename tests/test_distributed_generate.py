@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 imageio = pytest.importorskip("imageio.v2")
 pytest.importorskip("imageio_ffmpeg")
 
-from radial_attention.cli.main import main  # noqa: E402
+from radial_attention.cli.main import main, run_command  # noqa: E402
 
 # 64x64 px, 33 frames: latent 9 frames x 4x4 = 144 tokens (3 blocks of 64), 72 per process.
 ARGS = [
@@ -41,7 +41,24 @@ ARGS = [
 ]
 
 
-def test_generate_on_two_processes_equals_one_process(tmp_path, capsys):
+# Runs one command line under torchrun and writes each process's exit code, report and printed text
+# to OUT/rank<R>.json (argv: OUT, then the command line).
+DRIVER = """
+import contextlib, io, json, os, sys
+from radial_attention.cli.main import run_command
+
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    done = run_command(sys.argv[2:])
+with open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"] + ".json"), "w") as f:
+    json.dump({"code": done.code, "report": done.report, "printed": printed.getvalue()}, f)
+sys.exit(done.code)
+"""
+
+
+def test_generate_on_two_processes_equals_one_process(tmp_path):
+    import json
+
     import numpy as np
 
     from radial_attention.testing import tiny
@@ -49,9 +66,13 @@ def test_generate_on_two_processes_equals_one_process(tmp_path, capsys):
     folder = tmp_path / "tiny-wan"
     tiny.tiny_wan_pipeline("t2v", num_layers=2).save_pretrained(folder)
     one, two = tmp_path / "one.mp4", tmp_path / "two.mp4"
-    assert main(ARGS + ["--model", str(folder), "--out", str(one)]) == 0
-    assert "8 radial and 4 dense self-attention calls" in capsys.readouterr().out
+    done = run_command(ARGS + ["--model", str(folder), "--out", str(one)])
+    # 3 steps x 2 blocks x 2 calls (classifier-free guidance): the first step dense.
+    assert done.code == 0 and (done.report["radial_calls"], done.report["dense_calls"]) == (8, 4)
+    assert done.report["sequence_parallel"] is None
 
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
     proc = subprocess.run(
         [
             sys.executable,
@@ -60,8 +81,8 @@ def test_generate_on_two_processes_equals_one_process(tmp_path, capsys):
             "--standalone",
             "--nproc-per-node",
             "2",
-            "-m",
-            "radial_attention",
+            str(driver),
+            str(tmp_path),
         ]
         + ARGS
         + ["--model", str(folder), "--out", str(two), "--sequence-parallel", "2"],
@@ -71,10 +92,13 @@ def test_generate_on_two_processes_equals_one_process(tmp_path, capsys):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all_gather_tensor" not in proc.stderr  # diffusers' deprecated torch call: silenced (cli/quiet.py)
-    out = proc.stdout
-    # Rank 0 alone prints (and writes the video).
-    assert out.count("parallel      video tokens split over 2 processes (gloo") == 1, out
-    assert out.count("8 radial and 4 dense self-attention calls") == 1, out
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    for rank in (rank0, rank1):  # each process runs every block on its share of the tokens
+        assert rank["code"] == 0 and rank["report"]["sequence_parallel"] == {"degree": 2, "backend": "gloo"}
+        assert (rank["report"]["radial_calls"], rank["report"]["dense_calls"]) == (8, 4)
+    # Rank 0 alone prints and writes the video.
+    assert rank0["printed"] and rank1["printed"] == ""
+    assert rank0["report"]["video"] == str(two) and rank1["report"]["video"] is None
     a = np.stack(imageio.mimread(one)).astype(np.int16)
     b = np.stack(imageio.mimread(two)).astype(np.int16)
     assert a.shape == b.shape == (33, 64, 64, 3)

@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("diffusers")
 
 import radial_attention.hub as hub  # noqa: E402
-from radial_attention.cli.main import main  # noqa: E402
+from radial_attention.cli.main import main, run_command  # noqa: E402
 
 # A real Wan id with a dot in it (the dot used to be taken for a file extension).
 REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -194,9 +194,9 @@ def test_generate_by_hub_id(offline, tiny_wan_folder, tmp_path, capsys):
     assert not out.exists()
 
     put_in_cache(offline, tiny_wan_folder)
-    assert main(args) == 0
-    text = capsys.readouterr().out
-    assert f"WanPipeline from {REPO}" in text and out.stat().st_size > 0
+    done = run_command(args)
+    assert done.code == 0 and (done.report["pipeline"], done.report["model"]) == ("WanPipeline", REPO)
+    assert done.report["video"] == str(out) and out.stat().st_size > 0
 
 
 def test_encode_and_train_lora_by_hub_id(offline, tiny_wan_folder, tmp_path, capsys):
@@ -252,11 +252,11 @@ def test_encode_and_train_lora_by_hub_id(offline, tiny_wan_folder, tmp_path, cap
         assert str(hub.cache_repo_dir(REPO)) in err and f"hf download {REPO}" in err
 
     put_in_cache(offline, tiny_wan_folder)
-    assert main(encode) == 0
-    assert "encode: 1 samples (wan" in capsys.readouterr().out
+    done = run_command(encode)
+    assert done.code == 0 and (done.report["samples"], done.report["model_family"]) == (1, "wan")
     assert json.loads((data / "manifest.json").read_text())["source"]["model"] == REPO
-    assert main(train) == 0
-    assert "1 steps" in capsys.readouterr().out
+    done = run_command(train)
+    assert done.code == 0 and done.report["steps"] == 1
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").stat().st_size > 0
     # The flow shift came from the cached snapshot's scheduler config (the tiny one says 3.0).
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["shift"] == 3.0
@@ -335,6 +335,7 @@ def test_generate_refuses_bad_outputs_before_loading(tmp_path, capsys, monkeypat
 
 
 def test_generate_reports_schedule_steps_lora_and_frames(tiny_wan_folder, tmp_path, capsys, monkeypatch):
+    # The report's values (what generate prints is made of them).
     import radial_attention.cli.generate_cmd as gen_cmd
     from radial_attention.train.lora import add_lora, save_lora
     from radial_attention.testing import tiny
@@ -358,22 +359,33 @@ def test_generate_reports_schedule_steps_lora_and_frames(tiny_wan_folder, tmp_pa
         "--block-size",
         "64",
     ]
-    assert main(common + ["--lora", str(tmp_path / "lora"), "--lora-scale", "0.5", "--out", str(gif)]) == 0
-    text = capsys.readouterr().out
-    assert f"lora          {tmp_path / 'lora'} into transformer, scale 0.5" in text
-    assert "frames        10 rounded down to 9: this model takes 4k+1 frames" in text
+    done = run_command(common + ["--lora", str(tmp_path / "lora"), "--lora-scale", "0.5", "--out", str(gif)])
+    assert done.code == 0
+    r = done.report
+    assert r["loras"] == [dict(folder=str(tmp_path / "lora"), into="transformer", scale=0.5)]
+    assert (r["frames_asked"], r["frames"]) == (10, 9)  # rounded down to 4k+1
     # Wan2.1's recommended schedule by default: 12 dense steps (all 3 here), the first block dense.
-    assert "dense: first 12 + last 0 of 3 steps and the first 1 blocks (wan preset's recommended schedule)" in text
-    assert "s per denoising step (mean of 3, measured per step): 3 dense steps" in text
+    radial = r["radial"]
+    assert (radial["preset"], radial["dense_steps"], radial["dense_last_steps"], radial["dense_layers"]) == (
+        "wan",
+        12,
+        0,
+        1,
+    )
+    assert radial["schedule"] == "wan preset's recommended schedule"
+    assert len(r["step_seconds"]) == 3 and (r["dense_steps_timed"], r["radial_steps_timed"]) == (3, 0)
     import imageio.v3 as iio
 
     assert iio.improps(gif).shape[:3] == (9, 64, 64)
 
     # Explicit flags override; the per-step times split into dense and radial steps.
-    assert main(common + ["--dense-steps", "1", "--dense-layers", "0", "--out", str(tmp_path / "v.mp4")]) == 0
-    text = capsys.readouterr().out
-    assert "dense: first 1 + last 0 of 3 steps and the first 0 blocks (from the command line)" in text
-    assert "1 dense steps" in text and "2 radial steps" in text
+    done = run_command(common + ["--dense-steps", "1", "--dense-layers", "0", "--out", str(tmp_path / "v.mp4")])
+    assert done.code == 0
+    radial = done.report["radial"]
+    assert (radial["dense_steps"], radial["dense_last_steps"], radial["dense_layers"]) == (1, 0, 0)
+    assert radial["schedule"] == "from the command line"
+    assert (done.report["dense_steps_timed"], done.report["radial_steps_timed"]) == (1, 2)
+    assert done.report["video_shape"] == [9, 64, 64, 3] and os.path.getsize(tmp_path / "v.mp4") > 0
 
     # A writer that quietly writes nothing is an error, not "video written".
     monkeypatch.setattr(gen_cmd, "write_mp4", lambda frames, path, fps: None)

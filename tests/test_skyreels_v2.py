@@ -135,10 +135,10 @@ def test_attention_modules_are_the_self_attention():
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("variant", ["t2v", "df"])
-def test_generate_writes_a_video_from_a_saved_tiny_pipeline(variant, tmp_path, capsys):
+def test_generate_writes_a_video_from_a_saved_tiny_pipeline(variant, tmp_path):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
-    from radial_attention.cli.main import main
+    from radial_attention.cli.main import run_command
     from radial_attention.cli.tiny_cmd import save_tiny_pipeline
 
     folder = save_tiny_pipeline("skyreels-v2" if variant == "t2v" else "skyreels-v2-df", str(tmp_path / "tiny"))
@@ -146,9 +146,9 @@ def test_generate_writes_a_video_from_a_saved_tiny_pipeline(variant, tmp_path, c
     args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64"]
     args += ["--frames", "9", "--steps", "3", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64"]
     args += ["--max-sequence-length", "16", "--out", str(out), "--device", "cpu"]
-    assert main(args) == 0
-    text = capsys.readouterr().out
-    assert "radial and" in text and "density" in text
+    done = run_command(args)
+    assert done.code == 0 and done.report["radial_calls"] > 0 and done.report["dense_calls"] > 0
+    assert done.report["masks"] and all(0 < d <= 1 for d in done.report["masks"].values())
     frames = imageio.mimread(out)
     assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
 

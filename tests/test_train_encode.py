@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from radial_attention.cli.main import main
+from radial_attention.cli.main import main, run_command
 from radial_attention.testing import tiny
 from radial_attention.train.data import DataError, LatentDataset, validate_dataset
 from radial_attention.train.encode import collect_videos, encode_videos, read_video
@@ -21,6 +21,19 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _encoded(done):
+    """``(samples, model family, first latent shape)`` of an encode run: its report, checked against
+    the manifest it wrote."""
+    r = done.report
+    doc = json.loads(open(r["manifest"]).read())
+    assert (len(doc["samples"]), doc["model_family"], doc["samples"][0]["latent_shape"]) == (
+        r["samples"],
+        r["model_family"],
+        r["latent_shape"],
+    )
+    return r["samples"], r["model_family"], r["latent_shape"]
 
 
 def _write_video(path, frames=13, height=64, width=96, seed=0):
@@ -96,8 +109,8 @@ def test_encode_cli_wan_then_train(tmp_path, capsys):
         "16",
         "--no-progress",
     ]
-    assert main(common + ["--frames", "9"]) == 0
-    assert "encode: 2 samples (wan, latents [16, 3, 8, 12])" in capsys.readouterr().out
+    done = run_command(common + ["--frames", "9"])
+    assert done.code == 0 and _encoded(done) == (2, "wan", [16, 3, 8, 12])
 
     doc, samples = validate_dataset(out, model_spec(pipe.transformer))
     assert [s["caption"] for s in doc["samples"]] == ["a red cat walks on the beach", "a dog swims in the sea"]
@@ -127,31 +140,27 @@ def test_encode_cli_wan_then_train(tmp_path, capsys):
     assert "has 13 frames, needs 17" in capsys.readouterr().err
 
     # train-lora reads the folder (and the pipeline's flow shift from its scheduler config).
-    assert (
-        main(
-            [
-                "train-lora",
-                "--model",
-                str(tmp_path / "pipe"),
-                "--data",
-                str(out),
-                "--output",
-                str(tmp_path / "run"),
-                "--block-size",
-                "64",
-                "--lora-rank",
-                "4",
-                "--max-steps",
-                "2",
-                "--checkpoint-every",
-                "0",
-                "--no-progress",
-            ]
-        )
-        == 0
+    done = run_command(
+        [
+            "train-lora",
+            "--model",
+            str(tmp_path / "pipe"),
+            "--data",
+            str(out),
+            "--output",
+            str(tmp_path / "run"),
+            "--block-size",
+            "64",
+            "--lora-rank",
+            "4",
+            "--max-steps",
+            "2",
+            "--checkpoint-every",
+            "0",
+            "--no-progress",
+        ]
     )
-    printed = capsys.readouterr().out
-    assert "train-lora: wan transformer, 2 samples" in printed and "2 steps" in printed
+    assert done.code == 0 and (done.report["family"], done.report["samples"], done.report["steps"]) == ("wan", 2, 2)
     cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert cfg["shift"] == 3.0
     fresh = tiny.tiny_wan_pipeline(num_layers=3, seed=0)
@@ -191,7 +200,7 @@ def test_encode_hunyuan(tmp_path):
     torch.testing.assert_close(item["latents"], z[0] * pipe.vae.config.scaling_factor, atol=1e-5, rtol=1e-5)
 
 
-def test_encode_and_train_wan22_ti2v(tmp_path, capsys):
+def test_encode_and_train_wan22_ti2v(tmp_path):
     """Wan2.2 TI2V-5B: its 48-channel VAE (16x spatial) through encode, then train-lora, then the
     LoRA loads into a fresh TI2V pipeline."""
     tiny.tiny_wan_pipeline("ti2v", num_layers=3, seed=0).save_pretrained(str(tmp_path / "pipe"))
@@ -199,30 +208,27 @@ def test_encode_and_train_wan22_ti2v(tmp_path, capsys):
     vids.mkdir()
     _write_video(vids / "clip0.mp4", seed=0)
     (vids / "clip0.txt").write_text("a red cat walks on the beach")
-    assert (
-        main(
-            [
-                "encode",
-                "--model",
-                str(tmp_path / "pipe"),
-                "--videos",
-                str(vids),
-                "--output",
-                str(tmp_path / "data"),
-                "--height",
-                "64",
-                "--width",
-                "96",
-                "--max-sequence-length",
-                "16",
-                "--frames",
-                "9",
-                "--no-progress",
-            ]
-        )
-        == 0
+    done = run_command(
+        [
+            "encode",
+            "--model",
+            str(tmp_path / "pipe"),
+            "--videos",
+            str(vids),
+            "--output",
+            str(tmp_path / "data"),
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--max-sequence-length",
+            "16",
+            "--frames",
+            "9",
+            "--no-progress",
+        ]
     )
-    assert "encode: 1 samples (wan, latents [48, 3, 4, 6])" in capsys.readouterr().out
+    assert done.code == 0 and _encoded(done) == (1, "wan", [48, 3, 4, 6])
     assert (
         main(
             [
@@ -251,7 +257,7 @@ def test_encode_and_train_wan22_ti2v(tmp_path, capsys):
     assert any("lora_A" in n for n, _ in fresh.transformer.named_parameters())
 
 
-def test_encode_and_train_wan_i2v(tmp_path, capsys):
+def test_encode_and_train_wan_i2v(tmp_path):
     """Wan2.1 image-to-video: encode stores the condition and image embeddings the pipeline's own
     prepare_latents / encode_image make from the clip's first frame, and 512-token prompts;
     train-lora trains on them; the LoRA loads into a fresh I2V pipeline and reproduces the
@@ -267,28 +273,25 @@ def test_encode_and_train_wan_i2v(tmp_path, capsys):
     _write_video(vids / "clip0.mp4", seed=0)
     (vids / "clip0.txt").write_text("a red cat walks on the beach")
     out = tmp_path / "data"
-    assert (
-        main(
-            [
-                "encode",
-                "--model",
-                str(tmp_path / "pipe"),
-                "--videos",
-                str(vids),
-                "--output",
-                str(out),
-                "--height",
-                "64",
-                "--width",
-                "96",
-                "--frames",
-                "9",
-                "--no-progress",
-            ]
-        )
-        == 0
+    done = run_command(
+        [
+            "encode",
+            "--model",
+            str(tmp_path / "pipe"),
+            "--videos",
+            str(vids),
+            "--output",
+            str(out),
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--frames",
+            "9",
+            "--no-progress",
+        ]
     )
-    assert "encode: 1 samples (wan, latents [16, 3, 8, 12])" in capsys.readouterr().out
+    assert done.code == 0 and _encoded(done) == (1, "wan", [16, 3, 8, 12])
     stored = LatentDataset(out, model_spec(pipe.transformer))[0]
     assert stored["prompt_embeds"].shape == (512, 32)  # the pipelines generate with 512 tokens
 

@@ -189,7 +189,7 @@ def test_wan22_a14b_low_noise_expert(tmp_path, capsys):
         LoRATrainer(_cfg(tmp_path, data, model=str(t2v), transformer_subfolder="transformer_2"))
 
     # The CLI: an explicit range overrides the expert's own; it says how to load the LoRA.
-    from radial_attention.cli.main import main
+    from radial_attention.cli.main import main, run_command
 
     capsys.readouterr()
     args = [
@@ -212,9 +212,10 @@ def test_wan22_a14b_low_noise_expert(tmp_path, capsys):
         "--transformer-subfolder",
         "transformer_2",
     ]
-    assert main(args + ["--timestep-range", "100,400"]) == 0
-    printed = capsys.readouterr().out
-    assert "timesteps 100-400" in printed and "load_into_transformer_2=True" in printed
+    done = run_command(args + ["--timestep-range", "100,400"])
+    assert done.code == 0 and done.report["timestep_range"] == [100, 400] and done.report["steps"] == 1
+    # The instruction it prints: how to load a low-noise expert's LoRA (a message, like the errors).
+    assert "load_into_transformer_2=True" in capsys.readouterr().out
     assert main(args + ["--timestep-range", "400"]) == 2  # argparse's usage error, as an exit code
     assert "expected two comma-separated timesteps like 875,1000, got '400'" in capsys.readouterr().err
 

@@ -388,7 +388,7 @@ def _clips(folder, names, bad=()):
         (folder / f"{name}.txt").write_text(f"caption of {name}")
 
 
-def test_encode_keeps_finished_clips_resumes_and_skips_bad_videos(tmp_path, monkeypatch, capsys):
+def test_encode_keeps_finished_clips_resumes_and_skips_bad_videos(tmp_path, monkeypatch):
     import radial_attention.train.encode as encode_mod
     from radial_attention.testing import tiny
 
@@ -437,37 +437,33 @@ def test_encode_keeps_finished_clips_resumes_and_skips_bad_videos(tmp_path, monk
     doc, samples = read_manifest(tmp_path / "skip")
     assert len(samples) == 2 and [pathlib.Path(s["video"]).name for s in doc["skipped"]] == ["b.mp4"]
 
-    from radial_attention.cli.main import main
+    from radial_attention.cli.main import run_command
 
     pipe.save_pretrained(str(tmp_path / "pipe"))
-    capsys.readouterr()
     with pytest.warns(UserWarning, match="encode: skipping"):
-        assert (
-            main(
-                [
-                    "encode",
-                    "--model",
-                    str(tmp_path / "pipe"),
-                    "--videos",
-                    str(vids),
-                    "--output",
-                    str(tmp_path / "cli"),
-                    "--height",
-                    "32",
-                    "--width",
-                    "32",
-                    "--frames",
-                    "5",
-                    "--max-sequence-length",
-                    "8",
-                    "--no-progress",
-                    "--skip-bad",
-                ]
-            )
-            == 0
+        done = run_command(
+            [
+                "encode",
+                "--model",
+                str(tmp_path / "pipe"),
+                "--videos",
+                str(vids),
+                "--output",
+                str(tmp_path / "cli"),
+                "--height",
+                "32",
+                "--width",
+                "32",
+                "--frames",
+                "5",
+                "--max-sequence-length",
+                "8",
+                "--no-progress",
+                "--skip-bad",
+            ]
         )
-    printed = capsys.readouterr().out
-    assert "encode: 2 samples" in printed and f"skipped 1 unreadable video(s): {vids / 'b.mp4'}" in printed
+    assert done.code == 0 and done.report["samples"] == 2 and done.report["skipped"] == [str(vids / "b.mp4")]
+    assert [s["video"] for s in read_manifest(tmp_path / "cli")[0]["skipped"]] == [str(vids / "b.mp4")]
 
 
 # ------------------------------------------------------------------------------ 7. a full disk while logging

@@ -229,3 +229,18 @@ def resolve_device(name):
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- dtypes
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # short spelling -> torch's
+
+
+def resolve_dtype(name, device):
+    """The ``torch.dtype`` of a ``--dtype`` value: ``float32`` / ``bfloat16`` / ``float16`` or their
+    short names ``fp32`` / ``bf16`` / ``fp16``; ``auto`` (or None) is bfloat16 on a CUDA ``device``,
+    float32 elsewhere (the CPU has no fast bfloat16 matmuls)."""
+    import torch
+
+    if name in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, _DTYPE_NAMES.get(name, name))

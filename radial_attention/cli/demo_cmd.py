@@ -27,6 +27,7 @@ from radial_attention.cli.args import (
     positive_float,
     positive_int,
     resolve_device,
+    resolve_dtype,
 )
 
 # The registry variant whose VAE strides and patch the demo's tiny Wan transformer stands for.
@@ -142,7 +143,12 @@ def check_arguments(args) -> None:
         )
 
 
-def run(args) -> int:
+def run(args) -> dict:
+    """Run the demo; prints the report and returns it as values: ``{"device", "dtype", "backend",
+    "tokens", "steps": [{"timestep", "mode" (as printed: "dense (schedule)", "radial", "radial, dense
+    blocks"), "relative_difference"}], "density", "num_blocks", "saved_fraction", "speedup" (median
+    dense / radial call time over the radial steps), "relative_difference" (final latents), "png"
+    (the picture written, or None)}``."""
     check_arguments(args)
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -157,7 +163,7 @@ def run(args) -> int:
     vae_t, vae_s = get_variant(DEMO_MODEL).vae_strides
     latent_h, latent_w = args.height // vae_s, args.width // vae_s
     device = resolve_device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_dtype("auto", device)
 
     t_build = time.perf_counter()
     model = tiny_wan_transformer(
@@ -224,6 +230,7 @@ def run(args) -> int:
     print(
         f"{'step':>4}  {'timestep':>8}  {'radial run':<22} {'dense':>22}  {'radial':>22}  {'rel. diff of latents':>20}"
     )
+    steps = []
     for i, t in enumerate(scheduler.timesteps.tolist()):
         kinds = {kind for (step, _, kind), n in state.calls.items() if step == i and n}
         mode = (
@@ -232,6 +239,7 @@ def run(args) -> int:
         a, b = trail_dense[i], trail_radial[i]
         rel = float((a - b).norm() / a.norm())
         print(f"{i:>4}  {t:>8.1f}  {mode:<22} {_spread(t_dense[i]):>22}  {_spread(t_radial[i]):>22}  {rel:>20.4f}")
+        steps.append(dict(timestep=t, mode=mode, relative_difference=rel))
     mask = next(iter(state.masks.values()))
     flops = mask.attention_flops(S, head_dim, heads)
     print()
@@ -256,6 +264,7 @@ def run(args) -> int:
             "oracle), so on this device radial attention is not faster; with a GPU the triton/flex backends "
             "skip the dropped blocks"
         )
+    written = None
     if args.png:
         try:
             written = mask.save_png(
@@ -266,4 +275,16 @@ def run(args) -> int:
             print(f"picture       {written}")
         except ImportError as e:
             print(f"picture       not written ({e}); install matplotlib")
-    return 0
+    return dict(
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        backend=backend,
+        tokens=S,
+        steps=steps,
+        density=mask.density,
+        num_blocks=mask.num_blocks,
+        saved_fraction=flops["saved_fraction"],
+        speedup=statistics.median(d) / statistics.median(r),
+        relative_difference=rel,
+        png=None if written is None else str(written),
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from radial_attention.cli.args import add_command, device_name, output_dir, positive_int, resolve_device
+from radial_attention.cli.args import add_command, device_name, output_dir, positive_int, resolve_device, resolve_dtype
 from radial_attention.models import FAMILIES
 
 
@@ -73,14 +73,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    import torch
-
+def run(args) -> dict:
+    """Encode; prints and returns ``{"manifest": path, "samples", "model_family", "latent_shape" (of
+    the first sample), "skipped": [video paths]}``."""
     from radial_attention.train.encode import encode_videos
 
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     device = str(resolve_device(args.device))
-    dtype = dtypes[args.dtype] if args.dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     template = None
     if args.prompt_template is not None:
         try:
@@ -102,7 +101,7 @@ def run(args) -> int:
         seed=args.seed,
         device=device,
         dtype=dtype,
-        store_dtype=dtypes[args.store_dtype],
+        store_dtype=resolve_dtype(args.store_dtype, device),
         vae_tiling=args.vae_tiling,
         overwrite=args.overwrite,
         skip_bad=args.skip_bad,
@@ -114,4 +113,10 @@ def run(args) -> int:
     skipped = doc.get("skipped") or []
     if skipped:
         print(f"encode: skipped {len(skipped)} unreadable video(s): " + ", ".join(s["video"] for s in skipped))
-    return 0
+    return dict(
+        manifest=str(manifest),
+        samples=len(doc["samples"]),
+        model_family=doc["model_family"],
+        latent_shape=shape,
+        skipped=[s["video"] for s in skipped],
+    )

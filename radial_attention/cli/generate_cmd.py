@@ -27,6 +27,7 @@ from radial_attention.cli.args import (
     positive_int,
     lora_source,
     resolve_device,
+    resolve_dtype,
 )
 
 
@@ -280,7 +281,7 @@ def write_video(frames, path: str, fps: int) -> None:
         raise FileNotFoundError(f"writing the video produced no file at {os.path.abspath(path)} ({len(frames)} frames)")
 
 
-def run(args) -> int:
+def run(args) -> dict:
     # Multi-GPU (radial_attention.distributed): join torchrun's group; rank 0 prints and writes.
     import contextlib
     import io
@@ -320,7 +321,16 @@ def _frames_the_model_takes(pipe, frames: int) -> int:
     return (frames - 1) // t * t + 1
 
 
-def _run(args, sp) -> int:
+def _run(args, sp) -> dict:
+    """Generate and write the video; prints the report and returns it as values::
+
+    {"pipeline", "model", "device", "dtype", "loras": [{"folder", "into", "scale"}], "frames_asked",
+     "frames", "radial": None (--dense) or {"preset", "decay", "dense_steps", "dense_last_steps",
+     "dense_layers", "block_size", "backend", "schedule"}, "sequence_parallel": None or {"degree", "backend"},
+     "seconds", "step_seconds", "dense_steps_timed", "radial_steps_timed", "radial_calls",
+     "dense_calls", "masks" ({layout: density}), "video": the file written (None on the other
+     processes), "video_shape" ([frames, height, width, 3]), "fps"}
+    """
     import inspect
 
     import torch
@@ -332,9 +342,7 @@ def _run(args, sp) -> int:
         if args.device not in ("auto", sp.device.type):
             raise ValueError(f"--device {args.device} but this torchrun process runs on {sp.device}")
         device = sp.device
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
-    )
+    dtype = resolve_dtype(args.dtype, device)
     t0 = time.perf_counter()
     pipe = load_pipeline(args.model, dtype)
     load_loras(pipe, args.lora, args.lora_2, args.lora_scale)
@@ -440,10 +448,13 @@ def _run(args, sp) -> int:
         write_video(video, args.out, args.fps)
 
     print(f"time          {gen_s:.1f} s in all (text encoding, {args.steps} steps, decoding)")
-    if timer is not None and timer.times:
-        print(f"steps         {_step_times(timer.times, state)}")
+    step_seconds = list(timer.times) if timer is not None else []
+    dense_timed, radial_timed = _split_steps(step_seconds, state)
+    if step_seconds:
+        print(f"steps         {_step_times(step_seconds, state)}")
+    # Without radial attention nothing counts the calls (None, not 0).
+    s = state.summary() if state is not None else {"radial_calls": None, "dense_calls": None, "masks": {}}
     if state is not None:
-        s = state.summary()
         masks = ", ".join(f"{k}: density {v}" for k, v in s["masks"].items()) or "none built"
         print(
             f"attention     {s['radial_calls']} radial and {s['dense_calls']} dense self-attention calls; masks {masks}"
@@ -453,7 +464,54 @@ def _run(args, sp) -> int:
             f"video         {args.out}: {video.shape[0]} frames of {video.shape[2]}x{video.shape[1]} at {args.fps} fps "
             f"({os.path.getsize(args.out) / 1e6:.2f} MB)"
         )
-    return 0
+    radial = None
+    if state is not None:
+        c = state.config
+        radial = dict(
+            preset=c.preset,
+            decay=c.decay,
+            dense_steps=c.dense_steps,
+            dense_last_steps=c.dense_last_steps,
+            dense_layers=c.dense_layers,
+            block_size=c.block_size,
+            backend=c.backend,
+            schedule=schedule_source,
+        )
+    return dict(
+        pipeline=type(pipe).__name__,
+        model=args.model,
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        loras=[
+            dict(folder=os.path.abspath(folder), into=into, scale=args.lora_scale)
+            for folder, into in ((args.lora, "transformer"), (args.lora_2, "transformer_2"))
+            if folder is not None
+        ],
+        frames_asked=args.frames,
+        frames=frames,
+        radial=radial,
+        sequence_parallel=None if sp is None else dict(degree=sp.degree, backend=sp.ctx.backend),
+        seconds=gen_s,
+        step_seconds=step_seconds,
+        dense_steps_timed=len(dense_timed),
+        radial_steps_timed=len(radial_timed),
+        radial_calls=s["radial_calls"],
+        dense_calls=s["dense_calls"],
+        masks=s["masks"],
+        video=args.out if sp is None or sp.is_main else None,
+        video_shape=list(video.shape),
+        fps=args.fps,
+    )
+
+
+def _split_steps(times, state):
+    """``(dense, radial)``: the seconds of the steps the schedule ran dense and those it ran radial
+    (all dense without radial attention)."""
+    if state is None:
+        return list(times), []
+    c, n = state.config, len(times)
+    is_dense = [i < c.dense_steps or i >= n - c.dense_last_steps for i in range(n)]
+    return [t for t, d in zip(times, is_dense) if d], [t for t, d in zip(times, is_dense) if not d]
 
 
 def _step_times(times, state) -> str:
@@ -462,9 +520,7 @@ def _step_times(times, state) -> str:
     text = f"{sum(times) / n:.3f} s per denoising step (mean of {n}, measured per step)"
     if state is None:
         return text
-    c = state.config
-    dense = [t for i, t in enumerate(times) if i < c.dense_steps or i >= n - c.dense_last_steps]
-    radial = [t for i, t in enumerate(times) if not (i < c.dense_steps or i >= n - c.dense_last_steps)]
+    dense, radial = _split_steps(times, state)
     parts = [
         f"{len(d)} {name} steps {sum(d) / len(d):.3f} s each" for name, d in (("dense", dense), ("radial", radial)) if d
     ]

@@ -1,5 +1,6 @@
 """The ``radial-attention`` command. Each subcommand lives in its own module with a
-``register(subparsers)`` function that adds its parser and sets ``func`` (args -> exit code).
+``register(subparsers)`` function that adds its parser and sets ``func`` (args -> exit code, or a
+report dict of the values it printed: :func:`run_command` hands it back, for tests and scripts).
 
 Errors: a user error (a bad argument, a missing file, bad data: ``ValueError`` and its
 subclasses such as :class:`~radial_attention.cli.args.UsageError`, ``FileNotFoundError`` and the
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
+from typing import Optional
 from importlib import import_module
 
 from radial_attention.cli.args import HelpFormatter, Parser
@@ -72,32 +75,52 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def main(argv=None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code (argparse's
-    own usage errors and ``--help`` included, so that ``main([...])`` never raises SystemExit)."""
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one command line did: its exit ``code`` and the ``report`` its command returned (the
+    values it printed, as a dict: see each command's ``run``), or None (an error, ``--help``, or a
+    command that reports nothing). For tests and scripts; the command line itself prints."""
+
+    code: int
+    report: Optional[dict] = None
+
+
+def run_command(argv=None) -> Outcome:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) as :func:`main` does, returning the
+    exit code and the command's report. A command's ``func`` returns an exit code, or a report
+    dict (exit code 0)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage error (2) or --help / --version (0)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        return Outcome(e.code if isinstance(e.code, int) else (0 if e.code is None else 2))
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return Outcome(2)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         with contextlib.nullcontext() if debug else quiet_library_notices():
-            return int(args.func(args) or 0)
+            result = args.func(args)
     except USER_ERRORS as e:
         # A module of this package that cannot be imported is a bug, not a missing optional package.
         if debug or (isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] == "radial_attention"):
             raise
         print(f"radial-attention {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return Outcome(2)
     except KeyboardInterrupt:
         if debug:
             raise
         print(f"radial-attention {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return Outcome(130)
+    if isinstance(result, dict):
+        return Outcome(0, result)
+    return Outcome(int(result or 0))
+
+
+def main(argv=None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code (argparse's
+    own usage errors and ``--help`` included, so that ``main([...])`` never raises SystemExit)."""
+    return run_command(argv).code
 
 
 if __name__ == "__main__":

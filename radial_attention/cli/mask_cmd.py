@@ -156,10 +156,7 @@ def build_report(args) -> dict:
     from radial_attention.mask.radial import _cached_mask
 
     frames, tpf, extra, preset_name, family, desc = resolve_layout(args)
-    preset = get_preset(preset_name)
-    decay = preset.decay if args.decay is None else args.decay
-    sink = preset.sink if args.sink is None else args.sink == "on"
-    adjacent = preset.adjacent if args.adjacent is None else args.adjacent
+    get_preset(preset_name)  # an unknown preset is refused before the size checks
     heads = get_model_family(family).heads if args.heads is None else args.heads
     prefix = get_model_family(family).default_prefix_tokens  # tokens before the video (CogVideoX's 226 text)
     seq = prefix + frames * tpf + extra
@@ -175,10 +172,11 @@ def build_report(args) -> dict:
     mask = radial_block_mask(
         frames,
         tpf,
+        preset=preset_name,  # the flags given override its settings, as in the library
         block_size=args.block_size,
-        decay=decay,
-        sink=sink,
-        adjacent=adjacent,
+        decay=args.decay,
+        sink=None if args.sink is None else args.sink == "on",
+        adjacent=args.adjacent,
         extra_tokens=extra,
         prefix_tokens=prefix,
     )
@@ -192,16 +190,17 @@ def build_report(args) -> dict:
         prefix_tokens=prefix,
         seq_len=seq,
         preset=preset_name,
-        decay=decay,
-        sink=sink,
-        adjacent=adjacent,
+        decay=mask.decay,
+        sink=mask.sink,
+        adjacent=mask.adjacent,
         heads=heads,
         flops=mask.attention_flops(seq, args.head_dim, heads),
         build_ms=build_ms,
     )
 
 
-def run(args) -> int:
+def run(args) -> dict:
+    """Print the report; returns :func:`build_report`'s values plus ``"png"`` (the picture written, or None)."""
     from radial_attention.mask.render import png_path
 
     png = png_path(args.png) if args.png else None  # a bad picture name fails before the work
@@ -229,5 +228,6 @@ def run(args) -> int:
             + (f" + {extra} extra tokens" if extra else "")
             + f"\npreset {r['preset']}, decay {r['decay']}, block {mask.block_size}: density {mask.density:.3f}"
         )
-        print(f"picture       {mask.save_png(png, title=title)}")
-    return 0
+        png = mask.save_png(png, title=title)
+        print(f"picture       {png}")
+    return dict(r, png=None if png is None else str(png))

@@ -77,7 +77,11 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def run(args) -> int:
+def run(args) -> dict:
+    """Train; rank 0 prints the report. Returns it as values: ``{"family", "samples", "world_size",
+    "device", "lora_rank", "attention", "mask_density" (None unless radial), "timestep_range",
+    "resumed_at" (the step a resumed run started at, 0 for a new run), "steps", "losses" (this run's),
+    "lora_path", "output_dir"}``."""
     from radial_attention.train import data_parallel as dp
     from radial_attention.train.trainer import LoRATrainer
 
@@ -87,8 +91,9 @@ def run(args) -> int:
     except TypeError as e:  # an unsupported model class: a user error, reported like bad data
         raise ValueError(str(e)) from None
     try:
+        dens = trainer.radial_density()
+        resumed_at = trainer.step_count
         if trainer.info.is_main:
-            dens = trainer.radial_density()
             print(
                 f"train-lora: {trainer.family} transformer, {len(trainer.dataset)} samples, "
                 f"{trainer.info.world_size} process(es) on {trainer.device}, LoRA rank {cfg.lora_rank}, "
@@ -103,7 +108,7 @@ def run(args) -> int:
                     if trainer.timestep_range
                     else ""
                 )
-                + (f", resuming at step {trainer.step_count}" if trainer.step_count else "")
+                + (f", resuming at step {resumed_at}" if resumed_at else "")
             )
         result = trainer.train()
         if trainer.info.is_main:
@@ -115,4 +120,18 @@ def run(args) -> int:
                 )
     finally:
         dp.teardown(trainer.info)
-    return 0
+    return dict(
+        family=trainer.family,
+        samples=len(trainer.dataset),
+        world_size=trainer.info.world_size,
+        device=str(trainer.device),
+        lora_rank=cfg.lora_rank,
+        attention=cfg.attention,
+        mask_density=dens,
+        timestep_range=None if trainer.timestep_range is None else list(trainer.timestep_range),
+        resumed_at=resumed_at,
+        steps=result.steps,
+        losses=list(result.losses),
+        lora_path=str(result.lora_path),
+        output_dir=str(result.output_dir),
+    )

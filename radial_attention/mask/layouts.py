@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from radial_attention._deprecation import renamed_keyword, warn_deprecated
+from radial_attention._deprecation import renamed_attribute, renamed_keyword, warn_deprecated
 from radial_attention.models.registry import VARIANTS, ModelVariant, get_variant, video_token_grid
 
 # The model sizes video_layout knows (name -> ModelVariant), from the one model registry.
@@ -44,11 +44,7 @@ class VideoLayout:
     extra_tokens: int = 0  # tokens appended after the video (HunyuanVideo's text tokens)
     prefix_tokens: int = 0  # tokens placed before the video (CogVideoX's text tokens)
 
-    @property
-    def text_tokens(self) -> int:
-        """Deprecated name of :attr:`extra_tokens`."""
-        warn_deprecated("VideoLayout.text_tokens", "extra_tokens")
-        return self.extra_tokens
+    text_tokens = renamed_attribute("VideoLayout", "text_tokens", "extra_tokens")
 
     @property
     def tokens_per_frame(self) -> int:

@@ -40,7 +40,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from radial_attention._deprecation import renamed_keyword, warn_deprecated
+from radial_attention._deprecation import renamed_attribute, renamed_keyword, warn_deprecated
 
 from .numbers import as_float, as_int
 from .sparse import SUPPORTED_BLOCK_SIZES, BlockSparseMask
@@ -91,11 +91,7 @@ class RadialBlockMask(BlockSparseMask):
         self.sink = sink
         self.adjacent = adjacent
 
-    @property
-    def text_tokens(self) -> int:
-        """Deprecated name of :attr:`extra_tokens`."""
-        warn_deprecated("RadialBlockMask.text_tokens", "extra_tokens")
-        return self.extra_tokens
+    text_tokens = renamed_attribute("RadialBlockMask", "text_tokens", "extra_tokens")
 
     @property
     def seq_len(self) -> int:

@@ -45,6 +45,8 @@ from typing import Optional
 
 import torch
 
+from radial_attention.testing import configs
+
 # A small English vocabulary for the word-level tokenizer: enough for demo prompts. Words outside
 # it map to <unk>, which is fine for random-weight models.
 _WORDS = (
@@ -98,39 +100,29 @@ def _seeded_build(model_cls, cfg: dict, seed: int, dtype):
 
 
 # ----------------------------------------------------------------------------------- configs
-# Small but structurally faithful: 2x2 spatial patch, the real latent channel counts, real norms.
+# Small but structurally faithful: the real checkpoints' configs (testing/configs.py) with the widths
+# and depths shrunk, so the 2x2 spatial patch, latent channel counts and norms are the real ones.
 WAN_TINY = dict(
-    patch_size=(1, 2, 2),
+    configs.WAN21_1_3B,
     num_attention_heads=2,
     attention_head_dim=16,
-    in_channels=16,
-    out_channels=16,
     text_dim=32,
     freq_dim=32,
     ffn_dim=64,
     num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
     rope_max_seq_len=256,
 )
 
 HUNYUAN_TINY = dict(
-    in_channels=16,
-    out_channels=16,
+    configs.HUNYUAN_VIDEO,
     num_attention_heads=2,
     attention_head_dim=16,
     num_layers=1,
     num_single_layers=1,
     num_refiner_layers=1,
     mlp_ratio=2.0,
-    patch_size=2,
-    patch_size_t=1,
-    qk_norm="rms_norm",
-    guidance_embeds=True,
     text_embed_dim=16,
     pooled_projection_dim=8,
-    rope_theta=256.0,
     rope_axes_dim=(4, 6, 6),  # sums to attention_head_dim
 )
 
@@ -145,6 +137,18 @@ CLIP_VISION_TINY = dict(
 )
 
 WAN_VARIANTS = ("t2v", "i2v", "ti2v", "a14b")
+
+
+def _wan_config(variant: str, num_layers: int, num_heads: int, head_dim: int, overrides: dict) -> dict:
+    """:data:`WAN_TINY` at this size, for Wan and SkyReels-V2 (the same architecture): ``"i2v"`` adds
+    36 input channels and image cross-attention, ``"ti2v"`` 48 channels; ``overrides`` last."""
+    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
+    if variant == "i2v":
+        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
+    elif variant == "ti2v":
+        cfg.update(in_channels=48, out_channels=48)
+    cfg.update(overrides)
+    return cfg
 
 
 def tiny_wan_transformer(
@@ -172,12 +176,7 @@ def tiny_wan_transformer(
     """
     if variant not in WAN_VARIANTS:
         raise ValueError(f"unknown Wan variant {variant!r}; expected one of {WAN_VARIANTS}")
-    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
-    if variant == "i2v":
-        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
-    elif variant == "ti2v":
-        cfg.update(in_channels=48, out_channels=48)
-    cfg.update(overrides)
+    cfg = _wan_config(variant, num_layers, num_heads, head_dim, overrides)
     from diffusers import WanTransformer3DModel
 
     return _seeded_build(WanTransformer3DModel, cfg, seed, dtype)
@@ -214,10 +213,7 @@ def tiny_skyreels_transformer(
     """
     if variant not in SKYREELS_VARIANTS:
         raise ValueError(f"unknown SkyReels-V2 variant {variant!r}; expected one of {SKYREELS_VARIANTS}")
-    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
-    if variant == "i2v":
-        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
-    cfg.update(overrides)
+    cfg = _wan_config(variant, num_layers, num_heads, head_dim, overrides)
     from diffusers import SkyReelsV2Transformer3DModel
 
     return _seeded_build(SkyReelsV2Transformer3DModel, cfg, seed, dtype)
@@ -322,17 +318,21 @@ def _vocab_size(tokenizer) -> int:
     return ((len(tokenizer) + 63) // 64) * 64
 
 
-def tiny_umt5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
-    """A 2-layer ``UMT5EncoderModel`` (Wan's text encoder class) with random weights."""
-    from transformers import UMT5Config, UMT5EncoderModel
+def _t5_style_encoder(
+    kind: str, vocab_size: int, d_model: int, *, d_ff: int, num_layers: int, num_heads: int, seed: int
+):
+    """A T5-family text encoder (``kind``: ``"umt5"`` or ``"t5"``) with random weights drawn from
+    ``seed``: ``d_kv=8``, small relative-position buckets, the tiny tokenizer's pad/eos ids."""
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    cfg = UMT5Config(
+    config_cls, model_cls = {"umt5": (UMT5Config, UMT5EncoderModel), "t5": (T5Config, T5EncoderModel)}[kind]
+    cfg = config_cls(
         vocab_size=vocab_size,
         d_model=d_model,
         d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=32,
         pad_token_id=0,
@@ -340,28 +340,17 @@ def tiny_umt5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
         decoder_start_token_id=0,
     )
     with _seeded(seed):
-        return UMT5EncoderModel(cfg).eval()
+        return model_cls(cfg).eval()
+
+
+def tiny_umt5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
+    """A 2-layer ``UMT5EncoderModel`` (Wan's text encoder class) with random weights."""
+    return _t5_style_encoder("umt5", vocab_size, d_model, d_ff=64, num_layers=2, num_heads=4, seed=seed)
 
 
 def tiny_t5_encoder(vocab_size: int, d_model: int = 16, seed: int = 0):
     """A 2-layer ``T5EncoderModel`` (Mochi's text encoder class) with random weights."""
-    from transformers import T5Config, T5EncoderModel
-
-    cfg = T5Config(
-        vocab_size=vocab_size,
-        d_model=d_model,
-        d_kv=8,
-        d_ff=32,
-        num_layers=2,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    with _seeded(seed):
-        return T5EncoderModel(cfg).eval()
+    return _t5_style_encoder("t5", vocab_size, d_model, d_ff=32, num_layers=2, num_heads=2, seed=seed)
 
 
 # ----------------------------------------------------------------------------------- VAEs
@@ -708,6 +697,15 @@ def wan_inputs(
     return kwargs
 
 
+def _prompt_mask(batch: int, text_len: int, prompt_lengths, *, shortest: int) -> torch.Tensor:
+    """The prompt padding mask ``[batch, text_len]`` (1 = real token) of ``prompt_lengths`` (one
+    length per batch item in ``shortest..text_len``; default: all ``text_len``)."""
+    lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
+    if len(lengths) != batch or any(not shortest <= n <= text_len for n in lengths):
+        raise ValueError(f"prompt_lengths must be {batch} values in {shortest}..{text_len}, got {prompt_lengths!r}")
+    return (torch.arange(text_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
 def hunyuan_inputs(
     transformer,
     frames: int,
@@ -725,10 +723,7 @@ def hunyuan_inputs(
     cfg = transformer.config
     g = torch.Generator().manual_seed(seed)
     dtype = transformer.dtype
-    lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
-    if len(lengths) != batch or any(not 1 <= n <= text_len for n in lengths):
-        raise ValueError(f"prompt_lengths must be {batch} values in 1..{text_len}, got {prompt_lengths!r}")
-    mask = (torch.arange(text_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+    mask = _prompt_mask(batch, text_len, prompt_lengths, shortest=1)
     return dict(
         hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
         timestep=torch.full((batch,), float(timestep)),
@@ -759,10 +754,7 @@ def mochi_inputs(
     text_len = cfg.max_sequence_length if text_len is None else text_len
     g = torch.Generator().manual_seed(seed)
     dtype = transformer.dtype
-    lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
-    if len(lengths) != batch or any(not 0 <= n <= text_len for n in lengths):
-        raise ValueError(f"prompt_lengths must be {batch} values in 0..{text_len}, got {prompt_lengths!r}")
-    mask = (torch.arange(text_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+    mask = _prompt_mask(batch, text_len, prompt_lengths, shortest=0)
     return dict(
         hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
         timestep=torch.full((batch,), float(timestep)),
@@ -871,25 +863,19 @@ def tiny_cogvideox_pipeline(version: str = "1.0", *, num_layers: int = 2, seed: 
     tiny CogVideoX VAE and ``CogVideoXDPMScheduler``. Call it with ``max_sequence_length=10`` (the
     transformer's ``max_text_seq_length``), height and width multiples of 16, frames ``4k+1``."""
     from diffusers import CogVideoXDPMScheduler, CogVideoXPipeline
-    from transformers import T5Config, T5EncoderModel
 
     tokenizer = tiny_tokenizer()
     transformer = tiny_cogvideox_transformer(version, num_layers=num_layers, seed=seed)
-    cfg = T5Config(
-        vocab_size=_vocab_size(tokenizer),
-        d_model=transformer.config.text_embed_dim,
-        d_kv=8,
+    # A 1-layer T5 encoder (CogVideoX's class) as wide as the transformer's text embedding.
+    text_encoder = _t5_style_encoder(
+        "t5",
+        _vocab_size(tokenizer),
+        transformer.config.text_embed_dim,
         d_ff=32,
         num_layers=1,
         num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
+        seed=seed + 10,
     )
-    with _seeded(seed + 10):
-        text_encoder = T5EncoderModel(cfg).eval()
     scheduler = CogVideoXDPMScheduler(timestep_spacing="trailing", prediction_type="v_prediction")
     return CogVideoXPipeline(
         tokenizer=tokenizer,

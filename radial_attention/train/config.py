@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from radial_attention._deprecation import warn_deprecated
+from radial_attention._deprecation import renamed_attribute, warn_deprecated
 
 ATTENTIONS = ("radial", "dense")
 LR_SCHEDULES = ("constant", "cosine")
@@ -273,11 +273,8 @@ class TrainConfig:
         ),
     )
 
-    @property
-    def rank(self) -> int:
-        """Deprecated name of :attr:`lora_rank` (``TrainConfig(rank=...)`` too, see ``_accept_rank``)."""
-        warn_deprecated("TrainConfig.rank", "lora_rank")
-        return self.lora_rank
+    # ``TrainConfig(rank=...)`` is accepted too, see ``_accept_rank``.
+    rank = renamed_attribute("TrainConfig", "rank", "lora_rank")
 
     def __post_init__(self):
         if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
