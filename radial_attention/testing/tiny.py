@@ -979,7 +979,7 @@ def tiny_wan_animate_transformer(
         face_encoder_hidden_dim=16,
         face_encoder_num_heads=2,
         inject_face_latents_blocks=2,
-        motion_encoder_batch_size=4,
+        motion_encoder_batch_size=256,  # the whole face video in one batch: far fewer (slow) tiny conv calls on CPU
     )
     cfg.update(overrides)
     from diffusers import WanAnimateTransformer3DModel
