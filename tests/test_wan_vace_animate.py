@@ -244,3 +244,74 @@ def test_animate_pipeline_counts_steps_per_segment_with_the_reference_frame():
     remove_radial_attention(pipe)
     assert get_radial_state(pipe) is None
     assert torch.isfinite(radial).all()
+
+
+# ------------------------------------------------------------------------------ generate
+def _write_video(path, frames, size):
+    import imageio.v2 as imageio
+
+    imageio.mimwrite(path, [np.asarray(_image(i, size)) for i in range(frames)], fps=8)
+    return str(path)
+
+
+def _generate(folder, out, *extra):
+    from radial_attention.cli.main import main
+
+    args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64"]
+    args += ["--frames", "9", "--steps", "2", "--dense-steps", "1", "--dense-layers", "0", "--block-size", "64"]
+    args += ["--out", str(out), "--device", "cpu", *extra]
+    return main(args)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_generate_writes_a_vace_video_with_a_control_video_and_a_reference_image(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("wan-vace", str(tmp_path / "tiny"))
+    ref = tmp_path / "ref.png"
+    _image(7, 64).save(ref)
+    control = _write_video(tmp_path / "control.mp4", 12, 64)  # longer than --frames: cut to 9
+    out = tmp_path / "video.mp4"
+    assert _generate(folder, out, "--max-sequence-length", "16", "--reference-image", str(ref), "--video", control) == 0
+    text = capsys.readouterr().out
+    # 9 frames at 64x64: 3 latent frames of 4 x 4 tokens, and the reference image's frame in front.
+    assert "F=4 T=16 extra=0: density" in text and "radial and" in text
+    frames = imageio.mimread(out)
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+
+    short = _write_video(tmp_path / "short.mp4", 5, 64)
+    assert _generate(folder, out, "--max-sequence-length", "16", "--video", short) != 0
+    assert "--video has 5 frames; generating 9 needs at least as many" in capsys.readouterr().err
+    assert _generate(folder, out, "--max-sequence-length", "16", "--pose-video", short) != 0
+    assert "WanVACEPipeline takes no pose_video; drop --pose-video" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_generate_writes_a_wan_animate_video_from_pose_and_face_videos(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("wan-animate", str(tmp_path / "tiny"))
+    character = tmp_path / "character.png"
+    _image(7, 64).save(character)
+    pose = _write_video(tmp_path / "pose.mp4", 9, 64)
+    face = _write_video(tmp_path / "face.mp4", 9, tiny.WAN_ANIMATE_FACE_SIZE)
+    out = tmp_path / "video.mp4"
+    assert _generate(folder, out, "--image", str(character), "--face-video", face) != 0
+    assert "WanAnimatePipeline needs its pose_video: pass --pose-video PATH" in capsys.readouterr().err
+    assert _generate(folder, out, "--image", str(character), "--pose-video", pose, "--face-video", face) == 0
+    text = capsys.readouterr().out
+    assert "F=4 T=16 extra=0: density" in text and "radial and" in text  # the reference frame, then 3 latent frames
+    frames = imageio.mimread(out)
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+
+
+def test_generate_refuses_a_condition_file_that_does_not_exist(tmp_path, capsys):
+    from radial_attention.cli.main import main
+
+    code = main(["generate", "--model", str(tmp_path), "--prompt", "a cat", "--video", str(tmp_path / "nope.mp4")])
+    assert code == 2
+    assert "no such file" in capsys.readouterr().err
