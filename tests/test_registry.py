@@ -235,9 +235,10 @@ def test_layout_of_a_real_forward_is_the_registry_prediction(family, variant, bu
     layout = video_layout(
         variant, height, width, frames, extra_tokens=TEXT if fam.has_extra_tokens else 0, prefix_tokens=prefix
     )
-    assert (layout.frames, layout.tokens_per_frame) == (3, 6)
+    # Reference frames (Wan Animate's reference image) are latent frames in front of the video.
+    assert (layout.frames, layout.tokens_per_frame) == (3 + fam.reference_frames, 6)
     t_vae, s_vae = v.vae_strides
-    latent = ((frames - 1) // t_vae + 1, height // s_vae, width // s_vae)
+    latent = ((frames - 1) // t_vae + 1 + fam.reference_frames, height // s_vae, width // s_vae)
     kwargs = inputs(model, *latent)
     log = _SelfAttentionLog(model)
     try:

@@ -141,9 +141,32 @@ def test_animate_without_a_segment_frame_is_a_clear_error():
         tiny.wan_animate_inputs(model, 1, 8, 8)
 
 
+def test_video_layout_counts_the_reference_frames():
+    # Animate: 1280x720, a segment of 77 frames: 20 latent frames after the reference image's.
+    layout = video_layout("wan-animate", 720, 1280, 77)
+    assert (layout.frames, layout.tokens_per_frame, layout.seq_len) == (21, 3600, 75600)
+    # VACE: one latent frame per reference image, the caller's choice (default none).
+    assert video_layout("wan-vace", 480, 832, 81).frames == 21
+    assert video_layout("wan-vace", 480, 832, 81, reference_frames=2).frames == 23
+    with pytest.raises(ValueError, match="reference_frames must be a non-negative integer, got -1"):
+        video_layout("wan-vace", 480, 832, 81, reference_frames=-1)
+
+
+def test_sequence_parallel_counts_the_animate_reference_frame():
+    from types import SimpleNamespace
+
+    from radial_attention.cli.sequence_parallel import _video_tokens
+
+    strides = SimpleNamespace(vae_scale_factor_temporal=4, vae_scale_factor_spatial=8)  # what the pipelines say
+    animate = tiny.tiny_wan_animate_transformer(num_layers=1)
+    assert _video_tokens(strides, animate, 32, 48, 9) == (1 + 3) * 2 * 3  # the segment's 3 frames after the reference
+    vace = tiny.tiny_wan_vace_transformer(num_layers=1)
+    assert _video_tokens(strides, vace, 32, 48, 9) == 3 * 2 * 3
+
+
 @pytest.mark.parametrize("variant", ["wan-vace", "wan2.2-vace-fun-a14b", "wan-animate"])
 def test_pixel_sizes_the_models_cannot_take_are_clear_errors(variant):
-    layout = video_layout(variant, 480, 832, 81)  # VACE's default size (Animate: 720p, same strides)
+    layout = video_layout(variant, 480, 832, 81, reference_frames=0)  # VACE's default size
     assert (layout.frames, layout.tokens_per_frame) == (21, 1560)
     with pytest.raises(ValueError, match="height must be divisible by 16 .* got 470; nearest valid: 464 or 480"):
         video_layout(variant, 470, 832, 81)

@@ -81,6 +81,11 @@ class VideoModelFamily:
     # The pipeline pads the latent frames at the front to a multiple of p_t (CogVideoX 1.5): token
     # frames = ceil(latent frames / p_t), and any VAE frame count works.
     pads_latent_frames: bool = False
+    # Latent frames every call of the pipeline puts in front of the video, which the self-attention
+    # counts as video frames (Wan Animate: 1, its reference image). VACE's reference images are
+    # such frames too, one per image, but how many is the caller's choice: 0 here (video_layout
+    # takes reference_frames=).
+    reference_frames: int = 0
     # --- mask defaults
     default_preset: str = "wan"
     expert_preset: Optional[str] = None  # a pipeline switching two experts at a boundary (Wan2.2 A14B)
@@ -305,6 +310,7 @@ WAN_ANIMATE = VideoModelFamily(
     description="Wan2.2 Animate (WanAnimateTransformer3DModel)",
     transformer_classes=("WanAnimateTransformer3DModel",),
     self_attention=(("blocks", "attn1"),),
+    reference_frames=1,
     default_preset="wan",
 )
 

@@ -18,6 +18,10 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_skyreels_transformer(variant="t2v"|"i2v"|"df", ...)      SkyReelsV2Transformer3DModel
     tiny_skyreels_pipeline(variant="t2v"|"i2v"|"df"|"df-i2v")     SkyReelsV2Pipeline, ...ImageToVideo, ...DiffusionForcing...
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
+    tiny_wan_vace_transformer(vace_layers=(0,), ...)              WanVACETransformer3DModel (+ wan_vace_inputs)
+    tiny_wan_vace_pipeline(...)                                   WanVACEPipeline
+    tiny_wan_animate_transformer(...)                             WanAnimateTransformer3DModel (+ wan_animate_inputs)
+    tiny_wan_animate_pipeline(...)                                WanAnimatePipeline (16x16 face frames)
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
