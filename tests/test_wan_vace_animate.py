@@ -164,6 +164,16 @@ def test_sequence_parallel_counts_the_animate_reference_frame():
     assert _video_tokens(strides, vace, 32, 48, 9) == 3 * 2 * 3
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_sequence_parallelism_is_refused_clearly(name):
+    # diffusers 0.42.1 has no context-parallel plan for either class: sequence parallelism cannot split them.
+    from radial_attention.integrations.diffusers.context_parallel import check_sequence_parallel
+
+    model = MODELS[name][0]()
+    with pytest.raises(ValueError, match=f"{type(model).__name__} has no context-parallel plan"):
+        check_sequence_parallel(model, 2)
+
+
 @pytest.mark.parametrize("variant", ["wan-vace", "wan2.2-vace-fun-a14b", "wan-animate"])
 def test_pixel_sizes_the_models_cannot_take_are_clear_errors(variant):
     layout = video_layout(variant, 480, 832, 81, reference_frames=0)  # VACE's default size
