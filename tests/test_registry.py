@@ -91,7 +91,8 @@ def test_registry_imports_no_library():
 
 def test_lookups_and_errors():
     assert family_for_transformer("WanTransformer3DModel") is FAMILIES["wan"]
-    assert family_for_transformer("WanVACETransformer3DModel") is None  # exact names, no subclasses
+    assert family_for_transformer("WanVACETransformer3DModel") is FAMILIES["wan-vace"]  # not Wan's: exact names
+    assert family_for_transformer("WanAnimate2Transformer3DModel") is None  # no subclasses or prefixes
     assert family_for_pipeline("HunyuanVideoPipeline") is FAMILIES["hunyuan"]
     with pytest.raises(ValueError, match="unknown model family 'sora'; expected one of"):
         get_variant("sora")
@@ -196,6 +197,17 @@ FORWARD_CASES = {
         ("cogvideox-1.0", _cogvideox("1.0"), _cogvideox_inputs),
         ("cogvideox-1.5", _cogvideox("1.5"), _cogvideox_inputs),
     ],
+    # The control branch's self-attention (vace_blocks) runs first, over the same video tokens.
+    "wan-vace": [
+        (
+            "wan-vace",
+            lambda: tiny.tiny_wan_vace_transformer(num_layers=2, vace_layers=(0, 1)),
+            lambda m, f, h, w: tiny.wan_vace_inputs(m, f, h, w, text_len=TEXT),
+        ),
+    ],
+    # Latent frame 0 is the reference image: F = 1 + the segment's latent frames. The face adapter's
+    # per-frame cross-attention (queries: one frame's tokens, keys: motion tokens) is not the video's.
+    "wan-animate": [("wan-animate", tiny.tiny_wan_animate_transformer, tiny.wan_animate_inputs)],
 }
 
 
@@ -223,9 +235,10 @@ def test_layout_of_a_real_forward_is_the_registry_prediction(family, variant, bu
     layout = video_layout(
         variant, height, width, frames, extra_tokens=TEXT if fam.has_extra_tokens else 0, prefix_tokens=prefix
     )
-    assert (layout.frames, layout.tokens_per_frame) == (3, 6)
+    # Reference frames (Wan Animate's reference image) are latent frames in front of the video.
+    assert (layout.frames, layout.tokens_per_frame) == (3 + fam.reference_frames, 6)
     t_vae, s_vae = v.vae_strides
-    latent = ((frames - 1) // t_vae + 1, height // s_vae, width // s_vae)
+    latent = ((frames - 1) // t_vae + 1 + fam.reference_frames, height // s_vae, width // s_vae)
     kwargs = inputs(model, *latent)
     log = _SelfAttentionLog(model)
     try:

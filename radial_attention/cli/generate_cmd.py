@@ -45,6 +45,45 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True, help="what the video shows")
     p.add_argument("--negative-prompt", default=None, help="what it should not show (default: the pipeline's)")
     p.add_argument("--image", default=None, help="conditioning image for image-to-video pipelines")
+    # Condition inputs of the pipelines that take them (CONDITION_INPUTS): given only where the pipeline has that
+    # parameter, required where it has no default.
+    c = p.add_argument_group("condition inputs (Wan VACE, Wan Animate)")
+    c.add_argument(
+        "--reference-image",
+        action="append",
+        default=None,
+        type=input_file,
+        metavar="PATH",
+        help="Wan VACE: a reference image (repeat for more; each becomes a latent frame in front of the video)",
+    )
+    c.add_argument(
+        "--video",
+        default=None,
+        type=input_file,
+        metavar="PATH",
+        help="Wan VACE: control video (its first --frames frames)",
+    )
+    c.add_argument(
+        "--mask-video",
+        default=None,
+        type=input_file,
+        metavar="PATH",
+        help="Wan VACE: mask video for --video (white: generate, black: keep)",
+    )
+    c.add_argument(
+        "--pose-video",
+        default=None,
+        type=input_file,
+        metavar="PATH",
+        help="Wan Animate: pose video (its length: the output's)",
+    )
+    c.add_argument(
+        "--face-video",
+        default=None,
+        type=input_file,
+        metavar="PATH",
+        help="Wan Animate: face video, as long as --pose-video",
+    )
     p.add_argument("--height", type=positive_int, default=480, help="video height in pixels")
     p.add_argument("--width", type=positive_int, default=832, help="video width in pixels")
     p.add_argument("--frames", type=positive_int, default=81, help="video frames (4k+1)")
@@ -302,6 +341,64 @@ def run(args) -> dict:
         sp.close()
 
 
+def input_file(text: str) -> str:
+    """A file to read that exists (checked when the arguments are parsed, before the model loads)."""
+    import argparse
+
+    if not os.path.isfile(os.path.expanduser(text)):
+        raise argparse.ArgumentTypeError(f"no such file {os.path.abspath(os.path.expanduser(text))}")
+    return os.path.expanduser(text)
+
+
+# --option (argparse dest) -> (pipeline __call__ parameter, "image" | "images" | "video"). Videos are local .mp4 /
+# .gif files read with diffusers' load_video (a list of PIL frames).
+CONDITION_INPUTS = {
+    "reference_image": ("reference_images", "images"),
+    "video": ("video", "video"),
+    "mask_video": ("mask", "video"),
+    "pose_video": ("pose_video", "video"),
+    "face_video": ("face_video", "video"),
+}
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def condition_inputs(args, pipe, params, frames: int) -> dict:
+    """Pipeline keywords from the condition options (:data:`CONDITION_INPUTS`) of ``args``.
+
+    ``ValueError`` for an option the pipeline does not take, a parameter the pipeline requires
+    (no default) whose option is missing, and a ``--video`` /
+    ``--mask-video`` shorter than ``frames`` (VACE's control video is cut to ``frames``).
+    """
+    from diffusers.utils import load_image, load_video
+
+    kwargs = {}
+    name = type(pipe).__name__
+    for dest, (param, kind) in CONDITION_INPUTS.items():
+        value = getattr(args, dest, None)
+        if param not in params:
+            if value is not None:
+                raise ValueError(f"{name} takes no {param}; drop {_option(dest)}")
+            continue
+        if value is None:
+            if params[param].default is params[param].empty:
+                raise ValueError(f"{name} needs its {param}: pass {_option(dest)} PATH")
+            continue
+        paths = value if isinstance(value, list) else [value]  # existing files: input_file checked them
+        if kind == "images":
+            kwargs[param] = [load_image(path) for path in paths]
+            continue
+        video = load_video(paths[0])
+        if param in ("video", "mask"):  # VACE: one control frame per generated frame
+            if len(video) < frames:
+                raise ValueError(f"{_option(dest)} has {len(video)} frames; generating {frames} needs at least as many")
+            video = video[:frames]
+        kwargs[param] = video
+    return kwargs
+
+
 def _temporal_stride(pipe) -> int:
     """The VAE's temporal compression as the pipeline names it (Wan/HunyuanVideo:
     ``vae_scale_factor_temporal``, Mochi: ``vae_temporal_scale_factor``); 1 if it names none."""
@@ -385,6 +482,10 @@ def _run(args, sp) -> dict:
         generator=torch.Generator(device="cpu").manual_seed(args.seed),
         output_type="np",
     )
+    if "num_frames" not in params and "segment_frame_length" in params:
+        # Wan Animate: the video is as long as its pose video, generated in segments of --frames frames.
+        kwargs["segment_frame_length"] = kwargs.pop("num_frames")
+    kwargs.update(condition_inputs(args, pipe, params, frames))
     if args.negative_prompt is not None:
         kwargs["negative_prompt"] = args.negative_prompt
     if args.guidance_scale is not None:

@@ -113,4 +113,4 @@ def _video_tokens(pipe, transformer, height, width, frames) -> Optional[int]:
     f, h, w = video_token_grid(
         height, width, frames, (int(st), int(ss)), fam.patch(transformer.config), pad_frames=fam.pads_latent_frames
     )
-    return f * h * w
+    return (f + fam.reference_frames) * h * w  # Wan Animate: its reference image's latent frame in front

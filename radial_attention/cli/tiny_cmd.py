@@ -30,6 +30,8 @@ FAMILIES = {
     ),
     "cogvideox": ("tiny_cogvideox_pipeline", {"version": "1.0"}, "CogVideoX 1.0 text-to-video (CogVideoXPipeline)"),
     "cogvideox-1.5": ("tiny_cogvideox_pipeline", {"version": "1.5"}, "CogVideoX 1.5 text-to-video (patch_size_t=2)"),
+    "wan-vace": ("tiny_wan_vace_pipeline", {}, "Wan VACE (WanVACEPipeline: control video, mask, reference images)"),
+    "wan-animate": ("tiny_wan_animate_pipeline", {}, "Wan Animate (WanAnimatePipeline: image, pose and face videos)"),
 }
 
 
@@ -83,6 +85,10 @@ def run(args) -> int:
         # The prompt length must be the tiny transformer's max_text_seq_length.
         "cogvideox": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
         "cogvideox-1.5": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
+        "wan-vace": " --reference-image REF.png --height 64 --width 64 --frames 9 --max-sequence-length 16",
+        # --frames: the segment length; the video is as long as the pose video (face frames: 16x16).
+        "wan-animate": " --image CHARACTER.png --pose-video POSE.mp4 --face-video FACE.mp4 --height 64 --width 64"
+        " --frames 9 --max-sequence-length 512",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(

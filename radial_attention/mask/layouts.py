@@ -71,6 +71,7 @@ def video_layout(
     extra_tokens: Optional[int] = None,
     text_tokens: Optional[int] = None,
     prefix_tokens: Optional[int] = None,
+    reference_frames: Optional[int] = None,
 ) -> VideoLayout:
     """Frames and tokens per frame of a ``num_frames``-frame ``height x width`` video for ``model``.
 
@@ -83,6 +84,9 @@ def video_layout(
         text_tokens: deprecated name of ``extra_tokens``.
         prefix_tokens: tokens placed before the video; default the family's (226 text tokens
             for CogVideoX, else 0).
+        reference_frames: latent frames in front of the video that the self-attention counts as
+            video frames (reference images); default the family's (1 for Wan Animate, else 0; Wan
+            VACE: one per reference image the pipeline is given).
 
     Raises:
         ValueError: naming the size the model cannot take and the nearest sizes it can.
@@ -117,13 +121,16 @@ def video_layout(
     y = fam.default_prefix_tokens if prefix_tokens is None else prefix_tokens
     if isinstance(y, bool) or not isinstance(y, int) or y < 0:
         raise ValueError(f"prefix_tokens must be a non-negative integer, got {prefix_tokens!r}")
+    r = fam.model_family.reference_frames if reference_frames is None else reference_frames
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"reference_frames must be a non-negative integer, got {reference_frames!r}")
     frames, height_tokens, width_tokens = video_token_grid(
         height, width, num_frames, fam.vae_strides, fam.patch, pad_frames=pads
     )
     return VideoLayout(
         family=fam.name,
         preset=fam.preset,
-        frames=frames,
+        frames=frames + r,
         height_tokens=height_tokens,
         width_tokens=width_tokens,
         extra_tokens=x,

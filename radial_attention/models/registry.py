@@ -81,6 +81,11 @@ class VideoModelFamily:
     # The pipeline pads the latent frames at the front to a multiple of p_t (CogVideoX 1.5): token
     # frames = ceil(latent frames / p_t), and any VAE frame count works.
     pads_latent_frames: bool = False
+    # Latent frames every call of the pipeline puts in front of the video, which the self-attention
+    # counts as video frames (Wan Animate: 1, its reference image). VACE's reference images are
+    # such frames too, one per image, but how many is the caller's choice: 0 here (video_layout
+    # takes reference_frames=).
+    reference_frames: int = 0
     # --- mask defaults
     default_preset: str = "wan"
     expert_preset: Optional[str] = None  # a pipeline switching two experts at a boundary (Wan2.2 A14B)
@@ -312,7 +317,38 @@ COGVIDEOX = VideoModelFamily(
     default_preset="hunyuan",
 )
 
-FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX)}
+# Wan VACE: Wan's blocks plus a control branch (vace_blocks) whose self-attention runs over the
+# same video token grid (the control latents are patched like the video, zero-padded in tokens to
+# its length, and get the same RoPE). The forward runs every vace_blocks.j first, then blocks.i:
+# that is the layer order dense_layers counts (dense_layers=1 makes vace_blocks.0 dense).
+# Reference images are extra latent frames the pipeline puts in front of the video; the
+# transformer cannot tell them from video frames, so they count as video frames of the mask
+# (frame 0, the sink of the wan preset, is the first reference image when there is one).
+WAN_VACE = VideoModelFamily(
+    name="wan-vace",
+    description="Wan2.1 VACE / Wan2.2 VACE-Fun (WanVACETransformer3DModel)",
+    transformer_classes=("WanVACETransformer3DModel",),
+    self_attention=(("vace_blocks", "attn1"), ("blocks", "attn1")),  # attn2: cross-attention to text
+    default_preset="wan",
+    expert_preset="wan2.2",  # WanVACEPipeline with transformer_2 and boundary_ratio (Wan2.2 VACE-Fun A14B)
+    flow_shift=3.0,  # 480p (the pipeline's docstring: 5.0 for 720p)
+)
+# Wan Animate: Wan2.1's blocks; latent frame 0 of every call is the reference image (1 + F latent
+# frames), counted as a video frame (the wan preset's sink). Its face_adapter modules are
+# per-frame cross-attention to motion tokens, and attn2 cross-attention to text and the CLIP image:
+# neither is listed, so both stay as they are.
+WAN_ANIMATE = VideoModelFamily(
+    name="wan-animate",
+    description="Wan2.2 Animate (WanAnimateTransformer3DModel)",
+    transformer_classes=("WanAnimateTransformer3DModel",),
+    self_attention=(("blocks", "attn1"),),
+    reference_frames=1,
+    default_preset="wan",
+)
+
+FAMILIES: Dict[str, VideoModelFamily] = {
+    f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX, WAN_VACE, WAN_ANIMATE)
+}
 
 
 # ------------------------------------------------------------------------------------- variants
@@ -426,6 +462,21 @@ VARIANTS: Dict[str, ModelVariant] = {
             "mochi", "mochi", "Mochi 1 (no preset of its own; HunyuanVideo's settings)",
             vae=(6, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
             aliases=("mochi-1",), heads=24,
+        ),
+        # Wan VACE and Animate: Wan's architecture and VAE, no published radial settings: Wan2.1's
+        # preset and schedule (Wan2.2's for the two-expert VACE-Fun A14B).
+        _variant(
+            "wan-vace", "wan-vace", "Wan2.1 VACE 1.3B / 14B (Wan2.1's preset and schedule)",
+            vae=(4, 8), preset="wan", schedule=_WAN_SCHEDULE, aliases=("vace", "wan2.1-vace"), heads=40,
+        ),
+        _variant(
+            "wan2.2-vace-fun-a14b", "wan-vace", "Wan2.2 VACE-Fun A14B, two experts (Wan2.2 A14B's preset and schedule)",
+            vae=(4, 8), preset="wan2.2", schedule=Schedule(dense_steps=11, dense_layers=1),
+            aliases=("wan2.2-vace",), heads=40,
+        ),
+        _variant(
+            "wan-animate", "wan-animate", "Wan2.2 Animate 14B (Wan2.1's preset and schedule)",
+            vae=(4, 8), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan2.2-animate", "animate"), heads=40,
         ),
     )
 }  # fmt: skip

@@ -1,7 +1,7 @@
 """The transformer configs of the real checkpoints, for full-width benchmarks with random weights.
 
 Values of the diffusers ``transformer/config.json`` of Wan-AI/Wan2.1-T2V-1.3B-Diffusers,
-Wan-AI/Wan2.1-T2V-14B-Diffusers and hunyuanvideo-community/HunyuanVideo (kwargs of
+Wan-AI/Wan2.1-T2V-14B-Diffusers and hunyuanvideo-community/HunyuanVideo (and Wan VACE / Animate below) (kwargs of
 ``WanTransformer3DModel`` / ``HunyuanVideoTransformer3DModel``). One copy for every benchmark:
 they build as many blocks as they measure (``without_depth(cfg)`` plus their own ``num_layers``).
 """
@@ -41,6 +41,29 @@ HUNYUAN_VIDEO = dict(
     pooled_projection_dim=768,
     rope_theta=256.0,
     rope_axes_dim=(16, 56, 56),
+)
+# Wan-AI/Wan2.1-VACE-1.3B / -14B (alibaba-pai/Wan2.2-VACE-Fun-A14B: each expert as 14B), as diffusers'
+# conversion script writes them (WanVACETransformer3DModel). vace_layers: the main blocks a control
+# block's hint is added after; there are len(vace_layers) control blocks, whose self-attention runs
+# first. With fewer blocks (without_depth), keep only the vace_layers below num_layers (0 must stay).
+WAN_VACE_1_3B = dict(WAN21_1_3B, vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
+WAN_VACE_14B = dict(WAN21_14B, vace_layers=list(range(0, 40, 5)), vace_in_channels=96)
+# Wan-AI/Wan2.2-Animate-14B (WanAnimateTransformer3DModel): Wan2.1 14B's blocks with image cross-attention
+# (CLIP, 1280 wide), 36 input channels, a motion encoder over 512x512 face frames and a face adapter
+# after every 5th block.
+WAN_ANIMATE_14B = dict(
+    WAN21_14B,
+    in_channels=36,
+    latent_channels=16,
+    image_dim=1280,
+    added_kv_proj_dim=5120,
+    motion_encoder_size=512,
+    motion_style_dim=512,
+    motion_dim=20,
+    motion_encoder_dim=512,
+    face_encoder_hidden_dim=1024,
+    face_encoder_num_heads=4,
+    inject_face_latents_blocks=5,
 )
 DEPTH_KEYS = ("num_layers", "num_single_layers")
 

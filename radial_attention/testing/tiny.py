@@ -18,6 +18,10 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_skyreels_transformer(variant="t2v"|"i2v"|"df", ...)      SkyReelsV2Transformer3DModel
     tiny_skyreels_pipeline(variant="t2v"|"i2v"|"df"|"df-i2v")     SkyReelsV2Pipeline, ...ImageToVideo, ...DiffusionForcing...
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
+    tiny_wan_vace_transformer(vace_layers=(0,), ...)              WanVACETransformer3DModel (+ wan_vace_inputs)
+    tiny_wan_vace_pipeline(...)                                   WanVACEPipeline
+    tiny_wan_animate_transformer(...)                             WanAnimateTransformer3DModel (+ wan_animate_inputs)
+    tiny_wan_animate_pipeline(...)                                WanAnimatePipeline (16x16 face frames)
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
@@ -883,4 +887,152 @@ def tiny_cogvideox_pipeline(version: str = "1.0", *, num_layers: int = 2, seed: 
         vae=tiny_cogvideox_vae(seed + 20),
         transformer=transformer,
         scheduler=scheduler,
+    )
+
+
+# ----------------------------------------------------------------------------------- Wan VACE / Animate
+# The VACE control latents: 2 x 16 VAE latent channels (inactive, reactive) + 8 x 8 = 64 mask channels
+# (the pixel mask folded per VAE pixel), what WanVACEPipeline makes with the 16-channel 8x VAE (real: 96).
+WAN_VACE_IN_CHANNELS = 96
+
+
+def tiny_wan_vace_transformer(
+    *,
+    num_layers: int = 2,
+    vace_layers=(0,),
+    num_heads: int = 2,
+    head_dim: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """A ``WanVACETransformer3DModel`` from Wan's tiny config, random weights.
+
+    ``vace_layers``: the main blocks after which a control hint is added (must contain 0 and stay
+    below ``num_layers``); there are ``len(vace_layers)`` control blocks ``vace_blocks``, which the
+    forward runs first. Called with ``hidden_states [B, 16, F, H, W]`` and ``control_hidden_states
+    [B, 96, F, H, W]`` (:func:`wan_vace_inputs`). ``overrides``: any other config value.
+    """
+    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
+    cfg.update(vace_layers=list(vace_layers), vace_in_channels=WAN_VACE_IN_CHANNELS)
+    cfg.update(overrides)
+    from diffusers import WanVACETransformer3DModel
+
+    return _seeded_build(WanVACETransformer3DModel, cfg, seed, dtype)
+
+
+def wan_vace_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, seed: int = 0, **kw):
+    """:func:`wan_inputs` plus random ``control_hidden_states [batch, vace_in_channels, frames, height, width]``."""
+    kwargs = wan_inputs(transformer, frames, height, width, batch=batch, seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    c = transformer.config.vace_in_channels
+    kwargs["control_hidden_states"] = torch.randn(batch, c, frames, height, width, generator=g).to(transformer.dtype)
+    return kwargs
+
+
+# Motion encoder widths of the tiny Animate model: one entry per resolution of its face-image pyramid
+# (the real model: 512 .. 32 channels for 4 .. 512 pixels).
+_ANIMATE_MOTION_CHANNELS = {str(2**k): 16 for k in range(2, 10)}
+WAN_ANIMATE_FACE_SIZE = 16  # face video frames are face_size x face_size pixels (real: 512)
+
+
+def tiny_wan_animate_transformer(
+    *,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    head_dim: int = 16,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **overrides,
+):
+    """A ``WanAnimateTransformer3DModel`` from Wan's tiny config, random weights.
+
+    36 input channels (16 noise + 4 mask + 16 reference/condition latents), 16 out; image
+    cross-attention (``image_dim`` 24, like the tiny Wan I2V: call it with exactly 512 text tokens);
+    a tiny motion encoder over ``16 x 16`` face frames and a face adapter after every 2nd block.
+    Called with ``hidden_states [B, 36, 1 + F, H, W]`` (latent frame 0: the reference image),
+    ``pose_hidden_states [B, 16, F, H, W]`` and ``face_pixel_values [B, 3, frames, 16, 16]``
+    (:func:`wan_animate_inputs`).
+    """
+    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
+    cfg.update(
+        in_channels=36,
+        latent_channels=16,
+        out_channels=16,
+        image_dim=24,
+        added_kv_proj_dim=num_heads * head_dim,
+        motion_encoder_channel_sizes=dict(_ANIMATE_MOTION_CHANNELS),
+        motion_encoder_size=WAN_ANIMATE_FACE_SIZE,
+        motion_style_dim=8,
+        motion_dim=4,
+        motion_encoder_dim=8,
+        face_encoder_hidden_dim=16,
+        face_encoder_num_heads=2,
+        inject_face_latents_blocks=2,
+        motion_encoder_batch_size=256,  # the whole face video in one batch: far fewer (slow) tiny conv calls on CPU
+    )
+    cfg.update(overrides)
+    from diffusers import WanAnimateTransformer3DModel
+
+    return _seeded_build(WanAnimateTransformer3DModel, cfg, seed, dtype)
+
+
+def wan_animate_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, seed: int = 0, **kw):
+    """Random call kwargs for a Wan Animate transformer on ``frames`` latent frames in all: frame 0
+    the reference image, ``frames - 1`` the segment (pose latents for those, and a face video of
+    the segment's ``4 * (frames - 2) + 1`` pixel frames, which the face encoder brings down 4x in
+    time; Wan I2V's 512 text tokens and image embeddings)."""
+    if frames < 2:
+        raise ValueError(f"Wan Animate needs the reference frame and at least one segment frame, got frames={frames}")
+    kwargs = wan_inputs(transformer, frames, height, width, batch=batch, seed=seed, **kw)
+    g = torch.Generator().manual_seed(seed + 1)
+    dtype = transformer.dtype
+    size = transformer.config.motion_encoder_size
+    kwargs["pose_hidden_states"] = torch.randn(batch, 16, frames - 1, height, width, generator=g).to(dtype)
+    kwargs["face_pixel_values"] = torch.randn(batch, 3, 4 * (frames - 2) + 1, size, size, generator=g).to(dtype)
+    return kwargs
+
+
+def tiny_wan_vace_pipeline(*, num_layers: int = 2, vace_layers=(0,), seed: int = 0):
+    """A whole ``WanVACEPipeline`` from tiny components (no download): ``tiny_wan_vace_transformer``
+    and ``tiny_wan_pipeline("t2v", seed=seed)``'s text side, 16-channel VAE and UniPC flow scheduler.
+
+    Call it like diffusers' VACE: ``video`` / ``mask`` (lists of PIL frames, optional), and
+    ``reference_images`` (each becomes one more latent frame in front of the video), height and
+    width multiples of 16, frames ``4k+1``, a small ``max_sequence_length``.
+    """
+    from diffusers import WanVACEPipeline
+
+    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
+    return WanVACEPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_wan_vae("t2v", seed=seed + 20),
+        scheduler=scheduler,
+        transformer=tiny_wan_vace_transformer(num_layers=num_layers, vace_layers=vace_layers, seed=seed),
+    )
+
+
+def tiny_wan_animate_pipeline(*, num_layers: int = 2, seed: int = 0):
+    """A whole ``WanAnimatePipeline`` from tiny components (no download): ``tiny_wan_animate_transformer``,
+    a tiny CLIP vision encoder (hidden size = its ``image_dim``) and ``tiny_wan_pipeline("t2v",
+    seed=seed)``'s text side, VAE and scheduler.
+
+    Call it with ``image`` (the character, PIL), ``pose_video`` and ``face_video`` (lists of PIL
+    frames; face frames are resized to 16 x 16), ``segment_frame_length`` ``4k+1``, height and width
+    multiples of 16 and ``max_sequence_length=512`` (Wan I2V's image cross-attention split).
+    """
+    from diffusers import WanAnimatePipeline
+
+    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
+    transformer = tiny_wan_animate_transformer(num_layers=num_layers, seed=seed)
+    image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+    return WanAnimatePipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=tiny_wan_vae("t2v", seed=seed + 20),
+        scheduler=scheduler,
+        image_processor=image_processor,
+        image_encoder=image_encoder,
+        transformer=transformer,
     )

@@ -223,7 +223,10 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
             ``HunyuanVideoPipeline``, ...: every ``WanTransformer3DModel`` /
             ``HunyuanVideoTransformer3DModel`` component, e.g. Wan2.2 A14B's ``transformer`` and
             ``transformer_2``, which then share one step count), a bare transformer, or a list of
-            transformers that share one step count. SkyReels-V2 pipelines (``SkyReelsV2Transformer3DModel``)
+            transformers that share one step count. Wan VACE (``WanVACEPipeline``: the control
+            branch's self-attention is radial too; reference images are latent frames in front of the
+            video, masked as video frames) and Wan Animate (``WanAnimatePipeline``: latent frame 0 is the
+            reference image; the face adapter stays as it is). SkyReels-V2 pipelines (``SkyReelsV2Transformer3DModel``)
             too, diffusion forcing included: there the step is the pipeline loop's iteration (its loop
             never steps ``pipe.scheduler``), and ``causal_block_size > 1`` works only where
             ``causal_block_size`` x tokens per frame is a multiple of ``block_size`` (else ``ValueError``).
@@ -231,9 +234,9 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
 
     Settings (fields of the config, or keywords):
         preset: mask preset (``"wan"``, ``"wan-full"``, ``"hunyuan"``, ``"wan2.2"``); default the
-            model's: ``wan`` for Wan2.1, Wan2.2 TI2V-5B and SkyReels-V2 (which has none published of
-            its own), ``wan2.2`` for Wan2.2 A14B (a pipeline with two experts, or a list of two Wan
-            transformers), ``hunyuan`` for HunyuanVideo (and for Mochi, by analogy: it has no
+            model's: ``wan`` for Wan2.1, Wan2.2 TI2V-5B, SkyReels-V2, Wan VACE and Wan Animate (which
+            have none published of their own), ``wan2.2`` for Wan2.2 A14B and VACE-Fun A14B (a pipeline
+            with two experts, or a list of two Wan transformers), ``hunyuan`` for HunyuanVideo (and for Mochi, by analogy: it has no
             published settings).
             A bare A14B expert cannot be told from Wan2.1: pass ``preset="wan2.2"`` there.
         decay: decay factor of the mask; default the preset's.
@@ -241,7 +244,9 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
         dense_last_steps: the last this many steps run dense (needs ``num_steps`` on a bare
             transformer; a pipeline tells the number of steps through its scheduler).
         dense_layers: the first this many transformer blocks always run dense (HunyuanVideo
-            counts its 20 dual-stream blocks, then its 40 single-stream blocks).
+            counts its 20 dual-stream blocks, then its 40 single-stream blocks; Wan VACE its control
+            blocks ``vace_blocks``, which run first, then its main blocks: ``dense_layers=1`` is
+            ``vace_blocks.0``).
         block_size: mask block size, 128 or 64.
         backend: attention backend of :func:`radial_attention.ops.block_sparse_attention`.
         num_steps: denoising steps per generation, for a bare transformer.
