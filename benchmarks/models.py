@@ -81,6 +81,40 @@ CASES = {
         inputs=("wan_inputs", dict(text_len=512)),
         size="1280x720, 121 frames",
     ),
+    # Wan2.1-VACE-14B: Wan2.1-14B plus 8 control blocks (vace_layers 0, 5, ..., 35) that run first;
+    # built with 5 main blocks and the control block at 0. One reference image: 1 + 21 latent frames.
+    "wan-vace-14b-480p+ref": dict(
+        variant="wan-vace",
+        cls="WanVACETransformer3DModel",
+        config=dict(configs.without_depth(configs.WAN_VACE_14B), vace_layers=[0]),
+        build={"num_layers": 5},
+        depth={"vace_blocks": 8, "blocks": 40},
+        latent=(22, 60, 104),
+        inputs=("wan_vace_inputs", dict(text_len=512)),
+        size="832x480, 81 frames + 1 reference image",
+    ),
+    "wan-vace-14b-720p": dict(
+        variant="wan-vace",
+        cls="WanVACETransformer3DModel",
+        config=dict(configs.without_depth(configs.WAN_VACE_14B), vace_layers=[0]),
+        build={"num_layers": 5},
+        depth={"vace_blocks": 8, "blocks": 40},
+        latent=(21, 90, 160),
+        inputs=("wan_vace_inputs", dict(text_len=512)),
+        size="1280x720, 81 frames",
+    ),
+    # Wan2.2-Animate-14B: a face adapter after every 5th block, so 5 blocks built. Latent frame 0 is
+    # the reference image; face video 77 x 512 x 512 for the motion encoder, 257 CLIP image tokens.
+    "wan-animate-14b-720p": dict(
+        variant="wan-animate",
+        cls="WanAnimateTransformer3DModel",
+        config=configs.without_depth(configs.WAN_ANIMATE_14B),
+        build={"num_layers": 5},
+        depth={"blocks": 40},
+        latent=(21, 90, 160),
+        inputs=("wan_animate_inputs", dict(image_tokens=257)),
+        size="1280x720, one 77-frame segment + the reference frame",
+    ),
     "mochi-480p": dict(
         variant="mochi",
         cls="MochiTransformer3DModel",
