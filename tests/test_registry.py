@@ -173,6 +173,11 @@ def _skyreels_df_call(m, f, h, w):
     return kwargs
 
 
+def _hunyuan15_call(image):
+    # TEXT condition tokens after the video: 2 Qwen + 2 byT5 + 1 image token (T2V: the image one masked).
+    return lambda m, f, h, w: tiny.hunyuan15_inputs(m, f, h, w, text_len=2, text_len_2=2, image_tokens=1, image=image)
+
+
 # family -> cases: (variant, tiny builder, inputs(model, latent F, H, W)). Each gets TEXT prompt tokens.
 FORWARD_CASES = {
     "wan": [
@@ -195,6 +200,11 @@ FORWARD_CASES = {
     "cogvideox": [
         ("cogvideox-1.0", _cogvideox("1.0"), _cogvideox_inputs),
         ("cogvideox-1.5", _cogvideox("1.5"), _cogvideox_inputs),
+    ],
+    # Joint attention over [video, image, byT5, Qwen tokens], pairwise-masked (T2V and I2V).
+    "hunyuan15": [
+        ("hunyuanvideo-1.5", lambda: tiny.tiny_hunyuan15_transformer("t2v"), _hunyuan15_call(False)),
+        ("hunyuanvideo-1.5", lambda: tiny.tiny_hunyuan15_transformer("i2v"), _hunyuan15_call(True)),
     ],
 }
 

@@ -121,6 +121,11 @@ class VideoModelFamily:
     # Config key that, when > 1, makes the transformer pass a frame-block causal attention mask to
     # its self-attention (SkyReels-V2 ``num_frame_per_block``); radial attention refuses those calls.
     frame_causal_key: Optional[str] = None
+    # The processor passes a bool [B, 1, S, S] attention mask, the outer product m[q] & m[k] of a
+    # per-token mask m that keeps a prefix of the sequence (HunyuanVideo 1.5: the video, then the
+    # valid image / byT5 / Qwen tokens, then padding). Radial attention turns it into key lengths and
+    # zeroes the padded query rows, as torch SDPA gives them; any other [B, 1, S, S] mask raises.
+    pairwise_prefix_mask: bool = False
 
     @property
     def patchable(self) -> bool:
@@ -280,7 +285,25 @@ COGVIDEOX = VideoModelFamily(
     default_preset="hunyuan",
 )
 
-FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX)}
+# HunyuanVideo 1.5: one kind of block (54 double-stream blocks, no single-stream ones), joint
+# attention over [video, valid image (SigLIP, I2V only), valid byT5, valid Qwen, padding]: the model
+# reorders each item's condition tokens so the valid ones are a prefix, and the processor masks the
+# rest pairwise (pairwise_prefix_mask). 729 + 256 + 1000 = 1985 condition tokens in every call.
+HUNYUAN15 = VideoModelFamily(
+    name="hunyuan15",
+    description="HunyuanVideo 1.5 T2V / I2V (HunyuanVideo15Transformer3DModel)",
+    transformer_classes=("HunyuanVideo15Transformer3DModel",),
+    # The text token refiner (context_embedder.token_refiner) attends over text only: not listed.
+    self_attention=(("transformer_blocks", "attn"),),
+    extra_tokens="after",
+    default_extra_tokens=1985,
+    pairwise_prefix_mask=True,
+    # No published radial settings: HunyuanVideo's preset by analogy (same lab, the condition
+    # tokens after the video as in HunyuanVideo, no attention sink of Wan's kind known).
+    default_preset="hunyuan",
+)
+
+FAMILIES: Dict[str, VideoModelFamily] = {f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX, HUNYUAN15)}
 
 
 # ------------------------------------------------------------------------------------- variants
@@ -394,6 +417,14 @@ VARIANTS: Dict[str, ModelVariant] = {
             "mochi", "mochi", "Mochi 1 (no preset of its own; HunyuanVideo's settings)",
             vae=(6, 8), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
             aliases=("mochi-1",), heads=24,
+        ),
+        # HunyuanVideo 1.5 (480p and 720p checkpoints, T2V and I2V): 16x VAE, no patching (1, 1, 1),
+        # 16 heads of dim 128. None published: HunyuanVideo's preset and schedule by analogy (12 of
+        # 50 steps dense, no dense layer); unchecked on real weights.
+        _variant(
+            "hunyuanvideo-1.5", "hunyuan15", "HunyuanVideo 1.5 T2V/I2V 480p and 720p (HunyuanVideo's settings)",
+            vae=(4, 16), patch=(1, 1, 1), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
+            aliases=("hunyuan15", "hunyuanvideo1.5", "hunyuan-video-1.5", "hunyuanvideo15"), heads=16,
         ),
     )
 }  # fmt: skip

@@ -15,6 +15,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
     tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
     tiny_mochi_transformer(...)                                   MochiTransformer3DModel
+    tiny_hunyuan15_transformer(task_type="t2v"|"i2v", ...)        HunyuanVideo15Transformer3DModel
     tiny_skyreels_transformer(variant="t2v"|"i2v"|"df", ...)      SkyReelsV2Transformer3DModel
     tiny_skyreels_pipeline(variant="t2v"|"i2v"|"df"|"df-i2v")     SkyReelsV2Pipeline, ...ImageToVideo, ...DiffusionForcing...
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
@@ -285,6 +286,39 @@ def tiny_mochi_transformer(*, num_layers: int = 2, seed: int = 0, dtype: torch.d
     from diffusers import MochiTransformer3DModel
 
     return _seeded_build(MochiTransformer3DModel, cfg, seed, dtype)
+
+
+HUNYUAN15_TINY = dict(
+    in_channels=9,  # 4 noise + 4 condition latents + 1 mask, concatenated on channels (real: 32 + 32 + 1)
+    out_channels=4,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=2,
+    num_refiner_layers=1,
+    patch_size=1,  # the checkpoints' (1, 1, 1): one token per latent pixel
+    patch_size_t=1,
+    text_embed_dim=16,  # Qwen2.5-VL hidden size (real: 3584)
+    text_embed_2_dim=8,  # byT5 d_model (real: 1472)
+    image_embed_dim=12,  # SigLIP hidden size (real: 1152)
+    rope_axes_dim=(4, 6, 6),  # sums to attention_head_dim
+    target_size=32,
+)
+
+
+def tiny_hunyuan15_transformer(
+    task_type: str = "t2v", *, num_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides
+):
+    """A ``HunyuanVideo15Transformer3DModel`` from a tiny config with random weights (``task_type``
+    ``"t2v"`` or ``"i2v"``: the same weights' shapes; the forward tells them apart by ``image_embeds``,
+    all zeros for text-to-video). Call it with :func:`hunyuan15_inputs`. Its joint attention runs
+    over ``[video, valid image, valid byT5, valid Qwen tokens, padding]`` with a pairwise mask."""
+    if task_type not in ("t2v", "i2v"):
+        raise ValueError(f"task_type must be 't2v' or 'i2v', got {task_type!r}")
+    cfg = dict(HUNYUAN15_TINY, num_layers=num_layers, task_type=task_type)
+    cfg.update(overrides)
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return _seeded_build(HunyuanVideo15Transformer3DModel, cfg, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------- text side
@@ -675,6 +709,53 @@ def tiny_mochi_pipeline(*, num_layers: int = 2, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------- inputs
+def hunyuan15_inputs(
+    transformer,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    text_len: int = 10,
+    text_len_2: int = 5,
+    image_tokens: int = 7,
+    prompt_lengths=None,
+    prompt_lengths_2=None,
+    image: bool = False,
+    timestep: float = 500.0,
+    seed: int = 0,
+):
+    """Random call kwargs for a HunyuanVideo 1.5 transformer on a latent ``[batch, C, frames, height, width]``.
+
+    ``prompt_lengths`` / ``prompt_lengths_2`` (one per item, default all valid) set the Qwen and byT5
+    masks ``encoder_attention_mask [B, text_len]`` / ``encoder_attention_mask_2 [B, text_len_2]``;
+    ``image``: random SigLIP ``image_embeds [B, image_tokens, C]`` (image-to-video: all valid), else
+    zeros (text-to-video: the model masks them all). The self-attention then has
+    ``text_len + text_len_2 + image_tokens`` tokens after the video, the valid ones first.
+    """
+    cfg = transformer.config
+    g = torch.Generator().manual_seed(seed)
+    dtype = transformer.dtype
+
+    def lengths_mask(lengths, n, name):
+        lengths = [n] * batch if lengths is None else list(lengths)
+        if len(lengths) != batch or any(not 0 <= x <= n for x in lengths):
+            raise ValueError(f"{name} must be {batch} values in 0..{n}, got {lengths!r}")
+        return (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+    embeds = torch.randn(batch, image_tokens, cfg.image_embed_dim, generator=g).to(dtype)
+    return dict(
+        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
+        timestep=torch.full((batch,), float(timestep)),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.text_embed_dim, generator=g).to(dtype),
+        encoder_attention_mask=lengths_mask(prompt_lengths, text_len, "prompt_lengths"),
+        encoder_hidden_states_2=torch.randn(batch, text_len_2, cfg.text_embed_2_dim, generator=g).to(dtype),
+        encoder_attention_mask_2=lengths_mask(prompt_lengths_2, text_len_2, "prompt_lengths_2"),
+        image_embeds=embeds if image else torch.zeros_like(embeds),
+        return_dict=False,
+    )
+
+
 def wan_inputs(
     transformer,
     frames: int,
