@@ -267,3 +267,28 @@ def test_other_masks_and_sizes_it_cannot_take_raise_clearly():
         video_layout("hunyuanvideo-1.5", 480, 848, 120)
     layout = video_layout("hunyuanvideo-1.5", 480, 848, 121)
     assert (layout.frames, layout.tokens_per_frame, layout.seq_len) == (31, 1590, 31 * 1590 + 1985)
+
+
+def test_dense_steps_reach_fa4_dense_with_the_pairwise_mask(monkeypatch):
+    """Dense steps on FA4's dense kernel (a stand-in here): key lengths, padded query rows zeroed."""
+    from fake_fa4 import FakeFA4
+
+    from radial_attention.ops import api, fa4
+
+    fake = FakeFA4()
+    monkeypatch.setattr(fa4, "_fa4", fake)
+    monkeypatch.setattr(api, "_reasons", {})
+    monkeypatch.setattr(fa4, "IMPORT_ERROR", None)
+    monkeypatch.delitem(api._import_errors, "fa4", raising=False)
+    monkeypatch.setitem(api._modules, "fa4", fa4)
+    monkeypatch.setitem(api._checks, "fa4", lambda q, requires_grad, block_size: None)
+    model = tiny.tiny_hunyuan15_transformer()
+    kwargs = tiny.hunyuan15_inputs(model, F_, H, W, batch=2, **LENGTHS)
+    want, want_attn = run(model, kwargs)
+    apply_radial_attention(model, dense_steps=1, block_size=BS)
+    got, got_attn = run(model, kwargs)
+    remove_radial_attention(model)
+    assert sum(1 for c in fake.calls if c[0] == "fwd") >= 2  # every block's dense call went to FA4
+    assert _rel(got, want) < 1e-5
+    for p, (video, cond) in got_attn.items():
+        assert _rel(video, want_attn[p][0]) < 1e-5 and _rel(cond, want_attn[p][1]) < 1e-5, p

@@ -248,7 +248,8 @@ class DenseSDPA(TorchFunctionMode):
     """In a dense step or layer: answers the processor's SDPA call with FA4's dense kernel where it runs.
 
     Only calls that dense attention would compute identically are taken (equal q/k/v shapes, no
-    dropout, not causal, no mask or a key-padding prefix mask); the rest, and every call where
+    dropout, not causal, no mask, a key-padding prefix mask, or the pairwise prefix mask of a family
+    declaring ``pairwise_prefix_mask``); the rest, and every call where
     ``resolve_dense_backend`` does not pick ``fa4`` (no Hopper GPU, flash-attn-4 not installed, an
     fp32 model, a head dim FA4 does not run), go to torch's SDPA exactly as the model made them.
 
@@ -280,14 +281,24 @@ class DenseSDPA(TorchFunctionMode):
 
         if resolve_dense_backend(self.backend, q) != "fa4":
             return func(*args, **kwargs)
-        key_lengths = None
-        if call["attn_mask"] is not None:
+        key_lengths, padded_queries = None, False
+        attn_mask = call["attn_mask"]
+        if attn_mask is not None:
             B, _, S, _ = q.shape
+            pairwise = _is_pairwise(attn_mask, S) and getattr(
+                getattr(self.state, "family", None), "pairwise_prefix_mask", False
+            )
             try:
-                if self.state is not None:
-                    key_lengths = cached_key_lengths(self.state, call["attn_mask"], B, S)
+                if pairwise:  # HunyuanVideo 1.5: key lengths, and the padded query rows zeroed as SDPA does
+                    key_lengths = key_lengths_from_pairwise_mask(attn_mask, B, S, self.where)
+                    key_lengths, padded_queries = (
+                        (None, False) if bool((key_lengths == S).all()) else (key_lengths, True)
+                    )
+                elif self.state is not None:
+                    key_lengths = cached_key_lengths(self.state, attn_mask, B, S)
                 else:
-                    key_lengths = key_lengths_from_mask(call["attn_mask"], B, S)
+                    key_lengths = key_lengths_from_mask(attn_mask, B, S)
             except ValueError:  # not a key-padding prefix: SDPA computes it as given
                 return func(*args, **kwargs)
-        return dense_attention(q, k, v, scale=call["scale"], key_lengths=key_lengths, backend="fa4")
+        out = dense_attention(q, k, v, scale=call["scale"], key_lengths=key_lengths, backend="fa4")
+        return zero_padded_queries(out, key_lengths) if padded_queries else out
