@@ -292,3 +292,48 @@ def test_dense_steps_reach_fa4_dense_with_the_pairwise_mask(monkeypatch):
     assert _rel(got, want) < 1e-5
     for p, (video, cond) in got_attn.items():
         assert _rel(video, want_attn[p][0]) < 1e-5 and _rel(cond, want_attn[p][1]) < 1e-5, p
+
+
+# ------------------------------------------------------------------------------ the whole pipeline
+def test_hunyuan15_pipeline_end_to_end_with_cfg():
+    pipe = tiny.tiny_hunyuan15_pipeline()
+    state = apply_radial_attention(pipe, dense_steps=1, block_size=BS)
+    kwargs = dict(prompt='a cat and the text "hi"', height=64, width=96, num_frames=9, num_inference_steps=2)
+    out = pipe(generator=torch.Generator().manual_seed(0), output_type="pt", **kwargs).frames
+    assert out.shape == (1, 9, 3, 64, 96) and torch.isfinite(out).all()
+    # The guider runs the transformer once per condition (batch 1): two calls a step.
+    assert dict(state.calls) == {(0, 0, "dense"): 2, (0, 1, "dense"): 2, (1, 0, "radial"): 2, (1, 1, "radial"): 2}
+    # 3 latent frames of 4 x 6 tokens, then 729 image + 256 byT5 + 1000 Qwen condition tokens.
+    assert list(state.masks) == [(3, 24, 0, 1985)]
+    remove_radial_attention(pipe)
+    assert get_radial_state(pipe) is None
+
+
+def test_tiny_pipeline_matches_the_registry_variant():
+    from radial_attention.integrations.diffusers.apply import _default_preset
+    from radial_attention.integrations.diffusers.families import find_transformers
+    from radial_attention.models import VARIANTS, patch_from_config
+
+    pipe, v = tiny.tiny_hunyuan15_pipeline(num_layers=1), VARIANTS["hunyuanvideo-1.5"]
+    assert (pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial) == v.vae_strides
+    assert patch_from_config(pipe.transformer.config) == v.patch
+    transformers, _, pipeline = find_transformers(pipe)
+    assert _default_preset(transformers, pipeline) == v.preset == "hunyuan"
+
+
+def test_generate_writes_a_video_from_a_saved_hunyuan15_pipeline(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    from radial_attention.cli.main import main
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("hunyuan15", str(tmp_path / "tiny-hunyuan15"))
+    out = tmp_path / "video.mp4"
+    args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "64", "--width", "64"]
+    args += ["--frames", "9", "--steps", "2", "--dense-steps", "1", "--block-size", "64"]
+    args += ["--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "HunyuanVideo15Pipeline" in text and "preset hunyuan" in text and "4 radial and 4 dense" in text
+    frames = imageio.mimread(out)
+    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)

@@ -30,6 +30,7 @@ FAMILIES = {
     ),
     "cogvideox": ("tiny_cogvideox_pipeline", {"version": "1.0"}, "CogVideoX 1.0 text-to-video (CogVideoXPipeline)"),
     "cogvideox-1.5": ("tiny_cogvideox_pipeline", {"version": "1.5"}, "CogVideoX 1.5 text-to-video (patch_size_t=2)"),
+    "hunyuan15": ("tiny_hunyuan15_pipeline", {}, "HunyuanVideo 1.5 text-to-video (HunyuanVideo15Pipeline)"),
 }
 
 
@@ -83,6 +84,8 @@ def run(args) -> int:
         # The prompt length must be the tiny transformer's max_text_seq_length.
         "cogvideox": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
         "cogvideox-1.5": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
+        # Its pipeline pads every prompt to fixed lengths itself: no --max-sequence-length.
+        "hunyuan15": " --height 64 --width 64 --frames 9",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(

@@ -22,6 +22,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
+    tiny_hunyuan15_pipeline(...)                                  HunyuanVideo15Pipeline (16x VAE, 1985 condition tokens)
     tiny_tokenizer(...)                                           word-level fast tokenizer
     tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
@@ -689,6 +690,77 @@ def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, se
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
         text_encoder_2=text_encoder_2,
         tokenizer_2=tokenizer_2,
+    )
+
+
+# HunyuanVideo 1.5's pipeline crops the first 108 tokens of its Qwen chat template (the system
+# message, as the real tokenizer splits it): the tiny template writes 108 filler words, then the
+# prompt, so the prompt is what survives the crop.
+_HUNYUAN15_CHAT_TEMPLATE = (
+    "{{ 'the ' * 108 }}{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+)
+
+
+def tiny_hunyuan15_vae(latent_channels: int = 4, seed: int = 0):
+    """A tiny ``AutoencoderKLHunyuanVideo15``: 16x spatial / 4x temporal compression, as the real one."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    with _seeded(seed):
+        return AutoencoderKLHunyuanVideo15(
+            latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1
+        ).eval()
+
+
+def tiny_hunyuan15_pipeline(*, num_layers: int = 2, seed: int = 0):
+    """A whole ``HunyuanVideo15Pipeline`` (text-to-video) from tiny components (no download).
+
+    Qwen2.5-VL text model (hidden 16) with a word-level tokenizer and a chat template of its own,
+    byT5 (d_model 8, the byte-level ``ByT5Tokenizer``, used for quoted text in the prompt), a tiny
+    4-channel VAE (16x spatial, 4x temporal), CFG through its guider. The pipeline pads every
+    prompt to 1000 Qwen + 256 byT5 tokens and adds 729 image tokens (masked in text-to-video), so
+    its self-attention has 1985 condition tokens after the video, as the real model. Height and
+    width multiples of 16, frames ``4k+1``.
+    """
+    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    tokenizer = tiny_tokenizer(model_max_length=2048)
+    tokenizer.chat_template = _HUNYUAN15_CHAT_TEMPLATE
+    vocab = _vocab_size(tokenizer)
+    qwen = Qwen2_5_VLTextConfig(
+        vocab_size=vocab,
+        hidden_size=HUNYUAN15_TINY["text_embed_dim"],
+        intermediate_size=32,
+        num_hidden_layers=3,  # the pipeline reads hidden_states[-3]
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},  # 2 * sum = head dim 8
+        pad_token_id=0,
+        bos_token_id=3,
+        eos_token_id=1,
+    )
+    byt5 = T5Config(
+        vocab_size=384,  # ByT5Tokenizer: 3 special tokens + 256 bytes + 125 extra ids
+        d_model=HUNYUAN15_TINY["text_embed_2_dim"],
+        d_kv=4,
+        d_ff=16,
+        num_layers=1,
+        num_heads=2,
+    )
+    with _seeded(seed + 10):
+        text_encoder = Qwen2_5_VLTextModel(qwen).eval()
+    with _seeded(seed + 11):
+        text_encoder_2 = T5EncoderModel(byt5).eval()
+    return HunyuanVideo15Pipeline(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=tiny_hunyuan15_transformer("t2v", num_layers=num_layers, seed=seed),
+        vae=tiny_hunyuan15_vae(4, seed=seed + 20),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=ByT5Tokenizer(),
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
     )
 
 
