@@ -25,6 +25,16 @@ from radial_attention.integrations.diffusers.sdpa import key_lengths_from_pairwi
 from radial_attention.mask import radial_block_mask  # noqa: E402
 from radial_attention.testing import tiny  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # One thread: the tiny forwards are faster without thread contention on a shared CPU.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 BS = 64
 F_, H, W = 12, 6, 7  # patch 1: T = 42 tokens per frame, 504 video tokens: not a multiple of 64
 T = H * W

@@ -263,8 +263,9 @@ def test_layout_of_a_real_forward_is_the_registry_prediction(family, variant, bu
         (lambda: tiny.tiny_wan_pipeline("a14b", num_layers=1), "wan2.2-a14b"),
         (lambda: tiny.tiny_wan_pipeline("ti2v", num_layers=1), "wan2.2-ti2v-5b"),
         (lambda: tiny.tiny_hunyuan_pipeline(), "hunyuan"),
+        (lambda: tiny.tiny_hunyuan15_pipeline(num_layers=1), "hunyuanvideo-1.5"),
     ],
-    ids=["wan2.1", "wan2.2-a14b", "wan2.2-ti2v-5b", "hunyuan"],
+    ids=["wan2.1", "wan2.2-a14b", "wan2.2-ti2v-5b", "hunyuan", "hunyuanvideo-1.5"],
 )
 def test_tiny_pipelines_match_their_variant(build, variant):
     """VAE strides the pipeline reports, the family encode sees, and the preset apply_radial_attention picks."""

@@ -221,6 +221,14 @@ def load_loras(pipe, lora: Optional[str], lora_2: Optional[str], scale: float = 
     A14B's low-noise expert) as adapter ``"radial-lora"``, at ``scale``."""
     if lora is None and lora_2 is None:
         return
+    if not hasattr(pipe, "load_lora_weights") and lora_2 is None and hasattr(pipe.transformer, "load_lora_adapter"):
+        # A pipeline without diffusers' LoRA loader mixin (HunyuanVideo15Pipeline): the train-lora
+        # file ("transformer."-prefixed keys) goes into its transformer directly.
+        if not os.path.isdir(lora):
+            raise FileNotFoundError(f"LoRA folder {os.path.abspath(lora)} does not exist")
+        pipe.transformer.load_lora_adapter(lora, prefix="transformer", adapter_name="radial-lora", use_safetensors=True)
+        pipe.transformer.set_adapters(["radial-lora"], weights=[scale])
+        return
     if not hasattr(pipe, "load_lora_weights"):
         raise ValueError(f"{type(pipe).__name__} cannot load LoRA weights")
     names = []
