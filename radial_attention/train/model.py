@@ -36,7 +36,8 @@ def trainable_family(transformer) -> VideoModelFamily:
     name = type(transformer).__name__
     fam = family_for_transformer(name)
     if fam is None or fam.lora_pipeline_class is None:
-        supported = " and ".join(c for f in FAMILIES.values() if f.lora_pipeline_class for c in f.transformer_classes)
+        names = [c for f in FAMILIES.values() if f.lora_pipeline_class for c in f.transformer_classes]
+        supported = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         raise TypeError(f"train-lora supports diffusers {supported}, got {name}")
     for key, reason in fam.train_refuses:
         if getattr(transformer.config, key, None) not in (None, False):
