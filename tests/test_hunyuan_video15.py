@@ -319,6 +319,24 @@ def test_hunyuan15_pipeline_end_to_end_with_cfg():
     assert get_radial_state(pipe) is None
 
 
+def test_hunyuan15_image_to_video_pipeline_with_radial_attention():
+    import numpy as np
+    from PIL import Image
+
+    pipe = tiny.tiny_hunyuan15_pipeline("i2v")
+    image = Image.fromarray((np.random.RandomState(0).rand(64, 96, 3) * 255).astype("uint8"))
+    kwargs = dict(image=image, prompt="a cat", num_frames=9, num_inference_steps=2, output_type="pt")
+    dense = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+    state = apply_radial_attention(pipe, dense_steps=1, block_size=BS)
+    out = pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames
+    assert out.shape == dense.shape == (1, 9, 3, 32, 32) and torch.isfinite(out).all()  # size: target_size 32
+    assert dict(state.calls) == {(0, 0, "dense"): 2, (0, 1, "dense"): 2, (1, 0, "radial"): 2, (1, 1, "radial"): 2}
+    # 3 latent frames of 2 x 2 tokens, then 16 SigLIP image tokens (valid) + 256 byT5 + 1000 Qwen tokens.
+    assert list(state.masks) == [(3, 4, 0, 16 + 256 + 1000)]
+    remove_radial_attention(pipe)
+    assert torch.equal(pipe(generator=torch.Generator().manual_seed(0), **kwargs).frames, dense)
+
+
 def test_tiny_pipeline_matches_the_registry_variant():
     from radial_attention.integrations.diffusers.apply import _default_preset
     from radial_attention.integrations.diffusers.families import find_transformers

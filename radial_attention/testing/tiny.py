@@ -22,7 +22,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
-    tiny_hunyuan15_pipeline(...)                                  HunyuanVideo15Pipeline (16x VAE, 1985 condition tokens)
+    tiny_hunyuan15_pipeline(variant="t2v"|"i2v", ...)             HunyuanVideo15Pipeline, ...ImageToVideoPipeline (16x VAE)
     tiny_tokenizer(...)                                           word-level fast tokenizer
     tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
@@ -711,19 +711,24 @@ def tiny_hunyuan15_vae(latent_channels: int = 4, seed: int = 0):
         ).eval()
 
 
-def tiny_hunyuan15_pipeline(*, num_layers: int = 2, seed: int = 0):
-    """A whole ``HunyuanVideo15Pipeline`` (text-to-video) from tiny components (no download).
+def tiny_hunyuan15_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
+    """A whole ``HunyuanVideo15Pipeline`` (``variant="t2v"``) or ``HunyuanVideo15ImageToVideoPipeline``
+    (``"i2v"``) from tiny components (no download).
 
     Qwen2.5-VL text model (hidden 16) with a word-level tokenizer and a chat template of its own,
     byT5 (d_model 8, the byte-level ``ByT5Tokenizer``, used for quoted text in the prompt), a tiny
-    4-channel VAE (16x spatial, 4x temporal), CFG through its guider. The pipeline pads every
-    prompt to 1000 Qwen + 256 byT5 tokens and adds 729 image tokens (masked in text-to-video), so
-    its self-attention has 1985 condition tokens after the video, as the real model. Height and
-    width multiples of 16, frames ``4k+1``.
+    4-channel VAE (16x spatial, 4x temporal), CFG through its guider; I2V adds a SigLIP vision
+    tower (hidden 12, 32x32 crops in 8x8 patches: 16 image tokens; real: 729). The pipeline pads
+    every prompt to 1000 Qwen + 256 byT5 tokens, so its self-attention has 1256 condition tokens
+    after the video plus the image tokens (T2V: 729 zeros, masked), as the real model. T2V: height
+    and width multiples of 16, frames ``4k+1``. I2V takes no height / width: the image's aspect
+    ratio at the transformer's ``target_size`` (32 here) decides the size.
     """
-    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
+    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler
     from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
 
+    if variant not in ("t2v", "i2v"):
+        raise ValueError(f"variant must be 't2v' or 'i2v', got {variant!r}")
     tokenizer = tiny_tokenizer(model_max_length=2048)
     tokenizer.chat_template = _HUNYUAN15_CHAT_TEMPLATE
     vocab = _vocab_size(tokenizer)
@@ -752,16 +757,35 @@ def tiny_hunyuan15_pipeline(*, num_layers: int = 2, seed: int = 0):
         text_encoder = Qwen2_5_VLTextModel(qwen).eval()
     with _seeded(seed + 11):
         text_encoder_2 = T5EncoderModel(byt5).eval()
-    return HunyuanVideo15Pipeline(
+    components = dict(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
-        transformer=tiny_hunyuan15_transformer("t2v", num_layers=num_layers, seed=seed),
+        transformer=tiny_hunyuan15_transformer(variant, num_layers=num_layers, seed=seed),
         vae=tiny_hunyuan15_vae(4, seed=seed + 20),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
         text_encoder_2=text_encoder_2,
         tokenizer_2=ByT5Tokenizer(),
         guider=ClassifierFreeGuidance(guidance_scale=6.0),
     )
+    if variant == "t2v":
+        from diffusers import HunyuanVideo15Pipeline
+
+        return HunyuanVideo15Pipeline(**components)
+    from diffusers import HunyuanVideo15ImageToVideoPipeline
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    siglip = SiglipVisionConfig(
+        hidden_size=HUNYUAN15_TINY["image_embed_dim"],
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    with _seeded(seed + 12):
+        image_encoder = SiglipVisionModel(siglip).eval()
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return HunyuanVideo15ImageToVideoPipeline(**components, image_encoder=image_encoder, feature_extractor=processor)
 
 
 def tiny_mochi_pipeline(*, num_layers: int = 2, seed: int = 0):
