@@ -365,3 +365,27 @@ def test_generate_writes_a_video_from_a_saved_hunyuan15_pipeline(tmp_path, capsy
     assert "HunyuanVideo15Pipeline" in text and "preset hunyuan" in text and "4 radial and 4 dense" in text
     frames = imageio.mimread(out)
     assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+
+
+def test_generate_writes_a_video_from_a_saved_hunyuan15_i2v_pipeline(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    import numpy as np
+    from PIL import Image
+
+    from radial_attention.cli.main import main
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("hunyuan15-i2v", str(tmp_path / "tiny-hunyuan15-i2v"))
+    first = tmp_path / "first.png"
+    Image.fromarray((np.random.RandomState(0).rand(48, 48, 3) * 255).astype("uint8")).save(first)
+    out = tmp_path / "video.mp4"
+    args = ["generate", "--model", folder, "--prompt", "a cat", "--image", str(first), "--height", "32"]
+    args += ["--width", "32", "--frames", "9", "--steps", "2", "--dense-steps", "1", "--block-size", "64"]
+    args += ["--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "HunyuanVideo15ImageToVideoPipeline" in text and "sizes the video from its image" in text
+    assert "4 radial and 4 dense" in text
+    frames = imageio.mimread(out)
+    assert len(frames) == 9 and frames[0].shape == (32, 32, 3)

@@ -397,6 +397,15 @@ def _run(args, sp) -> int:
         from diffusers.utils import load_image
 
         kwargs["image"] = load_image(args.image)
+        if "height" not in params:
+            # A pipeline that sizes the video from its image (HunyuanVideo 1.5 I2V: the image's aspect
+            # ratio at the transformer's target_size) takes no height / width: they resize the image.
+            kwargs["image"] = kwargs["image"].resize((args.width, args.height))
+            del kwargs["height"], kwargs["width"]
+            print(
+                f"size          {type(pipe).__name__} sizes the video from its image: the image is resized to "
+                f"{args.width}x{args.height}, the pipeline picks the video size from that aspect ratio"
+            )
     elif args.image is not None:
         raise ValueError(f"{type(pipe).__name__} takes no conditioning image; drop --image")
 

@@ -30,7 +30,16 @@ FAMILIES = {
     ),
     "cogvideox": ("tiny_cogvideox_pipeline", {"version": "1.0"}, "CogVideoX 1.0 text-to-video (CogVideoXPipeline)"),
     "cogvideox-1.5": ("tiny_cogvideox_pipeline", {"version": "1.5"}, "CogVideoX 1.5 text-to-video (patch_size_t=2)"),
-    "hunyuan15": ("tiny_hunyuan15_pipeline", {}, "HunyuanVideo 1.5 text-to-video (HunyuanVideo15Pipeline)"),
+    "hunyuan15": (
+        "tiny_hunyuan15_pipeline",
+        {"variant": "t2v"},
+        "HunyuanVideo 1.5 text-to-video (HunyuanVideo15Pipeline)",
+    ),
+    "hunyuan15-i2v": (
+        "tiny_hunyuan15_pipeline",
+        {"variant": "i2v"},
+        "HunyuanVideo 1.5 image-to-video (HunyuanVideo15ImageToVideoPipeline)",
+    ),
 }
 
 
@@ -86,6 +95,7 @@ def run(args) -> int:
         "cogvideox-1.5": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
         # Its pipeline pads every prompt to fixed lengths itself: no --max-sequence-length.
         "hunyuan15": " --height 64 --width 64 --frames 9",
+        "hunyuan15-i2v": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(
