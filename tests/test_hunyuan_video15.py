@@ -209,6 +209,33 @@ def test_pairwise_mask_becomes_key_lengths_exactly():
     assert key_lengths_from_pairwise_mask(_outer(keep[1:]), 3, 9, "x").tolist() == [4, 4, 4]  # [1, ...]: broadcast
 
 
+def test_the_mask_check_makes_no_full_size_integer_copy():
+    """A sum over the [S, S] bool mask makes an int64 copy of it (8 bytes per entry: 21 GB at 480p);
+    the check only uses all / any over it."""
+
+    class Log(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.big = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            t = args[0] if args else None
+            if (
+                isinstance(t, torch.Tensor)
+                and t.numel() >= 64 * 64
+                and func not in (torch.Tensor.all, torch.Tensor.any)
+            ):
+                if getattr(func, "__name__", "") not in ("__getitem__", "__invert__", "diagonal", "__get__", "dim"):
+                    self.big.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    keep = torch.arange(64)[None, :] < torch.tensor([[64], [40]])
+    mask = _outer(keep)
+    with Log() as log:
+        assert key_lengths_from_pairwise_mask(mask, 2, 64, "x").tolist() == [64, 40]
+    assert log.big == [], f"full-size operations on the mask: {log.big}"
+
+
 @pytest.mark.parametrize(
     "case",
     ["not a prefix", "causal", "one entry dropped", "one entry added", "float", "shape"],
