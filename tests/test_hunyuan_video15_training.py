@@ -147,11 +147,12 @@ def test_encode_then_train_lora_then_the_lora_loads(tmp_path, folder, capsys):
 
 
 # ------------------------------------------------------------------------------ training
-def test_training_runs_radial_and_bad_data_is_caught_first(tmp_path, folder):
+def test_loss_falls_with_radial_attention_and_bad_data_is_caught_first(tmp_path, folder):
     data = _synthetic(tmp_path)
-    trainer = LoRATrainer(_cfg(tmp_path, folder, data, max_steps=3))
+    trainer = LoRATrainer(_cfg(tmp_path, folder, data, max_steps=8))
+    before = trainer.evaluate()
     result = trainer.train()
-    assert all(torch.isfinite(torch.tensor(result.losses))) and len(set(result.losses)) > 1
+    assert all(torch.isfinite(torch.tensor(result.losses))) and trainer.evaluate() < before  # the loss falls
     layers = {(layer, kind) for (_, layer, kind) in get_radial_state(trainer.transformer).calls}
     assert layers == {(0, "dense"), (1, "dense"), (2, "radial")}
     mods = {n.rsplit(".lora_A", 1)[0] for n, _ in trainer.transformer.named_parameters() if "lora_A" in n}
