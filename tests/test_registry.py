@@ -174,6 +174,11 @@ def _skyreels_df_call(m, f, h, w):
     return kwargs
 
 
+def _hunyuan15_call(image):
+    # TEXT condition tokens after the video: 2 Qwen + 2 byT5 + 1 image token (T2V: the image one masked).
+    return lambda m, f, h, w: tiny.hunyuan15_inputs(m, f, h, w, text_len=2, text_len_2=2, image_tokens=1, image=image)
+
+
 # family -> cases: (variant, tiny builder, inputs(model, latent F, H, W)). Each gets TEXT prompt tokens.
 FORWARD_CASES = {
     "wan": [
@@ -208,6 +213,11 @@ FORWARD_CASES = {
     # Latent frame 0 is the reference image: F = 1 + the segment's latent frames. The face adapter's
     # per-frame cross-attention (queries: one frame's tokens, keys: motion tokens) is not the video's.
     "wan-animate": [("wan-animate", tiny.tiny_wan_animate_transformer, tiny.wan_animate_inputs)],
+    # Joint attention over [video, image, byT5, Qwen tokens], pairwise-masked (T2V and I2V).
+    "hunyuan15": [
+        ("hunyuanvideo-1.5", lambda: tiny.tiny_hunyuan15_transformer("t2v"), _hunyuan15_call(False)),
+        ("hunyuanvideo-1.5", lambda: tiny.tiny_hunyuan15_transformer("i2v"), _hunyuan15_call(True)),
+    ],
 }
 
 
@@ -266,8 +276,9 @@ def test_layout_of_a_real_forward_is_the_registry_prediction(family, variant, bu
         (lambda: tiny.tiny_wan_pipeline("a14b", num_layers=1), "wan2.2-a14b"),
         (lambda: tiny.tiny_wan_pipeline("ti2v", num_layers=1), "wan2.2-ti2v-5b"),
         (lambda: tiny.tiny_hunyuan_pipeline(), "hunyuan"),
+        (lambda: tiny.tiny_hunyuan15_pipeline(num_layers=1), "hunyuanvideo-1.5"),
     ],
-    ids=["wan2.1", "wan2.2-a14b", "wan2.2-ti2v-5b", "hunyuan"],
+    ids=["wan2.1", "wan2.2-a14b", "wan2.2-ti2v-5b", "hunyuan", "hunyuanvideo-1.5"],
 )
 def test_tiny_pipelines_match_their_variant(build, variant):
     """VAE strides the pipeline reports, the family encode sees, and the preset apply_radial_attention picks."""

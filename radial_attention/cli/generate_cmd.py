@@ -261,6 +261,14 @@ def load_loras(pipe, lora: Optional[str], lora_2: Optional[str], scale: float = 
     A14B's low-noise expert) as adapter ``"radial-lora"``, at ``scale``."""
     if lora is None and lora_2 is None:
         return
+    if not hasattr(pipe, "load_lora_weights") and lora_2 is None and hasattr(pipe.transformer, "load_lora_adapter"):
+        # A pipeline without diffusers' LoRA loader mixin (HunyuanVideo15Pipeline): the train-lora
+        # file ("transformer."-prefixed keys) goes into its transformer directly.
+        if not os.path.isdir(lora):
+            raise FileNotFoundError(f"LoRA folder {os.path.abspath(lora)} does not exist")
+        pipe.transformer.load_lora_adapter(lora, prefix="transformer", adapter_name="radial-lora", use_safetensors=True)
+        pipe.transformer.set_adapters(["radial-lora"], weights=[scale])
+        return
     if not hasattr(pipe, "load_lora_weights"):
         raise ValueError(f"{type(pipe).__name__} cannot load LoRA weights")
     names = []
@@ -498,6 +506,15 @@ def _run(args, sp) -> dict:
         from diffusers.utils import load_image
 
         kwargs["image"] = load_image(args.image)
+        if "height" not in params:
+            # A pipeline that sizes the video from its image (HunyuanVideo 1.5 I2V: the image's aspect
+            # ratio at the transformer's target_size) takes no height / width: they resize the image.
+            kwargs["image"] = kwargs["image"].resize((args.width, args.height))
+            del kwargs["height"], kwargs["width"]
+            print(
+                f"size          {type(pipe).__name__} sizes the video from its image: the image is resized to "
+                f"{args.width}x{args.height}, the pipeline picks the video size from that aspect ratio"
+            )
     elif args.image is not None:
         raise ValueError(f"{type(pipe).__name__} takes no conditioning image; drop --image")
 

@@ -32,6 +32,16 @@ FAMILIES = {
     "cogvideox-1.5": ("tiny_cogvideox_pipeline", {"version": "1.5"}, "CogVideoX 1.5 text-to-video (patch_size_t=2)"),
     "wan-vace": ("tiny_wan_vace_pipeline", {}, "Wan VACE (WanVACEPipeline: control video, mask, reference images)"),
     "wan-animate": ("tiny_wan_animate_pipeline", {}, "Wan Animate (WanAnimatePipeline: image, pose and face videos)"),
+    "hunyuan15": (
+        "tiny_hunyuan15_pipeline",
+        {"variant": "t2v"},
+        "HunyuanVideo 1.5 text-to-video (HunyuanVideo15Pipeline)",
+    ),
+    "hunyuan15-i2v": (
+        "tiny_hunyuan15_pipeline",
+        {"variant": "i2v"},
+        "HunyuanVideo 1.5 image-to-video (HunyuanVideo15ImageToVideoPipeline)",
+    ),
 }
 
 
@@ -89,6 +99,9 @@ def run(args) -> int:
         # --frames: the segment length; the video is as long as the pose video (face frames: 16x16).
         "wan-animate": " --image CHARACTER.png --pose-video POSE.mp4 --face-video FACE.mp4 --height 64 --width 64"
         " --frames 9 --max-sequence-length 512",
+        # Its pipeline pads every prompt to fixed lengths itself: no --max-sequence-length.
+        "hunyuan15": " --height 64 --width 64 --frames 9",
+        "hunyuan15-i2v": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(

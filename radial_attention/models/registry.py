@@ -109,6 +109,17 @@ class VideoModelFamily:
     embedded_guidance: bool = False  # a guidance-distilled model: forward takes guidance * 1000
     # Config values (set and not False) that train-lora refuses, with the reason.
     train_refuses: Tuple[Tuple[str, str], ...] = ()
+    # Config values train-lora needs, ((key, value, reason): refused unless config[key] == value).
+    train_requires: Tuple[Tuple[str, object, str], ...] = ()
+    # A second prompt stream (HunyuanVideo 1.5's byT5): config key of prompt_embeds_2's last dim;
+    # the samples then hold prompt_embeds_2 [L2, D2] and prompt_attention_mask_2 [L2] too.
+    text_2_dim_key: Optional[str] = None
+    # Text-to-video inputs the pipeline makes as zeros and train-lora makes too (not stored):
+    # the condition channels (in_channels - out_channels, HunyuanVideo 1.5: condition latents and
+    # mask) and image_embeds [B, t2v_image_tokens, config[t2v_image_dim_key]].
+    t2v_zero_inputs: bool = False
+    t2v_image_tokens: int = 0
+    t2v_image_dim_key: Optional[str] = None
     # encode: the pipelines it takes, which of them are image-to-video, pipeline config values it
     # refuses ((pipeline class, config key, reason): refused when set and not False), how latents
     # are normalised ("mean_std": (z - latents_mean) / latents_std, or "scaling_factor":
@@ -133,6 +144,11 @@ class VideoModelFamily:
     # Config key that, when > 1, makes the transformer pass a frame-block causal attention mask to
     # its self-attention (SkyReels-V2 ``num_frame_per_block``); radial attention refuses those calls.
     frame_causal_key: Optional[str] = None
+    # The processor passes a bool [B, 1, S, S] attention mask, the outer product m[q] & m[k] of a
+    # per-token mask m that keeps a prefix of the sequence (HunyuanVideo 1.5: the video, then the
+    # valid image / byT5 / Qwen tokens, then padding). Radial attention turns it into key lengths and
+    # zeroes the padded query rows, as torch SDPA gives them; any other [B, 1, S, S] mask raises.
+    pairwise_prefix_mask: bool = False
 
     @property
     def patchable(self) -> bool:
@@ -346,8 +362,53 @@ WAN_ANIMATE = VideoModelFamily(
     default_preset="wan",
 )
 
+# HunyuanVideo 1.5: one kind of block (54 double-stream blocks, no single-stream ones), joint
+# attention over [video, valid image (SigLIP, I2V only), valid byT5, valid Qwen, padding]: the model
+# reorders each item's condition tokens so the valid ones are a prefix, and the processor masks the
+# rest pairwise (pairwise_prefix_mask). 729 + 256 + 1000 = 1985 condition tokens in every call.
+HUNYUAN15 = VideoModelFamily(
+    name="hunyuan15",
+    description="HunyuanVideo 1.5 T2V / I2V (HunyuanVideo15Transformer3DModel)",
+    transformer_classes=("HunyuanVideo15Transformer3DModel",),
+    # The text token refiner (context_embedder.token_refiner) attends over text only: not listed.
+    self_attention=(("transformer_blocks", "attn"),),
+    extra_tokens="after",
+    default_extra_tokens=1985,
+    pairwise_prefix_mask=True,
+    # No published radial settings: HunyuanVideo's preset by analogy (same lab, the condition
+    # tokens after the video as in HunyuanVideo, no attention sink of Wan's kind known).
+    default_preset="hunyuan",
+    # Training (text-to-video). The flow shift is a fallback only: the checkpoint folders carry
+    # their scheduler config (default_shift reads it); 5.0 is an assumption, unchecked.
+    flow_shift=5.0,
+    # HunyuanVideo15Pipeline has no LoRA loader mixin (diffusers 0.42.1): the LoRA file is written
+    # in the same format by HunyuanVideoPipeline.save_lora_weights ("transformer."-prefixed keys) and
+    # loads with pipe.transformer.load_lora_adapter(folder, prefix="transformer").
+    lora_pipeline_class="HunyuanVideoPipeline",
+    lora_attention_targets=(r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)",),
+    lora_ff_targets=(r"transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)",),
+    text_dim_key="text_embed_dim",
+    text_2_dim_key="text_embed_2_dim",
+    call_inputs=(
+        ("prompt_attention_mask", "encoder_attention_mask"),
+        ("prompt_embeds_2", "encoder_hidden_states_2"),
+        ("prompt_attention_mask_2", "encoder_attention_mask_2"),
+    ),
+    train_requires=(
+        ("task_type", "t2v", "train-lora trains HunyuanVideo 1.5 text-to-video transformers only (task_type 't2v')"),
+    ),
+    t2v_zero_inputs=True,
+    t2v_image_tokens=729,  # the pipeline's vision_num_semantic_tokens
+    t2v_image_dim_key="image_embed_dim",
+    pipeline_classes=("HunyuanVideo15Pipeline",),
+    latent_normalisation="scaling_factor",  # the pipeline decodes latents / scaling_factor
+    # encode_prompt returns (Qwen embeds, their mask, byT5 embeds, their mask), all padded to fixed
+    # lengths (1000 and 256) by the pipeline itself.
+    prompt_outputs=("prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2"),
+)
+
 FAMILIES: Dict[str, VideoModelFamily] = {
-    f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX, WAN_VACE, WAN_ANIMATE)
+    f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX, WAN_VACE, WAN_ANIMATE, HUNYUAN15)
 }
 
 
@@ -477,6 +538,14 @@ VARIANTS: Dict[str, ModelVariant] = {
         _variant(
             "wan-animate", "wan-animate", "Wan2.2 Animate 14B (Wan2.1's preset and schedule)",
             vae=(4, 8), preset="wan", schedule=_WAN_SCHEDULE, aliases=("wan2.2-animate", "animate"), heads=40,
+        ),
+        # HunyuanVideo 1.5 (480p and 720p checkpoints, T2V and I2V): 16x VAE, no patching (1, 1, 1),
+        # 16 heads of dim 128. None published: HunyuanVideo's preset and schedule by analogy (12 of
+        # 50 steps dense, no dense layer); unchecked on real weights.
+        _variant(
+            "hunyuanvideo-1.5", "hunyuan15", "HunyuanVideo 1.5 T2V/I2V 480p and 720p (HunyuanVideo's settings)",
+            vae=(4, 16), patch=(1, 1, 1), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
+            aliases=("hunyuan15", "hunyuanvideo1.5", "hunyuan-video-1.5", "hunyuanvideo15"), heads=16,
         ),
     )
 }  # fmt: skip

@@ -55,6 +55,12 @@ def write_synthetic_dataset(
             kw["prompt_attention_mask"] = (torch.arange(n_text) < real).long()
         if spec.needs_pooled:
             kw["pooled_prompt_embeds"] = torch.randn(spec.pooled_dim, generator=g)
+        if spec.text_2_dim is not None:  # HunyuanVideo 1.5's byT5 stream: a few real tokens, or none
+            n_2 = max(1, n_text // 2)
+            kw["prompt_embeds_2"] = torch.randn(n_2, spec.text_2_dim, generator=g)
+            kw["prompt_attention_mask_2"] = (
+                torch.arange(n_2) < int(torch.randint(0, n_2 + 1, (1,), generator=g))
+            ).long()
         rel = f"samples/{n:06d}.safetensors"
         shapes = write_sample(pathlib.Path(root) / rel, lat, emb, **kw)
         entries.append({"file": rel, "caption": f"synthetic sample {n}", "latent_shape": list(shapes[LATENTS])})

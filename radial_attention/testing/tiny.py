@@ -15,6 +15,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_a14b_transformers(...)                               (high-noise, low-noise) experts
     tiny_hunyuan_transformer(...)                                 HunyuanVideoTransformer3DModel
     tiny_mochi_transformer(...)                                   MochiTransformer3DModel
+    tiny_hunyuan15_transformer(task_type="t2v"|"i2v", ...)        HunyuanVideo15Transformer3DModel
     tiny_skyreels_transformer(variant="t2v"|"i2v"|"df", ...)      SkyReelsV2Transformer3DModel
     tiny_skyreels_pipeline(variant="t2v"|"i2v"|"df"|"df-i2v")     SkyReelsV2Pipeline, ...ImageToVideo, ...DiffusionForcing...
     tiny_wan_pipeline(variant="t2v"|"a14b"|"ti2v", ...)           WanPipeline
@@ -25,6 +26,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
+    tiny_hunyuan15_pipeline(variant="t2v"|"i2v", ...)             HunyuanVideo15Pipeline, ...ImageToVideoPipeline (16x VAE)
     tiny_tokenizer(...)                                           word-level fast tokenizer
     tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
@@ -285,6 +287,39 @@ def tiny_mochi_transformer(*, num_layers: int = 2, seed: int = 0, dtype: torch.d
     from diffusers import MochiTransformer3DModel
 
     return _seeded_build(MochiTransformer3DModel, cfg, seed, dtype)
+
+
+HUNYUAN15_TINY = dict(
+    in_channels=9,  # 4 noise + 4 condition latents + 1 mask, concatenated on channels (real: 32 + 32 + 1)
+    out_channels=4,
+    num_attention_heads=2,
+    attention_head_dim=16,
+    num_layers=2,
+    num_refiner_layers=1,
+    patch_size=1,  # the checkpoints' (1, 1, 1): one token per latent pixel
+    patch_size_t=1,
+    text_embed_dim=16,  # Qwen2.5-VL hidden size (real: 3584)
+    text_embed_2_dim=8,  # byT5 d_model (real: 1472)
+    image_embed_dim=12,  # SigLIP hidden size (real: 1152)
+    rope_axes_dim=(4, 6, 6),  # sums to attention_head_dim
+    target_size=32,
+)
+
+
+def tiny_hunyuan15_transformer(
+    task_type: str = "t2v", *, num_layers: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides
+):
+    """A ``HunyuanVideo15Transformer3DModel`` from a tiny config with random weights (``task_type``
+    ``"t2v"`` or ``"i2v"``: the same weights' shapes; the forward tells them apart by ``image_embeds``,
+    all zeros for text-to-video). Call it with :func:`hunyuan15_inputs`. Its joint attention runs
+    over ``[video, valid image, valid byT5, valid Qwen tokens, padding]`` with a pairwise mask."""
+    if task_type not in ("t2v", "i2v"):
+        raise ValueError(f"task_type must be 't2v' or 'i2v', got {task_type!r}")
+    cfg = dict(HUNYUAN15_TINY, num_layers=num_layers, task_type=task_type)
+    cfg.update(overrides)
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return _seeded_build(HunyuanVideo15Transformer3DModel, cfg, seed, dtype)
 
 
 # ----------------------------------------------------------------------------------- text side
@@ -651,6 +686,101 @@ def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, se
     )
 
 
+# HunyuanVideo 1.5's pipeline crops the first 108 tokens of its Qwen chat template (the system
+# message, as the real tokenizer splits it): the tiny template writes 108 filler words, then the
+# prompt, so the prompt is what survives the crop.
+_HUNYUAN15_CHAT_TEMPLATE = (
+    "{{ 'the ' * 108 }}{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}{% endif %}{% endfor %}"
+)
+
+
+def tiny_hunyuan15_vae(latent_channels: int = 4, seed: int = 0):
+    """A tiny ``AutoencoderKLHunyuanVideo15``: 16x spatial / 4x temporal compression, as the real one."""
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    with _seeded(seed):
+        return AutoencoderKLHunyuanVideo15(
+            latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1
+        ).eval()
+
+
+def tiny_hunyuan15_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
+    """A whole ``HunyuanVideo15Pipeline`` (``variant="t2v"``) or ``HunyuanVideo15ImageToVideoPipeline``
+    (``"i2v"``) from tiny components (no download).
+
+    Qwen2.5-VL text model (hidden 16) with a word-level tokenizer and a chat template of its own,
+    byT5 (d_model 8, the byte-level ``ByT5Tokenizer``, used for quoted text in the prompt), a tiny
+    4-channel VAE (16x spatial, 4x temporal), CFG through its guider; I2V adds a SigLIP vision
+    tower (hidden 12, 32x32 crops in 8x8 patches: 16 image tokens; real: 729). The pipeline pads
+    every prompt to 1000 Qwen + 256 byT5 tokens, so its self-attention has 1256 condition tokens
+    after the video plus the image tokens (T2V: 729 zeros, masked), as the real model. T2V: height
+    and width multiples of 16, frames ``4k+1``. I2V takes no height / width: the image's aspect
+    ratio at the transformer's ``target_size`` (32 here) decides the size.
+    """
+    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    if variant not in ("t2v", "i2v"):
+        raise ValueError(f"variant must be 't2v' or 'i2v', got {variant!r}")
+    tokenizer = tiny_tokenizer(model_max_length=2048)
+    tokenizer.chat_template = _HUNYUAN15_CHAT_TEMPLATE
+    vocab = _vocab_size(tokenizer)
+    qwen = Qwen2_5_VLTextConfig(
+        vocab_size=vocab,
+        hidden_size=HUNYUAN15_TINY["text_embed_dim"],
+        intermediate_size=32,
+        num_hidden_layers=3,  # the pipeline reads hidden_states[-3]
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]},  # 2 * sum = head dim 8
+        pad_token_id=0,
+        bos_token_id=3,
+        eos_token_id=1,
+    )
+    byt5 = T5Config(
+        vocab_size=384,  # ByT5Tokenizer: 3 special tokens + 256 bytes + 125 extra ids
+        d_model=HUNYUAN15_TINY["text_embed_2_dim"],
+        d_kv=4,
+        d_ff=16,
+        num_layers=1,
+        num_heads=2,
+    )
+    with _seeded(seed + 10):
+        text_encoder = Qwen2_5_VLTextModel(qwen).eval()
+    with _seeded(seed + 11):
+        text_encoder_2 = T5EncoderModel(byt5).eval()
+    components = dict(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=tiny_hunyuan15_transformer(variant, num_layers=num_layers, seed=seed),
+        vae=tiny_hunyuan15_vae(4, seed=seed + 20),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=ByT5Tokenizer(),
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+    if variant == "t2v":
+        from diffusers import HunyuanVideo15Pipeline
+
+        return HunyuanVideo15Pipeline(**components)
+    from diffusers import HunyuanVideo15ImageToVideoPipeline
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    siglip = SiglipVisionConfig(
+        hidden_size=HUNYUAN15_TINY["image_embed_dim"],
+        intermediate_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    with _seeded(seed + 12):
+        image_encoder = SiglipVisionModel(siglip).eval()
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    return HunyuanVideo15ImageToVideoPipeline(**components, image_encoder=image_encoder, feature_extractor=processor)
+
+
 def tiny_mochi_pipeline(*, num_layers: int = 2, seed: int = 0):
     """A ``MochiPipeline`` of tiny random components (T5 text encoder, Mochi VAE, flow-matching
     scheduler). Prompts up to 16 tokens (``max_sequence_length=16``); frames ``6k+1``, height and
@@ -668,6 +798,53 @@ def tiny_mochi_pipeline(*, num_layers: int = 2, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------- inputs
+def hunyuan15_inputs(
+    transformer,
+    frames: int,
+    height: int,
+    width: int,
+    *,
+    batch: int = 1,
+    text_len: int = 10,
+    text_len_2: int = 5,
+    image_tokens: int = 7,
+    prompt_lengths=None,
+    prompt_lengths_2=None,
+    image: bool = False,
+    timestep: float = 500.0,
+    seed: int = 0,
+):
+    """Random call kwargs for a HunyuanVideo 1.5 transformer on a latent ``[batch, C, frames, height, width]``.
+
+    ``prompt_lengths`` / ``prompt_lengths_2`` (one per item, default all valid) set the Qwen and byT5
+    masks ``encoder_attention_mask [B, text_len]`` / ``encoder_attention_mask_2 [B, text_len_2]``;
+    ``image``: random SigLIP ``image_embeds [B, image_tokens, C]`` (image-to-video: all valid), else
+    zeros (text-to-video: the model masks them all). The self-attention then has
+    ``text_len + text_len_2 + image_tokens`` tokens after the video, the valid ones first.
+    """
+    cfg = transformer.config
+    g = torch.Generator().manual_seed(seed)
+    dtype = transformer.dtype
+
+    def lengths_mask(lengths, n, name):
+        lengths = [n] * batch if lengths is None else list(lengths)
+        if len(lengths) != batch or any(not 0 <= x <= n for x in lengths):
+            raise ValueError(f"{name} must be {batch} values in 0..{n}, got {lengths!r}")
+        return (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+    embeds = torch.randn(batch, image_tokens, cfg.image_embed_dim, generator=g).to(dtype)
+    return dict(
+        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
+        timestep=torch.full((batch,), float(timestep)),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.text_embed_dim, generator=g).to(dtype),
+        encoder_attention_mask=lengths_mask(prompt_lengths, text_len, "prompt_lengths"),
+        encoder_hidden_states_2=torch.randn(batch, text_len_2, cfg.text_embed_2_dim, generator=g).to(dtype),
+        encoder_attention_mask_2=lengths_mask(prompt_lengths_2, text_len_2, "prompt_lengths_2"),
+        image_embeds=embeds if image else torch.zeros_like(embeds),
+        return_dict=False,
+    )
+
+
 def wan_inputs(
     transformer,
     frames: int,

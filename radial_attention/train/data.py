@@ -42,6 +42,9 @@ PROMPT_MASK = "prompt_attention_mask"  # [L], HunyuanVideo
 POOLED = "pooled_prompt_embeds"  # [P], HunyuanVideo
 CONDITION = "condition"  # [Cc, F, H, W], Wan image-to-video: concatenated to the noisy latents (mask + image latent)
 IMAGE_EMBEDS = "image_embeds"  # [N, E], Wan2.1 image-to-video: the image encoder's features
+PROMPT_EMBEDS_2 = "prompt_embeds_2"  # [L2, D2], HunyuanVideo 1.5: the second (byT5) prompt stream
+PROMPT_MASK_2 = "prompt_attention_mask_2"  # [L2], HunyuanVideo 1.5 (all zeros: no quoted text in the caption)
+_MASKS = (PROMPT_MASK, PROMPT_MASK_2)  # stored as int64 0/1
 
 
 class DataError(ValueError):
@@ -73,6 +76,12 @@ class ModelSpec:
     condition_channels: int = 0
     image_dim: Optional[int] = None
     text_len: Optional[int] = None
+    # HunyuanVideo 1.5: last dim D2 of prompt_embeds_2 (None: no second prompt stream); the
+    # text-to-video inputs train-lora makes as zeros, as the pipeline does: that many condition
+    # channels after the noisy latents, and image_embeds [N, E] (None: none).
+    text_2_dim: Optional[int] = None
+    zero_condition_channels: int = 0
+    zero_image_embeds: Optional[Tuple[int, int]] = None
 
     @property
     def needs_pooled(self) -> bool:
@@ -106,6 +115,8 @@ def write_sample(
     pooled_prompt_embeds: Optional[torch.Tensor] = None,
     condition: Optional[torch.Tensor] = None,
     image_embeds: Optional[torch.Tensor] = None,
+    prompt_embeds_2: Optional[torch.Tensor] = None,
+    prompt_attention_mask_2: Optional[torch.Tensor] = None,
 ) -> Dict[str, Tuple[int, ...]]:
     """Write one sample file.
 
@@ -118,6 +129,8 @@ def write_sample(
         pooled_prompt_embeds: ``[P]`` (HunyuanVideo).
         condition: ``[Cc, F, H, W]`` (Wan image-to-video), as the pipeline concatenates it.
         image_embeds: ``[N, E]`` (Wan2.1 image-to-video).
+        prompt_embeds_2, prompt_attention_mask_2: ``[L2, D2]`` and ``[L2]`` (HunyuanVideo 1.5's byT5
+            stream; the mask stored as int64 0/1).
 
     Returns:
         The stored tensor shapes by name.
@@ -143,6 +156,10 @@ def write_sample(
         tensors[CONDITION] = squeeze_batch(condition, 4, CONDITION)
     if image_embeds is not None:
         tensors[IMAGE_EMBEDS] = squeeze_batch(image_embeds, 2, IMAGE_EMBEDS)
+    if prompt_embeds_2 is not None:
+        tensors[PROMPT_EMBEDS_2] = squeeze_batch(prompt_embeds_2, 2, PROMPT_EMBEDS_2)
+    if prompt_attention_mask_2 is not None:
+        tensors[PROMPT_MASK_2] = squeeze_batch(prompt_attention_mask_2, 1, PROMPT_MASK_2).to(torch.int64)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Through a temporary file: an interrupted write never leaves a truncated sample under its name.
@@ -243,7 +260,7 @@ def read_manifest(root) -> Tuple[dict, List[SampleInfo]]:
             if key not in shapes:
                 raise DataError(f"sample #{n}: {str(fpath)!r} has no {key!r} tensor (found {sorted(shapes)})")
         for key, dt in dtypes.items():
-            if key != PROMPT_MASK and dt not in ("F32", "F16", "BF16", "F64"):
+            if key not in _MASKS and dt not in ("F32", "F16", "BF16", "F64"):
                 raise DataError(f"sample #{n}: {str(fpath)!r}: {key!r} must be a float tensor, got dtype {dt}")
         samples.append(SampleInfo(file=fpath, caption=str(entry.get("caption", "")), shapes=shapes))
     return doc, samples
@@ -283,6 +300,8 @@ def check_values(samples: Sequence[SampleInfo]) -> None:
                                 f"{where}: prompt_attention_mask is all zeros (not one real prompt token): the text "
                                 f"attention of this sample is empty and its loss NaN; re-encode the caption"
                             )
+                        continue
+                    if key == PROMPT_MASK_2:  # byT5's mask is all zeros for a caption without quoted text
                         continue
                     if t.is_floating_point():
                         bad = int((~torch.isfinite(t)).sum())
@@ -383,6 +402,17 @@ def validate_dataset(
                 raise DataError(
                     f"{where}: prompt_attention_mask must be [{emb[0]}] (one entry per prompt token), got {m}"
                 )
+        if spec.text_2_dim is not None:
+            emb2, m2 = s.shapes.get(PROMPT_EMBEDS_2), s.shapes.get(PROMPT_MASK_2)
+            if emb2 is None or len(emb2) != 2 or emb2[1] != spec.text_2_dim:
+                raise DataError(
+                    f"{where}: prompt_embeds_2 must be [L2, {spec.text_2_dim}] for this model (its second prompt "
+                    f"stream), got {emb2}"
+                )
+            if m2 != (emb2[0],):
+                raise DataError(
+                    f"{where}: prompt_attention_mask_2 must be [{emb2[0]}] (one entry per prompt_embeds_2 token), got {m2}"
+                )
         if spec.needs_pooled:
             p = s.shapes.get(POOLED)
             if p is None or p != (spec.pooled_dim,):
@@ -390,7 +420,7 @@ def validate_dataset(
     if batch_size > 1:
         first = samples[0]
         for n, s in enumerate(samples):
-            for key in (LATENTS, PROMPT_EMBEDS, CONDITION, IMAGE_EMBEDS):
+            for key in (LATENTS, PROMPT_EMBEDS, CONDITION, IMAGE_EMBEDS, PROMPT_EMBEDS_2):
                 if s.shapes.get(key) != first.shapes.get(key):
                     raise DataError(
                         f"batch_size {batch_size} needs every sample to share one {key} shape: sample #0 has "

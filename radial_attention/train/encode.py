@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import pathlib
 import warnings
@@ -316,8 +317,9 @@ def encode_videos(
 
     Args:
         model: diffusers pipeline folder or Hub id (Wan2.1/2.2 T2V, Wan image-to-video, HunyuanVideo
-            T2V). Image-to-video samples also store the condition and image embeddings the pipeline
-            makes from the clip's first frame (:func:`encode_image_condition`).
+            T2V, HunyuanVideo 1.5 T2V: both its prompt streams are stored). Image-to-video samples
+            also store the condition and image embeddings the pipeline makes from the clip's first
+            frame (:func:`encode_image_condition`).
         videos, captions: see :func:`collect_videos`.
         height, width, num_frames: the training video size (``num_frames = 4k + 1``).
         frame_stride: take every ``frame_stride``-th frame of the source video.
@@ -367,6 +369,14 @@ def encode_videos(
     if pipe is None:
         pipe = load_pipeline(model, dtype=dtype)
     family = pipeline_family(pipe)
+    if (
+        max_sequence_length is not None
+        and "max_sequence_length" not in inspect.signature(pipe.encode_prompt).parameters
+    ):
+        raise DataError(
+            f"{type(pipe).__name__} pads every prompt to fixed lengths itself (its encode_prompt takes no "
+            f"max_sequence_length): drop --max-sequence-length"
+        )
     i2v = is_image_to_video(pipe)
     t_factor, s_factor = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
     pt, ps = _transformer_patch(model, family)

@@ -42,6 +42,9 @@ def trainable_family(transformer) -> VideoModelFamily:
     for key, reason in fam.train_refuses:
         if getattr(transformer.config, key, None) not in (None, False):
             raise TypeError(reason)
+    for key, value, reason in fam.train_requires:
+        if getattr(transformer.config, key, None) != value:
+            raise TypeError(f"{reason}; got {key}={getattr(transformer.config, key, None)!r}")
     return fam
 
 
@@ -67,15 +70,21 @@ def model_spec(transformer) -> ModelSpec:
     # (Wan2.1 I2V: its attention takes the tokens after the first 512 as the image's).
     latent, total = int(getattr(cfg, "out_channels", None) or cfg.in_channels), int(cfg.in_channels)
     image_dim = _config_int(cfg, fam.image_dim_key)
+    # Text-to-video inputs the pipeline fills with zeros (HunyuanVideo 1.5): made by train-lora, not stored.
+    zero_cond = total - latent if fam.t2v_zero_inputs else 0
+    zero_image = (fam.t2v_image_tokens, _config_int(cfg, fam.t2v_image_dim_key)) if fam.t2v_image_dim_key else None
     return ModelSpec(
         fam.name,
         latent,
         fam.patch(cfg),
         int(getattr(cfg, fam.text_dim_key)),
         _config_int(cfg, fam.pooled_dim_key),
-        condition_channels=total - latent,
+        condition_channels=total - latent - zero_cond,
         image_dim=image_dim,
         text_len=fam.unmasked_text_tokens if image_dim is not None else None,
+        text_2_dim=_config_int(cfg, fam.text_2_dim_key),
+        zero_condition_channels=zero_cond,
+        zero_image_embeds=zero_image,
     )
 
 
@@ -212,6 +221,7 @@ def transformer_inputs(
     *,
     dtype: torch.dtype,
     guidance: float = 1.0,
+    spec: Optional[ModelSpec] = None,
 ) -> dict:
     """Keyword arguments of one transformer call, as the family's pipeline makes them.
 
@@ -222,6 +232,8 @@ def transformer_inputs(
         dtype: the transformer's compute dtype (inputs are cast to it, as the pipelines do).
         guidance: the embedded guidance scale of a guidance-distilled family (HunyuanVideo; the
             model gets ``guidance * 1000``).
+        spec: the model's :func:`model_spec`: the zero inputs a text-to-video pipeline makes
+            (HunyuanVideo 1.5's condition channels and image embeddings) come from it.
     """
     kw = {
         "hidden_states": x_t.to(dtype),
@@ -233,6 +245,12 @@ def transformer_inputs(
         kw["hidden_states"] = torch.cat([kw["hidden_states"], batch[CONDITION].to(dtype)], dim=1)
     if IMAGE_EMBEDS in batch:
         kw["encoder_hidden_states_image"] = batch[IMAGE_EMBEDS].to(dtype)
+    if spec is not None and spec.zero_condition_channels:  # HunyuanVideo 1.5 T2V: zero condition latents + mask
+        b, _, f, h, w = x_t.shape
+        zeros = torch.zeros(b, spec.zero_condition_channels, f, h, w, device=x_t.device, dtype=dtype)
+        kw["hidden_states"] = torch.cat([kw["hidden_states"], zeros], dim=1)
+    if spec is not None and spec.zero_image_embeds is not None:  # ... and all-zero image embeddings
+        kw["image_embeds"] = torch.zeros(x_t.shape[0], *spec.zero_image_embeds, device=x_t.device, dtype=dtype)
     fam = FAMILIES[family]
     for key, keyword in fam.call_inputs:  # HunyuanVideo: the prompt mask and pooled embeddings
         value = batch[key]

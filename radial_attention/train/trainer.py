@@ -40,7 +40,7 @@ from radial_attention.models import FAMILIES
 from . import checkpoint as ckpt
 from . import data_parallel as dp
 from .config import ATTENTIONS, LR_SCHEDULES, TrainConfig, upgrade_saved_settings  # noqa: F401 (re-exported)
-from .data import PROMPT_EMBEDS, LatentDataset, collate
+from .data import PROMPT_EMBEDS, PROMPT_EMBEDS_2, LatentDataset, collate
 from .lora import LORA_WEIGHTS_NAME, add_lora, load_lora_into, lora_parameters, save_lora
 from .model import (
     autocast_context,
@@ -292,7 +292,10 @@ class LoRATrainer:
         lay = latent_layout(self.spec, self.dataset.samples[0].latent_shape)
         extra_tokens = 0  # a family with text after the video (HunyuanVideo): the prompt's tokens
         if fam.has_extra_tokens:
-            extra_tokens = self.dataset.samples[0].shapes[PROMPT_EMBEDS][0]
+            shapes = self.dataset.samples[0].shapes
+            extra_tokens = shapes[PROMPT_EMBEDS][0]
+            # HunyuanVideo 1.5: its byT5 tokens and (masked in text-to-video) image tokens follow too.
+            extra_tokens += shapes.get(PROMPT_EMBEDS_2, (0,))[0] + (self.spec.zero_image_embeds or (0,))[0]
         m = radial_block_mask(
             lay["frames"],
             lay["tokens_per_frame"],
@@ -335,7 +338,7 @@ class LoRATrainer:
         module = self.model if module is None else module
         x_t, timestep, target, _ = self.objective.sample(batch["latents"], generators)
         kw = transformer_inputs(
-            self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance
+            self.family, batch, x_t, timestep, dtype=self.precision.compute, guidance=self.cfg.guidance, spec=self.spec
         )
         offload = self.cfg.offload_checkpoints and torch.is_grad_enabled()
         kw["hidden_states"] = prepare_offload_input(kw["hidden_states"], offload)

@@ -15,7 +15,10 @@ of that module's forward) that answers its SDPA call with
 What the intercepted call may carry: no dropout, no causal flag, equal head counts, and as
 ``attn_mask`` either nothing or a key-padding mask (bool, or additive 0/-inf) of shape
 ``[B|1, 1, 1, S]`` that keeps a prefix of the keys, as HunyuanVideo's prompt mask does; it
-becomes ``key_lengths``; or, where the family's config asks for one (SkyReels-V2
+becomes ``key_lengths``; or, where the family declares it (``pairwise_prefix_mask``: HunyuanVideo
+1.5), a bool ``[B|1, 1, S, S]`` mask ``m[q] & m[k]`` of a prefix mask ``m``: it becomes
+``key_lengths`` too, and the padded query rows, which it masks out entirely, are set to 0 as
+torch SDPA gives them; or, where the family's config asks for one (SkyReels-V2
 ``num_frame_per_block > 1``), its bool ``[1, 1, S, S]`` frame-block causal mask, which goes into the
 block mask (``RadialState.mask_for(..., frame_block=k)``). Anything else raises: silently computing
 something else is worse.
@@ -80,6 +83,48 @@ def key_lengths_from_mask(attn_mask: torch.Tensor, batch: int, seq_len: int) -> 
     return lengths
 
 
+def _is_pairwise(attn_mask: torch.Tensor, seq_len: int) -> bool:
+    """A mask with a query dimension: ``[*, *, S, S]`` (not key padding ``[*, *, 1, S]``)."""
+    return attn_mask.dim() == 4 and seq_len > 1 and attn_mask.shape[-2] == seq_len
+
+
+def key_lengths_from_pairwise_mask(attn_mask: torch.Tensor, batch: int, seq_len: int, where: str) -> torch.Tensor:
+    """``[B]`` int lengths ``L_b`` from a bool ``[B|1, 1, S, S]`` mask that is ``m[q] & m[k]`` for a
+    per-token mask ``m`` keeping the first ``L_b`` tokens (HunyuanVideo 1.5's processor builds it so).
+
+    Exact: ``L_b`` is the diagonal's count (``m[q] & m[q] = m[q]``), and the mask is that outer
+    product exactly when its top-left ``L_b x L_b`` square is all kept and nothing else is. Only
+    ``all`` / ``any`` reductions over views (a sum over the bool mask would make an int64 copy,
+    8 bytes per entry: 21 GB at 480p), one pass over the mask, two device syncs. Anything else raises.
+    """
+    m = attn_mask
+    if m.dtype != torch.bool or m.dim() != 4 or m.shape[1] != 1 or m.shape[0] not in (1, batch):
+        raise ValueError(
+            f"{where}: radial attention accepts a pairwise attention mask only as bool [B or 1, 1, S, S] = "
+            f"[{batch} or 1, 1, {seq_len}, {seq_len}]; got {m.dtype} {tuple(m.shape)}"
+        )
+    m = m[:, 0]
+    lengths = m.diagonal(dim1=-2, dim2=-1).sum(-1)  # [B']: S entries each, a small copy
+    ok = []
+    for b, n in enumerate(lengths.tolist()):
+        ok += [m[b, :n, :n].all(), ~m[b, n:].any(), ~m[b, :n, n:].any()]
+    if not bool(torch.stack(ok).all()):
+        raise ValueError(
+            f"{where}: radial attention accepts a [B, 1, S, S] attention mask only when it is m[q] & m[k] for a "
+            "per-token mask m that keeps a prefix of the tokens (padding at the end), as HunyuanVideo 1.5's "
+            "processor builds it; this mask is not"
+        )
+    return lengths.expand(batch)
+
+
+def zero_padded_queries(out: torch.Tensor, key_lengths: torch.Tensor) -> torch.Tensor:
+    """``out [B, H, S, D]`` with query rows ``>= key_lengths[b]`` set to 0: what torch SDPA gives
+    for rows a pairwise mask masks out entirely (the radial kernels only drop the padded keys)."""
+    S = out.shape[-2]
+    valid = torch.arange(S, device=out.device)[None, :] < key_lengths.to(out.device)[:, None]  # [B, S]
+    return out.masked_fill(~valid[:, None, :, None], 0)
+
+
 class RadialSDPA(TorchFunctionMode):
     """Answers ``F.scaled_dot_product_attention`` calls with radial block-sparse attention.
 
@@ -140,17 +185,22 @@ class RadialSDPA(TorchFunctionMode):
             )
         query, key, value = _in_autocast_dtype(query, key, value)
         key_lengths = None
+        padded_queries = False  # query rows past key_lengths come out 0 (a pairwise mask's padding)
         frame_block = self.state.frame_block
         if attn_mask is not None and frame_block > 1:  # SkyReels-V2 DF's frame-block causal mask
             self._check_frame_causal(attn_mask, S, frame_block * tpf)
+        elif attn_mask is not None and _is_pairwise(attn_mask, S) and self.state.family.pairwise_prefix_mask:
+            key_lengths = key_lengths_from_pairwise_mask(attn_mask, B, S, where)  # HunyuanVideo 1.5
+            key_lengths, padded_queries = (None, False) if bool((key_lengths == S).all()) else (key_lengths, True)
         elif attn_mask is not None:
             key_lengths = cached_key_lengths(self.state, attn_mask, B, S)
         mask = self.state.mask_for(
             frames, tpf, extra_tokens, prefix_tokens, frame_block=frame_block if attn_mask is not None else 1
         )
-        return block_sparse_attention(
+        out = block_sparse_attention(
             query, key, value, mask, scale=scale, backend=self.state.config.backend, key_lengths=key_lengths
         )
+        return zero_padded_queries(out, key_lengths) if padded_queries else out
 
     def _check_frame_causal(self, attn_mask, S, causal_tokens):
         """The mask must be the frame-block causal one the config implies (its blocks are uniform, so
@@ -199,7 +249,8 @@ class DenseSDPA(TorchFunctionMode):
     """In a dense step or layer: answers the processor's SDPA call with FA4's dense kernel where it runs.
 
     Only calls that dense attention would compute identically are taken (equal q/k/v shapes, no
-    dropout, not causal, no mask or a key-padding prefix mask); the rest, and every call where
+    dropout, not causal, no mask, a key-padding prefix mask, or the pairwise prefix mask of a family
+    declaring ``pairwise_prefix_mask``); the rest, and every call where
     ``resolve_dense_backend`` does not pick ``fa4`` (no Hopper GPU, flash-attn-4 not installed, an
     fp32 model, a head dim FA4 does not run), go to torch's SDPA exactly as the model made them.
 
@@ -231,14 +282,24 @@ class DenseSDPA(TorchFunctionMode):
 
         if resolve_dense_backend(self.backend, q) != "fa4":
             return func(*args, **kwargs)
-        key_lengths = None
-        if call["attn_mask"] is not None:
+        key_lengths, padded_queries = None, False
+        attn_mask = call["attn_mask"]
+        if attn_mask is not None:
             B, _, S, _ = q.shape
+            pairwise = _is_pairwise(attn_mask, S) and getattr(
+                getattr(self.state, "family", None), "pairwise_prefix_mask", False
+            )
             try:
-                if self.state is not None:
-                    key_lengths = cached_key_lengths(self.state, call["attn_mask"], B, S)
+                if pairwise:  # HunyuanVideo 1.5: key lengths, and the padded query rows zeroed as SDPA does
+                    key_lengths = key_lengths_from_pairwise_mask(attn_mask, B, S, self.where)
+                    key_lengths, padded_queries = (
+                        (None, False) if bool((key_lengths == S).all()) else (key_lengths, True)
+                    )
+                elif self.state is not None:
+                    key_lengths = cached_key_lengths(self.state, attn_mask, B, S)
                 else:
-                    key_lengths = key_lengths_from_mask(call["attn_mask"], B, S)
+                    key_lengths = key_lengths_from_mask(attn_mask, B, S)
             except ValueError:  # not a key-padding prefix: SDPA computes it as given
                 return func(*args, **kwargs)
-        return dense_attention(q, k, v, scale=call["scale"], key_lengths=key_lengths, backend="fa4")
+        out = dense_attention(q, k, v, scale=call["scale"], key_lengths=key_lengths, backend="fa4")
+        return zero_padded_queries(out, key_lengths) if padded_queries else out
