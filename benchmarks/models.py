@@ -19,6 +19,7 @@ others go on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import pathlib
@@ -69,6 +70,38 @@ CASES = {
         latent=(33, 90, 160),
         inputs=("hunyuan_inputs", dict(text_len=256)),
         size="1280x720, 129 frames, 256 prompt tokens",
+    ),
+    # HunyuanVideo 1.5 (class defaults: 16 heads x 128, 54 blocks) text-to-video: after the video
+    # 729 image (zeros, all masked in T2V), 256 byT5 and 1000 Qwen tokens, the valid ones first and
+    # the rest masked pairwise ([B, 1, S, S]): a 120-token prompt, 20 byT5 tokens. cuDNN SDPA takes
+    # no such mask: the dense baseline is torch SDPA's default choice (what diffusers runs).
+    "hunyuan15-480p": dict(
+        variant="hunyuanvideo-1.5",
+        cls="HunyuanVideo15Transformer3DModel",
+        config=None,
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 54},
+        latent=(31, 30, 53),
+        inputs=(
+            "hunyuan15_inputs",
+            dict(text_len=1000, text_len_2=256, image_tokens=729, prompt_lengths=[120], prompt_lengths_2=[20]),
+        ),
+        size="848x480, 121 frames, 1985 condition tokens (140 valid)",
+        dense=("default", "fa4"),
+    ),
+    "hunyuan15-720p": dict(
+        variant="hunyuanvideo-1.5",
+        cls="HunyuanVideo15Transformer3DModel",
+        config=dict(target_size=960),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 54},
+        latent=(31, 45, 80),
+        inputs=(
+            "hunyuan15_inputs",
+            dict(text_len=1000, text_len_2=256, image_tokens=729, prompt_lengths=[120], prompt_lengths_2=[20]),
+        ),
+        size="1280x720, 121 frames, 1985 condition tokens (140 valid)",
+        dense=("default", "fa4"),
     ),
     # SkyReels-V2 14B: Wan2.1-14B's architecture (40 heads, FFN 13824).
     "skyreels-v2-14b-720p": dict(
@@ -299,13 +332,13 @@ def run_case(name, case, args, device, dtype):
     dense = {}
     head_dim = model.config.attention_head_dim
     with torch.no_grad():
-        for be in args.dense:
+        for be in case.get("dense", args.dense) if not args.dense_given else args.dense:
             try:
                 if be == "fa4":
                     resolve_dense_backend("fa4", torch.empty(1, 1, 128, head_dim, device=device, dtype=dtype))
                     ctx = DenseSDPA("fa4", "benchmark")
                 else:
-                    ctx = sdpa_kernel([SDPA_KERNELS[be]])
+                    ctx = contextlib.nullcontext() if be == "default" else sdpa_kernel([SDPA_KERNELS[be]])
                 with ctx:
                     dense[be] = measure(timer, fn, args.warmup, args.reps)
                 print(f"  dense {be:<6} {dense[be][0] * 1e3:9.1f} ms ({case['build']})", flush=True)
@@ -379,7 +412,8 @@ def markdown(results, env):
         )
     lines += [
         "",
-        "Dense kernels: cudnn = torch SDPA's cuDNN kernel (what diffusers runs), fa4 = FlashAttention-4's dense "
+        "Dense kernels: cudnn = torch SDPA's cuDNN kernel (what diffusers runs), default = torch SDPA's own "
+        "choice (HunyuanVideo 1.5's pairwise mask rules cuDNN out), fa4 = FlashAttention-4's dense "
         "kernel (every SDPA call of the model). Full depth = measured time outside the blocks + mean measured "
         "block time x the checkpoint's block count, per block group. Density: the largest kept fraction of "
         "blocks among the masks the calls used.",
@@ -391,7 +425,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
     p.add_argument("--smoke", action="store_true", help="tiny models on the CPU (checks the script, measures nothing)")
-    p.add_argument("--dense", default=None, help="dense kernels, comma-separated (default cudnn,fa4; smoke: math)")
+    p.add_argument(
+        "--dense",
+        default=None,
+        help="dense kernels, comma-separated: cudnn, flash, math, default (torch's own choice), fa4 "
+        "(default: the case's, else cudnn,fa4; smoke: math)",
+    )
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--out", default="benchmarks/results")
@@ -403,6 +442,7 @@ def main(argv=None) -> int:
         p.error(f"unknown case(s) {unknown}; expected some of {list(table)}")
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = torch.float32 if args.smoke else torch.bfloat16
+    args.dense_given = args.dense is not None
     args.dense = (args.dense or ("math" if args.smoke else "cudnn,fa4")).split(",")
     args.warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 1)
     args.reps = args.reps if args.reps is not None else (1 if args.smoke else 3)
