@@ -88,7 +88,11 @@ def register(sub) -> None:
         help="first transformer blocks with dense attention (default: the model's recommended schedule)",
     )
     g.add_argument(
-        "--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)"
+        "--block-size",
+        type=int,
+        default=None,
+        choices=[64, 128],
+        help="mask block size in tokens (default: the model's, 64 for LTX-Video / LTX-2, else 128; 64 for small videos)",
     )
     g.add_argument("--backend", default="auto", help="auto, gather, reference, flex, triton, flashinfer, fa4")
     d = p.add_argument_group("device")

@@ -21,6 +21,8 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_wan_i2v_pipeline(...)                                    WanImageToVideoPipeline (Wan2.1 I2V)
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
+    tiny_ltx_transformer(...), ltx_inputs(...)                    LTXVideoTransformer3DModel (packed [B, S, C] tokens)
+    tiny_ltx2_transformer(...), ltx2_inputs(...)                  LTX2VideoTransformer3DModel (video + audio)
     tiny_tokenizer(...)                                           word-level fast tokenizer
     tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
@@ -897,4 +899,110 @@ def tiny_cogvideox_pipeline(version: str = "1.0", *, num_layers: int = 2, seed: 
         vae=tiny_cogvideox_vae(seed + 20),
         transformer=transformer,
         scheduler=scheduler,
+    )
+
+
+# ----------------------------------------------------------------------------------- LTX-Video, LTX-2
+def tiny_ltx_transformer(
+    *, num_layers: int = 2, num_heads: int = 2, head_dim: int = 8, seed: int = 0, dtype=torch.float32, **overrides
+):
+    """An ``LTXVideoTransformer3DModel`` from a tiny config with random weights (no patching, as the
+    checkpoints). Call it with packed ``hidden_states [B, S, 8]`` and the latent grid ``num_frames,
+    height, width`` (or ``video_coords [B, 3, S]``): see :func:`ltx_inputs`."""
+    cfg = dict(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        cross_attention_dim=16,
+        num_layers=num_layers,
+        caption_channels=16,
+    )
+    cfg.update(overrides)
+    from diffusers import LTXVideoTransformer3DModel
+
+    return _seeded_build(LTXVideoTransformer3DModel, cfg, seed, dtype)
+
+
+def ltx_inputs(model, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 7, seed: int = 0):
+    """Forward keywords for a tiny LTX-Video transformer, as ``LTXPipeline`` calls it: packed latent
+    ``[B, F*H*W, C]`` plus the latent grid ``num_frames, height, width``."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(batch, frames * height * width, cfg.in_channels, generator=g),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.caption_channels, generator=g),
+        timestep=torch.full((batch,), 500.0),
+        encoder_attention_mask=torch.ones(batch, text_len),
+        num_frames=frames,
+        height=height,
+        width=width,
+        rope_interpolation_scale=(torch.tensor(8 / 25.0), 32, 32),
+        return_dict=False,
+    )
+
+
+def ltx_condition_coords(batch: int, frames: int, height: int, width: int, prefix_frames: int = 0, frame_index=16):
+    """``video_coords [B, 3, S]`` as ``LTXConditionPipeline`` builds them (before its division of time by
+    the frame rate): ``prefix_frames`` latent frames of a keyframe condition at pixel frame ``frame_index``,
+    then the main ``frames x height x width`` grid (time ``(8f + 1 - 8).clamp(0)``, space x 32)."""
+
+    def grid(f, t_offset):
+        t, h, w = torch.meshgrid(torch.arange(f), torch.arange(height), torch.arange(width), indexing="ij")
+        t = (t * 8 + 1 - 8).clamp(min=0) + t_offset
+        return torch.stack([t, h * 32, w * 32]).reshape(3, -1).float()
+
+    parts = ([grid(prefix_frames, frame_index)] if prefix_frames else []) + [grid(frames, 0)]
+    return torch.cat(parts, dim=1)[None].repeat(batch, 1, 1)
+
+
+def tiny_ltx2_transformer(
+    *, num_layers: int = 2, num_heads: int = 2, head_dim: int = 8, seed: int = 0, dtype=torch.float32, **overrides
+):
+    """An ``LTX2VideoTransformer3DModel`` (video + audio streams) from a tiny config with random
+    weights. ``perturbed_attn=True`` gives it the STG processor. Inputs: :func:`ltx2_inputs`."""
+    cfg = dict(
+        in_channels=8,
+        out_channels=8,
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        cross_attention_dim=16,
+        audio_in_channels=4,
+        audio_out_channels=4,
+        audio_num_attention_heads=2,
+        audio_attention_head_dim=4,
+        audio_cross_attention_dim=8,
+        num_layers=num_layers,
+        caption_channels=16,
+    )
+    cfg.update(overrides)
+    from diffusers import LTX2VideoTransformer3DModel
+
+    return _seeded_build(LTX2VideoTransformer3DModel, cfg, seed, dtype)
+
+
+def ltx2_inputs(
+    model, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 7, audio_frames: int = 5, seed=0
+):
+    """Forward keywords for a tiny LTX-2 transformer: packed video ``[B, F*H*W, C]`` with its latent grid,
+    audio ``[B, audio_frames, C_audio]``, the prompt for both streams."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(batch, frames * height * width, cfg.in_channels, generator=g),
+        audio_hidden_states=torch.randn(batch, audio_frames, cfg.audio_in_channels, generator=g),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.caption_channels, generator=g),
+        # caption_channels wide too: the model projects both prompts itself.
+        audio_encoder_hidden_states=torch.randn(batch, text_len, cfg.caption_channels, generator=g),
+        timestep=torch.full((batch,), 500.0),
+        encoder_attention_mask=torch.ones(batch, text_len),
+        audio_encoder_attention_mask=torch.ones(batch, text_len),
+        num_frames=frames,
+        height=height,
+        width=width,
+        fps=24.0,
+        audio_num_frames=audio_frames,
+        return_dict=False,
     )
