@@ -311,3 +311,90 @@ def test_mask_command_defaults_to_the_models_block(capsys):
     assert "block=64" in out and "density       0.3531" in out
     assert main(["mask", "--model", "wan2.1", "--height", "480", "--width", "832", "--frames", "81"]) == 0
     assert "block=128" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ whole pipelines
+# 192 x 224 pixels, 89 frames -> 12 latent frames of 6 x 7 tokens (the tiny VAE has the real 32x / 8x strides).
+VIDEO = dict(height=192, width=224, num_frames=89, max_sequence_length=tiny.LTX_TEXT_TOKENS, output_type="pt")
+
+
+def _gen():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def ltx_pipe():
+    return tiny.tiny_ltx_pipeline()
+
+
+def test_pipeline_end_to_end_with_cfg_and_schedule(ltx_pipe):
+    pipe = ltx_pipe
+    call = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=3, **VIDEO)
+    assert (pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio) == (8, 32)
+    dense = pipe(generator=_gen(), **call).frames
+    state = apply_radial_attention(pipe, dense_steps=1)
+    radial = pipe(generator=_gen(), **call).frames
+    assert radial.shape == dense.shape and torch.isfinite(radial).all() and not torch.equal(radial, dense)
+    # CFG is batched (one call per step), the step comes from the scheduler, block 64 by default.
+    assert dict(state.calls) == {(s, layer, "dense" if s == 0 else "radial"): 1 for s in range(3) for layer in (0, 1)}
+    assert list(state.masks) == [(FRAMES, T, 0, 0)] and state.config.block_size == 64
+    remove_radial_attention(pipe)
+    assert torch.equal(pipe(generator=_gen(), **call).frames, dense)
+
+
+def _image():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(1, 3, VIDEO["height"], VIDEO["width"], generator=g)  # [0, 1], as diffusers expects
+
+
+def test_image_to_video_and_condition_pipelines(ltx_pipe):
+    from diffusers import LTXConditionPipeline, LTXImageToVideoPipeline
+    from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
+
+    # Latents out (no decode: faster, and the comparison below is then of the transformer's work).
+    call = dict(prompt="a red fox", num_inference_steps=2, guidance_scale=1.0, **dict(VIDEO, output_type="latent"))
+    # Image-to-video: the image is blended into latent frame 0 (per-token timesteps): the T2V layout.
+    i2v = LTXImageToVideoPipeline(**ltx_pipe.components)
+    state = apply_radial_attention(i2v)
+    assert torch.isfinite(i2v(image=_image(), generator=_gen(), **call).frames).all()
+    assert list(state.masks) == [(FRAMES, T, 0, 0)] and state.summary()["radial_calls"] == 4
+    remove_radial_attention(i2v)
+    # Condition pipeline: a keyframe at pixel frame 40 becomes one latent frame of tokens before the
+    # video (only video_coords reach the transformer); the radial run equals the unpatched pipeline
+    # whose video self-attention gets the mask with that prefix.
+    cond = LTXConditionPipeline(**ltx_pipe.components)
+    conditions = lambda: [LTXVideoCondition(image=_image(), frame_index=40)]  # noqa: E731
+    state = apply_radial_attention(cond)
+    radial = cond(conditions=conditions(), generator=_gen(), **call).frames
+    assert list(state.masks) == [(FRAMES, T, T, 0)] and state.summary()["radial_calls"] == 4
+    remove_radial_attention(cond)
+    mask = radial_block_mask(FRAMES, T, preset="wan", block_size=64, prefix_tokens=T)
+    mode = _MaskedVideoSelfAttention(cond.transformer, attention_modules(cond.transformer), mask.to_token_mask)
+    try:
+        with mode:
+            expected = cond(conditions=conditions(), generator=_gen(), **call).frames
+    finally:
+        for h in mode.hooks:
+            h.remove()
+    dense = cond(conditions=conditions(), generator=_gen(), **call).frames
+    assert mode.masked == 4
+    assert float((radial - expected).abs().max()) < 1e-4 < float((radial - dense).abs().max())
+
+
+def test_generate_on_a_saved_pipeline(tmp_path, capsys):
+    imageio = pytest.importorskip("imageio.v2")
+    pytest.importorskip("imageio_ffmpeg")
+    from radial_attention.cli.main import main
+    from radial_attention.cli.tiny_cmd import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("ltx-video", str(tmp_path / "tiny-ltx"))
+    out = tmp_path / "video.mp4"
+    args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "192"]
+    args += ["--width", "224", "--frames", "90", "--steps", "2", "--dense-steps", "1"]
+    args += ["--max-sequence-length", str(tiny.LTX_TEXT_TOKENS), "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "90 rounded down to 89: this model takes 8k+1 frames" in text
+    assert "preset wan" in text and "block 64" in text  # the family's defaults
+    frames = imageio.mimread(out)
+    assert len(frames) >= 89 and frames[0].shape == (192, 224, 3)

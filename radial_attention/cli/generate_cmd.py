@@ -307,8 +307,9 @@ def run(args) -> int:
 
 def _temporal_stride(pipe) -> int:
     """The VAE's temporal compression as the pipeline names it (Wan/HunyuanVideo:
-    ``vae_scale_factor_temporal``, Mochi: ``vae_temporal_scale_factor``); 1 if it names none."""
-    for name in ("vae_scale_factor_temporal", "vae_temporal_scale_factor"):
+    ``vae_scale_factor_temporal``, Mochi: ``vae_temporal_scale_factor``, LTX: ``vae_temporal_compression_ratio``);
+    1 if it names none."""
+    for name in ("vae_scale_factor_temporal", "vae_temporal_scale_factor", "vae_temporal_compression_ratio"):
         t = getattr(pipe, name, None)
         if t:
             return int(t)

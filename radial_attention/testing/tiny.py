@@ -1006,3 +1006,46 @@ def ltx2_inputs(
         audio_num_frames=audio_frames,
         return_dict=False,
     )
+
+
+def tiny_ltx_vae(seed: int = 0):
+    """A tiny ``AutoencoderKLLTXVideo`` with the real strides: 32x spatial (patch 4 x three 2x
+    stages), 8x temporal, 8 latent channels (the tiny LTX transformer's ``in_channels``)."""
+    from diffusers import AutoencoderKLLTXVideo
+
+    with _seeded(seed):
+        return AutoencoderKLLTXVideo(
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, True, False),
+            decoder_spatio_temporal_scaling=(True, True, True, False),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_residual=(False, False, False, False),
+            upsample_factor=(1, 1, 1, 1),
+            patch_size=4,
+            patch_size_t=1,
+        ).eval()
+
+
+LTX_TEXT_TOKENS = 16  # the tiny LTX pipeline's prompt length (max_sequence_length; real: 128)
+
+
+def tiny_ltx_pipeline(*, num_layers: int = 2, seed: int = 0, image_to_video: bool = False):
+    """An ``LTXPipeline`` (or ``LTXImageToVideoPipeline``) of tiny random components: T5 text encoder
+    (16 wide, the transformer's ``caption_channels``), LTX VAE with the real 32x / 8x strides,
+    flow-matching scheduler. Height and width multiples of 32, frames ``8k+1``; call it with
+    ``max_sequence_length=16``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXPipeline
+
+    tokenizer = tiny_tokenizer(model_max_length=LTX_TEXT_TOKENS)
+    cls = LTXImageToVideoPipeline if image_to_video else LTXPipeline
+    return cls(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_ltx_vae(seed=seed + 20),
+        text_encoder=tiny_t5_encoder(_vocab_size(tokenizer), d_model=16, seed=seed + 10),
+        tokenizer=tokenizer,
+        transformer=tiny_ltx_transformer(num_layers=num_layers, seed=seed),
+    )
