@@ -30,7 +30,9 @@ Adding a model is one entry plus its tests:
 1. A :class:`VideoModelFamily` in :data:`FAMILIES` (its transformer class name, self-attention
    modules, the ``hidden_states`` order, where the extra tokens sit: tokens *before* the video,
    as CogVideoX's text, need ``prefix_tokens_input``, the forward argument whose length the hook
-   reads on every call; leave ``self_attention`` empty while the attention hook
+   reads on every call; packed ``[B, S, C]`` tokens, as LTX's, are ``hidden_states="BSC"``, their
+   grid the forward arguments ``num_frames, height, width``; a ``default_block_size`` of 64 where
+   frames hold few tokens; leave ``self_attention`` empty while the attention hook
    cannot take it yet, ``pipeline_classes`` empty while ``encode`` cannot, ``lora_pipeline_class``
    ``None`` while ``train-lora`` cannot), and a :class:`ModelVariant` per checkpoint line in
    :data:`VARIANTS` (VAE strides and patch of the real checkpoints, preset, schedule if known).
