@@ -241,6 +241,10 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
             too, diffusion forcing included: there the step is the pipeline loop's iteration (its loop
             never steps ``pipe.scheduler``), and ``causal_block_size > 1`` works only where
             ``causal_block_size`` x tokens per frame is a multiple of ``block_size`` (else ``ValueError``).
+            LTX-Video (``LTXPipeline``, ``LTXImageToVideoPipeline``, ``LTXConditionPipeline``, whose keyframe
+            tokens before the video are dense) and LTX-2's video self-attention (``LTX2Pipeline`` ...; its
+            keyframe tokens after the video are dense, its audio attention stays as it is, and a soft
+            ``video_self_attention_mask`` (IC-LoRA reference strengths) raises ``ValueError``).
         config: a :class:`~.schedule.RadialAttentionConfig`, or ``None``.
 
     Settings (fields of the config, or keywords):
