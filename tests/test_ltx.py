@@ -381,13 +381,33 @@ def test_image_to_video_and_condition_pipelines(ltx_pipe):
     assert float((radial - expected).abs().max()) < 1e-4 < float((radial - dense).abs().max())
 
 
-def test_generate_on_a_saved_pipeline(tmp_path, capsys):
+def test_ltx2_pipeline_end_to_end():
+    pipe = tiny.tiny_ltx2_pipeline()
+    call = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=3, **VIDEO)
+    assert (pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio) == (8, 32)
+    dense = pipe(generator=_gen(), **call)
+    state = apply_radial_attention(pipe, dense_steps=1)
+    radial = pipe(generator=_gen(), **call)
+    assert radial.frames.shape == dense.frames.shape and torch.isfinite(radial.frames).all()
+    assert not torch.equal(radial.frames, dense.frames)
+    # Every transformer call of a step (this pipeline makes several: CFG and its other guidance) is
+    # dense at step 0 and radial after, the step coming from the scheduler.
+    kinds = {(step, kind) for step, _, kind in state.calls}
+    assert kinds == {(0, "dense"), (1, "radial"), (2, "radial")}
+    assert list(state.masks) == [(FRAMES, T, 0, 0)] and state.config.block_size == 64
+    remove_radial_attention(pipe)
+    again = pipe(generator=_gen(), **call)
+    assert torch.equal(again.frames, dense.frames) and torch.equal(again.audio, dense.audio)
+
+
+@pytest.mark.parametrize("family", ["ltx-video", "ltx-2"])
+def test_generate_on_a_saved_pipeline(family, tmp_path, capsys):
     imageio = pytest.importorskip("imageio.v2")
     pytest.importorskip("imageio_ffmpeg")
     from radial_attention.cli.main import main
     from radial_attention.cli.tiny_cmd import save_tiny_pipeline
 
-    folder = save_tiny_pipeline("ltx-video", str(tmp_path / "tiny-ltx"))
+    folder = save_tiny_pipeline(family, str(tmp_path / "tiny"))
     out = tmp_path / "video.mp4"
     args = ["generate", "--model", folder, "--prompt", "a cat walking in the snow", "--height", "192"]
     args += ["--width", "224", "--frames", "90", "--steps", "2", "--dense-steps", "1"]
@@ -396,5 +416,6 @@ def test_generate_on_a_saved_pipeline(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "90 rounded down to 89: this model takes 8k+1 frames" in text
     assert "preset wan" in text and "block 64" in text  # the family's defaults
+    assert f"F={FRAMES} T={T} extra=0: density" in text
     frames = imageio.mimread(out)
     assert len(frames) >= 89 and frames[0].shape == (192, 224, 3)

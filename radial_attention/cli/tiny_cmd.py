@@ -31,6 +31,7 @@ FAMILIES = {
     "cogvideox": ("tiny_cogvideox_pipeline", {"version": "1.0"}, "CogVideoX 1.0 text-to-video (CogVideoXPipeline)"),
     "cogvideox-1.5": ("tiny_cogvideox_pipeline", {"version": "1.5"}, "CogVideoX 1.5 text-to-video (patch_size_t=2)"),
     "ltx-video": ("tiny_ltx_pipeline", {}, "LTX-Video text-to-video (LTXPipeline; 32x VAE: sizes multiples of 32)"),
+    "ltx-2": ("tiny_ltx2_pipeline", {}, "LTX-2 text-to-video+audio (LTX2Pipeline; generate writes the video only)"),
 }
 
 
@@ -86,6 +87,7 @@ def run(args) -> int:
         "cogvideox-1.5": " --height 64 --width 64 --frames 9 --max-sequence-length 10",
         # 32x VAE, 8k+1 frames: 12 latent frames of 6 x 7 tokens, enough for a sparse mask at block 64.
         "ltx-video": " --height 192 --width 224 --frames 89 --max-sequence-length 16",
+        "ltx-2": " --height 192 --width 224 --frames 89 --max-sequence-length 16",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(

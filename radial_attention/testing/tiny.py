@@ -23,6 +23,7 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
     tiny_ltx_transformer(...), ltx_inputs(...)                    LTXVideoTransformer3DModel (packed [B, S, C] tokens)
     tiny_ltx2_transformer(...), ltx2_inputs(...)                  LTX2VideoTransformer3DModel (video + audio)
+    tiny_ltx_pipeline(...), tiny_ltx2_pipeline(...)               LTXPipeline (or I2V), LTX2Pipeline (32x VAE)
     tiny_tokenizer(...)                                           word-level fast tokenizer
     tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
@@ -1048,4 +1049,98 @@ def tiny_ltx_pipeline(*, num_layers: int = 2, seed: int = 0, image_to_video: boo
         text_encoder=tiny_t5_encoder(_vocab_size(tokenizer), d_model=16, seed=seed + 10),
         tokenizer=tokenizer,
         transformer=tiny_ltx_transformer(num_layers=num_layers, seed=seed),
+    )
+
+
+def tiny_gemma3_encoder(vocab_size: int, hidden_size: int = 16, num_layers: int = 2, seed: int = 0):
+    """A ``Gemma3ForConditionalGeneration`` (LTX-2's text encoder class) with random weights: a
+    ``num_layers``-layer text model and a one-layer SigLIP vision tower the text-only prompts never use."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=8,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    cfg = Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=vocab_size - 1,
+    )
+    with _seeded(seed):
+        return Gemma3ForConditionalGeneration(cfg).eval()
+
+
+def tiny_ltx2_pipeline(*, num_layers: int = 2, seed: int = 0):
+    """An ``LTX2Pipeline`` (video + audio) of tiny random components: Gemma 3 text encoder, text
+    connectors, LTX-2 video VAE with the real 32x / 8x strides (set in its config, as the checkpoint's:
+    the class's formula would report 64 / 16), audio VAE and vocoder. Height and width multiples of
+    32, frames ``8k+1``; call it with ``max_sequence_length=16``. Its output has ``.frames`` and ``.audio``."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    tokenizer = tiny_tokenizer(model_max_length=LTX_TEXT_TOKENS)
+    text_layers = 2
+    text_encoder = tiny_gemma3_encoder(_vocab_size(tokenizer), hidden_size=16, num_layers=text_layers, seed=seed + 10)
+    with _seeded(seed + 20):
+        connectors = LTX2TextConnectors(
+            caption_channels=16,  # the text encoder's width, and the transformer's caption_channels
+            text_proj_in_factor=text_layers + 1,  # every hidden state of the encoder, embeddings included
+            video_connector_num_attention_heads=2,
+            video_connector_attention_head_dim=8,
+            video_connector_num_layers=1,
+            video_connector_num_learnable_registers=None,
+            audio_connector_num_attention_heads=2,
+            audio_connector_attention_head_dim=8,
+            audio_connector_num_layers=1,
+            audio_connector_num_learnable_registers=None,
+            connector_rope_base_seq_len=32,
+            rope_double_precision=False,
+            video_hidden_dim=16,
+            audio_hidden_dim=16,
+        ).eval()
+        vae = AutoencoderKLLTX2Video(
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1),
+            upsample_residual=(False, False, False),
+            upsample_factor=(1, 1, 1),
+            spatial_compression_ratio=32,
+            temporal_compression_ratio=8,
+        ).eval()
+        audio_vae = AutoencoderKLLTX2Audio(
+            base_channels=4, ch_mult=(1,), num_res_blocks=1, resolution=32, latent_channels=2, mel_bins=8
+        ).eval()
+        vocoder = LTX2Vocoder(
+            in_channels=16,  # audio VAE output channels (2) x mel bins (8)
+            hidden_channels=8,
+            upsample_kernel_sizes=[4, 4],
+            upsample_factors=[2, 2],
+            resnet_kernel_sizes=[3],
+            resnet_dilations=[[1, 3, 5]],
+            output_sampling_rate=16000,
+        ).eval()
+    return LTX2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        audio_vae=audio_vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        connectors=connectors,
+        transformer=tiny_ltx2_transformer(num_layers=num_layers, seed=seed),
+        vocoder=vocoder,
     )
