@@ -221,8 +221,8 @@ def layout_from_video_coords(coords, seq_len: int, where: str = "transformer") -
         raise ValueError(
             f"{where}: radial attention cannot tell the video frames from video_coords: {problem}. It expects "
             "optional condition tokens (time > 0), then the video grid frame-major with its first frame at "
-            "time 0, as LTXConditionPipeline builds it; pass num_frames, height, width without video_coords "
-            "for a plain grid"
+            "time 0, as LTXConditionPipeline builds it (the frames LTXI2VLongMultiPromptPipeline appends to a "
+            "window are not supported); pass num_frames, height, width without video_coords for a plain grid"
         )
     return int(rows.shape[0]), tpf, start
 
