@@ -381,9 +381,14 @@ def test_image_to_video_and_condition_pipelines(ltx_pipe):
     assert float((radial - expected).abs().max()) < 1e-4 < float((radial - dense).abs().max())
 
 
-def test_ltx2_pipeline_end_to_end():
-    pipe = tiny.tiny_ltx2_pipeline()
-    call = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=3, **VIDEO)
+@pytest.fixture(scope="module")
+def ltx2_pipe():
+    return tiny.tiny_ltx2_pipeline()
+
+
+def test_ltx2_pipeline_end_to_end(ltx2_pipe):
+    pipe = ltx2_pipe
+    call = dict(prompt="a red fox", negative_prompt="blurry", num_inference_steps=2, **VIDEO)
     assert (pipe.vae_temporal_compression_ratio, pipe.vae_spatial_compression_ratio) == (8, 32)
     dense = pipe(generator=_gen(), **call)
     state = apply_radial_attention(pipe, dense_steps=1)
@@ -393,11 +398,43 @@ def test_ltx2_pipeline_end_to_end():
     # Every transformer call of a step (this pipeline makes several: CFG and its other guidance) is
     # dense at step 0 and radial after, the step coming from the scheduler.
     kinds = {(step, kind) for step, _, kind in state.calls}
-    assert kinds == {(0, "dense"), (1, "radial"), (2, "radial")}
+    assert kinds == {(0, "dense"), (1, "radial")}
     assert list(state.masks) == [(FRAMES, T, 0, 0)] and state.config.block_size == 64
     remove_radial_attention(pipe)
     again = pipe(generator=_gen(), **call)
     assert torch.equal(again.frames, dense.frames) and torch.equal(again.audio, dense.audio)
+
+
+def test_ltx2_condition_pipeline_keyframe_tokens_after_the_video(ltx2_pipe):
+    from diffusers import LTX2ConditionPipeline
+    from diffusers.pipelines.ltx2.pipeline_ltx2_condition import LTX2VideoCondition
+
+    names = ("scheduler", "vae", "audio_vae", "text_encoder", "tokenizer", "connectors", "transformer", "vocoder")
+    pipe = LTX2ConditionPipeline(**{n: ltx2_pipe.components[n] for n in names})
+    # A keyframe at latent frame 5 (crf=0: no H.264 re-compression) is appended after the video grid:
+    # one frame of 42 dense tokens after the video. Latents out: the transformer's work, no decode.
+    call = dict(prompt="a red fox", num_inference_steps=2, guidance_scale=1.0, **dict(VIDEO, output_type="latent"))
+
+    def run():
+        conditions = [LTX2VideoCondition(frames=_image(), index=5, crf=0)]
+        out = pipe(conditions=conditions, generator=_gen(), **call)
+        return out.frames, out.audio
+
+    dense = run()
+    state = apply_radial_attention(pipe)
+    radial = run()
+    assert list(state.masks) == [(FRAMES, T, 0, T)] and state.summary()["radial_calls"] > 0
+    remove_radial_attention(pipe)
+    mask = radial_block_mask(FRAMES, T, preset="wan", block_size=64, extra_tokens=T)
+    mode = _MaskedVideoSelfAttention(pipe.transformer, attention_modules(pipe.transformer), mask.to_token_mask)
+    try:
+        with mode:
+            expected = run()
+    finally:
+        for h in mode.hooks:
+            h.remove()
+    for got, want, d in zip(radial, expected, dense):  # video and audio latents
+        assert _rel(got, want) < 1e-4 < _rel(got, d)
 
 
 @pytest.mark.parametrize("family", ["ltx-video", "ltx-2"])
