@@ -15,6 +15,9 @@ from radial_attention.mask import video_layout
         ("hunyuan", 720, 1280, 129, 33, 3600, 256),
         ("HunyuanVideo", 768, 1280, 117, 30, 3840, 256),
         ("mochi", 480, 848, 163, 28, 1590, 0),
+        ("ltx-video", 512, 768, 161, 21, 384, 0),
+        ("ltx-video", 704, 1216, 121, 16, 836, 0),
+        ("ltx-2", 512, 768, 121, 16, 384, 0),
     ],
 )
 def test_layouts_of_the_spec_table(model, h, w, f, F, T, X):

@@ -42,10 +42,14 @@ def test_entries_are_consistent():
         assert any(v.family == fam.name for v in VARIANTS.values()), f"{fam.name} has no variant"
         assert fam.default_preset in PRESETS and (fam.expert_preset is None or fam.expert_preset in PRESETS)
         assert fam.extra_tokens in ("none", "after", "before", "both")
-        assert fam.sdpa_calls in ("one", "per_batch_item")
-        assert fam.hidden_states in ("BCFHW", "BFCHW")
-        # Tokens before the video: their count at the usual prompt length, and where a call says it.
-        assert (fam.prefix_tokens > 0) == fam.has_prefix_tokens == (fam.prefix_tokens_input is not None)
+        assert fam.sdpa_calls in ("one", "per_batch_item", "zero_or_one")
+        assert fam.hidden_states in ("BCFHW", "BFCHW", "BSC")
+        assert fam.default_block_size in (64, 128)
+        # Tokens before the video: their count at the usual prompt length, and where a call says it
+        # (LTX-Video: none at the usual T2V call, the condition pipeline's keyframes from video_coords).
+        assert fam.has_prefix_tokens == (fam.prefix_tokens_input is not None)
+        assert fam.prefix_tokens == 0 or fam.has_prefix_tokens
+        assert fam.prefix_tokens_input != "video_coords" or fam.hidden_states == "BSC"
         assert set(fam.image_to_video_pipelines) <= set(fam.pipeline_classes)
         assert fam.latent_normalisation in ("mean_std", "scaling_factor")
         assert fam.prompt_outputs[0] == "prompt_embeds"
@@ -53,6 +57,7 @@ def test_entries_are_consistent():
             assert fam.lora_attention_targets and fam.flow_shift is not None
     for v in VARIANTS.values():
         assert v.family in FAMILIES and v.preset in PRESETS
+        assert v.block_size == FAMILIES[v.family].default_block_size
         assert get_variant(v.name) is v and all(get_variant(a.upper()) is v for a in v.aliases)
 
 
@@ -218,7 +223,16 @@ FORWARD_CASES = {
         ("hunyuanvideo-1.5", lambda: tiny.tiny_hunyuan15_transformer("t2v"), _hunyuan15_call(False)),
         ("hunyuanvideo-1.5", lambda: tiny.tiny_hunyuan15_transformer("i2v"), _hunyuan15_call(True)),
     ],
+    # Packed tokens [B, S, C]: the latent grid is the forward's num_frames / height / width.
+    "ltx": [("ltx-video", tiny.tiny_ltx_transformer, lambda m, f, h, w: tiny.ltx_inputs(m, f, h, w, text_len=TEXT))],
+    # The audio self-attention (5 audio tokens) and the audio<->video cross-attention are not listed.
+    "ltx2": [("ltx-2", tiny.tiny_ltx2_transformer, lambda m, f, h, w: tiny.ltx2_inputs(m, f, h, w, text_len=TEXT))],
 }
+
+
+# Families whose tokens after the video are not the prompt's (LTX-2: keyframes / references, none in a
+# plain call); in the others' they are.
+NOT_PROMPT_AFTER = {"ltx2"}
 
 
 def test_every_family_has_a_forward_case():
@@ -241,9 +255,15 @@ def test_layout_of_a_real_forward_is_the_registry_prediction(family, variant, bu
     # A pixel video the variant can take: 2 token rows x 3 token columns, 3 latent frames.
     height, width, frames = 2 * v.spatial_stride, 3 * v.spatial_stride, 2 * v.temporal_compression + 1
     # The registry's prediction: the prompt's tokens follow the video where the family says so.
-    prefix = tiny.COGVIDEOX_TEXT_TOKENS if fam.has_prefix_tokens else 0  # CogVideoX: the whole prompt, first
+    # CogVideoX: the whole prompt, first (LTX-Video's condition tokens: none in a plain call)
+    prefix = tiny.COGVIDEOX_TEXT_TOKENS if fam.prefix_tokens else 0
     layout = video_layout(
-        variant, height, width, frames, extra_tokens=TEXT if fam.has_extra_tokens else 0, prefix_tokens=prefix
+        variant,
+        height,
+        width,
+        frames,
+        extra_tokens=TEXT if fam.has_extra_tokens and family not in NOT_PROMPT_AFTER else 0,
+        prefix_tokens=prefix,
     )
     # Reference frames (Wan Animate's reference image) are latent frames in front of the video.
     assert (layout.frames, layout.tokens_per_frame) == (3 + fam.reference_frames, 6)
@@ -260,7 +280,9 @@ def test_layout_of_a_real_forward_is_the_registry_prediction(family, variant, bu
     seen = [name for name, q, k in log.calls if q == k == layout.seq_len]
     if fam.patchable:
         assert family_of(model) is fam
-        assert call_layout(model, kwargs["hidden_states"]) == (layout.frames, layout.tokens_per_frame)
+        # (packed families read the grid from the call's arguments, not from hidden_states' shape)
+        got = call_layout(model, kwargs["hidden_states"], kwargs=kwargs)
+        assert got == (layout.frames, layout.tokens_per_frame)
         assert seen == attention_paths(model), f"the video self-attention ran in {seen}"
         assert len(seen) == sum(len(getattr(model, blocks)) for blocks, _ in fam.self_attention)
     else:

@@ -128,7 +128,11 @@ def register(sub) -> None:
         help="first transformer blocks with dense attention (default: the model's recommended schedule)",
     )
     g.add_argument(
-        "--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)"
+        "--block-size",
+        type=int,
+        default=None,
+        choices=[64, 128],
+        help="mask block size in tokens (default: the model's, 64 for LTX-Video / LTX-2, else 128; 64 for small videos)",
     )
     g.add_argument("--backend", default="auto", help="auto, gather, reference, flex, triton, flashinfer, fa4")
     d = p.add_argument_group("device")
@@ -409,8 +413,9 @@ def condition_inputs(args, pipe, params, frames: int) -> dict:
 
 def _temporal_stride(pipe) -> int:
     """The VAE's temporal compression as the pipeline names it (Wan/HunyuanVideo:
-    ``vae_scale_factor_temporal``, Mochi: ``vae_temporal_scale_factor``); 1 if it names none."""
-    for name in ("vae_scale_factor_temporal", "vae_temporal_scale_factor"):
+    ``vae_scale_factor_temporal``, Mochi: ``vae_temporal_scale_factor``, LTX: ``vae_temporal_compression_ratio``);
+    1 if it names none."""
+    for name in ("vae_scale_factor_temporal", "vae_temporal_scale_factor", "vae_temporal_compression_ratio"):
         t = getattr(pipe, name, None)
         if t:
             return int(t)

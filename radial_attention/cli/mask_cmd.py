@@ -71,7 +71,11 @@ def register(sub) -> None:
         help="window to neighbouring frames (default: the preset's)",
     )
     p.add_argument(
-        "--block-size", type=int, default=128, choices=[64, 128], help="mask block size in tokens (64 for small videos)"
+        "--block-size",
+        type=int,
+        default=None,
+        choices=[64, 128],
+        help="mask block size in tokens (default: the model's, 64 for LTX-Video / LTX-2, else 128; 64 for small videos)",
     )
     p.add_argument(
         "--heads",
@@ -158,6 +162,8 @@ def build_report(args) -> dict:
     frames, tpf, extra, preset_name, family, desc = resolve_layout(args)
     get_preset(preset_name)  # an unknown preset is refused before the size checks
     heads = get_model_family(family).heads if args.heads is None else args.heads
+    if args.block_size is None:  # the model's default (64 for LTX's few tokens per frame)
+        args.block_size = get_model_family(family).block_size
     prefix = get_model_family(family).default_prefix_tokens  # tokens before the video (CogVideoX's 226 text)
     seq = prefix + frames * tpf + extra
     blocks = -(-seq // args.block_size)

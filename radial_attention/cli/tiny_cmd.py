@@ -42,6 +42,8 @@ FAMILIES = {
         {"variant": "i2v"},
         "HunyuanVideo 1.5 image-to-video (HunyuanVideo15ImageToVideoPipeline)",
     ),
+    "ltx-video": ("tiny_ltx_pipeline", {}, "LTX-Video text-to-video (LTXPipeline; 32x VAE: sizes multiples of 32)"),
+    "ltx-2": ("tiny_ltx2_pipeline", {}, "LTX-2 text-to-video+audio (LTX2Pipeline; generate writes the video only)"),
 }
 
 
@@ -102,6 +104,9 @@ def run(args) -> int:
         # Its pipeline pads every prompt to fixed lengths itself: no --max-sequence-length.
         "hunyuan15": " --height 64 --width 64 --frames 9",
         "hunyuan15-i2v": " --image FIRST_FRAME.png --height 64 --width 64 --frames 9",
+        # 32x VAE, 8k+1 frames: 12 latent frames of 6 x 7 tokens, enough for a sparse mask at block 64.
+        "ltx-video": " --height 192 --width 224 --frames 89 --max-sequence-length 16",
+        "ltx-2": " --height 192 --width 224 --frames 89 --max-sequence-length 16",
     }
     print(f"tiny-pipeline: {FAMILIES[args.family][2]}, random weights, written to {os.path.abspath(out)}")
     print(

@@ -30,7 +30,9 @@ Adding a model is one entry plus its tests:
 1. A :class:`VideoModelFamily` in :data:`FAMILIES` (its transformer class name, self-attention
    modules, the ``hidden_states`` order, where the extra tokens sit: tokens *before* the video,
    as CogVideoX's text, need ``prefix_tokens_input``, the forward argument whose length the hook
-   reads on every call; leave ``self_attention`` empty while the attention hook
+   reads on every call; packed ``[B, S, C]`` tokens, as LTX's, are ``hidden_states="BSC"``, their
+   grid the forward arguments ``num_frames, height, width``; a ``default_block_size`` of 64 where
+   frames hold few tokens; leave ``self_attention`` empty while the attention hook
    cannot take it yet, ``pipeline_classes`` empty while ``encode`` cannot, ``lora_pipeline_class``
    ``None`` while ``train-lora`` cannot), and a :class:`ModelVariant` per checkpoint line in
    :data:`VARIANTS` (VAE strides and patch of the real checkpoints, preset, schedule if known).
@@ -63,10 +65,15 @@ class VideoModelFamily:
     self_attention: Tuple[Tuple[str, str], ...]
     # How many torch SDPA calls one self-attention module call makes: "one" (the whole batch in one
     # call), or "per_batch_item" (Mochi: one call per batch item, each with batch 1 and its own
-    # length, the video followed by that item's valid prompt tokens; each gets its own mask).
+    # length, the video followed by that item's valid prompt tokens; each gets its own mask), or
+    # "zero_or_one" (LTX-2: its perturbed-attention processor skips the attention when spatio-temporal
+    # guidance perturbs every batch item of the block; then the module runs as it is).
     sdpa_calls: str = "one"
     # Dimension order of the transformer's ``hidden_states`` (the latent of one call): "BCFHW"
-    # (Wan, HunyuanVideo) or "BFCHW" (CogVideoX: frames before channels).
+    # (Wan, HunyuanVideo), "BFCHW" (CogVideoX: frames before channels), or "BSC" (LTX-Video, LTX-2:
+    # packed tokens; the layout comes from the forward arguments ``num_frames, height, width``, the
+    # latent grid before the patch, or, for a family whose ``prefix_tokens_input`` is ``video_coords``,
+    # from the token coordinates ``video_coords [B, 3, S]`` when a call passes them).
     hidden_states: str = "BCFHW"
     # Where tokens that are not video (text) sit in that self-attention: "none", "after" the
     # video, "before" it (CogVideoX) or "both" (the video is always frame-major: frame i holds
@@ -76,8 +83,13 @@ class VideoModelFamily:
     # How many tokens sit *before* the video at the usual prompt length (CogVideoX: 226 text tokens).
     prefix_tokens: int = 0
     # For a family with tokens before the video: the transformer forward argument whose dim 1 is
-    # their count in one call (CogVideoX: encoder_hidden_states [B, L, C], whose L tokens go first).
+    # their count in one call (CogVideoX: encoder_hidden_states [B, L, C], whose L tokens go first),
+    # or "video_coords" for a packed family (LTX-Video's condition pipeline: its keyframe tokens come
+    # first, the main video grid is where the time coordinate starts at 0).
     prefix_tokens_input: Optional[str] = None
+    # Forward arguments radial attention refuses when a call passes them (not None), with the reason
+    # (LTX-2 IC-LoRA's soft video_self_attention_mask): refused before any block runs.
+    refused_inputs: Tuple[Tuple[str, str], ...] = ()
     # The pipeline pads the latent frames at the front to a multiple of p_t (CogVideoX 1.5): token
     # frames = ceil(latent frames / p_t), and any VAE frame count works.
     pads_latent_frames: bool = False
@@ -89,6 +101,9 @@ class VideoModelFamily:
     # --- mask defaults
     default_preset: str = "wan"
     expert_preset: Optional[str] = None  # a pipeline switching two experts at a boundary (Wan2.2 A14B)
+    # Mask block size when the user gives none: 64 for models whose frames hold few tokens (LTX's
+    # 32x VAE: 384 tokens per 768x512 frame, three blocks of 128, where the mask keeps about half).
+    default_block_size: int = 128
     # --- training (train-lora) and encode
     flow_shift: Optional[float] = None  # when the model folder has no scheduler config
     # The same for an image-to-video transformer, where it differs (SkyReels-V2: 5.0); None: flow_shift.
@@ -407,8 +422,49 @@ HUNYUAN15 = VideoModelFamily(
     prompt_outputs=("prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2"),
 )
 
+# LTX-Video: packed tokens [B, S, C]; the transformer gets the latent grid as num_frames / height /
+# width (T2V, I2V), or only the tokens' coordinates video_coords (LTXConditionPipeline, whose
+# keyframe-condition tokens come first, as dense tokens before the video; cut off after the call).
+LTX = VideoModelFamily(
+    name="ltx",
+    description="LTX-Video T2V / I2V / condition (LTXVideoTransformer3DModel)",
+    transformer_classes=("LTXVideoTransformer3DModel",),
+    self_attention=(("transformer_blocks", "attn1"),),  # attn2 is cross-attention to text
+    hidden_states="BSC",
+    extra_tokens="before",  # the condition pipeline's keyframe tokens (0 in T2V / I2V)
+    prefix_tokens_input="video_coords",
+    # No published radial settings: Wan's preset (attention sink, half-window) at block 64, to be
+    # checked on real weights; the flow shift is dynamic (calculate_shift from the sequence length).
+    default_preset="wan",
+    default_block_size=64,
+    pipeline_classes=(),  # no encode / train-lora yet
+)
+# LTX-2: video and audio streams. Only the video self-attention (attn1) is radial; the audio
+# self-attention (audio_attn1) and the audio<->video cross-attention are not listed and stay as they
+# are. The condition / IC-LoRA pipelines append keyframe / reference tokens after the video grid
+# (num_frames/height/width still describe the grid): dense tokens after the video.
+LTX2 = VideoModelFamily(
+    name="ltx2",
+    description="LTX-2 video stream (LTX2VideoTransformer3DModel; its audio attention stays as it is)",
+    transformer_classes=("LTX2VideoTransformer3DModel",),
+    self_attention=(("transformer_blocks", "attn1"),),
+    sdpa_calls="zero_or_one",  # STG perturbing every batch item skips the attention
+    hidden_states="BSC",
+    extra_tokens="after",  # keyframe-condition / IC-LoRA reference tokens (0 in T2V / I2V)
+    refused_inputs=(
+        (
+            "video_self_attention_mask",
+            "it is a soft (fractional) token-level mask over the video self-attention (IC-LoRA references with "
+            "a conditioning strength), which the block-sparse mask cannot carry; call the pipeline without "
+            "reference strengths, or remove_radial_attention for this generation",
+        ),
+    ),
+    default_preset="wan",
+    default_block_size=64,
+)
+
 FAMILIES: Dict[str, VideoModelFamily] = {
-    f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX, WAN_VACE, WAN_ANIMATE, HUNYUAN15)
+    f.name: f for f in (WAN, HUNYUAN, SKYREELS_V2, MOCHI, COGVIDEOX, WAN_VACE, WAN_ANIMATE, HUNYUAN15, LTX, LTX2)
 }
 
 
@@ -436,6 +492,7 @@ class ModelVariant:
     schedule: Optional[Schedule]  # None: none known
     aliases: Tuple[str, ...] = field(default=())
     heads: int = 24  # attention heads of the checkpoint (head dim 128): the mask command's FLOP count
+    block_size: int = 128  # the mask block size its family defaults to (64: LTX)
 
     @property
     def model_family(self) -> VideoModelFamily:
@@ -474,7 +531,8 @@ _WAN_SCHEDULE = Schedule(dense_steps=12, dense_layers=1)
 
 
 def _variant(name, family, description, *, vae, patch=(1, 2, 2), preset, schedule, aliases=(), heads) -> ModelVariant:
-    return ModelVariant(name, family, description, vae, patch, preset, schedule, aliases, heads)
+    block = FAMILIES[family].default_block_size
+    return ModelVariant(name, family, description, vae, patch, preset, schedule, aliases, heads, block)
 
 
 VARIANTS: Dict[str, ModelVariant] = {
@@ -546,6 +604,19 @@ VARIANTS: Dict[str, ModelVariant] = {
             "hunyuanvideo-1.5", "hunyuan15", "HunyuanVideo 1.5 T2V/I2V 480p and 720p (HunyuanVideo's settings)",
             vae=(4, 16), patch=(1, 1, 1), preset="hunyuan", schedule=Schedule(dense_steps=12, dense_layers=0),
             aliases=("hunyuan15", "hunyuanvideo1.5", "hunyuan-video-1.5", "hunyuanvideo15"), heads=16,
+        ),
+        # LTX: 8x temporal / 32x spatial VAE, no patching. No published radial settings: Wan's preset and
+        # schedule (what generate picks by preset: a quarter of the steps dense, the first block) at block 64.
+        # heads: LTX-Video 2B has 32 heads of dim 64 (16 of dim 128 for the FLOP count); LTX-2 32 of 128.
+        _variant(
+            "ltx-video", "ltx", "LTX-Video 0.9.x T2V/I2V/condition (32x VAE; block 64; Wan's preset)",
+            vae=(8, 32), patch=(1, 1, 1), preset="wan", schedule=_WAN_SCHEDULE,
+            aliases=("ltx", "ltxvideo", "ltx-video-0.9"), heads=16,
+        ),
+        _variant(
+            "ltx-2", "ltx2", "LTX-2 video stream (32x VAE; block 64; Wan's preset; audio stays dense)",
+            vae=(8, 32), patch=(1, 1, 1), preset="wan", schedule=_WAN_SCHEDULE,
+            aliases=("ltx2", "ltx-2-video"), heads=32,
         ),
     )
 }  # fmt: skip

@@ -65,6 +65,36 @@ WAN_ANIMATE_14B = dict(
     face_encoder_num_heads=4,
     inject_face_latents_blocks=5,
 )
+# LTX-Video 0.9.x 2B (Lightricks/LTX-Video) and LTX-2 (Lightricks/LTX-2): the class defaults of
+# LTXVideoTransformer3DModel / LTX2VideoTransformer3DModel, which diffusers sets to those checkpoints'
+# (unchecked against a downloaded config.json). Packed tokens: call them with hidden_states
+# [B, F*H*W, 128] and num_frames, height, width (768x512x161 -> 21 x 16 x 24; LTX-2 121 frames -> 16).
+LTX_VIDEO_2B = dict(
+    in_channels=128,
+    out_channels=128,
+    patch_size=1,
+    patch_size_t=1,
+    num_attention_heads=32,
+    attention_head_dim=64,
+    cross_attention_dim=2048,
+    num_layers=28,
+    caption_channels=4096,
+    qk_norm="rms_norm_across_heads",
+)
+LTX_2 = dict(
+    in_channels=128,
+    out_channels=128,
+    num_attention_heads=32,
+    attention_head_dim=128,
+    cross_attention_dim=4096,
+    audio_in_channels=128,
+    audio_out_channels=128,
+    audio_num_attention_heads=32,
+    audio_attention_head_dim=64,
+    audio_cross_attention_dim=2048,
+    num_layers=48,
+    caption_channels=3840,
+)
 DEPTH_KEYS = ("num_layers", "num_single_layers")
 
 

@@ -27,6 +27,9 @@ Builders (all take ``seed`` and leave the global RNG as it was):
     tiny_hunyuan_pipeline(...)                                    HunyuanVideoPipeline
     tiny_mochi_pipeline(...)                                      MochiPipeline (6x temporal VAE: frames 6k+1)
     tiny_hunyuan15_pipeline(variant="t2v"|"i2v", ...)             HunyuanVideo15Pipeline, ...ImageToVideoPipeline (16x VAE)
+    tiny_ltx_transformer(...), ltx_inputs(...)                    LTXVideoTransformer3DModel (packed [B, S, C] tokens)
+    tiny_ltx2_transformer(...), ltx2_inputs(...)                  LTX2VideoTransformer3DModel (video + audio)
+    tiny_ltx_pipeline(...), tiny_ltx2_pipeline(...)               LTXPipeline (or I2V), LTX2Pipeline (32x VAE)
     tiny_tokenizer(...)                                           word-level fast tokenizer
     tiny_clip_vision_encoder(image_dim, ...)                      (CLIPVisionModel, CLIP image processor)
 
@@ -1212,4 +1215,247 @@ def tiny_wan_animate_pipeline(*, num_layers: int = 2, seed: int = 0):
         image_processor=image_processor,
         image_encoder=image_encoder,
         transformer=transformer,
+    )
+
+
+# ----------------------------------------------------------------------------------- LTX-Video, LTX-2
+def tiny_ltx_transformer(
+    *, num_layers: int = 2, num_heads: int = 2, head_dim: int = 8, seed: int = 0, dtype=torch.float32, **overrides
+):
+    """An ``LTXVideoTransformer3DModel`` from a tiny config with random weights (no patching, as the
+    checkpoints). Call it with packed ``hidden_states [B, S, 8]`` and the latent grid ``num_frames,
+    height, width`` (or ``video_coords [B, 3, S]``): see :func:`ltx_inputs`."""
+    cfg = dict(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        cross_attention_dim=16,
+        num_layers=num_layers,
+        caption_channels=16,
+    )
+    cfg.update(overrides)
+    from diffusers import LTXVideoTransformer3DModel
+
+    return _seeded_build(LTXVideoTransformer3DModel, cfg, seed, dtype)
+
+
+def ltx_inputs(model, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 7, seed: int = 0):
+    """Forward keywords for a tiny LTX-Video transformer, as ``LTXPipeline`` calls it: packed latent
+    ``[B, F*H*W, C]`` plus the latent grid ``num_frames, height, width``."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(batch, frames * height * width, cfg.in_channels, generator=g),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.caption_channels, generator=g),
+        timestep=torch.full((batch,), 500.0),
+        encoder_attention_mask=torch.ones(batch, text_len),
+        num_frames=frames,
+        height=height,
+        width=width,
+        rope_interpolation_scale=(torch.tensor(8 / 25.0), 32, 32),
+        return_dict=False,
+    )
+
+
+def ltx_condition_coords(batch: int, frames: int, height: int, width: int, prefix_frames: int = 0, frame_index=16):
+    """``video_coords [B, 3, S]`` as ``LTXConditionPipeline`` builds them (before its division of time by
+    the frame rate): ``prefix_frames`` latent frames of a keyframe condition at pixel frame ``frame_index``,
+    then the main ``frames x height x width`` grid (time ``(8f + 1 - 8).clamp(0)``, space x 32)."""
+
+    def grid(f, t_offset):
+        t, h, w = torch.meshgrid(torch.arange(f), torch.arange(height), torch.arange(width), indexing="ij")
+        t = (t * 8 + 1 - 8).clamp(min=0) + t_offset
+        return torch.stack([t, h * 32, w * 32]).reshape(3, -1).float()
+
+    parts = ([grid(prefix_frames, frame_index)] if prefix_frames else []) + [grid(frames, 0)]
+    return torch.cat(parts, dim=1)[None].repeat(batch, 1, 1)
+
+
+def tiny_ltx2_transformer(
+    *, num_layers: int = 2, num_heads: int = 2, head_dim: int = 8, seed: int = 0, dtype=torch.float32, **overrides
+):
+    """An ``LTX2VideoTransformer3DModel`` (video + audio streams) from a tiny config with random
+    weights. ``perturbed_attn=True`` gives it the STG processor. Inputs: :func:`ltx2_inputs`."""
+    cfg = dict(
+        in_channels=8,
+        out_channels=8,
+        num_attention_heads=num_heads,
+        attention_head_dim=head_dim,
+        cross_attention_dim=16,
+        audio_in_channels=4,
+        audio_out_channels=4,
+        audio_num_attention_heads=2,
+        audio_attention_head_dim=4,
+        audio_cross_attention_dim=8,
+        num_layers=num_layers,
+        caption_channels=16,
+    )
+    cfg.update(overrides)
+    from diffusers import LTX2VideoTransformer3DModel
+
+    return _seeded_build(LTX2VideoTransformer3DModel, cfg, seed, dtype)
+
+
+def ltx2_inputs(
+    model, frames: int, height: int, width: int, *, batch: int = 1, text_len: int = 7, audio_frames: int = 5, seed=0
+):
+    """Forward keywords for a tiny LTX-2 transformer: packed video ``[B, F*H*W, C]`` with its latent grid,
+    audio ``[B, audio_frames, C_audio]``, the prompt for both streams."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        hidden_states=torch.randn(batch, frames * height * width, cfg.in_channels, generator=g),
+        audio_hidden_states=torch.randn(batch, audio_frames, cfg.audio_in_channels, generator=g),
+        encoder_hidden_states=torch.randn(batch, text_len, cfg.caption_channels, generator=g),
+        # caption_channels wide too: the model projects both prompts itself.
+        audio_encoder_hidden_states=torch.randn(batch, text_len, cfg.caption_channels, generator=g),
+        timestep=torch.full((batch,), 500.0),
+        encoder_attention_mask=torch.ones(batch, text_len),
+        audio_encoder_attention_mask=torch.ones(batch, text_len),
+        num_frames=frames,
+        height=height,
+        width=width,
+        fps=24.0,
+        audio_num_frames=audio_frames,
+        return_dict=False,
+    )
+
+
+def tiny_ltx_vae(seed: int = 0):
+    """A tiny ``AutoencoderKLLTXVideo`` with the real strides: 32x spatial (patch 4 x three 2x
+    stages), 8x temporal, 8 latent channels (the tiny LTX transformer's ``in_channels``)."""
+    from diffusers import AutoencoderKLLTXVideo
+
+    with _seeded(seed):
+        return AutoencoderKLLTXVideo(
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, True, False),
+            decoder_spatio_temporal_scaling=(True, True, True, False),
+            decoder_inject_noise=(False, False, False, False, False),
+            upsample_residual=(False, False, False, False),
+            upsample_factor=(1, 1, 1, 1),
+            patch_size=4,
+            patch_size_t=1,
+        ).eval()
+
+
+LTX_TEXT_TOKENS = 16  # the tiny LTX pipeline's prompt length (max_sequence_length; real: 128)
+
+
+def tiny_ltx_pipeline(*, num_layers: int = 2, seed: int = 0, image_to_video: bool = False):
+    """An ``LTXPipeline`` (or ``LTXImageToVideoPipeline``) of tiny random components: T5 text encoder
+    (16 wide, the transformer's ``caption_channels``), LTX VAE with the real 32x / 8x strides,
+    flow-matching scheduler. Height and width multiples of 32, frames ``8k+1``; call it with
+    ``max_sequence_length=16``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXPipeline
+
+    tokenizer = tiny_tokenizer(model_max_length=LTX_TEXT_TOKENS)
+    cls = LTXImageToVideoPipeline if image_to_video else LTXPipeline
+    return cls(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_ltx_vae(seed=seed + 20),
+        text_encoder=tiny_t5_encoder(_vocab_size(tokenizer), d_model=16, seed=seed + 10),
+        tokenizer=tokenizer,
+        transformer=tiny_ltx_transformer(num_layers=num_layers, seed=seed),
+    )
+
+
+def tiny_gemma3_encoder(vocab_size: int, hidden_size: int = 16, num_layers: int = 2, seed: int = 0):
+    """A ``Gemma3ForConditionalGeneration`` (LTX-2's text encoder class) with random weights: a
+    ``num_layers``-layer text model and a one-layer SigLIP vision tower the text-only prompts never use."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = Gemma3TextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=8,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
+    cfg = Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=vocab_size - 1,
+    )
+    with _seeded(seed):
+        return Gemma3ForConditionalGeneration(cfg).eval()
+
+
+def tiny_ltx2_pipeline(*, num_layers: int = 2, seed: int = 0):
+    """An ``LTX2Pipeline`` (video + audio) of tiny random components: Gemma 3 text encoder, text
+    connectors, LTX-2 video VAE with the real 32x / 8x strides (set in its config, as the checkpoint's:
+    the class's formula would report 64 / 16), audio VAE and vocoder. Height and width multiples of
+    32, frames ``8k+1``; call it with ``max_sequence_length=16``. Its output has ``.frames`` and ``.audio``."""
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, FlowMatchEulerDiscreteScheduler, LTX2Pipeline
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+
+    tokenizer = tiny_tokenizer(model_max_length=LTX_TEXT_TOKENS)
+    text_layers = 2
+    text_encoder = tiny_gemma3_encoder(_vocab_size(tokenizer), hidden_size=16, num_layers=text_layers, seed=seed + 10)
+    with _seeded(seed + 20):
+        connectors = LTX2TextConnectors(
+            caption_channels=16,  # the text encoder's width, and the transformer's caption_channels
+            text_proj_in_factor=text_layers + 1,  # every hidden state of the encoder, embeddings included
+            video_connector_num_attention_heads=2,
+            video_connector_attention_head_dim=8,
+            video_connector_num_layers=1,
+            video_connector_num_learnable_registers=None,
+            audio_connector_num_attention_heads=2,
+            audio_connector_attention_head_dim=8,
+            audio_connector_num_layers=1,
+            audio_connector_num_learnable_registers=None,
+            connector_rope_base_seq_len=32,
+            rope_double_precision=False,
+            video_hidden_dim=16,
+            audio_hidden_dim=16,
+        ).eval()
+        vae = AutoencoderKLLTX2Video(
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1),
+            upsample_residual=(False, False, False),
+            upsample_factor=(1, 1, 1),
+            spatial_compression_ratio=32,
+            temporal_compression_ratio=8,
+        ).eval()
+        audio_vae = AutoencoderKLLTX2Audio(
+            base_channels=4, ch_mult=(1,), num_res_blocks=1, resolution=32, latent_channels=2, mel_bins=8
+        ).eval()
+        vocoder = LTX2Vocoder(
+            in_channels=16,  # audio VAE output channels (2) x mel bins (8)
+            hidden_channels=8,
+            upsample_kernel_sizes=[4, 4],
+            upsample_factors=[2, 2],
+            resnet_kernel_sizes=[3],
+            resnet_dilations=[[1, 3, 5]],
+            output_sampling_rate=16000,
+        ).eval()
+    return LTX2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        audio_vae=audio_vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        connectors=connectors,
+        transformer=tiny_ltx2_transformer(num_layers=num_layers, seed=seed),
+        vocoder=vocoder,
     )

@@ -23,7 +23,14 @@ import dataclasses
 from typing import List, Optional
 
 from .context_parallel import check_context_parallel, refuse_training_under_context_parallel
-from .families import attention_paths, call_argument, call_layout, call_prefix_tokens, family_of, find_transformers
+from .families import (
+    attention_paths,
+    call_argument,
+    call_token_layout,
+    family_of,
+    find_transformers,
+    refuse_inputs,
+)
 from .schedule import RadialAttentionConfig, RadialState
 from .sdpa import NATIVE_BACKENDS, DenseSDPA, RadialSDPA
 
@@ -42,16 +49,17 @@ def _hook_classes():
             self.state = state
             self.family = family
             self.restore = None  # filled by _install
+            self.coords_cache = []  # the layout read from the last video_coords tensor (packed families)
 
         def pre_forward(self, module, *args, **kwargs):
-            hidden = call_argument(module, "hidden_states", args, kwargs)
+            refuse_inputs(module, args, kwargs)  # LTX-2's soft video_self_attention_mask
             timestep = call_argument(module, "timestep", args, kwargs)
-            prefix = call_prefix_tokens(module, args, kwargs)  # CogVideoX's text tokens before the video
+            # (F, T) from the latent's shape, or for packed tokens (LTX) from num_frames/height/width or
+            # video_coords; prefix: CogVideoX's text / LTX-Video's condition tokens before the video.
+            layout, prefix = call_token_layout(module, args, kwargs, self.coords_cache)
             key = self.family.frame_causal_key  # a frame-block causal mask the model makes (SkyReels-V2 DF)
             frame_block = int(getattr(module.config, key, None) or 1) if key else 1
-            self.state.begin_forward(
-                self.family, call_layout(module, hidden), timestep, prefix_tokens=prefix, frame_block=frame_block
-            )
+            self.state.begin_forward(self.family, layout, timestep, prefix_tokens=prefix, frame_block=frame_block)
             return args, kwargs
 
         def new_forward(self, module, *args, **kwargs):
@@ -91,6 +99,10 @@ def _hook_classes():
                 out = forward(*args, **kwargs)
             # One SDPA call for the whole batch, or (Mochi) one per batch item of this module call.
             expected = _module_batch(args, kwargs) if per_item else 1
+            if mode.calls == 0 and self.state.family.sdpa_calls == "zero_or_one":
+                # LTX-2's STG: the processor skipped the attention (every batch item perturbed).
+                self.state.record(self.layer, "skipped")
+                return out
             if mode.calls != expected:
                 proc = getattr(module, "processor", None)
                 what = f"one per batch item ({expected})" if per_item else "one"
@@ -173,6 +185,8 @@ def _make_config(transformers, pipeline, settings: RadialAttentionConfig) -> Rad
     dense_layers = _check_int("dense_layers", dense_layers)
     if num_steps is not None:
         num_steps = _check_int("num_steps", num_steps, 1)
+    if block_size is None:  # the model family's: 64 where frames hold few tokens (LTX)
+        block_size = family_of(transformers[0]).default_block_size
     block_size = _check_int("block_size", block_size, 1)
     if block_size not in SUPPORTED_BLOCK_SIZES:
         raise ValueError(f"block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
@@ -230,6 +244,10 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
             too, diffusion forcing included: there the step is the pipeline loop's iteration (its loop
             never steps ``pipe.scheduler``), and ``causal_block_size > 1`` works only where
             ``causal_block_size`` x tokens per frame is a multiple of ``block_size`` (else ``ValueError``).
+            LTX-Video (``LTXPipeline``, ``LTXImageToVideoPipeline``, ``LTXConditionPipeline``, whose keyframe
+            tokens before the video are dense) and LTX-2's video self-attention (``LTX2Pipeline`` ...; its
+            keyframe tokens after the video are dense, its audio attention stays as it is, and a soft
+            ``video_self_attention_mask`` (IC-LoRA reference strengths) raises ``ValueError``).
         config: a :class:`~.schedule.RadialAttentionConfig`, or ``None``.
 
     Settings (fields of the config, or keywords):
@@ -247,7 +265,8 @@ def apply_radial_attention(model, config: Optional[RadialAttentionConfig] = None
             counts its 20 dual-stream blocks, then its 40 single-stream blocks; Wan VACE its control
             blocks ``vace_blocks``, which run first, then its main blocks: ``dense_layers=1`` is
             ``vace_blocks.0``).
-        block_size: mask block size, 128 or 64.
+        block_size: mask block size, 128 or 64; default the model's: 64 for LTX-Video and LTX-2 (their
+            32x VAE leaves few tokens per frame), 128 otherwise.
         backend: attention backend of :func:`radial_attention.ops.block_sparse_attention`.
         num_steps: denoising steps per generation, for a bare transformer.
         dense_backend: kernel of the dense steps and layers: ``"auto"`` (FlashAttention-4's dense

@@ -42,8 +42,9 @@ import torch
 class RadialAttentionConfig:
     """Settings of ``apply_radial_attention`` (each is described in its docstring).
 
-    ``preset=None`` and ``decay=None`` mean the model's preset and the preset's decay; the
-    config a :class:`RadialState` holds has the preset resolved. Build one once and reuse it::
+    ``preset=None``, ``decay=None`` and ``block_size=None`` mean the model's preset, the preset's
+    decay and the model's block size (64 for LTX-Video / LTX-2, else 128); the config a
+    :class:`RadialState` holds has the preset and block size resolved. Build one once and reuse it::
 
         config = RadialAttentionConfig(dense_steps=12, dense_layers=1)
         apply_radial_attention(pipe, config)
@@ -55,7 +56,7 @@ class RadialAttentionConfig:
     dense_steps: int = 0
     dense_last_steps: int = 0
     dense_layers: int = 0
-    block_size: int = 128
+    block_size: Optional[int] = None  # None: the model family's (128; 64 for LTX-Video / LTX-2)
     backend: str = "auto"
     num_steps: Optional[int] = None
     dense_backend: str = "auto"
