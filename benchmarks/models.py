@@ -103,6 +103,61 @@ CASES = {
         size="1280x720, 121 frames, 1985 condition tokens (140 valid)",
         dense=("default", "fa4"),
     ),
+    # LTX-Video 2B (class defaults: 32 heads x 64, 28 blocks) and LTX-2 (32 x 128, 48 blocks; its audio
+    # stream, 126 latent frames for ~5 s, stays dense): packed tokens, 32x VAE, so few tokens per frame
+    # (384 at 768x512): the family's block is 64 (Triton: fa4 runs 128 only); the -b128 cases show 128 on fa4.
+    "ltx-video-2b-768x512x161": dict(
+        variant="ltx-video",
+        cls="LTXVideoTransformer3DModel",
+        config=configs.without_depth(configs.LTX_VIDEO_2B),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 28},
+        latent=(21, 16, 24),
+        inputs=("ltx_inputs", dict(text_len=128)),
+        size="768x512, 161 frames",
+    ),
+    "ltx-video-2b-768x512x161-b128": dict(
+        variant="ltx-video",
+        cls="LTXVideoTransformer3DModel",
+        config=configs.without_depth(configs.LTX_VIDEO_2B),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 28},
+        latent=(21, 16, 24),
+        inputs=("ltx_inputs", dict(text_len=128)),
+        size="768x512, 161 frames (block 128)",
+        block_size=128,
+    ),
+    "ltx-2-768x512x121": dict(
+        variant="ltx-2",
+        cls="LTX2VideoTransformer3DModel",
+        config=configs.without_depth(configs.LTX_2),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 48},
+        latent=(16, 16, 24),
+        inputs=("ltx2_inputs", dict(text_len=128, audio_frames=126)),
+        size="768x512, 121 frames (+ audio)",
+    ),
+    "ltx-2-stage2-1536x1024x121": dict(
+        variant="ltx-2",
+        cls="LTX2VideoTransformer3DModel",
+        config=configs.without_depth(configs.LTX_2),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 48},
+        latent=(16, 32, 48),
+        inputs=("ltx2_inputs", dict(text_len=128, audio_frames=126)),
+        size="1536x1024, 121 frames (stage 2, + audio)",
+    ),
+    "ltx-2-stage2-1536x1024x121-b128": dict(
+        variant="ltx-2",
+        cls="LTX2VideoTransformer3DModel",
+        config=configs.without_depth(configs.LTX_2),
+        build={"num_layers": 2},
+        depth={"transformer_blocks": 48},
+        latent=(16, 32, 48),
+        inputs=("ltx2_inputs", dict(text_len=128, audio_frames=126)),
+        size="1536x1024, 121 frames (stage 2, + audio; block 128)",
+        block_size=128,
+    ),
     # SkyReels-V2 14B: Wan2.1-14B's architecture (40 heads, FFN 13824).
     "skyreels-v2-14b-720p": dict(
         variant="skyreels-v2",
@@ -231,14 +286,16 @@ def _sdpa_kernels():
     return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
 
 
-def _to(obj, device):
-    """Tensors (in nests of tuples/lists/dicts) moved to ``device``."""
+def _to(obj, device, dtype):
+    """Tensors (in nests of tuples/lists/dicts) moved to ``device``; float32 activations (2+ dims: not
+    timesteps) cast to the model's ``dtype`` (some tiny input builders make float32)."""
     if torch.is_tensor(obj):
-        return obj.to(device)
+        cast = obj.dtype == torch.float32 and obj.dim() >= 2 and dtype != torch.float32
+        return obj.to(device, dtype) if cast else obj.to(device)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(x, device) for x in obj)
+        return type(obj)(_to(x, device, dtype) for x in obj)
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _to(v, device, dtype) for k, v in obj.items()}
     return obj
 
 
@@ -325,7 +382,7 @@ def run_case(name, case, args, device, dtype):
     model = build(case, device, dtype)
     F_, H_, W_ = case["latent"]
     builder, kw = case["inputs"]
-    kwargs = _to(getattr(tiny, builder)(model, F_, H_, W_, **kw), device)
+    kwargs = _to(getattr(tiny, builder)(model, F_, H_, W_, **kw), device, dtype)
     groups = tuple(dict.fromkeys(attr for attr, _ in family.self_attention))
     timer = BlockTimer(model, groups, device)
     fn = lambda: model(**kwargs)  # noqa: E731, F821 (`del model, kwargs` at the end frees the GPU memory)
