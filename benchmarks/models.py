@@ -88,6 +88,7 @@ CASES = {
         ),
         size="848x480, 121 frames, 1985 condition tokens (140 valid)",
         dense=("default", "fa4"),
+        cast_timestep=True,  # its pipeline passes the timestep in the latent's dtype
     ),
     "hunyuan15-720p": dict(
         variant="hunyuanvideo-1.5",
@@ -102,6 +103,7 @@ CASES = {
         ),
         size="1280x720, 121 frames, 1985 condition tokens (140 valid)",
         dense=("default", "fa4"),
+        cast_timestep=True,
     ),
     # LTX-Video 2B (class defaults: 32 heads x 64, 28 blocks) and LTX-2 (32 x 128, 48 blocks; its audio
     # stream, 126 latent frames for ~5 s, stays dense): packed tokens, 32x VAE, so few tokens per frame
@@ -212,6 +214,8 @@ CASES = {
         latent=(28, 60, 106),
         inputs=("mochi_inputs", dict(text_len=256)),
         size="848x480, 163 frames, 256 prompt tokens",
+        # cuDNN SDPA refuses Mochi's per-item calls ("No available kernel", H200, torch 2.11): torch's own choice.
+        dense=("default", "fa4"),
     ),
     # CogVideoX-5B: 48 heads x 64, 42 blocks, RoPE; 1.5-5B adds patch_size_t=2 and a bigger sample grid.
     "cogvideox-5b-480p": dict(
@@ -383,6 +387,8 @@ def run_case(name, case, args, device, dtype):
     F_, H_, W_ = case["latent"]
     builder, kw = case["inputs"]
     kwargs = _to(getattr(tiny, builder)(model, F_, H_, W_, **kw), device, dtype)
+    if case.get("cast_timestep"):
+        kwargs["timestep"] = kwargs["timestep"].to(dtype)
     groups = tuple(dict.fromkeys(attr for attr, _ in family.self_attention))
     timer = BlockTimer(model, groups, device)
     fn = lambda: model(**kwargs)  # noqa: E731, F821 (`del model, kwargs` at the end frees the GPU memory)
