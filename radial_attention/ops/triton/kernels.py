@@ -183,37 +183,56 @@ def _mma(a, b, acc, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=DOT_PREC)
 
 
-# ----------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_step(
-    acc,
-    l_i,
-    m_i,
-    q,
-    k_src,
-    v_src,
+def _walk(STEP: tl.constexpr, state, args, start, stop, C: tl.constexpr, MASKED: tl.constexpr):
+    """The index-list walk of every kernel: ``state = STEP(state, args, it, C, MASKED)`` for the
+    sub-tiles ``it`` in ``[start, stop)`` of the program's list.
+
+    ``state``: the accumulators, carried by the one ``for`` loop that the GPU software-pipelines;
+    ``args``: what each step reads (a tuple); ``C``: the kernel's compile-time settings (a tuple of
+    constexprs); ``MASKED``: the masking this loop applies (constexpr, so a masked and an unmasked
+    loop each compile without the other's branches).
+    """
+    for it in range(start, stop):
+        state = STEP(state, args, it, C, MASKED)
+    return state
+
+
+@triton.jit
+def _load_pair(
+    pair,
     idx_row,
     it,
     b,
     h,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
+    limit,
     BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK: tl.constexpr,
     D: tl.constexpr,
-    MASKED: tl.constexpr,
-    NEG_SCALE: tl.constexpr,
     USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
-    """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list."""
-    n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
-    k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
-    v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+    """``(row0, x, y)``: the ``[BLOCK, D]`` tiles of sub-tile ``it`` of the list at ``idx_row`` from the
+    two tensors of ``pair = (x_src, y_src, stride_xs, stride_ys)`` (K and V, or Q and dO)."""
+    x_src, y_src, stride_xs, stride_ys = pair
+    row0 = _sub_tile_start(idx_row, it, BS, BLOCK)
+    x = _load_tile(x_src, b, h, row0, stride_xs, limit, BLOCK, D, USE_TMA, MASKED)
+    y = _load_tile(y_src, b, h, row0, stride_ys, limit, BLOCK, D, USE_TMA, MASKED)
+    return row0, x, y
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_step(state, args, it, C: tl.constexpr, MASKED: tl.constexpr):
+    """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list.
+
+    ``state = (acc [BLOCK_M, D], l_i [BLOCK_M], m_i [BLOCK_M])`` float32; ``args = (q, kv, idx_row,
+    b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair of ``_load_pair``.
+    """
+    BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET, NEG_SCALE = C
+    acc, l_i, m_i = state
+    q, kv, idx_row, b, h, kv_limit, qk_scale = args
+    n0, k, v = _load_pair(kv, idx_row, it, b, h, kv_limit, BS, BLOCK_N, D, USE_TMA, MASKED)
     qk = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
     if MASKED:
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -237,62 +256,6 @@ def _fwd_step(
     acc = acc * alpha[:, None]
     acc = _mma(p.to(v.dtype), v, acc, DOT_PREC, INTERPRET)
     return acc, l_i, m_new
-
-
-@triton.jit
-def _fwd_inner(
-    acc,
-    l_i,
-    m_i,
-    q,
-    k_src,
-    v_src,
-    idx_row,
-    b,
-    h,
-    start,
-    stop,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASKED: tl.constexpr,
-    NEG_SCALE: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    for it in range(start, stop):
-        acc, l_i, m_i = _fwd_step(
-            acc,
-            l_i,
-            m_i,
-            q,
-            k_src,
-            v_src,
-            idx_row,
-            it,
-            b,
-            h,
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            MASKED,
-            NEG_SCALE,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
-    return acc, l_i, m_i
 
 
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
@@ -361,65 +324,18 @@ def _fwd_kernel(
     v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
     q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
 
+    C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET, NEG_SCALE)
+    args = (q, (k_src, v_src, stride_ks, stride_vs), idx_row, b, h, kv_limit, qk_scale)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     # Key sub-tiles before the masked tail. Computed here, not in the prologue, so that the PTX stays
     # the same instruction for instruction as before the prologue was shared.
     full_stop = n_full * (BS // BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(
-        acc,
-        l_i,
-        m_i,
-        q,
-        k_src,
-        v_src,
-        idx_row,
-        b,
-        h,
-        0,
-        full_stop,
-        kv_limit,
-        stride_ks,
-        stride_vs,
-        qk_scale,
-        BS,
-        BLOCK_M,
-        BLOCK_N,
-        D,
-        False,
-        NEG_SCALE,
-        USE_TMA,
-        DOT_PREC,
-        INTERPRET,
-    )
+    state = _walk(_fwd_step, (acc, l_i, m_i), args, 0, full_stop, C, False)
     if has_tail:
-        acc, l_i, m_i = _fwd_inner(
-            acc,
-            l_i,
-            m_i,
-            q,
-            k_src,
-            v_src,
-            idx_row,
-            b,
-            h,
-            full_stop,
-            _tail_stop(full_stop, kv_limit, BS, BLOCK_N),
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            True,
-            NEG_SCALE,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
+        state = _walk(_fwd_step, state, args, full_stop, _tail_stop(full_stop, kv_limit, BS, BLOCK_N), C, True)
+    acc, l_i, m_i = state
 
     # A row that saw no key has l == 0 and acc == 0: output 0, lse +inf (so the backward's p is 0).
     has_key = l_i > 0.0
