@@ -397,34 +397,12 @@ def _bwd_delta_kernel(
 
 
 @triton.jit
-def _dq_step(
-    dq,
-    q,
-    do,
-    lse,
-    delta,
-    k_src,
-    v_src,
-    idx_row,
-    it,
-    b,
-    h,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASKED: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
-    k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
-    v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+def _dq_step(dq, args, it, C: tl.constexpr, MASKED: tl.constexpr):
+    """``dq [BLOCK_M, D]`` float32 plus key sub-tile ``it``'s term; ``args = (q, do, lse, delta, kv,
+    idx_row, b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair of ``_load_pair``."""
+    BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET = C
+    q, do, lse, delta, kv, idx_row, b, h, kv_limit, qk_scale = args
+    n0, k, v = _load_pair(kv, idx_row, it, b, h, kv_limit, BS, BLOCK_N, D, USE_TMA, MASKED)
     s = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
     p = tl.math.exp2(s * qk_scale - lse[:, None])
     if MASKED:
@@ -433,62 +411,6 @@ def _dq_step(
     dp = _mma(do, tl.trans(v), None, DOT_PREC, INTERPRET)
     ds = p * (dp - delta[:, None])
     return _mma(ds.to(k.dtype), k, dq, DOT_PREC, INTERPRET)
-
-
-@triton.jit
-def _dq_inner(
-    dq,
-    q,
-    do,
-    lse,
-    delta,
-    k_src,
-    v_src,
-    idx_row,
-    b,
-    h,
-    start,
-    stop,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASKED: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    for it in range(start, stop):
-        dq = _dq_step(
-            dq,
-            q,
-            do,
-            lse,
-            delta,
-            k_src,
-            v_src,
-            idx_row,
-            it,
-            b,
-            h,
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            MASKED,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
-    return dq
 
 
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
@@ -567,61 +489,13 @@ def _bwd_dq_kernel(
     lse = tl.load(LSE + bh.to(tl.int64) * S_PAD + offs_m)
     delta = tl.load(DELTA + bh.to(tl.int64) * S_PAD + offs_m)
 
+    C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET)
+    args = (q, do, lse, delta, (k_src, v_src, stride_ks, stride_vs), idx_row, b, h, kv_limit, qk_scale)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     full_stop = n_full * (BS // BLOCK_N)  # key sub-tiles before the masked tail
-    dq = _dq_inner(
-        dq,
-        q,
-        do,
-        lse,
-        delta,
-        k_src,
-        v_src,
-        idx_row,
-        b,
-        h,
-        0,
-        full_stop,
-        kv_limit,
-        stride_ks,
-        stride_vs,
-        qk_scale,
-        BS,
-        BLOCK_M,
-        BLOCK_N,
-        D,
-        False,
-        USE_TMA,
-        DOT_PREC,
-        INTERPRET,
-    )
+    dq = _walk(_dq_step, dq, args, 0, full_stop, C, False)
     if has_tail:
-        dq = _dq_inner(
-            dq,
-            q,
-            do,
-            lse,
-            delta,
-            k_src,
-            v_src,
-            idx_row,
-            b,
-            h,
-            full_stop,
-            _tail_stop(full_stop, kv_limit, BS, BLOCK_N),
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            True,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
+        dq = _walk(_dq_step, dq, args, full_stop, _tail_stop(full_stop, kv_limit, BS, BLOCK_N), C, True)
     dq_dst = _slice_src(DQ, b, h, stride_dqb, stride_dqh, USE_TMA)
     _store_tile(dq_dst, b, h, m0, stride_dqs, S, (dq * ds_scale).to(OUT_DTYPE), BLOCK_M, D, USE_TMA)
 
