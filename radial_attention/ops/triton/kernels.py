@@ -501,38 +501,18 @@ def _bwd_dq_kernel(
 
 
 @triton.jit
-def _dkdv_step(
-    dk,
-    dv,
-    k,
-    v,
-    q_src,
-    do_src,
-    LSE_BH,
-    DELTA_BH,
-    idx_row,
-    it,
-    b,
-    h,
-    n0,
-    S,
-    kv_limit,
-    stride_qs,
-    stride_dos,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASK_Q: tl.constexpr,
-    MASK_K: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    m0 = _sub_tile_start(idx_row, it, BS, BLOCK_M)
-    q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, MASK_Q)
-    do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, MASK_Q)
+def _dkdv_step(state, args, it, C: tl.constexpr, MASKED: tl.constexpr):
+    """``state = (dk, dv)`` ``[BLOCK_N, D]`` float32 plus query sub-tile ``it``'s terms.
+
+    ``args = (k, v, qdo, LSE_BH, DELTA_BH, idx_row, b, h, n0, S, kv_limit, qk_scale)`` with ``qdo``
+    the Q/dO pair of ``_load_pair``; ``MASKED = (MASK_Q, MASK_K)``: mask query rows ``>= S``, key
+    rows ``>= kv_limit``.
+    """
+    BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET = C
+    MASK_Q, MASK_K = MASKED
+    dk, dv = state
+    k, v, qdo, LSE_BH, DELTA_BH, idx_row, b, h, n0, S, kv_limit, qk_scale = args
+    m0, q, do = _load_pair(qdo, idx_row, it, b, h, S, BS, BLOCK_M, D, USE_TMA, MASK_Q)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     lse = tl.load(LSE_BH + offs_m)
     delta = tl.load(DELTA_BH + offs_m)
@@ -549,67 +529,13 @@ def _dkdv_step(
 
 
 @triton.jit
-def _dkdv_inner(
-    dk,
-    dv,
-    k,
-    v,
-    q_src,
-    do_src,
-    LSE_BH,
-    DELTA_BH,
-    idx_row,
-    b,
-    h,
-    start,
-    stop,
-    n0,
-    S,
-    kv_limit,
-    stride_qs,
-    stride_dos,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASK_Q: tl.constexpr,
-    MASK_K: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    for it in range(start, stop):
-        dk, dv = _dkdv_step(
-            dk,
-            dv,
-            k,
-            v,
-            q_src,
-            do_src,
-            LSE_BH,
-            DELTA_BH,
-            idx_row,
-            it,
-            b,
-            h,
-            n0,
-            S,
-            kv_limit,
-            stride_qs,
-            stride_dos,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            MASK_Q,
-            MASK_K,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
-    return dk, dv
+def _dkdv_walk(state, args, n_full_sub, q_tail, n_tail_sub, C: tl.constexpr, MASK_K: tl.constexpr):
+    """A key tile's walk of its column: the full query sub-tiles, then, if ``q_tail``, the first
+    ``n_tail_sub`` sub-tiles of the last query block (rows past S masked)."""
+    state = _walk(_dkdv_step, state, args, 0, n_full_sub, C, (False, MASK_K))
+    if q_tail:
+        state = _walk(_dkdv_step, state, args, n_full_sub, n_full_sub + n_tail_sub, C, (True, MASK_K))
+    return state
 
 
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
@@ -696,131 +622,26 @@ def _bwd_dkdv_kernel(
         v = _load_tile(v_src, b, h, n0, stride_vs, S, BLOCK_N, D, USE_TMA, True)
         lse_bh = LSE + bh.to(tl.int64) * S_PAD
         delta_bh = DELTA + bh.to(tl.int64) * S_PAD
+        C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET)
+        args = (
+            k,
+            v,
+            (q_src, do_src, stride_qs, stride_dos),
+            lse_bh,
+            delta_bh,
+            idx_row,
+            b,
+            h,
+            n0,
+            S,
+            kv_limit,
+            qk_scale,
+        )
         start = n_full * SUB_M
         if n0 + BLOCK_N > kv_limit:  # the key tile crosses the limit: mask its keys
-            dk, dv = _dkdv_inner(
-                dk,
-                dv,
-                k,
-                v,
-                q_src,
-                do_src,
-                lse_bh,
-                delta_bh,
-                idx_row,
-                b,
-                h,
-                0,
-                start,
-                n0,
-                S,
-                kv_limit,
-                stride_qs,
-                stride_dos,
-                qk_scale,
-                BS,
-                BLOCK_M,
-                BLOCK_N,
-                D,
-                False,
-                True,
-                USE_TMA,
-                DOT_PREC,
-                INTERPRET,
-            )
-            if q_tail:
-                dk, dv = _dkdv_inner(
-                    dk,
-                    dv,
-                    k,
-                    v,
-                    q_src,
-                    do_src,
-                    lse_bh,
-                    delta_bh,
-                    idx_row,
-                    b,
-                    h,
-                    start,
-                    start + n_tail_sub,
-                    n0,
-                    S,
-                    kv_limit,
-                    stride_qs,
-                    stride_dos,
-                    qk_scale,
-                    BS,
-                    BLOCK_M,
-                    BLOCK_N,
-                    D,
-                    True,
-                    True,
-                    USE_TMA,
-                    DOT_PREC,
-                    INTERPRET,
-                )
+            dk, dv = _dkdv_walk((dk, dv), args, start, q_tail, n_tail_sub, C, True)
         else:
-            dk, dv = _dkdv_inner(
-                dk,
-                dv,
-                k,
-                v,
-                q_src,
-                do_src,
-                lse_bh,
-                delta_bh,
-                idx_row,
-                b,
-                h,
-                0,
-                start,
-                n0,
-                S,
-                kv_limit,
-                stride_qs,
-                stride_dos,
-                qk_scale,
-                BS,
-                BLOCK_M,
-                BLOCK_N,
-                D,
-                False,
-                False,
-                USE_TMA,
-                DOT_PREC,
-                INTERPRET,
-            )
-            if q_tail:
-                dk, dv = _dkdv_inner(
-                    dk,
-                    dv,
-                    k,
-                    v,
-                    q_src,
-                    do_src,
-                    lse_bh,
-                    delta_bh,
-                    idx_row,
-                    b,
-                    h,
-                    start,
-                    start + n_tail_sub,
-                    n0,
-                    S,
-                    kv_limit,
-                    stride_qs,
-                    stride_dos,
-                    qk_scale,
-                    BS,
-                    BLOCK_M,
-                    BLOCK_N,
-                    D,
-                    True,
-                    False,
-                    USE_TMA,
-                    DOT_PREC,
-                    INTERPRET,
-                )
+            dk, dv = _dkdv_walk((dk, dv), args, start, q_tail, n_tail_sub, C, False)
     dk_dst = _slice_src(DK, b, h, stride_dkb, stride_dkh, USE_TMA)
     dv_dst = _slice_src(DV, b, h, stride_dvb, stride_dvh, USE_TMA)
     _store_tile(dk_dst, b, h, n0, stride_dks, S, (dk * ds_scale).to(OUT_DTYPE), BLOCK_N, D, USE_TMA)
