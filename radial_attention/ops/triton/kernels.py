@@ -129,36 +129,35 @@ def _sub_tile_start(idx_row, it, BS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _q_tile_prologue(
-    KV_IDX,
-    KV_CNT,
-    ROW_ORDER,
-    KEY_LEN,
-    H,
-    S,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-):
-    """Where a query-tile program (forward, dQ) stands: ``(bh, b, h, m0, idx_row, kv_limit, n_full, has_tail)``.
+def _program_tile(ORDER, H, stride_cb, stride_ch, BS: tl.constexpr, BLOCK: tl.constexpr):
+    """Which tile a program computes: ``(bh, b, h, cnt_off, blk, row0)``.
 
-    ``m0``: the tile's first query row; ``idx_row``: its mask row's key-block list; ``n_full``,
-    ``has_tail``: that list split at ``kv_limit`` (``_split_row``). One helper so that the two
-    kernels cannot drift apart in how they pick and split their row.
+    Axis 1 is the head ``bh = b * H + h``; axis 0 the rank, in the head's launch ``ORDER``
+    (``[Bm, Hm, nb]``, ``cnt_off`` into it and the counts), of mask row (column) ``blk``, walked in
+    ``BS // BLOCK`` tiles of ``BLOCK`` rows; ``row0``: the tile's first row.
     """
-    SUB_M: tl.constexpr = BS // BLOCK_M
+    SUB: tl.constexpr = BS // BLOCK
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     cnt_off = b * stride_cb + h * stride_ch
-    row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
-    m0 = row * BS + (pid % SUB_M) * BLOCK_M
+    blk = tl.load(ORDER + cnt_off + pid // SUB)
+    row0 = blk * BS + (pid % SUB) * BLOCK
+    return bh, b, h, cnt_off, blk, row0
+
+
+@triton.jit
+def _q_tile_prologue(lists, KEY_LEN, H, S, BS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_KEY_LEN: tl.constexpr):
+    """Where a query-tile program (forward, dQ) stands: ``(bh, b, h, m0, idx_row, kv_limit, n_full, has_tail)``.
+
+    ``lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)``;
+    ``m0``: the tile's first query row; ``idx_row``: its mask row's key-block list; ``n_full``,
+    ``has_tail``: that list split at ``kv_limit`` (``_split_row``). One helper so that the two
+    kernels cannot drift apart in how they pick and split their row.
+    """
+    KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch = lists
+    bh, b, h, cnt_off, row, m0 = _program_tile(ROW_ORDER, H, stride_cb, stride_ch, BS, BLOCK_M)
     count = tl.load(KV_CNT + cnt_off + row)
     idx_row = KV_IDX + _list_offset(b, h, row, stride_ib, stride_ih, stride_ir)
     kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
@@ -302,22 +301,8 @@ def _fwd_kernel(
     INTERPRET: tl.constexpr,
 ):
     """One program: query rows ``m0 .. m0 + BLOCK_M`` of head ``(b, h)``. Writes O and LSE (base 2)."""
-    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
-        KV_IDX,
-        KV_CNT,
-        ROW_ORDER,
-        KEY_LEN,
-        H,
-        S,
-        stride_ib,
-        stride_ih,
-        stride_ir,
-        stride_cb,
-        stride_ch,
-        BS,
-        BLOCK_M,
-        HAS_KEY_LEN,
-    )
+    lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)
+    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(lists, KEY_LEN, H, S, BS, BLOCK_M, HAS_KEY_LEN)
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
     k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
@@ -350,6 +335,13 @@ def _fwd_kernel(
 
 # ----------------------------------------------------------------------------- backward
 @triton.jit
+def _load_rows(T, b, h, offs, offs_d, ok, stride_b, stride_h, stride_s):
+    """Rows ``offs`` (where ``ok``, else 0) of the (b, h) slice of a ``[B, H, S, D]`` tensor, int64 offsets."""
+    ptrs = T + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + offs[:, None].to(tl.int64) * stride_s
+    return tl.load(ptrs + offs_d[None, :], mask=ok, other=0.0)
+
+
+@triton.jit
 def _bwd_delta_kernel(
     O,
     DO,
@@ -374,24 +366,8 @@ def _bwd_delta_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
     ok = offs[:, None] < S
-    o = tl.load(
-        O
-        + b.to(tl.int64) * stride_ob
-        + h.to(tl.int64) * stride_oh
-        + offs[:, None].to(tl.int64) * stride_os
-        + offs_d[None, :],
-        mask=ok,
-        other=0.0,
-    )
-    do = tl.load(
-        DO
-        + b.to(tl.int64) * stride_db
-        + h.to(tl.int64) * stride_dh
-        + offs[:, None].to(tl.int64) * stride_ds
-        + offs_d[None, :],
-        mask=ok,
-        other=0.0,
-    )
+    o = _load_rows(O, b, h, offs, offs_d, ok, stride_ob, stride_oh, stride_os)
+    do = _load_rows(DO, b, h, offs, offs_d, ok, stride_db, stride_dh, stride_ds)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + bh.to(tl.int64) * S_PAD + offs, delta)
 
@@ -462,22 +438,8 @@ def _bwd_dq_kernel(
     INTERPRET: tl.constexpr,
 ):
     """One program: dQ of query rows ``m0 .. m0 + BLOCK_M``, walking the row's key blocks like the forward."""
-    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
-        KV_IDX,
-        KV_CNT,
-        ROW_ORDER,
-        KEY_LEN,
-        H,
-        S,
-        stride_ib,
-        stride_ih,
-        stride_ir,
-        stride_cb,
-        stride_ch,
-        BS,
-        BLOCK_M,
-        HAS_KEY_LEN,
-    )
+    lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)
+    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(lists, KEY_LEN, H, S, BS, BLOCK_M, HAS_KEY_LEN)
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
     do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
@@ -593,14 +555,7 @@ def _bwd_dkdv_kernel(
 ):
     """One program: dK, dV of key rows ``n0 .. n0 + BLOCK_N``, walking the query blocks that see them."""
     SUB_M: tl.constexpr = BS // BLOCK_M
-    SUB_N: tl.constexpr = BS // BLOCK_N
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    cnt_off = b * stride_cb + h * stride_ch
-    col = tl.load(COL_ORDER + cnt_off + pid // SUB_N)
-    n0 = col * BS + (pid % SUB_N) * BLOCK_N
+    bh, b, h, cnt_off, col, n0 = _program_tile(COL_ORDER, H, stride_cb, stride_ch, BS, BLOCK_N)
     kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
 
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
