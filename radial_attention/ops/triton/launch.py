@@ -412,6 +412,57 @@ def _index_args(indices: torch.Tensor, counts: torch.Tensor) -> dict:
     return dict(stride_ib=sib, stride_ih=sih, stride_ir=sir, stride_cb=scb, stride_ch=sch)
 
 
+def _kernel_config(kind: str, config: Optional[KernelConfig], q: torch.Tensor, block_size: int) -> KernelConfig:
+    """``config``, else the configuration for inputs like ``q`` (see ``_config``), checked against the mask block."""
+    cfg = config or _config(kind, q, block_size)
+    _check_config(cfg, block_size, kind)
+    return cfg
+
+
+# The kernels' [B, H, S, D] arguments of key rows (tiles of BLOCK_N rows); the others (Q, O, DO, DQ)
+# are query rows (BLOCK_M).
+_KEY_TILES = ("K", "V", "DK", "DV")
+
+
+def _shared_args(q: torch.Tensor, kv_counts: torch.Tensor, key_lengths, scale: float, block_size: int) -> dict:
+    """The arguments that the forward, dQ and dK/dV kernels take alike, for inputs like ``q [B, H, S, D]``."""
+    _, H, S, D = q.shape
+    return dict(
+        KEY_LEN=key_lengths if key_lengths is not None else kv_counts,  # dummy pointer when absent
+        H=H,
+        S=S,
+        S_PAD=kv_counts.shape[-1] * block_size,
+        qk_scale=scale * _LOG2E,
+        BS=block_size,
+        D=D,
+        HAS_KEY_LEN=key_lengths is not None,
+        DOT_PREC=_dot_prec(q),
+        OUT_DTYPE=_out_dtype(q),
+        INTERPRET=interpreting(),
+    )
+
+
+def _launch(kernel, grid: tuple, cfg: KernelConfig, tiles: dict, **args) -> None:
+    """Launch a tiled kernel (forward, dQ, dK/dV) with ``cfg``'s tiles, warps and stages.
+
+    ``tiles``: ``{kernel argument: [B, H, S, D] tensor}``, each passed as a TMA descriptor of its
+    tile (when ``cfg`` asks for TMA and all of them allow it, see ``_tma_ok``) or as the tensor,
+    with its strides ``stride_<name>b/h/s``; ``args``: the kernel's other arguments, by name.
+    """
+    use_tma = cfg.use_tma and _tma_ok(*tiles.values())
+    for name, t in tiles.items():
+        args[name] = _tiles(t, cfg, cfg.block_n if name in _KEY_TILES else cfg.block_m, use_tma)
+        args.update(_strides(name.lower(), t))
+    kernel[grid](
+        **args,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        USE_TMA=use_tma,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
 def forward(
     q,
     k,
@@ -431,47 +482,23 @@ def forward(
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, H, S, D = q.shape
     nb = kv_counts.shape[-1]
-    s_pad = nb * block_size
-    cfg = config or _config("fwd", q, block_size)
-    _check_config(cfg, block_size, "fwd")
+    cfg = _kernel_config("fwd", config, q, block_size)
     out = torch.empty_like(q)  # keeps q's layout when q is dense (e.g. a [B, S, H, D] view)
-    lse = torch.empty((B, H, s_pad), device=q.device, dtype=torch.float32)
+    lse = torch.empty((B, H, nb * block_size), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
-    use_tma = cfg.use_tma and _tma_ok(q, k, v, out)
-    kl = key_lengths if key_lengths is not None else kv_counts  # dummy pointer when absent
-    grid = (nb * (block_size // cfg.block_m), B * H)
-    kernels()._fwd_kernel[grid](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma),
-        K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma),
-        O=_tiles(out, cfg, cfg.block_m, use_tma),
+    _launch(
+        kernels()._fwd_kernel,
+        (nb * (block_size // cfg.block_m), B * H),  # one program per query tile
+        cfg,
+        dict(Q=q, K=k, V=v, O=out),
         LSE=lse,
         KV_IDX=kv_indices,
         KV_CNT=kv_counts,
         ROW_ORDER=row_order,
-        KEY_LEN=kl,
-        **_strides("q", q),
-        **_strides("k", k),
-        **_strides("v", v),
-        **_strides("o", out),
         **_index_args(kv_indices, kv_counts),
-        H=H,
-        S=S,
-        S_PAD=s_pad,
-        qk_scale=scale * _LOG2E,
-        BS=block_size,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        D=D,
-        HAS_KEY_LEN=key_lengths is not None,
         NEG_SCALE=scale < 0,
-        USE_TMA=use_tma,
-        DOT_PREC=_dot_prec(q),
-        OUT_DTYPE=_out_dtype(q),
-        INTERPRET=interpreting(),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **_shared_args(q, kv_counts, key_lengths, scale, block_size),
     )
     return out, lse
 
@@ -510,12 +537,8 @@ def backward(
         O=out,
         DO=do,
         DELTA=delta,
-        stride_ob=out.stride(0),
-        stride_oh=out.stride(1),
-        stride_os=out.stride(2),
-        stride_db=do.stride(0),
-        stride_dh=do.stride(1),
-        stride_ds=do.stride(2),
+        **_strides("o", out),
+        **_strides("d", do),
         H=H,
         S=S,
         S_PAD=s_pad,
@@ -523,80 +546,32 @@ def backward(
         D=D,
         num_warps=4,
     )
-    kl = key_lengths if key_lengths is not None else kv_counts
-    common = dict(
-        H=H,
-        S=S,
-        S_PAD=s_pad,
-        qk_scale=scale * _LOG2E,
-        ds_scale=scale,
-        HAS_KEY_LEN=key_lengths is not None,
-        DOT_PREC=_dot_prec(q),
-        OUT_DTYPE=_out_dtype(q),
-        BS=block_size,
-        D=D,
-        INTERPRET=interpreting(),
-    )
+    shared = dict(LSE=lse, DELTA=delta, ds_scale=scale, **_shared_args(q, kv_counts, key_lengths, scale, block_size))
 
-    cfg = dkdv_config or _config("dkdv", q, block_size)
-    _check_config(cfg, block_size, "dkdv")
-    use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dk, dv)
-    K._bwd_dkdv_kernel[(nb * (block_size // cfg.block_n), B * H)](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma),
-        K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma),
-        DO=_tiles(do, cfg, cfg.block_m, use_tma),
-        DK=_tiles(dk, cfg, cfg.block_n, use_tma),
-        DV=_tiles(dv, cfg, cfg.block_n, use_tma),
-        LSE=lse,
-        DELTA=delta,
+    cfg = _kernel_config("dkdv", dkdv_config, q, block_size)
+    _launch(
+        K._bwd_dkdv_kernel,
+        (nb * (block_size // cfg.block_n), B * H),  # one program per key tile
+        cfg,
+        dict(Q=q, K=k, V=v, DO=do, DK=dk, DV=dv),
         Q_IDX=q_indices,
         Q_CNT=q_counts,
         COL_ORDER=col_order,
-        KEY_LEN=kl,
-        **_strides("q", q),
-        **_strides("k", k),
-        **_strides("v", v),
-        **_strides("do", do),
-        **_strides("dk", dk),
-        **_strides("dv", dv),
         **_index_args(q_indices, q_counts),
         NB=nb,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        USE_TMA=use_tma,
-        **common,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **shared,
     )
-
-    cfg = dq_config or _config("dq", q, block_size)
-    _check_config(cfg, block_size, "dq")
-    use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dq)
-    K._bwd_dq_kernel[(nb * (block_size // cfg.block_m), B * H)](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma),
-        K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma),
-        DO=_tiles(do, cfg, cfg.block_m, use_tma),
-        DQ=_tiles(dq, cfg, cfg.block_m, use_tma),
-        LSE=lse,
-        DELTA=delta,
+    cfg = _kernel_config("dq", dq_config, q, block_size)
+    _launch(
+        K._bwd_dq_kernel,
+        (nb * (block_size // cfg.block_m), B * H),  # one program per query tile
+        cfg,
+        dict(Q=q, K=k, V=v, DO=do, DQ=dq),
         KV_IDX=kv_indices,
         KV_CNT=kv_counts,
         ROW_ORDER=row_order,
-        KEY_LEN=kl,
-        **_strides("q", q),
-        **_strides("k", k),
-        **_strides("v", v),
-        **_strides("do", do),
-        **_strides("dq", dq),
         **_index_args(kv_indices, kv_counts),
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        USE_TMA=use_tma,
-        **common,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **shared,
     )
     return dq, dk, dv
 
