@@ -198,6 +198,26 @@ def _walk(STEP: tl.constexpr, state, args, start, stop, C: tl.constexpr, MASKED:
 
 
 @triton.jit
+def _slice_pair(X, Y, b, h, stride_xb, stride_xh, stride_xs, stride_yb, stride_yh, stride_ys, USE_TMA: tl.constexpr):
+    """The (b, h) slices of two ``[B, H, S, D]`` tensors read row for row together (K and V, or Q and
+    dO), with their row strides: ``(x_src, y_src, stride_xs, stride_ys)``, a pair for ``_load_pair``."""
+    x_src = _slice_src(X, b, h, stride_xb, stride_xh, USE_TMA)
+    y_src = _slice_src(Y, b, h, stride_yb, stride_yh, USE_TMA)
+    return x_src, y_src, stride_xs, stride_ys
+
+
+@triton.jit
+def _load_pair_at(
+    pair, b, h, row0, limit, BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr
+):
+    """``(x, y)``: rows ``row0 .. row0 + BLOCK`` of both tensors of ``pair`` (``_slice_pair``), ``[BLOCK, D]``."""
+    x_src, y_src, stride_xs, stride_ys = pair
+    x = _load_tile(x_src, b, h, row0, stride_xs, limit, BLOCK, D, USE_TMA, MASKED)
+    y = _load_tile(y_src, b, h, row0, stride_ys, limit, BLOCK, D, USE_TMA, MASKED)
+    return x, y
+
+
+@triton.jit
 def _load_pair(
     pair,
     idx_row,
@@ -211,12 +231,9 @@ def _load_pair(
     USE_TMA: tl.constexpr,
     MASKED: tl.constexpr,
 ):
-    """``(row0, x, y)``: the ``[BLOCK, D]`` tiles of sub-tile ``it`` of the list at ``idx_row`` from the
-    two tensors of ``pair = (x_src, y_src, stride_xs, stride_ys)`` (K and V, or Q and dO)."""
-    x_src, y_src, stride_xs, stride_ys = pair
+    """``(row0, x, y)``: the tiles of sub-tile ``it`` of the block list at ``idx_row`` (``_load_pair_at``)."""
     row0 = _sub_tile_start(idx_row, it, BS, BLOCK)
-    x = _load_tile(x_src, b, h, row0, stride_xs, limit, BLOCK, D, USE_TMA, MASKED)
-    y = _load_tile(y_src, b, h, row0, stride_ys, limit, BLOCK, D, USE_TMA, MASKED)
+    x, y = _load_pair_at(pair, b, h, row0, limit, BLOCK, D, USE_TMA, MASKED)
     return row0, x, y
 
 
@@ -226,7 +243,7 @@ def _fwd_step(state, args, it, C: tl.constexpr, MASKED: tl.constexpr):
     """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list.
 
     ``state = (acc [BLOCK_M, D], l_i [BLOCK_M], m_i [BLOCK_M])`` float32; ``args = (q, kv, idx_row,
-    b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair of ``_load_pair``.
+    b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair (``_slice_pair``).
     """
     BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET, NEG_SCALE = C
     acc, l_i, m_i = state
@@ -257,60 +274,31 @@ def _fwd_step(state, args, it, C: tl.constexpr, MASKED: tl.constexpr):
     return acc, l_i, m_new
 
 
+# The parameters grouped by role, a group a line (`fmt: skip`: ruff format would put each on its own line).
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
 def _fwd_kernel(
-    Q,
-    K,
-    V,
-    O,
-    LSE,
-    KV_IDX,
-    KV_CNT,
-    ROW_ORDER,
-    KEY_LEN,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_kb,
-    stride_kh,
-    stride_ks,
-    stride_vb,
-    stride_vh,
-    stride_vs,
-    stride_ob,
-    stride_oh,
-    stride_os,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    H,
-    S,
-    S_PAD,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-    NEG_SCALE: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    OUT_DTYPE: tl.constexpr,
+    Q, K, V, O,  # [B, H, S, D]: pointers, or TMA descriptors (USE_TMA)
+    LSE,  # [B, H, S_PAD] float32, base 2
+    KV_IDX, KV_CNT, ROW_ORDER,  # the mask rows' key-block lists [Bm, Hm, nb, W], counts and launch order [Bm, Hm, nb]
+    KEY_LEN,  # [B] int32 (read when HAS_KEY_LEN)
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,  # of the lists; of the counts and orders
+    H, S, S_PAD, qk_scale,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, HAS_KEY_LEN: tl.constexpr,
+    NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
     INTERPRET: tl.constexpr,
-):
+):  # fmt: skip
     """One program: query rows ``m0 .. m0 + BLOCK_M`` of head ``(b, h)``. Writes O and LSE (base 2)."""
     lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)
     bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(lists, KEY_LEN, H, S, BS, BLOCK_M, HAS_KEY_LEN)
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
-    k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
-    v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
+    kv = _slice_pair(K, V, b, h, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, USE_TMA)
     q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
 
     C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET, NEG_SCALE)
-    args = (q, (k_src, v_src, stride_ks, stride_vs), idx_row, b, h, kv_limit, qk_scale)
+    args = (q, kv, idx_row, b, h, kv_limit, qk_scale)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -375,7 +363,7 @@ def _bwd_delta_kernel(
 @triton.jit
 def _dq_step(dq, args, it, C: tl.constexpr, MASKED: tl.constexpr):
     """``dq [BLOCK_M, D]`` float32 plus key sub-tile ``it``'s term; ``args = (q, do, lse, delta, kv,
-    idx_row, b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair of ``_load_pair``."""
+    idx_row, b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair (``_slice_pair``)."""
     BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET = C
     q, do, lse, delta, kv, idx_row, b, h, kv_limit, qk_scale = args
     n0, k, v = _load_pair(kv, idx_row, it, b, h, kv_limit, BS, BLOCK_N, D, USE_TMA, MASKED)
@@ -389,70 +377,33 @@ def _dq_step(dq, args, it, C: tl.constexpr, MASKED: tl.constexpr):
     return _mma(ds.to(k.dtype), k, dq, DOT_PREC, INTERPRET)
 
 
+# The parameters grouped by role, a group a line (`fmt: skip`: ruff format would put each on its own line).
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
 def _bwd_dq_kernel(
-    Q,
-    K,
-    V,
-    DO,
-    DQ,
-    LSE,
-    DELTA,
-    KV_IDX,
-    KV_CNT,
-    ROW_ORDER,
+    Q, K, V, DO, DQ,  # [B, H, S, D]: pointers, or TMA descriptors (USE_TMA)
+    LSE, DELTA,  # [B, H, S_PAD] float32
+    KV_IDX, KV_CNT, ROW_ORDER,  # the mask rows' key-block lists, counts and launch order (as in the forward)
     KEY_LEN,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_kb,
-    stride_kh,
-    stride_ks,
-    stride_vb,
-    stride_vh,
-    stride_vs,
-    stride_dob,
-    stride_doh,
-    stride_dos,
-    stride_dqb,
-    stride_dqh,
-    stride_dqs,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    H,
-    S,
-    S_PAD,
-    qk_scale,
-    ds_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    OUT_DTYPE: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs,
+    stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+    H, S, S_PAD, qk_scale, ds_scale,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, HAS_KEY_LEN: tl.constexpr,
+    USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
     """One program: dQ of query rows ``m0 .. m0 + BLOCK_M``, walking the row's key blocks like the forward."""
     lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)
     bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(lists, KEY_LEN, H, S, BS, BLOCK_M, HAS_KEY_LEN)
 
-    q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
-    do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
-    k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
-    v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
-    q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
-    do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, True)
+    qdo = _slice_pair(Q, DO, b, h, stride_qb, stride_qh, stride_qs, stride_dob, stride_doh, stride_dos, USE_TMA)
+    kv = _slice_pair(K, V, b, h, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, USE_TMA)
+    q, do = _load_pair_at(qdo, b, h, m0, S, BLOCK_M, D, USE_TMA, True)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     lse = tl.load(LSE + bh.to(tl.int64) * S_PAD + offs_m)
     delta = tl.load(DELTA + bh.to(tl.int64) * S_PAD + offs_m)
 
     C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET)
-    args = (q, do, lse, delta, (k_src, v_src, stride_ks, stride_vs), idx_row, b, h, kv_limit, qk_scale)
+    args = (q, do, lse, delta, kv, idx_row, b, h, kv_limit, qk_scale)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     full_stop = n_full * (BS // BLOCK_N)  # key sub-tiles before the masked tail
     dq = _walk(_dq_step, dq, args, 0, full_stop, C, False)
@@ -467,7 +418,7 @@ def _dkdv_step(state, args, it, C: tl.constexpr, MASKED: tl.constexpr):
     """``state = (dk, dv)`` ``[BLOCK_N, D]`` float32 plus query sub-tile ``it``'s terms.
 
     ``args = (k, v, qdo, LSE_BH, DELTA_BH, idx_row, b, h, n0, S, kv_limit, qk_scale)`` with ``qdo``
-    the Q/dO pair of ``_load_pair``; ``MASKED = (MASK_Q, MASK_K)``: mask query rows ``>= S``, key
+    the Q/dO pair (``_slice_pair``); ``MASKED = (MASK_Q, MASK_K)``: mask query rows ``>= S``, key
     rows ``>= kv_limit``.
     """
     BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET = C
@@ -500,59 +451,20 @@ def _dkdv_walk(state, args, n_full_sub, q_tail, n_tail_sub, C: tl.constexpr, MAS
     return state
 
 
+# The parameters grouped by role, a group a line (`fmt: skip`: ruff format would put each on its own line).
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
 def _bwd_dkdv_kernel(
-    Q,
-    K,
-    V,
-    DO,
-    DK,
-    DV,
-    LSE,
-    DELTA,
-    Q_IDX,
-    Q_CNT,
-    COL_ORDER,
+    Q, K, V, DO, DK, DV,  # [B, H, S, D]: pointers, or TMA descriptors (USE_TMA)
+    LSE, DELTA,  # [B, H, S_PAD] float32
+    Q_IDX, Q_CNT, COL_ORDER,  # the mask columns' query-block lists, counts and launch order
     KEY_LEN,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_kb,
-    stride_kh,
-    stride_ks,
-    stride_vb,
-    stride_vh,
-    stride_vs,
-    stride_dob,
-    stride_doh,
-    stride_dos,
-    stride_dkb,
-    stride_dkh,
-    stride_dks,
-    stride_dvb,
-    stride_dvh,
-    stride_dvs,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    H,
-    S,
-    S_PAD,
-    NB,
-    qk_scale,
-    ds_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    OUT_DTYPE: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
+    stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+    H, S, S_PAD, NB, qk_scale, ds_scale,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, HAS_KEY_LEN: tl.constexpr,
+    USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
     """One program: dK, dV of key rows ``n0 .. n0 + BLOCK_N``, walking the query blocks that see them."""
     SUB_M: tl.constexpr = BS // BLOCK_M
     bh, b, h, cnt_off, col, n0 = _program_tile(COL_ORDER, H, stride_cb, stride_ch, BS, BLOCK_N)
@@ -569,29 +481,13 @@ def _bwd_dkdv_kernel(
         n_full = tl.where(q_tail, count - 1, count)
         n_tail_sub = tl.cdiv(S - (NB - 1) * BS, BLOCK_M)  # sub-tiles of the last block holding rows < S
 
-        q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
-        do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
-        k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
-        v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
-        k = _load_tile(k_src, b, h, n0, stride_ks, S, BLOCK_N, D, USE_TMA, True)
-        v = _load_tile(v_src, b, h, n0, stride_vs, S, BLOCK_N, D, USE_TMA, True)
+        qdo = _slice_pair(Q, DO, b, h, stride_qb, stride_qh, stride_qs, stride_dob, stride_doh, stride_dos, USE_TMA)
+        kv = _slice_pair(K, V, b, h, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, USE_TMA)
+        k, v = _load_pair_at(kv, b, h, n0, S, BLOCK_N, D, USE_TMA, True)
         lse_bh = LSE + bh.to(tl.int64) * S_PAD
         delta_bh = DELTA + bh.to(tl.int64) * S_PAD
         C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET)
-        args = (
-            k,
-            v,
-            (q_src, do_src, stride_qs, stride_dos),
-            lse_bh,
-            delta_bh,
-            idx_row,
-            b,
-            h,
-            n0,
-            S,
-            kv_limit,
-            qk_scale,
-        )
+        args = (k, v, qdo, lse_bh, delta_bh, idx_row, b, h, n0, S, kv_limit, qk_scale)
         start = n_full * SUB_M
         if n0 + BLOCK_N > kv_limit:  # the key tile crosses the limit: mask its keys
             dk, dv = _dkdv_walk((dk, dv), args, start, q_tail, n_tail_sub, C, True)
