@@ -27,6 +27,7 @@ import warnings
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 import triton
 
@@ -579,102 +580,45 @@ def backward(
 # ----------------------------------------------------------------------------- custom ops + autograd
 # The ops take the mask's index tensors on q's device (from the mask's derived cache, or built in
 # the graph inside torch.compile), so no data-dependent index building enters a graph and nothing
-# is looked up by identity. Which launch order runs is decided inside the op, when it runs.
+# is looked up by identity. Which launch order runs is decided inside the op, when it runs. They
+# come as one list, ``index``, in the order of _INDEX_NAMES.
+_INDEX_NAMES = ("kv_indices", "kv_counts", "q_indices", "q_counts", "row_order", "col_order", "sequential")
+
+
 @torch.library.custom_op("radial_attention::triton_block_sparse_fwd", mutates_args=())
 def _fwd_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kv_indices: torch.Tensor,
-    kv_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    row_order: torch.Tensor,
-    col_order: torch.Tensor,
-    sequential: torch.Tensor,
-    key_lengths: Optional[torch.Tensor],
-    scale: float,
-    block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, _ = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
-    return forward(q, k, v, kv_indices, kv_counts, rows, key_lengths, scale, block_size)
+    q: Tensor, k: Tensor, v: Tensor, index: list[Tensor], key_lengths: Optional[Tensor], scale: float, block_size: int
+) -> tuple[Tensor, Tensor]:
+    t = dict(zip(_INDEX_NAMES, index))
+    rows, _ = launch_orders(t, q)
+    return forward(q, k, v, t["kv_indices"], t["kv_counts"], rows, key_lengths, scale, block_size)
 
 
 @_fwd_op.register_fake
-def _(
-    q,
-    k,
-    v,
-    kv_indices,
-    kv_counts,
-    q_indices,
-    q_counts,
-    row_order,
-    col_order,
-    sequential,
-    key_lengths,
-    scale,
-    block_size,
-):
+def _(q, k, v, index, key_lengths, scale, block_size):
     B, H = q.shape[:2]
-    nb = kv_counts.shape[-1]
+    nb = dict(zip(_INDEX_NAMES, index))["kv_counts"].shape[-1]
     return torch.empty_like(q), q.new_empty((B, H, nb * block_size), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_attention::triton_block_sparse_bwd", mutates_args=())
 def _bwd_op(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    kv_indices: torch.Tensor,
-    kv_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    row_order: torch.Tensor,
-    col_order: torch.Tensor,
-    sequential: torch.Tensor,
-    key_lengths: Optional[torch.Tensor],
-    scale: float,
-    block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows, cols = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
-    return backward(
-        do, q, k, v, out, lse, q_indices, q_counts, cols, kv_indices, kv_counts, rows, key_lengths, scale, block_size
-    )
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    index: list[Tensor], key_lengths: Optional[Tensor], scale: float, block_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    t = dict(zip(_INDEX_NAMES, index))
+    rows, cols = launch_orders(t, q)
+    lists = (t["q_indices"], t["q_counts"], cols, t["kv_indices"], t["kv_counts"], rows)
+    return backward(do, q, k, v, out, lse, *lists, key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
-def _(
-    do,
-    q,
-    k,
-    v,
-    out,
-    lse,
-    kv_indices,
-    kv_counts,
-    q_indices,
-    q_counts,
-    row_order,
-    col_order,
-    sequential,
-    key_lengths,
-    scale,
-    block_size,
-):
+def _(do, q, k, v, out, lse, index, key_lengths, scale, block_size):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-_N_INDEX = 7  # kv_indices, kv_counts, q_indices, q_counts, row_order, col_order, sequential
-
-
 def _setup_context(ctx, inputs, output):
-    q, k, v = inputs[:3]
-    index = inputs[3 : 3 + _N_INDEX]
-    key_lengths, scale, block_size = inputs[3 + _N_INDEX :]
+    q, k, v, index, key_lengths, scale, block_size = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *index)
     ctx.key_lengths = key_lengths
@@ -684,8 +628,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, *index = ctx.saved_tensors
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, *index, ctx.key_lengths, ctx.scale, ctx.block_size)
-    return (dq, dk, dv) + (None,) * (_N_INDEX + 3)
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, index, ctx.key_lengths, ctx.scale, ctx.block_size)
+    # No gradients for index (one None per tensor of the list), key_lengths, scale, block_size.
+    return dq, dk, dv, [None] * len(index), None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -730,19 +675,6 @@ def attention(
     if key_lengths is not None:
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)  # what the kernels load
     t = mask_tensors(mask, q.device)
-    out, _ = _fwd_op(
-        q,
-        k,
-        v,
-        t["kv_indices"],
-        t["kv_counts"],
-        t["q_indices"],
-        t["q_counts"],
-        t["row_order"],
-        t["col_order"],
-        t["sequential"],
-        key_lengths,
-        float(scale),
-        int(mask.block_size),
-    )
+    index = [t[name] for name in _INDEX_NAMES]
+    out, _ = _fwd_op(q, k, v, index, key_lengths, float(scale), int(mask.block_size))
     return out
