@@ -621,14 +621,12 @@ def _setup_context(ctx, inputs, output):
     q, k, v, index, key_lengths, scale, block_size = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *index)
-    ctx.key_lengths = key_lengths
-    ctx.scale = scale
-    ctx.block_size = block_size
+    ctx.rest = (key_lengths, scale, block_size)  # the backward op's arguments after index
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, *index = ctx.saved_tensors
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, index, ctx.key_lengths, ctx.scale, ctx.block_size)
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, index, *ctx.rest)
     # No gradients for index (one None per tensor of the list), key_lengths, scale, block_size.
     return dq, dk, dv, [None] * len(index), None, None, None
 
