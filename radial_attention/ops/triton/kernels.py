@@ -28,6 +28,15 @@ keeps its sign; only the forward's running max needs to know it (``NEG_SCALE``: 
 Memory access: plain pointer tiles (any strides with a unit last stride; what the interpreter and
 pre-Hopper GPUs run) or, with ``USE_TMA``, Hopper tensor-memory-accelerator descriptors over the
 4-D ``[B, H, S, D]`` view (rows past ``S`` are zero-filled by the hardware and clipped on store).
+
+Code layout. Each kernel is a prologue (``_program_tile``: which tile this program computes; for
+query tiles ``_q_tile_prologue`` also splits the row at ``kv_limit``), one or two ``_walk`` loops
+over its index list with the kernel's step (``_fwd_step``: the online-softmax update, ``_dq_step``,
+``_dkdv_step``), and a store. Tensors read row for row together travel as a pair (``_slice_pair``,
+``_load_pair``); compile-time settings as a constexpr tuple ``C``; the masking of a loop as its
+``MASKED`` constexpr. Triton inlines every helper and resolves every constexpr branch, so each
+compiled variant is the code that a hand-written kernel of that variant would be (the PTX was
+checked to be identical, instruction for instruction, when the kernels were restructured this way).
 """
 
 from __future__ import annotations
