@@ -7,6 +7,7 @@ test process (and every other test module) stays uninterpreted.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import pathlib
@@ -265,3 +266,29 @@ def test_one_config_table_keyed_by_compute_capability():
                     cfg = launch._tuned_config(kind, cap, D, bs)
                     assert cfg.use_tma == (cap >= (9, 0))
                     launch._check_config(cfg, bs, kind)
+
+
+# ----------------------------------------------------------------------------- PTX fingerprints
+def test_kernel_ptx_fingerprint_ignores_moved_lines_and_sees_code_changes(tmp_path, monkeypatch, no_interpreter):
+    """benchmarks/kernel_ptx.py says whether a kernels.py change changes the GPU code: lines moved
+    (debug info only) give the same hash, a changed instruction another (the delta kernel: quick)."""
+    spec = importlib.util.spec_from_file_location("kernel_ptx", HERE.parent / "benchmarks" / "kernel_ptx.py")
+    tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "kernel_ptx", tool)  # its dataclass looks itself up there
+    spec.loader.exec_module(tool)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    source = (HERE.parent / tool.KERNELS).read_text()
+    delta = next(v for v in tool.variants(quick=True) if v.kind == "delta")
+
+    def fingerprint(text, name):
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        return tool.compile_variant(tool.load_kernels(path, name), delta)
+
+    same = fingerprint(source, "kernels_same")
+    assert fingerprint("\n\n# moved down\n" + source, "kernels_moved") == same
+    changed = source.replace(
+        "delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)", "delta = tl.sum(o.to(tl.float32), axis=1)"
+    )
+    assert changed != source
+    assert fingerprint(changed, "kernels_changed") != same

@@ -28,6 +28,15 @@ keeps its sign; only the forward's running max needs to know it (``NEG_SCALE``: 
 Memory access: plain pointer tiles (any strides with a unit last stride; what the interpreter and
 pre-Hopper GPUs run) or, with ``USE_TMA``, Hopper tensor-memory-accelerator descriptors over the
 4-D ``[B, H, S, D]`` view (rows past ``S`` are zero-filled by the hardware and clipped on store).
+
+Code layout. Each kernel is a prologue (``_program_tile``: which tile this program computes; for
+query tiles ``_q_tile_prologue`` also splits the row at ``kv_limit``), one or two ``_walk`` loops
+over its index list with the kernel's step (``_fwd_step``: the online-softmax update, ``_dq_step``,
+``_dkdv_step``), and a store. Tensors read row for row together travel as a pair (``_slice_pair``,
+``_load_pair``); compile-time settings as a constexpr tuple ``C``; the masking of a loop as its
+``MASKED`` constexpr. Triton inlines every helper and resolves every constexpr branch, so each
+compiled variant is the code that a hand-written kernel of that variant would be (the PTX was
+checked to be identical, instruction for instruction, when the kernels were restructured this way).
 """
 
 from __future__ import annotations
@@ -129,36 +138,35 @@ def _sub_tile_start(idx_row, it, BS: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _q_tile_prologue(
-    KV_IDX,
-    KV_CNT,
-    ROW_ORDER,
-    KEY_LEN,
-    H,
-    S,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-):
-    """Where a query-tile program (forward, dQ) stands: ``(bh, b, h, m0, idx_row, kv_limit, n_full, has_tail)``.
+def _program_tile(ORDER, H, stride_cb, stride_ch, BS: tl.constexpr, BLOCK: tl.constexpr):
+    """Which tile a program computes: ``(bh, b, h, cnt_off, blk, row0)``.
 
-    ``m0``: the tile's first query row; ``idx_row``: its mask row's key-block list; ``n_full``,
-    ``has_tail``: that list split at ``kv_limit`` (``_split_row``). One helper so that the two
-    kernels cannot drift apart in how they pick and split their row.
+    Axis 1 is the head ``bh = b * H + h``; axis 0 the rank, in the head's launch ``ORDER``
+    (``[Bm, Hm, nb]``, ``cnt_off`` into it and the counts), of mask row (column) ``blk``, walked in
+    ``BS // BLOCK`` tiles of ``BLOCK`` rows; ``row0``: the tile's first row.
     """
-    SUB_M: tl.constexpr = BS // BLOCK_M
+    SUB: tl.constexpr = BS // BLOCK
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
     cnt_off = b * stride_cb + h * stride_ch
-    row = tl.load(ROW_ORDER + cnt_off + pid // SUB_M)
-    m0 = row * BS + (pid % SUB_M) * BLOCK_M
+    blk = tl.load(ORDER + cnt_off + pid // SUB)
+    row0 = blk * BS + (pid % SUB) * BLOCK
+    return bh, b, h, cnt_off, blk, row0
+
+
+@triton.jit
+def _q_tile_prologue(lists, KEY_LEN, H, S, BS: tl.constexpr, BLOCK_M: tl.constexpr, HAS_KEY_LEN: tl.constexpr):
+    """Where a query-tile program (forward, dQ) stands: ``(bh, b, h, m0, idx_row, kv_limit, n_full, has_tail)``.
+
+    ``lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)``;
+    ``m0``: the tile's first query row; ``idx_row``: its mask row's key-block list; ``n_full``,
+    ``has_tail``: that list split at ``kv_limit`` (``_split_row``). One helper so that the two
+    kernels cannot drift apart in how they pick and split their row.
+    """
+    KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch = lists
+    bh, b, h, cnt_off, row, m0 = _program_tile(ROW_ORDER, H, stride_cb, stride_ch, BS, BLOCK_M)
     count = tl.load(KV_CNT + cnt_off + row)
     idx_row = KV_IDX + _list_offset(b, h, row, stride_ib, stride_ih, stride_ir)
     kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
@@ -183,37 +191,73 @@ def _mma(a, b, acc, DOT_PREC: tl.constexpr, INTERPRET: tl.constexpr):
         return tl.dot(a, b, acc, input_precision=DOT_PREC)
 
 
-# ----------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_step(
-    acc,
-    l_i,
-    m_i,
-    q,
-    k_src,
-    v_src,
+def _walk(STEP: tl.constexpr, state, args, start, stop, C: tl.constexpr, MASKED: tl.constexpr):
+    """The index-list walk of every kernel: ``state = STEP(state, args, it, C, MASKED)`` for the
+    sub-tiles ``it`` in ``[start, stop)`` of the program's list.
+
+    ``state``: the accumulators, carried by the one ``for`` loop that the GPU software-pipelines;
+    ``args``: what each step reads (a tuple); ``C``: the kernel's compile-time settings (a tuple of
+    constexprs); ``MASKED``: the masking this loop applies (constexpr, so a masked and an unmasked
+    loop each compile without the other's branches).
+    """
+    for it in range(start, stop):
+        state = STEP(state, args, it, C, MASKED)
+    return state
+
+
+@triton.jit
+def _slice_pair(X, Y, b, h, stride_xb, stride_xh, stride_xs, stride_yb, stride_yh, stride_ys, USE_TMA: tl.constexpr):
+    """The (b, h) slices of two ``[B, H, S, D]`` tensors read row for row together (K and V, or Q and
+    dO), with their row strides: ``(x_src, y_src, stride_xs, stride_ys)``, a pair for ``_load_pair``."""
+    x_src = _slice_src(X, b, h, stride_xb, stride_xh, USE_TMA)
+    y_src = _slice_src(Y, b, h, stride_yb, stride_yh, USE_TMA)
+    return x_src, y_src, stride_xs, stride_ys
+
+
+@triton.jit
+def _load_pair_at(
+    pair, b, h, row0, limit, BLOCK: tl.constexpr, D: tl.constexpr, USE_TMA: tl.constexpr, MASKED: tl.constexpr
+):
+    """``(x, y)``: rows ``row0 .. row0 + BLOCK`` of both tensors of ``pair`` (``_slice_pair``), ``[BLOCK, D]``."""
+    x_src, y_src, stride_xs, stride_ys = pair
+    x = _load_tile(x_src, b, h, row0, stride_xs, limit, BLOCK, D, USE_TMA, MASKED)
+    y = _load_tile(y_src, b, h, row0, stride_ys, limit, BLOCK, D, USE_TMA, MASKED)
+    return x, y
+
+
+@triton.jit
+def _load_pair(
+    pair,
     idx_row,
     it,
     b,
     h,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
+    limit,
     BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK: tl.constexpr,
     D: tl.constexpr,
-    MASKED: tl.constexpr,
-    NEG_SCALE: tl.constexpr,
     USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
-    """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list."""
-    n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
-    k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
-    v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+    """``(row0, x, y)``: the tiles of sub-tile ``it`` of the block list at ``idx_row`` (``_load_pair_at``)."""
+    row0 = _sub_tile_start(idx_row, it, BS, BLOCK)
+    x, y = _load_pair_at(pair, b, h, row0, limit, BLOCK, D, USE_TMA, MASKED)
+    return row0, x, y
+
+
+# ----------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_step(state, args, it, C: tl.constexpr, MASKED: tl.constexpr):
+    """Online-softmax update of one query tile with key sub-tile ``it`` of the row's list.
+
+    ``state = (acc [BLOCK_M, D], l_i [BLOCK_M], m_i [BLOCK_M])`` float32; ``args = (q, kv, idx_row,
+    b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair (``_slice_pair``).
+    """
+    BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET, NEG_SCALE = C
+    acc, l_i, m_i = state
+    q, kv, idx_row, b, h, kv_limit, qk_scale = args
+    n0, k, v = _load_pair(kv, idx_row, it, b, h, kv_limit, BS, BLOCK_N, D, USE_TMA, MASKED)
     qk = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
     if MASKED:
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -239,187 +283,41 @@ def _fwd_step(
     return acc, l_i, m_new
 
 
-@triton.jit
-def _fwd_inner(
-    acc,
-    l_i,
-    m_i,
-    q,
-    k_src,
-    v_src,
-    idx_row,
-    b,
-    h,
-    start,
-    stop,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASKED: tl.constexpr,
-    NEG_SCALE: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    for it in range(start, stop):
-        acc, l_i, m_i = _fwd_step(
-            acc,
-            l_i,
-            m_i,
-            q,
-            k_src,
-            v_src,
-            idx_row,
-            it,
-            b,
-            h,
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            MASKED,
-            NEG_SCALE,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
-    return acc, l_i, m_i
-
-
+# The parameters grouped by role, a group a line (`fmt: skip`: ruff format would put each on its own line).
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
 def _fwd_kernel(
-    Q,
-    K,
-    V,
-    O,
-    LSE,
-    KV_IDX,
-    KV_CNT,
-    ROW_ORDER,
-    KEY_LEN,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_kb,
-    stride_kh,
-    stride_ks,
-    stride_vb,
-    stride_vh,
-    stride_vs,
-    stride_ob,
-    stride_oh,
-    stride_os,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    H,
-    S,
-    S_PAD,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-    NEG_SCALE: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    OUT_DTYPE: tl.constexpr,
+    Q, K, V, O,  # [B, H, S, D]: pointers, or TMA descriptors (USE_TMA)
+    LSE,  # [B, H, S_PAD] float32, base 2
+    KV_IDX, KV_CNT, ROW_ORDER,  # the mask rows' key-block lists [Bm, Hm, nb, W], counts and launch order [Bm, Hm, nb]
+    KEY_LEN,  # [B] int32 (read when HAS_KEY_LEN)
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_ob, stride_oh, stride_os,
+    stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,  # of the lists; of the counts and orders
+    H, S, S_PAD, qk_scale,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, HAS_KEY_LEN: tl.constexpr,
+    NEG_SCALE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr,
     INTERPRET: tl.constexpr,
-):
+):  # fmt: skip
     """One program: query rows ``m0 .. m0 + BLOCK_M`` of head ``(b, h)``. Writes O and LSE (base 2)."""
-    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
-        KV_IDX,
-        KV_CNT,
-        ROW_ORDER,
-        KEY_LEN,
-        H,
-        S,
-        stride_ib,
-        stride_ih,
-        stride_ir,
-        stride_cb,
-        stride_ch,
-        BS,
-        BLOCK_M,
-        HAS_KEY_LEN,
-    )
+    lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)
+    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(lists, KEY_LEN, H, S, BS, BLOCK_M, HAS_KEY_LEN)
 
     q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
-    k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
-    v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
+    kv = _slice_pair(K, V, b, h, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, USE_TMA)
     q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
 
+    C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET, NEG_SCALE)
+    args = (q, kv, idx_row, b, h, kv_limit, qk_scale)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     # Key sub-tiles before the masked tail. Computed here, not in the prologue, so that the PTX stays
     # the same instruction for instruction as before the prologue was shared.
     full_stop = n_full * (BS // BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(
-        acc,
-        l_i,
-        m_i,
-        q,
-        k_src,
-        v_src,
-        idx_row,
-        b,
-        h,
-        0,
-        full_stop,
-        kv_limit,
-        stride_ks,
-        stride_vs,
-        qk_scale,
-        BS,
-        BLOCK_M,
-        BLOCK_N,
-        D,
-        False,
-        NEG_SCALE,
-        USE_TMA,
-        DOT_PREC,
-        INTERPRET,
-    )
+    state = _walk(_fwd_step, (acc, l_i, m_i), args, 0, full_stop, C, False)
     if has_tail:
-        acc, l_i, m_i = _fwd_inner(
-            acc,
-            l_i,
-            m_i,
-            q,
-            k_src,
-            v_src,
-            idx_row,
-            b,
-            h,
-            full_stop,
-            _tail_stop(full_stop, kv_limit, BS, BLOCK_N),
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            True,
-            NEG_SCALE,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
+        state = _walk(_fwd_step, state, args, full_stop, _tail_stop(full_stop, kv_limit, BS, BLOCK_N), C, True)
+    acc, l_i, m_i = state
 
     # A row that saw no key has l == 0 and acc == 0: output 0, lse +inf (so the backward's p is 0).
     has_key = l_i > 0.0
@@ -433,6 +331,13 @@ def _fwd_kernel(
 
 
 # ----------------------------------------------------------------------------- backward
+@triton.jit
+def _load_rows(T, b, h, offs, offs_d, ok, stride_b, stride_h, stride_s):
+    """Rows ``offs`` (where ``ok``, else 0) of the (b, h) slice of a ``[B, H, S, D]`` tensor, int64 offsets."""
+    ptrs = T + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + offs[:, None].to(tl.int64) * stride_s
+    return tl.load(ptrs + offs_d[None, :], mask=ok, other=0.0)
+
+
 @triton.jit
 def _bwd_delta_kernel(
     O,
@@ -458,57 +363,19 @@ def _bwd_delta_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, D)
     ok = offs[:, None] < S
-    o = tl.load(
-        O
-        + b.to(tl.int64) * stride_ob
-        + h.to(tl.int64) * stride_oh
-        + offs[:, None].to(tl.int64) * stride_os
-        + offs_d[None, :],
-        mask=ok,
-        other=0.0,
-    )
-    do = tl.load(
-        DO
-        + b.to(tl.int64) * stride_db
-        + h.to(tl.int64) * stride_dh
-        + offs[:, None].to(tl.int64) * stride_ds
-        + offs_d[None, :],
-        mask=ok,
-        other=0.0,
-    )
+    o = _load_rows(O, b, h, offs, offs_d, ok, stride_ob, stride_oh, stride_os)
+    do = _load_rows(DO, b, h, offs, offs_d, ok, stride_db, stride_dh, stride_ds)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(DELTA + bh.to(tl.int64) * S_PAD + offs, delta)
 
 
 @triton.jit
-def _dq_step(
-    dq,
-    q,
-    do,
-    lse,
-    delta,
-    k_src,
-    v_src,
-    idx_row,
-    it,
-    b,
-    h,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASKED: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    n0 = _sub_tile_start(idx_row, it, BS, BLOCK_N)
-    k = _load_tile(k_src, b, h, n0, stride_ks, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
-    v = _load_tile(v_src, b, h, n0, stride_vs, kv_limit, BLOCK_N, D, USE_TMA, MASKED)
+def _dq_step(dq, args, it, C: tl.constexpr, MASKED: tl.constexpr):
+    """``dq [BLOCK_M, D]`` float32 plus key sub-tile ``it``'s term; ``args = (q, do, lse, delta, kv,
+    idx_row, b, h, kv_limit, qk_scale)`` with ``kv`` the K/V pair (``_slice_pair``)."""
+    BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET = C
+    q, do, lse, delta, kv, idx_row, b, h, kv_limit, qk_scale = args
+    n0, k, v = _load_pair(kv, idx_row, it, b, h, kv_limit, BS, BLOCK_N, D, USE_TMA, MASKED)
     s = _mma(q, tl.trans(k), None, DOT_PREC, INTERPRET)  # [BLOCK_M, BLOCK_N]
     p = tl.math.exp2(s * qk_scale - lse[:, None])
     if MASKED:
@@ -519,230 +386,55 @@ def _dq_step(
     return _mma(ds.to(k.dtype), k, dq, DOT_PREC, INTERPRET)
 
 
-@triton.jit
-def _dq_inner(
-    dq,
-    q,
-    do,
-    lse,
-    delta,
-    k_src,
-    v_src,
-    idx_row,
-    b,
-    h,
-    start,
-    stop,
-    kv_limit,
-    stride_ks,
-    stride_vs,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASKED: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    for it in range(start, stop):
-        dq = _dq_step(
-            dq,
-            q,
-            do,
-            lse,
-            delta,
-            k_src,
-            v_src,
-            idx_row,
-            it,
-            b,
-            h,
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            MASKED,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
-    return dq
-
-
+# The parameters grouped by role, a group a line (`fmt: skip`: ruff format would put each on its own line).
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
 def _bwd_dq_kernel(
-    Q,
-    K,
-    V,
-    DO,
-    DQ,
-    LSE,
-    DELTA,
-    KV_IDX,
-    KV_CNT,
-    ROW_ORDER,
+    Q, K, V, DO, DQ,  # [B, H, S, D]: pointers, or TMA descriptors (USE_TMA)
+    LSE, DELTA,  # [B, H, S_PAD] float32
+    KV_IDX, KV_CNT, ROW_ORDER,  # the mask rows' key-block lists, counts and launch order (as in the forward)
     KEY_LEN,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_kb,
-    stride_kh,
-    stride_ks,
-    stride_vb,
-    stride_vh,
-    stride_vs,
-    stride_dob,
-    stride_doh,
-    stride_dos,
-    stride_dqb,
-    stride_dqh,
-    stride_dqs,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    H,
-    S,
-    S_PAD,
-    qk_scale,
-    ds_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    OUT_DTYPE: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs,
+    stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+    H, S, S_PAD, qk_scale, ds_scale,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, HAS_KEY_LEN: tl.constexpr,
+    USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
     """One program: dQ of query rows ``m0 .. m0 + BLOCK_M``, walking the row's key blocks like the forward."""
-    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(
-        KV_IDX,
-        KV_CNT,
-        ROW_ORDER,
-        KEY_LEN,
-        H,
-        S,
-        stride_ib,
-        stride_ih,
-        stride_ir,
-        stride_cb,
-        stride_ch,
-        BS,
-        BLOCK_M,
-        HAS_KEY_LEN,
-    )
+    lists = (KV_IDX, KV_CNT, ROW_ORDER, stride_ib, stride_ih, stride_ir, stride_cb, stride_ch)
+    bh, b, h, m0, idx_row, kv_limit, n_full, has_tail = _q_tile_prologue(lists, KEY_LEN, H, S, BS, BLOCK_M, HAS_KEY_LEN)
 
-    q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
-    do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
-    k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
-    v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
-    q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, True)
-    do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, True)
+    qdo = _slice_pair(Q, DO, b, h, stride_qb, stride_qh, stride_qs, stride_dob, stride_doh, stride_dos, USE_TMA)
+    kv = _slice_pair(K, V, b, h, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, USE_TMA)
+    q, do = _load_pair_at(qdo, b, h, m0, S, BLOCK_M, D, USE_TMA, True)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     lse = tl.load(LSE + bh.to(tl.int64) * S_PAD + offs_m)
     delta = tl.load(DELTA + bh.to(tl.int64) * S_PAD + offs_m)
 
+    C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET)
+    args = (q, do, lse, delta, kv, idx_row, b, h, kv_limit, qk_scale)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     full_stop = n_full * (BS // BLOCK_N)  # key sub-tiles before the masked tail
-    dq = _dq_inner(
-        dq,
-        q,
-        do,
-        lse,
-        delta,
-        k_src,
-        v_src,
-        idx_row,
-        b,
-        h,
-        0,
-        full_stop,
-        kv_limit,
-        stride_ks,
-        stride_vs,
-        qk_scale,
-        BS,
-        BLOCK_M,
-        BLOCK_N,
-        D,
-        False,
-        USE_TMA,
-        DOT_PREC,
-        INTERPRET,
-    )
+    dq = _walk(_dq_step, dq, args, 0, full_stop, C, False)
     if has_tail:
-        dq = _dq_inner(
-            dq,
-            q,
-            do,
-            lse,
-            delta,
-            k_src,
-            v_src,
-            idx_row,
-            b,
-            h,
-            full_stop,
-            _tail_stop(full_stop, kv_limit, BS, BLOCK_N),
-            kv_limit,
-            stride_ks,
-            stride_vs,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            True,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
+        dq = _walk(_dq_step, dq, args, full_stop, _tail_stop(full_stop, kv_limit, BS, BLOCK_N), C, True)
     dq_dst = _slice_src(DQ, b, h, stride_dqb, stride_dqh, USE_TMA)
     _store_tile(dq_dst, b, h, m0, stride_dqs, S, (dq * ds_scale).to(OUT_DTYPE), BLOCK_M, D, USE_TMA)
 
 
 @triton.jit
-def _dkdv_step(
-    dk,
-    dv,
-    k,
-    v,
-    q_src,
-    do_src,
-    LSE_BH,
-    DELTA_BH,
-    idx_row,
-    it,
-    b,
-    h,
-    n0,
-    S,
-    kv_limit,
-    stride_qs,
-    stride_dos,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASK_Q: tl.constexpr,
-    MASK_K: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    m0 = _sub_tile_start(idx_row, it, BS, BLOCK_M)
-    q = _load_tile(q_src, b, h, m0, stride_qs, S, BLOCK_M, D, USE_TMA, MASK_Q)
-    do = _load_tile(do_src, b, h, m0, stride_dos, S, BLOCK_M, D, USE_TMA, MASK_Q)
+def _dkdv_step(state, args, it, C: tl.constexpr, MASKED: tl.constexpr):
+    """``state = (dk, dv)`` ``[BLOCK_N, D]`` float32 plus query sub-tile ``it``'s terms.
+
+    ``args = (k, v, qdo, LSE_BH, DELTA_BH, idx_row, b, h, n0, S, kv_limit, qk_scale)`` with ``qdo``
+    the Q/dO pair (``_slice_pair``); ``MASKED = (MASK_Q, MASK_K)``: mask query rows ``>= S``, key
+    rows ``>= kv_limit``.
+    """
+    BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET = C
+    MASK_Q, MASK_K = MASKED
+    dk, dv = state
+    k, v, qdo, LSE_BH, DELTA_BH, idx_row, b, h, n0, S, kv_limit, qk_scale = args
+    m0, q, do = _load_pair(qdo, idx_row, it, b, h, S, BS, BLOCK_M, D, USE_TMA, MASK_Q)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     lse = tl.load(LSE_BH + offs_m)
     delta = tl.load(DELTA_BH + offs_m)
@@ -759,132 +451,32 @@ def _dkdv_step(
 
 
 @triton.jit
-def _dkdv_inner(
-    dk,
-    dv,
-    k,
-    v,
-    q_src,
-    do_src,
-    LSE_BH,
-    DELTA_BH,
-    idx_row,
-    b,
-    h,
-    start,
-    stop,
-    n0,
-    S,
-    kv_limit,
-    stride_qs,
-    stride_dos,
-    qk_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    MASK_Q: tl.constexpr,
-    MASK_K: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    for it in range(start, stop):
-        dk, dv = _dkdv_step(
-            dk,
-            dv,
-            k,
-            v,
-            q_src,
-            do_src,
-            LSE_BH,
-            DELTA_BH,
-            idx_row,
-            it,
-            b,
-            h,
-            n0,
-            S,
-            kv_limit,
-            stride_qs,
-            stride_dos,
-            qk_scale,
-            BS,
-            BLOCK_M,
-            BLOCK_N,
-            D,
-            MASK_Q,
-            MASK_K,
-            USE_TMA,
-            DOT_PREC,
-            INTERPRET,
-        )
-    return dk, dv
+def _dkdv_walk(state, args, n_full_sub, q_tail, n_tail_sub, C: tl.constexpr, MASK_K: tl.constexpr):
+    """A key tile's walk of its column: the full query sub-tiles, then, if ``q_tail``, the first
+    ``n_tail_sub`` sub-tiles of the last query block (rows past S masked)."""
+    state = _walk(_dkdv_step, state, args, 0, n_full_sub, C, (False, MASK_K))
+    if q_tail:
+        state = _walk(_dkdv_step, state, args, n_full_sub, n_full_sub + n_tail_sub, C, (True, MASK_K))
+    return state
 
 
+# The parameters grouped by role, a group a line (`fmt: skip`: ruff format would put each on its own line).
 @triton.jit(do_not_specialize=["stride_ib", "stride_ih", "stride_ir", "stride_cb", "stride_ch"])
 def _bwd_dkdv_kernel(
-    Q,
-    K,
-    V,
-    DO,
-    DK,
-    DV,
-    LSE,
-    DELTA,
-    Q_IDX,
-    Q_CNT,
-    COL_ORDER,
+    Q, K, V, DO, DK, DV,  # [B, H, S, D]: pointers, or TMA descriptors (USE_TMA)
+    LSE, DELTA,  # [B, H, S_PAD] float32
+    Q_IDX, Q_CNT, COL_ORDER,  # the mask columns' query-block lists, counts and launch order
     KEY_LEN,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_kb,
-    stride_kh,
-    stride_ks,
-    stride_vb,
-    stride_vh,
-    stride_vs,
-    stride_dob,
-    stride_doh,
-    stride_dos,
-    stride_dkb,
-    stride_dkh,
-    stride_dks,
-    stride_dvb,
-    stride_dvh,
-    stride_dvs,
-    stride_ib,
-    stride_ih,
-    stride_ir,
-    stride_cb,
-    stride_ch,
-    H,
-    S,
-    S_PAD,
-    NB,
-    qk_scale,
-    ds_scale,
-    BS: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    D: tl.constexpr,
-    HAS_KEY_LEN: tl.constexpr,
-    USE_TMA: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    OUT_DTYPE: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
+    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
+    stride_ib, stride_ih, stride_ir, stride_cb, stride_ch,
+    H, S, S_PAD, NB, qk_scale, ds_scale,
+    BS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, HAS_KEY_LEN: tl.constexpr,
+    USE_TMA: tl.constexpr, DOT_PREC: tl.constexpr, OUT_DTYPE: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
     """One program: dK, dV of key rows ``n0 .. n0 + BLOCK_N``, walking the query blocks that see them."""
     SUB_M: tl.constexpr = BS // BLOCK_M
-    SUB_N: tl.constexpr = BS // BLOCK_N
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    cnt_off = b * stride_cb + h * stride_ch
-    col = tl.load(COL_ORDER + cnt_off + pid // SUB_N)
-    n0 = col * BS + (pid % SUB_N) * BLOCK_N
+    bh, b, h, cnt_off, col, n0 = _program_tile(COL_ORDER, H, stride_cb, stride_ch, BS, BLOCK_N)
     kv_limit = _kv_limit(KEY_LEN, b, S, HAS_KEY_LEN)
 
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -898,139 +490,18 @@ def _bwd_dkdv_kernel(
         n_full = tl.where(q_tail, count - 1, count)
         n_tail_sub = tl.cdiv(S - (NB - 1) * BS, BLOCK_M)  # sub-tiles of the last block holding rows < S
 
-        q_src = _slice_src(Q, b, h, stride_qb, stride_qh, USE_TMA)
-        do_src = _slice_src(DO, b, h, stride_dob, stride_doh, USE_TMA)
-        k_src = _slice_src(K, b, h, stride_kb, stride_kh, USE_TMA)
-        v_src = _slice_src(V, b, h, stride_vb, stride_vh, USE_TMA)
-        k = _load_tile(k_src, b, h, n0, stride_ks, S, BLOCK_N, D, USE_TMA, True)
-        v = _load_tile(v_src, b, h, n0, stride_vs, S, BLOCK_N, D, USE_TMA, True)
+        qdo = _slice_pair(Q, DO, b, h, stride_qb, stride_qh, stride_qs, stride_dob, stride_doh, stride_dos, USE_TMA)
+        kv = _slice_pair(K, V, b, h, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, USE_TMA)
+        k, v = _load_pair_at(kv, b, h, n0, S, BLOCK_N, D, USE_TMA, True)
         lse_bh = LSE + bh.to(tl.int64) * S_PAD
         delta_bh = DELTA + bh.to(tl.int64) * S_PAD
+        C: tl.constexpr = (BS, BLOCK_M, BLOCK_N, D, USE_TMA, DOT_PREC, INTERPRET)
+        args = (k, v, qdo, lse_bh, delta_bh, idx_row, b, h, n0, S, kv_limit, qk_scale)
         start = n_full * SUB_M
         if n0 + BLOCK_N > kv_limit:  # the key tile crosses the limit: mask its keys
-            dk, dv = _dkdv_inner(
-                dk,
-                dv,
-                k,
-                v,
-                q_src,
-                do_src,
-                lse_bh,
-                delta_bh,
-                idx_row,
-                b,
-                h,
-                0,
-                start,
-                n0,
-                S,
-                kv_limit,
-                stride_qs,
-                stride_dos,
-                qk_scale,
-                BS,
-                BLOCK_M,
-                BLOCK_N,
-                D,
-                False,
-                True,
-                USE_TMA,
-                DOT_PREC,
-                INTERPRET,
-            )
-            if q_tail:
-                dk, dv = _dkdv_inner(
-                    dk,
-                    dv,
-                    k,
-                    v,
-                    q_src,
-                    do_src,
-                    lse_bh,
-                    delta_bh,
-                    idx_row,
-                    b,
-                    h,
-                    start,
-                    start + n_tail_sub,
-                    n0,
-                    S,
-                    kv_limit,
-                    stride_qs,
-                    stride_dos,
-                    qk_scale,
-                    BS,
-                    BLOCK_M,
-                    BLOCK_N,
-                    D,
-                    True,
-                    True,
-                    USE_TMA,
-                    DOT_PREC,
-                    INTERPRET,
-                )
+            dk, dv = _dkdv_walk((dk, dv), args, start, q_tail, n_tail_sub, C, True)
         else:
-            dk, dv = _dkdv_inner(
-                dk,
-                dv,
-                k,
-                v,
-                q_src,
-                do_src,
-                lse_bh,
-                delta_bh,
-                idx_row,
-                b,
-                h,
-                0,
-                start,
-                n0,
-                S,
-                kv_limit,
-                stride_qs,
-                stride_dos,
-                qk_scale,
-                BS,
-                BLOCK_M,
-                BLOCK_N,
-                D,
-                False,
-                False,
-                USE_TMA,
-                DOT_PREC,
-                INTERPRET,
-            )
-            if q_tail:
-                dk, dv = _dkdv_inner(
-                    dk,
-                    dv,
-                    k,
-                    v,
-                    q_src,
-                    do_src,
-                    lse_bh,
-                    delta_bh,
-                    idx_row,
-                    b,
-                    h,
-                    start,
-                    start + n_tail_sub,
-                    n0,
-                    S,
-                    kv_limit,
-                    stride_qs,
-                    stride_dos,
-                    qk_scale,
-                    BS,
-                    BLOCK_M,
-                    BLOCK_N,
-                    D,
-                    True,
-                    False,
-                    USE_TMA,
-                    DOT_PREC,
-                    INTERPRET,
-                )
+            dk, dv = _dkdv_walk((dk, dv), args, start, q_tail, n_tail_sub, C, False)
     dk_dst = _slice_src(DK, b, h, stride_dkb, stride_dkh, USE_TMA)
     dv_dst = _slice_src(DV, b, h, stride_dvb, stride_dvh, USE_TMA)
     _store_tile(dk_dst, b, h, n0, stride_dks, S, (dk * ds_scale).to(OUT_DTYPE), BLOCK_N, D, USE_TMA)

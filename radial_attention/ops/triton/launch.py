@@ -27,6 +27,7 @@ import warnings
 from typing import Optional
 
 import torch
+from torch import Tensor
 
 import triton
 
@@ -412,6 +413,57 @@ def _index_args(indices: torch.Tensor, counts: torch.Tensor) -> dict:
     return dict(stride_ib=sib, stride_ih=sih, stride_ir=sir, stride_cb=scb, stride_ch=sch)
 
 
+def _kernel_config(kind: str, config: Optional[KernelConfig], q: torch.Tensor, block_size: int) -> KernelConfig:
+    """``config``, else the configuration for inputs like ``q`` (see ``_config``), checked against the mask block."""
+    cfg = config or _config(kind, q, block_size)
+    _check_config(cfg, block_size, kind)
+    return cfg
+
+
+# The kernels' [B, H, S, D] arguments of key rows (tiles of BLOCK_N rows); the others (Q, O, DO, DQ)
+# are query rows (BLOCK_M).
+_KEY_TILES = ("K", "V", "DK", "DV")
+
+
+def _shared_args(q: torch.Tensor, kv_counts: torch.Tensor, key_lengths, scale: float, block_size: int) -> dict:
+    """The arguments that the forward, dQ and dK/dV kernels take alike, for inputs like ``q [B, H, S, D]``."""
+    _, H, S, D = q.shape
+    return dict(
+        KEY_LEN=key_lengths if key_lengths is not None else kv_counts,  # dummy pointer when absent
+        H=H,
+        S=S,
+        S_PAD=kv_counts.shape[-1] * block_size,
+        qk_scale=scale * _LOG2E,
+        BS=block_size,
+        D=D,
+        HAS_KEY_LEN=key_lengths is not None,
+        DOT_PREC=_dot_prec(q),
+        OUT_DTYPE=_out_dtype(q),
+        INTERPRET=interpreting(),
+    )
+
+
+def _launch(kernel, grid: tuple, cfg: KernelConfig, tiles: dict, **args) -> None:
+    """Launch a tiled kernel (forward, dQ, dK/dV) with ``cfg``'s tiles, warps and stages.
+
+    ``tiles``: ``{kernel argument: [B, H, S, D] tensor}``, each passed as a TMA descriptor of its
+    tile (when ``cfg`` asks for TMA and all of them allow it, see ``_tma_ok``) or as the tensor,
+    with its strides ``stride_<name>b/h/s``; ``args``: the kernel's other arguments, by name.
+    """
+    use_tma = cfg.use_tma and _tma_ok(*tiles.values())
+    for name, t in tiles.items():
+        args[name] = _tiles(t, cfg, cfg.block_n if name in _KEY_TILES else cfg.block_m, use_tma)
+        args.update(_strides(name.lower(), t))
+    kernel[grid](
+        **args,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        USE_TMA=use_tma,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
 def forward(
     q,
     k,
@@ -431,47 +483,23 @@ def forward(
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, H, S, D = q.shape
     nb = kv_counts.shape[-1]
-    s_pad = nb * block_size
-    cfg = config or _config("fwd", q, block_size)
-    _check_config(cfg, block_size, "fwd")
+    cfg = _kernel_config("fwd", config, q, block_size)
     out = torch.empty_like(q)  # keeps q's layout when q is dense (e.g. a [B, S, H, D] view)
-    lse = torch.empty((B, H, s_pad), device=q.device, dtype=torch.float32)
+    lse = torch.empty((B, H, nb * block_size), device=q.device, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
-    use_tma = cfg.use_tma and _tma_ok(q, k, v, out)
-    kl = key_lengths if key_lengths is not None else kv_counts  # dummy pointer when absent
-    grid = (nb * (block_size // cfg.block_m), B * H)
-    kernels()._fwd_kernel[grid](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma),
-        K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma),
-        O=_tiles(out, cfg, cfg.block_m, use_tma),
+    _launch(
+        kernels()._fwd_kernel,
+        (nb * (block_size // cfg.block_m), B * H),  # one program per query tile
+        cfg,
+        dict(Q=q, K=k, V=v, O=out),
         LSE=lse,
         KV_IDX=kv_indices,
         KV_CNT=kv_counts,
         ROW_ORDER=row_order,
-        KEY_LEN=kl,
-        **_strides("q", q),
-        **_strides("k", k),
-        **_strides("v", v),
-        **_strides("o", out),
         **_index_args(kv_indices, kv_counts),
-        H=H,
-        S=S,
-        S_PAD=s_pad,
-        qk_scale=scale * _LOG2E,
-        BS=block_size,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        D=D,
-        HAS_KEY_LEN=key_lengths is not None,
         NEG_SCALE=scale < 0,
-        USE_TMA=use_tma,
-        DOT_PREC=_dot_prec(q),
-        OUT_DTYPE=_out_dtype(q),
-        INTERPRET=interpreting(),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **_shared_args(q, kv_counts, key_lengths, scale, block_size),
     )
     return out, lse
 
@@ -510,12 +538,8 @@ def backward(
         O=out,
         DO=do,
         DELTA=delta,
-        stride_ob=out.stride(0),
-        stride_oh=out.stride(1),
-        stride_os=out.stride(2),
-        stride_db=do.stride(0),
-        stride_dh=do.stride(1),
-        stride_ds=do.stride(2),
+        **_strides("o", out),
+        **_strides("d", do),
         H=H,
         S=S,
         S_PAD=s_pad,
@@ -523,80 +547,32 @@ def backward(
         D=D,
         num_warps=4,
     )
-    kl = key_lengths if key_lengths is not None else kv_counts
-    common = dict(
-        H=H,
-        S=S,
-        S_PAD=s_pad,
-        qk_scale=scale * _LOG2E,
-        ds_scale=scale,
-        HAS_KEY_LEN=key_lengths is not None,
-        DOT_PREC=_dot_prec(q),
-        OUT_DTYPE=_out_dtype(q),
-        BS=block_size,
-        D=D,
-        INTERPRET=interpreting(),
-    )
+    shared = dict(LSE=lse, DELTA=delta, ds_scale=scale, **_shared_args(q, kv_counts, key_lengths, scale, block_size))
 
-    cfg = dkdv_config or _config("dkdv", q, block_size)
-    _check_config(cfg, block_size, "dkdv")
-    use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dk, dv)
-    K._bwd_dkdv_kernel[(nb * (block_size // cfg.block_n), B * H)](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma),
-        K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma),
-        DO=_tiles(do, cfg, cfg.block_m, use_tma),
-        DK=_tiles(dk, cfg, cfg.block_n, use_tma),
-        DV=_tiles(dv, cfg, cfg.block_n, use_tma),
-        LSE=lse,
-        DELTA=delta,
+    cfg = _kernel_config("dkdv", dkdv_config, q, block_size)
+    _launch(
+        K._bwd_dkdv_kernel,
+        (nb * (block_size // cfg.block_n), B * H),  # one program per key tile
+        cfg,
+        dict(Q=q, K=k, V=v, DO=do, DK=dk, DV=dv),
         Q_IDX=q_indices,
         Q_CNT=q_counts,
         COL_ORDER=col_order,
-        KEY_LEN=kl,
-        **_strides("q", q),
-        **_strides("k", k),
-        **_strides("v", v),
-        **_strides("do", do),
-        **_strides("dk", dk),
-        **_strides("dv", dv),
         **_index_args(q_indices, q_counts),
         NB=nb,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        USE_TMA=use_tma,
-        **common,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **shared,
     )
-
-    cfg = dq_config or _config("dq", q, block_size)
-    _check_config(cfg, block_size, "dq")
-    use_tma = cfg.use_tma and _tma_ok(q, k, v, do, dq)
-    K._bwd_dq_kernel[(nb * (block_size // cfg.block_m), B * H)](
-        Q=_tiles(q, cfg, cfg.block_m, use_tma),
-        K=_tiles(k, cfg, cfg.block_n, use_tma),
-        V=_tiles(v, cfg, cfg.block_n, use_tma),
-        DO=_tiles(do, cfg, cfg.block_m, use_tma),
-        DQ=_tiles(dq, cfg, cfg.block_m, use_tma),
-        LSE=lse,
-        DELTA=delta,
+    cfg = _kernel_config("dq", dq_config, q, block_size)
+    _launch(
+        K._bwd_dq_kernel,
+        (nb * (block_size // cfg.block_m), B * H),  # one program per query tile
+        cfg,
+        dict(Q=q, K=k, V=v, DO=do, DQ=dq),
         KV_IDX=kv_indices,
         KV_CNT=kv_counts,
         ROW_ORDER=row_order,
-        KEY_LEN=kl,
-        **_strides("q", q),
-        **_strides("k", k),
-        **_strides("v", v),
-        **_strides("do", do),
-        **_strides("dq", dq),
         **_index_args(kv_indices, kv_counts),
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        USE_TMA=use_tma,
-        **common,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **shared,
     )
     return dq, dk, dv
 
@@ -604,113 +580,55 @@ def backward(
 # ----------------------------------------------------------------------------- custom ops + autograd
 # The ops take the mask's index tensors on q's device (from the mask's derived cache, or built in
 # the graph inside torch.compile), so no data-dependent index building enters a graph and nothing
-# is looked up by identity. Which launch order runs is decided inside the op, when it runs.
+# is looked up by identity. Which launch order runs is decided inside the op, when it runs. They
+# come as one list, ``index``, in the order of _INDEX_NAMES.
+_INDEX_NAMES = ("kv_indices", "kv_counts", "q_indices", "q_counts", "row_order", "col_order", "sequential")
+
+
 @torch.library.custom_op("radial_attention::triton_block_sparse_fwd", mutates_args=())
 def _fwd_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kv_indices: torch.Tensor,
-    kv_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    row_order: torch.Tensor,
-    col_order: torch.Tensor,
-    sequential: torch.Tensor,
-    key_lengths: Optional[torch.Tensor],
-    scale: float,
-    block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, _ = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
-    return forward(q, k, v, kv_indices, kv_counts, rows, key_lengths, scale, block_size)
+    q: Tensor, k: Tensor, v: Tensor, index: list[Tensor], key_lengths: Optional[Tensor], scale: float, block_size: int
+) -> tuple[Tensor, Tensor]:
+    t = dict(zip(_INDEX_NAMES, index))
+    rows, _ = launch_orders(t, q)
+    return forward(q, k, v, t["kv_indices"], t["kv_counts"], rows, key_lengths, scale, block_size)
 
 
 @_fwd_op.register_fake
-def _(
-    q,
-    k,
-    v,
-    kv_indices,
-    kv_counts,
-    q_indices,
-    q_counts,
-    row_order,
-    col_order,
-    sequential,
-    key_lengths,
-    scale,
-    block_size,
-):
+def _(q, k, v, index, key_lengths, scale, block_size):
     B, H = q.shape[:2]
-    nb = kv_counts.shape[-1]
+    nb = dict(zip(_INDEX_NAMES, index))["kv_counts"].shape[-1]
     return torch.empty_like(q), q.new_empty((B, H, nb * block_size), dtype=torch.float32)
 
 
 @torch.library.custom_op("radial_attention::triton_block_sparse_bwd", mutates_args=())
 def _bwd_op(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    kv_indices: torch.Tensor,
-    kv_counts: torch.Tensor,
-    q_indices: torch.Tensor,
-    q_counts: torch.Tensor,
-    row_order: torch.Tensor,
-    col_order: torch.Tensor,
-    sequential: torch.Tensor,
-    key_lengths: Optional[torch.Tensor],
-    scale: float,
-    block_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows, cols = launch_orders({"row_order": row_order, "col_order": col_order, "sequential": sequential}, q)
-    return backward(
-        do, q, k, v, out, lse, q_indices, q_counts, cols, kv_indices, kv_counts, rows, key_lengths, scale, block_size
-    )
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+    index: list[Tensor], key_lengths: Optional[Tensor], scale: float, block_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    t = dict(zip(_INDEX_NAMES, index))
+    rows, cols = launch_orders(t, q)
+    lists = (t["q_indices"], t["q_counts"], cols, t["kv_indices"], t["kv_counts"], rows)
+    return backward(do, q, k, v, out, lse, *lists, key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
-def _(
-    do,
-    q,
-    k,
-    v,
-    out,
-    lse,
-    kv_indices,
-    kv_counts,
-    q_indices,
-    q_counts,
-    row_order,
-    col_order,
-    sequential,
-    key_lengths,
-    scale,
-    block_size,
-):
+def _(do, q, k, v, out, lse, index, key_lengths, scale, block_size):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-_N_INDEX = 7  # kv_indices, kv_counts, q_indices, q_counts, row_order, col_order, sequential
-
-
 def _setup_context(ctx, inputs, output):
-    q, k, v = inputs[:3]
-    index = inputs[3 : 3 + _N_INDEX]
-    key_lengths, scale, block_size = inputs[3 + _N_INDEX :]
+    q, k, v, index, key_lengths, scale, block_size = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *index)
-    ctx.key_lengths = key_lengths
-    ctx.scale = scale
-    ctx.block_size = block_size
+    ctx.rest = (key_lengths, scale, block_size)  # the backward op's arguments after index
 
 
 def _backward(ctx, grad_out, grad_lse):
     q, k, v, out, lse, *index = ctx.saved_tensors
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, *index, ctx.key_lengths, ctx.scale, ctx.block_size)
-    return (dq, dk, dv) + (None,) * (_N_INDEX + 3)
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, index, *ctx.rest)
+    # No gradients for index (one None per tensor of the list), key_lengths, scale, block_size.
+    return dq, dk, dv, [None] * len(index), None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -755,19 +673,6 @@ def attention(
     if key_lengths is not None:
         key_lengths = key_lengths.to(device=q.device, dtype=torch.int32)  # what the kernels load
     t = mask_tensors(mask, q.device)
-    out, _ = _fwd_op(
-        q,
-        k,
-        v,
-        t["kv_indices"],
-        t["kv_counts"],
-        t["q_indices"],
-        t["q_counts"],
-        t["row_order"],
-        t["col_order"],
-        t["sequential"],
-        key_lengths,
-        float(scale),
-        int(mask.block_size),
-    )
+    index = [t[name] for name in _INDEX_NAMES]
+    out, _ = _fwd_op(q, k, v, index, key_lengths, float(scale), int(mask.block_size))
     return out
