@@ -69,7 +69,7 @@ def host_overhead(args, device):
             q, k, v, softmax_scale=scale, causal=False, block_sparse_tensors=sparse, return_lse=False, out=out
         ),
         "ours fa4._forward (no custom op)": lambda: fa4_backend._forward(q, k, v, lists, None, scale, 128, False),
-        "ours custom op _fwd_op": lambda: fa4_backend._fwd_op(q, k, v, *lists, None, scale, 128, False),
+        "ours custom op _fwd_op": lambda: fa4_backend._fwd_op(q, k, v, list(lists), None, scale, 128, False),
         "ours fa4.attention": lambda: fa4_backend.attention(qt, kt, vt, mask, scale=scale),
         "ours block_sparse_attention fa4": lambda: block_sparse_attention(qt, kt, vt, mask, backend="fa4"),
         "ours block_sparse_attention auto": lambda: block_sparse_attention(qt, kt, vt, mask, backend="auto"),

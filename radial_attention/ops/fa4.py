@@ -228,8 +228,8 @@ def _mask_slice(lists: Optional[BlockLists], batch: slice) -> slice:
 
 
 def _as_lists(tables) -> Optional[BlockLists]:
-    """The op's list arguments (all tensors, or all None for dense attention) as ``BlockLists``."""
-    return None if tables[0] is None else BlockLists(*tables)
+    """The op's list argument (the six tensors, or none for dense attention) as ``BlockLists``."""
+    return BlockLists(*tables) if len(tables) else None
 
 
 def _calls(B: int, S: int, key_lengths, lists: Optional[BlockLists], block_size: int, tensors):
@@ -301,29 +301,24 @@ def _backward(dout, q, k, v, out, lse, lists: Optional[BlockLists], key_lengths,
     return dq, dk, dv
 
 
-# The ops take FA4's six list tensors (BlockLists order) on q's device, or six Nones for dense attention.
+# The ops take FA4's six list tensors as one list (BlockLists order) on q's device, or an empty list
+# for dense attention.
 @torch.library.custom_op("radial_attention::fa4_fwd", mutates_args=())
 def _fwd_op(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    fwd_cnt: Optional[torch.Tensor],
-    fwd_idx: Optional[torch.Tensor],
-    bwd_cnt: Optional[torch.Tensor],
-    bwd_idx: Optional[torch.Tensor],
-    none_cnt: Optional[torch.Tensor],
-    none_idx: Optional[torch.Tensor],
+    tables: list[torch.Tensor],
     key_lengths: Optional[torch.Tensor],
     scale: float,
     block_size: int,
     need_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    lists = _as_lists((fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx))
-    return _forward(q, k, v, lists, key_lengths, scale, block_size, need_lse)
+    return _forward(q, k, v, _as_lists(tables), key_lengths, scale, block_size, need_lse)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx, key_lengths, scale, block_size, need_lse):
+def _(q, k, v, tables, key_lengths, scale, block_size, need_lse):
     B, S, H, D = q.shape
     return q.new_empty((B, S, H, D)), q.new_empty((B, H, S) if need_lse else (0,), dtype=torch.float32)
 
@@ -336,48 +331,37 @@ def _bwd_op(
     v: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor,
-    fwd_cnt: Optional[torch.Tensor],
-    fwd_idx: Optional[torch.Tensor],
-    bwd_cnt: Optional[torch.Tensor],
-    bwd_idx: Optional[torch.Tensor],
-    none_cnt: Optional[torch.Tensor],
-    none_idx: Optional[torch.Tensor],
+    tables: list[torch.Tensor],
     key_lengths: Optional[torch.Tensor],
     scale: float,
     block_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    lists = _as_lists((fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx))
-    return _backward(dout, q, k, v, out, lse, lists, key_lengths, scale, block_size)
+    return _backward(dout, q, k, v, out, lse, _as_lists(tables), key_lengths, scale, block_size)
 
 
 @_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, fwd_cnt, fwd_idx, bwd_cnt, bwd_idx, none_cnt, none_idx, key_lengths, scale, block_size):
+def _(dout, q, k, v, out, lse, tables, key_lengths, scale, block_size):
     shape = tuple(q.shape)
     return q.new_empty(shape), k.new_empty(shape), v.new_empty(shape)
 
 
-_N_LISTS = len(BlockLists._fields)
-
-
 def _setup_context(ctx, inputs, output):
-    q, k, v = inputs[:3]
-    lists = inputs[3 : 3 + _N_LISTS]  # on q's device, read-only (shared with the mask's cache)
-    key_lengths, scale, block_size, need_lse = inputs[3 + _N_LISTS :]
+    q, k, v, tables, key_lengths, scale, block_size, _ = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, *lists)
+    ctx.save_for_backward(q, k, v, out, lse, *tables)  # tables: on q's device, read-only (the mask's cache)
     ctx.key_lengths = key_lengths
     ctx.scale = scale
     ctx.block_size = block_size
 
 
 def _autograd_backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse, *lists = ctx.saved_tensors
+    q, k, v, out, lse, *tables = ctx.saved_tensors
     if lse.numel() == 0:
         raise RuntimeError(
             "fa4 backend: the forward ran without gradients (no log-sum-exp kept), so it has no backward"
         )
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, *lists, ctx.key_lengths, ctx.scale, ctx.block_size)
-    return (dq, dk, dv) + (None,) * (_N_LISTS + 4)
+    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, tables, ctx.key_lengths, ctx.scale, ctx.block_size)
+    return dq, dk, dv, [None] * len(tables), None, None, None, None  # one None per list tensor
 
 
 _fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
@@ -418,8 +402,8 @@ def _run(q, k, v, lists: Optional[BlockLists], key_lengths, scale: float, block_
     the plain autograd function in eager mode. ``lists`` None: dense attention."""
     need_lse = _needs_grad(q, k, v)
     if torch.compiler.is_compiling():
-        tables = (None,) * _N_LISTS if lists is None else tuple(lists)
-        out, _ = _fwd_op(q, k, v, *tables, key_lengths, scale, block_size, need_lse)
+        tables = [] if lists is None else list(lists)
+        out, _ = _fwd_op(q, k, v, tables, key_lengths, scale, block_size, need_lse)
         return out
     if not need_lse:  # inference: no autograd graph to record
         return _forward(q, k, v, lists, key_lengths, scale, block_size, False)[0]
