@@ -397,6 +397,17 @@ def run_case(name, case, args, device, dtype):
     with torch.no_grad():
         for be in case.get("dense", args.dense) if not args.dense_given else args.dense:
             try:
+                if be == "ours-dense":
+                    # The library's own dense path (its dense steps): every step dense, FA4's dense kernel
+                    # where it runs, with the model's padding masks (HunyuanVideo 1.5's pairwise one too)
+                    # as key lengths.
+                    apply_radial_attention(model, dense_steps=10**9, backend="auto", dense_backend="auto")
+                    try:
+                        dense[be] = measure(timer, fn, args.warmup, args.reps)
+                    finally:
+                        remove_radial_attention(model)
+                    print(f"  dense {be:<6} {dense[be][0] * 1e3:9.1f} ms ({case['build']})", flush=True)
+                    continue
                 if be == "fa4":
                     resolve_dense_backend("fa4", torch.empty(1, 1, 128, head_dim, device=device, dtype=dtype))
                     ctx = DenseSDPA("fa4", "benchmark")
@@ -476,7 +487,8 @@ def markdown(results, env):
     lines += [
         "",
         "Dense kernels: cudnn = torch SDPA's cuDNN kernel (what diffusers runs), default = torch SDPA's own "
-        "choice (HunyuanVideo 1.5's pairwise mask rules cuDNN out), fa4 = FlashAttention-4's dense "
+        "choice (HunyuanVideo 1.5's pairwise mask rules cuDNN out), ours-dense = the library's dense steps "
+        "(FA4's dense kernel, padding masks as key lengths), fa4 = FlashAttention-4's dense "
         "kernel (every SDPA call of the model). Full depth = measured time outside the blocks + mean measured "
         "block time x the checkpoint's block count, per block group. Density: the largest kept fraction of "
         "blocks among the masks the calls used.",
@@ -491,7 +503,8 @@ def main(argv=None) -> int:
     p.add_argument(
         "--dense",
         default=None,
-        help="dense kernels, comma-separated: cudnn, flash, math, default (torch's own choice), fa4 "
+        help="dense kernels, comma-separated: cudnn, flash, math, default (torch's own choice), fa4, "
+        "ours-dense (the library's dense steps: FA4 dense with the model's padding masks as key lengths) "
         "(default: the case's, else cudnn,fa4; smoke: math)",
     )
     p.add_argument("--warmup", type=int, default=None)
