@@ -786,7 +786,9 @@ def _latent_and_prompt(
     )
 
 
-def _prompt_mask(batch: int, text_len: int, prompt_lengths, *, shortest: int, name: str = "prompt_lengths"):
+def _prompt_mask(
+    batch: int, text_len: int, prompt_lengths, *, shortest: int, name: str = "prompt_lengths"
+) -> torch.Tensor:
     """The prompt padding mask ``[batch, text_len]`` (1 = real token) of ``prompt_lengths`` (one
     length per batch item in ``shortest..text_len``; default: all ``text_len``); ``name`` for the error."""
     lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
