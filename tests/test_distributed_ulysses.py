@@ -51,6 +51,43 @@ CASES_2 = [
         garbage_pad=True,
     ),
     dict(name="heads_error", B=1, H=3, S=64, D=8, bs=64, layout="BSHD", mask="random", density=0.5),
+    # ulysses_radial_attention itself: prefix + video + extra tokens (7 + 8*64 + 10 = 529: one token of
+    # tail padding on rank 1), and the same call with the extra tokens forgotten (a clear error on both
+    # ranks, not attention over 519 tokens with 10 real ones taken for padding).
+    dict(
+        name="radial_op_prefix_extra",
+        B=1,
+        H=2,
+        S=529,
+        D=8,
+        bs=64,
+        layout="BSHD",
+        mask="radial",
+        preset="wan",
+        F=8,
+        T=64,
+        X=10,
+        Y=7,
+        radial_op=True,
+        garbage_pad=True,
+    ),
+    dict(
+        name="radial_op_layout_error",
+        B=1,
+        H=2,
+        S=529,
+        D=8,
+        bs=64,
+        layout="BHSD",
+        mask="radial",
+        preset="wan",
+        F=8,
+        T=64,
+        X=10,
+        Y=7,
+        radial_op=True,
+        forget_extra=True,
+    ),
     dict(
         name="local_mask_error", B=1, H=2, S=256, D=8, bs=64, layout="BSHD", mask="random", density=0.5, local_mask=True
     ),
@@ -96,7 +133,8 @@ def make_case(spec):
     nb = math.ceil(S / bs)
     kind = spec["mask"]
     if kind == "radial":
-        mask = radial_block_mask(spec["F"], spec["T"], preset=spec["preset"], block_size=bs)
+        layout = dict(extra_tokens=spec.get("X", 0), prefix_tokens=spec.get("Y", 0))
+        mask = radial_block_mask(spec["F"], spec["T"], preset=spec["preset"], block_size=bs, **layout)
         assert mask.seq_len == S
     elif kind == "full":
         mask = torch.ones(nb, nb, dtype=torch.bool)
@@ -120,7 +158,7 @@ def mask_density(mask):
 
 def _run_cases(rank, world, specs):
     """Worker: every case's local output and q/k/v gradients, or the error it raised."""
-    from radial_attention.distributed import shard_sequence, ulysses_attention
+    from radial_attention.distributed import shard_sequence, ulysses_attention, ulysses_radial_attention
 
     results = {}
     for spec in specs:
@@ -141,17 +179,31 @@ def _run_cases(rank, world, specs):
             locals_.append(t)
         ql, kl, vl = (t.detach().requires_grad_() for t in locals_[:3])
         try:
-            out = ulysses_attention(
-                ql,
-                kl,
-                vl,
-                mask,
-                layout=spec["layout"],
-                seq_len=S,
-                block_size=spec["bs"],
-                key_lengths=key_lengths,
-                backend="reference",
-            )
+            if spec.get("radial_op"):
+                layout = dict(frames=spec["F"], tokens_per_frame=spec["T"], prefix_tokens=spec["Y"])
+                layout["extra_tokens"] = 0 if spec.get("forget_extra") else spec["X"]
+                out = ulysses_radial_attention(
+                    ql,
+                    kl,
+                    vl,
+                    **layout,
+                    preset=spec["preset"],
+                    block_size=spec["bs"],
+                    layout=spec["layout"],
+                    backend="reference",
+                )
+            else:
+                out = ulysses_attention(
+                    ql,
+                    kl,
+                    vl,
+                    mask,
+                    layout=spec["layout"],
+                    seq_len=S,
+                    block_size=spec["bs"],
+                    key_lengths=key_lengths,
+                    backend="reference",
+                )
             (out * locals_[3]).sum().backward()
             results[spec["name"]] = dict(
                 out=out.detach(),
@@ -262,6 +314,14 @@ def test_ranks_with_different_shapes_get_the_same_clear_error(world2):
     assert "rank 0: q (1, 128, 2, 8)" in msgs[0] and "rank 1: q (1, 127, 2, 8)" in msgs[0], msgs[0]
 
 
+def test_radial_op_checks_the_layout_on_every_rank(world2):
+    msgs = [res["radial_op_layout_error"]["error"] for res in world2]
+    assert msgs[0] == msgs[1], msgs  # the same error on every rank
+    assert msgs[0].startswith("ValueError"), msgs[0]
+    assert "slices of S_local=265 tokens" in msgs[0] and "hold a sequence of 529..530 tokens" in msgs[0], msgs[0]
+    assert "prefix_tokens + frames * tokens_per_frame + extra_tokens = 7 + 8 * 64 + 0 = 519" in msgs[0], msgs[0]
+
+
 def test_local_mask_is_a_clear_error(world2):
     msg = world2[0]["local_mask_error"]["error"]
     assert msg.startswith("ValueError") and "whole sequence of seq_len=256" in msg, msg
@@ -298,6 +358,24 @@ def test_single_process_without_a_group_is_the_op():
     )
     torch.testing.assert_close(got[:, :300], expected.transpose(1, 2), rtol=0, atol=0)
     assert torch.count_nonzero(got[:, 300:]) == 0
+
+
+def test_radial_op_without_a_group_is_the_op():
+    # One process: ulysses_radial_attention is ops.radial_attention, prefix and extra tokens included,
+    # and checks the layout against q as the op does (no silent tail padding of a forgotten extra_tokens).
+    from radial_attention.distributed import ulysses_radial_attention
+    from radial_attention.ops import radial_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 7 + 3 * 40 + 9, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    layout = dict(frames=3, tokens_per_frame=40, extra_tokens=9, prefix_tokens=7, preset="hunyuan", block_size=64)
+    expected = radial_attention(q, k, v, **layout)
+    got = ulysses_radial_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), layout="BSHD", **layout)
+    torch.testing.assert_close(got, expected.transpose(1, 2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"hold a sequence of 136 tokens .* = 7 \+ 3 \* 40 \+ 0 = 127"):
+        ulysses_radial_attention(q, k, v, **dict(layout, extra_tokens=0))
+    with pytest.raises(ValueError, match="prefix_tokens must be"):
+        ulysses_radial_attention(q, k, v, **dict(layout, prefix_tokens=-1))
 
 
 def test_bad_arguments_without_a_group():

@@ -179,16 +179,16 @@ def test_radial_attention_op_takes_text_tokens_with_a_warning():
     assert torch.equal(got, want)
 
 
-def test_ulysses_radial_attention_takes_text_tokens_with_a_warning(monkeypatch):
-    from radial_attention.distributed import ulysses
+def test_ulysses_radial_attention_takes_text_tokens_with_a_warning():
+    # One process (no group): the op itself, on q of the layout's length (it checks the length).
+    from radial_attention.distributed import ulysses_radial_attention
 
-    seen = []
-    monkeypatch.setattr(ulysses, "ulysses_attention", lambda q, k, v, mask, **kw: seen.append(mask) or q)
-    q = torch.zeros(1, 1, 8, 4)
-    ulysses.ulysses_radial_attention(q, q, q, frames=5, tokens_per_frame=40, extra_tokens=9, block_size=64)
+    q = torch.randn(1, 1, 5 * 40 + 9, 4, generator=torch.Generator().manual_seed(0))
+    layout = dict(frames=5, tokens_per_frame=40, block_size=64, backend="reference")
+    want = ulysses_radial_attention(q, q, q, extra_tokens=9, **layout)
     with pytest.warns(DeprecationWarning, match=r"ulysses_radial_attention\(text_tokens=...\)"):
-        ulysses.ulysses_radial_attention(q, q, q, frames=5, tokens_per_frame=40, text_tokens=9, block_size=64)
-    assert seen[0] is seen[1] and seen[0].extra_tokens == 9
+        got = ulysses_radial_attention(q, q, q, text_tokens=9, **layout)
+    assert torch.equal(got, want)
 
 
 def test_mask_cli_text_tokens_is_a_deprecated_alias(capsys):

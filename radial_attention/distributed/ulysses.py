@@ -25,9 +25,8 @@ import torch
 
 from radial_attention.mask import BlockSparseMask
 from radial_attention._deprecation import renamed_keyword
-from radial_attention.mask.radial import radial_block_mask
 from radial_attention.ops import block_sparse_attention
-from radial_attention.ops.api import as_block_sparse_mask
+from radial_attention.ops.api import as_block_sparse_mask, checked_radial_mask
 
 from .exchange import LAYOUTS, _check_layout, _heads_message, group_rank, group_size, heads_to_seq, seq_to_heads
 
@@ -160,9 +159,20 @@ def ulysses_attention(
             sequence, a bad ``seq_len`` or layout (and everything the op itself rejects).
     """
     n = group_size(group)
+    _agree_first(q, k, v, layout, seq_len, key_lengths, group, n)
+    return _ulysses_attention(q, k, v, block_mask, n, group, layout, seq_len, block_size, scale, backend, key_lengths)
+
+
+def _agree_first(q, k, v, layout, seq_len, key_lengths, group, n: int) -> None:
+    """The ranks' agreement check (:func:`_check_ranks_agree`), where there are ranks and not while
+    compiling: first, before any check that could raise on some ranks only (the others would hang)."""
     if n > 1 and not torch.compiler.is_compiling():
-        # First, before any check that could raise on some ranks only (the others would hang).
         _check_ranks_agree(q, k, v, layout, seq_len, key_lengths, group, n)
+
+
+def _local_shape(q, k, v, layout: str, n: int):
+    """``(H, S_local)`` of this rank's q/k/v slices, after checking the layout, that they are 4-dim
+    and of one shape, and that ``n`` ranks divide the heads."""
     _check_layout(layout)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -172,9 +182,15 @@ def ulysses_attention(
             )
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, H, s_local, D = q.shape if layout == "BHSD" else (q.shape[0], q.shape[2], q.shape[1], q.shape[3])
+    H, s_local = (q.shape[1], q.shape[2]) if layout == "BHSD" else (q.shape[2], q.shape[1])
     if H % n:
         raise ValueError(_heads_message(H, n))
+    return H, s_local
+
+
+def _ulysses_attention(q, k, v, block_mask, n, group, layout, seq_len, block_size, scale, backend, key_lengths):
+    """:func:`ulysses_attention` after the ranks' agreement check."""
+    H, s_local = _local_shape(q, k, v, layout, n)
     total = n * s_local
     seq_len = total if seq_len is None else seq_len
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 0 < seq_len <= total:
@@ -231,37 +247,35 @@ def ulysses_radial_attention(
     backend: str = "auto",
     key_lengths: Optional[torch.Tensor] = None,
     text_tokens: Optional[int] = None,
+    prefix_tokens: int = 0,
 ) -> torch.Tensor:
     """:func:`radial_attention.ops.radial_attention` with the sequence split across ``group``.
 
-    The global length is ``frames * tokens_per_frame + extra_tokens``; the local slices may be
-    tail-padded up to ``N * S_local`` (see :func:`ulysses_attention`). Preset handling is the op's:
-    ``preset`` gives decay/sink/adjacent, explicit values override it, and without a preset the
-    defaults are ``decay=1.0, sink=False, adjacent="full"``. ``text_tokens`` is the deprecated
+    The global length is ``prefix_tokens + frames * tokens_per_frame + extra_tokens`` (the op's
+    token layout); the local slices hold it, tail-padded up to ``N * S_local`` (see
+    :func:`ulysses_attention`); another length is a ``ValueError`` on every rank. Preset handling is
+    the op's: ``preset`` gives decay/sink/adjacent, explicit values override it, and without a preset
+    the defaults are ``decay=1.0, sink=False, adjacent="full"``. ``text_tokens`` is the deprecated
     name of ``extra_tokens``.
     """
     extra_tokens = renamed_keyword(
         "ulysses_radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0
     )
-    mask = radial_block_mask(
-        frames,
-        tokens_per_frame,
-        preset=preset,
-        decay=decay,
-        sink=sink,
-        adjacent=adjacent,
-        block_size=block_size,
-        extra_tokens=extra_tokens,
-    )
-    return ulysses_attention(
-        q,
-        k,
-        v,
-        mask,
-        group=group,
-        layout=layout,
-        seq_len=mask.seq_len,
-        scale=scale,
-        backend=backend,
-        key_lengths=key_lengths,
-    )
+    n = group_size(group)
+
+    def check_length(seq_len: int, formula: str) -> None:
+        # The ranks agree on the inputs first: the length check below then raises on all of them or none.
+        _agree_first(q, k, v, layout, seq_len, key_lengths, group, n)
+        _, s_local = _local_shape(q, k, v, layout, n)
+        # shard_sequence's slices: ceil(S / N) tokens each, the tail padded; a layout of another
+        # length (a forgotten extra_tokens, q in the other layout) is an error, not silent padding.
+        if math.ceil(seq_len / n) != s_local:
+            held = f"{s_local}" if n == 1 else f"{(s_local - 1) * n + 1}..{n * s_local}"
+            raise ValueError(
+                f"the {n} rank(s)' slices of S_local={s_local} tokens ({layout} q of shape {tuple(q.shape)}) hold "
+                f"a sequence of {held} tokens (S_local = ceil(S / N)), but {formula}"
+            )
+
+    settings = dict(preset=preset, decay=decay, sink=sink, adjacent=adjacent, block_size=block_size)
+    mask = checked_radial_mask(frames, tokens_per_frame, extra_tokens, prefix_tokens, check_length, **settings)
+    return _ulysses_attention(q, k, v, mask, n, group, layout, mask.seq_len, None, scale, backend, key_lengths)

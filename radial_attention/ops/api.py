@@ -30,7 +30,7 @@ import inspect
 import math
 import os
 import warnings
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -374,6 +374,36 @@ def block_sparse_attention(
     return _modules[name].attention(q, k, v, mask, scale=float(scale), key_lengths=key_lengths)
 
 
+def checked_radial_mask(
+    frames: int,
+    tokens_per_frame: int,
+    extra_tokens: int,
+    prefix_tokens: int,
+    check_length: Callable[[int, str], None],
+    **settings,
+):
+    """The radial block mask of the layout ``prefix_tokens + frames * tokens_per_frame + extra_tokens``,
+    after the caller has checked that its inputs hold that many tokens.
+
+    The sizes are validated first, then ``check_length(seq_len, formula)`` is called with the
+    layout's length and its formula for messages (``"frames * tokens_per_frame + extra_tokens =
+    5 * 40 + 9 = 209"``; the prefix term only when there is one): it raises if q cannot hold that
+    sequence. Only then is the mask built, so a wrong layout cannot ask for a huge one.
+    ``settings``: ``preset``, ``decay``, ``sink``, ``adjacent``, ``block_size`` of
+    :func:`~radial_attention.mask.radial_block_mask`. One helper for :func:`radial_attention` and
+    :func:`radial_attention.distributed.ulysses_radial_attention`.
+    """
+    F = as_int("frames", frames, 1)
+    T = as_int("tokens_per_frame", tokens_per_frame, 1)
+    X = as_int("extra_tokens", extra_tokens, 0)
+    Y = as_int("prefix_tokens", prefix_tokens, 0)
+    seq_len = Y + F * T + X
+    # The prefix term is named only when one is given (the message of a video-then-text layout stays as it was).
+    names, values = ("prefix_tokens + ", f"{Y} + ") if Y else ("", "")
+    check_length(seq_len, f"{names}frames * tokens_per_frame + extra_tokens = {values}{F} * {T} + {X} = {seq_len}")
+    return radial_block_mask(F, T, extra_tokens=X, prefix_tokens=Y, **settings)
+
+
 def radial_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -409,32 +439,14 @@ def radial_attention(
     extra_tokens = renamed_keyword(
         "radial_attention", "text_tokens", text_tokens, "extra_tokens", extra_tokens, default=0
     )
-    # Check the sizes against q before building the mask: a wrong layout could ask for a huge one.
-    F = as_int("frames", frames, 1)
-    T = as_int("tokens_per_frame", tokens_per_frame, 1)
-    X = as_int("extra_tokens", extra_tokens, 0)
-    Y = as_int("prefix_tokens", prefix_tokens, 0)
-    _check_qkv(q, k, v)
-    seq_len = Y + F * T + X
-    if q.shape[2] != seq_len:
-        hint = _layout_hint(q, lambda n: n == seq_len)
-        # The prefix term is named only when one is given (the message of a video-then-text layout stays as it was).
-        names, values = ("prefix_tokens + ", f"{Y} + ") if Y else ("", "")
-        raise ValueError(
-            f"q has S={q.shape[2]} tokens but {names}frames * tokens_per_frame + extra_tokens = "
-            f"{values}{F} * {T} + {X} = {seq_len}{hint}"
-        )
-    mask = radial_block_mask(
-        F,
-        T,
-        preset=preset,
-        decay=decay,
-        sink=sink,
-        adjacent=adjacent,
-        block_size=block_size,
-        extra_tokens=X,
-        prefix_tokens=Y,
-    )
+
+    def check_length(seq_len: int, formula: str) -> None:
+        _check_qkv(q, k, v)
+        if q.shape[2] != seq_len:
+            raise ValueError(f"q has S={q.shape[2]} tokens but {formula}{_layout_hint(q, lambda n: n == seq_len)}")
+
+    settings = dict(preset=preset, decay=decay, sink=sink, adjacent=adjacent, block_size=block_size)
+    mask = checked_radial_mask(frames, tokens_per_frame, extra_tokens, prefix_tokens, check_length, **settings)
     return block_sparse_attention(
         q, k, v, mask, block_size=block_size, scale=scale, backend=backend, key_lengths=key_lengths
     )

@@ -100,10 +100,11 @@ def _cast(model, dtype):
     return model.eval()
 
 
-def _seeded_build(model_cls, cfg: dict, seed: int, dtype):
-    """``model_cls(**cfg)`` with weights drawn from ``seed``, in ``dtype``, eval mode."""
+def _seeded_build(model_cls, cfg, seed: int, dtype=torch.float32):
+    """``model_cls(**cfg)`` (``cfg`` a dict of keywords) or ``model_cls(cfg)`` (a transformers config
+    object) with weights drawn from ``seed``, in ``dtype``, eval mode."""
     with _seeded(seed):
-        model = model_cls(**cfg)
+        model = model_cls(**cfg) if isinstance(cfg, dict) else model_cls(cfg)
     # Cast only when asked: a float32 build needs no cast (diffusers warns about fp32-kept modules).
     return _cast(model, dtype)
 
@@ -148,20 +149,9 @@ CLIP_VISION_TINY = dict(
 WAN_VARIANTS = ("t2v", "i2v", "ti2v", "a14b")
 
 
-def _wan_config(variant: str, num_layers: int, num_heads: int, head_dim: int, overrides: dict) -> dict:
-    """:data:`WAN_TINY` at this size, for Wan and SkyReels-V2 (the same architecture): ``"i2v"`` adds
-    36 input channels and image cross-attention, ``"ti2v"`` 48 channels; ``overrides`` last."""
-    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
-    if variant == "i2v":
-        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
-    elif variant == "ti2v":
-        cfg.update(in_channels=48, out_channels=48)
-    cfg.update(overrides)
-    return cfg
-
-
-def tiny_wan_transformer(
-    variant: str = "t2v",
+def _tiny_wan_family(
+    model_class: str,
+    variant: str,
     *,
     num_layers: int = 2,
     num_heads: int = 2,
@@ -170,6 +160,21 @@ def tiny_wan_transformer(
     dtype: torch.dtype = torch.float32,
     **overrides,
 ):
+    """The diffusers class ``model_class`` (Wan, SkyReels-V2, Wan VACE, Wan Animate: one architecture)
+    built from :data:`WAN_TINY` at this size with weights drawn from ``seed``: ``variant`` ``"i2v"``
+    adds 36 input channels and image cross-attention, ``"ti2v"`` 48 channels; ``overrides`` last."""
+    import diffusers
+
+    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
+    if variant == "i2v":
+        cfg.update(in_channels=36, image_dim=24, added_kv_proj_dim=num_heads * head_dim)
+    elif variant == "ti2v":
+        cfg.update(in_channels=48, out_channels=48)
+    cfg.update(overrides)
+    return _seeded_build(getattr(diffusers, model_class), cfg, seed, dtype)
+
+
+def tiny_wan_transformer(variant: str = "t2v", **kwargs):
     """A ``WanTransformer3DModel`` from a tiny config with random weights.
 
     Args:
@@ -179,16 +184,16 @@ def tiny_wan_transformer(
             and ``encoder_hidden_states_image`` ``[B, n_img, image_dim]``), ``"ti2v"`` (Wan2.2
             TI2V-5B: 48 channels, per-token timesteps ``[B, S]`` in its pipeline) or ``"a14b"``
             (one Wan2.2 A14B expert: same structure as T2V).
-        num_layers, num_heads, head_dim: size (``head_dim`` >= 6; Wan's RoPE splits it 3 ways).
-        seed: weights are drawn from this seed.
-        overrides: any other ``WanTransformer3DModel`` config value.
+        num_layers, num_heads, head_dim: size (keywords; default 2, 2, 16; ``head_dim`` >= 6: Wan's
+            RoPE splits it 3 ways).
+        seed: weights are drawn from this seed (default 0); dtype: default float32.
+        any other keyword: a ``WanTransformer3DModel`` config value.
+
+    The SkyReels-V2, VACE and Animate builders below take the same keywords.
     """
     if variant not in WAN_VARIANTS:
         raise ValueError(f"unknown Wan variant {variant!r}; expected one of {WAN_VARIANTS}")
-    cfg = _wan_config(variant, num_layers, num_heads, head_dim, overrides)
-    from diffusers import WanTransformer3DModel
-
-    return _seeded_build(WanTransformer3DModel, cfg, seed, dtype)
+    return _tiny_wan_family("WanTransformer3DModel", variant, **kwargs)
 
 
 def tiny_wan_a14b_transformers(*, seed: int = 0, **kwargs):
@@ -202,30 +207,18 @@ def tiny_wan_a14b_transformers(*, seed: int = 0, **kwargs):
 SKYREELS_VARIANTS = ("t2v", "i2v", "df")
 
 
-def tiny_skyreels_transformer(
-    variant: str = "t2v",
-    *,
-    num_layers: int = 2,
-    num_heads: int = 2,
-    head_dim: int = 16,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    **overrides,
-):
+def tiny_skyreels_transformer(variant: str = "t2v", **kwargs):
     """A ``SkyReelsV2Transformer3DModel`` from Wan's tiny config (the same architecture), random weights.
 
     ``variant``: ``"t2v"`` (16 latent channels), ``"i2v"`` (36 input channels and image
     cross-attention, called like Wan I2V: exactly 512 text tokens, ``encoder_hidden_states_image``)
     or ``"df"`` (diffusion forcing: like T2V, called with per-frame ``timestep [B, F]`` and
     ``enable_diffusion_forcing=True``; ``num_frame_per_block=k`` makes it pass a frame-block causal
-    mask). ``tiny.wan_inputs`` builds its call kwargs. ``overrides``: any other config value.
+    mask). ``tiny.wan_inputs`` builds its call kwargs. Keywords: :func:`tiny_wan_transformer`'s.
     """
     if variant not in SKYREELS_VARIANTS:
         raise ValueError(f"unknown SkyReels-V2 variant {variant!r}; expected one of {SKYREELS_VARIANTS}")
-    cfg = _wan_config(variant, num_layers, num_heads, head_dim, overrides)
-    from diffusers import SkyReelsV2Transformer3DModel
-
-    return _seeded_build(SkyReelsV2Transformer3DModel, cfg, seed, dtype)
+    return _tiny_wan_family("SkyReelsV2Transformer3DModel", variant, **kwargs)
 
 
 def tiny_hunyuan_transformer(
@@ -381,8 +374,7 @@ def _t5_style_encoder(
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    with _seeded(seed):
-        return model_cls(cfg).eval()
+    return _seeded_build(model_cls, cfg, seed)
 
 
 def tiny_umt5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0):
@@ -421,8 +413,7 @@ def tiny_wan_vae(variant: str = "t2v", seed: int = 0):
         cfg = dict(
             base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
         )
-    with _seeded(seed):
-        return AutoencoderKLWan(**cfg).eval()
+    return _seeded_build(AutoencoderKLWan, cfg, seed)
 
 
 def tiny_hunyuan_vae(latent_channels: int = 4, seed: int = 0):
@@ -463,15 +454,27 @@ def tiny_mochi_vae(seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------- pipelines
-def _wan_text_side_and_scheduler(seed: int):
-    """``(tokenizer, UMT5 text encoder, UniPC flow scheduler)`` shared by the tiny Wan pipelines
-    (text encoder seeded ``seed + 10``), so T2V and I2V pipelines of one seed encode prompts alike."""
+def _wan_components(seed: int, vae: str = "t2v") -> dict:
+    """The tokenizer, UMT5 ``text_encoder`` (seed ``seed + 10``), ``vae`` (:func:`tiny_wan_vae` of that
+    variant, seed ``seed + 20``) and UniPC flow ``scheduler`` every tiny Wan-family pipeline shares, so
+    the T2V, I2V, SkyReels, VACE and Animate pipelines of one seed encode prompts and latents alike."""
     from diffusers import UniPCMultistepScheduler
 
     tokenizer = tiny_tokenizer()
-    text_encoder = tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    return tokenizer, text_encoder, scheduler
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=tiny_umt5_encoder(_vocab_size(tokenizer), d_model=WAN_TINY["text_dim"], seed=seed + 10),
+        vae=tiny_wan_vae(vae, seed=seed + 20),
+        scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0),
+    )
+
+
+def _clip_image_side(transformer, seed: int) -> dict:
+    """``image_encoder`` / ``image_processor`` for an image-conditioned Wan-family pipeline: the tiny CLIP
+    vision tower as wide as ``transformer``'s image embedder (the pipeline feeds it the encoder's
+    ``hidden_states[-2]``, so the widths must match), seed ``seed + 30``."""
+    image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+    return dict(image_encoder=image_encoder, image_processor=image_processor)
 
 
 def tiny_wan_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 0):
@@ -486,7 +489,6 @@ def tiny_wan_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 
 
     if variant not in ("t2v", "a14b", "ti2v"):
         raise ValueError(f"tiny_wan_pipeline variant must be 't2v', 'a14b' or 'ti2v', got {variant!r}")
-    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
     kwargs = {}
     if variant == "a14b":
         t1, t2 = tiny_wan_a14b_transformers(num_layers=num_layers, seed=seed)
@@ -495,8 +497,7 @@ def tiny_wan_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: int = 
         kwargs.update(transformer=tiny_wan_transformer(variant, num_layers=num_layers, seed=seed))
     if variant == "ti2v":
         kwargs.update(expand_timesteps=True)
-    vae = tiny_wan_vae("ti2v" if variant == "ti2v" else "t2v", seed=seed + 20)
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, **kwargs)
+    return WanPipeline(**_wan_components(seed, vae="ti2v" if variant == "ti2v" else "t2v"), **kwargs)
 
 
 def tiny_clip_vision_encoder(image_dim: int, *, seed: int = 0):
@@ -524,8 +525,7 @@ def tiny_clip_vision_encoder(image_dim: int, *, seed: int = 0):
         projection_dim=image_dim,
         **CLIP_VISION_TINY,
     )
-    with _seeded(seed):
-        encoder = CLIPVisionModel(cfg).eval()
+    encoder = _seeded_build(CLIPVisionModel, cfg, seed)
     processor = ImageProcessor(
         do_resize=True,
         size={"shortest_edge": size},
@@ -569,24 +569,12 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, variant: str = 
             transformer_2=tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed + 1, **no_image),
             boundary_ratio=0.9,
         )
-        image_encoder = image_processor = None
+        image_side = dict(image_encoder=None, image_processor=None)
     else:
         transformer = tiny_wan_transformer("i2v", num_layers=num_layers, seed=seed)
-        # The pipeline feeds image_encoder(...).hidden_states[-2] to the transformer's image embedder,
-        # whose input width is image_dim: the CLIP hidden size must equal it.
-        image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
+        image_side = _clip_image_side(transformer, seed)
     # Text side, VAE and scheduler: exactly tiny_wan_pipeline("t2v")'s (same seeds).
-    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
-    return WanImageToVideoPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=tiny_wan_vae("t2v", seed=seed + 20),
-        scheduler=scheduler,
-        image_processor=image_processor,
-        image_encoder=image_encoder,
-        transformer=transformer,
-        **experts,
-    )
+    return WanImageToVideoPipeline(**_wan_components(seed), **image_side, transformer=transformer, **experts)
 
 
 SKYREELS_PIPELINES = ("t2v", "i2v", "df", "df-i2v")
@@ -614,23 +602,11 @@ def tiny_skyreels_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: i
     }
     if variant not in classes:
         raise ValueError(f"tiny_skyreels_pipeline variant must be one of {SKYREELS_PIPELINES}, got {variant!r}")
-    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
     transformer = tiny_skyreels_transformer(
         {"i2v": "i2v", "t2v": "t2v"}.get(variant, "df"), num_layers=num_layers, seed=seed
     )
-    extra = {}
-    if variant == "i2v":
-        # The pipeline feeds the encoder's hidden_states[-2] to the image embedder (width image_dim).
-        image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
-        extra = dict(image_encoder=image_encoder, image_processor=image_processor)
-    return getattr(diffusers, classes[variant])(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        transformer=transformer,
-        vae=tiny_wan_vae("t2v", seed=seed + 20),
-        scheduler=scheduler,
-        **extra,
-    )
+    image_side = _clip_image_side(transformer, seed) if variant == "i2v" else {}
+    return getattr(diffusers, classes[variant])(**_wan_components(seed), transformer=transformer, **image_side)
 
 
 def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, seed: int = 0):
@@ -671,10 +647,8 @@ def tiny_hunyuan_pipeline(*, num_layers: int = 1, num_single_layers: int = 1, se
         eos_token_id=1,
         projection_dim=8,
     )
-    with _seeded(seed + 10):
-        text_encoder = LlamaModel(llama).eval()
-    with _seeded(seed + 11):
-        text_encoder_2 = CLIPTextModel(clip).eval()
+    text_encoder = _seeded_build(LlamaModel, llama, seed + 10)
+    text_encoder_2 = _seeded_build(CLIPTextModel, clip, seed + 11)
     transformer = tiny_hunyuan_transformer(
         num_layers=num_layers, num_single_layers=num_single_layers, in_channels=4, seed=seed
     )
@@ -749,17 +723,13 @@ def tiny_hunyuan15_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: 
         num_layers=1,
         num_heads=2,
     )
-    with _seeded(seed + 10):
-        text_encoder = Qwen2_5_VLTextModel(qwen).eval()
-    with _seeded(seed + 11):
-        text_encoder_2 = T5EncoderModel(byt5).eval()
     components = dict(
-        text_encoder=text_encoder,
+        text_encoder=_seeded_build(Qwen2_5_VLTextModel, qwen, seed + 10),
         tokenizer=tokenizer,
         transformer=tiny_hunyuan15_transformer(variant, num_layers=num_layers, seed=seed),
         vae=tiny_hunyuan15_vae(4, seed=seed + 20),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
-        text_encoder_2=text_encoder_2,
+        text_encoder_2=_seeded_build(T5EncoderModel, byt5, seed + 11),
         tokenizer_2=ByT5Tokenizer(),
         guider=ClassifierFreeGuidance(guidance_scale=6.0),
     )
@@ -778,10 +748,11 @@ def tiny_hunyuan15_pipeline(variant: str = "t2v", *, num_layers: int = 2, seed: 
         image_size=32,
         patch_size=8,
     )
-    with _seeded(seed + 12):
-        image_encoder = SiglipVisionModel(siglip).eval()
-    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
-    return HunyuanVideo15ImageToVideoPipeline(**components, image_encoder=image_encoder, feature_extractor=processor)
+    return HunyuanVideo15ImageToVideoPipeline(
+        **components,
+        image_encoder=_seeded_build(SiglipVisionModel, siglip, seed + 12),
+        feature_extractor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+    )
 
 
 def tiny_mochi_pipeline(*, num_layers: int = 2, seed: int = 0):
@@ -801,6 +772,31 @@ def tiny_mochi_pipeline(*, num_layers: int = 2, seed: int = 0):
 
 
 # ----------------------------------------------------------------------------------- inputs
+def _latent_and_prompt(
+    transformer, g, batch: int, frames: int, height: int, width: int, text_len: int, text_dim: int, timestep
+):
+    """The call kwargs every latent-video transformer here takes: random ``hidden_states [batch, C, frames,
+    height, width]`` then ``encoder_hidden_states [batch, text_len, text_dim]`` (drawn from ``g`` in that
+    order, in the transformer's dtype) and ``timestep [batch]``."""
+    dtype = transformer.dtype
+    return dict(
+        hidden_states=torch.randn(batch, transformer.config.in_channels, frames, height, width, generator=g).to(dtype),
+        timestep=torch.full((batch,), float(timestep)),
+        encoder_hidden_states=torch.randn(batch, text_len, text_dim, generator=g).to(dtype),
+    )
+
+
+def _prompt_mask(
+    batch: int, text_len: int, prompt_lengths, *, shortest: int, name: str = "prompt_lengths"
+) -> torch.Tensor:
+    """The prompt padding mask ``[batch, text_len]`` (1 = real token) of ``prompt_lengths`` (one
+    length per batch item in ``shortest..text_len``; default: all ``text_len``); ``name`` for the error."""
+    lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
+    if len(lengths) != batch or any(not shortest <= n <= text_len for n in lengths):
+        raise ValueError(f"{name} must be {batch} values in {shortest}..{text_len}, got {prompt_lengths!r}")
+    return (torch.arange(text_len)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
 def hunyuan15_inputs(
     transformer,
     frames: int,
@@ -828,21 +824,12 @@ def hunyuan15_inputs(
     cfg = transformer.config
     g = torch.Generator().manual_seed(seed)
     dtype = transformer.dtype
-
-    def lengths_mask(lengths, n, name):
-        lengths = [n] * batch if lengths is None else list(lengths)
-        if len(lengths) != batch or any(not 0 <= x <= n for x in lengths):
-            raise ValueError(f"{name} must be {batch} values in 0..{n}, got {lengths!r}")
-        return (torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]).long()
-
     embeds = torch.randn(batch, image_tokens, cfg.image_embed_dim, generator=g).to(dtype)
     return dict(
-        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
-        timestep=torch.full((batch,), float(timestep)),
-        encoder_hidden_states=torch.randn(batch, text_len, cfg.text_embed_dim, generator=g).to(dtype),
-        encoder_attention_mask=lengths_mask(prompt_lengths, text_len, "prompt_lengths"),
+        **_latent_and_prompt(transformer, g, batch, frames, height, width, text_len, cfg.text_embed_dim, timestep),
+        encoder_attention_mask=_prompt_mask(batch, text_len, prompt_lengths, shortest=0),
         encoder_hidden_states_2=torch.randn(batch, text_len_2, cfg.text_embed_2_dim, generator=g).to(dtype),
-        encoder_attention_mask_2=lengths_mask(prompt_lengths_2, text_len_2, "prompt_lengths_2"),
+        encoder_attention_mask_2=_prompt_mask(batch, text_len_2, prompt_lengths_2, shortest=0, name="prompt_lengths_2"),
         image_embeds=embeds if image else torch.zeros_like(embeds),
         return_dict=False,
     )
@@ -867,27 +854,16 @@ def wan_inputs(
     """
     cfg = transformer.config
     g = torch.Generator().manual_seed(seed)
-    dtype = transformer.dtype
     i2v = cfg.added_kv_proj_dim is not None
     n_text = 512 if i2v else text_len
     kwargs = dict(
-        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
-        timestep=torch.full((batch,), float(timestep)),
-        encoder_hidden_states=torch.randn(batch, n_text, cfg.text_dim, generator=g).to(dtype),
+        **_latent_and_prompt(transformer, g, batch, frames, height, width, n_text, cfg.text_dim, timestep),
         return_dict=False,
     )
     if i2v:
-        kwargs["encoder_hidden_states_image"] = torch.randn(batch, image_tokens, cfg.image_dim, generator=g).to(dtype)
+        image = torch.randn(batch, image_tokens, cfg.image_dim, generator=g)
+        kwargs["encoder_hidden_states_image"] = image.to(transformer.dtype)
     return kwargs
-
-
-def _prompt_mask(batch: int, text_len: int, prompt_lengths, *, shortest: int) -> torch.Tensor:
-    """The prompt padding mask ``[batch, text_len]`` (1 = real token) of ``prompt_lengths`` (one
-    length per batch item in ``shortest..text_len``; default: all ``text_len``)."""
-    lengths = [text_len] * batch if prompt_lengths is None else list(prompt_lengths)
-    if len(lengths) != batch or any(not shortest <= n <= text_len for n in lengths):
-        raise ValueError(f"prompt_lengths must be {batch} values in {shortest}..{text_len}, got {prompt_lengths!r}")
-    return (torch.arange(text_len)[None, :] < torch.tensor(lengths)[:, None]).long()
 
 
 def hunyuan_inputs(
@@ -909,9 +885,7 @@ def hunyuan_inputs(
     dtype = transformer.dtype
     mask = _prompt_mask(batch, text_len, prompt_lengths, shortest=1)
     return dict(
-        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
-        timestep=torch.full((batch,), float(timestep)),
-        encoder_hidden_states=torch.randn(batch, text_len, cfg.text_embed_dim, generator=g).to(dtype),
+        **_latent_and_prompt(transformer, g, batch, frames, height, width, text_len, cfg.text_embed_dim, timestep),
         encoder_attention_mask=mask,
         pooled_projections=torch.randn(batch, cfg.pooled_projection_dim, generator=g).to(dtype),
         guidance=torch.full((batch,), 6000.0).to(dtype),
@@ -937,12 +911,9 @@ def mochi_inputs(
     cfg = transformer.config
     text_len = cfg.max_sequence_length if text_len is None else text_len
     g = torch.Generator().manual_seed(seed)
-    dtype = transformer.dtype
     mask = _prompt_mask(batch, text_len, prompt_lengths, shortest=0)
     return dict(
-        hidden_states=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g).to(dtype),
-        timestep=torch.full((batch,), float(timestep)),
-        encoder_hidden_states=torch.randn(batch, text_len, cfg.text_embed_dim, generator=g).to(dtype),
+        **_latent_and_prompt(transformer, g, batch, frames, height, width, text_len, cfg.text_embed_dim, timestep),
         encoder_attention_mask=mask,
         return_dict=False,
     )
@@ -1076,29 +1047,16 @@ def tiny_cogvideox_pipeline(version: str = "1.0", *, num_layers: int = 2, seed: 
 WAN_VACE_IN_CHANNELS = 96
 
 
-def tiny_wan_vace_transformer(
-    *,
-    num_layers: int = 2,
-    vace_layers=(0,),
-    num_heads: int = 2,
-    head_dim: int = 16,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    **overrides,
-):
+def tiny_wan_vace_transformer(*, vace_layers=(0,), **kwargs):
     """A ``WanVACETransformer3DModel`` from Wan's tiny config, random weights.
 
     ``vace_layers``: the main blocks after which a control hint is added (must contain 0 and stay
     below ``num_layers``); there are ``len(vace_layers)`` control blocks ``vace_blocks``, which the
     forward runs first. Called with ``hidden_states [B, 16, F, H, W]`` and ``control_hidden_states
-    [B, 96, F, H, W]`` (:func:`wan_vace_inputs`). ``overrides``: any other config value.
+    [B, 96, F, H, W]`` (:func:`wan_vace_inputs`). Other keywords: :func:`tiny_wan_transformer`'s.
     """
-    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
-    cfg.update(vace_layers=list(vace_layers), vace_in_channels=WAN_VACE_IN_CHANNELS)
-    cfg.update(overrides)
-    from diffusers import WanVACETransformer3DModel
-
-    return _seeded_build(WanVACETransformer3DModel, cfg, seed, dtype)
+    kwargs.setdefault("vace_in_channels", WAN_VACE_IN_CHANNELS)
+    return _tiny_wan_family("WanVACETransformer3DModel", "t2v", vace_layers=list(vace_layers), **kwargs)
 
 
 def wan_vace_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, seed: int = 0, **kw):
@@ -1116,15 +1074,7 @@ _ANIMATE_MOTION_CHANNELS = {str(2**k): 16 for k in range(2, 10)}
 WAN_ANIMATE_FACE_SIZE = 16  # face video frames are face_size x face_size pixels (real: 512)
 
 
-def tiny_wan_animate_transformer(
-    *,
-    num_layers: int = 2,
-    num_heads: int = 2,
-    head_dim: int = 16,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    **overrides,
-):
+def tiny_wan_animate_transformer(**kwargs):
     """A ``WanAnimateTransformer3DModel`` from Wan's tiny config, random weights.
 
     36 input channels (16 noise + 4 mask + 16 reference/condition latents), 16 out; image
@@ -1132,15 +1082,12 @@ def tiny_wan_animate_transformer(
     a tiny motion encoder over ``16 x 16`` face frames and a face adapter after every 2nd block.
     Called with ``hidden_states [B, 36, 1 + F, H, W]`` (latent frame 0: the reference image),
     ``pose_hidden_states [B, 16, F, H, W]`` and ``face_pixel_values [B, 3, frames, 16, 16]``
-    (:func:`wan_animate_inputs`).
+    (:func:`wan_animate_inputs`). Keywords: :func:`tiny_wan_transformer`'s.
     """
-    cfg = dict(WAN_TINY, num_layers=num_layers, num_attention_heads=num_heads, attention_head_dim=head_dim)
-    cfg.update(
-        in_channels=36,
+    # "i2v": 36 input channels, image cross-attention; any of these can be overridden by a keyword.
+    animate = dict(
         latent_channels=16,
         out_channels=16,
-        image_dim=24,
-        added_kv_proj_dim=num_heads * head_dim,
         motion_encoder_channel_sizes=dict(_ANIMATE_MOTION_CHANNELS),
         motion_encoder_size=WAN_ANIMATE_FACE_SIZE,
         motion_style_dim=8,
@@ -1151,10 +1098,7 @@ def tiny_wan_animate_transformer(
         inject_face_latents_blocks=2,
         motion_encoder_batch_size=256,  # the whole face video in one batch: far fewer (slow) tiny conv calls on CPU
     )
-    cfg.update(overrides)
-    from diffusers import WanAnimateTransformer3DModel
-
-    return _seeded_build(WanAnimateTransformer3DModel, cfg, seed, dtype)
+    return _tiny_wan_family("WanAnimateTransformer3DModel", "i2v", **{**animate, **kwargs})
 
 
 def wan_animate_inputs(transformer, frames: int, height: int, width: int, *, batch: int = 1, seed: int = 0, **kw):
@@ -1183,14 +1127,8 @@ def tiny_wan_vace_pipeline(*, num_layers: int = 2, vace_layers=(0,), seed: int =
     """
     from diffusers import WanVACEPipeline
 
-    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
-    return WanVACEPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=tiny_wan_vae("t2v", seed=seed + 20),
-        scheduler=scheduler,
-        transformer=tiny_wan_vace_transformer(num_layers=num_layers, vace_layers=vace_layers, seed=seed),
-    )
+    transformer = tiny_wan_vace_transformer(num_layers=num_layers, vace_layers=vace_layers, seed=seed)
+    return WanVACEPipeline(**_wan_components(seed), transformer=transformer)
 
 
 def tiny_wan_animate_pipeline(*, num_layers: int = 2, seed: int = 0):
@@ -1204,18 +1142,8 @@ def tiny_wan_animate_pipeline(*, num_layers: int = 2, seed: int = 0):
     """
     from diffusers import WanAnimatePipeline
 
-    tokenizer, text_encoder, scheduler = _wan_text_side_and_scheduler(seed)
     transformer = tiny_wan_animate_transformer(num_layers=num_layers, seed=seed)
-    image_encoder, image_processor = tiny_clip_vision_encoder(transformer.config.image_dim, seed=seed + 30)
-    return WanAnimatePipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=tiny_wan_vae("t2v", seed=seed + 20),
-        scheduler=scheduler,
-        image_processor=image_processor,
-        image_encoder=image_encoder,
-        transformer=transformer,
-    )
+    return WanAnimatePipeline(**_wan_components(seed), **_clip_image_side(transformer, seed), transformer=transformer)
 
 
 # ----------------------------------------------------------------------------------- LTX-Video, LTX-2
@@ -1393,8 +1321,7 @@ def tiny_gemma3_encoder(vocab_size: int, hidden_size: int = 16, num_layers: int 
         mm_tokens_per_image=4,
         image_token_index=vocab_size - 1,
     )
-    with _seeded(seed):
-        return Gemma3ForConditionalGeneration(cfg).eval()
+    return _seeded_build(Gemma3ForConditionalGeneration, cfg, seed)
 
 
 def tiny_ltx2_pipeline(*, num_layers: int = 2, seed: int = 0):
