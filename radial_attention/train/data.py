@@ -56,7 +56,7 @@ class ModelSpec:
     """What the transformer expects from one sample (derived from its config, see ``train.model``).
 
     Attributes:
-        family: ``"wan"`` or ``"hunyuan"``.
+        family: the registry family name the data was encoded for (``"wan"``, ``"hunyuan"``, ...).
         in_channels: latent channels ``C``.
         patch_size: ``(p_t, p_h, p_w)``; ``F, H, W`` must be multiples of it.
         text_dim: last dim ``D`` of ``prompt_embeds``.
@@ -175,7 +175,7 @@ def write_manifest(
     """Write ``root/manifest.json`` atomically (a temporary file, then a rename).
 
     Args:
-        family: ``"wan"`` or ``"hunyuan"``.
+        family: the registry family name of the data (``"wan"``, ``"hunyuan"``, ...).
         samples: dicts with ``file`` (path relative to ``root``), optional ``caption`` and any
             other informational keys (``video``, ``latent_shape``...).
         extra: more top-level keys (e.g. ``source``: the model and video size used to encode).

@@ -1,10 +1,10 @@
 """Which transformer is being trained: loading it, what data it takes, how to call it, where the
 LoRA goes, and which pipeline class writes and reads its LoRA files.
 
-Supported: the registry families with a LoRA pipeline class (:mod:`radial_attention.models`):
-diffusers ``WanTransformer3DModel`` (Wan2.1 T2V 1.3B / 14B and I2V, Wan2.2 TI2V-5B as
-text-to-video, either expert of Wan2.2 A14B T2V or I2V) and ``HunyuanVideoTransformer3DModel``
-(HunyuanVideo T2V). What differs between them (LoRA targets, shift, inputs) is registry data.
+Supported: the registry families with a LoRA pipeline class (:mod:`radial_attention.models`;
+today Wan2.1/2.2, SkyReels-V2, HunyuanVideo and HunyuanVideo 1.5 T2V: :func:`trainable_family`
+names them when it refuses a model). What differs between them (LoRA targets, shift, inputs) is
+registry data.
 """
 
 from __future__ import annotations
