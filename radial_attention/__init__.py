@@ -2,8 +2,9 @@
 
 Layers, each importing only the ones below it::
 
+    models                  the model registry (plain data, no torch)
     mask                    video shape -> block mask (CPU, torch + numpy)
-    ops                     block_sparse_attention(q, k, v, mask): reference | flex | triton | flashinfer
+    ops                     block_sparse_attention(q, k, v, mask): fa4 | triton | flex | flashinfer | gather | reference
     distributed             sequence-parallel (Ulysses) radial attention, process bootstrap (torch only)
     integrations.diffusers  apply_radial_attention / remove_radial_attention on a pipeline or transformer
     train                   length-extension LoRA fine-tuning

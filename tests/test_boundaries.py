@@ -15,6 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "radial_attention"
 RANK = {
     "_lazy": 0,
     "_deprecation": 0,
+    "_torch_floor": 0,  # the torch version check the mask layer runs first
     "models": 0,  # the model registry: plain data every layer reads (mask.video_layout too)
     "mask": 1,
     "ops": 2,

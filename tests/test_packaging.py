@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -84,3 +85,16 @@ def test_hypothesis_is_derandomized_exactly_in_ci():
     in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
     assert settings.get_profile("ci").derandomize
     assert settings.default.derandomize == in_ci
+
+
+def test_an_older_torch_than_the_floor_is_refused_in_one_line():
+    from radial_attention._torch_floor import MIN_TORCH, check_torch, torch_version_tuple
+
+    assert torch_version_tuple("2.11.0+cu130") == (2, 11) and torch_version_tuple("2.6.0a0+git1234") == (2, 6)
+    check_torch("2.6.0")  # the floor itself is fine
+    check_torch(torch.__version__)  # and this environment's
+    with pytest.raises(ImportError, match=r"needs torch >= 2\.6, found torch 2\.5\.1\+cpu"):
+        check_torch("2.5.1+cpu")
+    # the floor is the one pyproject.toml states
+    text = (ROOT / "pyproject.toml").read_text()
+    assert f'"torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}"' in text

@@ -1,5 +1,7 @@
 """Masks: the shape of a video -> a block-sparse attention mask (pure torch/numpy, CPU)."""
 
+import radial_attention._torch_floor  # noqa: F401  (first: an old torch fails here in one clear line)
+
 from .layouts import MODEL_FAMILIES, VideoLayout, get_model_family, video_layout
 from .radial import (
     PRESETS,
