@@ -86,6 +86,9 @@ for section in "$@"; do
     attention-peers-wan)  # a quick side-by-side re-check: the two Wan 81-frame cases, forward
       run attention_peers_wan 120 python3 benchmarks/attention_peers.py --cases wan1.3b-480p-81f,wan14b-720p-81f \
         --modes fwd --contestants cudnn-dense,fa4-dense,ours-fa4,fa4-direct,ours-triton --out "$OUT/peers-wan" ;;
+    attention-peers-wan-bwd)  # fwd+bwd of Wan2.1-14B 720p 81f: the training path of ours-fa4 beside FA4 direct and dense
+      run attention_peers_wan_bwd 150 python3 benchmarks/attention_peers.py --cases wan14b-720p-81f --modes fwd+bwd \
+        --contestants cudnn-dense,fa4-dense,ours-fa4,fa4-direct --out "$OUT/peers-wan-bwd" ;;
     attention-peers)  # ours (fa4, triton, flex) beside FA4 dense/direct, cuDNN dense and cuDNN-frontend BSA
       run attention_peers 420 python3 benchmarks/attention_peers.py --no-bwd hunyuan-720p-509f-4x --out "$OUT" ;;
     attention-peers-4x-bwd)
