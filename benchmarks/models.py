@@ -87,23 +87,10 @@ CASES = {
             dict(text_len=1000, text_len_2=256, image_tokens=729, prompt_lengths=[120], prompt_lengths_2=[20]),
         ),
         size="848x480, 121 frames, 1985 condition tokens (140 valid)",
-        dense=("default", "fa4"),
+        # cuDNN takes no pairwise mask; a bare FA4 DenseSDPA would hand it to SDPA: the library's own
+        # dense steps (FA4 with the mask as key lengths) are the fastest dense baseline.
+        dense=("default", "ours-dense"),
         cast_timestep=True,  # its pipeline passes the timestep in the latent's dtype
-    ),
-    "hunyuan15-720p": dict(
-        variant="hunyuanvideo-1.5",
-        cls="HunyuanVideo15Transformer3DModel",
-        config=dict(target_size=960),
-        build={"num_layers": 2},
-        depth={"transformer_blocks": 54},
-        latent=(31, 45, 80),
-        inputs=(
-            "hunyuan15_inputs",
-            dict(text_len=1000, text_len_2=256, image_tokens=729, prompt_lengths=[120], prompt_lengths_2=[20]),
-        ),
-        size="1280x720, 121 frames, 1985 condition tokens (140 valid)",
-        dense=("default", "fa4"),
-        cast_timestep=True,
     ),
     # LTX-Video 2B (class defaults: 32 heads x 64, 28 blocks) and LTX-2 (32 x 128, 48 blocks; its audio
     # stream, 126 latent frames for ~5 s, stays dense): packed tokens, 32x VAE, so few tokens per frame
@@ -118,17 +105,6 @@ CASES = {
         inputs=("ltx_inputs", dict(text_len=128)),
         size="768x512, 161 frames",
     ),
-    "ltx-video-2b-768x512x161-b128": dict(
-        variant="ltx-video",
-        cls="LTXVideoTransformer3DModel",
-        config=configs.without_depth(configs.LTX_VIDEO_2B),
-        build={"num_layers": 2},
-        depth={"transformer_blocks": 28},
-        latent=(21, 16, 24),
-        inputs=("ltx_inputs", dict(text_len=128)),
-        size="768x512, 161 frames (block 128)",
-        block_size=128,
-    ),
     "ltx-2-768x512x121": dict(
         variant="ltx-2",
         cls="LTX2VideoTransformer3DModel",
@@ -138,27 +114,6 @@ CASES = {
         latent=(16, 16, 24),
         inputs=("ltx2_inputs", dict(text_len=128, audio_frames=126)),
         size="768x512, 121 frames (+ audio)",
-    ),
-    "ltx-2-stage2-1536x1024x121": dict(
-        variant="ltx-2",
-        cls="LTX2VideoTransformer3DModel",
-        config=configs.without_depth(configs.LTX_2),
-        build={"num_layers": 2},
-        depth={"transformer_blocks": 48},
-        latent=(16, 32, 48),
-        inputs=("ltx2_inputs", dict(text_len=128, audio_frames=126)),
-        size="1536x1024, 121 frames (stage 2, + audio)",
-    ),
-    "ltx-2-stage2-1536x1024x121-b128": dict(
-        variant="ltx-2",
-        cls="LTX2VideoTransformer3DModel",
-        config=configs.without_depth(configs.LTX_2),
-        build={"num_layers": 2},
-        depth={"transformer_blocks": 48},
-        latent=(16, 32, 48),
-        inputs=("ltx2_inputs", dict(text_len=128, audio_frames=126)),
-        size="1536x1024, 121 frames (stage 2, + audio; block 128)",
-        block_size=128,
     ),
     # SkyReels-V2 14B: Wan2.1-14B's architecture (40 heads, FFN 13824).
     "skyreels-v2-14b-720p": dict(
@@ -182,16 +137,6 @@ CASES = {
         latent=(22, 60, 104),
         inputs=("wan_vace_inputs", dict(text_len=512)),
         size="832x480, 81 frames + 1 reference image",
-    ),
-    "wan-vace-14b-720p": dict(
-        variant="wan-vace",
-        cls="WanVACETransformer3DModel",
-        config=dict(configs.without_depth(configs.WAN_VACE_14B), vace_layers=[0]),
-        build={"num_layers": 5},
-        depth={"vace_blocks": 8, "blocks": 40},
-        latent=(21, 90, 160),
-        inputs=("wan_vace_inputs", dict(text_len=512)),
-        size="1280x720, 81 frames",
     ),
     # Wan2.2-Animate-14B: a face adapter after every 5th block, so 5 blocks built. Latent frame 0 is
     # the reference image; face video 77 x 512 x 512 for the motion encoder, 257 CLIP image tokens.
@@ -255,6 +200,33 @@ CASES = {
         size="1360x768, 81 frames (the pipeline pads 21 latent frames to 22), 226 prompt tokens",
     ),
 }
+
+
+def _like(name: str, **changes) -> dict:
+    """A case that differs from ``CASES[name]`` only in ``changes`` (size, latent, block, config)."""
+    return dict(CASES[name], **changes)
+
+
+CASES.update(
+    {
+        "hunyuan15-720p": _like(
+            "hunyuan15-480p",
+            config=dict(target_size=960),
+            latent=(31, 45, 80),
+            size="1280x720, 121 frames, 1985 condition tokens (140 valid)",
+        ),
+        "ltx-video-2b-768x512x161-b128": _like(
+            "ltx-video-2b-768x512x161", size="768x512, 161 frames (block 128)", block_size=128
+        ),
+        "ltx-2-stage2-1536x1024x121": _like(
+            "ltx-2-768x512x121", latent=(16, 32, 48), size="1536x1024, 121 frames (stage 2, + audio)"
+        ),
+        "wan-vace-14b-720p": _like("wan-vace-14b-480p+ref", latent=(21, 90, 160), size="1280x720, 81 frames"),
+    }
+)
+CASES["ltx-2-stage2-1536x1024x121-b128"] = _like(
+    "ltx-2-stage2-1536x1024x121", size="1536x1024, 121 frames (stage 2, + audio; block 128)", block_size=128
+)
 
 SMOKE = {
     "smoke-wan": dict(
