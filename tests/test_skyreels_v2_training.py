@@ -21,6 +21,7 @@ from radial_attention.train.encode import pipeline_family, read_video  # noqa: E
 from radial_attention.train.model import default_shift, model_spec, trainable_family  # noqa: E402
 from radial_attention.train.trainer import LoRATrainer, TrainConfig  # noqa: E402
 
+from resume_check import assert_resume_is_exact  # noqa: E402
 from test_train_encode import _write_video  # noqa: E402
 
 LATENT = (16, 8, 16, 24)  # 8 frames of 8x12 = 96 tokens: with 64-token blocks the Wan mask keeps 33%
@@ -164,29 +165,15 @@ def test_loss_falls_with_radial_attention(tmp_path, t2v_folder):
 
 
 def test_resume_continues_the_same_run_exactly(tmp_path, t2v_folder):
-    from safetensors.torch import load_file
 
     data = _synthetic(tmp_path, tiny.tiny_skyreels_transformer("t2v", num_layers=1), n=3, shape=(16, 4, 16, 16))
     common = dict(max_steps=4, checkpoint_every=2, lora_dropout=0.1, warmup_steps=1, lr_schedule="cosine")
-    ref = LoRATrainer(_cfg(tmp_path, t2v_folder, data, output_dir=str(tmp_path / "a"), **common)).train()
-
-    crashed = LoRATrainer(_cfg(tmp_path, t2v_folder, data, output_dir=str(tmp_path / "b"), **common))
-    real_step = crashed.step
-
-    def step_then_crash():
-        if crashed.step_count == 3:  # a crash in step 4, after the checkpoint of step 2
-            raise RuntimeError("simulated crash")
-        return real_step()
-
-    crashed.step = step_then_crash
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        crashed.train()
-    resumed = LoRATrainer(_cfg(tmp_path, t2v_folder, data, output_dir=str(tmp_path / "b"), resume="latest", **common))
-    assert resumed.step_count == 2
-    assert resumed.train().losses == ref.losses[2:]  # bit-identical
-    wa = load_file(str(tmp_path / "a" / "pytorch_lora_weights.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "pytorch_lora_weights.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_resume_is_exact(
+        lambda out, **kw: LoRATrainer(_cfg(tmp_path, t2v_folder, data, output_dir=out, **common, **kw)),
+        tmp_path,
+        crash_in_step=4,
+        checkpoint_step=2,
+    )
 
 
 # ------------------------------------------------------------------------------ the LoRA file

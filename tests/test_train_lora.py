@@ -17,6 +17,7 @@ from radial_attention.testing.data import write_synthetic_dataset
 from radial_attention.train.data import DataError
 from radial_attention.train.model import load_transformer, model_spec
 from radial_attention.train.trainer import LoRATrainer, TrainConfig
+from resume_check import assert_resume_is_exact
 
 LATENT = (16, 8, 16, 24)
 
@@ -281,29 +282,12 @@ def test_resume_continues_the_same_run_exactly(tmp_path):
     data = _data(tmp_path, n=3)  # 3 samples, 2 micro-batches per step: steps straddle epochs
     common = dict(max_steps=6, grad_accum=2, lora_dropout=0.1, checkpoint_every=3, warmup_steps=2, lr_schedule="cosine")
 
-    ref = LoRATrainer(_cfg(tmp_path, data, output_dir=str(tmp_path / "a"), **common)).train()
-
-    crashed = LoRATrainer(_cfg(tmp_path, data, output_dir=str(tmp_path / "b"), **common))
-    real_step = crashed.step
-
-    def step_then_crash():
-        if crashed.step_count == 4:  # a crash in step 5, after the checkpoint of step 3
-            raise RuntimeError("simulated crash")
-        return real_step()
-
-    crashed.step = step_then_crash
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        crashed.train()
-
-    resumed_trainer = LoRATrainer(_cfg(tmp_path, data, output_dir=str(tmp_path / "b"), resume="latest", **common))
-    assert resumed_trainer.step_count == 3
-    resumed = resumed_trainer.train()
-    assert resumed.losses == ref.losses[3:]  # bit-identical
-    from safetensors.torch import load_file
-
-    wa = load_file(str(tmp_path / "a" / "pytorch_lora_weights.safetensors"))
-    wb = load_file(str(tmp_path / "b" / "pytorch_lora_weights.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_resume_is_exact(
+        lambda out, **kw: LoRATrainer(_cfg(tmp_path, data, output_dir=out, **common, **kw)),
+        tmp_path,
+        crash_in_step=5,
+        checkpoint_step=3,
+    )
     # The log of the resumed run is the log of the uninterrupted one (the lost step 4 is dropped).
     la = [json.loads(x) for x in (tmp_path / "a" / "loss.jsonl").read_text().splitlines()]
     lb = [json.loads(x) for x in (tmp_path / "b" / "loss.jsonl").read_text().splitlines()]
