@@ -190,8 +190,7 @@ class RadialSDPA(TorchFunctionMode):
         if attn_mask is not None and frame_block > 1:  # SkyReels-V2 DF's frame-block causal mask
             self._check_frame_causal(attn_mask, S, frame_block * tpf)
         elif attn_mask is not None and _is_pairwise(attn_mask, S) and self.state.family.pairwise_prefix_mask:
-            key_lengths = key_lengths_from_pairwise_mask(attn_mask, B, S, where)  # HunyuanVideo 1.5
-            key_lengths, padded_queries = (None, False) if bool((key_lengths == S).all()) else (key_lengths, True)
+            key_lengths, padded_queries = pairwise_key_lengths(attn_mask, B, S, where)  # HunyuanVideo 1.5
         elif attn_mask is not None:
             key_lengths = cached_key_lengths(self.state, attn_mask, B, S)
         mask = self.state.mask_for(
@@ -245,6 +244,14 @@ def cached_key_lengths(state, attn_mask, B, S):
     return lengths
 
 
+def pairwise_key_lengths(attn_mask, B, S, where):
+    """``(key_lengths or None, padded_queries)`` of a pairwise prefix mask (HunyuanVideo 1.5): the
+    lengths of :func:`key_lengths_from_pairwise_mask` (``None`` when nothing is padded), and whether
+    the query rows past them must be zeroed afterwards (:func:`zero_padded_queries`), as SDPA gives."""
+    lengths = key_lengths_from_pairwise_mask(attn_mask, B, S, where)
+    return (None, False) if bool((lengths == S).all()) else (lengths, True)
+
+
 class DenseSDPA(TorchFunctionMode):
     """In a dense step or layer: answers the processor's SDPA call with FA4's dense kernel where it runs.
 
@@ -291,10 +298,7 @@ class DenseSDPA(TorchFunctionMode):
             )
             try:
                 if pairwise:  # HunyuanVideo 1.5: key lengths, and the padded query rows zeroed as SDPA does
-                    key_lengths = key_lengths_from_pairwise_mask(attn_mask, B, S, self.where)
-                    key_lengths, padded_queries = (
-                        (None, False) if bool((key_lengths == S).all()) else (key_lengths, True)
-                    )
+                    key_lengths, padded_queries = pairwise_key_lengths(attn_mask, B, S, self.where)
                 elif self.state is not None:
                     key_lengths = cached_key_lengths(self.state, attn_mask, B, S)
                 else:
