@@ -23,9 +23,7 @@ import contextlib
 import datetime
 import json
 import pathlib
-import statistics
 import sys
-import time
 import traceback
 
 import torch
@@ -35,6 +33,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from radial_attention.integrations.diffusers import apply_radial_attention, remove_radial_attention  # noqa: E402
 from radial_attention.models import registry  # noqa: E402
 from radial_attention.testing import configs, tiny  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from pipeline import SDPA_BACKENDS, BlockTimer, full_forward, measure  # noqa: E402  (the timing of benchmarks/pipeline.py)
 
 # name: variant (registry), transformer class, full-width config (None: the class defaults, which
 # are the released checkpoint's), blocks built {config key: n}, full depth {block list attribute: n},
@@ -256,12 +257,6 @@ SMOKE = {
 }
 
 
-def _sdpa_kernels():
-    from torch.nn.attention import SDPBackend
-
-    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
-
-
 def _to(obj, device, dtype):
     """Tensors (in nests of tuples/lists/dicts) moved to ``device``; float32 activations (2+ dims: not
     timesteps) cast to the model's ``dtype`` (some tiny input builders make float32)."""
@@ -287,71 +282,12 @@ def build(case, device, dtype):
     return model.to(dtype).eval()
 
 
-class BlockTimer:
-    """Total and per-block time of one forward (CUDA events on block hooks; wall clock on the CPU)."""
-
-    def __init__(self, model, groups, device):
-        self.cuda = device.type == "cuda"
-        self.handles, self.marks = [], {}
-        for attr in groups:
-            for i, block in enumerate(getattr(model, attr)):
-                key = (attr, i)
-                self.handles.append(block.register_forward_pre_hook(lambda m, a, k=key: self._mark(k, 0)))
-                self.handles.append(block.register_forward_hook(lambda m, a, o, k=key: self._mark(k, 1)))
-
-    def _now(self):
-        if not self.cuda:
-            return time.perf_counter()
-        e = torch.cuda.Event(enable_timing=True)
-        e.record()
-        return e
-
-    def _mark(self, key, which):
-        self.marks.setdefault(key, [None, None])[which] = self._now()
-
-    def _secs(self, a, b):
-        return a.elapsed_time(b) / 1e3 if self.cuda else b - a
-
-    def run(self, fn):
-        self.marks = {}
-        if self.cuda:
-            torch.cuda.synchronize()
-        a = self._now()
-        fn()
-        b = self._now()
-        if self.cuda:
-            torch.cuda.synchronize()
-        return self._secs(a, b), {k: self._secs(x, y) for k, (x, y) in self.marks.items()}
-
-    def remove(self):
-        for h in self.handles:
-            h.remove()
-
-
-def measure(timer, fn, warmup, reps):
-    for _ in range(warmup):
-        timer.run(fn)
-    runs = [timer.run(fn) for _ in range(reps)]
-    total = statistics.median(r[0] for r in runs)
-    return total, {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
-
-
-def full_depth(total, blocks, depth):
-    """Full-model time: the measured time outside the blocks plus each group's mean block x its depth."""
-    t = total - sum(blocks.values())
-    for attr, n in depth.items():
-        mine = [v for (g, _), v in blocks.items() if g == attr]
-        t += n * sum(mine) / len(mine)
-    return t
-
-
 def run_case(name, case, args, device, dtype):
-    from torch.nn.attention import sdpa_kernel
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from radial_attention.integrations.diffusers.sdpa import DenseSDPA
     from radial_attention.ops import resolve_backend, resolve_dense_backend
 
-    SDPA_KERNELS = _sdpa_kernels()
     variant = registry.get_variant(case["variant"])
     family = variant.model_family
     res = dict(case=name, variant=variant.name, size=case["size"], status="ok")
@@ -384,7 +320,11 @@ def run_case(name, case, args, device, dtype):
                     resolve_dense_backend("fa4", torch.empty(1, 1, 128, head_dim, device=device, dtype=dtype))
                     ctx = DenseSDPA("fa4", "benchmark")
                 else:
-                    ctx = contextlib.nullcontext() if be == "default" else sdpa_kernel([SDPA_KERNELS[be]])
+                    ctx = (
+                        contextlib.nullcontext()
+                        if be == "default"
+                        else sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[be])])
+                    )
                 with ctx:
                     dense[be] = measure(timer, fn, args.warmup, args.reps)
                 print(f"  dense {be:<6} {dense[be][0] * 1e3:9.1f} ms ({case['build']})", flush=True)
@@ -422,8 +362,8 @@ def run_case(name, case, args, device, dtype):
     )
     print(f"  radial {radial[0] * 1e3:9.1f} ms; {summary}", flush=True)
     res["built_ms"] = {**{k: round(v[0] * 1e3, 2) for k, v in dense.items()}, "radial": round(radial[0] * 1e3, 2)}
-    full = {k: full_depth(*v, case["depth"]) for k, v in dense.items()}
-    full["radial"] = full_depth(*radial, case["depth"])
+    full = {k: full_forward(*v, case["depth"]) for k, v in dense.items()}
+    full["radial"] = full_forward(*radial, case["depth"])
     res["full_depth_ms"] = {k: round(v * 1e3, 1) for k, v in full.items()}
     res["speedup_full_depth"] = {k: round(full[k] / full["radial"], 3) for k in dense}
     del model, kwargs

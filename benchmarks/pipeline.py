@@ -208,11 +208,12 @@ class DropAllTrueMask(torch.overrides.TorchFunctionMode):
 class BlockTimer:
     """Time of each block of each group and of the whole forward (CUDA events, or wall clock on the CPU)."""
 
-    def __init__(self, model, family, device):
+    def __init__(self, model, groups, device):
+        """``groups``: the model's block list attributes (``"blocks"``, ``"transformer_blocks"`` ...)."""
         self.device = device
         self.handles = []
         self.records = {}  # (group, index) -> [start, end]
-        for attr, _ in BLOCK_GROUPS[family]:
+        for attr in groups:
             for i, block in enumerate(getattr(model, attr)):
                 self.handles.append(block.register_forward_pre_hook(lambda m, a, k=(attr, i): self._mark(k, 0)))
                 self.handles.append(block.register_forward_hook(lambda m, a, o, k=(attr, i): self._mark(k, 1)))
@@ -266,18 +267,18 @@ def measure(timer, fn, warmup, reps):
     return total, blocks
 
 
-def full_forward(total, blocks, full_depth, family, dense_blocks=None, dense_layers=0):
+def full_forward(total, blocks, full_depth, dense_blocks=None, dense_layers=0):
     """Time of the full-depth model from one measured forward's per-block times.
 
+    ``full_depth``: ``{block list attribute: blocks of the full model}`` in run order.
     ``outside = total - sum(blocks)``; each group's mean block time times its full depth. With
     ``dense_blocks`` given, the first ``dense_layers`` blocks (in run order) take the dense time.
     """
     outside = total - sum(blocks.values())
     t = outside
     remaining_dense = dense_layers
-    for attr, _ in BLOCK_GROUPS[family]:
+    for attr, n in full_depth.items():
         mine = [v for (g, _), v in blocks.items() if g == attr]
-        n = full_depth[attr]
         mean = sum(mine) / len(mine)
         n_dense = min(n, remaining_dense)
         remaining_dense -= n_dense
@@ -330,7 +331,7 @@ def run_case(name, case, args, device, dtype):
         full_depth=full_depth,
     )
     print(f"\n== {name}: F={f} x T={tpf} = {f * tpf:,} video tokens + {extra} text, density {mask.density:.4f}")
-    timer = BlockTimer(model, case["family"], device)
+    timer = BlockTimer(model, [attr for attr, _ in BLOCK_GROUPS[case["family"]]], device)
     fn = lambda: model(**kwargs)  # noqa: F821 (`del model, kwargs` at the end frees the GPU memory)
 
     # Dense, per SDPA backend.
@@ -395,17 +396,16 @@ def run_case(name, case, args, device, dtype):
     )
     res["radial_ms_built"] = round(r_total * 1e3, 2)
 
-    fam = case["family"]
-    dense_full = full_forward(d_total, d_blocks, full_depth, fam)
-    radial_full = full_forward(r_total, r_blocks, full_depth, fam)
+    dense_full = full_forward(d_total, d_blocks, full_depth)
+    radial_full = full_forward(r_total, r_blocks, full_depth)
     # The library's own dense kernel (FA4's where the fa4 backend runs) for the schedule's dense parts.
     lib = "fa4" if backend == "fa4" and "fa4" in ok else base
     lib_total, lib_blocks = ok[lib]
-    lib_full = full_forward(lib_total, lib_blocks, full_depth, fam)
-    best_full = full_forward(ok[best][0], ok[best][1], full_depth, fam)
+    lib_full = full_forward(lib_total, lib_blocks, full_depth)
+    best_full = full_forward(ok[best][0], ok[best][1], full_depth)
     res["dense_in_schedule_backend"] = lib
     res["forward_ms_full_depth_per_dense_backend"] = {
-        k: round(full_forward(v[0], v[1], full_depth, fam) * 1e3, 1) for k, v in ok.items()
+        k: round(full_forward(v[0], v[1], full_depth) * 1e3, 1) for k, v in ok.items()
     }
     res["forward_speedup_vs_fastest_dense"] = round(best_full / radial_full, 3)
     res["block_ms"] = {
@@ -416,7 +416,7 @@ def run_case(name, case, args, device, dtype):
     res["forward_speedup"] = round(dense_full / radial_full, 3)
     res["schedules"] = []
     for label, steps, dense_steps, dense_layers in case["schedules"]:
-        radial_dl = full_forward(r_total, r_blocks, full_depth, fam, dense_blocks=lib_blocks, dense_layers=dense_layers)
+        radial_dl = full_forward(r_total, r_blocks, full_depth, dense_blocks=lib_blocks, dense_layers=dense_layers)
         t_dense = steps * dense_full
         t_sched = dense_steps * lib_full + (steps - dense_steps) * radial_dl
         res["schedules"].append(
